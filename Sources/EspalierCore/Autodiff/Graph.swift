@@ -1,0 +1,246 @@
+// Reverse-mode autodiff on a tape. Every differentiable op appends a `Node` to the graph's tape
+// with a backward closure holding exactly the tensors it needs. `backward(loss)` walks the tape in
+// reverse, and frees each node's saved tensors and incoming gradient as soon as it has run.
+// A node never holds its own output, so an activation nobody saved is freed when the caller
+// drops it. `noGrad` records nothing (evaluation, zero-shot scoring).
+// Not here: higher-order gradients, in-place ops on recorded values.
+
+import Foundation
+
+/// A learnable tensor with a persistent gradient. Owned by a module; shared with the optimiser.
+public final class Parameter {
+    /// Owner path in the accountant (`cell0/edge3/sep_conv_3x3/dw1.weight`).
+    public let name: String
+    public let value: Tensor
+    /// Allocated by `ensureGrad()` (the optimiser allocates every gradient up front).
+    public private(set) var grad: Tensor?
+    /// Weight decay is applied by optimisers only where this is true (not to BN affine, by choice of the module).
+    public var decay: Bool
+    /// Frozen parameters get no gradient.
+    public var requiresGrad = true
+
+    public init(name: String, value: Tensor, decay: Bool = true) {
+        self.name = name
+        self.value = value
+        self.decay = decay
+    }
+
+    public var shape: [Int] { value.shape }
+    public var count: Int { value.count }
+
+    /// Allocates the gradient (zeroed) if it does not exist yet.
+    @discardableResult
+    public func ensureGrad() throws -> Tensor {
+        if let g = grad { return g }
+        let g = try Tensor.zeros(value.shape, category: .gradients, accountant: value.accountant, owner: value.storage.owner)
+        grad = g
+        return g
+    }
+
+    public func zeroGrad() { grad?.fill(0) }
+    /// Frees the gradient (e.g. before a forward-only phase).
+    public func dropGrad() { grad = nil }
+}
+
+/// One recorded op: the gradient flowing into its output, and how to pass it on to its inputs.
+public final class Node {
+    var grad: Tensor?
+    var gradIsExclusive = false
+    var backwardFn: ((Tensor, BackwardContext) throws -> Void)?
+    let inputs: [Node?]
+    let owner: Int32
+    let parameter: Parameter?
+    let shape: [Int]
+
+    init(shape: [Int], inputs: [Node?], owner: Int32, parameter: Parameter? = nil,
+         backward: ((Tensor, BackwardContext) throws -> Void)?) {
+        self.shape = shape
+        self.inputs = inputs
+        self.owner = owner
+        self.parameter = parameter
+        self.backwardFn = backward
+    }
+}
+
+/// What a backward closure may do: ask which inputs need a gradient, and hand gradients on.
+public struct BackwardContext {
+    let node: Node
+    let graph: Graph
+
+    /// True if input `i` needs a gradient.
+    public func needs(_ i: Int) -> Bool { node.inputs[i] != nil }
+
+    /// Adds `g` into input `i`'s gradient. `g` may be kept without copying: do not write to it afterwards.
+    public func accumulate(_ i: Int, _ g: Tensor) throws {
+        guard let input = node.inputs[i] else { return }
+        try graph.accumulate(into: input, g)
+    }
+
+    /// If input `i` is a parameter, its persistent gradient buffer: a kernel may add into it
+    /// directly (saves a temporary). nil for non-parameters.
+    public func parameterGrad(_ i: Int) throws -> Tensor? {
+        guard let input = node.inputs[i], let p = input.parameter else { return nil }
+        return try p.ensureGrad()
+    }
+
+    /// True when kernels must run (false in dry-run mode).
+    public var computing: Bool { !graph.accountant.isDryRun }
+}
+
+/// A value in the graph: a tensor and, when gradients are recorded, its node.
+public final class Variable {
+    public let value: Tensor
+    public let node: Node?
+    public unowned let graph: Graph
+
+    init(value: Tensor, node: Node?, graph: Graph) {
+        self.value = value
+        self.node = node
+        self.graph = graph
+    }
+
+    public var shape: [Int] { value.shape }
+    public var requiresGrad: Bool { node != nil }
+}
+
+/// The tape, the run mode (training or evaluation, gradients or not) and the accountant.
+public final class Graph {
+    public let accountant: MemoryAccountant
+    public private(set) var isRecording = true
+    /// Training mode: batch norm uses batch statistics, dropout is active.
+    public var training = true
+    /// Randomness for dropout and drop-path.
+    public var rng: RNG
+    /// FLOPs counted by kernels run through this graph (multiply-add = 2).
+    public var flops: Int = 0
+    private(set) var tape: [Node] = []
+
+    public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
+        self.accountant = accountant
+        self.rng = RNG(seed: seed)
+    }
+
+    /// True when kernels must run (false in dry-run mode).
+    public var computing: Bool { !accountant.isDryRun }
+    public var tapeLength: Int { tape.count }
+
+    /// Runs `body` without recording: no nodes, nothing saved for backward.
+    public func noGrad<T>(_ body: () throws -> T) rethrows -> T {
+        let old = isRecording
+        isRecording = false
+        defer { isRecording = old }
+        return try body()
+    }
+
+    /// A constant (input data): no gradient.
+    public func constant(_ t: Tensor) -> Variable { Variable(value: t, node: nil, graph: self) }
+
+    /// A parameter as a graph leaf; its gradient accumulates into `p.grad`.
+    public func param(_ p: Parameter) -> Variable {
+        guard isRecording, p.requiresGrad else { return Variable(value: p.value, node: nil, graph: self) }
+        let node = Node(shape: p.shape, inputs: [], owner: p.value.storage.owner, parameter: p, backward: nil)
+        return Variable(value: p.value, node: node, graph: self)
+    }
+
+    /// A leaf that is not a parameter but whose gradient the caller wants (`gradient(of:)`).
+    public func leaf(_ t: Tensor) -> Variable {
+        guard isRecording else { return constant(t) }
+        return Variable(value: t, node: Node(shape: t.shape, inputs: [], owner: accountant.currentOwner, backward: nil), graph: self)
+    }
+
+    /// Records an op. `backward(dOut, ctx)` must call `ctx.accumulate` for every input it can reach.
+    public func record(_ output: Tensor, inputs: [Variable], backward: @escaping (Tensor, BackwardContext) throws -> Void) -> Variable {
+        guard isRecording else { return constant(output) }
+        let nodes = inputs.map { $0.node }
+        guard nodes.contains(where: { $0 != nil }) else { return constant(output) }
+        let node = Node(shape: output.shape, inputs: nodes, owner: accountant.currentOwner, backward: backward)
+        tape.append(node)
+        return Variable(value: output, node: node, graph: self)
+    }
+
+    /// A fresh tensor for an op's output, tagged as an activation of the current owner.
+    public func output(_ shape: [Int]) throws -> Tensor {
+        try Tensor(shape: shape, category: .activations, accountant: accountant)
+    }
+
+    /// A fresh gradient tensor owned by `owner` (during backward).
+    public func gradTensor(_ shape: [Int], zeroed: Bool = false) throws -> Tensor {
+        let t = try Tensor(shape: shape, category: .activationGradients, accountant: accountant)
+        if zeroed { t.fill(0) }
+        return t
+    }
+
+    func accumulate(into node: Node, _ g: Tensor) throws {
+        precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
+        if let p = node.parameter {
+            let pg = try p.ensureGrad()
+            if computing { Kernels.addInPlace(pg.ptr, g.ptr, count: g.count) }
+            return
+        }
+        if let existing = node.grad {
+            if node.gradIsExclusive {
+                if computing { Kernels.addInPlace(existing.ptr, g.ptr, count: g.count) }
+            } else {
+                let sum = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
+                if computing { Kernels.add(existing.ptr, g.ptr, sum.ptr, count: g.count) }
+                node.grad = sum
+                node.gradIsExclusive = true
+            }
+        } else {
+            node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
+            node.gradIsExclusive = false
+        }
+    }
+
+    /// Backpropagates from a scalar `loss` (seed gradient 1) through the tape, then clears it.
+    /// Parameter gradients accumulate; call `zeroGrad` on the optimiser between steps.
+    public func backward(_ loss: Variable, seed: Float = 1) throws {
+        guard let root = loss.node else {
+            clearTape()
+            throw EspalierError.invalidArgument("backward from a value that does not depend on any parameter (was it computed under noGrad?)")
+        }
+        defer { clearTape() }
+        let g = try accountant.withOwnerID(root.owner) { try Tensor.filled(loss.shape, value: seed, category: .activationGradients, accountant: accountant) }
+        try accumulate(into: root, g)
+        try runBackward()
+    }
+
+    /// Backpropagates a given output gradient (same shape as `v`).
+    public func backward(_ v: Variable, gradient: Tensor) throws {
+        guard let root = v.node else { clearTape(); return }
+        defer { clearTape() }
+        try accumulate(into: root, gradient)
+        try runBackward()
+    }
+
+    private func runBackward() throws {
+        var i = tape.count - 1
+        while i >= 0 {
+            let node = tape[i]
+            tape[i] = Node.released
+            i -= 1
+            guard let dOut = node.grad, let fn = node.backwardFn else {
+                node.backwardFn = nil
+                node.grad = nil
+                continue
+            }
+            node.grad = nil
+            node.backwardFn = nil  // frees the saved tensors once `fn` returns
+            try accountant.withOwnerID(node.owner) {
+                try fn(dOut, BackwardContext(node: node, graph: self))
+            }
+        }
+    }
+
+    /// Drops every recorded node (and what it saved) without running backward.
+    public func clearTape() {
+        tape.removeAll(keepingCapacity: true)
+    }
+
+    /// The gradient that reached a `leaf` after `backward`, or nil.
+    public func gradient(of v: Variable) -> Tensor? { v.node?.grad }
+}
+
+extension Node {
+    static let released = Node(shape: [], inputs: [], owner: 0, backward: nil)
+}

@@ -1,0 +1,51 @@
+// The differentiable convolution: picks the kernel path from the geometry, allocates the
+// output and the path's workspace through the accountant, and saves the input and the weight
+// for backward (the input is usually the previous op's saved output, so it costs nothing extra).
+
+import Foundation
+
+extension Graph {
+    /// conv2d(x, w): x (N, Cin, H, W), w (Cout, Cin/groups, KH, KW) → (N, Cout, Ho, Wo).
+    public func conv2d(_ x: Variable, _ w: Variable, stride: Int = 1, padding: Int = 0,
+                       dilation: Int = 1, groups: Int = 1) throws -> Variable {
+        guard x.shape.count == 4, w.shape.count == 4 else {
+            throw EspalierError.shapeMismatch("conv2d needs x (N,C,H,W) and w (Cout,Cin/g,KH,KW); got \(x.shape) and \(w.shape)")
+        }
+        let g = ConvGeometry(n: x.shape[0], cIn: x.shape[1], h: x.shape[2], w: x.shape[3],
+                             cOut: w.shape[0], kh: w.shape[2], kw: w.shape[3],
+                             stride: stride, padding: padding, dilation: dilation, groups: groups)
+        if let problem = g.validate() { throw EspalierError.invalidArgument(problem) }
+        guard w.shape[1] == g.cInPerGroup else {
+            throw EspalierError.shapeMismatch("conv2d weight \(w.shape) expects \(w.shape[1] * groups) input channels, got \(g.cIn)")
+        }
+        let y = try output(g.outputShape)
+        let chunks = Parallel.chunkCount(g.n)
+        let wsCount = g.forwardWorkspaceFloats(chunks: chunks)
+        if wsCount > 0 {
+            let ws = try Tensor(shape: [wsCount], category: .workspace, accountant: accountant)
+            if computing { Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: ws.ptr) }
+        } else if computing {
+            Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: nil)
+        }
+        flops += g.forwardFlops
+        let xValue = x.value, wValue = w.value
+        return record(y, inputs: [x, w]) { [unowned self] dY, ctx in
+            let needX = ctx.needs(0), needW = ctx.needs(1)
+            let dX = needX ? try self.gradTensor([g.n, g.cIn, g.h, g.w]) : nil
+            // A parameter's gradient is accumulated in place; otherwise into a fresh zeroed tensor.
+            var dW: Tensor? = nil
+            var dWIsTemp = false
+            if needW {
+                if let pg = try ctx.parameterGrad(1) { dW = pg } else { dW = try self.gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
+            }
+            let wsCount = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW)
+            let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: self.accountant) : nil
+            if ctx.computing {
+                Kernels.conv2dBackward(g, x: xValue.ptr, w: wValue.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr)
+            }
+            self.flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
+            if let dX { try ctx.accumulate(0, dX) }
+            if dWIsTemp, let dW { try ctx.accumulate(1, dW) }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+// 2-D convolution, NCHW, no bias: forward and backward side by side, three tuned paths and the
+// naive reference they are tested against.
+//   pointwise  1×1, stride 1, no padding, groups 1   → one sgemm per sample
+//   depthwise  groups == Cin == Cout                 → direct loops, rows vectorised
+//   im2col     everything else                       → im2col + sgemm per sample and group
+// Work is split over the batch (forward, dX) or channels (depthwise dW), one chunk per core.
+// Backward overwrites dX and ADDS into dW, so a parameter's gradient can be passed directly.
+// Buffers are owned by the caller; `workspaceFloats` says how much scratch each path needs.
+//
+// Shapes: x (N, Cin, H, W) · w (Cout, Cin/groups, KH, KW) · y (N, Cout, Ho, Wo).
+
+import Foundation
+
+public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public var n, cIn, h, w: Int
+    public var cOut, kh, kw: Int
+    public var stride, padding, dilation, groups: Int
+
+    public init(n: Int, cIn: Int, h: Int, w: Int, cOut: Int, kh: Int, kw: Int,
+                stride: Int = 1, padding: Int = 0, dilation: Int = 1, groups: Int = 1) {
+        self.n = n; self.cIn = cIn; self.h = h; self.w = w
+        self.cOut = cOut; self.kh = kh; self.kw = kw
+        self.stride = stride; self.padding = padding; self.dilation = dilation; self.groups = groups
+    }
+
+    public var hOut: Int { (h + 2 * padding - dilation * (kh - 1) - 1) / stride + 1 }
+    public var wOut: Int { (w + 2 * padding - dilation * (kw - 1) - 1) / stride + 1 }
+    public var cInPerGroup: Int { cIn / groups }
+    public var cOutPerGroup: Int { cOut / groups }
+    public var weightShape: [Int] { [cOut, cInPerGroup, kh, kw] }
+    public var outputShape: [Int] { [n, cOut, hOut, wOut] }
+    /// Multiply-adds × 2 of the forward pass.
+    public var forwardFlops: Int { 2 * n * cOut * hOut * wOut * cInPerGroup * kh * kw }
+
+    public var description: String {
+        "conv(\(n)x\(cIn)x\(h)x\(w) -> \(cOut), k\(kh)x\(kw) s\(stride) p\(padding) d\(dilation) g\(groups))"
+    }
+
+    /// Checks the geometry; returns a message naming the problem, or nil.
+    public func validate() -> String? {
+        if n <= 0 || cIn <= 0 || h <= 0 || w <= 0 || cOut <= 0 || kh <= 0 || kw <= 0 { return "sizes must be positive in \(self)" }
+        if stride <= 0 || dilation <= 0 || padding < 0 || groups <= 0 { return "stride, dilation and groups must be positive and padding non-negative in \(self)" }
+        if cIn % groups != 0 || cOut % groups != 0 { return "channels \(cIn)→\(cOut) are not divisible by groups \(groups)" }
+        if hOut <= 0 || wOut <= 0 { return "the kernel does not fit the input in \(self)" }
+        return nil
+    }
+
+    public enum Algorithm: String, Sendable { case pointwise, depthwise, im2col }
+
+    public var algorithm: Algorithm {
+        if kh == 1 && kw == 1 && stride == 1 && padding == 0 && groups == 1 { return .pointwise }
+        if groups == cIn && cOut == cIn && groups > 1 { return .depthwise }
+        return .im2col
+    }
+
+    var colRows: Int { cInPerGroup * kh * kw }
+    var colSize: Int { colRows * hOut * wOut * groups }   // one sample, all groups
+
+    /// Scratch floats the forward pass needs with `chunks` parallel chunks.
+    public func forwardWorkspaceFloats(chunks: Int) -> Int {
+        algorithm == .im2col ? chunks * colSize : 0
+    }
+
+    /// Scratch floats the backward pass needs (columns, their gradient, per-chunk dW partials).
+    public func backwardWorkspaceFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool) -> Int {
+        let wCount = cOut * cInPerGroup * kh * kw
+        switch algorithm {
+        case .pointwise:
+            return needWeightGrad ? (chunks - 1) * wCount : 0
+        case .depthwise:
+            return 0
+        case .im2col:
+            let perChunk = colSize * ((needInputGrad ? 1 : 0) + (needWeightGrad ? 1 : 0))
+            return chunks * perChunk + (needWeightGrad ? (chunks - 1) * wCount : 0)
+        }
+    }
+}
+
+extension Kernels {
+    // MARK: - Tuned paths
+
+    /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n))`.
+    public static func conv2dForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                     y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?) {
+        switch g.algorithm {
+        case .pointwise: pointwiseForward(g, x: x, w: w, y: y)
+        case .depthwise: depthwiseForward(g, x: x, w: w, y: y)
+        case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!)
+        }
+    }
+
+    /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil).
+    public static func conv2dBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                      dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>?,
+                                      dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
+        switch g.algorithm {
+        case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
+        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW)
+        case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!)
+        }
+    }
+
+    // MARK: pointwise (1×1) — straight to sgemm
+
+    static func pointwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let hw = g.h * g.w
+        Parallel.forChunks(g.n) { r in
+            for s in r {
+                // y[s] (Cout × HW) = w (Cout × Cin) · x[s] (Cin × HW)
+                sgemm(transA: false, transB: false, m: g.cOut, n: hw, k: g.cIn, alpha: 1,
+                      a: w, lda: g.cIn, b: x + s * g.cIn * hw, ldb: hw, beta: 0, c: y + s * g.cOut * hw, ldc: hw)
+            }
+        }
+    }
+
+    static func pointwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                  dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
+        let hw = g.h * g.w, wCount = g.cOut * g.cIn
+        let chunks = Parallel.chunkCount(g.n)
+        if dW != nil, chunks > 1 { (workspace!).update(repeating: 0, count: (chunks - 1) * wCount) }
+        Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
+            let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : workspace! + (k - 1) * wCount)
+            for s in r {
+                let xs = x + s * g.cIn * hw, dys = dY + s * g.cOut * hw
+                if let dX {
+                    // dX[s] (Cin × HW) = wᵀ (Cin × Cout) · dY[s] (Cout × HW)
+                    sgemm(transA: true, transB: false, m: g.cIn, n: hw, k: g.cOut, alpha: 1,
+                          a: w, lda: g.cIn, b: dys, ldb: hw, beta: 0, c: dX + s * g.cIn * hw, ldc: hw)
+                }
+                if let dWk {
+                    // dW (Cout × Cin) += dY[s] (Cout × HW) · x[s]ᵀ (HW × Cin)
+                    sgemm(transA: false, transB: true, m: g.cOut, n: g.cIn, k: hw, alpha: 1,
+                          a: dys, lda: hw, b: xs, ldb: hw, beta: 1, c: dWk, ldc: g.cIn)
+                }
+            }
+        }
+        if let dW, chunks > 1 {
+            for k in 1..<chunks { addInPlace(dW, workspace! + (k - 1) * wCount, count: wCount) }
+        }
+    }
+
+    // MARK: depthwise — direct loops
+
+    /// Output columns `ow` whose input column `ow·s − p + kj·d` lies in [0, W).
+    @inline(__always)
+    static func validRange(outSize: Int, inSize: Int, stride s: Int, offset: Int) -> Range<Int> {
+        // input index = ow*s + offset, need 0 <= ow*s + offset <= inSize-1
+        let lo = offset >= 0 ? 0 : (-offset + s - 1) / s
+        let hiIncl = inSize - 1 - offset
+        let hi = hiIncl < 0 ? 0 : min(outSize, hiIncl / s + 1)
+        return lo..<max(lo, hi)
+    }
+
+    static func depthwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
+        let planes = g.n * g.cIn
+        Parallel.forChunks(planes) { r in
+            for plane in r {
+                let c = plane % g.cIn
+                let xp = x + plane * g.h * g.w, yp = y + plane * ho * wo, wp = w + c * kh * kw
+                yp.update(repeating: 0, count: ho * wo)
+                for oh in 0..<ho {
+                    let yrow = yp + oh * wo
+                    for ki in 0..<kh {
+                        let ih = oh * s - p + ki * d
+                        if ih < 0 || ih >= g.h { continue }
+                        let xrow = xp + ih * g.w
+                        for kj in 0..<kw {
+                            let wv = wp[ki * kw + kj], off = kj * d - p
+                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                            if s == 1 {
+                                let src = xrow + off
+                                for ow in rng { yrow[ow] += wv * src[ow] }
+                            } else {
+                                for ow in rng { yrow[ow] += wv * xrow[ow * s + off] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                  dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?) {
+        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
+        if let dX {
+            // Scatter: dX[ih, ow·s + off] += w · dY[oh, ow]; planes are independent.
+            Parallel.forChunks(g.n * g.cIn) { r in
+                for plane in r {
+                    let c = plane % g.cIn
+                    let dxp = dX + plane * g.h * g.w, dyp = dY + plane * ho * wo, wp = w + c * kh * kw
+                    dxp.update(repeating: 0, count: g.h * g.w)
+                    for oh in 0..<ho {
+                        let dyrow = dyp + oh * wo
+                        for ki in 0..<kh {
+                            let ih = oh * s - p + ki * d
+                            if ih < 0 || ih >= g.h { continue }
+                            let dxrow = dxp + ih * g.w
+                            for kj in 0..<kw {
+                                let wv = wp[ki * kw + kj], off = kj * d - p
+                                let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                                if s == 1 {
+                                    let dst = dxrow + off
+                                    for ow in rng { dst[ow] += wv * dyrow[ow] }
+                                } else {
+                                    for ow in rng { dxrow[ow * s + off] += wv * dyrow[ow] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let dW {
+            // dW[c, ki, kj] += Σ_n Σ_oh Σ_ow dY · x ; split over channels so chunks never share a weight.
+            Parallel.forChunks(g.cIn) { r in
+                for c in r {
+                    let wp = dW + c * kh * kw
+                    for ki in 0..<kh {
+                        for kj in 0..<kw {
+                            let off = kj * d - p
+                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                            var acc: Float = 0
+                            for sample in 0..<g.n {
+                                let plane = sample * g.cIn + c
+                                let xp = x + plane * g.h * g.w, dyp = dY + plane * ho * wo
+                                for oh in 0..<ho {
+                                    let ih = oh * s - p + ki * d
+                                    if ih < 0 || ih >= g.h { continue }
+                                    let xrow = xp + ih * g.w, dyrow = dyp + oh * wo
+                                    var rowAcc: Float = 0
+                                    if s == 1 {
+                                        let src = xrow + off
+                                        for ow in rng { rowAcc += dyrow[ow] * src[ow] }
+                                    } else {
+                                        for ow in rng { rowAcc += dyrow[ow] * xrow[ow * s + off] }
+                                    }
+                                    acc += rowAcc
+                                }
+                            }
+                            wp[ki * kw + kj] += acc
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: im2col + sgemm
+
+    /// col (Cin·KH·KW, Ho·Wo) from one sample x (Cin, H, W); zero where the window is off the image.
+    static func im2col(_ g: ConvGeometry, x: UnsafePointer<Float>, col: UnsafeMutablePointer<Float>) {
+        let (ho, wo, s, p, d) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation)
+        var row = 0
+        for c in 0..<g.cIn {
+            let xp = x + c * g.h * g.w
+            for ki in 0..<g.kh {
+                for kj in 0..<g.kw {
+                    let dst = col + row * ho * wo
+                    let off = kj * d - p
+                    let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                    for oh in 0..<ho {
+                        let ih = oh * s - p + ki * d
+                        let drow = dst + oh * wo
+                        if ih < 0 || ih >= g.h { drow.update(repeating: 0, count: wo); continue }
+                        let xrow = xp + ih * g.w
+                        for ow in 0..<rng.lowerBound { drow[ow] = 0 }
+                        if s == 1 { for ow in rng { drow[ow] = xrow[ow + off] } }
+                        else { for ow in rng { drow[ow] = xrow[ow * s + off] } }
+                        for ow in rng.upperBound..<wo { drow[ow] = 0 }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    /// dx (Cin, H, W) = col2im(dcol); overwrites dx.
+    static func col2im(_ g: ConvGeometry, col: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>) {
+        let (ho, wo, s, p, d) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation)
+        dx.update(repeating: 0, count: g.cIn * g.h * g.w)
+        var row = 0
+        for c in 0..<g.cIn {
+            let xp = dx + c * g.h * g.w
+            for ki in 0..<g.kh {
+                for kj in 0..<g.kw {
+                    let src = col + row * ho * wo
+                    let off = kj * d - p
+                    let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                    for oh in 0..<ho {
+                        let ih = oh * s - p + ki * d
+                        if ih < 0 || ih >= g.h { continue }
+                        let xrow = xp + ih * g.w, srow = src + oh * wo
+                        if s == 1 { for ow in rng { xrow[ow + off] += srow[ow] } }
+                        else { for ow in rng { xrow[ow * s + off] += srow[ow] } }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    static func im2colForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                              y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>) {
+        let hwo = g.hOut * g.wOut, rows = g.colRows, cog = g.cOutPerGroup
+        let chunks = Parallel.chunkCount(g.n)
+        Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
+            let col = workspace + k * g.colSize
+            for s in r {
+                im2col(g, x: x + s * g.cIn * g.h * g.w, col: col)
+                for grp in 0..<g.groups {
+                    // y[s, grp] (Cout/g × HoWo) = w[grp] (Cout/g × rows) · col[grp] (rows × HoWo)
+                    sgemm(transA: false, transB: false, m: cog, n: hwo, k: rows, alpha: 1,
+                          a: w + grp * cog * rows, lda: rows, b: col + grp * rows * hwo, ldb: hwo,
+                          beta: 0, c: y + (s * g.cOut + grp * cog) * hwo, ldc: hwo)
+                }
+            }
+        }
+    }
+
+    static func im2colBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                               dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>) {
+        let hwo = g.hOut * g.wOut, rows = g.colRows, cog = g.cOutPerGroup
+        let chunks = Parallel.chunkCount(g.n)
+        let wCount = g.cOut * rows
+        let perChunk = g.colSize * ((dX != nil ? 1 : 0) + (dW != nil ? 1 : 0))
+        let partials = workspace + chunks * perChunk
+        if dW != nil, chunks > 1 { partials.update(repeating: 0, count: (chunks - 1) * wCount) }
+        Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
+            var scratch = workspace + k * perChunk
+            let col: UnsafeMutablePointer<Float>? = dW != nil ? scratch : nil
+            if dW != nil { scratch += g.colSize }
+            let dcol: UnsafeMutablePointer<Float>? = dX != nil ? scratch : nil
+            let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : partials + (k - 1) * wCount)
+            for s in r {
+                let dys = dY + s * g.cOut * hwo
+                if let col, let dWk {
+                    im2col(g, x: x + s * g.cIn * g.h * g.w, col: col)
+                    for grp in 0..<g.groups {
+                        // dW[grp] (Cout/g × rows) += dY[s, grp] (Cout/g × HoWo) · col[grp]ᵀ
+                        sgemm(transA: false, transB: true, m: cog, n: rows, k: hwo, alpha: 1,
+                              a: dys + grp * cog * hwo, lda: hwo, b: col + grp * rows * hwo, ldb: hwo,
+                              beta: 1, c: dWk + grp * cog * rows, ldc: rows)
+                    }
+                }
+                if let dcol, let dX {
+                    for grp in 0..<g.groups {
+                        // dcol[grp] (rows × HoWo) = w[grp]ᵀ (rows × Cout/g) · dY[s, grp]
+                        sgemm(transA: true, transB: false, m: rows, n: hwo, k: cog, alpha: 1,
+                              a: w + grp * cog * rows, lda: rows, b: dys + grp * cog * hwo, ldb: hwo,
+                              beta: 0, c: dcol + grp * rows * hwo, ldc: hwo)
+                    }
+                    col2im(g, col: dcol, dx: dX + s * g.cIn * g.h * g.w)
+                }
+            }
+        }
+        if let dW, chunks > 1 {
+            for k in 1..<chunks { addInPlace(dW, partials + (k - 1) * wCount, count: wCount) }
+        }
+    }
+
+    // MARK: - Naive reference (tests compare every tuned path against these)
+
+    public static func conv2dForwardNaive(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        for s in 0..<g.n {
+            for oc in 0..<g.cOut {
+                let grp = oc / g.cOutPerGroup
+                for oh in 0..<ho {
+                    for ow in 0..<wo {
+                        var acc: Double = 0
+                        for icg in 0..<g.cInPerGroup {
+                            let ic = grp * g.cInPerGroup + icg
+                            for ki in 0..<g.kh {
+                                for kj in 0..<g.kw {
+                                    let ih = oh * g.stride - g.padding + ki * g.dilation
+                                    let iw = ow * g.stride - g.padding + kj * g.dilation
+                                    if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                                    acc += Double(x[((s * g.cIn + ic) * g.h + ih) * g.w + iw])
+                                        * Double(w[((oc * g.cInPerGroup + icg) * g.kh + ki) * g.kw + kj])
+                                }
+                            }
+                        }
+                        y[((s * g.cOut + oc) * ho + oh) * wo + ow] = Float(acc)
+                    }
+                }
+            }
+        }
+    }
+
+    /// dX overwritten, dW accumulated — the same contract as the tuned paths.
+    public static func conv2dBackwardNaive(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                           dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        dX?.update(repeating: 0, count: g.n * g.cIn * g.h * g.w)
+        for s in 0..<g.n {
+            for oc in 0..<g.cOut {
+                let grp = oc / g.cOutPerGroup
+                for oh in 0..<ho {
+                    for ow in 0..<wo {
+                        let dy = dY[((s * g.cOut + oc) * ho + oh) * wo + ow]
+                        for icg in 0..<g.cInPerGroup {
+                            let ic = grp * g.cInPerGroup + icg
+                            for ki in 0..<g.kh {
+                                for kj in 0..<g.kw {
+                                    let ih = oh * g.stride - g.padding + ki * g.dilation
+                                    let iw = ow * g.stride - g.padding + kj * g.dilation
+                                    if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                                    let xi = ((s * g.cIn + ic) * g.h + ih) * g.w + iw
+                                    let wi = ((oc * g.cInPerGroup + icg) * g.kh + ki) * g.kw + kj
+                                    dX?[xi] += w[wi] * dy
+                                    dW?[wi] += x[xi] * dy
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

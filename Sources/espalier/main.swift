@@ -1,0 +1,7 @@
+import ArgumentParser
+import EspalierCore
+
+@main
+struct Espalier: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "espalier", abstract: "Neural architecture search inside a memory budget.")
+}

@@ -1,0 +1,67 @@
+// Convolution: every tuned path against the naive reference, and gradients against finite differences.
+
+import EspalierCore
+import XCTest
+
+final class ConvTests: XCTestCase {
+    /// Geometries covering each path and the edge cases: stride, padding, dilation, groups, odd sizes.
+    static let geometries: [ConvGeometry] = [
+        ConvGeometry(n: 3, cIn: 4, h: 5, w: 6, cOut: 5, kh: 1, kw: 1),                                  // pointwise
+        ConvGeometry(n: 2, cIn: 3, h: 7, w: 7, cOut: 3, kh: 3, kw: 3, stride: 1, padding: 1, groups: 3),  // depthwise
+        ConvGeometry(n: 2, cIn: 3, h: 7, w: 8, cOut: 3, kh: 5, kw: 5, stride: 2, padding: 2, groups: 3),  // depthwise s2
+        ConvGeometry(n: 2, cIn: 2, h: 9, w: 9, cOut: 2, kh: 3, kw: 3, stride: 1, padding: 2, dilation: 2, groups: 2), // dilated dw
+        ConvGeometry(n: 1, cIn: 2, h: 9, w: 7, cOut: 2, kh: 5, kw: 5, stride: 2, padding: 4, dilation: 2, groups: 2), // dil dw s2
+        ConvGeometry(n: 2, cIn: 3, h: 6, w: 5, cOut: 4, kh: 3, kw: 3, stride: 1, padding: 1),            // im2col
+        ConvGeometry(n: 2, cIn: 4, h: 6, w: 6, cOut: 6, kh: 3, kw: 3, stride: 2, padding: 0, groups: 2),  // grouped s2
+        ConvGeometry(n: 3, cIn: 4, h: 6, w: 6, cOut: 3, kh: 1, kw: 1, stride: 2),                        // 1×1 stride 2
+        ConvGeometry(n: 1, cIn: 2, h: 4, w: 4, cOut: 2, kh: 3, kw: 3, padding: 3),                       // padding > k/2
+    ]
+
+    func testTunedPaths_MatchNaiveReference() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in Self.geometries.enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(k))
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(100 + k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(200 + k))
+            let chunks = Parallel.chunkCount(g.n)
+            let ws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: acc)
+            let y1 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let y2 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y1.ptr, workspace: ws.ptr)
+            Kernels.conv2dForwardNaive(g, x: x.ptr, w: w.ptr, y: y2.ptr)
+            assertClose(y1.array, y2.array, tol: 1e-5, "forward \(g) [\(g.algorithm)]")
+
+            let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: true, needWeightGrad: true))],
+                                 category: .workspace, accountant: acc)
+            let dX1 = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dX2 = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dW1 = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)  // backward adds into dW
+            let dW2 = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX1.ptr, dW: dW1.ptr, workspace: bws.ptr)
+            Kernels.conv2dBackwardNaive(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX2.ptr, dW: dW2.ptr)
+            assertClose(dX1.array, dX2.array, tol: 1e-5, "dX \(g) [\(g.algorithm)]")
+            assertClose(dW1.array, dW2.array, tol: 1e-4, "dW \(g) [\(g.algorithm)]")
+        }
+    }
+
+    func testBackward_EveryGeometry_MatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in Self.geometries.enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(k))
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(50 + k))
+            try GradCheck().check("conv \(g)", inputs: [x, w]) { graph, v in
+                try graph.conv2d(v[0], v[1], stride: g.stride, padding: g.padding, dilation: g.dilation, groups: g.groups)
+            }
+        }
+    }
+
+    func testInvalidGeometry_IsAnErrorNotACrash() throws {
+        let acc = MemoryAccountant()
+        let graph = Graph(accountant: acc)
+        let x = graph.constant(try Tensor.zeros([1, 3, 4, 4], category: .data, accountant: acc))
+        let w = graph.constant(try Tensor.zeros([4, 3, 7, 7], category: .data, accountant: acc))
+        XCTAssertThrowsError(try graph.conv2d(x, w)) { XCTAssertTrue("\($0)".contains("does not fit")) }
+        let wg = graph.constant(try Tensor.zeros([4, 1, 3, 3], category: .data, accountant: acc))
+        XCTAssertThrowsError(try graph.conv2d(x, wg, groups: 2))
+    }
+}
