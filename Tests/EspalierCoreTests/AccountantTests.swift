@@ -1,0 +1,112 @@
+// The memory accountant: tagging, peaks, budgets, and the dry-run prediction of a step's peak.
+
+import EspalierCore
+import XCTest
+
+final class AccountantTests: XCTestCase {
+    /// A small two-layer conv net with one SGD step, built and run against `acc`.
+    private func step(on acc: MemoryAccountant) throws -> (peak: Int, allocations: Int) {
+        let f = ParameterFactory(accountant: acc, seed: 1)
+        let c1 = try Conv2d(f, name: "conv1", cIn: 3, cOut: 8, kernel: 3, padding: 1)
+        let dw = try Conv2d(f, name: "dw", cIn: 8, cOut: 8, kernel: 3, padding: 2, dilation: 2, groups: 8)
+        let pw = try Conv2d(f, name: "pw", cIn: 8, cOut: 4, kernel: 1)
+        let opt = try SGD(parameters: c1.parameters + dw.parameters + pw.parameters, learningRate: 0.1, momentum: 0.9)
+        let batch = try acc.withOwner("data") { try Tensor.zeros([4, 3, 10, 10], category: .data, accountant: acc) }
+        var rng = RNG(seed: 3)
+        batch.fillUniform(bound: 1, rng: &rng)
+        acc.resetPeak()
+        let before = acc.allocationCount
+        let g = Graph(accountant: acc)
+        let h = try acc.withOwner("block") { try g.relu(try c1(g, g.constant(batch))) }
+        let y = try acc.withOwner("block") { try pw(g, try g.relu(try dw(g, h))) }
+        let dY = try Tensor.filled(y.shape, value: 0.01, category: .activationGradients, accountant: acc)
+        try g.backward(y, gradient: dY)
+        opt.step()
+        return (acc.peakTotal, acc.allocationCount - before)
+    }
+
+    func testDryRunPrediction_EqualsMeasuredPeakOfRealStep() throws {
+        let dry = MemoryAccountant(mode: .dryRun)
+        let predicted = try step(on: dry)
+        let real = MemoryAccountant()
+        let measured = try step(on: real)
+        XCTAssertGreaterThan(measured.peak, 0)
+        XCTAssertEqual(predicted.peak, measured.peak, "dry-run peak must equal the real peak")
+        XCTAssertEqual(predicted.allocations, measured.allocations)
+        XCTAssertEqual(dry.peakByCategory, real.peakByCategory)
+    }
+
+    func testEverythingFreed_AfterStepExceptPersistentState() throws {
+        let acc = MemoryAccountant()
+        _ = try step(on: acc)
+        // Everything the step made is gone once its objects are: nothing leaks into later steps.
+        XCTAssertEqual(acc.currentTotal, 0)
+    }
+
+    func testBudgetViolation_NamesOwnerSizeAndBudget_AndLeavesNoPartialState() throws {
+        let acc = MemoryAccountant(budget: 10_000)
+        let a = try acc.withOwner("cell3/edge7") { try Tensor(shape: [1000], category: .activations, accountant: acc) }
+        XCTAssertEqual(acc.currentTotal, 4000)
+        XCTAssertThrowsError(try acc.withOwner("cell3/edge7/sep_conv_5x5") {
+            try Tensor(shape: [2000], category: .activations, accountant: acc)
+        }) { error in
+            guard let e = error as? MemoryBudgetExceeded else { return XCTFail("wrong error \(error)") }
+            XCTAssertEqual(e.owner, "cell3/edge7/sep_conv_5x5")
+            XCTAssertEqual(e.requestedBytes, 8000)
+            XCTAssertEqual(e.budgetBytes, 10_000)
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("cell3/edge7/sep_conv_5x5") && text.contains("7.81 KiB") && text.contains("9.77 KiB"), text)
+        }
+        XCTAssertEqual(acc.currentTotal, 4000, "a refused allocation records nothing")
+        _ = a
+    }
+
+    func testBudgetViolation_InsideAGraphStep_IsAnError() throws {
+        let real = MemoryAccountant()
+        let need = try step(on: real).peak
+        let tight = MemoryAccountant(budget: need - 1)
+        XCTAssertThrowsError(try step(on: tight)) { XCTAssertTrue($0 is MemoryBudgetExceeded) }
+        XCTAssertEqual(tight.currentTotal, 0, "a failed step releases everything it took")
+        let exact = MemoryAccountant(budget: need)
+        XCTAssertNoThrow(try step(on: exact))
+    }
+
+    func testOwnerPrefixes_AndCategories() throws {
+        let acc = MemoryAccountant()
+        let t1 = try acc.withOwner("cell0") { try acc.withOwner("edge1") { try Tensor(shape: [10], category: .activations, accountant: acc) } }
+        let t2 = try acc.withOwner("cell0") { try Tensor(shape: [5], category: .parameters, accountant: acc) }
+        let t3 = try acc.withOwner("cell01") { try Tensor(shape: [7], category: .parameters, accountant: acc) }
+        XCTAssertEqual(acc.currentBytes(ownerPrefix: "cell0").total, 60)      // not cell01
+        XCTAssertEqual(acc.currentBytes(ownerPrefix: "cell0")[.activations], 40)
+        XCTAssertEqual(acc.currentBytes(ownerPrefix: "cell0/edge1").total, 40)
+        XCTAssertEqual(acc.current[.parameters], 48)
+        let table = acc.ownerTable()
+        XCTAssertEqual(Set(table.map { $0.owner }), ["cell0/edge1", "cell0", "cell01"])
+        _ = (t1, t2, t3)
+        let peak = acc.peakTotal
+        XCTAssertEqual(peak, 88)
+    }
+
+    func testPeakByCategory_IsTheBreakdownAtThePeakMoment() throws {
+        let acc = MemoryAccountant()
+        do {
+            let a = try Tensor(shape: [100], category: .activations, accountant: acc)
+            let w = try Tensor(shape: [50], category: .workspace, accountant: acc)
+            _ = (a, w)
+        }
+        let p = try Tensor(shape: [10], category: .parameters, accountant: acc)
+        XCTAssertEqual(acc.peakTotal, 600)
+        XCTAssertEqual(acc.peakByCategory[.activations], 400)
+        XCTAssertEqual(acc.peakByCategory[.workspace], 200)
+        XCTAssertEqual(acc.peakByCategory[.parameters], 0)
+        XCTAssertEqual(acc.peakBytes(ownerPrefix: "").total, 600)
+        _ = p
+    }
+
+    func testParseBytes() {
+        XCTAssertEqual(parseBytes("1.5GiB"), 1_610_612_736)
+        XCTAssertEqual(parseBytes("512MB"), 512 << 20)
+        XCTAssertEqual(parseBytes("2048"), 2048)
+        XCTAssertNil(parseBytes("lots"))
+    }
+}
