@@ -17,9 +17,15 @@ final class ConvTests: XCTestCase {
         ConvGeometry(n: 1, cIn: 2, h: 4, w: 4, cOut: 2, kh: 3, kw: 3, padding: 3),                       // padding > k/2
     ]
 
+    /// Bench-sized problems (many samples per chunk, both cores busy) on the tuned paths.
+    static let large: [ConvGeometry] = [
+        ConvGeometry(n: 8, cIn: 16, h: 28, w: 28, cOut: 16, kh: 1, kw: 1),
+        ConvGeometry(n: 8, cIn: 16, h: 28, w: 28, cOut: 16, kh: 5, kw: 5, padding: 4, dilation: 2, groups: 16),
+    ]
+
     func testTunedPaths_MatchNaiveReference() throws {
         let acc = MemoryAccountant()
-        for (k, g) in Self.geometries.enumerated() {
+        for (k, g) in (Self.geometries + Self.large).enumerated() {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(k))
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(100 + k))
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(200 + k))

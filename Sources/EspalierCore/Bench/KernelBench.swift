@@ -1,0 +1,84 @@
+// Kernel micro-benchmarks: GFLOP/s of the 1×1 (pointwise) and depthwise 3×3 convolution paths,
+// forward and backward, next to OpenBLAS sgemm measured in the same run on the same problem
+// size. Used by `espalier kernel-bench`; never by tests (timings are not assertions).
+
+import COpenBLAS
+import Foundation
+
+public struct KernelBenchRow: Codable, Sendable {
+    public var name: String
+    public var shape: String
+    public var flops: Int
+    public var bestSeconds: Double
+    public var medianSeconds: Double
+    public var gflops: Double { Double(flops) / bestSeconds / 1e9 }
+    public var medianGflops: Double { Double(flops) / medianSeconds / 1e9 }
+}
+
+public enum KernelBench {
+    /// Times `body` after one warm-up: at least `minReps` runs and `minSeconds` in all.
+    public static func time(minReps: Int = 5, minSeconds: Double = 0.4, _ body: () -> Void) -> (best: Double, median: Double) {
+        body()
+        var times: [Double] = []
+        let start = DispatchTime.now().uptimeNanoseconds
+        while times.count < minReps || Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 < minSeconds {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            if times.count > 10_000 { break }
+        }
+        times.sort()
+        return (times[0], times[times.count / 2])
+    }
+
+    /// sgemm C(M×N) = A(M×K)·B(K×N) with OpenBLAS's own threads (`threads`).
+    public static func sgemmRow(m: Int, n: Int, k: Int, threads: Int, label: String? = nil) -> KernelBenchRow {
+        _ = Parallel.configureBLAS
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k); defer { a.deallocate() }
+        let b = UnsafeMutablePointer<Float>.allocate(capacity: k * n); defer { b.deallocate() }
+        let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n); defer { c.deallocate() }
+        var rng = RNG(seed: 1)
+        for i in 0..<(m * k) { a[i] = rng.uniform() }
+        for i in 0..<(k * n) { b[i] = rng.uniform() }
+        openblas_set_num_threads(Int32(threads))
+        defer { openblas_set_num_threads(1) }
+        let t = time { sgemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: n, beta: 0, c: c, ldc: n) }
+        return KernelBenchRow(name: label ?? "sgemm (\(threads) thr)", shape: "M=\(m) N=\(n) K=\(k)", flops: 2 * m * n * k,
+                              bestSeconds: t.best, medianSeconds: t.median)
+    }
+
+    /// Forward and backward (dX + dW) of one convolution geometry through the tuned path.
+    public static func convRows(_ g: ConvGeometry, label: String) throws -> [KernelBenchRow] {
+        let acc = MemoryAccountant()
+        var rng = RNG(seed: 2)
+        let x = try Tensor(shape: [g.n, g.cIn, g.h, g.w], category: .data, accountant: acc); x.fillUniform(bound: 1, rng: &rng)
+        let w = try Tensor(shape: g.weightShape, category: .parameters, accountant: acc); w.fillUniform(bound: 1, rng: &rng)
+        let y = try Tensor(shape: g.outputShape, category: .activations, accountant: acc)
+        let dY = try Tensor(shape: g.outputShape, category: .activationGradients, accountant: acc); dY.fillUniform(bound: 1, rng: &rng)
+        let dX = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc)
+        let dW = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc)
+        let chunks = Parallel.chunkCount(g.n)
+        let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: acc)
+        let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: true, needWeightGrad: true))],
+                             category: .workspace, accountant: acc)
+        let shape = "B=\(g.n) C=\(g.cIn)→\(g.cOut) \(g.h)×\(g.w) k\(g.kh)"
+        let f = time { Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr) }
+        let b = time { Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX.ptr, dW: dW.ptr, workspace: bws.ptr) }
+        return [KernelBenchRow(name: "\(label) forward", shape: shape, flops: g.forwardFlops, bestSeconds: f.best, medianSeconds: f.median),
+                KernelBenchRow(name: "\(label) backward", shape: shape, flops: 2 * g.forwardFlops, bestSeconds: b.best, medianSeconds: b.median)]
+    }
+
+    /// The standard set: batch 64, 28×28, channels 16/32/64.
+    public static func standard(batch: Int = 64, size: Int = 28, channels: [Int] = [16, 32, 64]) throws -> [KernelBenchRow] {
+        var rows: [KernelBenchRow] = []
+        for c in channels {
+            let hw = size * size
+            rows.append(sgemmRow(m: c, n: batch * hw, k: c, threads: Parallel.workers, label: "sgemm same size (\(Parallel.workers) thr)"))
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 1, kw: 1), label: "conv 1x1")
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 3, kw: 3, padding: 1, groups: c),
+                                 label: "depthwise 3x3")
+        }
+        rows.append(sgemmRow(m: 1024, n: 1024, k: 1024, threads: Parallel.workers, label: "sgemm 1024³ (\(Parallel.workers) thr)"))
+        return rows
+    }
+}

@@ -1,0 +1,12 @@
+// The `espalier` command-line host.
+
+import ArgumentParser
+import EspalierCore
+
+@main
+struct Espalier: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "espalier",
+        abstract: "Neural architecture search inside a memory budget.",
+        subcommands: [KernelBenchCommand.self])
+}

@@ -1,0 +1,37 @@
+// `espalier kernel-bench`: GFLOP/s of the convolution kernels next to sgemm, measured in one run.
+
+import ArgumentParser
+import EspalierCore
+import Foundation
+
+struct KernelBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernel-bench",
+        abstract: "Measure GFLOP/s of the 1×1 and depthwise 3×3 convolution paths next to OpenBLAS sgemm.")
+
+    @Option(help: "Batch size.") var batch = 64
+    @Option(help: "Spatial size (H = W).") var size = 28
+    @Option(help: "Comma-separated channel counts.") var channels = "16,32,64"
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func run() throws {
+        let cs = channels.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !cs.isEmpty, cs.allSatisfy({ $0 > 0 }) else { throw ValidationError("--channels needs positive integers, e.g. 16,32,64") }
+        let rows = try KernelBench.standard(batch: batch, size: size, channels: cs)
+        if json {
+            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try enc.encode(rows), as: UTF8.self))
+            return
+        }
+        print("threads: \(Parallel.workers)")
+        print(pad("kernel", 30) + pad("shape", 30) + pad("best ms", 10, left: true) + pad("GFLOP/s", 10, left: true) + pad("median", 10, left: true))
+        var sgemmRef: Double = 0
+        for r in rows {
+            var note = ""
+            if r.name.hasPrefix("sgemm same") { sgemmRef = r.gflops }
+            else if r.name.hasPrefix("conv 1x1"), sgemmRef > 0 { note = String(format: "  %.0f%% of sgemm", 100 * r.gflops / sgemmRef) }
+            print(pad(r.name, 30) + pad(r.shape, 30) + pad(String(format: "%.3f", r.bestSeconds * 1000), 10, left: true)
+                  + pad(String(format: "%.1f", r.gflops), 10, left: true) + pad(String(format: "%.1f", r.medianGflops), 10, left: true) + note)
+        }
+    }
+}

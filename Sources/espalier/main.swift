@@ -1,7 +1,0 @@
-import ArgumentParser
-import EspalierCore
-
-@main
-struct Espalier: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "espalier", abstract: "Neural architecture search inside a memory budget.")
-}
