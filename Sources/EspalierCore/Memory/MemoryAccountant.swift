@@ -243,13 +243,16 @@ public final class MemoryAccountant {
 
     /// A human-readable report: current and peak by category.
     public func summary() -> String {
-        var lines = ["category               current        at peak"]
-        for c in MemoryCategory.allCases {
-            lines.append(String(format: "%-20@ %12@ %14@", c.name as NSString,
-                                formatBytes(current[c]) as NSString, formatBytes(peakByCategory[c]) as NSString))
+        func row(_ a: String, _ b: String, _ c: String) -> String {
+            a.padding(toLength: 22, withPad: " ", startingAt: 0)
+                + String(repeating: " ", count: max(0, 12 - b.count)) + b
+                + String(repeating: " ", count: max(0, 14 - c.count)) + c
         }
-        lines.append(String(format: "%-20@ %12@ %14@", "total" as NSString,
-                            formatBytes(currentTotal) as NSString, formatBytes(peakTotal) as NSString))
+        var lines = [row("category", "current", "at peak")]
+        for c in MemoryCategory.allCases {
+            lines.append(row(c.name, formatBytes(current[c]), formatBytes(peakByCategory[c])))
+        }
+        lines.append(row("total", formatBytes(currentTotal), formatBytes(peakTotal)))
         return lines.joined(separator: "\n")
     }
 }

@@ -1,0 +1,99 @@
+// Differentiable channel ops over dim 1 of (N, C, …): concat, narrow, split (a narrow per piece),
+// channel shuffle, and the strided zero op. None saves a tensor for backward.
+
+import Foundation
+
+extension Graph {
+    /// (N, C, inner) of a rank ≥ 2 shape.
+    func channelLayout(_ shape: [Int], _ op: String) throws -> (n: Int, c: Int, inner: Int) {
+        guard shape.count >= 2 else { throw EspalierError.shapeMismatch("\(op) needs (N, C, …); got \(shape)") }
+        return (shape[0], shape[1], shape.dropFirst(2).reduce(1, *))
+    }
+
+    /// Concatenation along channels (dim 1); all inputs agree on every other dimension.
+    public func concatChannels(_ xs: [Variable]) throws -> Variable {
+        guard let first = xs.first else { throw EspalierError.invalidArgument("concat of no tensors") }
+        if xs.count == 1 { return first }
+        let (n, _, inner) = try channelLayout(first.shape, "concatChannels")
+        for x in xs {
+            var a = x.shape, b = first.shape
+            guard a.count == b.count else { throw EspalierError.shapeMismatch("concatChannels: \(x.shape) vs \(first.shape)") }
+            a[1] = 0; b[1] = 0
+            guard a == b else { throw EspalierError.shapeMismatch("concatChannels: \(x.shape) vs \(first.shape)") }
+        }
+        let channels = xs.map { $0.shape[1] }
+        var outShape = first.shape
+        outShape[1] = channels.reduce(0, +)
+        let y = try output(outShape)
+        if computing { Kernels.concatChannels(xs.map { UnsafePointer($0.value.ptr) }, channels: channels, out: y.ptr, n: n, hw: inner) }
+        let shapes = xs.map { $0.shape }
+        return record(y, inputs: xs) { [unowned self] dY, ctx in
+            let grads = try (0..<shapes.count).map { ctx.needs($0) ? try self.gradTensor(shapes[$0]) : nil }
+            if ctx.computing { Kernels.splitChannels(dY.ptr, channels: channels, outs: grads.map { $0?.ptr }, n: n, hw: inner) }
+            for (i, g) in grads.enumerated() { if let g { try ctx.accumulate(i, g) } }
+        }
+    }
+
+    /// Channels `range` of x (a copy). Backward writes dY into its slice of a zeroed full-size gradient.
+    public func narrow(_ x: Variable, channels range: Range<Int>) throws -> Variable {
+        let (n, c, inner) = try channelLayout(x.shape, "narrow")
+        guard range.lowerBound >= 0, range.upperBound <= c, !range.isEmpty else {
+            throw EspalierError.invalidArgument("narrow: channels \(range) of \(x.shape)")
+        }
+        if range.count == c { return x }
+        var outShape = x.shape
+        outShape[1] = range.count
+        let y = try output(outShape)
+        if computing {
+            Kernels.copyChannels(from: x.value.ptr, srcChannels: c, srcOffset: range.lowerBound,
+                                 to: y.ptr, dstChannels: range.count, dstOffset: 0, channels: range.count, n: n, hw: inner)
+        }
+        let inShape = x.shape
+        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+            let dX = try self.gradTensor(inShape)
+            if ctx.computing {
+                Kernels.narrowChannelsBackward(dY.ptr, dX: dX.ptr, c: c, offset: range.lowerBound, channels: range.count, n: n, hw: inner)
+            }
+            try ctx.accumulate(0, dX)
+        }
+    }
+
+    /// Splits x along channels into consecutive pieces of `sizes` channels (Σ sizes = C).
+    /// Pieces that receive no gradient contribute zero.
+    public func splitChannels(_ x: Variable, sizes: [Int]) throws -> [Variable] {
+        let (_, c, _) = try channelLayout(x.shape, "splitChannels")
+        guard sizes.allSatisfy({ $0 > 0 }), sizes.reduce(0, +) == c else {
+            throw EspalierError.invalidArgument("splitChannels: sizes \(sizes) for \(c) channels")
+        }
+        var offset = 0
+        return try sizes.map { size in
+            defer { offset += size }
+            return try narrow(x, channels: offset..<(offset + size))
+        }
+    }
+
+    /// Channel shuffle with `groups` groups: (N, g, C/g, …) → transpose → (N, C/g, g, …).
+    public func channelShuffle(_ x: Variable, groups: Int) throws -> Variable {
+        let (n, c, inner) = try channelLayout(x.shape, "channelShuffle")
+        guard groups > 0, c % groups == 0 else {
+            throw EspalierError.invalidArgument("channelShuffle: \(c) channels are not divisible by \(groups) groups")
+        }
+        if groups == 1 || groups == c { return x }
+        let y = try output(x.shape)
+        if computing { Kernels.channelShuffle(x.value.ptr, y.ptr, n: n, c: c, hw: inner, groups: groups) }
+        let shape = x.shape
+        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+            let dX = try self.gradTensor(shape)
+            if ctx.computing { Kernels.channelShuffle(dY.ptr, dX.ptr, n: n, c: c, hw: inner, groups: c / groups) }
+            try ctx.accumulate(0, dX)
+        }
+    }
+
+    /// The `none` op: zeros of shape (N, C, ⌈H/stride⌉, ⌈W/stride⌉) for x (N, C, H, W); no gradient.
+    public func zeros(like x: Variable, stride: Int = 1) throws -> Variable {
+        guard x.shape.count == 4 else { throw EspalierError.shapeMismatch("zeros(like:) needs x (N,C,H,W); got \(x.shape)") }
+        guard stride > 0 else { throw EspalierError.invalidArgument("zeros(like:) stride \(stride)") }
+        let s = x.shape
+        return try zeros([s[0], s[1], (s[2] + stride - 1) / stride, (s[3] + stride - 1) / stride])
+    }
+}

@@ -1,0 +1,82 @@
+// Differentiable batch normalisation (PyTorch semantics). Training mode normalises with the batch
+// statistics (biased variance) and updates the running statistics with the unbiased variance;
+// evaluation mode normalises with the running statistics. Saves x and the per-channel mean and
+// 1/√(var + eps) (two small activation tensors); γ and β are read from their variables.
+
+import Foundation
+
+extension Graph {
+    /// Batch norm over dim 1 of x (N, C, …). γ, β: (C) or nil (no affine map). Running statistics:
+    /// (C) tensors updated in place in training mode (running = (1−momentum)·running + momentum·batch);
+    /// pass nil for both to always use batch statistics (track_running_stats=False).
+    /// Uses batch statistics when `training` is true or there are no running statistics.
+    public func batchNorm(_ x: Variable, gamma: Variable?, beta: Variable?, runningMean: Tensor?, runningVar: Tensor?,
+                          momentum: Float = 0.1, eps: Float = 1e-5) throws -> Variable {
+        guard x.shape.count >= 2 else { throw EspalierError.shapeMismatch("batchNorm needs x (N, C, …); got \(x.shape)") }
+        let shape = x.shape
+        let n = shape[0], c = shape[1], hw = shape.dropFirst(2).reduce(1, *)
+        for (name, t) in [("gamma", gamma?.value), ("beta", beta?.value), ("runningMean", runningMean), ("runningVar", runningVar)] {
+            if let t, t.count != c { throw EspalierError.shapeMismatch("batchNorm \(name) \(t.shape) for \(c) channels") }
+        }
+        guard (runningMean == nil) == (runningVar == nil) else {
+            throw EspalierError.invalidArgument("batchNorm needs both running statistics or neither")
+        }
+        let batchStatistics = training || runningMean == nil
+        if batchStatistics && n * hw <= 1 {
+            throw EspalierError.invalidArgument("batchNorm with batch statistics needs more than one value per channel; got \(shape)")
+        }
+
+        let y = try output(shape)
+        let mean = try Tensor(shape: [c], category: .activations, accountant: accountant)
+        let invStd = try Tensor(shape: [c], category: .activations, accountant: accountant)
+        if computing {
+            if batchStatistics {
+                // The variance goes into invStd first, and is converted in place.
+                Kernels.batchNormStatistics(x.value.ptr, n: n, c: c, hw: hw, mean: mean.ptr, variance: invStd.ptr)
+                if training, let rm = runningMean, let rv = runningVar {
+                    let unbias = Float(n * hw) / Float(n * hw - 1)
+                    for ch in 0..<c {
+                        rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
+                        rv[ch] = (1 - momentum) * rv[ch] + momentum * invStd[ch] * unbias
+                    }
+                }
+                for ch in 0..<c { invStd[ch] = 1 / (invStd[ch] + eps).squareRoot() }
+            } else if let rm = runningMean, let rv = runningVar {
+                for ch in 0..<c {
+                    mean[ch] = rm[ch]
+                    invStd[ch] = 1 / (rv[ch] + eps).squareRoot()
+                }
+            }
+            Kernels.batchNormApply(x.value.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
+                                   gamma: gamma?.value.ptr, beta: beta?.value.ptr, y: y.ptr)
+        }
+        let count = n * c * hw
+        flops += count * (batchStatistics ? 5 : 2)
+
+        var inputs = [x]
+        var gammaIndex: Int? = nil, betaIndex: Int? = nil
+        if let gamma { gammaIndex = inputs.count; inputs.append(gamma) }
+        if let beta { betaIndex = inputs.count; inputs.append(beta) }
+        let xValue = x.value, gammaValue = gamma?.value
+        return record(y, inputs: inputs) { [unowned self] dY, ctx in
+            // γ and β gradients: into the parameter's buffer directly, else a zeroed temporary.
+            func grad(_ index: Int?) throws -> (Tensor?, Bool) {
+                guard let index, ctx.needs(index) else { return (nil, false) }
+                if let pg = try ctx.parameterGrad(index) { return (pg, false) }
+                return (try self.gradTensor([c], zeroed: true), true)
+            }
+            let (dGamma, dGammaIsTemp) = try grad(gammaIndex)
+            let (dBeta, dBetaIsTemp) = try grad(betaIndex)
+            let dX = ctx.needs(0) ? try self.gradTensor(shape) : nil
+            if ctx.computing {
+                Kernels.batchNormBackward(xValue.ptr, dY: dY.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
+                                          gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
+                                          dX: dX?.ptr, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr)
+            }
+            self.flops += count * (batchStatistics ? 7 : 4)
+            if let dX { try ctx.accumulate(0, dX) }
+            if dGammaIsTemp, let dGamma, let gammaIndex { try ctx.accumulate(gammaIndex, dGamma) }
+            if dBetaIsTemp, let dBeta, let betaIndex { try ctx.accumulate(betaIndex, dBeta) }
+        }
+    }
+}

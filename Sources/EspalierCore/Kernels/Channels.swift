@@ -1,0 +1,123 @@
+// Channel rearrangements over (N, C, HW): block copies between channel ranges (concat, narrow
+// and their backward passes) and channel shuffle. Each sample is a run of contiguous blocks, so
+// every kernel is a sequence of memcpys, split across cores by sample; naive references beside.
+// Backward kernels overwrite their outputs.
+
+import Foundation
+
+extension Kernels {
+    /// dst[s, dstOffset + j] = src[s, srcOffset + j] for j in 0..<channels, every sample s.
+    /// src has `srcChannels` channels, dst `dstChannels`; each channel is `hw` floats.
+    public static func copyChannels(from src: UnsafePointer<Float>, srcChannels: Int, srcOffset: Int,
+                                    to dst: UnsafeMutablePointer<Float>, dstChannels: Int, dstOffset: Int,
+                                    channels: Int, n: Int, hw: Int) {
+        let block = channels * hw
+        forItems(n, itemSize: block) { s in
+            (dst + (s * dstChannels + dstOffset) * hw).update(from: src + (s * srcChannels + srcOffset) * hw, count: block)
+        }
+    }
+
+    /// out (N, Σc, HW) = xs[0] ‖ xs[1] ‖ … along channels; xs[i] is (N, channels[i], HW).
+    public static func concatChannels(_ xs: [UnsafePointer<Float>], channels: [Int], out: UnsafeMutablePointer<Float>, n: Int, hw: Int) {
+        let total = channels.reduce(0, +)
+        forItems(n, itemSize: total * hw) { s in
+            var dst = out + s * total * hw
+            for (x, ci) in zip(xs, channels) {
+                dst.update(from: x + s * ci * hw, count: ci * hw)
+                dst += ci * hw
+            }
+        }
+    }
+
+    /// The inverse of `concatChannels`: outs[i] (N, channels[i], HW) = y's channel slice i (nil: skipped).
+    public static func splitChannels(_ y: UnsafePointer<Float>, channels: [Int], outs: [UnsafeMutablePointer<Float>?], n: Int, hw: Int) {
+        let total = channels.reduce(0, +)
+        forItems(n, itemSize: total * hw) { s in
+            var src = y + s * total * hw
+            for (o, ci) in zip(outs, channels) {
+                o?.advanced(by: s * ci * hw).update(from: src, count: ci * hw)
+                src += ci * hw
+            }
+        }
+    }
+
+    /// Narrow backward: dX (N, C, HW) = 0 except dX[:, offset ..< offset+channels] = dY (N, channels, HW).
+    public static func narrowChannelsBackward(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+                                              c: Int, offset: Int, channels: Int, n: Int, hw: Int) {
+        forItems(n, itemSize: c * hw) { s in
+            let dx = dX + s * c * hw
+            dx.update(repeating: 0, count: offset * hw)
+            (dx + offset * hw).update(from: dY + s * channels * hw, count: channels * hw)
+            (dx + (offset + channels) * hw).update(repeating: 0, count: (c - offset - channels) * hw)
+        }
+    }
+
+    /// Channel shuffle: view x as (N, groups, C/groups, HW), swap the two channel axes:
+    /// y[s, i·groups + g] = x[s, g·(C/groups) + i]. Its inverse is the shuffle with C/groups groups.
+    public static func channelShuffle(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int, c: Int, hw: Int, groups: Int) {
+        let perGroup = c / groups
+        forItems(n, itemSize: c * hw) { s in
+            let xs = x + s * c * hw, ys = y + s * c * hw
+            for g in 0..<groups {
+                for i in 0..<perGroup {
+                    (ys + (i * groups + g) * hw).update(from: xs + (g * perGroup + i) * hw, count: hw)
+                }
+            }
+        }
+    }
+
+    // MARK: - Naive references
+
+    public static func copyChannelsNaive(from src: UnsafePointer<Float>, srcChannels: Int, srcOffset: Int,
+                                         to dst: UnsafeMutablePointer<Float>, dstChannels: Int, dstOffset: Int,
+                                         channels: Int, n: Int, hw: Int) {
+        for s in 0..<n {
+            for j in 0..<channels {
+                for i in 0..<hw {
+                    dst[(s * dstChannels + dstOffset + j) * hw + i] = src[(s * srcChannels + srcOffset + j) * hw + i]
+                }
+            }
+        }
+    }
+
+    public static func concatChannelsNaive(_ xs: [UnsafePointer<Float>], channels: [Int], out: UnsafeMutablePointer<Float>, n: Int, hw: Int) {
+        let total = channels.reduce(0, +)
+        var offset = 0
+        for (x, ci) in zip(xs, channels) {
+            copyChannelsNaive(from: x, srcChannels: ci, srcOffset: 0, to: out, dstChannels: total, dstOffset: offset, channels: ci, n: n, hw: hw)
+            offset += ci
+        }
+    }
+
+    public static func splitChannelsNaive(_ y: UnsafePointer<Float>, channels: [Int], outs: [UnsafeMutablePointer<Float>?], n: Int, hw: Int) {
+        let total = channels.reduce(0, +)
+        var offset = 0
+        for (o, ci) in zip(outs, channels) {
+            if let o { copyChannelsNaive(from: y, srcChannels: total, srcOffset: offset, to: o, dstChannels: ci, dstOffset: 0, channels: ci, n: n, hw: hw) }
+            offset += ci
+        }
+    }
+
+    public static func narrowChannelsBackwardNaive(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+                                                   c: Int, offset: Int, channels: Int, n: Int, hw: Int) {
+        for s in 0..<n {
+            for ch in 0..<c {
+                for i in 0..<hw {
+                    let inside = ch >= offset && ch < offset + channels
+                    dX[(s * c + ch) * hw + i] = inside ? dY[(s * channels + ch - offset) * hw + i] : 0
+                }
+            }
+        }
+    }
+
+    public static func channelShuffleNaive(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int, c: Int, hw: Int, groups: Int) {
+        let perGroup = c / groups
+        for s in 0..<n {
+            for outC in 0..<c {
+                let i = outC / groups, g = outC % groups
+                let inC = g * perGroup + i
+                for p in 0..<hw { y[(s * c + outC) * hw + p] = x[(s * c + inC) * hw + p] }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+// Pooling, NCHW: max k×k, average k×k, global average. Forward and backward side by side, each
+// with the naive reference it is tested against. Floor-mode output size (PyTorch's default).
+//   max      padding counts as −∞; backward recomputes the argmax from the input (no index
+//            buffer). Ties: the first maximum in row-major window order wins, in both passes.
+//            NaN propagates as in PyTorch.
+//   average  divisor = in-image elements of the window (count_include_pad=False) or k·k.
+//            Backward needs no saved tensor.
+//   global   (N, C, H, W) → (N, C), the mean of each plane.
+// Planes (sample, channel) are independent: the tuned paths split them across cores and clip
+// each window to the image once instead of testing every tap. Backward overwrites dX.
+
+import Foundation
+
+public struct PoolGeometry: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public var n, c, h, w: Int
+    public var k, stride, padding: Int
+
+    public init(n: Int, c: Int, h: Int, w: Int, k: Int, stride: Int, padding: Int = 0) {
+        self.n = n; self.c = c; self.h = h; self.w = w
+        self.k = k; self.stride = stride; self.padding = padding
+    }
+
+    public var hOut: Int { (h + 2 * padding - k) / stride + 1 }
+    public var wOut: Int { (w + 2 * padding - k) / stride + 1 }
+    public var inputShape: [Int] { [n, c, h, w] }
+    public var outputShape: [Int] { [n, c, hOut, wOut] }
+    var planes: Int { n * c }
+
+    public var description: String { "pool(\(n)x\(c)x\(h)x\(w), k\(k) s\(stride) p\(padding))" }
+
+    /// Checks the geometry (PyTorch's rules: padding at most k/2); returns the problem, or nil.
+    public func validate() -> String? {
+        if n <= 0 || c <= 0 || h <= 0 || w <= 0 || k <= 0 { return "sizes must be positive in \(self)" }
+        if stride <= 0 || padding < 0 { return "stride must be positive and padding non-negative in \(self)" }
+        if 2 * padding > k { return "padding must be at most half the kernel size in \(self)" }
+        if h + 2 * padding < k || w + 2 * padding < k { return "the window does not fit the input in \(self)" }
+        return nil
+    }
+
+    /// The in-image rows (or columns) of the window at output position `o`.
+    @inline(__always)
+    func window(_ o: Int, size: Int) -> Range<Int> {
+        let start = o * stride - padding
+        return max(start, 0)..<min(start + k, size)
+    }
+}
+
+extension Kernels {
+    /// Runs `body(i)` for i in 0..<count, split across cores when the work (count·itemSize) is large.
+    @inline(__always)
+    static func forItems(_ count: Int, itemSize: Int, _ body: (Int) -> Void) {
+        let grain = max(1, parallelGrain / max(itemSize, 1))
+        Parallel.forChunks(count, grain: grain) { r in for i in r { body(i) } }
+    }
+
+    // MARK: - Max pool
+
+    /// y = maxpool(x): x (N, C, H, W) → y (N, C, Ho, Wo).
+    public static func maxPool2dForward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        forItems(g.planes, itemSize: hw * 2) { plane in
+            let xp = x + plane * hw, yp = y + plane * ho * wo
+            for oh in 0..<ho {
+                let rows = g.window(oh, size: g.h)
+                for ow in 0..<wo {
+                    let cols = g.window(ow, size: g.w)
+                    var best = -Float.infinity
+                    for ih in rows {
+                        let xrow = xp + ih * g.w
+                        for iw in cols {
+                            let v = xrow[iw]
+                            if v > best || v.isNaN { best = v }
+                        }
+                    }
+                    yp[oh * wo + ow] = best
+                }
+            }
+        }
+    }
+
+    /// dX = ∂/∂x (overwritten): each dY goes to the argmax of its window, recomputed from x.
+    public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+        let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        forItems(g.planes, itemSize: hw * 2) { plane in
+            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
+            dxp.update(repeating: 0, count: hw)
+            for oh in 0..<ho {
+                let rows = g.window(oh, size: g.h)
+                for ow in 0..<wo {
+                    let cols = g.window(ow, size: g.w)
+                    var best = -Float.infinity
+                    var arg = rows.lowerBound * g.w + cols.lowerBound
+                    for ih in rows {
+                        let xrow = xp + ih * g.w
+                        for iw in cols {
+                            let v = xrow[iw]
+                            if v > best || v.isNaN { best = v; arg = ih * g.w + iw }
+                        }
+                    }
+                    dxp[arg] += dyp[oh * wo + ow]
+                }
+            }
+        }
+    }
+
+    // MARK: - Average pool
+
+    /// y = avgpool(x). Divisor: in-image elements (countIncludePad false) or k·k.
+    public static func avgPool2dForward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        forItems(g.planes, itemSize: hw * 2) { plane in
+            let xp = x + plane * hw, yp = y + plane * ho * wo
+            for oh in 0..<ho {
+                let rows = g.window(oh, size: g.h)
+                for ow in 0..<wo {
+                    let cols = g.window(ow, size: g.w)
+                    var s: Float = 0
+                    for ih in rows {
+                        let xrow = xp + ih * g.w
+                        for iw in cols { s += xrow[iw] }
+                    }
+                    let divisor = countIncludePad ? g.k * g.k : rows.count * cols.count
+                    yp[oh * wo + ow] = s / Float(divisor)
+                }
+            }
+        }
+    }
+
+    /// dX = ∂/∂x (overwritten): each dY spread evenly over the elements its window divided by.
+    public static func avgPool2dBackward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+        let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        forItems(g.planes, itemSize: hw * 2) { plane in
+            let dyp = dY + plane * ho * wo, dxp = dX + plane * hw
+            dxp.update(repeating: 0, count: hw)
+            for oh in 0..<ho {
+                let rows = g.window(oh, size: g.h)
+                for ow in 0..<wo {
+                    let cols = g.window(ow, size: g.w)
+                    let divisor = countIncludePad ? g.k * g.k : rows.count * cols.count
+                    let v = dyp[oh * wo + ow] / Float(divisor)
+                    for ih in rows {
+                        let dxrow = dxp + ih * g.w
+                        for iw in cols { dxrow[iw] += v }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Global average pool
+
+    /// y (planes) = mean of each plane of x (planes, hw).
+    public static func globalAvgPoolForward(_ x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, planes: Int, hw: Int) {
+        forItems(planes, itemSize: hw) { plane in
+            y[plane] = Float(rowSum(x + plane * hw, count: hw) / Double(hw))
+        }
+    }
+
+    /// dX (planes, hw) = dY[plane] / hw, overwritten.
+    public static func globalAvgPoolBackward(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, planes: Int, hw: Int) {
+        forItems(planes, itemSize: hw) { plane in
+            (dX + plane * hw).update(repeating: dY[plane] / Float(hw), count: hw)
+        }
+    }
+
+    /// Σ p[0..<count] in Double (four Float lanes per block of 4096).
+    @inline(__always)
+    static func rowSum(_ p: UnsafePointer<Float>, count: Int) -> Double {
+        var total: Double = 0
+        var i = 0
+        while i < count {
+            let end = min(i + 4096, count)
+            var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
+            var j = i
+            while j + 4 <= end { s0 += p[j]; s1 += p[j + 1]; s2 += p[j + 2]; s3 += p[j + 3]; j += 4 }
+            while j < end { s0 += p[j]; j += 1 }
+            total += Double((s0 + s1) + (s2 + s3))
+            i = end
+        }
+        return total
+    }
+
+    // MARK: - Naive references
+
+    public static func maxPool2dForwardNaive(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        for plane in 0..<g.planes {
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    var best = -Float.infinity
+                    for ki in 0..<g.k {
+                        for kj in 0..<g.k {
+                            let ih = oh * g.stride - g.padding + ki, iw = ow * g.stride - g.padding + kj
+                            if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                            let v = x[(plane * g.h + ih) * g.w + iw]
+                            if v > best || v.isNaN { best = v }
+                        }
+                    }
+                    y[(plane * ho + oh) * wo + ow] = best
+                }
+            }
+        }
+    }
+
+    public static func maxPool2dBackwardNaive(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        dX.update(repeating: 0, count: g.planes * g.h * g.w)
+        for plane in 0..<g.planes {
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    var best = -Float.infinity
+                    var arg = -1
+                    for ki in 0..<g.k {
+                        for kj in 0..<g.k {
+                            let ih = oh * g.stride - g.padding + ki, iw = ow * g.stride - g.padding + kj
+                            if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                            let i = (plane * g.h + ih) * g.w + iw
+                            if arg < 0 || x[i] > best || x[i].isNaN { best = x[i]; arg = i }
+                        }
+                    }
+                    dX[arg] += dY[(plane * ho + oh) * wo + ow]
+                }
+            }
+        }
+    }
+
+    public static func avgPool2dForwardNaive(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        for plane in 0..<g.planes {
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    var s: Double = 0
+                    var inside = 0
+                    for ki in 0..<g.k {
+                        for kj in 0..<g.k {
+                            let ih = oh * g.stride - g.padding + ki, iw = ow * g.stride - g.padding + kj
+                            if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                            s += Double(x[(plane * g.h + ih) * g.w + iw])
+                            inside += 1
+                        }
+                    }
+                    y[(plane * ho + oh) * wo + ow] = Float(s / Double(countIncludePad ? g.k * g.k : inside))
+                }
+            }
+        }
+    }
+
+    public static func avgPool2dBackwardNaive(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+        let (ho, wo) = (g.hOut, g.wOut)
+        dX.update(repeating: 0, count: g.planes * g.h * g.w)
+        for plane in 0..<g.planes {
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    var taps: [Int] = []
+                    for ki in 0..<g.k {
+                        for kj in 0..<g.k {
+                            let ih = oh * g.stride - g.padding + ki, iw = ow * g.stride - g.padding + kj
+                            if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
+                            taps.append((plane * g.h + ih) * g.w + iw)
+                        }
+                    }
+                    let dy = dY[(plane * ho + oh) * wo + ow] / Float(countIncludePad ? g.k * g.k : taps.count)
+                    for i in taps { dX[i] += dy }
+                }
+            }
+        }
+    }
+
+    public static func globalAvgPoolForwardNaive(_ x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, planes: Int, hw: Int) {
+        for plane in 0..<planes {
+            var s: Double = 0
+            for i in 0..<hw { s += Double(x[plane * hw + i]) }
+            y[plane] = Float(s / Double(hw))
+        }
+    }
+
+    public static func globalAvgPoolBackwardNaive(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, planes: Int, hw: Int) {
+        for plane in 0..<planes { for i in 0..<hw { dX[plane * hw + i] = dY[plane] / Float(hw) } }
+    }
+}
