@@ -1,0 +1,103 @@
+// Elementwise ops (add, sum, ReLU, scale, weighted sum, dropout, drop-path, reshape, zeros):
+// gradients against finite differences, and the parallel kernels against plain loops.
+
+import EspalierCore
+import XCTest
+
+final class ElementwiseTests: XCTestCase {
+    let acc = MemoryAccountant()
+
+    func testBackward_AddSumScale_MatchFiniteDifferences() throws {
+        let a = try randomTensor([2, 3, 4, 4], acc, seed: 1), b = try randomTensor([2, 3, 4, 4], acc, seed: 2)
+        let c = try randomTensor([2, 3, 4, 4], acc, seed: 3)
+        try GradCheck().check("add", inputs: [a, b]) { g, v in try g.add(v[0], v[1]) }
+        try GradCheck().check("sum3", inputs: [a, b, c]) { g, v in try g.sum([v[0], v[1], v[2], v[0]]) }
+        try GradCheck().check("scale", inputs: [a]) { g, v in try g.scale(v[0], by: -1.7) }
+    }
+
+    func testBackward_ReLU_MatchesFiniteDifferences() throws {
+        // Values kept away from the kink at 0 so central differences are valid.
+        let x = try randomTensor([2, 2, 5, 5], acc, seed: 4)
+        for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = 0.3 }
+        try GradCheck().check("relu", inputs: [x]) { g, v in try g.relu(v[0]) }
+    }
+
+    func testBackward_MixingWeights_MatchFiniteDifferences() throws {
+        let xs = try (0..<3).map { try randomTensor([2, 2, 3, 3], acc, seed: UInt64(10 + $0)) }
+        let w = try Tensor.from([0.2, -0.5, 1.3], shape: [3], accountant: acc)
+        try GradCheck().check("weightedSum", inputs: xs + [w]) { g, v in try g.weightedSum(Array(v[0..<3]), weights: v[3]) }
+        try GradCheck().check("scaleByElement", inputs: [xs[0], w]) { g, v in try g.scale(v[0], byElement: 2, of: v[1]) }
+    }
+
+    func testBackward_DropoutAndDropPath_MatchFiniteDifferences() throws {
+        // GradCheck rebuilds the graph with the same seed, so every evaluation draws the same mask.
+        let x = try randomTensor([4, 2, 3, 3], acc, seed: 5)
+        for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = -0.3 }   // away from ReLU's kink
+        try GradCheck().check("dropout", inputs: [x]) { g, v in try g.dropout(v[0], p: 0.3) }
+        try GradCheck().check("dropPath", inputs: [x]) { g, v in try g.dropPath(v[0], p: 0.5) }
+        try GradCheck().check("reshape", inputs: [x]) { g, v in try g.relu(try g.reshape(v[0], [4, 18])) }
+    }
+
+    func testDropPath_ZeroesWholeSamplesAndScalesTheRest() throws {
+        let g = Graph(accountant: acc, seed: 11)
+        let x = g.constant(try Tensor.filled([64, 2, 2, 2], value: 1, category: .data, accountant: acc))
+        let y = try g.dropPath(x, p: 0.25)
+        var dropped = 0
+        for s in 0..<64 {
+            let vals = Set((0..<8).map { y.value[s * 8 + $0] })
+            XCTAssertEqual(vals.count, 1, "a sample is dropped or kept as a whole")
+            if vals.first == 0 { dropped += 1 } else { XCTAssertEqual(vals.first!, 1 / 0.75, accuracy: 1e-6) }
+        }
+        XCTAssertTrue((4...30).contains(dropped), "about a quarter dropped, got \(dropped)")
+        g.training = false
+        XCTAssertTrue(try g.dropPath(x, p: 0.25) === x, "identity in evaluation mode")
+    }
+
+    func testParallelKernels_MatchPlainLoops() throws {
+        let n = 200_003   // large enough to split across cores, odd so the chunks are uneven
+        let a = try randomTensor([n], acc, seed: 6), b = try randomTensor([n], acc, seed: 7)
+        let out = try Tensor(shape: [n], category: .data, accountant: acc)
+        Kernels.add(a.ptr, b.ptr, out.ptr, count: n)
+        XCTAssertEqual(out.array, zip(a.array, b.array).map { $0 + $1 })
+        Kernels.reluForward(a.ptr, out.ptr, count: n)
+        XCTAssertEqual(out.array, a.array.map { max($0, 0) })
+        Kernels.weightedSumForward([UnsafePointer(a.ptr), UnsafePointer(b.ptr)], [0.5, 2], out.ptr, count: n)
+        assertClose(out.array, zip(a.array, b.array).map { 0.5 * $0 + 2 * $1 }, tol: 1e-6)
+        let dot = Kernels.dot(a.ptr, b.ptr, count: n)
+        let ref = zip(a.array, b.array).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        XCTAssertEqual(dot, ref, accuracy: 1e-3 * max(1, abs(ref)))
+    }
+
+    func testNoGrad_RecordsNothingAndKeepsNothingForBackward() throws {
+        let g = Graph(accountant: acc)
+        let x = g.leaf(try randomTensor([2, 3, 8, 8], acc, seed: 8))
+        let w = g.leaf(try randomTensor([3, 3, 3, 3], acc, seed: 9))
+        let before = acc.current[.activations]
+        let y = try g.noGrad { try g.relu(try g.conv2d(x, w, padding: 1)) }
+        XCTAssertEqual(g.tapeLength, 0)
+        XCTAssertFalse(y.requiresGrad)
+        // Only y itself is alive: the conv output was freed as soon as ReLU had read it.
+        XCTAssertEqual(acc.current[.activations] - before, y.value.count * 4)
+    }
+
+    func testBackward_FreesSavedTensorsAndIntermediateGradients() throws {
+        let acc = MemoryAccountant()
+        let g = Graph(accountant: acc)
+        let x = g.leaf(try randomTensor([2, 3, 8, 8], acc, seed: 8))
+        let w = g.leaf(try randomTensor([3, 3, 3, 3], acc, seed: 9))
+        var loss: Variable? = try g.mean(try g.relu(try g.conv2d(try g.relu(x), w, padding: 1)))
+        XCTAssertGreaterThan(acc.current[.activations], 0, "saved for backward")
+        try g.backward(loss!)
+        loss = nil
+        XCTAssertEqual(g.tapeLength, 0)
+        XCTAssertEqual(acc.current[.activations], 0, "every saved activation freed after backward")
+        // Only the leaves' gradients remain.
+        XCTAssertEqual(acc.current[.activationGradients], (x.value.count + w.value.count) * 4)
+    }
+
+    func testBackward_WithoutParameters_IsAClearError() throws {
+        let g = Graph(accountant: acc)
+        let c = g.constant(try randomTensor([3], acc, seed: 1))
+        XCTAssertThrowsError(try g.backward(try g.mean(c))) { XCTAssertTrue("\($0)".contains("does not depend on any parameter")) }
+    }
+}
