@@ -12,9 +12,17 @@ let package = Package(
     products: [
         .executable(name: "espalier", targets: ["espalier"]),
         .library(name: "EspalierCore", targets: ["EspalierCore"]),
+        // Plugins: one shared library per method family, loaded by the host with dlopen.
+        .library(name: "espalier-gates", type: .dynamic, targets: ["EspalierGatesPlugin"]),
+        // Samples built with the tree (each can also be built on its own: see Samples/README.md).
+        .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
+        .library(name: "espalier-sample-sparsemax", type: .dynamic, targets: ["SparsemaxGate"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        // The plugin SDK is its own package, so that plugins can depend on it alone.
+        .package(path: "SDK"),
     ],
     targets: [
         // MARK: System libraries (Debian: libopenblas-dev, libffi-dev, zlib1g-dev)
@@ -29,11 +37,40 @@ let package = Package(
             swiftSettings: fast
         ),
 
+        // MARK: The plugin host: loader, registry, libffi calls, adapters from the C ABI to the engine
+        .target(
+            name: "EspalierHost",
+            dependencies: ["EspalierCore", "CFFI", .product(name: "CEspalierSDK", package: "SDK"), "Yams"],
+            swiftSettings: fast
+        ),
+
+        // MARK: Plugins and samples (shared libraries; they see the SDK only)
+        .target(
+            name: "EspalierGatesPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/gates",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "SampleSwishOp",
+            dependencies: [.product(name: "CEspalierSDK", package: "SDK")],
+            path: "Samples/c-swish-op",
+            exclude: ["README.md"],
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-O2"])]
+        ),
+        .target(
+            name: "SparsemaxGate",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Samples/swift-sparsemax-gate/Sources/SparsemaxGate"
+        ),
+
         // MARK: The command-line host
         .executableTarget(
             name: "espalier",
             dependencies: [
                 "EspalierCore",
+                "EspalierHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast
@@ -43,6 +80,11 @@ let package = Package(
         .testTarget(
             name: "EspalierCoreTests",
             dependencies: ["EspalierCore"]
+        ),
+        .testTarget(
+            name: "EspalierHostTests",
+            dependencies: ["EspalierHost", "EspalierCore"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -12,7 +12,7 @@ struct TrainBaselineCommand: ParsableCommand {
 
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
     @Option(help: "Dataset folder (default: /usr/share/datasets/fashion-mnist for fashion-mnist).") var dataDir: String?
-    @Option(help: "Epochs.") var epochs = 3
+    @Option(help: "Epochs.") var epochs = 4
     @Option(help: "Batch size.") var batchSize = 128
     @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
     @Option(help: "Channel width of the first block.") var width = 16
@@ -63,7 +63,7 @@ struct TrainBaselineCommand: ParsableCommand {
         let trainer = try ClassifierTrainer(model: model, accountant: acc, config: config)
         var logHandle: FileHandle? = nil
         if let log {
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             logHandle = FileHandle(forWritingAtPath: log)
         }
         let bar = ProgressBar(label: "train") { r in

@@ -120,7 +120,9 @@ public struct CosineSchedule: Sendable, Codable, Equatable {
     public init(maxLR: Float, minLR: Float, totalEpochs: Int) {
         self.maxLR = maxLR; self.minLR = minLR; self.totalEpochs = max(1, totalEpochs)
     }
-    public func learningRate(epoch: Int) -> Float {
-        minLR + (maxLR - minLR) * Float(1 + cos(Double.pi * Double(epoch) / Double(totalEpochs))) / 2
+    public func learningRate(epoch: Int) -> Float { learningRate(progress: Double(epoch)) }
+    /// The same curve at a fractional epoch (annealing per step rather than per epoch).
+    public func learningRate(progress: Double) -> Float {
+        minLR + (maxLR - minLR) * Float(1 + cos(Double.pi * min(progress, Double(totalEpochs)) / Double(totalEpochs))) / 2
     }
 }

@@ -20,6 +20,8 @@ public struct TrainConfig: Codable, Sendable {
     public var gradClip: Float? = 5
     public var seed: UInt64 = 0
     public var augmentation = Augmentation()
+    /// Anneal the learning rate every step (true) or once per epoch (false, as DARTS does).
+    public var annealPerStep = true
     public init() {}
 }
 
@@ -110,6 +112,9 @@ public final class ClassifierTrainer {
             var lossSum = 0.0, correct = 0, seen = 0, step = 0
             let steps = loader.batchesPerEpoch
             while let batch = try loader.next(accountant: accountant) {
+                if config.annealPerStep {
+                    optimizer.learningRate = schedule.learningRate(progress: Double(epoch) + Double(step) / Double(max(steps, 1)))
+                }
                 let (loss, c) = try trainStep(images: batch.images, labels: batch.labels)
                 lossSum += loss * Double(batch.size); correct += c; seen += batch.size; step += 1
                 progress?.step(step, of: steps, loss: lossSum / Double(seen), accuracy: Double(correct) / Double(seen))

@@ -1,0 +1,180 @@
+/* espalier_abi.h — the core of the Espalier plugin ABI, version 1.
+ *
+ * A plugin is a shared library that exports ONE function, `espalier_plugin_entry_v1`, returning a
+ * pointer to a static `es_plugin_desc`: what the library is, which ABI it was compiled against,
+ * and the components (ops, gates, regularizers, strategies) it provides. This header holds the
+ * types every other header shares. It is C99, uses fixed-width types only, and never changes
+ * incompatibly within major version 1:
+ *   - structs only grow at the end; every boundary struct starts with `struct_size`, set by the
+ *     writer to sizeof() of the struct it was compiled with; readers never read past it;
+ *   - enums are int32_t values with explicit numbers; numbers are never reused;
+ *   - new optional features are NULL-able function pointers or new ids with a revision.
+ * Not here: the host services (espalier_host.h) and the component tables (one header each).
+ */
+#ifndef ESPALIER_ABI_H
+#define ESPALIER_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Versions --------------------------------------------------------------------------- */
+
+#define ESPALIER_ABI_MAJOR 1
+#define ESPALIER_ABI_MINOR 0
+
+/** The ABI a plugin was compiled against, or the host speaks. Majors must match exactly; a
+ *  plugin's minor must not be older than the host's minimum supported minor. */
+typedef struct es_version {
+    uint32_t major;
+    uint32_t minor;
+} es_version;
+
+#define ESPALIER_VERSION_INIT { ESPALIER_ABI_MAJOR, ESPALIER_ABI_MINOR }
+
+/* ---- Status codes: errors are values, nothing unwinds across the boundary ------------------ */
+
+typedef int32_t es_status;
+#define ES_OK                      0
+#define ES_ERROR_INVALID_ARGUMENT  1  /* a parameter, shape or name is wrong */
+#define ES_ERROR_OUT_OF_MEMORY     2  /* the system refused memory */
+#define ES_ERROR_BUDGET            3  /* the memory accountant's budget would be exceeded */
+#define ES_ERROR_UNSUPPORTED       4  /* not available here (optional feature, or no search running) */
+#define ES_ERROR_INTERNAL          5  /* a bug: the message says where */
+#define ES_ERROR_SHAPE             6  /* tensor shapes do not fit */
+
+/* ---- Component kinds -------------------------------------------------------------------- */
+
+typedef int32_t es_kind;
+#define ES_KIND_OP           1  /* a candidate operation: espalier_op.h */
+#define ES_KIND_GATE         2  /* architecture parameters → mixing weights or masks: espalier_gate.h */
+#define ES_KIND_REGULARIZER  3  /* a loss term or a proximal step: espalier_regularizer.h */
+#define ES_KIND_STRATEGY     4  /* what each step and epoch of a search does: espalier_strategy.h */
+
+/* ---- Memory categories (the accountant's tags; same numbers as the host's) ------------------ */
+
+typedef int32_t es_memory_category;
+#define ES_MEM_PARAMETERS            0
+#define ES_MEM_GRADIENTS             1
+#define ES_MEM_OPTIMIZER_STATE       2
+#define ES_MEM_ACTIVATIONS           3
+#define ES_MEM_ACTIVATION_GRADIENTS  4
+#define ES_MEM_WORKSPACE             5
+#define ES_MEM_DATA                  6
+#define ES_MEM_CATEGORY_COUNT        7
+
+/* ---- Tensor views --------------------------------------------------------------------------- */
+
+#define ESPALIER_MAX_RANK 8
+
+/** A float32, contiguous, row-major (NCHW for images) view of host memory. The host owns the
+ *  memory; a view is valid only during the call that received it.
+ *  `data == NULL` means a shape-only (dry-run) call: compute nothing, write nothing, but do
+ *  everything else exactly as in a real call (allocations included), so that memory predictions
+ *  match real runs. */
+typedef struct es_tensor_view {
+    uint32_t struct_size;
+    int32_t rank;
+    float *data;
+    int64_t shape[ESPALIER_MAX_RANK];
+} es_tensor_view;
+
+/* ---- Self-description ----------------------------------------------------------------------- */
+
+typedef int32_t es_param_type;
+#define ES_PARAM_BOOL    1  /* default "true" / "false" */
+#define ES_PARAM_INT     2  /* default parses as a 64-bit integer */
+#define ES_PARAM_DOUBLE  3  /* default parses as a finite double */
+#define ES_PARAM_STRING  4  /* any UTF-8 text */
+#define ES_PARAM_CHOICE  5  /* one of `choices`, a '|'-separated list; default must be one of them */
+
+/** One user-settable parameter of a component (`--set NAME=VALUE`). Static storage. */
+typedef struct es_param_desc {
+    uint32_t struct_size;
+    es_param_type type;
+    const char *name;           /* [a-z0-9_.-]+, unique within the component */
+    const char *default_value;  /* text, parsed by type; never NULL */
+    const char *doc;            /* one line */
+    const char *choices;        /* ES_PARAM_CHOICE only: "a|b|c"; else NULL */
+    double min_value;           /* INT and DOUBLE: inclusive bounds; min > max means unbounded */
+    double max_value;
+} es_param_desc;
+
+/** A parameter's value after the host has applied defaults, the config file and `--set`,
+ *  and checked it. Given to `create` in the order of the component's `params`. */
+typedef struct es_param_value {
+    uint32_t struct_size;
+    es_param_type type;
+    const char *name;
+    int64_t int_value;      /* INT, BOOL (0/1) */
+    double double_value;    /* DOUBLE (and INT, converted) */
+    const char *text;       /* every type: the value as text (owned by the host, valid during create) */
+} es_param_value;
+
+/** A dynamic method: an extra function whose C signature is declared as data, called by the
+ *  host through libffi and selectable by name, e.g. `--set tau.schedule=linear-decay`.
+ *  Signature grammar: RET "(" [ARG {"," ARG}] ")" with types
+ *    void (return only), int32, int64, uint32, uint64, float, double, pointer, string (const char*).
+ *  Example: "double(int64,int64)" for a schedule value(step, total). */
+typedef struct es_dynamic_method_desc {
+    uint32_t struct_size;
+    const char *slot;        /* what it can be selected for, e.g. "tau.schedule" */
+    const char *name;        /* its name within the slot, e.g. "linear-decay" */
+    const char *signature;   /* e.g. "double(int64,int64)" */
+    const char *doc;
+    void (*function)(void);  /* cast to the declared signature; called on the host thread */
+} es_dynamic_method_desc;
+
+/** One component. `vtable` points to the kind's table (es_op_vtable, es_gate_vtable,
+ *  es_regularizer_vtable or es_strategy_vtable), which starts with its own struct_size. */
+typedef struct es_component_desc {
+    uint32_t struct_size;
+    es_kind kind;
+    const char *id;          /* "vendor.kind.name/revision", e.g. "espalier.gate.softmax/1" */
+    const char *summary;     /* one line */
+    const es_param_desc *params;
+    uint32_t param_count;
+    const es_dynamic_method_desc *methods;
+    uint32_t method_count;
+    const void *vtable;
+    /** Anything the plugin wants back: every `create` receives this descriptor as `component`. */
+    void *user_data;
+} es_component_desc;
+
+struct es_host_services;
+
+/** The library's description. Static storage for the life of the process (the host never
+ *  unloads a plugin). */
+typedef struct es_plugin_desc {
+    uint32_t struct_size;
+    es_version abi;          /* ESPALIER_VERSION_INIT where the plugin was compiled */
+    const char *name;        /* the library's family, e.g. "espalier.darts" */
+    const char *version;     /* the library's own version, e.g. "1.0.0" */
+    const char *summary;
+    /** Optional. Called once, after the version check and before any component is used.
+     *  Return ES_OK, or an error with `host->set_error` called: the library is then reported
+     *  and skipped. Host thread. `host` stays valid for the life of the process. */
+    es_status (*init)(const struct es_host_services *host);
+    const es_component_desc *components;
+    uint32_t component_count;
+} es_plugin_desc;
+
+/** The one exported symbol. `host_abi` is the ABI the host speaks; a plugin that cannot work
+ *  with it may return NULL (reported as "refused the host's ABI"). Must not call the host.
+ *  Must be `extern "C"` and visible (in Swift: a public @_cdecl function). */
+#define ESPALIER_ENTRY_SYMBOL "espalier_plugin_entry_v1"
+typedef const es_plugin_desc *(*es_plugin_entry_fn)(const es_version *host_abi);
+
+#if defined(_WIN32)
+#define ESPALIER_EXPORT __declspec(dllexport)
+#else
+#define ESPALIER_EXPORT __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ESPALIER_ABI_H */

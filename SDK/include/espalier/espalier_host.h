@@ -1,0 +1,153 @@
+/* espalier_host.h — what the host offers a plugin: the services table.
+ *
+ * The host passes one `es_host_services` to the plugin's `init` and to every `create`. The
+ * plugin never links the host: everything it needs from the host goes through these pointers.
+ * Always pass `services->host` back as the first argument.
+ *
+ * Thread rule for the whole table: call only from the thread that called into the plugin
+ * (the host's main thread), during that call, unless a function says otherwise. A plugin may
+ * run its own threads inside a kernel, but they must not call the host.
+ *
+ * Errors: a function returning es_status returns ES_OK or an error code and leaves a message
+ * that the host reports; a plugin that fails a call should call `set_error` with a message
+ * naming what was wrong and what to do, then return the error code.
+ */
+#ifndef ESPALIER_HOST_H
+#define ESPALIER_HOST_H
+
+#include "espalier_abi.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int32_t es_log_level;
+#define ES_LOG_DEBUG    0
+#define ES_LOG_INFO     1
+#define ES_LOG_WARNING  2
+#define ES_LOG_ERROR    3
+
+/** Opaque handles, owned by the host. */
+typedef struct es_graph_s *es_graph;  /* a graph being built; valid during `build` only */
+typedef struct es_value_s *es_value;  /* a value in a graph; owned by the graph */
+typedef struct es_param_s *es_param;  /* a parameter declared in `create`; owned by the host, valid until the instance is destroyed */
+
+/** How `declare_param` fills a new parameter. */
+typedef int32_t es_init_kind;
+#define ES_INIT_ZEROS           0
+#define ES_INIT_ONES            1
+#define ES_INIT_CONSTANT        2  /* init_value */
+#define ES_INIT_NORMAL          3  /* N(0, init_value²) */
+#define ES_INIT_UNIFORM_FAN_IN  4  /* U(−1/√init_value, 1/√init_value); init_value = fan-in */
+
+/** Flags of `declare_param`. */
+#define ES_PARAM_FLAG_BUFFER    1u  /* persistent state, not learnable (e.g. running statistics) */
+#define ES_PARAM_FLAG_NO_DECAY  2u  /* no weight decay */
+#define ES_PARAM_FLAG_ARCH      4u  /* an architecture parameter: optimised by the architecture optimiser */
+
+/** A graph attribute: integers are passed as exact doubles. */
+typedef struct es_attr {
+    const char *name;
+    double value;
+} es_attr;
+
+/** Bytes held, by category, now and at the peak (for an owner prefix, or everything). */
+typedef struct es_memory_report {
+    uint32_t struct_size;
+    uint32_t reserved;
+    uint64_t current[ES_MEM_CATEGORY_COUNT];
+    uint64_t at_peak[ES_MEM_CATEGORY_COUNT];
+    uint64_t current_total;
+    uint64_t peak_total;
+    uint64_t budget;  /* 0 = no budget */
+} es_memory_report;
+
+/** Where a run is; given to gates, regularizers and strategies at every call. */
+typedef struct es_run_state {
+    uint32_t struct_size;
+    int32_t training;      /* 1 in training mode, 0 in evaluation */
+    int64_t step;          /* global step, from 0 */
+    int64_t total_steps;
+    int64_t epoch;         /* from 0 */
+    int64_t total_epochs;
+    double learning_rate;  /* of the weights */
+    int32_t dry_run;       /* 1 while predicting memory: views have data == NULL */
+    int32_t reserved;
+} es_run_state;
+
+struct es_search_services;
+
+typedef struct es_host_services {
+    uint32_t struct_size;
+    es_version abi;
+    void *host;
+
+    /* ---- Diagnostics ---- */
+
+    /** Logs a line (UTF-8, copied). Any thread. */
+    void (*log)(void *host, es_log_level level, const char *message);
+    /** Sets the message reported with the error code the plugin is about to return (copied). */
+    void (*set_error)(void *host, const char *message);
+
+    /* ---- Memory through the accountant ---- */
+
+    /** Allocates `bytes` (64-byte aligned) counted under `category` and `owner` (an owner path
+     *  relative to the component's own, e.g. "lookup"; NULL = the component's). Returns NULL
+     *  with the error set if the budget or the system refuses; in a dry run returns a non-NULL
+     *  token that must not be dereferenced. Free with `free`. */
+    void *(*alloc)(void *host, uint64_t bytes, es_memory_category category, const char *owner);
+    /** Frees what `alloc` returned (NULL is ignored). */
+    void (*free)(void *host, void *ptr);
+
+    /* ---- Randomness from the run's seed (reproducible, checkpointed with the run) ---- */
+
+    uint64_t (*random_u64)(void *host);
+    /** Uniform in [0, 1). */
+    double (*random_uniform)(void *host);
+
+    /* ---- Parameters (call from `create`) ---- */
+
+    /** Declares a parameter of the instance being created, owned and counted by the host
+     *  (value, gradient and optimiser state), named `<component owner>/<name>`. */
+    es_status (*declare_param)(void *host, const char *name, const int64_t *shape, int32_t rank,
+                               es_init_kind init, double init_value, uint32_t flags, es_param *out);
+    /** Views of a parameter's value and gradient (either pointer may be NULL). The gradient view
+     *  has data == NULL for buffers and frozen parameters. Valid during the current call. */
+    es_status (*param_view)(void *host, es_param param, es_tensor_view *value, es_tensor_view *grad);
+
+    /* ---- Graph building (call from an op's `build`): the host differentiates what is built ---- */
+
+    /** 1 if the host has this primitive, else 0. The v1 primitives and their attributes:
+     *   conv2d(x, w)                        stride, padding, dilation, groups
+     *   relu(x)   add(a, b)   sum(x…)       scale(x) factor
+     *   max_pool2d(x) / avg_pool2d(x)       kernel, stride, padding   (avg: count_include_pad 0/1)
+     *   global_avg_pool(x)                  → (N, C)
+     *   batch_norm(x, running_mean, running_var [, gamma, beta])   momentum, eps
+     *   concat_channels(x…)  narrow_channels(x) start, length   channel_shuffle(x) groups
+     *   linear(x, w [, b])   zeros_like(x) stride   dropout(x) p   drop_path(x) p
+     *   weighted_sum(x…, w)   (w a vector value, one weight per x)
+     *   mean(x)  → (1)
+     *  Later minors add primitives; ask with this function before using a newer one. */
+    int32_t (*has_primitive)(void *host, const char *primitive);
+    /** Applies a primitive to values; `*out` receives a new value owned by the graph. */
+    es_status (*graph_apply)(void *host, es_graph graph, const char *primitive,
+                             const es_value *inputs, uint32_t input_count,
+                             const es_attr *attrs, uint32_t attr_count, es_value *out);
+    /** A declared parameter as a value in `graph` (buffers become constants). */
+    es_status (*graph_param)(void *host, es_graph graph, es_param param, es_value *out);
+    /** A view of a value's tensor (shape always; data NULL in a dry run). Read only. */
+    es_status (*value_view)(void *host, es_value value, es_tensor_view *out);
+
+    /* ---- Memory reports ---- */
+
+    /** Current and at-peak bytes of owners under `owner_prefix` ("" = everything). */
+    es_status (*memory_report)(void *host, const char *owner_prefix, es_memory_report *out);
+
+    /* ---- Search control: non-NULL only while a search runs (see espalier_strategy.h) ---- */
+    const struct es_search_services *search;
+} es_host_services;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ESPALIER_HOST_H */

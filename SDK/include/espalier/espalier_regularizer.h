@@ -1,0 +1,59 @@
+/* espalier_regularizer.h — regularizers: loss terms and proximal steps.
+ *
+ * A regularizer sees named targets chosen by the host from what it asks for in `targets`:
+ *   ES_TARGET_ARCH          architecture logits of one cell type ("arch/normal", "arch/reduce")
+ *   ES_TARGET_WEIGHT_GROUP  a group of weight tensors, e.g. one op on one edge in every cell of a
+ *                           type ("group/normal/edge3/sep_conv_3x3"); several parts per group
+ *   ES_TARGET_GATE_WEIGHTS  a gate's output weights with per-candidate costs from the accountant
+ *                           (bytes or FLOPs) in `costs`: expected-cost and compression terms
+ * `loss` adds λ·R to the loss and ADDS ∂(λ·R)/∂value into each target's grad; `proximal` runs
+ * after the optimiser's update and changes values in place (GSparsity's ProxSGD).
+ * Thread rule: host thread, one call at a time per instance.
+ */
+#ifndef ESPALIER_REGULARIZER_H
+#define ESPALIER_REGULARIZER_H
+
+#include "espalier_host.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int32_t es_target_kind;
+#define ES_TARGET_ARCH          1
+#define ES_TARGET_WEIGHT_GROUP  2
+#define ES_TARGET_GATE_WEIGHTS  3
+
+typedef struct es_reg_target {
+    uint32_t struct_size;
+    es_target_kind kind;
+    const char *name;
+    uint32_t part_count;
+    uint32_t reserved;
+    const es_tensor_view *values;  /* part_count views; writable in `proximal` only */
+    es_tensor_view *grads;         /* part_count views to add into; data NULL = no gradient wanted */
+    const es_tensor_view *costs;   /* ES_TARGET_GATE_WEIGHTS: per-candidate costs, same shape as values; else NULL */
+} es_reg_target;
+
+typedef struct es_regularizer_vtable {
+    uint32_t struct_size;
+    uint32_t targets;  /* bit (1 << kind) for each target kind wanted */
+
+    es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_param_value *params,
+                        uint32_t param_count, void **instance);
+    void (*destroy)(void *instance);
+
+    /** Optional: *loss = the term's value; ADDS its gradient into targets[i].grads. */
+    es_status (*loss)(void *instance, const es_run_state *state, es_reg_target *targets,
+                      uint32_t target_count, double *loss);
+    /** Optional: after the optimiser step with learning rate `lr`, updates values in place. */
+    es_status (*proximal)(void *instance, const es_run_state *state, es_reg_target *targets,
+                          uint32_t target_count, double lr);
+    /** Optional: sets a named scalar (e.g. "lambda"); ES_ERROR_UNSUPPORTED if unknown. */
+    es_status (*set_value)(void *instance, const char *name, double value);
+} es_regularizer_vtable;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ESPALIER_REGULARIZER_H */

@@ -1,0 +1,121 @@
+/* espalier_strategy.h — search strategies, and the search services they drive.
+ *
+ * The host's common trainer owns the loop, the data, the optimisers and the memory accountant.
+ * Each step it asks the strategy what the step does (`plan_step`); around steps and epochs it
+ * calls the strategy's hooks, in which the strategy changes the search through
+ * `host->search` (non-NULL during a search): mask or remove ops, read and shift architecture
+ * parameters, set named scalars (temperatures, λ), grow the network, ask the accountant what a
+ * change would cost before making it, score the supernet forward-only, train a sampled child.
+ * At the end `derive` writes the found architecture as JSON.
+ * Thread rule: host thread, one call at a time. Search services are valid during strategy calls.
+ */
+#ifndef ESPALIER_STRATEGY_H
+#define ESPALIER_STRATEGY_H
+
+#include "espalier_host.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- What a step does ---- */
+
+typedef int32_t es_step_mode;
+#define ES_STEP_BILEVEL        1  /* architecture step on a validation batch, then weight step on a training batch */
+#define ES_STEP_SINGLE_LEVEL   2  /* weights and architecture updated from the same training batch */
+#define ES_STEP_WEIGHTS_ONLY   3  /* weight step only (warm-up; architecture frozen) */
+#define ES_STEP_FORWARD_ONLY   4  /* forward without gradients (scoring) */
+#define ES_STEP_SKIP           5  /* nothing: the strategy did its own work through the services */
+
+typedef struct es_step_plan {
+    uint32_t struct_size;
+    es_step_mode mode;
+    int32_t second_order;   /* bilevel: unrolled (second-order) architecture gradient */
+    int32_t reserved;
+    double arch_lr_scale;   /* multiplies the architecture learning rate this step (1 = as configured) */
+} es_step_plan;
+
+typedef struct es_epoch_metrics {
+    uint32_t struct_size;
+    uint32_t reserved;
+    double train_loss, train_accuracy;
+    double valid_loss, valid_accuracy;
+    double seconds;
+    uint64_t peak_bytes;
+} es_epoch_metrics;
+
+/* ---- The search services (host->search) ---- */
+
+typedef struct es_space_info {
+    uint32_t struct_size;
+    int32_t cell_types;      /* 1 or 2 (normal, reduce) */
+    int32_t edges;           /* per cell */
+    int32_t ops;             /* candidates per edge */
+    int32_t nodes;           /* intermediate nodes per cell */
+    int32_t cells;           /* cells in the network now */
+} es_space_info;
+
+typedef int32_t es_op_state;
+#define ES_OP_ACTIVE   0
+#define ES_OP_MASKED   1  /* not run, no memory; may be restored */
+#define ES_OP_REMOVED  2  /* gone for good (its parameters are freed) */
+
+typedef struct es_search_services {
+    uint32_t struct_size;
+    es_status (*space_info)(void *host, es_space_info *out);
+    /** The id of candidate op `index` (static string, valid for the process). */
+    const char *(*op_name)(void *host, int32_t index);
+    /** Architecture logits of a cell type, (edges, ops), and their gradient; writable. */
+    es_status (*arch_view)(void *host, int32_t cell_type, es_tensor_view *logits, es_tensor_view *grad);
+    es_status (*set_op_state)(void *host, int32_t cell_type, int32_t edge, int32_t op, es_op_state state);
+    es_status (*get_op_state)(void *host, int32_t cell_type, int32_t edge, int32_t op, es_op_state *state);
+    /** Named scalars of the run's components: "gate.tau", "regularizer.lambda", "drop_path", … */
+    es_status (*set_value)(void *host, const char *name, double value);
+    es_status (*get_value)(void *host, const char *name, double *value);
+    /** Adds `cells` cells (a section) to the network, or sets the cell count (progressive stages). */
+    es_status (*grow)(void *host, int32_t cells);
+    /** The accountant's predicted peak of one step after the change described by `change_json`
+     *  (e.g. {"cells":11,"batch":64,"partial_channels":4}; "{}" = as now), computed by a dry run. */
+    es_status (*predict_peak)(void *host, const char *change_json, es_memory_report *out);
+    /** Forward only, no gradients, on `batches` training batches with weights re-initialised from
+     *  `init_seed` (the same seed gives the same weights): writes logits (batches·batch, classes). */
+    es_status (*forward_logits)(void *host, int32_t batches, uint64_t init_seed, es_tensor_view *logits);
+    /** Trains the child architecture `arch_json` (genotype format) for `steps` steps from scratch
+     *  and reports its validation accuracy. */
+    es_status (*train_child)(void *host, const char *arch_json, int64_t steps, double *valid_accuracy);
+} es_search_services;
+
+/* ---- The strategy component ---- */
+
+/** What a strategy needs from the other components (es_strategy_vtable.requires); the host
+ *  refuses combinations that do not provide it, with a message saying why. */
+#define ES_REQUIRES_ARCH_PARAMS     1u  /* a gate over architecture logits */
+#define ES_REQUIRES_SAMPLED_GATE    2u
+#define ES_REQUIRES_HARD_GATE       4u
+#define ES_REQUIRES_NO_ARCH_PARAMS  8u  /* works on weights alone (GSparsity) */
+
+typedef struct es_strategy_vtable {
+    uint32_t struct_size;
+    uint32_t requires;
+
+    es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_param_value *params,
+                        uint32_t param_count, void **instance);
+    void (*destroy)(void *instance);
+
+    /** Required: fills `plan` for the step described by `state`. */
+    es_status (*plan_step)(void *instance, const es_run_state *state, es_step_plan *plan);
+    /** Optional hooks. */
+    es_status (*after_step)(void *instance, const es_run_state *state);
+    es_status (*epoch_begin)(void *instance, const es_run_state *state);
+    /** Set *stop = 1 to end the search after this epoch. */
+    es_status (*epoch_end)(void *instance, const es_run_state *state, const es_epoch_metrics *metrics, int32_t *stop);
+    /** Optional: writes the architecture as UTF-8 JSON into buffer (capacity bytes, NUL-terminated)
+     *  and its length to *length; if capacity is too small, returns ES_ERROR_INVALID_ARGUMENT with
+     *  *length = the bytes needed. NULL = the host derives with the DARTS rule. */
+    es_status (*derive)(void *instance, const es_run_state *state, char *buffer, uint64_t capacity, uint64_t *length);
+} es_strategy_vtable;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ESPALIER_STRATEGY_H */

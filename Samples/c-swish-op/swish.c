@@ -1,0 +1,1 @@
+#include <espalier/espalier.h>
