@@ -57,7 +57,8 @@ let package = Package(
             path: "Samples/c-swish-op",
             exclude: ["README.md"],
             publicHeadersPath: ".",
-            cSettings: [.unsafeFlags(["-O2"])]
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("m")]
         ),
         .target(
             name: "SparsemaxGate",
@@ -76,14 +77,19 @@ let package = Package(
             swiftSettings: fast
         ),
 
-        // MARK: Tests
+        // MARK: Tests (helpers shared by the test targets are a target of their own)
+        .target(
+            name: "EspalierTestSupport",
+            dependencies: ["EspalierCore"],
+            path: "Tests/EspalierTestSupport"
+        ),
         .testTarget(
             name: "EspalierCoreTests",
-            dependencies: ["EspalierCore"]
+            dependencies: ["EspalierCore", "EspalierTestSupport"]
         ),
         .testTarget(
             name: "EspalierHostTests",
-            dependencies: ["EspalierHost", "EspalierCore"],
+            dependencies: ["EspalierHost", "EspalierCore", "EspalierTestSupport"],
             exclude: ["Fixtures"]
         ),
     ],

@@ -1,1 +1,165 @@
+/* swish.c — a sample Espalier plugin in plain C: a raw op with its own forward and backward.
+ *
+ *   y = x · σ(β_c · x)      per channel c, β learnable (init `beta_init`, default 1)
+ *
+ * It shows everything a C author needs: the entry point, a parameter, a learnable tensor
+ * declared through the host (so the accountant counts it and the optimiser updates it), raw
+ * kernels that skip work in dry runs (data == NULL), errors as values, and a dynamic method
+ * (a schedule called by the host through libffi).
+ *
+ * Build (one command, SDK headers only):
+ *   cc -std=c99 -O2 -shared -fPIC -I ../../SDK/include -o libespalier-sample-swish.so swish.c -lm
+ */
 #include <espalier/espalier.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct swish {
+    const es_host_services *host;
+    int64_t channels;
+    es_param beta;  /* (C) */
+} swish;
+
+static float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+static es_status fail(const es_host_services *host, es_status status, const char *message) {
+    host->set_error(host->host, message);
+    return status;
+}
+
+static es_status swish_create(const es_component_desc *component, const es_host_services *host, const es_op_config *config,
+                              const es_param_value *params, uint32_t param_count, void **instance) {
+    (void)component;
+    if (param_count < 1) return fail(host, ES_ERROR_INVALID_ARGUMENT, "swish: missing parameter beta_init");
+    if (config->in_channels != config->out_channels || config->stride != 1)
+        return fail(host, ES_ERROR_INVALID_ARGUMENT, "swish keeps the shape: it needs in_channels == out_channels and stride 1");
+    swish *s = calloc(1, sizeof *s);
+    if (!s) return fail(host, ES_ERROR_OUT_OF_MEMORY, "swish: out of memory");
+    s->host = host;
+    s->channels = config->in_channels;
+    int64_t shape[1] = { s->channels };
+    es_status st = host->declare_param(host->host, "beta", shape, 1, ES_INIT_CONSTANT, params[0].double_value,
+                                       ES_PARAM_FLAG_NO_DECAY, &s->beta);
+    if (st != ES_OK) { free(s); return st; }  /* the host already set the message */
+    *instance = s;
+    return ES_OK;
+}
+
+static void swish_destroy(void *instance) { free(instance); }
+
+static es_status swish_output_shape(void *instance, const es_tensor_view *input, es_tensor_view *output) {
+    swish *s = instance;
+    if (input->rank != 4 || input->shape[1] != s->channels)
+        return fail(s->host, ES_ERROR_SHAPE, "swish needs an (N, C, H, W) input with the configured channels");
+    output->rank = 4;
+    for (int i = 0; i < 4; i++) output->shape[i] = input->shape[i];
+    return ES_OK;
+}
+
+/* x, y: (N, C, H, W) · beta: (C) */
+static es_status swish_forward(void *instance, const es_run_state *state, const es_tensor_view *input,
+                               const es_tensor_view *params, uint32_t param_count, es_tensor_view *output) {
+    (void)state; (void)param_count;
+    swish *s = instance;
+    if (!input->data || !output->data) return ES_OK;  /* dry run: shapes only */
+    const int64_t n = input->shape[0], c = input->shape[1], hw = input->shape[2] * input->shape[3];
+    const float *beta = params[0].data;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const float *x = input->data + (i * c + ch) * hw;
+            float *y = output->data + (i * c + ch) * hw;
+            const float b = beta[ch];
+            for (int64_t k = 0; k < hw; k++) y[k] = x[k] * sigmoidf_(b * x[k]);
+        }
+    (void)s;
+    return ES_OK;
+}
+
+/* dX = dY · (σ + βx·σ(1−σ)) (overwrite) · dβ_c += Σ dY · x²·σ(1−σ) (add) */
+static es_status swish_backward(void *instance, const es_run_state *state, const es_tensor_view *input,
+                                const es_tensor_view *output, const es_tensor_view *d_output,
+                                const es_tensor_view *params, uint32_t param_count,
+                                es_tensor_view *d_input, es_tensor_view *d_params) {
+    (void)instance; (void)state; (void)output; (void)param_count;
+    if (!input->data || !d_output->data) return ES_OK;
+    const int64_t n = input->shape[0], c = input->shape[1], hw = input->shape[2] * input->shape[3];
+    const float *beta = params[0].data;
+    float *dbeta = d_params[0].data;  /* NULL when β needs no gradient */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            const float *x = input->data + (i * c + ch) * hw;
+            const float *dy = d_output->data + (i * c + ch) * hw;
+            float *dx = d_input->data ? d_input->data + (i * c + ch) * hw : NULL;
+            const float b = beta[ch];
+            double acc = 0;
+            for (int64_t k = 0; k < hw; k++) {
+                const float sg = sigmoidf_(b * x[k]), ds = sg * (1 - sg);
+                if (dx) dx[k] = dy[k] * (sg + b * x[k] * ds);
+                acc += (double)dy[k] * x[k] * x[k] * ds;
+            }
+            if (dbeta) dbeta[ch] += (float)acc;
+        }
+    return ES_OK;
+}
+
+static es_status swish_flops(void *instance, const es_tensor_view *input, uint64_t *flops) {
+    (void)instance;
+    uint64_t count = 1;
+    for (int i = 0; i < input->rank; i++) count *= (uint64_t)input->shape[i];
+    *flops = 6 * count;
+    return ES_OK;
+}
+
+/* A dynamic method: a warm-up ramp for β, value(step, total) = min(1, step / (total / 10)). */
+static double swish_linear_ramp(int64_t step, int64_t total) {
+    const double warm = total > 10 ? (double)total / 10.0 : 1.0;
+    const double v = (double)step / warm;
+    return v < 1.0 ? v : 1.0;
+}
+
+static const es_op_vtable swish_table = {
+    .struct_size = sizeof(es_op_vtable),
+    .saves = ES_OP_SAVES_INPUT,
+    .create = swish_create,
+    .destroy = swish_destroy,
+    .build = NULL,
+    .output_shape = swish_output_shape,
+    .forward = swish_forward,
+    .backward = swish_backward,
+    .flops = swish_flops,
+};
+
+static const es_param_desc swish_params[] = {
+    { .struct_size = sizeof(es_param_desc), .type = ES_PARAM_DOUBLE, .name = "beta_init", .default_value = "1.0",
+      .doc = "initial value of the learnable per-channel slope beta", .min_value = -10, .max_value = 10 },
+};
+
+static const es_dynamic_method_desc swish_methods[] = {
+    { .struct_size = sizeof(es_dynamic_method_desc), .slot = "beta.warmup", .name = "linear-ramp",
+      .signature = "double(int64,int64)", .doc = "min(1, step / (total/10)): ramp beta's learning rate in over the first tenth",
+      .function = (void (*)(void))swish_linear_ramp },
+};
+
+static const es_component_desc components[] = {
+    { .struct_size = sizeof(es_component_desc), .kind = ES_KIND_OP, .id = "org.example.op.swish/1",
+      .summary = "swish with a learnable per-channel slope: y = x * sigmoid(beta_c * x) (sample C plugin, raw kernels)",
+      .params = swish_params, .param_count = 1, .methods = swish_methods, .method_count = 1,
+      .vtable = &swish_table, .user_data = NULL },
+};
+
+static const es_plugin_desc plugin = {
+    .struct_size = sizeof(es_plugin_desc),
+    .abi = ESPALIER_VERSION_INIT,
+    .name = "org.example.swish",
+    .version = "1.0.0",
+    .summary = "Sample C plugin: a raw swish op",
+    .init = NULL,
+    .components = components,
+    .component_count = 1,
+};
+
+ESPALIER_EXPORT const es_plugin_desc *espalier_plugin_entry_v1(const es_version *host_abi) {
+    if (!host_abi || host_abi->major != ESPALIER_ABI_MAJOR) return NULL;
+    return &plugin;
+}

@@ -1,6 +1,7 @@
 // The memory accountant: tagging, peaks, budgets, and the dry-run prediction of a step's peak.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class AccountantTests: XCTestCase {

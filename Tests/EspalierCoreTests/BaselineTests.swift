@@ -2,6 +2,7 @@
 // predicted exactly by a dry run, and the whole network's gradient matches finite differences.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class BaselineTests: XCTestCase {

@@ -2,6 +2,7 @@
 // naive references, gradients against finite differences, and PyTorch's channel orders.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class ChannelTests: XCTestCase {
@@ -140,5 +141,15 @@ final class ChannelTests: XCTestCase {
         XCTAssertThrowsError(try graph.narrow(a, channels: 2..<4))
         XCTAssertThrowsError(try graph.splitChannels(a, sizes: [1, 1]))
         XCTAssertThrowsError(try graph.zeros(like: a, stride: 0))
+    }
+
+    func testChannelScale_MatchesFiniteDifferencesAndPlainLoops() throws {
+        let acc = MemoryAccountant()
+        let x = try randomTensor([2, 3, 2, 3], acc, seed: 21)
+        let w = try Tensor.from([0.5, -1.5, 2], shape: [3], accountant: acc)
+        try GradCheck().check("channelScale", inputs: [x, w]) { g, v in try g.channelScale(v[0], v[1]) }
+        let y = try Tensor(shape: x.shape, category: .data, accountant: acc)
+        Kernels.channelScaleForward(x.ptr, w.ptr, y.ptr, n: 2, c: 3, hw: 6)
+        for i in 0..<x.count { XCTAssertEqual(y[i], x[i] * w[(i / 6) % 3]) }
     }
 }

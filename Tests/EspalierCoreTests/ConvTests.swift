@@ -1,6 +1,7 @@
 // Convolution: every tuned path against the naive reference, and gradients against finite differences.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class ConvTests: XCTestCase {

@@ -5,6 +5,7 @@
 
 import CZlib
 import EspalierCore
+import EspalierTestSupport
 import Foundation
 import XCTest
 

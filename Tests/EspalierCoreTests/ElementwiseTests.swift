@@ -2,6 +2,7 @@
 // gradients against finite differences, and the parallel kernels against plain loops.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class ElementwiseTests: XCTestCase {

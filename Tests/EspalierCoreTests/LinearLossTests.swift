@@ -3,6 +3,7 @@
 // of a small network using every op of this group allocating exactly as the real run.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class LinearLossTests: XCTestCase {

@@ -2,6 +2,7 @@
 // in training and evaluation mode with and without the affine map, and PyTorch's running statistics.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class NormTests: XCTestCase {

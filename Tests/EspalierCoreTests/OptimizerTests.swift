@@ -1,6 +1,7 @@
 // Optimisers against hand-computed PyTorch updates, clipping and the cosine schedule.
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 final class OptimizerTests: XCTestCase {

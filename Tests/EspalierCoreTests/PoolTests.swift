@@ -2,6 +2,7 @@
 // and the PyTorch semantics (padding as −∞ for max, count_include_pad=False for average, ties).
 
 import EspalierCore
+import EspalierTestSupport
 import XCTest
 
 /// Distinct values spaced 0.05 apart in random order: no ties, so max-pool is differentiable

@@ -126,6 +126,7 @@ typedef struct es_host_services {
      *   concat_channels(x…)  narrow_channels(x) start, length   channel_shuffle(x) groups
      *   linear(x, w [, b])   zeros_like(x) stride   dropout(x) p   drop_path(x) p
      *   weighted_sum(x…, w)   (w a vector value, one weight per x)
+     *   channel_scale(x, w)   y[n,c,…] = x[n,c,…]·w[c]   (per-channel masks and scales)
      *   mean(x)  → (1)
      *  Later minors add primitives; ask with this function before using a newer one. */
     int32_t (*has_primitive)(void *host, const char *primitive);
@@ -137,6 +138,11 @@ typedef struct es_host_services {
     es_status (*graph_param)(void *host, es_graph graph, es_param param, es_value *out);
     /** A view of a value's tensor (shape always; data NULL in a dry run). Read only. */
     es_status (*value_view)(void *host, es_value value, es_tensor_view *out);
+    /** Applies the gate the run selected for `role` (e.g. "channel" for FiGS's per-channel masks)
+     *  to `logits` (a value, usually an ES_PARAM_FLAG_ARCH parameter of the op) inside `graph`;
+     *  `*weights` is differentiable through the gate's backward. ES_ERROR_UNSUPPORTED if the run
+     *  has no gate for that role. */
+    es_status (*graph_gate)(void *host, es_graph graph, const char *role, es_value logits, es_value *weights);
 
     /* ---- Memory reports ---- */
 

@@ -67,6 +67,12 @@ typedef struct es_op_vtable {
 
     /** Optional: multiply-adds × 2 of one forward on `input` (cost-aware methods). */
     es_status (*flops)(void *instance, const es_tensor_view *input, uint64_t *flops);
+
+    /** Optional, composed ops that stand for several candidates at once (MergeNAS's merged
+     *  convolution): like `build`, but also receives the edge's mixing weights for the candidates
+     *  this op covers (`weights`, a value of shape (k), differentiable) and applies them itself;
+     *  the host then does not scale the op's output. */
+    es_status (*build_mixed)(void *instance, es_graph graph, es_value input, es_value weights, es_value *output);
 } es_op_vtable;
 
 #ifdef __cplusplus

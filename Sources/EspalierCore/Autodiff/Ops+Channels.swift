@@ -97,3 +97,29 @@ extension Graph {
         return try zeros([s[0], s[1], (s[2] + stride - 1) / stride, (s[3] + stride - 1) / stride])
     }
 }
+
+extension Graph {
+    /// y = x · w[c] per channel: x (N, C, …), w (C). Saves x (for dw) and w (for dx).
+    public func channelScale(_ x: Variable, _ w: Variable) throws -> Variable {
+        guard x.shape.count >= 2, w.value.count == x.shape[1] else {
+            throw EspalierError.shapeMismatch("channelScale of \(x.shape) by \(w.shape): needs one weight per channel")
+        }
+        let n = x.shape[0], c = x.shape[1], hw = x.value.count / max(n * c, 1)
+        let y = try output(x.shape)
+        if computing { Kernels.channelScaleForward(x.value.ptr, w.value.ptr, y.ptr, n: n, c: c, hw: hw) }
+        flops += y.count
+        let xValue = x.value, wValue = w.value
+        return record(y, inputs: [x, w]) { [unowned self] dY, ctx in
+            let dX = ctx.needs(0) ? try self.gradTensor(xValue.shape) : nil
+            var dW: Tensor? = nil, dWIsTemp = false
+            if ctx.needs(1) {
+                if let pg = try ctx.parameterGrad(1) { dW = pg } else { dW = try self.gradTensor(wValue.shape, zeroed: true); dWIsTemp = true }
+            }
+            if ctx.computing {
+                Kernels.channelScaleBackward(xValue.ptr, wValue.ptr, dY.ptr, dX: dX?.ptr, dW: dW?.ptr, n: n, c: c, hw: hw)
+            }
+            if let dX { try ctx.accumulate(0, dX) }
+            if dWIsTemp, let dW { try ctx.accumulate(1, dW) }
+        }
+    }
+}

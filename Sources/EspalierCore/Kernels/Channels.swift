@@ -121,3 +121,32 @@ extension Kernels {
         }
     }
 }
+
+// MARK: - Per-channel scale (channel masks, learnable per-channel scales)
+
+extension Kernels {
+    /// y[n, c, i] = x[n, c, i] · w[c]   — x, y: (N, C, HW), w: (C)
+    public static func channelScaleForward(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int, c: Int, hw: Int) {
+        Parallel.forChunks(n * c) { r in
+            for plane in r {
+                let s = w[plane % c], xp = x + plane * hw, yp = y + plane * hw
+                for i in 0..<hw { yp[i] = s * xp[i] }
+            }
+        }
+    }
+
+    /// dX = dY · w[c] (overwrite, if non-nil); dW[c] += Σ_{n,i} dY·x (if non-nil).
+    public static func channelScaleBackward(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dY: UnsafePointer<Float>,
+                                            dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, n: Int, c: Int, hw: Int) {
+        if let dX { channelScaleForward(dY, w, dX, n: n, c: c, hw: hw) }
+        if let dW {
+            Parallel.forChunks(c) { r in
+                for ch in r {
+                    var acc: Double = 0
+                    for s in 0..<n { acc += dot(dY + (s * c + ch) * hw, x + (s * c + ch) * hw, count: hw) }
+                    dW[ch] += Float(acc)
+                }
+            }
+        }
+    }
+}

@@ -1,18 +1,21 @@
-// Finite-difference gradient checking shared by the kernel and op tests.
+// Test support shared by every test target: finite-difference gradient checks, random tensors,
+// closeness assertions. Finite differences:
 // loss = Σ r ⊙ f(inputs) for a fixed random r, so every output element matters; central
 // differences in float32 with a step that suits float32, compared with a mixed tolerance.
 
 import EspalierCore
 import XCTest
 
-struct GradCheck {
-    var eps: Float = 1e-2
-    var rtol: Float = 2e-2
-    var atol: Float = 2e-3
+public struct GradCheck {
+    public var eps: Float = 1e-2
+    public var rtol: Float = 2e-2
+    public var atol: Float = 2e-3
+
+    public init(eps: Float = 1e-2, rtol: Float = 2e-2, atol: Float = 2e-3) { self.eps = eps; self.rtol = rtol; self.atol = atol }
 
     /// Checks d(Σ r·f)/d(input) for every input in `inputs` (tensors that f reads through `vars`).
     /// `f` builds the output from variables made by `graph.leaf` of each input.
-    func check(_ name: String, inputs: [Tensor], seed: UInt64 = 7, file: StaticString = #filePath, line: UInt = #line,
+    public func check(_ name: String, inputs: [Tensor], seed: UInt64 = 7, file: StaticString = #filePath, line: UInt = #line,
                _ f: (Graph, [Variable]) throws -> Variable) throws {
         let acc = inputs[0].accountant
         // Analytic gradients.
@@ -53,14 +56,14 @@ struct GradCheck {
 }
 
 /// Random tensor helper for tests.
-func randomTensor(_ shape: [Int], _ acc: MemoryAccountant, seed: UInt64, bound: Float = 1) throws -> Tensor {
+public func randomTensor(_ shape: [Int], _ acc: MemoryAccountant, seed: UInt64, bound: Float = 1) throws -> Tensor {
     var rng = RNG(seed: seed)
     let t = try Tensor(shape: shape, category: .data, accountant: acc)
     t.fillUniform(bound: bound, rng: &rng)
     return t
 }
 
-func assertClose(_ a: [Float], _ b: [Float], tol: Float = 1e-4, _ msg: String = "", file: StaticString = #filePath, line: UInt = #line) {
+public func assertClose(_ a: [Float], _ b: [Float], tol: Float = 1e-4, _ msg: String = "", file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(a.count, b.count, "count \(msg)", file: file, line: line)
     for i in 0..<min(a.count, b.count) {
         let scale = max(1, abs(a[i]), abs(b[i]))

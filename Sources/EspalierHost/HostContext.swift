@@ -1,0 +1,353 @@
+// The host side of the services table: one `HostContext` owns one `es_host_services` (which
+// plugins may keep for the life of the process), and answers its calls from C — logging,
+// errors, accounted memory, the run's RNG, parameter declaration and views, graph building
+// and memory reports. Every thunk is a non-capturing C function that finds the context through
+// the table's `host` pointer; nothing Swift unwinds into the plugin.
+
+import CEspalierSDK
+import EspalierCore
+import Foundation
+
+/// A parameter declared by a plugin instance, as an opaque `es_param`.
+final class ParamHandle {
+    let parameter: Parameter
+    let isBuffer: Bool
+    init(parameter: Parameter, isBuffer: Bool) { self.parameter = parameter; self.isBuffer = isBuffer }
+    var opaque: es_param { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
+    static func from(_ p: es_param?) -> ParamHandle? {
+        p.map { Unmanaged<ParamHandle>.fromOpaque(UnsafeRawPointer($0)).takeUnretainedValue() }
+    }
+}
+
+/// A graph being built by a composed op: values are indices into `values`.
+final class GraphBuild {
+    let graph: Graph
+    var values: [Variable] = []
+    init(graph: Graph) { self.graph = graph }
+    var opaque: es_graph { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
+    func handle(_ v: Variable) -> es_value { values.append(v); return OpaquePointer(bitPattern: values.count)! }
+    func value(_ h: es_value?) throws -> Variable {
+        guard let h, case let i = Int(bitPattern: UnsafeRawPointer(h)) - 1, i >= 0, i < values.count else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "not a value of this graph")
+        }
+        return values[i]
+    }
+}
+
+struct HostCallError: Error {
+    let status: es_status
+    let message: String
+    init(_ status: es_status, _ message: String) { self.status = status; self.message = message }
+}
+
+public final class HostContext {
+    /// The table handed to plugins. Allocated once; never freed (plugins may keep it).
+    public let services: UnsafeMutablePointer<es_host_services>
+    /// Where plugin log lines go (level, message).
+    public var logSink: (Int32, String) -> Void = { level, message in
+        let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
+        FileHandle.standardError.write(Data("[plugin \(tag)] \(message)\n".utf8))
+    }
+    /// The run's accountant and randomness (replaced when a run starts).
+    public var accountant: MemoryAccountant
+    public var rng: RNG
+    /// Parameters declared by `create` are made here.
+    public var factory: ParameterFactory
+    /// Gates the run selected per role ("channel", …), for `graph_gate`.
+    public var gatesByRole: [String: PluginGate] = [:]
+    /// The search services, set while a search runs.
+    public var searchServices: UnsafePointer<es_search_services>? {
+        didSet { services.pointee.search = searchServices }
+    }
+
+    private var lastError: String?
+    var declaring: [ParamHandle]? = nil
+    private var allocations: [UnsafeMutableRawPointer: MemoryTicket] = [:]
+
+    public init(accountant: MemoryAccountant = MemoryAccountant(), seed: UInt64 = 0) {
+        self.accountant = accountant
+        self.rng = RNG(seed: seed)
+        self.factory = ParameterFactory(accountant: accountant, seed: seed &+ 1)
+        services = .allocate(capacity: 1)
+        UnsafeMutableRawPointer(services).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<es_host_services>.size)
+        var s = es_host_services()
+        s.struct_size = UInt32(MemoryLayout<es_host_services>.size)
+        s.abi = es_version(major: UInt32(ESPALIER_ABI_MAJOR), minor: UInt32(ESPALIER_ABI_MINOR))
+        s.host = nil
+        s.log = hostLog
+        s.set_error = hostSetError
+        s.alloc = hostAlloc
+        s.free = hostFree
+        s.random_u64 = hostRandomU64
+        s.random_uniform = hostRandomUniform
+        s.declare_param = hostDeclareParam
+        s.param_view = hostParamView
+        s.has_primitive = hostHasPrimitive
+        s.graph_apply = hostGraphApply
+        s.graph_param = hostGraphParam
+        s.value_view = hostValueView
+        s.graph_gate = hostGraphGate
+        s.memory_report = hostMemoryReport
+        s.search = nil
+        services.pointee = s
+        // The context lives as long as the table: plugins may hold either for the process's life.
+        services.pointee.host = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    /// Points the context at a run's accountant and seed.
+    public func begin(accountant: MemoryAccountant, seed: UInt64) {
+        self.accountant = accountant
+        self.rng = RNG(seed: seed)
+        self.factory = ParameterFactory(accountant: accountant, seed: seed &+ 1)
+    }
+
+    // MARK: Errors
+
+    func setError(_ message: String) { lastError = message }
+    func clearError() { lastError = nil }
+    func takeError() -> String? { defer { lastError = nil }; return lastError }
+
+    /// Runs a plugin call: clears the error slot, checks the status, and turns a failure into a
+    /// Swift error carrying the plugin's message and what the host was doing.
+    func check(_ what: @autoclosure () -> String, _ call: () -> es_status) throws {
+        clearError()
+        let status = call()
+        if status != ES_OK {
+            throw PluginCallError(status: status, context: what(), message: takeError() ?? "no message")
+        }
+    }
+
+    static func from(_ host: UnsafeMutableRawPointer?) -> HostContext? {
+        host.map { Unmanaged<HostContext>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    // MARK: Accounted allocations
+
+    func allocate(bytes: UInt64, category: es_memory_category, owner: String?) throws -> UnsafeMutableRawPointer {
+        guard let cat = MemoryCategory(rawValue: category) else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "unknown memory category \(category)") }
+        guard bytes <= UInt64(Int.max / 2) else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "allocation of \(bytes) bytes is implausible") }
+        let ownerID = owner.map { o in accountant.owner(accountant.currentOwnerPath.isEmpty ? o : accountant.currentOwnerPath + "/" + o) }
+        let ticket: MemoryTicket
+        do { ticket = try MemoryTicket(bytes: Int(bytes), category: cat, accountant: accountant, owner: ownerID) } catch let e as MemoryBudgetExceeded {
+            throw HostCallError(ES_ERROR_BUDGET, e.description)
+        }
+        var raw: UnsafeMutableRawPointer?
+        // A dry run still returns a unique non-NULL token (never to be dereferenced).
+        let size = accountant.isDryRun ? 1 : max(Int(bytes), 1)
+        guard posix_memalign(&raw, 64, size) == 0, let p = raw else { throw HostCallError(ES_ERROR_OUT_OF_MEMORY, "the system refused \(bytes) bytes") }
+        allocations[p] = ticket
+        return p
+    }
+
+    func release(_ p: UnsafeMutableRawPointer) {
+        guard allocations.removeValue(forKey: p) != nil else {
+            logSink(ES_LOG_WARNING, "free of a pointer the host did not allocate (\(p)); ignored")
+            return
+        }
+        free(p)
+    }
+
+    /// Bytes plugins hold through `alloc` right now.
+    public var pluginAllocationCount: Int { allocations.count }
+}
+
+/// A plugin call that returned an error.
+public struct PluginCallError: Error, CustomStringConvertible {
+    public let status: es_status
+    public let context: String
+    public let message: String
+    public var description: String { "\(context): \(statusName(status)): \(message)" }
+}
+
+// MARK: - Views
+
+extension Tensor {
+    /// A view for a plugin (data NULL in a dry run).
+    var view: es_tensor_view { esView(shape: shape, data: storage.data) }
+}
+
+func esView(shape: [Int], data: UnsafeMutablePointer<Float>?) -> es_tensor_view {
+    var v = es_tensor_view()
+    v.struct_size = UInt32(MemoryLayout<es_tensor_view>.size)
+    v.rank = Int32(shape.count)
+    v.data = data
+    withUnsafeMutableBytes(of: &v.shape) { raw in
+        let s = raw.bindMemory(to: Int64.self)
+        for (i, d) in shape.prefix(Int(ESPALIER_MAX_RANK)).enumerated() { s[i] = Int64(d) }
+    }
+    return v
+}
+
+extension es_tensor_view {
+    var shapeArray: [Int] {
+        var v = self
+        let rank = Int(max(0, min(rank, ESPALIER_MAX_RANK)))
+        return withUnsafeBytes(of: &v.shape) { raw in (0..<rank).map { Int(raw.load(fromByteOffset: $0 * 8, as: Int64.self)) } }
+    }
+}
+
+// MARK: - C thunks (non-capturing; the context comes from `host`)
+
+private func withContext(_ host: UnsafeMutableRawPointer?, _ body: (HostContext) throws -> Void) -> es_status {
+    guard let ctx = HostContext.from(host) else { return ES_ERROR_INVALID_ARGUMENT }
+    do { try body(ctx); return ES_OK } catch let e as HostCallError {
+        ctx.setError(e.message); return e.status
+    } catch let e as MemoryBudgetExceeded {
+        ctx.setError(e.description); return ES_ERROR_BUDGET
+    } catch {
+        ctx.setError("\(error)"); return ES_ERROR_INVALID_ARGUMENT
+    }
+}
+
+private let hostLog: @convention(c) (UnsafeMutableRawPointer?, es_log_level, UnsafePointer<CChar>?) -> Void = { host, level, message in
+    guard let ctx = HostContext.from(host), let message else { return }
+    ctx.logSink(level, String(cString: message))
+}
+
+private let hostSetError: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?) -> Void = { host, message in
+    HostContext.from(host)?.setError(message.map { String(cString: $0) } ?? "(no message)")
+}
+
+private let hostAlloc: @convention(c) (UnsafeMutableRawPointer?, UInt64, es_memory_category, UnsafePointer<CChar>?) -> UnsafeMutableRawPointer? = { host, bytes, category, owner in
+    var out: UnsafeMutableRawPointer? = nil
+    _ = withContext(host) { ctx in out = try ctx.allocate(bytes: bytes, category: category, owner: owner.map { String(cString: $0) }) }
+    return out
+}
+
+private let hostFree: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = { host, p in
+    guard let ctx = HostContext.from(host), let p else { return }
+    ctx.release(p)
+}
+
+private let hostRandomU64: @convention(c) (UnsafeMutableRawPointer?) -> UInt64 = { host in
+    guard let ctx = HostContext.from(host) else { return 0 }
+    return ctx.rng.next()
+}
+
+private let hostRandomUniform: @convention(c) (UnsafeMutableRawPointer?) -> Double = { host in
+    guard let ctx = HostContext.from(host) else { return 0 }
+    return ctx.rng.uniformDouble()
+}
+
+private let hostDeclareParam: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafePointer<Int64>?, Int32, es_init_kind, Double, UInt32, UnsafeMutablePointer<es_param?>?) -> es_status = {
+    host, name, shape, rank, initKind, initValue, flags, out in
+    withContext(host) { ctx in
+        guard let name, let out, rank >= 0, rank <= ESPALIER_MAX_RANK, rank == 0 || shape != nil else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param needs a name, a shape of rank 0…\(ESPALIER_MAX_RANK) and an out pointer")
+        }
+        guard ctx.declaring != nil else { throw HostCallError(ES_ERROR_UNSUPPORTED, "declare_param is only allowed inside create") }
+        let dims = (0..<Int(rank)).map { Int(shape![$0]) }
+        guard dims.allSatisfy({ $0 > 0 }), dims.reduce(1, *) < 1 << 31 else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param '\(String(cString: name))': bad shape \(dims)")
+        }
+        let initializer: ParameterInit
+        switch initKind {
+        case ES_INIT_ZEROS: initializer = .zeros
+        case ES_INIT_ONES: initializer = .ones
+        case ES_INIT_CONSTANT: initializer = .zeros
+        case ES_INIT_NORMAL: initializer = .normal(std: Float(initValue))
+        case ES_INIT_UNIFORM_FAN_IN: initializer = .uniformFanIn(Int(initValue))
+        default: throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param: unknown init kind \(initKind)")
+        }
+        let isBuffer = flags & UInt32(ES_PARAM_FLAG_BUFFER) != 0
+        let p = try ctx.factory.make(String(cString: name), dims, initializer, decay: flags & UInt32(ES_PARAM_FLAG_NO_DECAY) == 0)
+        if initKind == ES_INIT_CONSTANT { p.value.fill(Float(initValue)) }
+        p.requiresGrad = !isBuffer
+        let handle = ParamHandle(parameter: p, isBuffer: isBuffer)
+        ctx.declaring!.append(handle)
+        out.pointee = handle.opaque
+    }
+}
+
+private let hostParamView: @convention(c) (UnsafeMutableRawPointer?, es_param?, UnsafeMutablePointer<es_tensor_view>?, UnsafeMutablePointer<es_tensor_view>?) -> es_status = {
+    host, param, value, grad in
+    withContext(host) { _ in
+        guard let h = ParamHandle.from(param) else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "param_view of a NULL parameter") }
+        value?.pointee = h.parameter.value.view
+        if let grad {
+            if h.isBuffer || !h.parameter.requiresGrad { grad.pointee = esView(shape: h.parameter.shape, data: nil) }
+            else { grad.pointee = try h.parameter.ensureGrad().view }
+        }
+    }
+}
+
+private let hostHasPrimitive: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?) -> Int32 = { _, name in
+    guard let name else { return 0 }
+    return Primitives.table[String(cString: name)] != nil ? 1 : 0
+}
+
+private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?, UnsafePointer<CChar>?, UnsafePointer<es_value?>?, UInt32, UnsafePointer<es_attr>?, UInt32, UnsafeMutablePointer<es_value?>?) -> es_status = {
+    host, graph, primitive, inputs, inputCount, attrs, attrCount, out in
+    withContext(host) { _ in
+        guard let graph, let primitive, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_apply needs a graph, a primitive name and an out pointer") }
+        let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
+        let name = String(cString: primitive)
+        guard let fn = Primitives.table[name] else {
+            throw HostCallError(ES_ERROR_UNSUPPORTED, "unknown primitive '\(name)'; this host has: \(Primitives.table.keys.sorted().joined(separator: ", "))")
+        }
+        guard inputCount == 0 || inputs != nil, attrCount == 0 || attrs != nil else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): NULL inputs or attrs") }
+        let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
+        var a: [String: Double] = [:]
+        for i in 0..<Int(attrCount) {
+            guard let n = attrs![i].name else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): attribute #\(i) has no name") }
+            a[String(cString: n)] = attrs![i].value
+        }
+        do {
+            out.pointee = build.handle(try fn(build.graph, xs, Attributes(primitive: name, values: a)))
+        } catch let e as EspalierError {
+            throw HostCallError(ES_ERROR_SHAPE, "\(name): \(e)")
+        }
+    }
+}
+
+private let hostGraphParam: @convention(c) (UnsafeMutableRawPointer?, es_graph?, es_param?, UnsafeMutablePointer<es_value?>?) -> es_status = {
+    host, graph, param, out in
+    withContext(host) { _ in
+        guard let graph, let h = ParamHandle.from(param), let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_param needs a graph, a parameter and an out pointer") }
+        let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
+        let v = h.isBuffer ? build.graph.constant(h.parameter.value) : build.graph.param(h.parameter)
+        out.pointee = build.handle(v)
+    }
+}
+
+private let hostValueView: @convention(c) (UnsafeMutableRawPointer?, es_value?, UnsafeMutablePointer<es_tensor_view>?) -> es_status = { host, value, out in
+    withContext(host) { _ in
+        // Values are only meaningful with their graph; the view is looked up in the live build.
+        guard let out, let value, let build = GraphBuild.current else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "value_view outside a build") }
+        out.pointee = try build.value(value).value.view
+    }
+}
+
+private let hostGraphGate: @convention(c) (UnsafeMutableRawPointer?, es_graph?, UnsafePointer<CChar>?, es_value?, UnsafeMutablePointer<es_value?>?) -> es_status = {
+    host, graph, role, logits, out in
+    withContext(host) { ctx in
+        guard let graph, let role, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_gate needs a graph, a role and an out pointer") }
+        let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
+        let name = String(cString: role)
+        guard let gate = ctx.gatesByRole[name] else {
+            throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(name)'" + (ctx.gatesByRole.isEmpty ? "" : "; roles: \(ctx.gatesByRole.keys.sorted().joined(separator: ", "))"))
+        }
+        out.pointee = build.handle(try gate(build.graph, try build.value(logits)).weights)
+    }
+}
+
+private let hostMemoryReport: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<es_memory_report>?) -> es_status = { host, prefix, out in
+    withContext(host) { ctx in
+        guard let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "memory_report needs an out pointer") }
+        let p = prefix.map { String(cString: $0) } ?? ""
+        let cur = ctx.accountant.currentBytes(ownerPrefix: p), peak = ctx.accountant.peakBytes(ownerPrefix: p)
+        var r = es_memory_report()
+        r.struct_size = UInt32(MemoryLayout<es_memory_report>.size)
+        withUnsafeMutableBytes(of: &r.current) { raw in for c in 0..<Int(ES_MEM_CATEGORY_COUNT) { raw.storeBytes(of: UInt64(cur.bytes[c]), toByteOffset: c * 8, as: UInt64.self) } }
+        withUnsafeMutableBytes(of: &r.at_peak) { raw in for c in 0..<Int(ES_MEM_CATEGORY_COUNT) { raw.storeBytes(of: UInt64(peak.bytes[c]), toByteOffset: c * 8, as: UInt64.self) } }
+        r.current_total = UInt64(cur.total)
+        r.peak_total = UInt64(peak.total)
+        r.budget = UInt64(ctx.accountant.budget ?? 0)
+        out.pointee = r
+    }
+}
+
+extension GraphBuild {
+    /// The build in progress (builds do not nest across threads: host thread only).
+    nonisolated(unsafe) static var current: GraphBuild?
+}

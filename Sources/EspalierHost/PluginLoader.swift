@@ -1,0 +1,255 @@
+// Finds plugin libraries, loads them with dlopen, and admits them only after checking them:
+// the entry symbol, the ABI version (majors equal, minor not older than the host's minimum),
+// a well-formed description (sizes, ids, kinds, parameters, dynamic-method signatures), a
+// successful init, and ids not already taken. A library that fails any check is reported in
+// one line naming the file and the problem, and the others still load. Libraries are never
+// closed (they may hold Swift code and the host keeps pointers into them).
+
+import CEspalierSDK
+import EspalierCore
+import Foundation
+
+/// A library that was refused, and why.
+public struct LoadFailure: Codable, Sendable, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// Where plugins are looked for, in order: the executable's folder, `ESPALIER_PLUGIN_PATH`
+/// (colon-separated), then each `--plugin-dir`.
+public struct PluginSearchPath {
+    public var directories: [String]
+
+    public init(directories: [String]) { self.directories = directories }
+
+    public static func standard(extraDirectories: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
+                                executableDirectory: String? = PluginSearchPath.executableDirectory()) -> PluginSearchPath {
+        var dirs: [String] = []
+        if let exe = executableDirectory { dirs.append(exe) }
+        if let env = environment["ESPALIER_PLUGIN_PATH"] {
+            dirs += env.split(separator: ":").map(String.init).filter { !$0.isEmpty }
+        }
+        dirs += extraDirectories
+        var seen = Set<String>()
+        return PluginSearchPath(directories: dirs.filter { seen.insert(URL(fileURLWithPath: $0).standardized.path).inserted })
+    }
+
+    public static func executableDirectory() -> String? {
+        guard let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
+            return CommandLine.arguments.first.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
+        }
+        return URL(fileURLWithPath: path).deletingLastPathComponent().path
+    }
+
+    /// Plugin files: `libespalier-*.so` / `espalier-*.so` (the naming convention), sorted by name
+    /// within each directory. Missing directories are skipped.
+    public func candidateFiles() -> [String] {
+        var files: [String] = []
+        for dir in directories {
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
+            for name in names.sorted() where Self.isPluginFileName(name) {
+                files.append(URL(fileURLWithPath: dir).appendingPathComponent(name).path)
+            }
+        }
+        return files
+    }
+
+    public static func isPluginFileName(_ name: String) -> Bool {
+        (name.hasPrefix("libespalier-") || name.hasPrefix("espalier-")) && (name.hasSuffix(".so") || name.hasSuffix(".dylib"))
+    }
+}
+
+public final class PluginLoader {
+    /// The ABI this host speaks (normally the SDK's) and the oldest minor it accepts.
+    public let hostABI: es_version
+    public let minimumMinor: UInt32
+    public let context: HostContext
+
+    public init(context: HostContext, hostMajor: UInt32 = UInt32(ESPALIER_ABI_MAJOR), hostMinor: UInt32 = UInt32(ESPALIER_ABI_MINOR),
+                minimumMinor: UInt32 = 0) {
+        self.context = context
+        self.hostABI = es_version(major: hostMajor, minor: hostMinor)
+        self.minimumMinor = minimumMinor
+    }
+
+    /// Loads every candidate file of `searchPath` into a new registry.
+    public func load(_ searchPath: PluginSearchPath) -> PluginRegistry {
+        let registry = PluginRegistry()
+        var seenFiles = Set<String>()
+        for file in searchPath.candidateFiles() {
+            // The same file reached through two directories is loaded once.
+            let real = (try? FileManager.default.destinationOfSymbolicLink(atPath: file)).map {
+                URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: file).deletingLastPathComponent()).standardized.path
+            } ?? URL(fileURLWithPath: file).standardized.path
+            guard seenFiles.insert(real).inserted else { continue }
+            load(file: file, into: registry)
+        }
+        return registry
+    }
+
+    /// Loads one library; on failure records it in `registry.failures` and returns nil.
+    @discardableResult
+    public func load(file: String, into registry: PluginRegistry) -> LoadedLibrary? {
+        do {
+            let library = try admit(file: file, registry: registry)
+            registry.add(library)
+            return library
+        } catch let error as PluginLoadError {
+            registry.failures.append(LoadFailure(path: file, reason: error.description))
+        } catch {
+            registry.failures.append(LoadFailure(path: file, reason: "\(error)"))
+        }
+        return nil
+    }
+
+    private func admit(file: String, registry: PluginRegistry) throws -> LoadedLibrary {
+        guard let handle = dlopen(file, RTLD_NOW | RTLD_LOCAL) else {
+            let message = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
+            throw PluginLoadError("cannot be loaded: \(message)")
+        }
+        // From here on the library stays loaded: it may hold Swift code, which must never be unloaded.
+        guard let symbol = dlsym(handle, ESPALIER_ENTRY_SYMBOL) else {
+            throw PluginLoadError("no entry symbol '\(ESPALIER_ENTRY_SYMBOL)': not an Espalier ABI v1 plugin "
+                                  + "(a Swift plugin must export it from a public @_cdecl function)")
+        }
+        let entry = unsafeBitCast(symbol, to: es_plugin_entry_fn.self)
+        var abi = hostABI
+        guard let descPointer = entry(&abi) else {
+            throw PluginLoadError("refused the host's ABI \(hostABI.major).\(hostABI.minor) (its entry returned NULL)")
+        }
+        let raw = UnsafeRawPointer(descPointer)
+        // struct_size and abi are the first fields in every version: safe to read before the size check.
+        let declaredSize = raw.load(as: UInt32.self)
+        let pluginABI = raw.load(fromByteOffset: MemoryLayout<es_plugin_desc>.offset(of: \.abi)!, as: es_version.self)
+        guard pluginABI.major == hostABI.major else {
+            throw PluginLoadError("built for ABI \(pluginABI.major).\(pluginABI.minor), but this host speaks ABI \(hostABI.major).\(hostABI.minor): "
+                                  + "rebuild the plugin against this host's SDK")
+        }
+        guard pluginABI.minor >= minimumMinor else {
+            throw PluginLoadError("built for ABI \(pluginABI.major).\(pluginABI.minor), older than the oldest this host supports "
+                                  + "(\(hostABI.major).\(minimumMinor)): rebuild the plugin against this host's SDK")
+        }
+        let desc: es_plugin_desc = try readSized(raw, declaredSize: declaredSize, what: "plugin description")
+        let name = try requiredString(desc.name, "plugin name")
+        guard desc.component_count <= 4096 else { throw PluginLoadError("malformed description: \(desc.component_count) components") }
+        if desc.component_count > 0 && desc.components == nil { throw PluginLoadError("malformed description: component_count \(desc.component_count) but components is NULL") }
+
+        let library = LoadedLibrary(path: file, handle: handle, name: name, version: optionalString(desc.version) ?? "",
+                                    summary: optionalString(desc.summary) ?? "", abi: pluginABI)
+        var ids = Set<String>()
+        for i in 0..<Int(desc.component_count) {
+            let cp = desc.components! + i
+            let component = try Component(describing: cp, library: library, index: i)
+            guard ids.insert(component.id).inserted else {
+                throw PluginLoadError("malformed description: component id '\(component.id)' appears twice")
+            }
+            if let other = registry.component(id: component.id) {
+                throw PluginLoadError("duplicate id '\(component.id)', already provided by \(other.library.path); remove one of the two libraries")
+            }
+            library.components.append(component)
+        }
+        // Init last: only a library that passed every other check gets to run code.
+        if let initFn = desc.`init` {
+            context.clearError()
+            let status = initFn(context.services)
+            if status != ES_OK {
+                throw PluginLoadError("init failed (\(statusName(status))): \(context.takeError() ?? "the plugin gave no message")")
+            }
+        }
+        return library
+    }
+}
+
+/// One loaded library and its components.
+public final class LoadedLibrary {
+    public let path: String
+    public let name: String
+    public let version: String
+    public let summary: String
+    public let abi: es_version
+    public internal(set) var components: [Component] = []
+    let handle: UnsafeMutableRawPointer
+
+    init(path: String, handle: UnsafeMutableRawPointer, name: String, version: String, summary: String, abi: es_version) {
+        self.path = path; self.handle = handle; self.name = name; self.version = version; self.summary = summary; self.abi = abi
+    }
+
+    public var fileName: String { URL(fileURLWithPath: path).lastPathComponent }
+}
+
+/// Every loaded component by id, and what failed to load.
+public final class PluginRegistry {
+    public private(set) var libraries: [LoadedLibrary] = []
+    public internal(set) var failures: [LoadFailure] = []
+    private var byID: [String: Component] = [:]
+
+    public init() {}
+
+    func add(_ library: LoadedLibrary) {
+        libraries.append(library)
+        for c in library.components { byID[c.id] = c }
+    }
+
+    public var components: [Component] { libraries.flatMap(\.components) }
+    public func component(id: String) -> Component? { byID[id] }
+
+    /// The component `id` of `kind`, or an error listing what is available.
+    public func require(_ id: String, kind: ComponentKind? = nil) throws -> Component {
+        if let c = byID[id], kind == nil || c.kind == kind! { return c }
+        let pool = components.filter { kind == nil || $0.kind == kind! }.map(\.id).sorted()
+        let what = kind.map { "\($0.rawValue)" } ?? "component"
+        var message = "unknown \(what) '\(id)'"
+        if let c = byID[id] { message = "'\(id)' is a \(c.kind.rawValue), not a \(what)" }
+        throw PluginLoadError(message + (pool.isEmpty ? "; no \(what)s are loaded (see `espalier plugins`)" : "; available: \(pool.joined(separator: ", "))"))
+    }
+
+    /// The dynamic methods that can fill `slot`, across all components.
+    public func methods(slot: String) -> [DynamicMethod] { components.flatMap { $0.methods.filter { $0.slot == slot } } }
+    public var allMethods: [DynamicMethod] { components.flatMap(\.methods) }
+}
+
+public struct PluginLoadError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+// MARK: - Reading C structs safely
+
+/// Copies a size-prefixed struct: at most what the writer declared, zero beyond it. Refuses a
+/// struct smaller than ABI 1.0's (the oldest layout this host reads).
+func readSized<T>(_ p: UnsafeRawPointer, declaredSize: UInt32? = nil, what: String) throws -> T {
+    let declared = Int(declaredSize ?? p.load(as: UInt32.self))
+    let size = MemoryLayout<T>.size
+    guard declared >= size else {
+        throw PluginLoadError("malformed description: \(what) declares struct_size \(declared), smaller than ABI 1.0's \(size) (uninitialised or not an Espalier struct?)")
+    }
+    guard declared <= 1 << 20 else { throw PluginLoadError("malformed description: \(what) declares an implausible struct_size \(declared)") }
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: MemoryLayout<T>.alignment)
+    defer { buffer.deallocate() }
+    buffer.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+    buffer.copyMemory(from: p, byteCount: min(declared, size))
+    return buffer.load(as: T.self)
+}
+
+func optionalString(_ p: UnsafePointer<CChar>?) -> String? { p.map { String(cString: $0) } }
+
+func requiredString(_ p: UnsafePointer<CChar>?, _ what: String) throws -> String {
+    guard let p else { throw PluginLoadError("malformed description: \(what) is NULL") }
+    let s = String(cString: p)
+    guard !s.isEmpty else { throw PluginLoadError("malformed description: \(what) is empty") }
+    return s
+}
+
+func statusName(_ s: es_status) -> String {
+    switch s {
+    case ES_OK: return "ok"
+    case ES_ERROR_INVALID_ARGUMENT: return "invalid argument"
+    case ES_ERROR_OUT_OF_MEMORY: return "out of memory"
+    case ES_ERROR_BUDGET: return "memory budget"
+    case ES_ERROR_UNSUPPORTED: return "unsupported"
+    case ES_ERROR_INTERNAL: return "internal error"
+    case ES_ERROR_SHAPE: return "shape error"
+    default: return "status \(s)"
+    }
+}

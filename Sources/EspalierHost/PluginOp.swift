@@ -1,0 +1,153 @@
+// A plugin op instance inside the engine: the one owner of the plugin's instance handle
+// (destroyed in deinit), its declared parameters, and `callAsFunction`, which applies the op in
+// a Graph. Composed ops are built from host primitives (the engine differentiates them); raw ops
+// get host-allocated buffers, run only outside dry runs, and are differentiated by their own
+// backward kernel, wired into the tape here.
+
+import CEspalierSDK
+import EspalierCore
+import Foundation
+
+public struct OpConfig: Sendable {
+    public var inChannels: Int
+    public var outChannels: Int
+    public var stride: Int
+    public var affine: Bool
+    public init(inChannels: Int, outChannels: Int, stride: Int = 1, affine: Bool = false) {
+        self.inChannels = inChannels; self.outChannels = outChannels; self.stride = stride; self.affine = affine
+    }
+}
+
+public final class PluginOp {
+    public let component: Component
+    let context: HostContext
+    let table: es_op_vtable
+    let instance: UnsafeMutableRawPointer?
+    let declared: [ParamHandle]
+    public let ownerPath: String
+    let owner: Int32
+
+    /// Makes an instance under owner path `ownerPath` (e.g. "cell0/edge3/swish").
+    public init(_ component: Component, context: HostContext, config: OpConfig, settings: [String: String] = [:], ownerPath: String) throws {
+        guard component.kind == .op, let table = component.opTable else { throw PluginLoadError("\(component.id) is a \(component.kind.rawValue), not an op") }
+        self.component = component
+        self.context = context
+        self.table = table
+        self.ownerPath = ownerPath
+        let params = try ResolvedParams(component: component, settings: settings)
+        let acc = context.accountant
+        owner = acc.owner(ownerPath)
+        var cfg = es_op_config()
+        cfg.struct_size = UInt32(MemoryLayout<es_op_config>.size)
+        cfg.stride = Int32(config.stride)
+        cfg.in_channels = Int64(config.inChannels)
+        cfg.out_channels = Int64(config.outChannels)
+        cfg.affine = config.affine ? 1 : 0
+        var inst: UnsafeMutableRawPointer? = nil
+        context.declaring = []
+        defer { context.declaring = nil }
+        try acc.withOwnerID(owner) {
+            try ownerPath.withCString { o in
+                cfg.owner = o
+                try context.check("\(component.id): create at \(ownerPath)") {
+                    table.create!(component.descriptor, context.services, &cfg, params.values, UInt32(params.count), &inst)
+                }
+            }
+        }
+        instance = inst
+        declared = context.declaring ?? []
+    }
+
+    deinit { table.destroy?(instance) }
+
+    /// Learnable parameters (buffers excluded), in declaration order.
+    public var parameters: [Parameter] { declared.filter { !$0.isBuffer }.map(\.parameter) }
+    public var buffers: [Tensor] { declared.filter(\.isBuffer).map(\.parameter.value) }
+    public var isComposed: Bool { table.build != nil }
+
+    /// y = op(x) in `g`.
+    public func callAsFunction(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
+        try g.accountant.withOwnerID(owner) {
+            isComposed ? try buildComposed(g, x) : try applyRaw(g, x, state: state)
+        }
+    }
+
+    /// True for ops that apply an edge's mixing weights themselves (`build_mixed`, MergeNAS).
+    public var takesMixingWeights: Bool { table.build_mixed != nil }
+
+    /// y = op(x) with the edge's mixing weights for the candidates this op stands for.
+    public func callAsFunction(_ g: Graph, _ x: Variable, mixingWeights w: Variable) throws -> Variable {
+        guard let fn = table.build_mixed else { throw PluginLoadError("\(component.id) does not take mixing weights (no build_mixed)") }
+        return try g.accountant.withOwnerID(owner) {
+            try buildComposed(g, x, extra: w) { build, input, extra, out in fn(instance, build, input, extra, out) }
+        }
+    }
+
+    private func buildComposed(_ g: Graph, _ x: Variable) throws -> Variable {
+        try buildComposed(g, x, extra: nil) { [table, instance] build, input, _, out in table.build!(instance, build, input, out) }
+    }
+
+    private func buildComposed(_ g: Graph, _ x: Variable, extra: Variable?,
+                               _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> Variable {
+        let build = GraphBuild(graph: g)
+        let input = build.handle(x)
+        let extraHandle = extra.map { build.handle($0) }
+        var out: es_value? = nil
+        let previous = GraphBuild.current
+        GraphBuild.current = build
+        defer { GraphBuild.current = previous }
+        try context.check("\(component.id): build at \(ownerPath)") { call(build.opaque, input, extraHandle, &out) }
+        return try build.value(out)
+    }
+
+    private func applyRaw(_ g: Graph, _ x: Variable, state: RunState) throws -> Variable {
+        let table = self.table, instance = self.instance, context = self.context, id = component.id, owner = ownerPath
+        var inShape = esView(shape: x.shape, data: nil)
+        var outShape = esView(shape: [], data: nil)
+        try context.check("\(component.id): output_shape of \(x.shape)") { table.output_shape!(instance, &inShape, &outShape) }
+        let yShape = outShape.shapeArray
+        guard outShape.rank > 0, outShape.rank <= ESPALIER_MAX_RANK, yShape.allSatisfy({ $0 > 0 }) else {
+            throw PluginCallError(status: ES_ERROR_SHAPE, context: "\(component.id): output_shape", message: "returned an invalid shape \(yShape)")
+        }
+        let y = try g.output(yShape)
+        let params = declared.map(\.parameter)
+        var cState = state.c
+        cState.training = g.training ? 1 : 0
+        cState.dry_run = g.computing ? 0 : 1
+        if g.computing {
+            var xv = x.value.view, yv = y.view
+            var pv = params.map { $0.value.view }
+            try context.check("\(component.id): forward at \(ownerPath)") {
+                pv.withUnsafeMutableBufferPointer { table.forward!(instance, &cState, &xv, $0.baseAddress, UInt32(params.count), &yv) }
+            }
+        }
+        let savesInput = table.saves & UInt32(ES_OP_SAVES_INPUT) != 0, savesOutput = table.saves & UInt32(ES_OP_SAVES_OUTPUT) != 0
+        let xSaved = savesInput ? x.value : nil, ySaved = savesOutput ? y : nil
+        let xShape = x.shape
+        let paramVars = declared.map { $0.isBuffer ? g.constant($0.parameter.value) : g.param($0.parameter) }
+        return g.record(y, inputs: [x] + paramVars) { [unowned g] dY, ctx in
+            let dX = ctx.needs(0) ? try g.gradTensor(xShape) : nil
+            var dParams: [es_tensor_view] = []
+            for i in 0..<params.count {
+                let pg = ctx.needs(1 + i) ? try ctx.parameterGrad(1 + i) : nil
+                dParams.append(pg?.view ?? esView(shape: params[i].shape, data: nil))
+            }
+            if ctx.computing {
+                var xv = xSaved?.view ?? esView(shape: xShape, data: nil)
+                var yv = ySaved?.view ?? esView(shape: yShape, data: nil)
+                var dyv = dY.view
+                var dxv = dX?.view ?? esView(shape: xShape, data: nil)
+                var pv = params.map { $0.value.view }
+                var st = cState
+                try context.check("\(id): backward at \(owner)") {
+                    pv.withUnsafeMutableBufferPointer { p in
+                        dParams.withUnsafeMutableBufferPointer { dp in
+                            table.backward!(instance, &st, &xv, &yv, &dyv, p.baseAddress, UInt32(params.count), &dxv, dp.baseAddress)
+                        }
+                    }
+                }
+            }
+            if let dX { try ctx.accumulate(0, dX) }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+// The host primitives a composed op may use (`graph_apply`), in one table: name → how to apply
+// it on the engine's Graph. The engine's ops do the differentiation and the memory accounting;
+// this file only maps names, inputs and attributes. Adding a primitive is appending a row.
+
+import CEspalierSDK
+import EspalierCore
+import Foundation
+
+struct Attributes {
+    let primitive: String
+    let values: [String: Double]
+
+    func int(_ name: String, _ fallback: Int? = nil) throws -> Int {
+        guard let v = values[name] else {
+            if let fallback { return fallback }
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(primitive) needs attribute '\(name)'")
+        }
+        guard let i = Int(exactly: v) else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(primitive): attribute '\(name)' = \(v) must be an integer") }
+        return i
+    }
+
+    func double(_ name: String, _ fallback: Double) -> Double { values[name] ?? fallback }
+}
+
+enum Primitives {
+    typealias Apply = (Graph, [Variable], Attributes) throws -> Variable
+
+    static func arity(_ name: String, _ xs: [Variable], _ n: ClosedRange<Int>) throws {
+        guard n.contains(xs.count) else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name) takes \(n.lowerBound == n.upperBound ? "\(n.lowerBound)" : "\(n.lowerBound)…\(n.upperBound)") input(s), got \(xs.count)")
+        }
+    }
+
+    static let table: [String: Apply] = [
+        "conv2d": { g, x, a in
+            try arity("conv2d", x, 2...2)
+            return try g.conv2d(x[0], x[1], stride: try a.int("stride", 1), padding: try a.int("padding", 0),
+                                dilation: try a.int("dilation", 1), groups: try a.int("groups", 1))
+        },
+        "relu": { g, x, _ in try arity("relu", x, 1...1); return try g.relu(x[0]) },
+        "add": { g, x, _ in try arity("add", x, 2...2); return try g.add(x[0], x[1]) },
+        "sum": { g, x, _ in try arity("sum", x, 1...64); return try g.sum(x) },
+        "scale": { g, x, a in try arity("scale", x, 1...1); return try g.scale(x[0], by: Float(a.double("factor", 1))) },
+        "max_pool2d": { g, x, a in
+            try arity("max_pool2d", x, 1...1)
+            return try g.maxPool2d(x[0], kernel: try a.int("kernel"), stride: try a.int("stride", 1), padding: try a.int("padding", 0))
+        },
+        "avg_pool2d": { g, x, a in
+            try arity("avg_pool2d", x, 1...1)
+            return try g.avgPool2d(x[0], kernel: try a.int("kernel"), stride: try a.int("stride", 1), padding: try a.int("padding", 0),
+                                   countIncludePad: try a.int("count_include_pad", 0) != 0)
+        },
+        "global_avg_pool": { g, x, _ in try arity("global_avg_pool", x, 1...1); return try g.globalAvgPool(x[0]) },
+        "batch_norm": { g, x, a in
+            try arity("batch_norm", x, 3...5)
+            guard x.count != 4 else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "batch_norm takes x, running_mean, running_var and optionally gamma and beta (both)") }
+            return try g.batchNorm(x[0], gamma: x.count == 5 ? x[3] : nil, beta: x.count == 5 ? x[4] : nil,
+                                   runningMean: x[1].value, runningVar: x[2].value,
+                                   momentum: Float(a.double("momentum", 0.1)), eps: Float(a.double("eps", 1e-5)))
+        },
+        "concat_channels": { g, x, _ in try arity("concat_channels", x, 1...64); return try g.concatChannels(x) },
+        "narrow_channels": { g, x, a in
+            try arity("narrow_channels", x, 1...1)
+            let start = try a.int("start"), length = try a.int("length")
+            return try g.narrow(x[0], channels: start..<(start + length))
+        },
+        "channel_shuffle": { g, x, a in try arity("channel_shuffle", x, 1...1); return try g.channelShuffle(x[0], groups: try a.int("groups")) },
+        "linear": { g, x, _ in try arity("linear", x, 2...3); return try g.linear(x[0], weight: x[1], bias: x.count == 3 ? x[2] : nil) },
+        "zeros_like": { g, x, a in try arity("zeros_like", x, 1...1); return try g.zeros(like: x[0], stride: try a.int("stride", 1)) },
+        "dropout": { g, x, a in try arity("dropout", x, 1...1); return try g.dropout(x[0], p: Float(a.double("p", 0))) },
+        "drop_path": { g, x, a in try arity("drop_path", x, 1...1); return try g.dropPath(x[0], p: Float(a.double("p", 0))) },
+        "weighted_sum": { g, x, _ in try arity("weighted_sum", x, 2...65); return try g.weightedSum(Array(x.dropLast()), weights: x.last!) },
+        "channel_scale": { g, x, _ in try arity("channel_scale", x, 2...2); return try g.channelScale(x[0], x[1]) },
+        "mean": { g, x, _ in try arity("mean", x, 1...1); return try g.mean(x[0]) },
+    ]
+}

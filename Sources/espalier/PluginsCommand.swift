@@ -1,0 +1,152 @@
+// `espalier plugins`: list what the plugin folders hold (and what failed to load), describe a
+// component, and check a selection of components with its settings before a run.
+
+import ArgumentParser
+import EspalierCore
+import EspalierHost
+import Foundation
+
+/// Where to look for plugins, shared by every command that loads them.
+struct PluginDirOptions: ParsableArguments {
+    @Option(name: .customLong("plugin-dir"), help: "A folder with plugin libraries (repeatable); also ESPALIER_PLUGIN_PATH.")
+    var pluginDirs: [String] = []
+
+    func loadRegistry(context: HostContext = HostContext()) -> PluginRegistry {
+        PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: pluginDirs))
+    }
+}
+
+struct PluginsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugins",
+        abstract: "List the plugin components found, and the libraries that failed to load.",
+        subcommands: [List.self, Describe.self, Check.self],
+        defaultSubcommand: List.self)
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List every component (the default).")
+        @OptionGroup var dirs: PluginDirOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let registry = dirs.loadRegistry()
+            if json {
+                let out: [String: Any] = [
+                    "components": registry.components.map { describeJSON($0, full: false) },
+                    "failures": registry.failures.map { ["library": $0.path, "reason": $0.reason] },
+                    "searched": PluginSearchPath.standard(extraDirectories: dirs.pluginDirs).directories,
+                ]
+                printJSON(out)
+                return
+            }
+            if registry.components.isEmpty { print("no plugin components found") }
+            let rows = registry.components.sorted { ($0.kind.rawValue, $0.id) < ($1.kind.rawValue, $1.id) }
+            if !rows.isEmpty {
+                print(pad("kind", 12) + pad("id", 40) + pad("library", 42) + "summary")
+                for c in rows {
+                    print(pad(c.kind.rawValue, 12) + pad(c.id, 40) + pad("\(c.library.fileName) \(c.library.version)", 42) + c.summary)
+                }
+            }
+            if !registry.failures.isEmpty {
+                print("\nfailed to load (\(registry.failures.count)):")
+                for f in registry.failures { print("  \(f.path): \(f.reason)") }
+            }
+        }
+    }
+
+    struct Describe: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "describe", abstract: "Show a component's parameters and dynamic methods.")
+        @Argument(help: "Component id, e.g. espalier.gate.softmax/1.") var id: String
+        @OptionGroup var dirs: PluginDirOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let registry = dirs.loadRegistry()
+            let c: Component
+            do { c = try registry.require(id) } catch { throw ValidationError("\(error)") }
+            if json { printJSON(describeJSON(c, full: true)); return }
+            print("\(c.id)  (\(c.kind.rawValue), \(c.form))")
+            print("  \(c.summary)")
+            print("  library: \(c.library.path)  \(c.library.name) \(c.library.version), ABI \(c.library.abi.major).\(c.library.abi.minor)")
+            if c.params.isEmpty { print("  parameters: none") } else {
+                print("  parameters (--set \(shortKey(c)).NAME=VALUE):")
+                for p in c.params {
+                    var t = p.type.rawValue
+                    if let ch = p.choices { t += " {\(ch.joined(separator: "|"))}" }
+                    if let lo = p.min, let hi = p.max { t += " [\(fmt(lo)), \(fmt(hi))]" }
+                    print("    " + pad(p.name, 20) + pad(t, 28) + pad("default \(p.defaultValue)", 18) + p.doc)
+                }
+            }
+            if !c.methods.isEmpty {
+                print("  dynamic methods (--set SLOT=NAME):")
+                for m in c.methods { print("    " + pad(m.selector, 32) + pad(m.signature.description, 24) + m.doc) }
+            }
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check",
+            abstract: "Resolve a selection of components and settings (config file, then flags) and print it, or say what is wrong.")
+        @OptionGroup var dirs: PluginDirOptions
+        @Option(help: "A JSON or YAML config: strategy, gate, ops, regularizers, set.") var config: String?
+        @Option(help: "Strategy id.") var strategy: String?
+        @Option(help: "Gate id.") var gate: String?
+        @Option(name: .customLong("op"), help: "Op id (repeatable).") var ops: [String] = []
+        @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable).") var regularizers: [String] = []
+        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
+
+        func run() throws {
+            let registry = dirs.loadRegistry()
+            let selection: Selection
+            do {
+                var request = try config.map { try SelectionRequest.load(file: $0) } ?? SelectionRequest()
+                request = request.overridden(by: SelectionRequest(strategy: strategy, gate: gate, ops: ops.isEmpty ? nil : ops,
+                                                                  regularizers: regularizers.isEmpty ? nil : regularizers,
+                                                                  set: try SelectionRequest.settings(fromFlags: sets)))
+                selection = try Selection.resolve(request, registry: registry)
+            } catch { throw ValidationError("\(error)") }
+            for choice in selection.all {
+                let settings = choice.component.params.map { p in "\(p.name)=\(choice.settings[p.name] ?? p.defaultValue)" }
+                print(pad(choice.component.kind.rawValue, 12) + pad(choice.component.id, 40) + settings.joined(separator: " "))
+            }
+            for (slot, m) in selection.methods.sorted(by: { $0.key < $1.key }) { print(pad("method", 12) + pad(slot, 40) + m.name + " " + m.signature.description) }
+            if selection.all.isEmpty && selection.methods.isEmpty { print("nothing selected") }
+        }
+    }
+}
+
+private func shortKey(_ c: Component) -> String {
+    switch c.kind {
+    case .strategy: return "strategy"
+    case .gate: return "gate"
+    default:
+        let base = c.id.split(separator: "/").first.map(String.init) ?? c.id
+        return String(base.split(separator: ".").last ?? Substring(base))
+    }
+}
+
+private func fmt(_ d: Double) -> String { d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d) }
+
+private func describeJSON(_ c: Component, full: Bool) -> [String: Any] {
+    var d: [String: Any] = ["kind": c.kind.rawValue, "id": c.id, "revision": c.revision, "summary": c.summary, "form": c.form,
+                            "library": c.library.path, "library_name": c.library.name, "library_version": c.library.version,
+                            "abi": "\(c.library.abi.major).\(c.library.abi.minor)"]
+    if full {
+        d["parameters"] = c.params.map { p -> [String: Any] in
+            var x: [String: Any] = ["name": p.name, "type": p.type.rawValue, "default": p.defaultValue, "doc": p.doc]
+            if let ch = p.choices { x["choices"] = ch }
+            if let lo = p.min { x["min"] = lo }
+            if let hi = p.max { x["max"] = hi }
+            return x
+        }
+        d["dynamic_methods"] = c.methods.map { ["slot": $0.slot, "name": $0.name, "signature": $0.signature.description, "doc": $0.doc] }
+    }
+    return d
+}
+
+func printJSON(_ object: Any) {
+    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]) {
+        print(String(decoding: data, as: UTF8.self))
+    }
+}

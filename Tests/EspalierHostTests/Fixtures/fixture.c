@@ -1,0 +1,299 @@
+/* fixture.c — test plugins for the loader, one defect per -D flag (see PluginTestSupport.swift).
+ * With no flag: a well-formed library with a composed op (ReLU → 1×1 conv, built from host
+ * primitives), a gate (scaled identity with a straight-through-style backward), a regularizer
+ * (L2 with a proximal shrink) and a strategy, so the host's adapters can be tested end to end.
+ *   -DFIX_ID=...           component id prefix (for duplicate-id tests)
+ *   -DFIX_MAJOR=2          built for another ABI major
+ *   -DFIX_MINOR=n          built for ABI 1.n
+ *   -DFIX_NO_ENTRY         exports no entry symbol
+ *   -DFIX_ENTRY_NULL       the entry refuses the host (returns NULL)
+ *   -DFIX_INIT_FAILS       init returns an error with a message
+ *   -DFIX_BAD_KIND         a component of kind 99
+ *   -DFIX_NULL_ID          a component without id
+ *   -DFIX_BAD_DEFAULT      a parameter whose default does not parse
+ *   -DFIX_BAD_SIGNATURE    a dynamic method with a malformed signature
+ *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
+ */
+#include <espalier/espalier.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef FIX_ID
+#define FIX_ID "org.fixture"
+#endif
+#ifndef FIX_MAJOR
+#define FIX_MAJOR ESPALIER_ABI_MAJOR
+#endif
+#ifndef FIX_MINOR
+#define FIX_MINOR ESPALIER_ABI_MINOR
+#endif
+
+/* ---- composed op: y = conv1x1(relu(x), w) ---- */
+typedef struct { const es_host_services *host; es_param w; } comp_op;
+
+static es_status op_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                           const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    comp_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    int64_t shape[4] = { cfg->out_channels, cfg->in_channels, 1, 1 };
+    es_status st = host->declare_param(host->host, "weight", shape, 4, ES_INIT_UNIFORM_FAN_IN, (double)cfg->in_channels, 0, &o->w);
+    if (st != ES_OK) { free(o); return st; }
+    *inst = o;
+    return ES_OK;
+}
+static void op_destroy(void *inst) { free(inst); }
+static es_status op_build(void *inst, es_graph g, es_value x, es_value *out) {
+    comp_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value r, w, y;
+    es_status st = h->graph_apply(h->host, g, "relu", &x, 1, NULL, 0, &r);
+    if (st != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->w, &w)) != ES_OK) return st;
+    es_value in[2] = { r, w };
+    es_attr attrs[1] = { { "stride", 1 } };
+    if ((st = h->graph_apply(h->host, g, "conv2d", in, 2, attrs, 1, &y)) != ES_OK) return st;
+    *out = y;
+    return ES_OK;
+}
+static const es_op_vtable op_table = { .struct_size = sizeof(es_op_vtable), .create = op_create, .destroy = op_destroy, .build = op_build };
+
+/* ---- composed op with a channel gate: y = channel_scale(relu(x), gate("channel", logits)) ---- */
+typedef struct { const es_host_services *host; es_param logits; } masked_op;
+static es_status masked_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                               const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    masked_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    int64_t shape[2] = { cfg->in_channels, 1 };
+    es_status st = host->declare_param(host->host, "mask_logits", shape, 2, ES_INIT_CONSTANT, 0.5, ES_PARAM_FLAG_ARCH, &o->logits);
+    if (st != ES_OK) { free(o); return st; }
+    *inst = o;
+    return ES_OK;
+}
+static es_status masked_build(void *inst, es_graph g, es_value x, es_value *out) {
+    masked_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value r, l, w, in[2];
+    es_status st;
+    if ((st = h->graph_apply(h->host, g, "relu", &x, 1, NULL, 0, &r)) != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->logits, &l)) != ES_OK) return st;
+    if ((st = h->graph_gate(h->host, g, "channel", l, &w)) != ES_OK) return st;
+    in[0] = r; in[1] = w;
+    return h->graph_apply(h->host, g, "channel_scale", in, 2, NULL, 0, out);
+}
+static const es_op_vtable masked_table = { .struct_size = sizeof(es_op_vtable), .create = masked_create, .destroy = op_destroy, .build = masked_build };
+
+/* ---- merged op (MergeNAS-style): y = w0·x + w1·relu(x), the edge's weights applied by the op ---- */
+typedef struct { const es_host_services *host; } merged_op;
+static es_status merged_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                               const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)cfg; (void)params; (void)n;
+    merged_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    *inst = o;
+    return ES_OK;
+}
+static es_status merged_build(void *inst, es_graph g, es_value x, es_value *out) {
+    merged_op *o = inst;
+    return o->host->graph_apply(o->host->host, g, "relu", &x, 1, NULL, 0, out);
+}
+static es_status merged_build_mixed(void *inst, es_graph g, es_value x, es_value weights, es_value *out) {
+    merged_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value r, in[3];
+    es_status st;
+    if ((st = h->graph_apply(h->host, g, "relu", &x, 1, NULL, 0, &r)) != ES_OK) return st;
+    in[0] = x; in[1] = r; in[2] = weights;
+    return h->graph_apply(h->host, g, "weighted_sum", in, 3, NULL, 0, out);
+}
+static const es_op_vtable merged_table = { .struct_size = sizeof(es_op_vtable), .create = merged_create, .destroy = op_destroy,
+    .build = merged_build, .build_mixed = merged_build_mixed };
+
+/* ---- gate: weights = scale · logits; backward d_logits += scale · d_weights ---- */
+typedef struct { double scale; } lin_gate;
+static es_status gate_create(const es_component_desc *component, const es_host_services *host, const es_gate_config *cfg,
+                             const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)host; (void)cfg; (void)n;
+    lin_gate *g = calloc(1, sizeof *g);
+    g->scale = params[0].double_value;
+    *inst = g;
+    return ES_OK;
+}
+static void gate_destroy(void *inst) { free(inst); }
+static es_status gate_forward(void *inst, const es_run_state *st, const es_tensor_view *l, es_tensor_view *w, uint8_t *active) {
+    (void)st;
+    lin_gate *g = inst;
+    int64_t n = l->shape[0] * l->shape[1];
+    for (int64_t i = 0; i < n; i++) { w->data[i] = (float)(g->scale * l->data[i]); if (active) active[i] = w->data[i] != 0; }
+    return ES_OK;
+}
+static es_status gate_backward(void *inst, const es_run_state *st, const es_tensor_view *l, const es_tensor_view *w,
+                               const es_tensor_view *dw, es_tensor_view *dl) {
+    (void)st; (void)w;
+    lin_gate *g = inst;
+    int64_t n = l->shape[0] * l->shape[1];
+    for (int64_t i = 0; i < n; i++) dl->data[i] += (float)(g->scale * dw->data[i]);
+    return ES_OK;
+}
+static es_status gate_set(void *inst, const char *name, double value) {
+    if (strcmp(name, "scale") != 0) return ES_ERROR_UNSUPPORTED;
+    ((lin_gate *)inst)->scale = value;
+    return ES_OK;
+}
+static const es_gate_vtable gate_table = { .struct_size = sizeof(es_gate_vtable), .flags = ES_GATE_HARD,
+    .granularities = (1u << ES_GATE_OPS) | (1u << ES_GATE_CHANNELS), .create = gate_create, .destroy = gate_destroy,
+    .forward = gate_forward, .backward = gate_backward, .set_value = gate_set };
+
+/* ---- regularizer: λ/2 Σ v² (loss) and v ← v/(1+λ·lr) (proximal) ---- */
+typedef struct { double lambda; } l2_reg;
+static es_status reg_create(const es_component_desc *component, const es_host_services *host, const es_param_value *p, uint32_t n, void **inst) {
+    (void)component; (void)host; (void)n;
+    l2_reg *r = calloc(1, sizeof *r);
+    r->lambda = p[0].double_value;
+    *inst = r;
+    return ES_OK;
+}
+static void reg_destroy(void *inst) { free(inst); }
+static es_status reg_loss(void *inst, const es_run_state *st, es_reg_target *t, uint32_t n, double *loss) {
+    (void)st;
+    l2_reg *r = inst;
+    double s = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t p = 0; p < t[i].part_count; p++) {
+            const es_tensor_view *v = &t[i].values[p];
+            int64_t count = 1;
+            for (int k = 0; k < v->rank; k++) count *= v->shape[k];
+            for (int64_t j = 0; j < count; j++) {
+                s += 0.5 * r->lambda * v->data[j] * v->data[j];
+                if (t[i].grads[p].data) t[i].grads[p].data[j] += (float)(r->lambda * v->data[j]);
+            }
+        }
+    *loss = s;
+    return ES_OK;
+}
+static es_status reg_prox(void *inst, const es_run_state *st, es_reg_target *t, uint32_t n, double lr) {
+    (void)st;
+    l2_reg *r = inst;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t p = 0; p < t[i].part_count; p++) {
+            const es_tensor_view *v = &t[i].values[p];
+            int64_t count = 1;
+            for (int k = 0; k < v->rank; k++) count *= v->shape[k];
+            for (int64_t j = 0; j < count; j++) v->data[j] = (float)(v->data[j] / (1 + r->lambda * lr));
+        }
+    return ES_OK;
+}
+static const es_regularizer_vtable reg_table = { .struct_size = sizeof(es_regularizer_vtable),
+    .targets = (1u << ES_TARGET_ARCH) | (1u << ES_TARGET_WEIGHT_GROUP), .create = reg_create, .destroy = reg_destroy,
+    .loss = reg_loss, .proximal = reg_prox };
+
+/* ---- strategy: weights-only for `warmup` steps, then bilevel; stops after `epochs` ---- */
+typedef struct { int64_t warmup, epochs; } simple_strategy;
+static es_status strat_create(const es_component_desc *component, const es_host_services *host, const es_param_value *p, uint32_t n, void **inst) {
+    (void)component; (void)host; (void)n;
+    simple_strategy *s = calloc(1, sizeof *s);
+    s->warmup = p[0].int_value;
+    s->epochs = p[1].int_value;
+    *inst = s;
+    return ES_OK;
+}
+static void strat_destroy(void *inst) { free(inst); }
+static es_status strat_plan(void *inst, const es_run_state *st, es_step_plan *plan) {
+    simple_strategy *s = inst;
+    plan->mode = st->step < s->warmup ? ES_STEP_WEIGHTS_ONLY : ES_STEP_BILEVEL;
+    return ES_OK;
+}
+static es_status strat_epoch_end(void *inst, const es_run_state *st, const es_epoch_metrics *m, int32_t *stop) {
+    (void)m;
+    *stop = st->epoch + 1 >= ((simple_strategy *)inst)->epochs;
+    return ES_OK;
+}
+static es_status strat_derive(void *inst, const es_run_state *st, char *buf, uint64_t cap, uint64_t *len) {
+    (void)inst; (void)st;
+    const char *json = "{\"fixture\":true}";
+    *len = strlen(json);
+    if (cap <= *len) return ES_ERROR_INVALID_ARGUMENT;
+    memcpy(buf, json, *len + 1);
+    return ES_OK;
+}
+static const es_strategy_vtable strat_table = { .struct_size = sizeof(es_strategy_vtable), .create = strat_create,
+    .destroy = strat_destroy, .plan_step = strat_plan, .epoch_end = strat_epoch_end, .derive = strat_derive };
+
+/* ---- descriptions ---- */
+static int64_t times_three(int32_t a) { return 3 * (int64_t)a; }
+static double mix(double a, int64_t b, float c) { return a * (double)b + (double)c; }
+static const char *greet(const char *who) { return (who && strcmp(who, "host") == 0) ? "hello host" : "hello stranger"; }
+
+static const es_dynamic_method_desc methods[] = {
+    { sizeof(es_dynamic_method_desc), "fixture.triple", "times-three", "int64(int32)", "3·a", (void (*)(void))times_three },
+    { sizeof(es_dynamic_method_desc), "fixture.mix", "mix", "double(double,int64,float)", "a·b + c", (void (*)(void))mix },
+#ifdef FIX_BAD_SIGNATURE
+    { sizeof(es_dynamic_method_desc), "fixture.greet", "greet", "string(banana)", "broken", (void (*)(void))greet },
+#else
+    { sizeof(es_dynamic_method_desc), "fixture.greet", "greet", "string(string)", "greets", (void (*)(void))greet },
+#endif
+};
+
+static const es_param_desc gate_params[] = {
+#ifdef FIX_BAD_DEFAULT
+    { sizeof(es_param_desc), ES_PARAM_DOUBLE, "scale", "not-a-number", "multiplier", NULL, 0, 10 },
+#else
+    { sizeof(es_param_desc), ES_PARAM_DOUBLE, "scale", "2.0", "multiplier", NULL, 0, 10 },
+#endif
+};
+static const es_param_desc reg_params[] = {
+    { sizeof(es_param_desc), ES_PARAM_DOUBLE, "lambda", "0.5", "strength", NULL, 0, -1 },
+};
+static const es_param_desc strat_params[] = {
+    { sizeof(es_param_desc), ES_PARAM_INT, "warmup", "2", "weights-only steps", NULL, 0, 1000 },
+    { sizeof(es_param_desc), ES_PARAM_INT, "epochs", "3", "epochs before stopping", NULL, 1, 1000 },
+    { sizeof(es_param_desc), ES_PARAM_CHOICE, "order", "first", "arch gradient order", "first|second", 1, 0 },
+};
+
+static const es_component_desc components[] = {
+    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.relu-conv/1", "composed ReLU then 1x1 conv", NULL, 0, NULL, 0, &op_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.masked-relu/1", "ReLU with a per-channel gate", NULL, 0, NULL, 0, &masked_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.merged/1", "identity and ReLU merged, weights applied by the op", NULL, 0, NULL, 0, &merged_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_GATE, FIX_ID ".gate.linear/1", "scaled identity gate", gate_params, 1, methods, sizeof methods / sizeof methods[0], &gate_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_REGULARIZER, FIX_ID ".regularizer.l2/1", "L2 with proximal shrink", reg_params, 1, NULL, 0, &reg_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_STRATEGY, FIX_ID ".strategy.warmup/1", "warm-up then bilevel", strat_params, 3, NULL, 0, &strat_table, NULL },
+#ifdef FIX_BAD_KIND
+    { sizeof(es_component_desc), 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
+#endif
+#ifdef FIX_NULL_ID
+    { sizeof(es_component_desc), ES_KIND_OP, NULL, "no id", NULL, 0, NULL, 0, &op_table, NULL },
+#endif
+#ifdef FIX_SMALL_STRUCT
+    { 0, ES_KIND_OP, FIX_ID ".op.small/1", "struct_size 0", NULL, 0, NULL, 0, &op_table, NULL },
+#endif
+};
+
+static es_status fixture_init(const es_host_services *host) {
+#ifdef FIX_INIT_FAILS
+    host->set_error(host->host, "the fixture's licence file is missing");
+    return ES_ERROR_INVALID_ARGUMENT;
+#else
+    host->log(host->host, ES_LOG_DEBUG, "fixture initialised");
+    return ES_OK;
+#endif
+}
+
+static const es_plugin_desc plugin = {
+    sizeof(es_plugin_desc), { FIX_MAJOR, FIX_MINOR }, "org.fixture", "0.1.0", "loader test fixture",
+    fixture_init, components, sizeof components / sizeof components[0],
+};
+
+#ifndef FIX_NO_ENTRY
+ESPALIER_EXPORT const es_plugin_desc *espalier_plugin_entry_v1(const es_version *host_abi) {
+#ifdef FIX_ENTRY_NULL
+    (void)host_abi;
+    (void)plugin;
+    return NULL;
+#else
+    return host_abi ? &plugin : NULL;
+#endif
+}
+#else
+ESPALIER_EXPORT const es_plugin_desc *some_other_symbol(void) { return &plugin; }
+#endif
