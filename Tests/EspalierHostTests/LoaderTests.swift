@@ -106,4 +106,17 @@ final class LoaderTests: XCTestCase {
             XCTAssertEqual(status, 0, "\(h): \(log)")
         }
     }
+
+    func testCSample_BuiltWithTheReadmesOneCommand_LoadsAndIsDescribed() throws {
+        let dir = try PluginFixtures.tempDir("csample")
+        let sampleDir = PluginFixtures.repoRoot.appendingPathComponent("Samples/c-swish-op").path
+        let out = dir + "/libespalier-sample-swish.so"
+        // The exact command of Samples/c-swish-op/README.md, output into a temporary plugin folder.
+        let (status, log) = try PluginFixtures.run(["cc", "-std=c99", "-O2", "-shared", "-fPIC", "-I", "../../SDK/include", "-o", out, "swish.c", "-lm"], cwd: sampleDir)
+        XCTAssertEqual(status, 0, log)
+        let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
+        XCTAssertEqual(registry.failures.map(\.description), [])
+        XCTAssertEqual(registry.components.map(\.id), ["org.example.op.swish/1"])
+        XCTAssertEqual(registry.libraries.first?.name, "org.example.swish")
+    }
 }

@@ -5,6 +5,7 @@
 
 /// One user-settable parameter of a component (`--set NAME=VALUE`).
 public struct ParamSpec: Sendable {
+    /// BOOL, INT, DOUBLE, STRING or CHOICE.
     public let type: ParamType
     /// [a-z0-9_.-]+, unique within the component.
     public let name: String
@@ -16,20 +17,25 @@ public struct ParamSpec: Sendable {
     public let choices: [String]
     /// INT and DOUBLE: inclusive bounds; nil = unbounded on that side.
     public let min: Double?
+    /// See `min`.
     public let max: Double?
 
+    /// A BOOL parameter ("true"/"false").
     public static func bool(_ name: String, default value: Bool, doc: String) -> ParamSpec {
         ParamSpec(type: .bool, name: name, defaultText: value ? "true" : "false", doc: doc, choices: [], min: nil, max: nil)
     }
 
+    /// An INT parameter (64-bit), optionally bounded.
     public static func int(_ name: String, default value: Int, doc: String, min: Int? = nil, max: Int? = nil) -> ParamSpec {
         ParamSpec(type: .int, name: name, defaultText: String(value), doc: doc, choices: [], min: min.map(Double.init), max: max.map(Double.init))
     }
 
+    /// A DOUBLE parameter (finite), optionally bounded.
     public static func double(_ name: String, default value: Double, doc: String, min: Double? = nil, max: Double? = nil) -> ParamSpec {
         ParamSpec(type: .double, name: name, defaultText: "\(value)", doc: doc, choices: [], min: min, max: max)
     }
 
+    /// A STRING parameter (any UTF-8 text).
     public static func string(_ name: String, default value: String, doc: String) -> ParamSpec {
         ParamSpec(type: .string, name: name, defaultText: value, doc: doc, choices: [], min: nil, max: nil)
     }
@@ -87,6 +93,7 @@ public struct DynamicMethod: @unchecked Sendable {
     public let name: String
     /// Its C signature, e.g. "double(int64,int64)" (grammar in espalier_abi.h).
     public let signature: String
+    /// One line.
     public let doc: String
     /// The C function; nil if the function given was not a C function pointer (the host then
     /// refuses the library, naming this method).
@@ -137,12 +144,15 @@ public struct DynamicMethod: @unchecked Sendable {
 /// One component of a library, made with `.gate(…)`, `.op(…)`, `.regularizer(…)` or
 /// `.strategy(…)` and given to `Plugin.describe`.
 public struct Component {
+    /// `ES_KIND_*`.
     public let kind: es_kind
     /// "vendor.kind.name/revision", e.g. "org.example.gate.sparsemax/1".
     public let id: String
     /// One line.
     public let summary: String
+    /// Its parameters, in the order `create` receives them.
     public let params: [ParamSpec]
+    /// Its dynamic methods.
     public let methods: [DynamicMethod]
     /// Allocates the kind's vtable (shared thunks, this component's flags).
     let makeVTable: () -> UnsafeRawPointer

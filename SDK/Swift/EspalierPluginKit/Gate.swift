@@ -33,8 +33,11 @@ public struct GateFlags: OptionSet, Sendable {
 
 /// Where a gate instance sits (`es_gate_config`).
 public struct GateConfig: Sendable {
+    /// What the rows are.
     public var granularity: GateGranularity
+    /// Rows of the logits matrix (edges, channels or connections).
     public var rows: Int
+    /// Columns (candidate ops; 1 for channels and inputs).
     public var cols: Int
     /// The owner path, e.g. "arch/normal".
     public var owner: String

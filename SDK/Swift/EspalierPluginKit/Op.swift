@@ -6,7 +6,9 @@
 public struct OpConfig: Sendable {
     /// 1, or 2 on the edges of a reduction cell that leave its inputs.
     public var stride: Int
+    /// Channels of the input.
     public var inChannels: Int
+    /// Channels of the output.
     public var outChannels: Int
     /// Batch norm with learnable scale/shift (false during search).
     public var affine: Bool

@@ -221,6 +221,7 @@ public struct PluginHost: @unchecked Sendable {
 
 /// What a strategy can change during a search (`es_search_services`): valid during strategy calls.
 public struct SearchServices: @unchecked Sendable {
+    /// The C table.
     public let table: UnsafePointer<es_search_services>
     let context: UnsafeMutableRawPointer?
 
@@ -245,6 +246,7 @@ public struct SearchServices: @unchecked Sendable {
         guard status == ES_OK else { throw PluginError(status, "search service '\(name)' failed", reportedByHost: true) }
     }
 
+    /// Cell types, edges per cell, candidate ops per edge, nodes per cell, and cells now.
     public func spaceInfo() throws -> SpaceInfo {
         guard let fn = table.pointee.space_info else { throw missing("space_info") }
         var s = es_space_info()
@@ -269,11 +271,13 @@ public struct SearchServices: @unchecked Sendable {
         return (try TensorView(copying: l, "arch logits"), try TensorView(copying: g, "arch gradient"))
     }
 
+    /// Masks, restores or removes op `op` on `edge` of every cell of `cellType`.
     public func setOpState(cellType: Int, edge: Int, op: Int, _ state: OpState) throws {
         guard let fn = table.pointee.set_op_state else { throw missing("set_op_state") }
         try check(fn(context, Int32(cellType), Int32(edge), Int32(op), state.rawValue), "set_op_state")
     }
 
+    /// The state of op `op` on `edge` of cells of `cellType`.
     public func opState(cellType: Int, edge: Int, op: Int) throws -> OpState {
         guard let fn = table.pointee.get_op_state else { throw missing("get_op_state") }
         var s: es_op_state = 0
@@ -288,6 +292,7 @@ public struct SearchServices: @unchecked Sendable {
         try check(name.withCString { fn(context, $0, value) }, "set_value(\(name))")
     }
 
+    /// Reads a named scalar of the run's components.
     public func value(_ name: String) throws -> Double {
         guard let fn = table.pointee.get_value else { throw missing("get_value") }
         var v = 0.0

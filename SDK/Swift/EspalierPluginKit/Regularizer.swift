@@ -26,9 +26,11 @@ public struct RegularizerTargets: OptionSet, Sendable {
 public struct RegularizerTarget {
     /// nil for a kind newer than this kit.
     public let kind: TargetKind?
+    /// E.g. "arch/normal" or "group/normal/edge3/sep_conv_3x3".
     public let name: String
     /// Writable in `proximal` only.
     public let values: [TensorView]
+    /// Gradients to ADD into (no data = no gradient wanted).
     public let grads: [TensorView]
     /// `.gateWeights` only: same shapes as `values`.
     public let costs: [TensorView]?

@@ -19,6 +19,7 @@ public enum StepMode: Int32, Sendable {
 
 /// The plan of one step (`es_step_plan`).
 public struct StepPlan: Sendable {
+    /// What the step does.
     public var mode: StepMode
     /// Bilevel: unrolled (second-order) architecture gradient.
     public var secondOrder: Bool
@@ -32,9 +33,13 @@ public struct StepPlan: Sendable {
 
 /// One epoch's results (`es_epoch_metrics`).
 public struct EpochMetrics: Sendable {
+    /// Mean training loss and accuracy of the epoch.
     public var trainLoss: Double, trainAccuracy: Double
+    /// Validation loss and accuracy after the epoch.
     public var validLoss: Double, validAccuracy: Double
+    /// Wall-clock time of the epoch.
     public var seconds: Double
+    /// The accountant's peak during the epoch.
     public var peakBytes: UInt64
 
     init(_ pointer: UnsafePointer<es_epoch_metrics>?) throws {

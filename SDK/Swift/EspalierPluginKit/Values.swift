@@ -82,9 +82,11 @@ public struct RunState {
     public var training: Bool
     /// Global step, from 0.
     public var step: Int
+    /// Steps in the whole run.
     public var totalSteps: Int
     /// Epoch, from 0.
     public var epoch: Int
+    /// Epochs in the whole run.
     public var totalEpochs: Int
     /// Learning rate of the weights.
     public var learningRate: Double
@@ -124,6 +126,10 @@ public struct ParamValues {
         public var double: Double
         /// Every type: the value as text.
         public var text: String
+
+        public init(type: ParamType, int: Int64, double: Double, text: String) {
+            self.type = type; self.int = int; self.double = double; self.text = text
+        }
     }
 
     private var values: [String: Value]
@@ -232,8 +238,11 @@ public enum MemoryCategory: Int32, CaseIterable, Sendable {
 public struct MemoryReport {
     /// Indexed by `MemoryCategory.rawValue`.
     public var current: [UInt64]
+    /// Bytes by category at the moment of the peak.
     public var atPeak: [UInt64]
+    /// Sum of `current`.
     public var currentTotal: UInt64
+    /// The highest total so far.
     public var peakTotal: UInt64
     /// 0 = no budget.
     public var budget: UInt64

@@ -78,7 +78,9 @@ typedef struct es_search_services {
      *  (e.g. {"cells":11,"batch":64,"partial_channels":4}; "{}" = as now), computed by a dry run. */
     es_status (*predict_peak)(void *host, const char *change_json, es_memory_report *out);
     /** Forward only, no gradients, on `batches` training batches with weights re-initialised from
-     *  `init_seed` (the same seed gives the same weights): writes logits (batches·batch, classes). */
+     *  `init_seed` (the same seed gives the same weights). The caller provides `logits` with rank 2,
+     *  shape (batches·batch, classes) and data for that many floats (e.g. from `host->alloc`); the
+     *  host checks the shape (ES_ERROR_SHAPE, with the expected shape in the message) and fills it. */
     es_status (*forward_logits)(void *host, int32_t batches, uint64_t init_seed, es_tensor_view *logits);
     /** Trains the child architecture `arch_json` (genotype format) for `steps` steps from scratch
      *  and reports its validation accuracy. */
