@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "EspalierCore", targets: ["EspalierCore"]),
         // Plugins: one shared library per method family, loaded by the host with dlopen.
         .library(name: "espalier-gates", type: .dynamic, targets: ["EspalierGatesPlugin"]),
+        .library(name: "espalier-darts", type: .dynamic, targets: ["EspalierDartsPlugin"]),
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
         .library(name: "espalier-sample-sparsemax", type: .dynamic, targets: ["SparsemaxGate"]),
@@ -49,6 +50,12 @@ let package = Package(
             name: "EspalierGatesPlugin",
             dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
             path: "Plugins/gates",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierDartsPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/darts",
             swiftSettings: fast
         ),
         .target(

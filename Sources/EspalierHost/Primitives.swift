@@ -71,6 +71,11 @@ enum Primitives {
         "drop_path": { g, x, a in try arity("drop_path", x, 1...1); return try g.dropPath(x[0], p: Float(a.double("p", 0))) },
         "weighted_sum": { g, x, _ in try arity("weighted_sum", x, 2...65); return try g.weightedSum(Array(x.dropLast()), weights: x.last!) },
         "channel_scale": { g, x, _ in try arity("channel_scale", x, 2...2); return try g.channelScale(x[0], x[1]) },
+        "crop": { g, x, a in
+            try arity("crop", x, 1...1)
+            let h = a.values["height"].map { Int($0) }, w = a.values["width"].map { Int($0) }
+            return try g.crop(x[0], top: try a.int("top", 0), left: try a.int("left", 0), height: h, width: w)
+        },
         "mean": { g, x, _ in try arity("mean", x, 1...1); return try g.mean(x[0]) },
     ]
 }

@@ -152,4 +152,16 @@ final class ChannelTests: XCTestCase {
         Kernels.channelScaleForward(x.ptr, w.ptr, y.ptr, n: 2, c: 3, hw: 6)
         for i in 0..<x.count { XCTAssertEqual(y[i], x[i] * w[(i / 6) % 3]) }
     }
+
+    func testCrop_MatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        let x = try randomTensor([2, 2, 5, 4], acc, seed: 22)
+        try GradCheck().check("crop", inputs: [x]) { g, v in try g.crop(v[0], top: 1, left: 1) }
+        try GradCheck().check("crop window", inputs: [x]) { g, v in try g.crop(v[0], top: 2, left: 0, height: 2, width: 3) }
+        let g = Graph(accountant: acc)
+        let y = try g.crop(g.constant(x), top: 1, left: 1)
+        XCTAssertEqual(y.shape, [2, 2, 4, 3])
+        XCTAssertEqual(y.value[0], x[5])   // (0,0,1,1)
+        XCTAssertThrowsError(try g.crop(g.constant(x), top: 5, left: 0))
+    }
 }

@@ -127,6 +127,7 @@ typedef struct es_host_services {
      *   linear(x, w [, b])   zeros_like(x) stride   dropout(x) p   drop_path(x) p
      *   weighted_sum(x…, w)   (w a vector value, one weight per x)
      *   channel_scale(x, w)   y[n,c,…] = x[n,c,…]·w[c]   (per-channel masks and scales)
+     *   crop(x)               top, left [, height, width]: x[:, :, top:top+height, left:left+width]
      *   mean(x)  → (1)
      *  Later minors add primitives; ask with this function before using a newer one. */
     int32_t (*has_primitive)(void *host, const char *primitive);

@@ -123,3 +123,23 @@ extension Graph {
         }
     }
 }
+
+extension Graph {
+    /// x[:, :, top..<top+height, left..<left+width] of x (N, C, H, W); nil height/width = to the edge.
+    public func crop(_ x: Variable, top: Int, left: Int, height: Int? = nil, width: Int? = nil) throws -> Variable {
+        guard x.shape.count == 4 else { throw EspalierError.shapeMismatch("crop needs (N, C, H, W), got \(x.shape)") }
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let oh = height ?? (h - top), ow = width ?? (w - left)
+        guard top >= 0, left >= 0, oh > 0, ow > 0, top + oh <= h, left + ow <= w else {
+            throw EspalierError.invalidArgument("crop [\(top)..<\(top + oh), \(left)..<\(left + ow)] outside \(h)×\(w)")
+        }
+        let y = try output([n, c, oh, ow])
+        if computing { Kernels.cropForward(x.value.ptr, y.ptr, planes: n * c, h: h, w: w, top: top, left: left, outH: oh, outW: ow) }
+        let inShape = x.shape
+        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+            let dX = try self.gradTensor(inShape)
+            if ctx.computing { Kernels.cropBackward(dY.ptr, dX.ptr, planes: n * c, h: h, w: w, top: top, left: left, outH: oh, outW: ow) }
+            try ctx.accumulate(0, dX)
+        }
+    }
+}

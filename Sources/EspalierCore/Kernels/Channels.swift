@@ -150,3 +150,30 @@ extension Kernels {
         }
     }
 }
+
+// MARK: - Spatial crop (FactorizedReduce's x[:, :, 1:, 1:])
+
+extension Kernels {
+    /// y (N, C, h, w) = x (N, C, H, W)[:, :, top..<top+h, left..<left+w]
+    public static func cropForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, planes: Int, h: Int, w: Int,
+                                   top: Int, left: Int, outH: Int, outW: Int) {
+        Parallel.forChunks(planes) { r in
+            for p in r {
+                let xp = x + p * h * w, yp = y + p * outH * outW
+                for i in 0..<outH { (yp + i * outW).update(from: xp + (top + i) * w + left, count: outW) }
+            }
+        }
+    }
+
+    /// dX = 0 outside the crop, dY inside (overwrites dX).
+    public static func cropBackward(_ dY: UnsafePointer<Float>, _ dX: UnsafeMutablePointer<Float>, planes: Int, h: Int, w: Int,
+                                    top: Int, left: Int, outH: Int, outW: Int) {
+        Parallel.forChunks(planes) { r in
+            for p in r {
+                let dxp = dX + p * h * w, dyp = dY + p * outH * outW
+                dxp.update(repeating: 0, count: h * w)
+                for i in 0..<outH { (dxp + (top + i) * w + left).update(from: dyp + i * outW, count: outW) }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+// placeholder: the DARTS op set and strategy (being written)
