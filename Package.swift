@@ -45,6 +45,13 @@ let package = Package(
             swiftSettings: fast
         ),
 
+        // MARK: Search: the DARTS cell space, the supernet and the common search trainer (on plugins)
+        .target(
+            name: "EspalierSearch",
+            dependencies: ["EspalierCore", "EspalierHost", .product(name: "CEspalierSDK", package: "SDK")],
+            swiftSettings: fast
+        ),
+
         // MARK: Plugins and samples (shared libraries; they see the SDK only)
         .target(
             name: "EspalierGatesPlugin",
@@ -79,6 +86,7 @@ let package = Package(
             dependencies: [
                 "EspalierCore",
                 "EspalierHost",
+                "EspalierSearch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast
@@ -98,6 +106,10 @@ let package = Package(
             name: "EspalierHostTests",
             dependencies: ["EspalierHost", "EspalierCore", "EspalierTestSupport"],
             exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "EspalierSearchTests",
+            dependencies: ["EspalierSearch", "EspalierHost", "EspalierCore", "EspalierTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v5]

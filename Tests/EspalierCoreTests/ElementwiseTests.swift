@@ -27,6 +27,10 @@ final class ElementwiseTests: XCTestCase {
         let xs = try (0..<3).map { try randomTensor([2, 2, 3, 3], acc, seed: UInt64(10 + $0)) }
         let w = try Tensor.from([0.2, -0.5, 1.3], shape: [3], accountant: acc)
         try GradCheck().check("weightedSum", inputs: xs + [w]) { g, v in try g.weightedSum(Array(v[0..<3]), weights: v[3]) }
+        let wm = try Tensor.from([0.2, -0.5, 1.3, 0.7, 2, -1], shape: [2, 3], accountant: acc)
+        try GradCheck().check("weightedSum indexed", inputs: xs + [wm]) { g, v in
+            try g.weightedSum([v[0], v[1], v[2], v[0]], weights: v[3], indices: [5, 0, 3, 3])
+        }
         try GradCheck().check("scaleByElement", inputs: [xs[0], w]) { g, v in try g.scale(v[0], byElement: 2, of: v[1]) }
     }
 

@@ -84,26 +84,37 @@ extension Graph {
 
     /// Σ_k w[k]·xs[k] with w a vector variable of length xs.count (a mixed op's output).
     public func weightedSum(_ xs: [Variable], weights w: Variable) throws -> Variable {
-        guard let first = xs.first else { throw EspalierError.invalidArgument("weighted sum of no tensors") }
         guard w.value.count == xs.count else { throw EspalierError.shapeMismatch("weighted sum of \(xs.count) tensors with \(w.value.count) weights") }
+        return try weightedSum(xs, weights: w, indices: Array(0..<xs.count))
+    }
+
+    /// Σ_k w[indices[k]]·xs[k]: w is any weight tensor (e.g. a whole (edges, ops) gate output) and
+    /// `indices` picks the flat weight of each term, so a cell node's mixed sum over all its
+    /// incoming edges and candidate ops is one op with one output. The gradient reaches exactly the
+    /// weights used. Saves the xs only if w needs a gradient.
+    public func weightedSum(_ xs: [Variable], weights w: Variable, indices: [Int]) throws -> Variable {
+        guard let first = xs.first else { throw EspalierError.invalidArgument("weighted sum of no tensors") }
+        guard indices.count == xs.count, indices.allSatisfy({ $0 >= 0 && $0 < w.value.count }) else {
+            throw EspalierError.shapeMismatch("weighted sum of \(xs.count) tensors with weight indices \(indices) into \(w.shape)")
+        }
         for x in xs.dropFirst() { try checkSameShape(first, x, "weightedSum") }
         let y = try output(first.shape)
         let wValue = w.value
         if computing {
-            Kernels.weightedSumForward(xs.map { UnsafePointer($0.value.ptr) }, wValue.array, y.ptr, count: y.count)
+            Kernels.weightedSumForward(xs.map { UnsafePointer($0.value.ptr) }, indices.map { wValue[$0] }, y.ptr, count: y.count)
         }
         flops += 2 * y.count * xs.count
         let saved: [Tensor]? = w.requiresGrad ? xs.map { $0.value } : nil
         return record(y, inputs: xs + [w]) { [unowned self] dY, ctx in
             let k = xs.count
             if ctx.needs(k), let saved {
-                let dW = try self.gradTensor([k], zeroed: true)
-                if ctx.computing { for i in 0..<k { dW[i] = Float(Kernels.dot(dY.ptr, saved[i].ptr, count: dY.count)) } }
+                let dW = try self.gradTensor(wValue.shape, zeroed: true)
+                if ctx.computing { for i in 0..<k { dW[indices[i]] += Float(Kernels.dot(dY.ptr, saved[i].ptr, count: dY.count)) } }
                 try ctx.accumulate(k, dW)
             }
             for i in 0..<k where ctx.needs(i) {
                 let dX = try self.gradTensor(dY.shape)
-                if ctx.computing { Kernels.scale(dY.ptr, wValue[i], dX.ptr, count: dY.count) }
+                if ctx.computing { Kernels.scale(dY.ptr, wValue[indices[i]], dX.ptr, count: dY.count) }
                 try ctx.accumulate(i, dX)
             }
         }

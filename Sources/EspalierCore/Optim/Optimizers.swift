@@ -26,7 +26,8 @@ public final class SGD: Optimizer {
     public let momentum: Float
     public let weightDecay: Float
     public var stepCount = 0
-    private let buffers: [Tensor?]   // momentum buffers, same shapes as the parameters
+    /// Momentum buffers, same shapes as the parameters (nil without momentum).
+    public let buffers: [Tensor?]
 
     public init(parameters: [Parameter], learningRate: Float, momentum: Float = 0.9, weightDecay: Float = 0) throws {
         self.parameters = parameters

@@ -1,0 +1,315 @@
+// A DARTS genotype: for each cell type, two (op, input) edges per intermediate node and the list
+// of states concatenated into the output. JSON mirrors DARTS's namedtuple with tuples as arrays:
+//   {"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], …], "normal_concat": [2, 3, 4, 5],
+//    "reduce": […], "reduce_concat": […], "op_ids": {"sep_conv_3x3": "espalier.op.sep_conv_3x3/1"}}
+// Input index 0 is c_{k-2}, 1 is c_{k-1}, 2+j is intermediate node j; edges 2i and 2i+1 feed node i.
+// `derive` is DARTS's `_parse` (model_search.py): per node, the two incoming edges with the
+// largest max weight over ops other than `none` (stable order: ties keep the lower input),
+// strongest first, each with its argmax op other than `none` (ties: the earlier op).
+// `dot` follows DARTS's visualize.py; `writePictures` renders SVG when Graphviz is installed.
+// Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
+
+import Foundation
+
+public struct Genotype: Codable, Equatable, Sendable {
+    /// One kept edge: the op on it and the state it reads (JSON: `["op", input]`).
+    public struct Edge: Codable, Equatable, Hashable, Sendable, CustomStringConvertible {
+        public var op: String
+        public var input: Int
+        public init(_ op: String, _ input: Int) { self.op = op; self.input = input }
+
+        public init(from decoder: Decoder) throws {
+            var c = try decoder.unkeyedContainer()
+            op = try c.decode(String.self)
+            input = try c.decode(Int.self)
+            guard c.isAtEnd else {
+                throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath,
+                                                        debugDescription: "an edge is [\"op\", input]: two elements, found more"))
+            }
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.unkeyedContainer()
+            try c.encode(op)
+            try c.encode(input)
+        }
+
+        public var description: String { "(\(op), \(input))" }
+    }
+
+    public enum CellType: String, CaseIterable, Sendable { case normal, reduce }
+
+    public var normal: [Edge]
+    public var normalConcat: [Int]
+    public var reduce: [Edge]
+    public var reduceConcat: [Int]
+    /// Short op name → component id (e.g. "sep_conv_3x3" → "espalier.op.sep_conv_3x3/1"), so a
+    /// trainer can rebuild the ops from plugins. Optional in the JSON.
+    public var opIDs: [String: String]?
+
+    enum CodingKeys: String, CodingKey {
+        case normal
+        case normalConcat = "normal_concat"
+        case reduce
+        case reduceConcat = "reduce_concat"
+        case opIDs = "op_ids"
+    }
+
+    public init(normal: [Edge], normalConcat: [Int], reduce: [Edge], reduceConcat: [Int], opIDs: [String: String]? = nil) {
+        self.normal = normal
+        self.normalConcat = normalConcat
+        self.reduce = reduce
+        self.reduceConcat = reduceConcat
+        self.opIDs = opIDs
+    }
+
+    public func edges(_ cell: CellType) -> [Edge] { cell == .normal ? normal : reduce }
+    public func concat(_ cell: CellType) -> [Int] { cell == .normal ? normalConcat : reduceConcat }
+    /// Intermediate nodes of a cell type (two edges each).
+    public func nodes(_ cell: CellType) -> Int { edges(cell).count / 2 }
+
+    // MARK: Derivation
+
+    /// Number of mixed edges in a cell of `nodes` intermediate nodes (2 + 3 + … ; 14 for 4 nodes).
+    public static func edgeCount(nodes: Int) -> Int { nodes * (nodes + 3) / 2 }
+
+    /// The DARTS rule on one cell type's weights, laid out (edges, ops) node by node (node 0 has
+    /// edges 0, 1; node 1 has 2, 3, 4; …), e.g. softmax(α). Returns the kept edges (per node,
+    /// strongest first) and the concat list [2, …, nodes+1]. `excluding` (if among `opNames`) is
+    /// never chosen and does not count in an edge's strength.
+    /// Throws `invalidArgument` on a weight matrix of the wrong size or holding NaN, or if no op is left.
+    public static func derive(weights: [[Float]], opNames: [String], nodes: Int = 4,
+                              excluding: String = "none") throws -> ([Edge], [Int]) {
+        guard nodes >= 1 else { throw EspalierError.invalidArgument("a cell needs at least one intermediate node, got \(nodes)") }
+        let expected = edgeCount(nodes: nodes)
+        guard weights.count == expected else {
+            throw EspalierError.invalidArgument("genotype derivation: \(weights.count) rows of weights, but a cell of \(nodes) nodes "
+                                                + "has \(expected) edges")
+        }
+        for (e, row) in weights.enumerated() {
+            guard row.count == opNames.count else {
+                throw EspalierError.invalidArgument("genotype derivation: edge \(e) has \(row.count) weights for \(opNames.count) ops \(opNames)")
+            }
+            if row.contains(where: { $0.isNaN }) {
+                throw EspalierError.invalidArgument("genotype derivation: edge \(e) has a NaN weight (\(row)); the search diverged")
+            }
+        }
+        let candidates = opNames.indices.filter { opNames[$0] != excluding }
+        guard !candidates.isEmpty else {
+            throw EspalierError.invalidArgument("genotype derivation: no op other than '\(excluding)' among \(opNames)")
+        }
+        // Argmax over the candidate ops; the first wins a tie (DARTS's strict `>`).
+        func best(_ row: [Float]) -> Int {
+            var k = candidates[0]
+            for c in candidates.dropFirst() where row[c] > row[k] { k = c }
+            return k
+        }
+        var gene: [Edge] = []
+        var start = 0
+        for i in 0..<nodes {
+            let incoming = 2 + i
+            let rows = Array(weights[start..<(start + incoming)])
+            let strength = rows.map { $0[best($0)] }
+            // Stable sort by decreasing strength: ties keep the lower input first (Python's sorted).
+            let ranked = (0..<incoming).sorted { a, b in strength[a] != strength[b] ? strength[a] > strength[b] : a < b }
+            for j in ranked.prefix(2) { gene.append(Edge(opNames[best(rows[j])], j)) }
+            start += incoming
+        }
+        return (gene, Array(2..<(2 + nodes)))
+    }
+
+    /// Both cell types at once.
+    public static func derive(normal: [[Float]], reduce: [[Float]], opNames: [String], nodes: Int = 4,
+                              excluding: String = "none", opIDs: [String: String]? = nil) throws -> Genotype {
+        let (n, nc) = try derive(weights: normal, opNames: opNames, nodes: nodes, excluding: excluding)
+        let (r, rc) = try derive(weights: reduce, opNames: opNames, nodes: nodes, excluding: excluding)
+        return Genotype(normal: n, normalConcat: nc, reduce: r, reduceConcat: rc, opIDs: opIDs)
+    }
+
+    // MARK: Validation
+
+    /// Problems with the structure, one line each (empty when valid).
+    public func problems() -> [String] {
+        var out: [String] = []
+        for cell in CellType.allCases {
+            let edges = edges(cell)
+            let key = cell.rawValue
+            if edges.isEmpty {
+                out.append("\"\(key)\" has no edges (a cell needs 2 per intermediate node)")
+            } else if edges.count % 2 != 0 {
+                out.append("\"\(key)\" has \(edges.count) edges; a cell has exactly 2 per intermediate node, so the count must be even")
+            }
+            let nodes = edges.count / 2
+            for (k, e) in edges.enumerated() {
+                let node = k / 2
+                if e.op.trimmingCharacters(in: .whitespaces).isEmpty {
+                    out.append("\"\(key)\" edge \(k) (node \(node)) has an empty op name")
+                }
+                if e.input < 0 || e.input >= 2 + node {
+                    out.append("\"\(key)\" edge \(k) reads input \(e.input), but node \(node) can only read 0..<\(2 + node) "
+                               + "(0 = c_{k-2}, 1 = c_{k-1}, 2+j = node j before it)")
+                }
+            }
+            let concat = concat(cell)
+            let concatKey = "\(key)_concat"
+            if concat.isEmpty { out.append("\"\(concatKey)\" is empty; list the states joined into the output, e.g. [2, 3, 4, 5]") }
+            for c in concat where c < 0 || c >= 2 + nodes {
+                out.append("\"\(concatKey)\" names state \(c), but the \"\(key)\" cell has states 0..<\(2 + nodes)")
+            }
+            if Set(concat).count != concat.count { out.append("\"\(concatKey)\" \(concat) repeats a state") }
+        }
+        if let ids = opIDs {
+            for (k, v) in ids.sorted(by: { $0.key < $1.key }) {
+                if k.isEmpty { out.append("\"op_ids\" has an empty op name") }
+                if v.isEmpty { out.append("\"op_ids\" maps '\(k)' to an empty component id") }
+            }
+        }
+        return out
+    }
+
+    /// Throws `invalidArgument` listing every problem (see `problems()`).
+    public func validate() throws {
+        let p = problems()
+        if !p.isEmpty { throw EspalierError.invalidArgument("invalid genotype: " + p.joined(separator: "; ")) }
+    }
+
+    // MARK: JSON
+
+    /// Parses and validates genotype JSON; `file` names the source in errors.
+    public static func decode(_ data: Data, file: String) throws -> Genotype {
+        let g: Genotype
+        do {
+            g = try JSONDecoder().decode(Genotype.self, from: data)
+        } catch {
+            throw EspalierError.data(file: file, problem: "not a valid genotype JSON (\(IOJSON.describe(error))); expected "
+                                     + "{\"normal\": [[\"op\", input], …], \"normal_concat\": [2, 3, 4, 5], \"reduce\": […], \"reduce_concat\": […]}")
+        }
+        let p = g.problems()
+        if !p.isEmpty { throw EspalierError.data(file: file, problem: "invalid genotype: " + p.joined(separator: "; ")) }
+        return g
+    }
+
+    /// Reads and validates a genotype JSON file.
+    public static func load(path: String) throws -> Genotype {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw EspalierError.data(file: path, problem: "no such genotype file; check the path, or run a search to produce one")
+        }
+        guard !isDir.boolValue else {
+            throw EspalierError.data(file: path, problem: "is a directory; pass the genotype JSON file inside it")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw EspalierError.data(file: path, problem: "cannot be read; check its permissions")
+        }
+        return try decode(data, file: path)
+    }
+
+    /// Deterministic JSON in DARTS's layout (keys in namedtuple order, one line per cell type).
+    public func jsonText() -> String {
+        func edges(_ e: [Edge]) -> String { "[" + e.map { "[\(IOJSON.quoted($0.op)), \($0.input)]" }.joined(separator: ", ") + "]" }
+        func ints(_ a: [Int]) -> String { "[" + a.map(String.init).joined(separator: ", ") + "]" }
+        var lines = [
+            "  \"normal\": \(edges(normal))",
+            "  \"normal_concat\": \(ints(normalConcat))",
+            "  \"reduce\": \(edges(reduce))",
+            "  \"reduce_concat\": \(ints(reduceConcat))",
+        ]
+        if let ids = opIDs {
+            let body = ids.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(ids[$0]!))" }.joined(separator: ", ")
+            lines.append("  \"op_ids\": {\(body)}")
+        }
+        return "{\n" + lines.joined(separator: ",\n") + "\n}\n"
+    }
+
+    /// Writes `jsonText()` atomically.
+    public func save(path: String) throws {
+        try AtomicFile.write(jsonText(), to: path)
+    }
+
+    // MARK: Pictures
+
+    /// Graphviz DOT of one cell, as DARTS's visualize.py draws it: inputs c_{k-2}, c_{k-1},
+    /// intermediate nodes 0…n-1, edges labelled with their op, the concatenated nodes → c_{k}.
+    public func dot(cell: CellType) -> String {
+        let edges = edges(cell)
+        let steps = edges.count / 2
+        func q(_ s: String) -> String {
+            "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        }
+        func state(_ j: Int) -> String { j == 0 ? "c_{k-2}" : j == 1 ? "c_{k-1}" : String(j - 2) }
+        var s = "digraph \(cell.rawValue) {\n"
+        s += "  rankdir=LR;\n"
+        s += "  node [style=filled, shape=rect, align=center, fontsize=20, height=0.5, width=0.5, penwidth=2, fontname=\"times\"];\n"
+        s += "  edge [fontsize=20, fontname=\"times\"];\n"
+        s += "  \(q("c_{k-2}")) [fillcolor=darkseagreen2];\n"
+        s += "  \(q("c_{k-1}")) [fillcolor=darkseagreen2];\n"
+        for i in 0..<steps { s += "  \(q(String(i))) [fillcolor=lightblue];\n" }
+        for (k, e) in edges.enumerated() {
+            s += "  \(q(state(e.input))) -> \(q(String(k / 2))) [label=\(q(e.op)), fillcolor=gray];\n"
+        }
+        s += "  \(q("c_{k}")) [fillcolor=palegoldenrod];\n"
+        for c in concat(cell) { s += "  \(q(state(c))) -> \(q("c_{k}")) [fillcolor=gray];\n" }
+        s += "}\n"
+        return s
+    }
+
+    /// Writes `<basename>_normal.dot` and `<basename>_reduce.dot` into `directory` (created if
+    /// needed), and `.svg` renderings of them when Graphviz's `dot` is on PATH. Returns the paths
+    /// written. A missing or failing `dot` only means no SVG; it is never an error.
+    @discardableResult
+    public func writePictures(directory: String, basename: String = "genotype") throws -> [String] {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw EspalierError.data(file: directory, problem: "cannot create the directory for genotype pictures "
+                                     + "(\(error.localizedDescription)); choose another output folder")
+        }
+        let dotProgram = Genotype.graphvizDot()
+        var written: [String] = []
+        for cell in CellType.allCases {
+            let base = (directory as NSString).appendingPathComponent("\(basename)_\(cell.rawValue)")
+            let text = dot(cell: cell)
+            try AtomicFile.write(text, to: base + ".dot")
+            written.append(base + ".dot")
+            if let program = dotProgram, let svg = Genotype.render(dotFile: base + ".dot", program: program) {
+                try AtomicFile.write(svg, to: base + ".svg")
+                written.append(base + ".svg")
+            }
+        }
+        return written
+    }
+
+    /// The path of Graphviz's `dot` found through PATH, or nil.
+    public static func graphvizDot(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        findExecutable("dot", searchPath: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+    }
+
+    /// The first executable file called `name` in the colon-separated `searchPath` (an empty entry is ".").
+    static func findExecutable(_ name: String, searchPath: String) -> String? {
+        for dir in searchPath.split(separator: ":", omittingEmptySubsequences: false) {
+            let candidate = ((dir.isEmpty ? "." : String(dir)) as NSString).appendingPathComponent(name)
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: candidate, isDirectory: &isDir), !isDir.boolValue,
+               FileManager.default.isExecutableFile(atPath: candidate) {
+                return candidate
+            }
+        }
+        return nil
+    }
+
+    /// `dot -Tsvg` of the DOT file at `path` (read from the file, so no stdin pipe can break), or nil if the program fails.
+    static func render(dotFile path: String, program: String) -> Data? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: program)
+        p.arguments = ["-Tsvg", path]
+        let output = Pipe()
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = output
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return nil }
+        let svg = output.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationReason == .exit, p.terminationStatus == 0, !svg.isEmpty else { return nil }
+        return svg
+    }
+}

@@ -1,0 +1,61 @@
+// Everything a search run is made of, saved as OUT/config.json so that `--resume OUT` rebuilds
+// the same run. Defaults are DARTS's (GUIDE.md §1).
+
+import EspalierCore
+import Foundation
+
+public struct SearchConfig: Codable, Equatable, Sendable {
+    public var space = SearchSpaceDescription()
+    public var strategy = "espalier.strategy.darts/1"
+    public var strategySettings: [String: String] = [:]
+    public var gate = "espalier.gate.softmax/1"
+    public var gateSettings: [String: String] = [:]
+    /// Parameter settings of candidate ops, by op id.
+    public var opSettings: [String: [String: String]] = [:]
+
+    public var dataset = "fashion-mnist"
+    public var dataDir: String? = nil
+    /// Use only the first N training images (before the 50/50 split); nil = all.
+    public var trainImages: Int? = nil
+    /// Validation images scored at the end of each epoch; nil = the whole validation half.
+    public var evalImages: Int? = nil
+    public var batchSize = 64
+    public var epochs = 50
+
+    public var learningRate: Float = 0.025
+    public var minLearningRate: Float = 0.001
+    public var momentum: Float = 0.9
+    public var weightDecay: Float = 3e-4
+    public var gradClip: Float = 5
+    public var archLearningRate: Float = 3e-4
+    public var archBeta1: Float = 0.5
+    public var archBeta2: Float = 0.999
+    public var archWeightDecay: Float = 1e-3
+
+    public var seed: UInt64 = 2
+    public var memoryBudget: Int? = nil
+    public var pluginDirs: [String] = []
+
+    public init() {}
+
+    /// The short default search (`espalier search` with no arguments): minutes on 2 cores.
+    public static var quick: SearchConfig {
+        var c = SearchConfig()
+        c.space.channels = 8
+        c.space.cells = 5
+        c.trainImages = 2000
+        c.evalImages = 1000
+        c.batchSize = 32
+        c.epochs = 2
+        return c
+    }
+
+    public func validate() throws {
+        try space.validate()
+        guard batchSize > 0, epochs > 0 else { throw EspalierError.config("batch size and epochs must be positive") }
+        if let t = trainImages, t < 2 * batchSize {
+            throw EspalierError.config("--train-images \(t) leaves fewer than one batch of \(batchSize) in each half; use at least \(2 * batchSize)")
+        }
+        guard learningRate > 0, archLearningRate >= 0, gradClip > 0 else { throw EspalierError.config("learning rates and the gradient clip must be positive") }
+    }
+}

@@ -1,0 +1,149 @@
+// What a search run writes: OUT/config.json (once), OUT/log.jsonl (a line per epoch),
+// OUT/checkpoint.safetensors (every epoch and on interrupt, atomically: weights, α, batch-norm
+// statistics, optimiser state, and in its metadata the loop position, loader and RNG states),
+// and at the end OUT/genotype.json with pictures of the cells. Resuming reads them back.
+
+import EspalierCore
+import EspalierHost
+import Foundation
+
+struct CheckpointState: Codable {
+    var epoch: Int
+    var globalStep: Int
+    var stepInEpoch: Int
+    var lossSum: Double
+    var correct: Int
+    var seen: Int
+    var stepTimes: [Double]
+    var trainLoader: DataLoader.State
+    var validLoader: DataLoader.State
+    var graphRNG: RNG
+    var contextRNG: RNG
+    var sgdSteps: Int
+    var adamSteps: Int
+    var learningRate: Float
+    var peakBytes: Int
+}
+
+extension SearchRun {
+    static let checkpointName = "checkpoint.safetensors"
+
+    /// Every tensor of the run's state by a stable name.
+    var stateTensors: [(String, Tensor)] {
+        var out: [(String, Tensor)] = []
+        for p in supernet.weights { out.append(("weights/" + p.name, p.value)) }
+        for p in supernet.archParameters { out.append(("arch/" + p.name, p.value)) }
+        for (i, b) in supernet.buffers.enumerated() { out.append((String(format: "buffers/%05d", i), b)) }
+        for (i, p) in supernet.weights.enumerated() { if let b = weightOptimizer.buffers[i] { out.append(("sgd/" + p.name, b)) } }
+        let adam = archOptimizer.stateTensors, n = supernet.archParameters.count
+        for (i, p) in supernet.archParameters.enumerated() {
+            out.append(("adam/m/" + p.name, adam[i]))
+            out.append(("adam/v/" + p.name, adam[n + i]))
+        }
+        return out
+    }
+
+    /// Writes the checkpoint atomically; returns its path (nil without an output folder).
+    @discardableResult
+    public func checkpoint() throws -> String? {
+        guard let dir = outDirectory, !accountant.isDryRun else { return nil }
+        let st = CheckpointState(epoch: epoch, globalStep: globalStep, stepInEpoch: stepInEpoch, lossSum: lossSum, correct: correct, seen: seen,
+                                 stepTimes: stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
+                                 graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
+                                 adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal)
+        let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
+        let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
+        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
+        return path
+    }
+
+    /// Restores a checkpoint written by `checkpoint()` of a run with the same config.
+    public func restore(checkpoint path: String) throws {
+        let file = try SafeTensorsFile.read(path: path)
+        guard let meta = file.metadata["espalier.search"] else {
+            throw EspalierError.data(file: path, problem: "not a search checkpoint (no espalier.search metadata)")
+        }
+        let st: CheckpointState
+        do { st = try JSONDecoder().decode(CheckpointState.self, from: Data(meta.utf8)) } catch {
+            throw EspalierError.data(file: path, problem: "damaged checkpoint metadata: \(error)")
+        }
+        try file.load(into: stateTensors, strict: true)
+        epoch = st.epoch; globalStep = st.globalStep; stepInEpoch = st.stepInEpoch
+        lossSum = st.lossSum; correct = st.correct; seen = st.seen; stepTimes = st.stepTimes
+        try trainLoader.restore(st.trainLoader)
+        try validLoader.restore(st.validLoader)
+        graph.rng = st.graphRNG
+        context.rng = st.contextRNG
+        weightOptimizer.stepCount = st.sgdSteps
+        archOptimizer.stepCount = st.adamSteps
+        weightOptimizer.learningRate = st.learningRate
+    }
+
+    func appendLog(_ log: SearchEpochLog) throws {
+        guard let dir = outDirectory, !accountant.isDryRun else { return }
+        let path = (dir as NSString).appendingPathComponent("log.jsonl")
+        let enc = JSONEncoder()
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        enc.outputFormatting = [.sortedKeys]
+        var line = try enc.encode(log)
+        line.append(0x0A)
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw EspalierError.data(file: path, problem: "cannot open the log for writing") }
+        defer { try? h.close() }
+        try h.seekToEnd()
+        try h.write(contentsOf: line)
+    }
+
+    /// Keeps only the log lines of epochs the checkpoint has finished (a crash may leave one more).
+    static func trimLog(in dir: String, toEpochs epochs: Int) throws {
+        let path = (dir as NSString).appendingPathComponent("log.jsonl")
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+        let lines = text.split(separator: "\n").prefix(epochs)
+        try AtomicFile.write(lines.map { $0 + "\n" }.joined(), to: path)
+    }
+
+    /// genotype.json and the cell pictures. Returns the written paths.
+    @discardableResult
+    public func writeResults() throws -> [String] {
+        guard let dir = outDirectory, !accountant.isDryRun else { return [] }
+        let genotype = try derive()
+        let path = (dir as NSString).appendingPathComponent("genotype.json")
+        try genotype.save(path: path)
+        return [path] + (try genotype.writePictures(directory: dir))
+    }
+
+    // MARK: - Starting and resuming
+
+    /// Writes config.json for a new run (refusing to overwrite another run's output).
+    public static func prepareOutput(_ dir: String, config: SearchConfig) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let cfgPath = (dir as NSString).appendingPathComponent("config.json")
+        if fm.fileExists(atPath: (dir as NSString).appendingPathComponent(checkpointName)) {
+            throw EspalierError.config("\(dir) already holds a search (checkpoint.safetensors); continue it with --resume \(dir) or choose another --out")
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try enc.encode(config), to: cfgPath)
+        try? fm.removeItem(atPath: (dir as NSString).appendingPathComponent("log.jsonl"))
+    }
+
+    /// The config of the run in `dir`.
+    public static func loadConfig(_ dir: String) throws -> SearchConfig {
+        let path = (dir as NSString).appendingPathComponent("config.json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw EspalierError.config("\(dir) has no config.json: is it the --out folder of a search?")
+        }
+        do { return try JSONDecoder().decode(SearchConfig.self, from: data) } catch {
+            throw EspalierError.data(file: path, problem: "not a search config: \(error)")
+        }
+    }
+
+    /// Restores the checkpoint in `dir` (if any) and trims the log to it.
+    public func resume(from dir: String) throws {
+        let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        try restore(checkpoint: path)
+        try Self.trimLog(in: dir, toEpochs: epoch)
+    }
+}

@@ -1,0 +1,309 @@
+// The common search trainer. It owns the data (a 50/50 split of the training set), the
+// supernet, the optimisers (SGD on weights, Adam on α) and the accountant, and asks the strategy
+// plugin what each step does: bilevel (α step on a validation batch, first or second order, then
+// a weight step on a training batch), single-level, weights only, forward only, or nothing.
+// Each epoch it scores the validation half, logs a JSON line, and checkpoints atomically; an
+// interrupt checkpoints mid-epoch, and a resumed run continues bit for bit.
+
+import CEspalierSDK
+import EspalierCore
+import EspalierHost
+import Foundation
+
+/// One epoch's record (a line of OUT/log.jsonl).
+public struct SearchEpochLog: Codable, Sendable {
+    public var epoch: Int
+    public var trainLoss: Double, trainAccuracy: Double
+    public var validLoss: Double, validAccuracy: Double
+    public var learningRate: Float
+    public var seconds: Double
+    public var medianStepSeconds: Double
+    public var peakBytes: Int
+    public var peakByCategory: [String: Int]
+    public var alphaNormal: [[Float]], alphaReduce: [[Float]]
+    public var genotype: Genotype
+}
+
+/// Progress of a run (the CLI draws a bar; tests pass nil).
+public protocol SearchProgress: AnyObject {
+    func step(_ done: Int, of total: Int, loss: Double, accuracy: Double)
+    func epochDone(_ log: SearchEpochLog)
+}
+
+/// Set from a signal handler; the run checkpoints and stops after the current step.
+nonisolated(unsafe) public var searchInterruptRequested: Int32 = 0
+
+public struct SearchInterrupted: Error, CustomStringConvertible {
+    public let checkpoint: String
+    public var description: String { "interrupted: checkpoint written to \(checkpoint); continue with --resume" }
+}
+
+public final class SearchRun {
+    public let config: SearchConfig
+    public let context: HostContext
+    public let accountant: MemoryAccountant
+    public let supernet: Supernet
+    public let strategy: PluginStrategy
+    public let weightOptimizer: SGD
+    public let archOptimizer: Adam
+    public let graph: Graph
+    let schedule: CosineSchedule
+    public let trainLoader: DataLoader
+    public let validLoader: DataLoader
+    let validEvalView: DataView
+    public let outDirectory: String?
+
+    // Where the run is (checkpointed).
+    public internal(set) var epoch = 0
+    public internal(set) var globalStep = 0
+    var stepInEpoch = 0
+    var lossSum = 0.0, correct = 0, seen = 0
+    var stepTimes: [Double] = []
+    public private(set) var logs: [SearchEpochLog] = []
+    /// Stop (as if interrupted) after this many steps of this process; for tests.
+    public var stopAfterSteps: Int? = nil
+    private var stepsThisProcess = 0
+
+    /// Builds a run on `train` (split 50/50 into weight-train and arch-validation halves).
+    public init(config: SearchConfig, registry: PluginRegistry, context: HostContext, train: DataView, outDirectory: String?) throws {
+        try config.validate()
+        self.config = config
+        self.context = context
+        self.accountant = context.accountant
+        self.outDirectory = outDirectory
+        var space = config.space
+        space.inputChannels = train.dataset.channels
+        space.classes = train.dataset.numClasses
+        supernet = try accountant.withOwner("model") {
+            try Supernet(space: space, registry: registry, context: context, gateID: config.gate, gateSettings: config.gateSettings,
+                         opSettings: config.opSettings, seed: config.seed)
+        }
+        strategy = try PluginStrategy(try registry.require(config.strategy, kind: .strategy), context: context, settings: config.strategySettings)
+        if strategy.requirements & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 {
+            throw EspalierError.config("\(config.strategy) works without architecture parameters, but this supernet mixes ops with \(config.gate)")
+        }
+        let net = supernet
+        (weightOptimizer, archOptimizer) = try context.accountant.withOwner("optimizer") {
+            (try SGD(parameters: net.weights, learningRate: config.learningRate, momentum: config.momentum, weightDecay: config.weightDecay),
+             try Adam(parameters: net.archParameters, learningRate: config.archLearningRate, beta1: config.archBeta1,
+                      beta2: config.archBeta2, weightDecay: config.archWeightDecay))
+        }
+        schedule = CosineSchedule(maxLR: config.learningRate, minLR: config.minLearningRate, totalEpochs: config.epochs)
+        graph = Graph(accountant: accountant, seed: config.seed &+ 101)
+        let halves = try train.split(fraction: 0.5, seed: config.seed)
+        trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
+        validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
+        validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
+    }
+
+    var state: RunState {
+        var s = RunState()
+        s.step = globalStep
+        s.totalSteps = config.epochs * trainLoader.batchesPerEpoch
+        s.epoch = epoch
+        s.totalEpochs = config.epochs
+        s.learningRate = Double(weightOptimizer.learningRate)
+        s.dryRun = accountant.isDryRun
+        return s
+    }
+
+    // MARK: - Losses and gradients
+
+    /// Which parameters get gradients in the next backward.
+    func train(weights: Bool, arch: Bool) {
+        for p in supernet.weights { p.requiresGrad = weights }
+        for p in supernet.archParameters { p.requiresGrad = arch }
+    }
+
+    /// Forward + loss (+ backward when something requires a gradient). Returns (loss, correct).
+    @discardableResult
+    func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true) throws -> (Double, Int) {
+        try accountant.withOwner("step") {
+            let logits = try supernet.logits(graph, graph.constant(images), state: state)
+            let loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+            let value = graph.computing ? Double(loss.value[0]) : 0
+            let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+            if backward { try graph.backward(loss) } else { graph.clearTape() }
+            return (value, c)
+        }
+    }
+
+    /// First-order architecture gradient: ∇α L_val(w, α), weights frozen.
+    func archGradientFirstOrder(valid: Batch) throws {
+        train(weights: false, arch: true)
+        archOptimizer.zeroGrad()
+        try lossAndGradients(valid.images, valid.labels)
+    }
+
+    /// Second-order (unrolled) architecture gradient, as DARTS's architect:
+    ///   w' = w − η(m·buf + ∇w L_train(w, α) + wd·w)
+    ///   ∇α = ∇α L_val(w', α) − η·[∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)] / 2R,  w± = w ± R·∇w' L_val, R = 0.01/‖∇w' L_val‖
+    func archGradientSecondOrder(train batch: Batch, valid: Batch) throws {
+        let weights = supernet.weights
+        let eta = weightOptimizer.learningRate
+        let computing = !accountant.isDryRun
+        // Snapshots: weights and batch-norm statistics (the unrolled model's statistics are discarded, as in DARTS).
+        let saved = try accountant.withOwner("unrolled") { try weights.map { try $0.value.copy(category: .workspace) } }
+        let savedBuffers = try accountant.withOwner("unrolled") { try supernet.buffers.map { try $0.copy(category: .workspace) } }
+        func restoreWeights() { if computing { for (p, s) in zip(weights, saved) { p.value.ptr.update(from: s.ptr, count: p.count) } } }
+
+        // 1. ∇w L_train(w, α) → w'.
+        train(weights: true, arch: false)
+        weightOptimizer.zeroGrad()
+        try lossAndGradients(batch.images, batch.labels)
+        if computing {
+            for (i, p) in weights.enumerated() {
+                let x = p.value.ptr, g = p.grad!.ptr, wd = p.decay ? weightOptimizer.weightDecay : 0
+                let buf = weightOptimizer.buffers[i]?.ptr, m = weightOptimizer.momentum
+                for j in 0..<p.count { x[j] -= eta * ((buf.map { m * $0[j] } ?? 0) + g[j] + wd * x[j]) }
+            }
+        }
+        // 2. L_val(w', α): ∇α and ∇w'.
+        train(weights: true, arch: true)
+        weightOptimizer.zeroGrad()
+        archOptimizer.zeroGrad()
+        try lossAndGradients(valid.images, valid.labels)
+        let dAlpha = try accountant.withOwner("unrolled") { try supernet.archParameters.map { try $0.grad!.copy(category: .workspace) } }
+        let dW = try accountant.withOwner("unrolled") { try weights.map { try $0.grad!.copy(category: .workspace) } }
+        if computing { for (b, s) in zip(supernet.buffers, savedBuffers) { b.ptr.update(from: s.ptr, count: b.count) } }
+
+        // 3. Hessian-vector product by central differences.
+        var norm2 = 0.0
+        if computing { for g in dW { norm2 += Kernels.sumSquares(g.ptr, count: g.count) } }
+        let r = Float(0.01 / max(norm2.squareRoot(), 1e-12))
+        train(weights: false, arch: true)
+        var gradients: [[Tensor]] = []
+        for sign: Float in [1, -1] {
+            restoreWeights()
+            if computing { for (p, d) in zip(weights, dW) { Kernels.axpy(sign * r, d.ptr, p.value.ptr, count: p.count) } }
+            archOptimizer.zeroGrad()
+            try lossAndGradients(batch.images, batch.labels)
+            gradients.append(try accountant.withOwner("unrolled") { try supernet.archParameters.map { try $0.grad!.copy(category: .workspace) } })
+        }
+        restoreWeights()
+        // 4. ∇α = dα − η·(g⁺ − g⁻)/2R.
+        if computing {
+            for (i, p) in supernet.archParameters.enumerated() {
+                let out = p.grad!.ptr, da = dAlpha[i].ptr, gp = gradients[0][i].ptr, gn = gradients[1][i].ptr
+                for j in 0..<p.count { out[j] = da[j] - eta * (gp[j] - gn[j]) / (2 * r) }
+            }
+        }
+        weightOptimizer.zeroGrad()
+    }
+
+    /// One step as the strategy plans it. Returns (training loss, correct) of the weight step.
+    @discardableResult
+    public func step(train batch: Batch, valid: Batch?) throws -> (Double, Int) {
+        let plan = try strategy.planStep(state)
+        var result = (0.0, 0)
+        switch plan.mode {
+        case .bilevel, .singleLevel:
+            let archBatch = plan.mode == .bilevel ? (valid ?? batch) : batch
+            if plan.secondOrder && plan.mode == .bilevel { try archGradientSecondOrder(train: batch, valid: archBatch) }
+            else { try archGradientFirstOrder(valid: archBatch) }
+            let base = archOptimizer.learningRate
+            archOptimizer.learningRate = base * Float(plan.archLRScale)
+            archOptimizer.step()
+            archOptimizer.learningRate = base
+            result = try weightStep(batch)
+        case .weightsOnly:
+            result = try weightStep(batch)
+        case .forwardOnly:
+            result = try graph.noGrad { try lossAndGradients(batch.images, batch.labels, backward: false) }
+        case .skip:
+            break
+        }
+        try strategy.afterStep(state)
+        return result
+    }
+
+    func weightStep(_ batch: Batch) throws -> (Double, Int) {
+        train(weights: true, arch: false)
+        weightOptimizer.zeroGrad()
+        let r = try lossAndGradients(batch.images, batch.labels)
+        clipGradNorm(supernet.weights, maxNorm: config.gradClip)
+        weightOptimizer.step()
+        return r
+    }
+
+    // MARK: - The loop
+
+    /// Runs until `config.epochs` (or the strategy stops it). Throws `SearchInterrupted` after
+    /// checkpointing when interrupted.
+    public func run(progress: SearchProgress? = nil) throws {
+        while epoch < config.epochs {
+            if stepInEpoch == 0 {
+                weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
+                try strategy.epochBegin(state)
+                accountant.resetPeak()
+                lossSum = 0; correct = 0; seen = 0; stepTimes = []
+            }
+            let started = DispatchTime.now().uptimeNanoseconds
+            let steps = trainLoader.batchesPerEpoch
+            while let batch = try accountant.withOwner("batch", { try trainLoader.next(accountant: accountant) }) {
+                let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let (loss, c) = try step(train: batch, valid: valid)
+                stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                lossSum += loss * Double(batch.size); correct += c; seen += batch.size
+                stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
+                progress?.step(stepInEpoch, of: steps, loss: lossSum / Double(max(seen, 1)), accuracy: Double(correct) / Double(max(seen, 1)))
+                if searchInterruptRequested != 0 || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
+                    let path = try checkpoint()
+                    throw SearchInterrupted(checkpoint: path ?? "(no output folder)")
+                }
+            }
+            let (validLoss, validAcc) = try evaluate(validEvalView)
+            var peaks: [String: Int] = [:]
+            for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
+            let sorted = stepTimes.sorted()
+            let log = SearchEpochLog(
+                epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
+                validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
+                seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
+                medianStepSeconds: sorted.isEmpty ? 0 : sorted[sorted.count / 2], peakBytes: accountant.peakTotal, peakByCategory: peaks,
+                alphaNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
+                alphaReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
+                genotype: try supernet.genotype(accountant: accountant))
+            logs.append(log)
+            var metrics = EpochMetrics()
+            metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
+            metrics.validLoss = validLoss; metrics.validAccuracy = validAcc
+            metrics.seconds = log.seconds; metrics.peakBytes = log.peakBytes
+            let stop = try strategy.epochEnd(state, metrics: metrics)
+            epoch += 1
+            stepInEpoch = 0
+            try appendLog(log)
+            try checkpoint()
+            progress?.epochDone(log)
+            if stop { break }
+        }
+        try writeResults()
+    }
+
+    /// Mean loss and accuracy on `view` in evaluation mode, no gradients.
+    public func evaluate(_ view: DataView) throws -> (Double, Double) {
+        guard view.count > 0 else { return (0, 0) }
+        let loader = try DataLoader(view, batchSize: config.batchSize, shuffle: false)
+        graph.training = false
+        defer { graph.training = true }
+        var lossSum = 0.0, correct = 0, seen = 0
+        try graph.noGrad {
+            while let b = try accountant.withOwner("batch", { try loader.next(accountant: accountant) }) {
+                let (l, c) = try lossAndGradients(b.images, b.labels, backward: false)
+                lossSum += l * Double(b.size); correct += c; seen += b.size
+            }
+        }
+        return (lossSum / Double(max(seen, 1)), Double(correct) / Double(max(seen, 1)))
+    }
+
+    /// The architecture found: the strategy's own, or the DARTS rule.
+    public func derive() throws -> Genotype {
+        if let json = try strategy.derive(state) {
+            do { return try JSONDecoder().decode(Genotype.self, from: Data(json.utf8)) } catch {
+                throw EspalierError.config("\(config.strategy) derived an architecture that is not a genotype: \(error)")
+            }
+        }
+        return try supernet.genotype(accountant: accountant)
+    }
+}

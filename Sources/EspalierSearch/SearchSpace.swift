@@ -1,0 +1,283 @@
+// The DARTS cell search space, built from a description: stem, cells of `nodes` intermediate
+// nodes whose edges each hold every candidate op (plugin ops, by id), reduction cells, global
+// pooling and a classifier; architecture logits per cell type, turned into mixing weights by a
+// plugin gate. Each candidate on each edge has a state (active, masked, removed) so that
+// strategies can mask or remove ops; masked and removed ops never run and hold no activations.
+// Shapes: input (N, Cin, H, W) → logits (N, classes). α: (edges, ops) per cell type.
+
+import EspalierCore
+import EspalierHost
+import Foundation
+
+/// What the search space is made of (saved with every run).
+public struct SearchSpaceDescription: Codable, Equatable, Sendable {
+    public var inputChannels = 1
+    public var classes = 10
+    /// C: channels of the first cells (doubled at each reduction).
+    public var channels = 16
+    /// Number of cells (layers).
+    public var cells = 8
+    /// Intermediate nodes per cell.
+    public var nodes = 4
+    /// Cell output = concat of the last `multiplier` nodes.
+    public var multiplier = 4
+    public var stemMultiplier = 3
+    /// Candidate ops, by component id, in α's column order.
+    public var ops: [String] = SearchSpaceDescription.dartsOps
+    /// Which cells reduce; nil = at cells/3 and 2·cells/3.
+    public var reductionCells: [Int]? = nil
+
+    public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                                  "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
+
+    public init() {}
+
+    public var reductions: [Int] { reductionCells ?? [cells / 3, 2 * cells / 3] }
+    public var edgesPerCell: Int { (0..<nodes).reduce(0) { $0 + 2 + $1 } }
+
+    /// The op's short name (`sep_conv_3x3` for `espalier.op.sep_conv_3x3/1`), used in genotypes.
+    public static func shortName(_ id: String) -> String {
+        let base = id.split(separator: "/").first.map(String.init) ?? id
+        return String(base.split(separator: ".").last ?? Substring(base))
+    }
+    public var opNames: [String] { ops.map(Self.shortName) }
+
+    public func validate() throws {
+        guard cells >= 1, nodes >= 1, channels >= 2, multiplier >= 1, multiplier <= nodes, stemMultiplier >= 1, !ops.isEmpty else {
+            throw EspalierError.config("search space: cells, nodes, channels and ops must be positive and multiplier ≤ nodes (got \(self))")
+        }
+        guard Set(opNames).count == ops.count else { throw EspalierError.config("search space: two candidate ops share a short name: \(opNames)") }
+        guard reductions.allSatisfy({ $0 >= 0 && $0 < cells }) else { throw EspalierError.config("search space: reduction cells \(reductions) outside 0..<\(cells)") }
+    }
+}
+
+/// Where a candidate stands.
+public enum OpState: Int32, Codable, Sendable { case active = 0, masked = 1, removed = 2 }
+
+/// ReLU → conv k×k → BN (the cell preprocessing when sizes match).
+final class ReLUConvBN: Module {
+    let conv: Conv2d, bn: BatchNorm2d
+    init(_ f: ParameterFactory, name: String, cIn: Int, cOut: Int, kernel: Int = 1, stride: Int = 1, padding: Int = 0, affine: Bool) throws {
+        (conv, bn) = try f.scope(name) {
+            (try Conv2d(f, name: "conv", cIn: cIn, cOut: cOut, kernel: kernel, stride: stride, padding: padding),
+             try BatchNorm2d(f, name: "bn", channels: cOut, affine: affine))
+        }
+    }
+    var parameters: [Parameter] { conv.parameters + bn.parameters }
+    var buffers: [Tensor] { bn.buffers }
+    func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable { try bn(g, try conv(g, try g.relu(x))) }
+}
+
+/// ReLU → two 1×1 stride-2 convs (the second on x[:, :, 1:, 1:]) → concat → BN: halves H and W.
+final class FactorizedReduce: Module {
+    let conv1: Conv2d, conv2: Conv2d, bn: BatchNorm2d
+    init(_ f: ParameterFactory, name: String, cIn: Int, cOut: Int, affine: Bool) throws {
+        guard cOut % 2 == 0 else { throw EspalierError.config("FactorizedReduce needs an even channel count, got \(cOut)") }
+        (conv1, conv2, bn) = try f.scope(name) {
+            (try Conv2d(f, name: "conv1", cIn: cIn, cOut: cOut / 2, kernel: 1, stride: 2),
+             try Conv2d(f, name: "conv2", cIn: cIn, cOut: cOut / 2, kernel: 1, stride: 2),
+             try BatchNorm2d(f, name: "bn", channels: cOut, affine: affine))
+        }
+    }
+    var parameters: [Parameter] { conv1.parameters + conv2.parameters + bn.parameters }
+    var buffers: [Tensor] { bn.buffers }
+    func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable {
+        let r = try g.relu(x)
+        let a = try conv1(g, r), b = try conv2(g, try g.crop(r, top: 1, left: 1))
+        return try bn(g, try g.concatChannels([a, b]))
+    }
+}
+
+/// One edge: a candidate op instance per column of α (nil for `none`, which contributes zero
+/// and is never run), and each candidate's state.
+final class MixedEdge {
+    var ops: [PluginOp?]
+    var states: [OpState]
+    init(ops: [PluginOp?]) { self.ops = ops; states = Array(repeating: .active, count: ops.count) }
+}
+
+final class SearchCell {
+    let reduction: Bool
+    let pre0: Module & CellInput, pre1: Module & CellInput
+    let edges: [MixedEdge]
+    let nodes: Int, multiplier: Int
+    let owner: Int32
+
+    init(_ f: ParameterFactory, index: Int, space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext,
+         opSettings: [String: [String: String]], cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
+        self.reduction = reduction
+        nodes = space.nodes; multiplier = space.multiplier
+        let acc = f.accountant
+        let name = "cell\(index)"
+        owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
+        let components = try space.ops.map { try registry.require($0, kind: .op) }
+        (pre0, pre1, edges) = try f.scope(name) {
+            let p0: Module & CellInput = reductionPrev
+                ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
+                : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
+            let p1 = try ReLUConvBN(f, name: "pre1", cIn: cPrev, cOut: c, affine: false)
+            var edges: [MixedEdge] = []
+            var e = 0
+            for i in 0..<space.nodes {
+                for j in 0..<(2 + i) {
+                    let stride = reduction && j < 2 ? 2 : 1
+                    let ops: [PluginOp?] = try components.map { comp in
+                        if SearchSpaceDescription.shortName(comp.id) == "none" { return nil }
+                        return try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: false),
+                                            settings: opSettings[comp.id] ?? [:], ownerPath: acc.currentOwnerPath + "/edge\(e)/" + SearchSpaceDescription.shortName(comp.id))
+                    }
+                    edges.append(MixedEdge(ops: ops))
+                    e += 1
+                }
+            }
+            return (p0, p1, edges)
+        }
+    }
+
+    var parameters: [Parameter] { pre0.parameters + pre1.parameters + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) } }
+    var buffers: [Tensor] { pre0.buffers + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) } }
+
+    /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops).
+    func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], state: RunState) throws -> Variable {
+        try g.accountant.withOwnerID(owner) {
+            var states = [try g.accountant.withOwner("pre0") { try pre0.apply(g, s0) },
+                          try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }]
+            let k = edges.first?.ops.count ?? 0
+            var e = 0
+            for _ in 0..<nodes {
+                // The node is one weighted sum over every running candidate of every incoming edge.
+                var terms: [Variable] = [], indices: [Int] = []
+                for h in states {
+                    let edge = edges[e]
+                    for (o, op) in edge.ops.enumerated() {
+                        guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                        terms.append(try op(g, h, state: state))
+                        indices.append(e * k + o)
+                    }
+                    e += 1
+                }
+                if terms.isEmpty {
+                    // Every candidate of every incoming edge is off: the node is zero.
+                    let ref = states[states.count - 1]
+                    let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
+                    states.append(try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]]))
+                } else {
+                    states.append(try g.weightedSum(terms, weights: weights, indices: indices))
+                }
+            }
+            return try g.concatChannels(Array(states.suffix(multiplier)))
+        }
+    }
+}
+
+/// Conforming modules can be a cell's input preprocessing.
+protocol CellInput { func apply(_ g: Graph, _ x: Variable) throws -> Variable }
+extension ReLUConvBN: CellInput { func apply(_ g: Graph, _ x: Variable) throws -> Variable { try self(g, x) } }
+extension FactorizedReduce: CellInput { func apply(_ g: Graph, _ x: Variable) throws -> Variable { try self(g, x) } }
+
+/// The supernet: weights (stem, cells, classifier) and architecture logits (α per cell type).
+public final class Supernet {
+    public let space: SearchSpaceDescription
+    let stemConv: Conv2d, stemBN: BatchNorm2d
+    let cells: [SearchCell]
+    let classifier: Linear
+    public let alphaNormal: Parameter, alphaReduce: Parameter
+    public let gateNormal: PluginGate, gateReduce: PluginGate
+
+    public init(space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext, gateID: String,
+                gateSettings: [String: String] = [:], opSettings: [String: [String: String]] = [:], seed: UInt64) throws {
+        try space.validate()
+        self.space = space
+        let acc = context.accountant
+        let f = ParameterFactory(accountant: acc, seed: seed)
+        context.factory = ParameterFactory(accountant: acc, seed: seed &+ 7919)   // plugin-declared parameters
+        let cStem = space.stemMultiplier * space.channels
+        (stemConv, stemBN) = try f.scope("stem") {
+            (try Conv2d(f, name: "conv", cIn: space.inputChannels, cOut: cStem, kernel: 3, padding: 1),
+             try BatchNorm2d(f, name: "bn", channels: cStem))
+        }
+        var cPrevPrev = cStem, cPrev = cStem, c = space.channels
+        var reductionPrev = false
+        var cells: [SearchCell] = []
+        for i in 0..<space.cells {
+            let reduction = space.reductions.contains(i)
+            if reduction { c *= 2 }
+            cells.append(try SearchCell(f, index: i, space: space, registry: registry, context: context, opSettings: opSettings,
+                                        cPrevPrev: cPrevPrev, cPrev: cPrev, c: c, reduction: reduction, reductionPrev: reductionPrev))
+            reductionPrev = reduction
+            cPrevPrev = cPrev
+            cPrev = space.multiplier * c
+        }
+        self.cells = cells
+        classifier = try Linear(f, name: "classifier", inFeatures: cPrev, outFeatures: space.classes)
+        let e = space.edgesPerCell, k = space.ops.count
+        (alphaNormal, alphaReduce) = try f.scope("arch") {
+            (try f.make("normal", [e, k], .normal(std: 1e-3)), try f.make("reduce", [e, k], .normal(std: 1e-3)))
+        }
+        let gate = try registry.require(gateID, kind: .gate)
+        gateNormal = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/normal/gate")
+        gateReduce = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/reduce/gate")
+    }
+
+    /// Network weights (everything but α), in a stable order.
+    public var weights: [Parameter] {
+        stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + classifier.parameters
+    }
+    public var archParameters: [Parameter] { [alphaNormal, alphaReduce] }
+    public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) }
+    public var weightCount: Int { weights.reduce(0) { $0 + $1.count } }
+
+    /// logits (N, classes) for images (N, Cin, H, W).
+    public func logits(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
+        let (wn, an) = try g.accountant.withOwner("arch/normal") { try gateNormal(g, g.param(alphaNormal), state: state) }
+        let (wr, ar) = try g.accountant.withOwner("arch/reduce") { try gateReduce(g, g.param(alphaReduce), state: state) }
+        let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
+        var s0 = stem, s1 = stem
+        for cell in cells {
+            let out = try cell.forward(g, s0, s1, weights: cell.reduction ? wr : wn, active: cell.reduction ? ar : an, state: state)
+            s0 = s1
+            s1 = out
+        }
+        return try g.accountant.withOwner("classifier") { try classifier(g, try g.globalAvgPool(s1)) }
+    }
+
+    // MARK: Op states (for strategies)
+
+    public func opState(reduction: Bool, edge: Int, op: Int) -> OpState {
+        cells.first { $0.reduction == reduction }?.edges[edge].states[op] ?? .active
+    }
+
+    /// Sets a candidate's state in every cell of the type; removing frees its parameters.
+    public func setOpState(reduction: Bool, edge: Int, op: Int, _ state: OpState) throws {
+        guard edge >= 0, edge < space.edgesPerCell, op >= 0, op < space.ops.count else {
+            throw EspalierError.invalidArgument("no candidate \(op) on edge \(edge) (edges \(space.edgesPerCell), ops \(space.ops.count))")
+        }
+        for cell in cells where cell.reduction == reduction {
+            if cell.edges[edge].states[op] == .removed && state != .removed {
+                throw EspalierError.invalidArgument("candidate \(space.opNames[op]) on edge \(edge) was removed for good")
+            }
+            cell.edges[edge].states[op] = state
+            if state == .removed { cell.edges[edge].ops[op] = nil }
+        }
+    }
+
+    /// Mixing weights of a cell type as rows of floats (gate applied in evaluation mode).
+    public func mixingWeights(reduction: Bool, accountant: MemoryAccountant) throws -> [[Float]] {
+        let g = Graph(accountant: accountant)
+        g.training = false
+        let gate = reduction ? gateReduce : gateNormal
+        let w = try g.noGrad { try gate(g, g.constant(reduction ? alphaReduce.value : alphaNormal.value)).weights }
+        let k = space.ops.count
+        return (0..<space.edgesPerCell).map { e in (0..<k).map { w.value.isVirtual ? 0 : w.value[e * k + $0] } }
+    }
+
+    /// The DARTS rule on the current mixing weights.
+    public func genotype(accountant: MemoryAccountant) throws -> Genotype {
+        let names = space.opNames
+        let (n, nc) = try Genotype.derive(weights: try mixingWeights(reduction: false, accountant: accountant), opNames: names, nodes: space.nodes)
+        let (r, rc) = try Genotype.derive(weights: try mixingWeights(reduction: true, accountant: accountant), opNames: names, nodes: space.nodes)
+        var g = Genotype(normal: n, normalConcat: nc, reduce: r, reduceConcat: rc)
+        g.opIDs = Dictionary(uniqueKeysWithValues: zip(names, space.ops))
+        return g
+    }
+}
