@@ -9,6 +9,8 @@
 //   dil_conv_k      ReLU → dw k×k dilation 2 → 1×1 → BN
 // `affine` of the op config selects the search network (0: BN without γ/β, BN after pools) or
 // the discrete evaluation network (1: BN with γ/β, no BN after pools).
+// `flops` counts as the host's engine does in evaluation mode: convolutions 2·multiply-adds,
+// pooling k² per output, batch norm 2 per element; ReLU, zeros, identity, crop and concat free.
 
 import EspalierPluginKit
 
@@ -99,6 +101,9 @@ struct BatchNorm {
         runningVar = try host.declareParam(prefix + ".running_var", shape: [channels], initializer: .ones, flags: .buffer)
     }
 
+    /// 2 per element (normalise with fixed statistics, as at inference).
+    static func flops(elements: Int) -> UInt64 { UInt64(2 * elements) }
+
     func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
         var inputs = [x, try host.param(graph, runningMean), try host.param(graph, runningVar)]
         if let gamma, let beta {
@@ -171,7 +176,12 @@ class PoolOp {
         return try bn.apply(host, graph, y)
     }
 
-    func poolFlops(input: TensorView) throws -> UInt64 { 0 }  // no multiply-adds
+    /// 9 per output (the 3×3 window), plus the search network's BN.
+    func poolFlops(input: TensorView) throws -> UInt64 {
+        let d = try nchw(input, id: id)
+        let outputs = d.n * d.c * convOut(d.h, kernel: 3, stride: shape.stride, padding: 1) * convOut(d.w, kernel: 3, stride: shape.stride, padding: 1)
+        return UInt64(9 * outputs) + (bn == nil ? 0 : BatchNorm.flops(elements: outputs))
+    }
 }
 
 final class MaxPoolOp: PoolOp, ComposedOp, FlopsCounting {
@@ -239,7 +249,8 @@ final class SkipConnectOp: ComposedOp, FlopsCounting {
     func flops(input: TensorView) throws -> UInt64 {
         guard let conv1, let conv2 else { return 0 }
         let d = try nchw(input, id: Self.id)
-        return conv1.cost(n: d.n, h: d.h, w: d.w).flops + conv2.cost(n: d.n, h: d.h - 1, w: d.w - 1).flops
+        let a = conv1.cost(n: d.n, h: d.h, w: d.w), b = conv2.cost(n: d.n, h: d.h - 1, w: d.w - 1)
+        return a.flops + b.flops + BatchNorm.flops(elements: d.n * shape.channels * a.h * a.w)
     }
 }
 
@@ -287,7 +298,7 @@ class SepConvOp {
             total += c.flops
             (h, w) = (c.h, c.w)
         }
-        return total
+        return total + 2 * BatchNorm.flops(elements: d.n * shape.channels * h * w)
     }
 }
 
@@ -341,7 +352,7 @@ class DilConvOp {
     func dilFlops(input: TensorView) throws -> UInt64 {
         let d = try nchw(input, id: id)
         let a = dw.cost(n: d.n, h: d.h, w: d.w)
-        return a.flops + pw.cost(n: d.n, h: a.h, w: a.w).flops
+        return a.flops + pw.cost(n: d.n, h: a.h, w: a.w).flops + BatchNorm.flops(elements: d.n * shape.channels * a.h * a.w)
     }
 }
 

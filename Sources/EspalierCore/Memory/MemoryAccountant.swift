@@ -140,13 +140,16 @@ public final class MemoryAccountant {
         return try body()
     }
 
-    public func pushOwner(_ id: Int32) { scope.append(id) }
+    /// An id from another accountant is not ours: its allocations go to the root owner instead
+    /// of reading outside the owner table.
+    public func pushOwner(_ id: Int32) { scope.append(id >= 0 && Int(id) < ownerNames.count ? id : 0) }
     public func popOwner() { if scope.count > 1 { scope.removeLast() } }
 
     // MARK: Allocation bookkeeping (called by Storage)
 
     /// Records an allocation of `bytes`, or throws `MemoryBudgetExceeded` and records nothing.
-    func reserve(bytes: Int, category: MemoryCategory, owner: Int32) throws {
+    func reserve(bytes: Int, category: MemoryCategory, owner requested: Int32) throws {
+        let owner = requested >= 0 && Int(requested) < ownerNames.count ? requested : 0
         if let budget, currentTotal + bytes > budget {
             throw MemoryBudgetExceeded(owner: ownerNames[Int(owner)], category: category,
                                        requestedBytes: bytes, currentBytes: currentTotal, budgetBytes: budget)
@@ -165,7 +168,8 @@ public final class MemoryAccountant {
         }
     }
 
-    func release(bytes: Int, category: MemoryCategory, owner: Int32) {
+    func release(bytes: Int, category: MemoryCategory, owner requested: Int32) {
+        let owner = requested >= 0 && Int(requested) < ownerNames.count ? requested : 0
         // The per-owner picture at the peak is taken lazily, just before the peak is left.
         if peakSnapshotStale { snapshotOwnersAtPeak() }
         let o = Int(owner), c = Int(category.rawValue)

@@ -10,6 +10,14 @@ public protocol Classifier: Module {
     func logits(_ g: Graph, _ x: Variable) throws -> Variable
 }
 
+/// A network with an auxiliary classifier: the trainer adds `auxiliaryWeight`·CE(aux).
+public protocol AuxiliaryClassifier: Classifier {
+    func logitsWithAuxiliary(_ g: Graph, _ x: Variable) throws -> (logits: Variable, auxiliary: Variable?)
+    var auxiliaryWeight: Float { get }
+    /// Called by the trainer at the start of each epoch (e.g. a drop-path schedule).
+    func epochStarted(_ epoch: Int, of total: Int)
+}
+
 public struct TrainConfig: Codable, Sendable {
     public var epochs = 3
     public var batchSize = 128
@@ -69,8 +77,18 @@ public final class ClassifierTrainer {
         graph.training = true
         optimizer.zeroGrad()
         let (loss, correct) = try accountant.withOwner("step") { () throws -> (Double, Int) in
-            let logits = try model.logits(graph, graph.constant(images))
-            let loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+            var logits: Variable, loss: Variable
+            if let aux = model as? AuxiliaryClassifier {
+                let (main, auxLogits) = try aux.logitsWithAuxiliary(graph, graph.constant(images))
+                logits = main
+                loss = try graph.softmaxCrossEntropy(main, labels: labels)
+                if let auxLogits {
+                    loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(auxLogits, labels: labels), by: aux.auxiliaryWeight))
+                }
+            } else {
+                logits = try model.logits(graph, graph.constant(images))
+                loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+            }
             let value = graph.computing ? Double(loss.value[0]) : 0
             let correct = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
             try graph.backward(loss)
@@ -107,6 +125,7 @@ public final class ClassifierTrainer {
         for epoch in 0..<config.epochs {
             let lr = schedule.learningRate(epoch: epoch)
             optimizer.learningRate = lr
+            (model as? AuxiliaryClassifier)?.epochStarted(epoch, of: config.epochs)
             accountant.resetPeak()
             let start = DispatchTime.now().uptimeNanoseconds
             var lossSum = 0.0, correct = 0, seen = 0, step = 0

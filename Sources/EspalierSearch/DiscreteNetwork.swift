@@ -1,0 +1,204 @@
+// The discrete network of a genotype, trained from scratch after a search (DARTS's
+// NetworkCIFAR): a stem, stacked cells whose nodes each sum two chosen ops (plugin ops, affine
+// batch norm), drop-path on every op but identities, an optional auxiliary head after the second
+// reduction, global pooling and a classifier. Saved as safetensors with its description.
+// Shapes: (N, Cin, H, W) → logits (N, classes).
+
+import EspalierCore
+import EspalierHost
+import Foundation
+
+/// What the network is made of (saved in model.safetensors' metadata).
+public struct NetworkDescription: Codable, Equatable, Sendable {
+    public var genotype: Genotype
+    public var inputChannels = 1
+    public var classes = 10
+    public var channels = 16
+    public var cells = 8
+    public var stemMultiplier = 3
+    public var auxiliary = false
+    public var auxiliaryWeight: Float = 0.4
+    /// Drop-path probability at the last epoch (it grows linearly from 0).
+    public var dropPath: Float = 0
+    public var imageSize = 28
+
+    public init(genotype: Genotype) { self.genotype = genotype }
+    public var reductions: [Int] { [cells / 3, 2 * cells / 3] }
+}
+
+final class DiscreteCell {
+    let reduction: Bool
+    let pre0: Module & CellInput, pre1: Module & CellInput
+    let ops: [PluginOp]
+    let identity: [Bool]
+    let inputs: [Int]
+    let concat: [Int]
+    let owner: Int32
+
+    init(_ f: ParameterFactory, index: Int, genotype: Genotype, registry: PluginRegistry, context: HostContext,
+         cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
+        self.reduction = reduction
+        let edges = reduction ? genotype.reduce : genotype.normal
+        concat = reduction ? genotype.reduceConcat : genotype.normalConcat
+        inputs = edges.map(\.input)
+        let acc = f.accountant
+        let name = "cell\(index)"
+        owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
+        (pre0, pre1, ops, identity) = try f.scope(name) {
+            let p0: Module & CellInput = reductionPrev
+                ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: true)
+                : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: true)
+            let p1 = try ReLUConvBN(f, name: "pre1", cIn: cPrev, cOut: c, affine: true)
+            var ops: [PluginOp] = [], identity: [Bool] = []
+            for (k, e) in edges.enumerated() {
+                let id = genotype.opIDs?[e.op] ?? "espalier.op.\(e.op)/1"
+                let comp: Component
+                do { comp = try registry.require(id, kind: .op) } catch {
+                    throw EspalierError.config("the genotype's op '\(e.op)' needs plugin component \(id): \(error)")
+                }
+                let stride = reduction && e.input < 2 ? 2 : 1
+                ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true),
+                                        ownerPath: acc.currentOwnerPath + "/node\(k / 2)/\(e.op)\(k % 2)"))
+                identity.append(e.op == "skip_connect" && stride == 1)
+            }
+            return (p0, p1, ops, identity)
+        }
+    }
+
+    var parameters: [Parameter] { pre0.parameters + pre1.parameters + ops.flatMap(\.parameters) }
+    var buffers: [Tensor] { pre0.buffers + pre1.buffers + ops.flatMap(\.buffers) }
+
+    func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, dropPath p: Float) throws -> Variable {
+        try g.accountant.withOwnerID(owner) {
+            var states = [try pre0.apply(g, s0), try pre1.apply(g, s1)]
+            for i in 0..<(ops.count / 2) {
+                var hs: [Variable] = []
+                for k in [2 * i, 2 * i + 1] {
+                    var h = try ops[k](g, states[inputs[k]])
+                    if g.training && p > 0 && !identity[k] { h = try g.dropPath(h, p: p) }
+                    hs.append(h)
+                }
+                states.append(try g.add(hs[0], hs[1]))
+            }
+            return try g.concatChannels(concat.map { states[$0] })
+        }
+    }
+}
+
+/// ReLU → avg-pool 5 → 1×1 conv 128 → BN → ReLU → 2×2 conv 768 → BN → ReLU → linear (DARTS's auxiliary head).
+final class AuxiliaryHead {
+    let conv1: Conv2d, bn1: BatchNorm2d, conv2: Conv2d, bn2: BatchNorm2d, fc: Linear
+    let poolStride: Int
+    init(_ f: ParameterFactory, cIn: Int, spatial: Int, classes: Int) throws {
+        guard spatial > 5 else { throw EspalierError.config("the auxiliary head needs feature maps larger than 5×5 after the second reduction; got \(spatial)×\(spatial)") }
+        poolStride = spatial - 5
+        (conv1, bn1, conv2, bn2, fc) = try f.scope("aux") {
+            (try Conv2d(f, name: "conv1", cIn: cIn, cOut: 128, kernel: 1), try BatchNorm2d(f, name: "bn1", channels: 128),
+             try Conv2d(f, name: "conv2", cIn: 128, cOut: 768, kernel: 2), try BatchNorm2d(f, name: "bn2", channels: 768),
+             try Linear(f, name: "fc", inFeatures: 768, outFeatures: classes))
+        }
+    }
+    var parameters: [Parameter] { conv1.parameters + bn1.parameters + conv2.parameters + bn2.parameters + fc.parameters }
+    var buffers: [Tensor] { bn1.buffers + bn2.buffers }
+    func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable {
+        var h = try g.avgPool2d(try g.relu(x), kernel: 5, stride: poolStride, padding: 0)
+        h = try g.relu(try bn1(g, try conv1(g, h)))
+        h = try g.relu(try bn2(g, try conv2(g, h)))
+        return try fc(g, h)
+    }
+}
+
+public final class DiscreteNetwork: AuxiliaryClassifier {
+    public let description: NetworkDescription
+    let stemConv: Conv2d, stemBN: BatchNorm2d
+    let cells: [DiscreteCell]
+    let aux: AuxiliaryHead?
+    let auxAfter: Int
+    let classifier: Linear
+    public private(set) var dropPathNow: Float = 0
+
+    public init(_ d: NetworkDescription, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
+        try d.genotype.validate()
+        description = d
+        let acc = context.accountant
+        let f = ParameterFactory(accountant: acc, seed: seed)
+        context.factory = ParameterFactory(accountant: acc, seed: seed &+ 7919)
+        let cStem = d.stemMultiplier * d.channels
+        (stemConv, stemBN) = try f.scope("stem") {
+            (try Conv2d(f, name: "conv", cIn: d.inputChannels, cOut: cStem, kernel: 3, padding: 1), try BatchNorm2d(f, name: "bn", channels: cStem))
+        }
+        var cPrevPrev = cStem, cPrev = cStem, c = d.channels, reductionPrev = false
+        var cells: [DiscreteCell] = []
+        var auxHead: AuxiliaryHead? = nil
+        var spatial = d.imageSize
+        auxAfter = d.reductions[1]
+        for i in 0..<d.cells {
+            let reduction = d.reductions.contains(i)
+            if reduction { c *= 2; spatial = (spatial + 1) / 2 }
+            cells.append(try DiscreteCell(f, index: i, genotype: d.genotype, registry: registry, context: context,
+                                          cPrevPrev: cPrevPrev, cPrev: cPrev, c: c, reduction: reduction, reductionPrev: reductionPrev))
+            reductionPrev = reduction
+            cPrevPrev = cPrev
+            cPrev = d.genotype.concat(reduction ? .reduce : .normal).count * c
+            if i == auxAfter && d.auxiliary { auxHead = try AuxiliaryHead(f, cIn: cPrev, spatial: spatial, classes: d.classes) }
+        }
+        self.cells = cells
+        aux = auxHead
+        classifier = try Linear(f, name: "classifier", inFeatures: cPrev, outFeatures: d.classes)
+    }
+
+    public var parameters: [Parameter] {
+        stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + (aux?.parameters ?? []) + classifier.parameters
+    }
+    public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) + (aux?.buffers ?? []) }
+    public var auxiliaryWeight: Float { description.auxiliaryWeight }
+
+    public func epochStarted(_ epoch: Int, of total: Int) {
+        dropPathNow = description.dropPath * Float(epoch) / Float(max(total, 1))
+    }
+
+    public func logits(_ g: Graph, _ x: Variable) throws -> Variable { try logitsWithAuxiliary(g, x).logits }
+
+    public func logitsWithAuxiliary(_ g: Graph, _ x: Variable) throws -> (logits: Variable, auxiliary: Variable?) {
+        let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
+        var s0 = stem, s1 = stem
+        var auxLogits: Variable? = nil
+        for (i, cell) in cells.enumerated() {
+            let out = try cell.forward(g, s0, s1, dropPath: dropPathNow)
+            s0 = s1; s1 = out
+            if i == auxAfter, let aux, g.training { auxLogits = try g.accountant.withOwner("aux") { try aux(g, s1) } }
+        }
+        let logits = try g.accountant.withOwner("classifier") { try classifier(g, try g.globalAvgPool(s1)) }
+        return (logits, auxLogits)
+    }
+
+    // MARK: Saving and loading
+
+    var namedTensors: [(String, Tensor)] {
+        parameters.map { ($0.name, $0.value) } + buffers.enumerated().map { (String(format: "buffers/%05d", $0.offset), $0.element) }
+    }
+
+    /// model.safetensors: every weight and batch-norm statistic, and the description as metadata.
+    public func save(path: String, extraMetadata: [String: String] = [:]) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var meta = extraMetadata
+        meta["espalier.network"] = String(decoding: try enc.encode(description), as: UTF8.self)
+        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: namedTensors), metadata: meta).write(path: path)
+    }
+
+    /// Rebuilds the network saved at `path` and loads its tensors.
+    public static func load(path: String, registry: PluginRegistry, context: HostContext) throws -> (DiscreteNetwork, [String: String]) {
+        let file = try SafeTensorsFile.read(path: path)
+        guard let meta = file.metadata["espalier.network"] else {
+            throw EspalierError.data(file: path, problem: "not an Espalier model (no espalier.network metadata); was it written by `espalier train`?")
+        }
+        let d: NetworkDescription
+        do { d = try JSONDecoder().decode(NetworkDescription.self, from: Data(meta.utf8)) } catch {
+            throw EspalierError.data(file: path, problem: "damaged network description: \(error)")
+        }
+        let net = try context.accountant.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: 0) }
+        try file.load(into: net.namedTensors, strict: true)
+        return (net, file.metadata)
+    }
+}

@@ -1,0 +1,128 @@
+// `espalier train --genotype FILE`: builds the discrete network of a found genotype, trains it
+// from scratch and saves model.safetensors; `espalier eval --model FILE`: evaluates a saved model.
+
+import ArgumentParser
+import EspalierCore
+import EspalierHost
+import EspalierSearch
+import Foundation
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train", abstract: "Train the network of a genotype from scratch and save model.safetensors.")
+
+    @OptionGroup var dirs: PluginDirOptions
+    @Option(help: "genotype.json written by `espalier search`.") var genotype: String
+    @Option(help: "Output folder (default: beside the genotype, train-<time>).") var out: String?
+    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: "Initial channels C.") var channels = 16
+    @Option(help: "Cells.") var cells = 8
+    @Option(help: "Epochs.") var epochs = 6
+    @Option(help: "Batch size.") var batchSize = 96
+    @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
+    @Option(help: "Weight decay.") var weightDecay: Float = 3e-4
+    @Flag(help: "Add the auxiliary head after the second reduction.") var auxiliary = false
+    @Option(help: "Weight of the auxiliary loss.") var auxiliaryWeight: Float = 0.4
+    @Option(help: "Drop-path probability at the last epoch.") var dropPath: Float = 0
+    @Option(help: "Cutout length (0 = none).") var cutout = 0
+    @Flag(help: "Random crops (padding 2) and horizontal flips.") var augment = false
+    @Option(help: "Use only the first N training images (0 = all).") var trainImages = 0
+    @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Memory budget, e.g. 1GiB.") var memoryBudget: String?
+
+    func run() throws {
+        let g = try Genotype.load(path: genotype)
+        let context = HostContext()
+        let registry = dirs.loadRegistry(context: context)
+        var budget: Int? = nil
+        if let text = memoryBudget {
+            guard let b = parseBytes(text), b > 0 else { throw ValidationError("--memory-budget '\(text)' is not a size; write e.g. 1GiB") }
+            budget = b
+        }
+        let acc = MemoryAccountant(budget: budget)
+        context.begin(accountant: acc, seed: seed)
+        var c = SearchConfig()
+        c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
+        let train = try loadTrainingData(c, accountant: acc, split: .train)
+        let test = try loadTrainingData(c, accountant: acc, split: .test)
+        var d = NetworkDescription(genotype: g)
+        d.inputChannels = train.channels; d.classes = train.numClasses; d.imageSize = train.height
+        d.channels = channels; d.cells = cells
+        d.auxiliary = auxiliary; d.auxiliaryWeight = auxiliaryWeight; d.dropPath = dropPath
+        var config = TrainConfig()
+        config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.weightDecay = weightDecay
+        config.seed = seed
+        config.augmentation = Augmentation(cropPadding: augment ? 2 : 0, horizontalFlip: augment, cutoutLength: cutout)
+
+        // Predict the step's peak first (a dry run of the same network and step).
+        let predicted = try ClassifierTrainer.predictStepPeak(config: config, inputShape: [batchSize, train.channels, train.height, train.width]) { f in
+            try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: f.accountant, seed: seed), seed: seed)
+        }
+        print("predicted peak of one training step: \(formatBytes(predicted.peakTotal)) + datasets \(formatBytes(train.byteCount + test.byteCount))")
+        if let budget, predicted.peakTotal + acc.currentTotal > budget {
+            throw ValidationError("the predicted peak \(formatBytes(predicted.peakTotal + acc.currentTotal)) exceeds --memory-budget \(formatBytes(budget)); lower --batch-size or --channels")
+        }
+
+        let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: seed) }
+        let outDir = out ?? ((genotype as NSString).deletingLastPathComponent as NSString).appendingPathComponent("train-" + timestamp())
+        try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+        print("network: C=\(channels), \(cells) cells\(auxiliary ? ", auxiliary head" : ""), \(net.parameterCount) parameters; "
+              + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine; output \(outDir)")
+        let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
+        var trainView = train.all, testView = test.all
+        if trainImages > 0 { trainView = trainView.prefix(trainImages) }
+        if testImages > 0 { testView = testView.prefix(testImages) }
+        let logPath = (outDir as NSString).appendingPathComponent("train_log.jsonl")
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        let bar = ProgressBar(label: "train") { r in
+            if let line = try? JSONEncoder().encode(r) { log?.write(line + Data("\n".utf8)) }
+            return String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
+                          r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100, r.seconds,
+                          formatBytes(r.peakBytes) as NSString)
+        }
+        let started = DispatchTime.now().uptimeNanoseconds
+        let reports = try trainer.fit(train: trainView, test: testView, progress: bar)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let modelPath = (outDir as NSString).appendingPathComponent("model.safetensors")
+        let acc1 = reports.last?.testAccuracy ?? 0
+        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype])
+        print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs", acc1 * 100, testView.count, epochs, seconds))
+        print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")
+    }
+}
+
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a model saved by `espalier train` on the test set.")
+    @OptionGroup var dirs: PluginDirOptions
+    @Option(help: "model.safetensors (or the folder holding it).") var model: String
+    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
+    @Option(help: "Batch size.") var batchSize = 256
+
+    func run() throws {
+        var path = model
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { path = (path as NSString).appendingPathComponent("model.safetensors") }
+        let context = HostContext()
+        let registry = dirs.loadRegistry(context: context)
+        let acc = MemoryAccountant()
+        context.begin(accountant: acc, seed: 0)
+        let (net, _) = try DiscreteNetwork.load(path: path, registry: registry, context: context)
+        var c = SearchConfig()
+        c.dataset = dataset; c.dataDir = dataDir
+        let test = try loadTrainingData(c, accountant: acc, split: .test)
+        var view = test.all
+        if testImages > 0 { view = view.prefix(testImages) }
+        var config = TrainConfig()
+        config.batchSize = batchSize
+        let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
+        let started = DispatchTime.now().uptimeNanoseconds
+        let (loss, accuracy) = try trainer.evaluate(view)
+        print(String(format: "test loss %.4f  accuracy %.2f%% on %d images (%.1fs)", loss, accuracy * 100, view.count,
+                     Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
+    }
+}
