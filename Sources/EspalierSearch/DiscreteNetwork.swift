@@ -116,11 +116,14 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
     let auxAfter: Int
     let classifier: Linear
     public private(set) var dropPathNow: Float = 0
+    /// The owner path the network was built under; saved names are relative to it.
+    let ownerPrefix: String
 
     public init(_ d: NetworkDescription, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
         try d.genotype.validate()
         description = d
         let acc = context.accountant
+        ownerPrefix = acc.currentOwnerPath
         let f = ParameterFactory(accountant: acc, seed: seed)
         context.factory = ParameterFactory(accountant: acc, seed: seed &+ 7919)
         let cStem = d.stemMultiplier * d.channels
@@ -175,7 +178,8 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
     // MARK: Saving and loading
 
     var namedTensors: [(String, Tensor)] {
-        parameters.map { ($0.name, $0.value) } + buffers.enumerated().map { (String(format: "buffers/%05d", $0.offset), $0.element) }
+        let cut = ownerPrefix.isEmpty ? 0 : ownerPrefix.count + 1
+        return parameters.map { (String($0.name.dropFirst($0.name.hasPrefix(ownerPrefix) ? cut : 0)), $0.value) } + buffers.enumerated().map { (String(format: "buffers/%05d", $0.offset), $0.element) }
     }
 
     /// model.safetensors: every weight and batch-norm statistic, and the description as metadata.

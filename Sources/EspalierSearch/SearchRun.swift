@@ -110,14 +110,14 @@ public final class SearchRun {
     // MARK: - Losses and gradients
 
     /// Which parameters get gradients in the next backward.
-    func train(weights: Bool, arch: Bool) {
+    public func train(weights: Bool, arch: Bool) {
         for p in supernet.weights { p.requiresGrad = weights }
         for p in supernet.archParameters { p.requiresGrad = arch }
     }
 
     /// Forward + loss (+ backward when something requires a gradient). Returns (loss, correct).
     @discardableResult
-    func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true) throws -> (Double, Int) {
+    public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true) throws -> (Double, Int) {
         try accountant.withOwner("step") {
             let logits = try supernet.logits(graph, graph.constant(images), state: state)
             let loss = try graph.softmaxCrossEntropy(logits, labels: labels)
@@ -129,7 +129,7 @@ public final class SearchRun {
     }
 
     /// First-order architecture gradient: ∇α L_val(w, α), weights frozen.
-    func archGradientFirstOrder(valid: Batch) throws {
+    public func archGradientFirstOrder(valid: Batch) throws {
         train(weights: false, arch: true)
         archOptimizer.zeroGrad()
         try lossAndGradients(valid.images, valid.labels)
@@ -138,7 +138,7 @@ public final class SearchRun {
     /// Second-order (unrolled) architecture gradient, as DARTS's architect:
     ///   w' = w − η(m·buf + ∇w L_train(w, α) + wd·w)
     ///   ∇α = ∇α L_val(w', α) − η·[∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)] / 2R,  w± = w ± R·∇w' L_val, R = 0.01/‖∇w' L_val‖
-    func archGradientSecondOrder(train batch: Batch, valid: Batch) throws {
+    public func archGradientSecondOrder(train batch: Batch, valid: Batch) throws {
         let weights = supernet.weights
         let eta = weightOptimizer.learningRate
         let computing = !accountant.isDryRun
@@ -217,7 +217,7 @@ public final class SearchRun {
         return result
     }
 
-    func weightStep(_ batch: Batch) throws -> (Double, Int) {
+    public func weightStep(_ batch: Batch) throws -> (Double, Int) {
         train(weights: true, arch: false)
         weightOptimizer.zeroGrad()
         let r = try lossAndGradients(batch.images, batch.labels)

@@ -1,0 +1,238 @@
+// DARTS end to end on the plugin ABI: architecture gradients (first and second order) against
+// finite differences on a tiny supernet, genotype derivation from hand-set α, checkpoint-resume
+// identical to an uninterrupted run, the dry-run prediction equal to the measured first step,
+// the sample plugins in a search, and a short search + train on Fashion-MNIST.
+
+import EspalierCore
+import EspalierHost
+import EspalierSearch
+import EspalierTestSupport
+import XCTest
+
+final class SearchTests: XCTestCase {
+    static let registry: PluginRegistry = PluginLoader(context: HostContext()).load(PluginSearchPath.standard(environment: [:]))
+
+    /// A supernet small enough for finite differences: 2 cells (both reducing), 2 nodes, 4 ops, 8×8 images.
+    func tinyConfig() -> SearchConfig {
+        var c = SearchConfig()
+        c.space.channels = 4
+        c.space.cells = 2
+        c.space.nodes = 2
+        c.space.multiplier = 2
+        c.space.stemMultiplier = 1
+        c.space.reductionCells = [1]   // one normal and one reduction cell
+        c.space.ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
+        c.batchSize = 4
+        c.epochs = 2
+        c.seed = 5
+        return c
+    }
+
+    func makeRun(_ c: SearchConfig, images: Int = 16, size: Int = 8, out: String? = nil) throws -> (SearchRun, Dataset) {
+        XCTAssertEqual(Self.registry.failures.map(\.description), [])
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: c.seed)
+        let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: images, channels: 1, height: size, width: size, classes: 3, seed: 1, accountant: acc) }
+        return (try SearchRun(config: c, registry: Self.registry, context: context, train: ds.all, outDirectory: out), ds)
+    }
+
+    func batches(_ run: SearchRun) throws -> (Batch, Batch) {
+        (try run.trainLoader.nextCycling(accountant: run.accountant), try run.validLoader.nextCycling(accountant: run.accountant))
+    }
+
+    /// L(batch) in training mode without gradients.
+    func loss(_ run: SearchRun, _ b: Batch) throws -> Double {
+        run.train(weights: false, arch: false)
+        return try run.graph.noGrad { try run.lossAndGradients(b.images, b.labels, backward: false).0 }
+    }
+
+    func testFirstOrderArchGradient_MatchesFiniteDifferences() throws {
+        let (run, _) = try makeRun(tinyConfig())
+        let (_, valid) = try batches(run)
+        try run.archGradientFirstOrder(valid: valid)
+        let alpha = run.supernet.alphaNormal
+        let analytic = alpha.grad!.array
+        XCTAssertGreaterThan(analytic.map(abs).max()!, 1e-5, "α gets a gradient")
+        let eps: Float = 2e-3
+        for i in stride(from: 0, to: alpha.count, by: 3) {
+            let old = alpha.value[i]
+            alpha.value[i] = old + eps; let lp = try loss(run, valid)
+            alpha.value[i] = old - eps; let lm = try loss(run, valid)
+            alpha.value[i] = old
+            let numeric = Float((lp - lm) / Double(2 * eps))
+            XCTAssertEqual(analytic[i], numeric, accuracy: 2e-4 + 5e-2 * abs(numeric), "α[\(i)]")
+        }
+    }
+
+    func testSecondOrderArchGradient_MatchesFiniteDifferencesOfTheUnrolledLoss() throws {
+        // A smooth supernet (no ReLU or max-pool between α and the loss), so that finite
+        // differences of the unrolled loss are exact enough to judge DARTS's estimator.
+        var c = tinyConfig()
+        c.space.cells = 1
+        c.space.reductionCells = []
+        c.space.ops = ["espalier.op.none/1", "espalier.op.skip_connect/1", "org.example.op.swish/1"]
+        c.learningRate = 0.1   // a large η so that the unrolled term matters
+        let (run, _) = try makeRun(c)
+        let (train, valid) = try batches(run)
+        _ = try run.weightStep(train)   // non-zero momentum buffers
+        try run.archGradientSecondOrder(train: train, valid: valid)
+        let alpha = run.supernet.alphaNormal
+        let secondOrder = alpha.grad!.array
+        XCTAssertGreaterThan(secondOrder.map(abs).max()!, 1e-5)
+        try run.archGradientFirstOrder(valid: valid)
+        let firstOrder = alpha.grad!.array
+        // The unrolled loss L_val(w − η(m·buf + ∇w L_train(w, α) + wd·w), α) as a function of α.
+        let weights = run.supernet.weights
+        let eta = run.weightOptimizer.learningRate, wd = run.weightOptimizer.weightDecay, m = run.weightOptimizer.momentum
+        func unrolledLoss() throws -> Double {
+            let saved = weights.map { $0.value.array }
+            run.train(weights: true, arch: false)
+            run.weightOptimizer.zeroGrad()
+            try run.lossAndGradients(train.images, train.labels)
+            for (i, p) in weights.enumerated() {
+                let buf = run.weightOptimizer.buffers[i]
+                for j in 0..<p.count { p.value[j] -= eta * (m * (buf?[j] ?? 0) + p.grad![j] + wd * p.value[j]) }
+            }
+            let l = try loss(run, valid)
+            for (p, s) in zip(weights, saved) { for j in 0..<p.count { p.value[j] = s[j] } }
+            return l
+        }
+        let eps: Float = 2e-3
+        var differs = false
+        for i in 0..<alpha.count {
+            let old = alpha.value[i]
+            alpha.value[i] = old + eps; let lp = try unrolledLoss()
+            alpha.value[i] = old - eps; let lm = try unrolledLoss()
+            alpha.value[i] = old
+            let numeric = Float((lp - lm) / Double(2 * eps))
+            XCTAssertEqual(secondOrder[i], numeric, accuracy: 2e-4 + 5e-2 * abs(numeric), "α[\(i)]")
+            if abs(secondOrder[i] - firstOrder[i]) > 2e-4 + 5e-2 * abs(numeric) { differs = true }
+        }
+        XCTAssertTrue(differs, "the second-order gradient differs from the first-order one")
+    }
+
+    func testGenotype_FromHandSetAlpha() throws {
+        let (run, _) = try makeRun(tinyConfig())
+        // 2 nodes: edges 0,1 into node 0; edges 2,3,4 into node 1. Ops: none, max, skip, sep.
+        let a = run.supernet.alphaNormal.value
+        a.fill(0)
+        func set(_ e: Int, _ o: Int, _ v: Float) { a[e * 4 + o] = v }
+        set(0, 3, 2); set(1, 0, 9); set(1, 2, 1)        // node 0: edge 1's none is ignored; sep on 0, skip on 1
+        set(2, 1, 0.5); set(3, 3, 3); set(4, 2, 4)      // node 1: skip on edge 4 (strongest), sep on edge 3
+        let g = try run.supernet.genotype(accountant: run.accountant)
+        XCTAssertEqual(g.normal, [Genotype.Edge("sep_conv_3x3", 0), Genotype.Edge("skip_connect", 1),
+                                  Genotype.Edge("skip_connect", 2), Genotype.Edge("sep_conv_3x3", 1)])
+        XCTAssertEqual(g.normalConcat, [2, 3])
+        XCTAssertEqual(g.opIDs?["sep_conv_3x3"], "espalier.op.sep_conv_3x3/1")
+    }
+
+    func testCheckpointResume_GivesIdenticalWeightsAndAlpha() throws {
+        let c = tinyConfig()
+        let dirA = try tempDir(), dirB = try tempDir()
+        try SearchRun.prepareOutput(dirA, config: c)
+        try SearchRun.prepareOutput(dirB, config: c)
+        let (a, _) = try makeRun(c, images: 32, out: dirA)
+        try a.run()
+        // B: interrupted in the middle of epoch 1 (after 3 of its 4 steps per epoch... 5 steps in), then resumed.
+        let (b1, _) = try makeRun(c, images: 32, out: dirB)
+        b1.stopAfterSteps = 5
+        XCTAssertThrowsError(try b1.run()) { XCTAssertTrue($0 is SearchInterrupted) }
+        let (b2, _) = try makeRun(c, images: 32, out: dirB)
+        try b2.resume(from: dirB)
+        XCTAssertEqual(b2.globalStep, 5)
+        try b2.run()
+        XCTAssertEqual(a.globalStep, b2.globalStep)
+        for (p, q) in zip(a.supernet.archParameters + a.supernet.weights, b2.supernet.archParameters + b2.supernet.weights) {
+            XCTAssertEqual(p.value.array, q.value.array, "\(p.name) differs after resume")
+        }
+        for (x, y) in zip(a.supernet.buffers, b2.supernet.buffers) { XCTAssertEqual(x.array, y.array) }
+        let logA = try String(contentsOfFile: dirA + "/log.jsonl", encoding: .utf8).split(separator: "\n")
+        let logB = try String(contentsOfFile: dirB + "/log.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(logA.count, 2)
+        XCTAssertEqual(logB.count, 2)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dirB + "/genotype.json"))
+        XCTAssertEqual(try Genotype.load(path: dirA + "/genotype.json"), try Genotype.load(path: dirB + "/genotype.json"))
+        XCTAssertThrowsError(try SearchRun.prepareOutput(dirA, config: c)) { XCTAssertTrue("\($0)".contains("--resume")) }
+    }
+
+    func testDryRunPrediction_EqualsTheMeasuredPeakOfTheFirstStep() throws {
+        var c = tinyConfig()
+        c.space.ops = SearchSpaceDescription.dartsOps
+        c.space.cells = 3
+        c.space.nodes = 3
+        c.space.multiplier = 3
+        for order in ["first", "second"] {
+            c.strategySettings = ["order": order]
+            let predicted = try SearchRun.predictStep(config: c, registry: Self.registry, imageShape: (1, 8, 8), classes: 3)
+            let (run, ds) = try makeRun(c, images: 2 * c.batchSize)
+            try run.firstStep()
+            XCTAssertEqual(predicted.stepPeak, run.accountant.peakTotal - ds.byteCount, "order \(order)")
+            for cat in MemoryCategory.allCases where cat != .data {
+                XCTAssertEqual(predicted.accountant.peakByCategory[cat], run.accountant.peakByCategory[cat], "\(cat.name), order \(order)")
+            }
+        }
+    }
+
+    func testSamplePlugins_InAShortSearch() throws {
+        var c = tinyConfig()
+        c.space.ops = ["espalier.op.none/1", "espalier.op.sep_conv_3x3/1", "org.example.op.swish/1"]
+        c.opSettings = ["org.example.op.swish/1": ["beta_init": "0.5"]]
+        c.space.reductionCells = []   // the sample op keeps the shape (stride 1 only)
+        c.gate = "org.example.gate.sparsemax/1"
+        c.epochs = 1
+        let (run, _) = try makeRun(c, images: 16)
+        let swishBefore = run.supernet.weights.filter { $0.name.hasSuffix("swish/beta") }.map { $0.value.array }
+        XCTAssertFalse(swishBefore.isEmpty, "the C sample op is on every edge")
+        XCTAssertEqual(swishBefore.first, [0.5, 0.5, 0.5, 0.5], "its parameter setting reached create")
+        try run.run()
+        let swishAfter = run.supernet.weights.filter { $0.name.hasSuffix("swish/beta") }.map { $0.value.array }
+        XCTAssertNotEqual(swishBefore, swishAfter, "the C op's β was trained through its own backward")
+        let g = try run.derive()
+        XCTAssertEqual(g.normal.count, 4)
+        XCTAssertTrue(g.normal.allSatisfy { ["sep_conv_3x3", "swish"].contains($0.op) })
+    }
+
+    func testShortSearchThenTrain_OnFashionMNISTSubset() throws {
+        let acc = MemoryAccountant()
+        let train: Dataset, test: Dataset
+        do {
+            train = try Dataset.fashionMNIST(split: .train, accountant: acc)
+            test = try Dataset.fashionMNIST(split: .test, accountant: acc)
+        } catch { throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)") }
+        var c = SearchConfig.quick
+        c.space.channels = 4
+        c.space.cells = 3
+        c.batchSize = 16
+        c.epochs = 1
+        c.trainImages = 128
+        c.evalImages = 64
+        let dir = try tempDir()
+        try SearchRun.prepareOutput(dir, config: c)
+        let context = HostContext(accountant: acc, seed: c.seed)
+        let run = try SearchRun(config: c, registry: Self.registry, context: context, train: train.all.prefix(128), outDirectory: dir)
+        try run.run()
+        for f in ["config.json", "log.jsonl", "checkpoint.safetensors", "genotype.json", "genotype_normal.dot", "genotype_reduce.dot"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/" + f), f)
+        }
+        let genotype = try Genotype.load(path: dir + "/genotype.json")
+        // Train the found cells from scratch, briefly, and save/load the model.
+        var d = NetworkDescription(genotype: genotype)
+        d.channels = 4; d.cells = 3; d.auxiliary = true; d.dropPath = 0.1
+        let net = try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1)
+        var tc = TrainConfig()
+        tc.epochs = 2; tc.batchSize = 32; tc.learningRate = 0.05
+        let trainer = try ClassifierTrainer(model: net, accountant: acc, config: tc)
+        let reports = try trainer.fit(train: train.all.prefix(1024), test: test.all.prefix(256))
+        XCTAssertGreaterThan(reports.last!.testAccuracy, 0.3, "well above chance (10%): \(reports.map(\.testAccuracy))")
+        try net.save(path: dir + "/model.safetensors")
+        let (loaded, _) = try DiscreteNetwork.load(path: dir + "/model.safetensors", registry: Self.registry, context: context)
+        let again = try ClassifierTrainer(model: loaded, accountant: acc, config: tc).evaluate(test.all.prefix(256))
+        XCTAssertEqual(again.accuracy, reports.last!.testAccuracy, accuracy: 1e-9, "the saved model evaluates the same")
+    }
+
+    func tempDir() throws -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-search-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+}
