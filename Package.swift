@@ -2,9 +2,18 @@
 // Espalier: neural architecture search inside a memory budget.
 import PackageDescription
 
-// Release builds drop bounds checks in the hot loops; debug builds keep them.
+import Foundation
+
+// Release builds drop bounds checks in the hot loops and compile for AVX2 + FMA (haswell, the x86-64-v3 feature level;
+// without it Swift's SIMD multiply-adds become library calls). ESPALIER_TARGET_CPU overrides it,
+// e.g. ESPALIER_TARGET_CPU=x86-64 for a machine without AVX2.
+#if arch(x86_64)
+let targetCPU = ProcessInfo.processInfo.environment["ESPALIER_TARGET_CPU"] ?? "haswell"
+#else
+let targetCPU = ProcessInfo.processInfo.environment["ESPALIER_TARGET_CPU"] ?? "generic"
+#endif
 let fast: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", targetCPU], .when(configuration: .release)),
 ]
 
 let package = Package(

@@ -227,10 +227,19 @@ public final class Supernet {
     public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) }
     public var weightCount: Int { weights.reduce(0) { $0 + $1.count } }
 
+    /// The gate's input: α, with masked and removed candidates set to −∞ (so a softmax
+    /// renormalises over the candidates that remain, and they get no gradient).
+    func gateInput(_ g: Graph, reduction: Bool) throws -> Variable {
+        let alpha = g.param(reduction ? alphaReduce : alphaNormal)
+        guard let cell = cells.first(where: { $0.reduction == reduction }) else { return alpha }
+        let keep = cell.edges.flatMap { e in e.states.map { $0 == .active } }
+        return keep.allSatisfy({ $0 }) ? alpha : try g.maskedFill(alpha, keep: keep, value: -.infinity)
+    }
+
     /// logits (N, classes) for images (N, Cin, H, W).
     public func logits(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
-        let (wn, an) = try g.accountant.withOwner("arch/normal") { try gateNormal(g, g.param(alphaNormal), state: state) }
-        let (wr, ar) = try g.accountant.withOwner("arch/reduce") { try gateReduce(g, g.param(alphaReduce), state: state) }
+        let (wn, an) = try g.accountant.withOwner("arch/normal") { try gateNormal(g, try gateInput(g, reduction: false), state: state) }
+        let (wr, ar) = try g.accountant.withOwner("arch/reduce") { try gateReduce(g, try gateInput(g, reduction: true), state: state) }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
         for cell in cells {
@@ -266,7 +275,7 @@ public final class Supernet {
         let g = Graph(accountant: accountant)
         g.training = false
         let gate = reduction ? gateReduce : gateNormal
-        let w = try g.noGrad { try gate(g, g.constant(reduction ? alphaReduce.value : alphaNormal.value)).weights }
+        let w = try g.noGrad { try gate(g, try gateInput(g, reduction: reduction)).weights }
         let k = space.ops.count
         return (0..<space.edgesPerCell).map { e in (0..<k).map { w.value.isVirtual ? 0 : w.value[e * k + $0] } }
     }

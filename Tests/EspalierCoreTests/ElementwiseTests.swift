@@ -105,4 +105,14 @@ final class ElementwiseTests: XCTestCase {
         let c = g.constant(try randomTensor([3], acc, seed: 1))
         XCTAssertThrowsError(try g.backward(try g.mean(c))) { XCTAssertTrue("\($0)".contains("does not depend on any parameter")) }
     }
+
+    func testMaskedFill_KeepsValuesAndGradientOnlyWhereKept() throws {
+        let x = try randomTensor([2, 3], acc, seed: 12)
+        let keep = [true, false, true, true, true, false]
+        try GradCheck().check("maskedFill", inputs: [x]) { g, v in try g.scale(try g.maskedFill(v[0], keep: keep, value: -5), by: 2) }
+        let g = Graph(accountant: acc)
+        let y = try g.maskedFill(g.constant(x), keep: keep, value: -.infinity)
+        XCTAssertEqual(y.value[1], -.infinity)
+        XCTAssertEqual(y.value[0], x[0])
+    }
 }

@@ -170,3 +170,18 @@ extension Graph {
         }
     }
 }
+
+extension Graph {
+    /// y = x where keep[i], else `value` (e.g. −∞ so a softmax gives masked entries weight 0);
+    /// the gradient flows only to the kept entries.
+    public func maskedFill(_ x: Variable, keep: [Bool], value: Float) throws -> Variable {
+        guard keep.count == x.value.count else { throw EspalierError.shapeMismatch("maskedFill: \(keep.count) mask entries for \(x.shape)") }
+        let y = try output(x.shape)
+        if computing { for i in 0..<keep.count { y[i] = keep[i] ? x.value[i] : value } }
+        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+            let dX = try self.gradTensor(dY.shape)
+            if ctx.computing { for i in 0..<keep.count { dX[i] = keep[i] ? dY[i] : 0 } }
+            try ctx.accumulate(0, dX)
+        }
+    }
+}

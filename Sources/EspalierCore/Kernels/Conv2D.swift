@@ -1,9 +1,10 @@
 // 2-D convolution, NCHW, no bias: forward and backward side by side, three tuned paths and the
 // naive reference they are tested against.
 //   pointwise  1×1, stride 1, no padding, groups 1   → one sgemm per sample
-//   depthwise  groups == Cin == Cout                 → direct loops, rows vectorised
+//   depthwise  groups == Cin == Cout                 → padded planes, SIMD row gathers (Depthwise.swift)
 //   im2col     everything else                       → im2col + sgemm per sample and group
-// Work is split over the batch (forward, dX) or channels (depthwise dW), one chunk per core.
+// Work is split over the batch (forward, dX), over planes (depthwise forward) or channels (depthwise
+// backward, so chunks never share a weight), one chunk per core.
 // Backward overwrites dX and ADDS into dW, so a parameter's gradient can be passed directly.
 // Buffers are owned by the caller; `workspaceFloats` says how much scratch each path needs.
 //
@@ -58,7 +59,11 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 
     /// Scratch floats the forward pass needs with `chunks` parallel chunks.
     public func forwardWorkspaceFloats(chunks: Int) -> Int {
-        algorithm == .im2col ? chunks * colSize : 0
+        switch algorithm {
+        case .pointwise: return 0
+        case .depthwise: return chunks * depthwiseForwardFloats
+        case .im2col: return chunks * colSize
+        }
     }
 
     /// Scratch floats the backward pass needs (columns, their gradient, per-chunk dW partials).
@@ -68,7 +73,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         case .pointwise:
             return needWeightGrad ? (chunks - 1) * wCount : 0
         case .depthwise:
-            return 0
+            return chunks * depthwiseBackwardFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
         case .im2col:
             let perChunk = colSize * ((needInputGrad ? 1 : 0) + (needWeightGrad ? 1 : 0))
             return chunks * perChunk + (needWeightGrad ? (chunks - 1) * wCount : 0)
@@ -84,7 +89,7 @@ extension Kernels {
                                      y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?) {
         switch g.algorithm {
         case .pointwise: pointwiseForward(g, x: x, w: w, y: y)
-        case .depthwise: depthwiseForward(g, x: x, w: w, y: y)
+        case .depthwise: depthwiseForward(g, x: x, w: w, y: y, workspace: workspace)
         case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!)
         }
     }
@@ -95,7 +100,7 @@ extension Kernels {
                                       dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
         switch g.algorithm {
         case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
-        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW)
+        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
         case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!)
         }
     }
@@ -139,7 +144,7 @@ extension Kernels {
         }
     }
 
-    // MARK: depthwise — direct loops
+    // MARK: depthwise — in Depthwise.swift
 
     /// Output columns `ow` whose input column `ow·s − p + kj·d` lies in [0, W).
     @inline(__always)
@@ -149,102 +154,6 @@ extension Kernels {
         let hiIncl = inSize - 1 - offset
         let hi = hiIncl < 0 ? 0 : min(outSize, hiIncl / s + 1)
         return lo..<max(lo, hi)
-    }
-
-    static func depthwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
-        let planes = g.n * g.cIn
-        Parallel.forChunks(planes) { r in
-            for plane in r {
-                let c = plane % g.cIn
-                let xp = x + plane * g.h * g.w, yp = y + plane * ho * wo, wp = w + c * kh * kw
-                yp.update(repeating: 0, count: ho * wo)
-                for oh in 0..<ho {
-                    let yrow = yp + oh * wo
-                    for ki in 0..<kh {
-                        let ih = oh * s - p + ki * d
-                        if ih < 0 || ih >= g.h { continue }
-                        let xrow = xp + ih * g.w
-                        for kj in 0..<kw {
-                            let wv = wp[ki * kw + kj], off = kj * d - p
-                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
-                            if s == 1 {
-                                let src = xrow + off
-                                for ow in rng { yrow[ow] += wv * src[ow] }
-                            } else {
-                                for ow in rng { yrow[ow] += wv * xrow[ow * s + off] }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                  dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?) {
-        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
-        if let dX {
-            // Scatter: dX[ih, ow·s + off] += w · dY[oh, ow]; planes are independent.
-            Parallel.forChunks(g.n * g.cIn) { r in
-                for plane in r {
-                    let c = plane % g.cIn
-                    let dxp = dX + plane * g.h * g.w, dyp = dY + plane * ho * wo, wp = w + c * kh * kw
-                    dxp.update(repeating: 0, count: g.h * g.w)
-                    for oh in 0..<ho {
-                        let dyrow = dyp + oh * wo
-                        for ki in 0..<kh {
-                            let ih = oh * s - p + ki * d
-                            if ih < 0 || ih >= g.h { continue }
-                            let dxrow = dxp + ih * g.w
-                            for kj in 0..<kw {
-                                let wv = wp[ki * kw + kj], off = kj * d - p
-                                let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
-                                if s == 1 {
-                                    let dst = dxrow + off
-                                    for ow in rng { dst[ow] += wv * dyrow[ow] }
-                                } else {
-                                    for ow in rng { dxrow[ow * s + off] += wv * dyrow[ow] }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let dW {
-            // dW[c, ki, kj] += Σ_n Σ_oh Σ_ow dY · x ; split over channels so chunks never share a weight.
-            Parallel.forChunks(g.cIn) { r in
-                for c in r {
-                    let wp = dW + c * kh * kw
-                    for ki in 0..<kh {
-                        for kj in 0..<kw {
-                            let off = kj * d - p
-                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
-                            var acc: Float = 0
-                            for sample in 0..<g.n {
-                                let plane = sample * g.cIn + c
-                                let xp = x + plane * g.h * g.w, dyp = dY + plane * ho * wo
-                                for oh in 0..<ho {
-                                    let ih = oh * s - p + ki * d
-                                    if ih < 0 || ih >= g.h { continue }
-                                    let xrow = xp + ih * g.w, dyrow = dyp + oh * wo
-                                    var rowAcc: Float = 0
-                                    if s == 1 {
-                                        let src = xrow + off
-                                        for ow in rng { rowAcc += dyrow[ow] * src[ow] }
-                                    } else {
-                                        for ow in rng { rowAcc += dyrow[ow] * xrow[ow * s + off] }
-                                    }
-                                    acc += rowAcc
-                                }
-                            }
-                            wp[ki * kw + kj] += acc
-                        }
-                    }
-                }
-            }
-        }
     }
 
     // MARK: im2col + sgemm

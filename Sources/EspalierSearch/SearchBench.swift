@@ -1,0 +1,135 @@
+// `espalier bench`: the reference workload of ../shared/bench (the same supernets, shapes and
+// step), timed, with the accountant's peak by category, the process's peak RSS minus the RSS after
+// build (the way the reference measures memory), the FLOPs the engine counted for one step and
+// the achieved fraction of the machine's measured FMA peak. Figures only; never a test.
+
+import EspalierCore
+import EspalierHost
+import Foundation
+
+public struct BenchShape: Sendable {
+    public let name: String, batch: Int, channels: Int, height: Int, width: Int, c: Int, cells: Int
+    public static let all: [BenchShape] = [
+        BenchShape(name: "small", batch: 32, channels: 1, height: 28, width: 28, c: 8, cells: 5),
+        BenchShape(name: "fmnist", batch: 64, channels: 1, height: 28, width: 28, c: 16, cells: 8),
+        BenchShape(name: "cifar", batch: 64, channels: 3, height: 32, width: 32, c: 16, cells: 8),
+    ]
+}
+
+public struct BenchResult: Codable, Sendable {
+    public var variant: String, shape: String
+    public var steps: Int
+    public var medianSeconds: Double, minSeconds: Double
+    public var flopsPerStep: Int
+    public var gflops: Double
+    public var fmaPeakGflops: Double
+    public var peakBytes: Int
+    public var peakByCategory: [String: Int]
+    public var rssAfterBuildMiB: Double, peakRSSMiB: Double
+    public var peakMinusBuildMiB: Double { peakRSSMiB - rssAfterBuildMiB }
+    public var weights: Int
+}
+
+public enum SearchBench {
+    public static let variants = ["darts", "masked", "zeroshot", "pcdarts", "gdas"]
+
+    /// Resident set size now, from /proc/self/statm (MiB).
+    public static func currentRSSMiB() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = text.split(separator: " ").dropFirst().first.flatMap({ Double($0) }) else { return 0 }
+        return pages * Double(sysconf(Int32(_SC_PAGESIZE))) / 1048576
+    }
+
+    /// Peak resident set size of the process (MiB).
+    public static func peakRSSMiB() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_maxrss) / 1024
+    }
+
+    /// Measured FMA throughput of `threads` cores (GFLOP/s): independent SIMD8 multiply-add chains.
+    public static func fmaPeak(threads: Int = Parallel.workers, seconds: Double = 0.3) -> Double {
+        let iterations = 2_000_000
+        var best = 0.0
+        for _ in 0..<3 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            var sink = [Float](repeating: 0, count: threads)
+            sink.withUnsafeMutableBufferPointer { out in
+                let o = out.baseAddress!
+                DispatchQueue.concurrentPerform(iterations: threads) { t in
+                    var a0 = SIMD8<Float>(repeating: 1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
+                    let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
+                    for _ in 0..<iterations {
+                        a0 = a0 * m + c; a1 = a1 * m + c; a2 = a2 * m + c; a3 = a3 * m + c
+                        a4 = a4 * m + c; a5 = a5 * m + c; a6 = a6 * m + c; a7 = a7 * m + c
+                    }
+                    o[t] = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
+                }
+            }
+            let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            best = max(best, Double(threads * iterations * 8 * 8 * 2) / s / 1e9)
+            if sink.contains(.nan) { best = 0 }
+            if s > seconds { break }
+        }
+        return best
+    }
+
+    /// Builds the supernet of `variant` at `shape` and times `steps` steps after 2 warm-ups.
+    public static func run(variant: String, shape: BenchShape, steps: Int, registry: PluginRegistry, seed: UInt64 = 0) throws -> BenchResult {
+        guard ["darts", "masked", "zeroshot"].contains(variant) else {
+            throw EspalierError.config("bench variant '\(variant)' needs its method plugin (PC-DARTS and GDAS come with their plugins); available now: darts, masked, zeroshot")
+        }
+        var config = SearchConfig()
+        config.space.channels = shape.c
+        config.space.cells = shape.cells
+        config.batchSize = shape.batch
+        config.seed = seed
+        config.epochs = 1
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: seed)
+        let data = try acc.withOwner("dataset") {
+            try Dataset.synthetic(count: 2 * shape.batch, channels: shape.channels, height: shape.height, width: shape.width, classes: 10, seed: seed, accountant: acc)
+        }
+        let run = try SearchRun(config: config, registry: registry, context: context, train: data.all, outDirectory: nil)
+        if variant == "masked" {
+            // Keep each op with probability 0.5 (seed 0), at least one per edge; one mask per cell type.
+            var rng = RNG(seed: 0)
+            let k = config.space.ops.count
+            for reduction in [false, true] {
+                for e in 0..<config.space.edgesPerCell {
+                    var keep = (0..<k).map { _ in rng.uniform() < 0.5 }
+                    if !keep.contains(true) { keep[rng.int(k)] = true }
+                    for o in 0..<k where !keep[o] { try run.supernet.setOpState(reduction: reduction, edge: e, op: o, .masked) }
+                }
+            }
+        }
+        let train = try run.trainLoader.nextCycling(accountant: acc), valid = try run.validLoader.nextCycling(accountant: acc)
+        let rssAfterBuild = currentRSSMiB()
+        func oneStep() throws {
+            if variant == "zeroshot" {
+                run.train(weights: false, arch: false)
+                _ = try run.graph.noGrad { try run.lossAndGradients(train.images, train.labels, backward: false) }
+            } else {
+                try run.step(train: train, valid: valid)
+            }
+        }
+        for _ in 0..<2 { try oneStep() }
+        acc.resetPeak()
+        var times: [Double] = []
+        let flops0 = run.graph.flops
+        for _ in 0..<steps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try oneStep()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+        let flops = (run.graph.flops - flops0) / max(steps, 1)
+        times.sort()
+        var peaks: [String: Int] = [:]
+        for c in MemoryCategory.allCases { peaks[c.name] = acc.peakByCategory[c] }
+        let median = times[times.count / 2]
+        return BenchResult(variant: variant, shape: shape.name, steps: steps, medianSeconds: median, minSeconds: times[0],
+                           flopsPerStep: flops, gflops: Double(flops) / median / 1e9, fmaPeakGflops: 0,
+                           peakBytes: acc.peakTotal, peakByCategory: peaks, rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSSMiB(),
+                           weights: run.supernet.weightCount)
+    }
+}

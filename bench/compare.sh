@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Espalier's `bench` and the PyTorch reference (../shared/bench/reference)
+# on the same supernets and shapes, alternating per configuration on this machine, then the
+# ratios ours/reference for time and memory. Needs the reference's Python environment
+# (see ../shared/bench/README.md: torch==2.15.0 in a venv); installing it is a benchmark step,
+# never part of the tests or CI.
+#   bench/compare.sh [VARIANTS] [SHAPES] [STEPS]      e.g. bench/compare.sh "darts masked zeroshot" "small fmnist" 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VARIANTS=${1:-"darts masked zeroshot"}
+SHAPES=${2:-"small fmnist"}
+STEPS=${3:-5}
+PY=${PY:-/tmp/torchref/bin/python}
+REF=${REF:-$PWD/../shared/bench/reference}
+OUT=${OUT:-/tmp/espalier-compare}
+mkdir -p "$OUT"
+swift build -c release --product espalier >/dev/null
+for lib in espalier-darts espalier-gates; do swift build -c release --product "$lib" >/dev/null; done
+ESP=.build/release/espalier
+have_ref=1
+if [ ! -x "$PY" ] || ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "reference environment not found at $PY (set PY=...); printing Espalier's figures only" >&2
+    have_ref=0
+fi
+printf "%-9s %-7s %12s %12s %8s %14s %14s %8s\n" variant shape "ours s/step" "ref s/step" ratio "ours MiB" "ref MiB" ratio
+for shape in $SHAPES; do
+  for v in $VARIANTS; do
+    ours=$("$ESP" bench --variant "$v" --shape "$shape" --steps "$STEPS" --json | sed -n 's/^RESULT //p')
+    ot=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['medianSeconds'])" "$ours")
+    om=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['peakRSSMiB']-d['rssAfterBuildMiB'])" "$ours")
+    if [ $have_ref = 1 ]; then
+      ref=$(cd "$OUT" && OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" "$REF/bench_search.py" --variant "$v" --shape "$shape" \
+            --warmup 2 --steps "$STEPS" --min-steps 3 --budget 300 --threads 2 | sed -n 's/^RESULT //p')
+      rt=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['step_median_s'])" "$ref")
+      rm_=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['peak_minus_build_MiB'])" "$ref")
+      printf "%-9s %-7s %12.3f %12.3f %8.2f %14.0f %14.0f %8.2f\n" "$v" "$shape" "$ot" "$rt" "$(python3 -c "print($ot/$rt)")" "$om" "$rm_" "$(python3 -c "print($om/$rm_)")"
+    else
+      printf "%-9s %-7s %12.3f %12s %8s %14.0f %14s %8s\n" "$v" "$shape" "$ot" - - "$om" - -
+    fi
+  done
+done
