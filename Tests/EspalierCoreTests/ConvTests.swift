@@ -16,12 +16,34 @@ final class ConvTests: XCTestCase {
         ConvGeometry(n: 2, cIn: 4, h: 6, w: 6, cOut: 6, kh: 3, kw: 3, stride: 2, padding: 0, groups: 2),  // grouped s2
         ConvGeometry(n: 3, cIn: 4, h: 6, w: 6, cOut: 3, kh: 1, kw: 1, stride: 2),                        // 1×1 stride 2
         ConvGeometry(n: 1, cIn: 2, h: 4, w: 4, cOut: 2, kh: 3, kw: 3, padding: 3),                       // padding > k/2
+        ConvGeometry(n: 1, cIn: 1, h: 7, w: 7, cOut: 1, kh: 3, kw: 3, padding: 1),                       // 1 channel
+    ] + depthwise
+
+    /// Depthwise geometries reaching every specialised kernel of the fast path (k3/k5 × d1/d2 × s1/s2,
+    /// odd and even padding, sizes not a multiple of 4, 7×7 planes), its generic kernel and the direct loops.
+    static let depthwise: [ConvGeometry] = [
+        ConvGeometry(n: 2, cIn: 3, h: 6, w: 9, cOut: 3, kh: 5, kw: 5, stride: 1, padding: 2, groups: 3),                 // k5 d1 s1
+        ConvGeometry(n: 2, cIn: 2, h: 7, w: 7, cOut: 2, kh: 5, kw: 5, stride: 1, padding: 4, dilation: 2, groups: 2),    // k5 d2 s1, 7×7
+        ConvGeometry(n: 2, cIn: 3, h: 7, w: 7, cOut: 3, kh: 3, kw: 3, stride: 2, padding: 1, groups: 3),                 // k3 d1 s2, odd p
+        ConvGeometry(n: 2, cIn: 2, h: 10, w: 11, cOut: 2, kh: 3, kw: 3, stride: 2, padding: 2, dilation: 2, groups: 2),  // k3 d2 s2
+        ConvGeometry(n: 1, cIn: 2, h: 8, w: 8, cOut: 2, kh: 5, kw: 5, stride: 2, padding: 4, dilation: 2, groups: 2),    // k5 d2 s2, even W
+        ConvGeometry(n: 2, cIn: 2, h: 5, w: 6, cOut: 2, kh: 3, kw: 3, stride: 1, padding: 0, groups: 2),                 // no padding
+        ConvGeometry(n: 2, cIn: 2, h: 8, w: 7, cOut: 2, kh: 3, kw: 3, stride: 2, padding: 0, groups: 2),                 // s2 no padding
+        ConvGeometry(n: 2, cIn: 2, h: 6, w: 7, cOut: 2, kh: 3, kw: 5, stride: 1, padding: 2, groups: 2),                 // 3×5: generic kernel
+        ConvGeometry(n: 2, cIn: 2, h: 7, w: 6, cOut: 2, kh: 3, kw: 5, stride: 2, padding: 1, dilation: 2, groups: 2),    // 3×5 s2 d2: generic
+        ConvGeometry(n: 2, cIn: 2, h: 7, w: 7, cOut: 2, kh: 3, kw: 3, stride: 1, padding: 3, groups: 2),                 // p > d(k−1): direct
+        ConvGeometry(n: 2, cIn: 2, h: 9, w: 8, cOut: 2, kh: 3, kw: 3, stride: 3, padding: 1, groups: 2),                 // stride 3: direct
     ]
 
     /// Bench-sized problems (many samples per chunk, both cores busy) on the tuned paths.
     static let large: [ConvGeometry] = [
         ConvGeometry(n: 8, cIn: 16, h: 28, w: 28, cOut: 16, kh: 1, kw: 1),
         ConvGeometry(n: 8, cIn: 16, h: 28, w: 28, cOut: 16, kh: 5, kw: 5, padding: 4, dilation: 2, groups: 16),
+        ConvGeometry(n: 6, cIn: 16, h: 28, w: 28, cOut: 16, kh: 3, kw: 3, padding: 1, groups: 16),
+        ConvGeometry(n: 5, cIn: 32, h: 14, w: 14, cOut: 32, kh: 5, kw: 5, padding: 2, groups: 32),
+        ConvGeometry(n: 4, cIn: 16, h: 28, w: 28, cOut: 16, kh: 3, kw: 3, stride: 2, padding: 2, dilation: 2, groups: 16),
+        ConvGeometry(n: 3, cIn: 64, h: 14, w: 14, cOut: 64, kh: 5, kw: 5, stride: 2, padding: 2, groups: 64),
+        ConvGeometry(n: 7, cIn: 64, h: 7, w: 7, cOut: 64, kh: 3, kw: 3, padding: 2, dilation: 2, groups: 64),
     ]
 
     func testTunedPaths_MatchNaiveReference() throws {
@@ -59,6 +81,47 @@ final class ConvTests: XCTestCase {
             try GradCheck().check("conv \(g)", inputs: [x, w]) { graph, v in
                 try graph.conv2d(v[0], v[1], stride: g.stride, padding: g.padding, dilation: g.dilation, groups: g.groups)
             }
+        }
+    }
+
+    /// dX alone, dW alone and both give the same gradients, and no call writes past the workspace
+    /// it asks for (the memory accountant charges exactly `*WorkspaceFloats`).
+    func testDepthwise_EachGradientAlone_MatchesBoth_AndStaysInItsWorkspace() throws {
+        let acc = MemoryAccountant()
+        let guardFloats = 64, sentinel: Float = -12345
+        for (k, g) in (Self.depthwise + Self.large.filter { $0.algorithm == .depthwise }).enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(300 + k))
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(400 + k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(500 + k))
+            let chunks = Parallel.chunkCount(g.n)
+            func workspace(_ floats: Int) throws -> Tensor {
+                let ws = try Tensor(shape: [floats + guardFloats], category: .workspace, accountant: acc)
+                ws.fill(sentinel)
+                return ws
+            }
+            func checkGuard(_ ws: Tensor, _ floats: Int, _ what: String) {
+                let a = ws.array
+                XCTAssertTrue(a[floats...].allSatisfy { $0 == sentinel }, "\(what) wrote past its \(floats)-float workspace: \(g)")
+            }
+            let fFloats = g.forwardWorkspaceFloats(chunks: chunks)
+            let fws = try workspace(fFloats)
+            let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr)
+            checkGuard(fws, fFloats, "forward")
+
+            var results: [(dX: [Float]?, dW: [Float]?)] = []
+            for (needX, needW) in [(true, true), (true, false), (false, true)] {
+                let floats = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW)
+                let ws = try workspace(floats)
+                let dX = try Tensor(shape: x.shape, category: .data, accountant: acc)
+                let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: needX ? dX.ptr : nil, dW: needW ? dW.ptr : nil,
+                                       workspace: ws.ptr)
+                checkGuard(ws, floats, "backward dX \(needX) dW \(needW)")
+                results.append((needX ? dX.array : nil, needW ? dW.array : nil))
+            }
+            assertClose(results[1].dX!, results[0].dX!, tol: 0, "dX alone \(g)")
+            assertClose(results[2].dW!, results[0].dW!, tol: 0, "dW alone \(g)")
         }
     }
 
