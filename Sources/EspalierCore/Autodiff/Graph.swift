@@ -114,6 +114,10 @@ public final class Graph {
     /// FLOPs counted by kernels run through this graph (multiply-add = 2).
     public var flops: Int = 0
     private(set) var tape: [Node] = []
+    /// ReLU of the same value, computed once per tape: in a supernet every op on every edge
+    /// leaving a node starts with ReLU of that node (DARTS ops), so this keeps one copy instead
+    /// of one per op. Only while recording, where the output is kept for backward anyway.
+    var reluCache: [ObjectIdentifier: (input: Variable, output: Variable)] = [:]
 
     public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
         self.accountant = accountant
@@ -235,6 +239,7 @@ public final class Graph {
     /// Drops every recorded node (and what it saved) without running backward.
     public func clearTape() {
         tape.removeAll(keepingCapacity: true)
+        reluCache.removeAll()
     }
 
     /// The gradient that reached a `leaf` after `backward`, or nil.

@@ -38,8 +38,16 @@ extension Graph {
         }
     }
 
-    /// max(x, 0). Saves its output (the input can then be freed).
+    /// max(x, 0). Saves its output (the input can then be freed). While recording, the ReLU of
+    /// a value is computed once and shared by every consumer (see `reluCache`).
     public func relu(_ x: Variable) throws -> Variable {
+        if isRecording, x.requiresGrad, let hit = reluCache[ObjectIdentifier(x)] { return hit.output }
+        let out = try reluUncached(x)
+        if isRecording, x.requiresGrad { reluCache[ObjectIdentifier(x)] = (x, out) }
+        return out
+    }
+
+    private func reluUncached(_ x: Variable) throws -> Variable {
         let y = try output(x.shape)
         if computing { Kernels.reluForward(x.value.ptr, y.ptr, count: y.count) }
         return record(y, inputs: [x]) { [unowned self] dY, ctx in

@@ -57,7 +57,12 @@ extension Graph {
         var gammaIndex: Int? = nil, betaIndex: Int? = nil
         if let gamma { gammaIndex = inputs.count; inputs.append(gamma) }
         if let beta { betaIndex = inputs.count; inputs.append(beta) }
-        let xValue = x.value, gammaValue = gamma?.value
+        // Without an affine map the output is x̂ itself: keep it instead of the input, so that the
+        // input (often a convolution's output used nowhere else) is freed now. In evaluation mode
+        // without affine nothing needs keeping.
+        let keepOutput = gamma == nil && beta == nil
+        let saved: Tensor? = keepOutput ? (batchStatistics ? y : nil) : x.value
+        let gammaValue = gamma?.value
         return record(y, inputs: inputs) { [unowned self] dY, ctx in
             // γ and β gradients: into the parameter's buffer directly, else a zeroed temporary.
             func grad(_ index: Int?) throws -> (Tensor?, Bool) {
@@ -69,9 +74,10 @@ extension Graph {
             let (dBeta, dBetaIsTemp) = try grad(betaIndex)
             let dX = ctx.needs(0) ? try self.gradTensor(shape) : nil
             if ctx.computing {
-                Kernels.batchNormBackward(xValue.ptr, dY: dY.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
+                // With nothing saved (evaluation, no affine) the kernel reads dY in place of x: only dX = invStd·dY is computed.
+                Kernels.batchNormBackward((saved ?? dY).ptr, dY: dY.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
                                           gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
-                                          dX: dX?.ptr, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr)
+                                          dX: dX?.ptr, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput)
             }
             self.flops += count * (batchStatistics ? 7 : 4)
             if let dX { try ctx.accumulate(0, dX) }

@@ -62,15 +62,19 @@ extension Kernels {
 
     /// Backward. `batchStatistics`: mean/invStd were computed from this x (training), so dX
     /// includes their dependence on x. dX overwritten; dGamma, dBeta accumulated (each if non-nil).
+    /// `normalizedInput`: `x` holds x̂ = (x − mean)·invStd itself (the output of a BN without
+    /// affine map), so the op need not keep its input alive; `mean` is then ignored.
     public static func batchNormBackward(_ x: UnsafePointer<Float>, dY: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
                                          mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                          gamma: UnsafePointer<Float>?, batchStatistics: Bool,
                                          dX: UnsafeMutablePointer<Float>?, dGamma: UnsafeMutablePointer<Float>?,
-                                         dBeta: UnsafeMutablePointer<Float>?) {
+                                         dBeta: UnsafeMutablePointer<Float>?, normalizedInput: Bool = false) {
         let m = Float(n * hw)
         let needSums = dGamma != nil || dBeta != nil || (dX != nil && batchStatistics)
         forItems(c, itemSize: n * hw * 3) { ch in
-            let mu = mean[ch], istd = invStd[ch]
+            let mu = normalizedInput ? 0 : mean[ch], istd = invStd[ch]
+            // (x − mu)·xcScale is x − mean in both cases.
+            let xcScale: Float = normalizedInput ? 1 / istd : 1
             var sumDy: Double = 0, sumDyXc: Double = 0   // Σ dY, Σ dY·(x − mean)
             if needSums {
                 for sample in 0..<n {
@@ -88,7 +92,7 @@ extension Kernels {
                     sumDyXc += Double((s0 + s1) + (s2 + s3))
                 }
             }
-            let sumDyXhat = sumDyXc * Double(istd)
+            let sumDyXhat = sumDyXc * Double(xcScale) * Double(istd)
             dBeta?[ch] += Float(sumDy)
             dGamma?[ch] += Float(sumDyXhat)
             guard let dX else { return }
@@ -97,7 +101,7 @@ extension Kernels {
             if batchStatistics {
                 // dX = a·(dY − sumDy/M − x̂·sumDyXhat/M), x̂ = (x − mu)·istd
                 let meanDy = Float(sumDy) / m
-                let k = Float(sumDyXhat) / m * istd   // coefficient of (x − mu)
+                let k = Float(sumDyXhat) / m * istd * xcScale   // coefficient of (x − mu)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
                     let xr = x + off, dyr = dY + off, dxr = dX + off
@@ -144,14 +148,14 @@ extension Kernels {
                                               mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                               gamma: UnsafePointer<Float>?, batchStatistics: Bool,
                                               dX: UnsafeMutablePointer<Float>?, dGamma: UnsafeMutablePointer<Float>?,
-                                              dBeta: UnsafeMutablePointer<Float>?) {
+                                              dBeta: UnsafeMutablePointer<Float>?, normalizedInput: Bool = false) {
         let m = Double(n * hw)
         for ch in 0..<c {
             var sumDy: Double = 0, sumDyXhat: Double = 0
             for sample in 0..<n {
                 for i in 0..<hw {
                     let j = (sample * c + ch) * hw + i
-                    let xhat = (Double(x[j]) - Double(mean[ch])) * Double(invStd[ch])
+                    let xhat = normalizedInput ? Double(x[j]) : (Double(x[j]) - Double(mean[ch])) * Double(invStd[ch])
                     sumDy += Double(dY[j]); sumDyXhat += Double(dY[j]) * xhat
                 }
             }
@@ -162,7 +166,7 @@ extension Kernels {
             for sample in 0..<n {
                 for i in 0..<hw {
                     let j = (sample * c + ch) * hw + i
-                    let xhat = (Double(x[j]) - Double(mean[ch])) * Double(invStd[ch])
+                    let xhat = normalizedInput ? Double(x[j]) : (Double(x[j]) - Double(mean[ch])) * Double(invStd[ch])
                     let inner = batchStatistics ? Double(dY[j]) - sumDy / m - xhat * sumDyXhat / m : Double(dY[j])
                     dX[j] = Float(g * Double(invStd[ch]) * inner)
                 }

@@ -48,8 +48,9 @@ struct DepthwisePlan {
             let shiftMax = (kw - 1) * d / 2                    // largest column shift within a phase
             pStride = max(4 * nv + shiftMax, (w + 2 * p + 1) / 2)
             nvX = ((w - 1 + p) / 2 + 1 + 3) / 4               // phase columns 0...(W−1+p)/2
-            qTop = 0; qLeft = shiftMax
-            qRows = ho
+            // dX row r gathers dY rows (r − ki·d)/2: zero margins above and below keep them in Q.
+            qTop = ((kh - 1) * d + 1) / 2; qLeft = shiftMax
+            qRows = qTop + max(ho, (h - 1 + p) / 2 + 1)
             qStride = shiftMax + 4 * max(nvX, nv)
         }
     }
@@ -76,7 +77,13 @@ struct DepthwisePlan {
             let row = pb + (ih + p) * pStride, src = x + ih * w
             let even = row + evenPhase * phaseSize + (p >> 1)     // x[2m]   → phase[(2m + p) / 2]
             let odd = row + oddPhase * phaseSize + ((p + 1) >> 1) // x[2m+1] → phase[(2m + 1 + p) / 2]
-            for m in 0..<(w >> 1) { even[m] = src[2 * m]; odd[m] = src[2 * m + 1] }
+            var m = 0
+            while 2 * m + 8 <= w {
+                let v = UnsafeRawPointer(src + 2 * m).loadUnaligned(as: SIMD8<Float>.self)
+                store4(even + m, v.evenHalf); store4(odd + m, v.oddHalf)
+                m += 4
+            }
+            while 2 * m + 1 < w { even[m] = src[2 * m]; odd[m] = src[2 * m + 1]; m += 1 }
             if w & 1 != 0 { even[w >> 1] = src[w - 1] }
         }
     }
@@ -190,114 +197,208 @@ extension Kernels {
     static func depthwiseGather(_ kh: Int, _ kw: Int, _ s: Int, _ d: Int, src: UnsafePointer<Float>, phaseSize: Int,
                                 rowStride: Int, wv: UnsafePointer<SIMD4<Float>>, rows: Int, cols: Int,
                                 out: UnsafeMutablePointer<Float>, outStride: Int) {
-        @inline(__always) func run(_ kh: Int, _ kw: Int, _ s: Int, _ d: Int) {
-            gatherRows(kh: kh, kw: kw, s: s, d: d, src: src, phaseSize: phaseSize, rowStride: rowStride, wv: wv,
-                       rows: rows, cols: cols, out: out, outStride: outStride)
-        }
+        let a = GatherArgs(src: src, phaseSize: phaseSize, rowStride: rowStride, wv: wv, rows: rows, cols: cols,
+                           out: out, outStride: outStride)
+        // Each case inlines the kernel with its taps known, so the tap loops unroll.
         switch (kh, kw, s, d) {
-        case (3, 3, 1, 1): run(3, 3, 1, 1)
-        case (3, 3, 1, 2): run(3, 3, 1, 2)
-        case (5, 5, 1, 1): run(5, 5, 1, 1)
-        case (5, 5, 1, 2): run(5, 5, 1, 2)
-        case (3, 3, 2, 1): run(3, 3, 2, 1)
-        case (3, 3, 2, 2): run(3, 3, 2, 2)
-        case (5, 5, 2, 1): run(5, 5, 2, 1)
-        case (5, 5, 2, 2): run(5, 5, 2, 2)
-        default: run(kh, kw, s, d)
+        case (3, 3, 1, 1): gatherRows(kh: 3, kw: 3, s: 1, d: 1, a)
+        case (3, 3, 1, 2): gatherRows(kh: 3, kw: 3, s: 1, d: 2, a)
+        case (5, 5, 1, 1): gatherRows(kh: 5, kw: 5, s: 1, d: 1, a)
+        case (5, 5, 1, 2): gatherRows(kh: 5, kw: 5, s: 1, d: 2, a)
+        case (3, 3, 2, 1): gatherRows(kh: 3, kw: 3, s: 2, d: 1, a)
+        case (3, 3, 2, 2): gatherRows(kh: 3, kw: 3, s: 2, d: 2, a)
+        case (5, 5, 2, 1): gatherRows(kh: 5, kw: 5, s: 2, d: 1, a)
+        case (5, 5, 2, 2): gatherRows(kh: 5, kw: 5, s: 2, d: 2, a)
+        default: gatherRows(kh: kh, kw: kw, s: s, d: d, a)
         }
     }
 
-    /// One output vector: Σ taps wv · src at `at` shifted by each tap (see `depthwiseGather`).
+    /// Operands of `gatherRows` (see `depthwiseGather`).
+    struct GatherArgs {
+        var src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int, wv: UnsafePointer<SIMD4<Float>>
+        var rows: Int, cols: Int, out: UnsafeMutablePointer<Float>, outStride: Int
+    }
+
+    /// Offset of tap column `col` (= kj·d) in P: its phase and shift at stride 2.
+    @inline(__always)
+    static func tapColumn(_ col: Int, s: Int, phaseSize: Int) -> Int {
+        s == 1 ? col : (col & 1) * phaseSize + (col >> 1)
+    }
+
+    /// Four output rows r = 0...3 of one vector column at once: the loads of an input row are
+    /// shared by every output row it reaches, and each row sums even and odd kernel rows apart
+    /// (two shorter add chains).
+    @inline(__always)
+    static func tapSums4(kh: Int, kw: Int, s: Int, d: Int, at: UnsafePointer<Float>, phaseSize: Int, rowStride: Int,
+                         wv: UnsafePointer<SIMD4<Float>>) -> (SIMD4<Float>, SIMD4<Float>, SIMD4<Float>, SIMD4<Float>) {
+        var e0 = SIMD4<Float>(), e1 = SIMD4<Float>(), e2 = SIMD4<Float>(), e3 = SIMD4<Float>()
+        var o0 = SIMD4<Float>(), o1 = SIMD4<Float>(), o2 = SIMD4<Float>(), o3 = SIMD4<Float>()
+        for ki in 0..<kh {
+            for kj in 0..<kw {
+                let wt = wv[ki * kw + kj], off = tapColumn(kj * d, s: s, phaseSize: phaseSize)
+                let p0 = wt * load4(at + (ki * d) * rowStride + off)
+                let p1 = wt * load4(at + (s + ki * d) * rowStride + off)
+                let p2 = wt * load4(at + (2 * s + ki * d) * rowStride + off)
+                let p3 = wt * load4(at + (3 * s + ki * d) * rowStride + off)
+                if ki & 1 == 0 {
+                    if ki == 0 && kj == 0 { e0 = p0; e1 = p1; e2 = p2; e3 = p3 } else { e0 += p0; e1 += p1; e2 += p2; e3 += p3 }
+                } else {
+                    if ki == 1 && kj == 0 { o0 = p0; o1 = p1; o2 = p2; o3 = p3 } else { o0 += p0; o1 += p1; o2 += p2; o3 += p3 }
+                }
+            }
+        }
+        return kh > 1 ? (e0 + o0, e1 + o1, e2 + o2, e3 + o3) : (e0, e1, e2, e3)
+    }
+
+    /// One output row of one vector column.
     @inline(__always)
     static func tapSum(kh: Int, kw: Int, s: Int, d: Int, at: UnsafePointer<Float>, phaseSize: Int, rowStride: Int,
                        wv: UnsafePointer<SIMD4<Float>>) -> SIMD4<Float> {
-        var acc0 = SIMD4<Float>(), acc1 = SIMD4<Float>()      // two chains: even and odd kernel rows
+        var e = SIMD4<Float>(), o = SIMD4<Float>()
         for ki in 0..<kh {
-            let row = at + ki * d * rowStride
-            var part = SIMD4<Float>()
             for kj in 0..<kw {
-                let col = kj * d
-                let ptr = s == 1 ? row + col : row + (col & 1) * phaseSize + (col >> 1)
-                part += wv[ki * kw + kj] * load4(ptr)
+                let v = wv[ki * kw + kj] * load4(at + (ki * d) * rowStride + tapColumn(kj * d, s: s, phaseSize: phaseSize))
+                if ki & 1 == 0 { if ki == 0 && kj == 0 { e = v } else { e += v } } else { if ki == 1 && kj == 0 { o = v } else { o += v } }
             }
-            if ki & 1 == 0 { acc0 += part } else { acc1 += part }
         }
-        return acc0 + acc1
+        return kh > 1 ? e + o : e
+    }
+
+    /// Stores lanes 0..<n (1...4) of v at p.
+    @inline(__always)
+    static func storePartial(_ p: UnsafeMutablePointer<Float>, _ v: SIMD4<Float>, _ n: Int) {
+        switch n {
+        case 4: store4(p, v)
+        case 3: UnsafeMutableRawPointer(p).storeBytes(of: v.lowHalf, as: SIMD2<Float>.self); p[2] = v[2]
+        case 2: UnsafeMutableRawPointer(p).storeBytes(of: v.lowHalf, as: SIMD2<Float>.self)
+        default: p[0] = v[0]
+        }
     }
 
     @inline(__always)
-    static func gatherRows(kh: Int, kw: Int, s: Int, d: Int, src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int,
-                           wv: UnsafePointer<SIMD4<Float>>, rows: Int, cols: Int, out: UnsafeMutablePointer<Float>, outStride: Int) {
-        let full = cols >> 2, rem = cols & 3
-        for r in 0..<rows {
+    static func gatherRows(kh: Int, kw: Int, s: Int, d: Int, _ a: GatherArgs) {
+        let (src, phaseSize, rowStride, wv, rows, cols, out, outStride) =
+            (a.src, a.phaseSize, a.rowStride, a.wv, a.rows, a.cols, a.out, a.outStride)
+        let vectors = (cols + 3) >> 2, last = cols - 4 * (vectors - 1)      // lanes of the last vector
+        var r = 0
+        while r + 4 <= rows {
             let at = src + s * r * rowStride, orow = out + r * outStride
-            for j in 0..<full {
-                store4(orow + 4 * j, tapSum(kh: kh, kw: kw, s: s, d: d, at: at + 4 * j, phaseSize: phaseSize,
-                                            rowStride: rowStride, wv: wv))
+            for j in 0..<vectors {
+                let (y0, y1, y2, y3) = tapSums4(kh: kh, kw: kw, s: s, d: d, at: at + 4 * j, phaseSize: phaseSize,
+                                                rowStride: rowStride, wv: wv)
+                let n = j == vectors - 1 ? last : 4
+                storePartial(orow + 4 * j, y0, n)
+                storePartial(orow + outStride + 4 * j, y1, n)
+                storePartial(orow + 2 * outStride + 4 * j, y2, n)
+                storePartial(orow + 3 * outStride + 4 * j, y3, n)
             }
-            if rem != 0 {
-                let v = tapSum(kh: kh, kw: kw, s: s, d: d, at: at + 4 * full, phaseSize: phaseSize, rowStride: rowStride, wv: wv)
-                for l in 0..<rem { orow[4 * full + l] = v[l] }
+            r += 4
+        }
+        while r < rows {
+            let at = src + s * r * rowStride, orow = out + r * outStride
+            for j in 0..<vectors {
+                let y = tapSum(kh: kh, kw: kw, s: s, d: d, at: at + 4 * j, phaseSize: phaseSize, rowStride: rowStride, wv: wv)
+                storePartial(orow + 4 * j, y, j == vectors - 1 ? last : 4)
             }
+            r += 1
         }
     }
 
     /// acc[ki·kw+kj] += Σ_{oh, ow} dy[oh, ow] · P[phase(kj·d)][(s·oh + ki·d)·rowStride + shift(kj·d) + ow]
     /// over `vectors` SIMD4 per row; dy's lanes past Wo are zeros of Q, so they add nothing.
+    /// The taps are summed in register groups of at most 10 (3×3: all nine; 5×5: kernel rows 0–1, 2–3, 4).
     static func depthwiseWeightGrad(_ kh: Int, _ kw: Int, _ s: Int, _ d: Int, src: UnsafePointer<Float>, phaseSize: Int,
                                     rowStride: Int, dy: UnsafePointer<Float>, dyStride: Int, rows: Int, vectors: Int,
                                     acc: UnsafeMutablePointer<SIMD4<Float>>) {
-        @inline(__always) func run(_ kh: Int, _ kw: Int, _ s: Int, _ d: Int) {
-            weightGradRows(kh: kh, kw: kw, s: s, d: d, src: src, phaseSize: phaseSize, rowStride: rowStride,
-                           dy: dy, dyStride: dyStride, rows: rows, vectors: vectors, acc: acc)
-        }
+        let a = WeightGradArgs(src: src, phaseSize: phaseSize, rowStride: rowStride, dy: dy, dyStride: dyStride,
+                               rows: rows, vectors: vectors, acc: acc)
         switch (kh, kw, s, d) {
-        case (3, 3, 1, 1): run(3, 3, 1, 1)
-        case (3, 3, 1, 2): run(3, 3, 1, 2)
-        case (5, 5, 1, 1): run(5, 5, 1, 1)
-        case (5, 5, 1, 2): run(5, 5, 1, 2)
-        case (3, 3, 2, 1): run(3, 3, 2, 1)
-        case (3, 3, 2, 2): run(3, 3, 2, 2)
-        case (5, 5, 2, 1): run(5, 5, 2, 1)
-        case (5, 5, 2, 2): run(5, 5, 2, 2)
-        default: run(kh, kw, s, d)
-        }
-    }
-
-    @inline(__always)
-    static func weightGradRows(kh: Int, kw: Int, s: Int, d: Int, src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int,
-                               dy: UnsafePointer<Float>, dyStride: Int, rows: Int, vectors: Int,
-                               acc: UnsafeMutablePointer<SIMD4<Float>>) {
-        for oh in 0..<rows {
-            let dyrow = dy + oh * dyStride
-            for ki in 0..<kh {
-                let row = src + (s * oh + ki * d) * rowStride
-                for j in 0..<vectors {
-                    let g = load4(dyrow + 4 * j)
+        case (3, 3, 1, 1): weightGradGroup(kiLo: 0, kiCount: 3, kw: 3, s: 1, d: 1, a)
+        case (3, 3, 1, 2): weightGradGroup(kiLo: 0, kiCount: 3, kw: 3, s: 1, d: 2, a)
+        case (3, 3, 2, 1): weightGradGroup(kiLo: 0, kiCount: 3, kw: 3, s: 2, d: 1, a)
+        case (3, 3, 2, 2): weightGradGroup(kiLo: 0, kiCount: 3, kw: 3, s: 2, d: 2, a)
+        case (5, 5, 1, 1):
+            weightGradGroup(kiLo: 0, kiCount: 2, kw: 5, s: 1, d: 1, a); weightGradGroup(kiLo: 2, kiCount: 2, kw: 5, s: 1, d: 1, a)
+            weightGradGroup(kiLo: 4, kiCount: 1, kw: 5, s: 1, d: 1, a)
+        case (5, 5, 1, 2):
+            weightGradGroup(kiLo: 0, kiCount: 2, kw: 5, s: 1, d: 2, a); weightGradGroup(kiLo: 2, kiCount: 2, kw: 5, s: 1, d: 2, a)
+            weightGradGroup(kiLo: 4, kiCount: 1, kw: 5, s: 1, d: 2, a)
+        case (5, 5, 2, 1):
+            weightGradGroup(kiLo: 0, kiCount: 2, kw: 5, s: 2, d: 1, a); weightGradGroup(kiLo: 2, kiCount: 2, kw: 5, s: 2, d: 1, a)
+            weightGradGroup(kiLo: 4, kiCount: 1, kw: 5, s: 2, d: 1, a)
+        case (5, 5, 2, 2):
+            weightGradGroup(kiLo: 0, kiCount: 2, kw: 5, s: 2, d: 2, a); weightGradGroup(kiLo: 2, kiCount: 2, kw: 5, s: 2, d: 2, a)
+            weightGradGroup(kiLo: 4, kiCount: 1, kw: 5, s: 2, d: 2, a)
+        default:
+            // Any other kernel: accumulate straight into acc, one tap at a time.
+            for oh in 0..<rows {
+                for ki in 0..<kh {
+                    let row = src + (s * oh + ki * d) * rowStride
                     for kj in 0..<kw {
-                        let col = kj * d
-                        let ptr = s == 1 ? row + col : row + (col & 1) * phaseSize + (col >> 1)
-                        acc[ki * kw + kj] += g * load4(ptr + 4 * j)
+                        let x = row + tapColumn(kj * d, s: s, phaseSize: phaseSize)
+                        var a = acc[ki * kw + kj]
+                        for j in 0..<vectors { a += load4(dy + oh * dyStride + 4 * j) * load4(x + 4 * j) }
+                        acc[ki * kw + kj] = a
                     }
                 }
             }
         }
     }
 
-    /// Stride-2 dX of one plane: padded row r = ih + p, column phase φ, phase column m:
-    ///   dXpad[r, 2m + φ] = Σ_{ki: r − ki·d = 2·oh even, 0 ≤ oh < Ho} Σ_{kj: kj·d ≡ φ (mod 2)} w[ki, kj] · dY[oh, m − ⌊kj·d/2⌋]
-    /// (dY reads off its edges land in Q's zeros), then dX[ih, iw] = dXpad[ih + p, iw + p].
+    /// Up to ten SIMD4 sums that stay in registers through the plane (constant indices after unrolling).
+    struct TapSums {
+        var t0 = SIMD4<Float>(), t1 = SIMD4<Float>(), t2 = SIMD4<Float>(), t3 = SIMD4<Float>(), t4 = SIMD4<Float>()
+        var t5 = SIMD4<Float>(), t6 = SIMD4<Float>(), t7 = SIMD4<Float>(), t8 = SIMD4<Float>(), t9 = SIMD4<Float>()
+        @inline(__always) subscript(i: Int) -> SIMD4<Float> {
+            get {
+                switch i { case 0: t0; case 1: t1; case 2: t2; case 3: t3; case 4: t4
+                           case 5: t5; case 6: t6; case 7: t7; case 8: t8; default: t9 }
+            }
+            set {
+                switch i { case 0: t0 = newValue; case 1: t1 = newValue; case 2: t2 = newValue; case 3: t3 = newValue
+                           case 4: t4 = newValue; case 5: t5 = newValue; case 6: t6 = newValue; case 7: t7 = newValue
+                           case 8: t8 = newValue; default: t9 = newValue }
+            }
+        }
+    }
+
+    /// Operands of `weightGradGroup` (see `depthwiseWeightGrad`).
+    struct WeightGradArgs {
+        var src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int, dy: UnsafePointer<Float>, dyStride: Int
+        var rows: Int, vectors: Int, acc: UnsafeMutablePointer<SIMD4<Float>>
+    }
+
+    /// Kernel rows kiLo..<kiLo+kiCount (kiCount·kw ≤ 10) of `depthwiseWeightGrad`.
+    @inline(__always)
+    static func weightGradGroup(kiLo: Int, kiCount: Int, kw: Int, s: Int, d: Int, _ a: WeightGradArgs) {
+        let (src, phaseSize, rowStride, dy, dyStride, rows, vectors, acc) =
+            (a.src, a.phaseSize, a.rowStride, a.dy, a.dyStride, a.rows, a.vectors, a.acc)
+        var sums = TapSums()
+        for oh in 0..<rows {
+            let dyrow = dy + oh * dyStride, base = src + (s * oh + kiLo * d) * rowStride
+            for j in 0..<vectors {
+                let g = load4(dyrow + 4 * j)
+                for i in 0..<kiCount {
+                    for kj in 0..<kw {
+                        sums[i * kw + kj] += g * load4(base + i * d * rowStride + tapColumn(kj * d, s: s, phaseSize: phaseSize) + 4 * j)
+                    }
+                }
+            }
+        }
+        for t in 0..<(kiCount * kw) { acc[kiLo * kw + t] += sums[t] }
+    }
+
+    /// Stride-2 dX of one plane. Padded row r = ih + p of row parity ρ, column phase φ, phase column m:
+    ///   dXpad[r, 2m + φ] = Σ_{ki: ki·d ≡ ρ (mod 2)} Σ_{kj: kj·d ≡ φ (mod 2)} w[ki, kj] · dY[(r − ki·d)/2, m − ⌊kj·d/2⌋]
+    /// where dY reads off its edges land in Q's zero margins; then dX[ih, iw] = dXpad[ih + p, iw + p].
     static func depthwisePolyphaseInputGrad(_ plan: DepthwisePlan, dyInQ: UnsafePointer<Float>, wv: UnsafePointer<SIMD4<Float>>,
                                             rowPhases: UnsafeMutablePointer<Float>, dX: UnsafeMutablePointer<Float>) {
-        @inline(__always) func run(_ kh: Int, _ kw: Int, _ d: Int) {
-            polyphaseRows(kh: kh, kw: kw, d: d, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
-        }
         switch (plan.kh, plan.kw, plan.d) {
-        case (3, 3, 1): run(3, 3, 1)
-        case (3, 3, 2): run(3, 3, 2)
-        case (5, 5, 1): run(5, 5, 1)
-        case (5, 5, 2): run(5, 5, 2)
-        default: run(plan.kh, plan.kw, plan.d)
+        case (3, 3, 1): polyphaseRows(kh: 3, kw: 3, d: 1, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
+        case (3, 3, 2): polyphaseRows(kh: 3, kw: 3, d: 2, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
+        case (5, 5, 1): polyphaseRows(kh: 5, kw: 5, d: 1, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
+        case (5, 5, 2): polyphaseRows(kh: 5, kw: 5, d: 2, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
+        default: polyphaseRows(kh: plan.kh, kw: plan.kw, d: plan.d, plan: plan, dyInQ: dyInQ, wv: wv, rowPhases: rowPhases, dX: dX)
         }
     }
 
@@ -305,35 +406,44 @@ extension Kernels {
     static func polyphaseRows(kh: Int, kw: Int, d: Int, plan: DepthwisePlan, dyInQ: UnsafePointer<Float>,
                               wv: UnsafePointer<SIMD4<Float>>, rowPhases: UnsafeMutablePointer<Float>,
                               dX: UnsafeMutablePointer<Float>) {
-        let (h, w, ho, p, qs, nvX) = (plan.h, plan.w, plan.ho, plan.p, plan.qStride, plan.nvX)
+        let (h, w, p, qs, nvX) = (plan.h, plan.w, plan.p, plan.qStride, plan.nvX)
         let even = rowPhases, odd = rowPhases + 4 * nvX     // (4·nvX) each: dXpad[r, 2m], dXpad[r, 2m + 1]
         let lead = p >> 1                                   // first phase column a dX column maps to
-        for ih in 0..<h {
-            let r = ih + p
-            let drow = dX + ih * w
-            // Kernel rows that reach padded row r: r − ki·d even and inside dY.
-            var any = false
-            for ki in 0..<kh { let t = r - ki * d; if t >= 0 && t & 1 == 0 && t < 2 * ho { any = true } }
-            if !any { drow.update(repeating: 0, count: w); continue }
-            for j in (lead >> 2)..<nvX {
-                var a0 = SIMD4<Float>(), a1 = SIMD4<Float>()
-                for ki in 0..<kh {
-                    let t = r - ki * d
-                    if t < 0 || t & 1 != 0 || t >= 2 * ho { continue }
-                    let qrow = dyInQ + (t >> 1) * qs + 4 * j
-                    for kj in 0..<kw {
-                        let col = kj * d
-                        let v = wv[ki * kw + kj] * load4(qrow - (col >> 1))
-                        if col & 1 == 0 { a0 += v } else { a1 += v }
+        let e = p & 1 == 0 ? even + lead : odd + lead       // iw = 2m     → padded column 2m + p
+        let o = p & 1 == 0 ? odd + lead : even + ((p + 1) >> 1) // iw = 2m + 1 → padded column 2m + 1 + p
+        for rho in 0..<2 {
+            var ih = (rho - (p & 1)) & 1                    // first dX row whose padded row has parity ρ
+            // Kernel rows reaching parity ρ: ki·d ≡ ρ (mod 2). None (d even, ρ odd) → rows of zeros.
+            var reaches = false
+            for ki in 0..<kh where (ki * d) & 1 == rho { reaches = true }
+            while ih < h {
+                let r = ih + p, drow = dX + ih * w
+                defer { ih += 2 }
+                if !reaches { drow.update(repeating: 0, count: w); continue }
+                let top = dyInQ + ((r - rho) >> 1) * qs     // dY row (r − ρ)/2; kernel row ki reads (ki·d − ρ)/2 rows above
+                for j in (lead >> 2)..<nvX {
+                    var a0 = SIMD4<Float>(), a1 = SIMD4<Float>()
+                    for ki in 0..<kh where (ki * d) & 1 == rho {
+                        let qrow = top - ((ki * d - rho) >> 1) * qs + 4 * j
+                        for kj in 0..<kw {
+                            let col = kj * d
+                            let v = wv[ki * kw + kj] * load4(qrow - (col >> 1))
+                            if col & 1 == 0 { a0 += v } else { a1 += v }
+                        }
                     }
+                    store4(even + 4 * j, a0); store4(odd + 4 * j, a1)
                 }
-                store4(even + 4 * j, a0); store4(odd + 4 * j, a1)
+                // dX[ih, iw] = dXpad[r, iw + p]: interleave the two phases back.
+                var m = 0
+                while 2 * m + 8 <= w {
+                    var v = SIMD8<Float>()
+                    v.evenHalf = load4(e + m); v.oddHalf = load4(o + m)
+                    UnsafeMutableRawPointer(drow + 2 * m).storeBytes(of: v, as: SIMD8<Float>.self)
+                    m += 4
+                }
+                while 2 * m + 1 < w { drow[2 * m] = e[m]; drow[2 * m + 1] = o[m]; m += 1 }
+                if w & 1 != 0 { drow[w - 1] = e[w >> 1] }
             }
-            // dX[ih, iw] = dXpad[r, iw + p]: interleave the two phases back.
-            let e = p & 1 == 0 ? even + lead : odd + lead                // iw = 2m     → column 2m + p
-            let o = p & 1 == 0 ? odd + lead : even + ((p + 1) >> 1)     // iw = 2m + 1 → column 2m + 1 + p
-            for m in 0..<(w >> 1) { drow[2 * m] = e[m]; drow[2 * m + 1] = o[m] }
-            if w & 1 != 0 { drow[w - 1] = e[w >> 1] }
         }
     }
 
