@@ -55,6 +55,8 @@ public final class HostContext {
     public var factory: ParameterFactory
     /// Gates the run selected per role ("channel", …), for `graph_gate`.
     public var gatesByRole: [String: PluginGate] = [:]
+    /// The search that `searchServices` act on (weak: the search owns the context's use).
+    public weak var searchDelegate: AnyObject?
     /// The search services, set while a search runs.
     public var searchServices: UnsafePointer<es_search_services>? {
         didSet { services.pointee.search = searchServices }
@@ -103,7 +105,7 @@ public final class HostContext {
 
     // MARK: Errors
 
-    func setError(_ message: String) { lastError = message }
+    public func setError(_ message: String) { lastError = message }
     func clearError() { lastError = nil }
     func takeError() -> String? { defer { lastError = nil }; return lastError }
 
@@ -117,7 +119,7 @@ public final class HostContext {
         }
     }
 
-    static func from(_ host: UnsafeMutableRawPointer?) -> HostContext? {
+    public static func from(_ host: UnsafeMutableRawPointer?) -> HostContext? {
         host.map { Unmanaged<HostContext>.fromOpaque($0).takeUnretainedValue() }
     }
 
@@ -163,10 +165,10 @@ public struct PluginCallError: Error, CustomStringConvertible {
 
 extension Tensor {
     /// A view for a plugin (data NULL in a dry run).
-    var view: es_tensor_view { esView(shape: shape, data: storage.data) }
+    public var view: es_tensor_view { esView(shape: shape, data: storage.data) }
 }
 
-func esView(shape: [Int], data: UnsafeMutablePointer<Float>?) -> es_tensor_view {
+public func esView(shape: [Int], data: UnsafeMutablePointer<Float>?) -> es_tensor_view {
     var v = es_tensor_view()
     v.struct_size = UInt32(MemoryLayout<es_tensor_view>.size)
     v.rank = Int32(shape.count)
@@ -179,7 +181,7 @@ func esView(shape: [Int], data: UnsafeMutablePointer<Float>?) -> es_tensor_view 
 }
 
 extension es_tensor_view {
-    var shapeArray: [Int] {
+    public var shapeArray: [Int] {
         var v = self
         let rank = Int(max(0, min(rank, ESPALIER_MAX_RANK)))
         return withUnsafeBytes(of: &v.shape) { raw in (0..<rank).map { Int(raw.load(fromByteOffset: $0 * 8, as: Int64.self)) } }

@@ -13,7 +13,7 @@ public struct RunState: Sendable, Equatable {
 
     public init() {}
 
-    var c: es_run_state {
+    public var c: es_run_state {
         var s = es_run_state()
         s.struct_size = UInt32(MemoryLayout<es_run_state>.size)
         s.training = training ? 1 : 0

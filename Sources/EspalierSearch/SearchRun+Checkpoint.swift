@@ -23,6 +23,10 @@ struct CheckpointState: Codable {
     var adamSteps: Int
     var learningRate: Float
     var peakBytes: Int
+    var values: [String: Double]
+    /// Candidate states, (edges × ops) flattened, for the normal and the reduction cells.
+    var opStatesNormal: [Int32]
+    var opStatesReduce: [Int32]
 }
 
 extension SearchRun {
@@ -31,10 +35,10 @@ extension SearchRun {
     /// Every tensor of the run's state by a stable name.
     var stateTensors: [(String, Tensor)] {
         var out: [(String, Tensor)] = []
-        for p in supernet.weights { out.append(("weights/" + p.name, p.value)) }
+        for p in weightOptimizer.parameters { out.append(("weights/" + p.name, p.value)) }
         for p in supernet.archParameters { out.append(("arch/" + p.name, p.value)) }
         for (i, b) in supernet.buffers.enumerated() { out.append((String(format: "buffers/%05d", i), b)) }
-        for (i, p) in supernet.weights.enumerated() { if let b = weightOptimizer.buffers[i] { out.append(("sgd/" + p.name, b)) } }
+        for (i, p) in weightOptimizer.parameters.enumerated() { if let b = weightOptimizer.buffers[i] { out.append(("sgd/" + p.name, b)) } }
         let adam = archOptimizer.stateTensors, n = supernet.archParameters.count
         for (i, p) in supernet.archParameters.enumerated() {
             out.append(("adam/m/" + p.name, adam[i]))
@@ -50,7 +54,8 @@ extension SearchRun {
         let st = CheckpointState(epoch: epoch, globalStep: globalStep, stepInEpoch: stepInEpoch, lossSum: lossSum, correct: correct, seen: seen,
                                  stepTimes: stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
-                                 adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal)
+                                 adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal,
+                                 values: values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true))
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
         try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
@@ -67,6 +72,17 @@ extension SearchRun {
         do { st = try JSONDecoder().decode(CheckpointState.self, from: Data(meta.utf8)) } catch {
             throw EspalierError.data(file: path, problem: "damaged checkpoint metadata: \(error)")
         }
+        // Op states first: removed ops take their parameters out of the state being loaded.
+        let sp = supernet.space
+        for (reduction, states) in [(false, st.opStatesNormal), (true, st.opStatesReduce)] {
+            guard states.count == sp.edgesPerCell * sp.ops.count else {
+                throw EspalierError.data(file: path, problem: "op states for \(states.count) candidates, the space has \(sp.edgesPerCell * sp.ops.count)")
+            }
+            for (i, raw) in states.enumerated() where raw != OpState.active.rawValue {
+                try setOpState(reduction: reduction, edge: i / sp.ops.count, op: i % sp.ops.count, OpState(rawValue: raw) ?? .active)
+            }
+        }
+        for (name, v) in st.values.sorted(by: { $0.key < $1.key }) { try setValue(name, v) }
         try file.load(into: stateTensors, strict: true)
         epoch = st.epoch; globalStep = st.globalStep; stepInEpoch = st.stepInEpoch
         lossSum = st.lossSum; correct = st.correct; seen = st.seen; stepTimes = st.stepTimes
@@ -77,6 +93,11 @@ extension SearchRun {
         weightOptimizer.stepCount = st.sgdSteps
         archOptimizer.stepCount = st.adamSteps
         weightOptimizer.learningRate = st.learningRate
+    }
+
+    func opStates(reduction: Bool) -> [Int32] {
+        let sp = supernet.space
+        return (0..<sp.edgesPerCell).flatMap { e in (0..<sp.ops.count).map { supernet.opState(reduction: reduction, edge: e, op: $0).rawValue } }
     }
 
     func appendLog(_ log: SearchEpochLog) throws {

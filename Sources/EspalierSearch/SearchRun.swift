@@ -52,6 +52,9 @@ public final class SearchRun {
     public let validLoader: DataLoader
     let validEvalView: DataView
     public let outDirectory: String?
+    let registry: PluginRegistry
+    /// Named scalars set through the search services (checkpointed).
+    var values: [String: Double] = [:]
 
     // Where the run is (checkpointed).
     public internal(set) var epoch = 0
@@ -71,6 +74,7 @@ public final class SearchRun {
         self.context = context
         self.accountant = context.accountant
         self.outDirectory = outDirectory
+        self.registry = registry
         var space = config.space
         space.inputChannels = train.dataset.channels
         space.classes = train.dataset.numClasses
@@ -94,6 +98,18 @@ public final class SearchRun {
         trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
         validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
         validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
+        context.searchDelegate = self
+        context.searchServices = UnsafePointer(SearchServicesTable.table)
+    }
+
+    /// Sets a candidate's state in every cell of its type; removing one also drops its parameters
+    /// from the optimiser, so they and their state are freed.
+    public func setOpState(reduction: Bool, edge: Int, op: Int, _ state: OpState) throws {
+        try supernet.setOpState(reduction: reduction, edge: edge, op: op, state)
+        if state == .removed {
+            let alive = Set(supernet.weights.map(ObjectIdentifier.init))
+            weightOptimizer.remove { !alive.contains(ObjectIdentifier($0)) }
+        }
     }
 
     var state: RunState {

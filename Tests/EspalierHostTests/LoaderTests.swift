@@ -4,6 +4,7 @@
 import CEspalierSDK
 import EspalierCore
 import EspalierHost
+import EspalierTestSupport
 import XCTest
 
 final class LoaderTests: XCTestCase {
@@ -14,7 +15,7 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(registry.failures.map(\.description), [])
         XCTAssertEqual(Set(registry.components.map(\.id)),
                        ["org.fixture.op.relu-conv/1", "org.fixture.op.masked-relu/1", "org.fixture.op.merged/1", "org.fixture.gate.linear/1",
-                        "org.fixture.regularizer.l2/1", "org.fixture.strategy.warmup/1"])
+                        "org.fixture.regularizer.l2/1", "org.fixture.strategy.warmup/1", "org.fixture.strategy.pruner/1"])
         XCTAssertEqual(registry.component(id: "org.fixture.op.relu-conv/1")?.form, "composed")
         XCTAssertEqual(registry.component(id: "org.fixture.strategy.warmup/1")?.params.map(\.name), ["warmup", "epochs", "order"])
     }
@@ -42,7 +43,7 @@ final class LoaderTests: XCTestCase {
 
         let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
         XCTAssertEqual(registry.libraries.map(\.fileName), ["libespalier-a-good.so"], "only the good library loads")
-        XCTAssertEqual(registry.components.count, 6)
+        XCTAssertEqual(registry.components.count, 7)
         XCTAssertEqual(registry.failures.count, cases.count + 1)
         for c in cases {
             guard let f = registry.failures.first(where: { $0.path.hasSuffix(c.file) }) else { XCTFail("no failure for \(c.file)"); continue }

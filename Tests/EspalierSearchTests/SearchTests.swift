@@ -230,6 +230,40 @@ final class SearchTests: XCTestCase {
         XCTAssertEqual(again.accuracy, reports.last!.testAccuracy, accuracy: 1e-9, "the saved model evaluates the same")
     }
 
+    func testStrategyPlugin_ActsThroughTheSearchServices_AndResumeKeepsWhatItDid() throws {
+        let dir = try PluginFixtures.tempDir()
+        try PluginFixtures.build("libespalier-fixture.so", in: dir)
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: 5)
+        var logged: [String] = []
+        context.logSink = { _, m in logged.append(m) }
+        let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: [dir], environment: [:]))
+        XCTAssertEqual(registry.failures.map(\.description), [])
+        var c = tinyConfig()
+        c.strategy = "org.fixture.strategy.pruner/1"
+        c.strategySettings = ["mask_op": "3"]
+        c.epochs = 1
+        let ds = try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc)
+        let out = try tempDir()
+        try SearchRun.prepareOutput(out, config: c)
+        let run = try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: out)
+        try run.run()   // the fixture's epoch_end fails the run if the state or tau were lost
+        for e in 0..<c.space.edgesPerCell {
+            XCTAssertEqual(run.supernet.opState(reduction: false, edge: e, op: 3), .masked)
+            XCTAssertEqual(run.supernet.opState(reduction: true, edge: e, op: 3), .active)
+        }
+        XCTAssertEqual(try run.value("gate.tau"), 2)
+        XCTAssertEqual(try run.supernet.mixingWeights(reduction: false, accountant: acc)[0][3], 0, "a masked op gets weight 0")
+        XCTAssertTrue(logged.contains { $0.hasPrefix("predicted peak ") && $0.hasSuffix("named espalier.op.none/1") }, "\(logged)")
+        XCTAssertTrue(try run.derive().normal.allSatisfy { $0.op != "sep_conv_3x3" }, "the masked op is never chosen")
+        // A run restored from the checkpoint has the same op states and values.
+        let context2 = HostContext(accountant: acc, seed: 5)
+        let run2 = try SearchRun(config: c, registry: registry, context: context2, train: ds.all, outDirectory: out)
+        try run2.resume(from: out)
+        XCTAssertEqual(run2.supernet.opState(reduction: false, edge: 0, op: 3), .masked)
+        XCTAssertEqual(try run2.value("gate.tau"), 2)
+    }
+
     func tempDir() throws -> String {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-search-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)

@@ -21,13 +21,13 @@ extension Optimizer {
 
 /// SGD: d = g + wd·p; buf = m·buf + d; p −= lr·buf   (PyTorch, dampening 0, no Nesterov).
 public final class SGD: Optimizer {
-    public let parameters: [Parameter]
+    public private(set) var parameters: [Parameter]
     public var learningRate: Float
     public let momentum: Float
     public let weightDecay: Float
     public var stepCount = 0
     /// Momentum buffers, same shapes as the parameters (nil without momentum).
-    public let buffers: [Tensor?]
+    public private(set) var buffers: [Tensor?]
 
     public init(parameters: [Parameter], learningRate: Float, momentum: Float = 0.9, weightDecay: Float = 0) throws {
         self.parameters = parameters
@@ -41,6 +41,13 @@ public final class SGD: Optimizer {
     }
 
     public var stateTensors: [Tensor] { buffers.compactMap { $0 } }
+
+    /// Stops optimising the parameters `drop` selects and frees their state (ops removed for good).
+    public func remove(where drop: (Parameter) -> Bool) {
+        let keep = parameters.indices.filter { !drop(parameters[$0]) }
+        parameters = keep.map { parameters[$0] }
+        buffers = keep.map { buffers[$0] }
+    }
 
     public func step() {
         stepCount += 1

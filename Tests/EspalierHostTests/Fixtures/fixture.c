@@ -15,6 +15,7 @@
  *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
  */
 #include <espalier/espalier.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,6 +221,67 @@ static es_status strat_derive(void *inst, const es_run_state *st, char *buf, uin
 static const es_strategy_vtable strat_table = { .struct_size = sizeof(es_strategy_vtable), .create = strat_create,
     .destroy = strat_destroy, .plan_step = strat_plan, .epoch_end = strat_epoch_end, .derive = strat_derive };
 
+/* ---- strategy acting through the search services: masks op `mask_op` on every normal edge,
+ *      sets the gate's tau, asks for a memory prediction, checks that growing is refused ---- */
+typedef struct { const es_host_services *host; int64_t mask_op; } pruner;
+static es_status pruner_create(const es_component_desc *component, const es_host_services *host, const es_param_value *p, uint32_t n, void **inst) {
+    (void)component; (void)n;
+    pruner *s = calloc(1, sizeof *s);
+    s->host = host;
+    s->mask_op = p[0].int_value;
+    *inst = s;
+    return ES_OK;
+}
+static es_status pruner_plan(void *inst, const es_run_state *st, es_step_plan *plan) {
+    (void)inst; (void)st;
+    plan->mode = ES_STEP_BILEVEL;
+    return ES_OK;
+}
+static es_status pruner_epoch_begin(void *inst, const es_run_state *st) {
+    pruner *s = inst;
+    const es_host_services *h = s->host;
+    const es_search_services *q = h->search;
+    (void)st;
+    if (!q) { h->set_error(h->host, "no search services"); return ES_ERROR_UNSUPPORTED; }
+    es_space_info info = { sizeof(es_space_info), 0, 0, 0, 0, 0 };
+    es_status r = q->space_info(h->host, &info);
+    if (r != ES_OK) return r;
+    es_tensor_view alpha, grad;
+    if ((r = q->arch_view(h->host, 0, &alpha, &grad)) != ES_OK) return r;
+    if (alpha.rank != 2 || alpha.shape[0] != info.edges || alpha.shape[1] != info.ops) {
+        h->set_error(h->host, "arch_view shape does not match space_info");
+        return ES_ERROR_INTERNAL;
+    }
+    for (int32_t e = 0; e < info.edges; e++)
+        if ((r = q->set_op_state(h->host, 0, e, (int32_t)s->mask_op, ES_OP_MASKED)) != ES_OK) return r;
+    if ((r = q->set_value(h->host, "gate.tau", 2.0)) != ES_OK) return r;
+    es_memory_report rep;
+    memset(&rep, 0, sizeof rep);
+    rep.struct_size = sizeof rep;
+    if ((r = q->predict_peak(h->host, "{\"batch\": 2}", &rep)) != ES_OK) return r;
+    char line[128];
+    snprintf(line, sizeof line, "predicted peak %llu with %d ops named %s", (unsigned long long)rep.peak_total, info.ops, q->op_name(h->host, 0));
+    h->log(h->host, ES_LOG_INFO, line);
+    if (q->grow(h->host, 1) != ES_ERROR_UNSUPPORTED) { h->set_error(h->host, "grow should be unsupported"); return ES_ERROR_INTERNAL; }
+    return ES_OK;
+}
+static es_status pruner_epoch_end(void *inst, const es_run_state *st, const es_epoch_metrics *m, int32_t *stop) {
+    pruner *s = inst;
+    const es_host_services *h = s->host;
+    es_op_state state = ES_OP_ACTIVE;
+    double tau = 0;
+    (void)st; (void)m;
+    es_status r = h->search->get_op_state(h->host, 0, 0, (int32_t)s->mask_op, &state);
+    if (r != ES_OK) return r;
+    if ((r = h->search->get_value(h->host, "gate.tau", &tau)) != ES_OK) return r;
+    if (state != ES_OP_MASKED || tau != 2.0) { h->set_error(h->host, "the search lost the op state or tau"); return ES_ERROR_INTERNAL; }
+    *stop = 0;
+    return ES_OK;
+}
+static const es_strategy_vtable pruner_table = { .struct_size = sizeof(es_strategy_vtable), .requires = ES_REQUIRES_ARCH_PARAMS,
+    .create = pruner_create, .destroy = strat_destroy, .plan_step = pruner_plan, .epoch_begin = pruner_epoch_begin,
+    .epoch_end = pruner_epoch_end };
+
 /* ---- descriptions ---- */
 static int64_t times_three(int32_t a) { return 3 * (int64_t)a; }
 static double mix(double a, int64_t b, float c) { return a * (double)b + (double)c; }
@@ -245,6 +307,9 @@ static const es_param_desc gate_params[] = {
 static const es_param_desc reg_params[] = {
     { sizeof(es_param_desc), ES_PARAM_DOUBLE, "lambda", "0.5", "strength", NULL, 0, -1 },
 };
+static const es_param_desc pruner_params[] = {
+    { sizeof(es_param_desc), ES_PARAM_INT, "mask_op", "1", "the op masked on every normal edge", NULL, 0, 63 },
+};
 static const es_param_desc strat_params[] = {
     { sizeof(es_param_desc), ES_PARAM_INT, "warmup", "2", "weights-only steps", NULL, 0, 1000 },
     { sizeof(es_param_desc), ES_PARAM_INT, "epochs", "3", "epochs before stopping", NULL, 1, 1000 },
@@ -258,6 +323,7 @@ static const es_component_desc components[] = {
     { sizeof(es_component_desc), ES_KIND_GATE, FIX_ID ".gate.linear/1", "scaled identity gate", gate_params, 1, methods, sizeof methods / sizeof methods[0], &gate_table, NULL },
     { sizeof(es_component_desc), ES_KIND_REGULARIZER, FIX_ID ".regularizer.l2/1", "L2 with proximal shrink", reg_params, 1, NULL, 0, &reg_table, NULL },
     { sizeof(es_component_desc), ES_KIND_STRATEGY, FIX_ID ".strategy.warmup/1", "warm-up then bilevel", strat_params, 3, NULL, 0, &strat_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_STRATEGY, FIX_ID ".strategy.pruner/1", "acts through the search services", pruner_params, 1, NULL, 0, &pruner_table, NULL },
 #ifdef FIX_BAD_KIND
     { sizeof(es_component_desc), 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
 #endif

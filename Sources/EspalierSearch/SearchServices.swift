@@ -1,0 +1,219 @@
+// The search services (`host->search` in espalier_strategy.h) for a running search: what a
+// strategy plugin acts through. Each thunk finds the run through the services table's `host`
+// (the run's HostContext, whose `searchDelegate` is the SearchRun) and never lets a Swift error
+// cross into the plugin. Growing a live supernet, zero-shot forward passes with re-initialised
+// weights and child training belong to the methods that need them (Bonsai-Net, Zero-One-Shot,
+// random search/PARSEC) and answer ES_ERROR_UNSUPPORTED, saying so, until those land.
+
+import CEspalierSDK
+import EspalierCore
+import EspalierHost
+import Foundation
+
+enum SearchServicesTable {
+    /// One table for every run (plugins may keep the pointer); the run is found through `host`.
+    static let table: UnsafeMutablePointer<es_search_services> = {
+        let t = UnsafeMutablePointer<es_search_services>.allocate(capacity: 1)
+        var s = es_search_services()
+        s.struct_size = UInt32(MemoryLayout<es_search_services>.size)
+        s.space_info = searchSpaceInfo
+        s.op_name = searchOpName
+        s.arch_view = searchArchView
+        s.set_op_state = searchSetOpState
+        s.get_op_state = searchGetOpState
+        s.set_value = searchSetValue
+        s.get_value = searchGetValue
+        s.grow = searchGrow
+        s.predict_peak = searchPredictPeak
+        s.forward_logits = searchForwardLogits
+        s.train_child = searchTrainChild
+        t.initialize(to: s)
+        return t
+    }()
+}
+
+struct SearchServiceError: Error {
+    let status: es_status
+    let message: String
+}
+
+/// Runs `body` with the search of `host`; errors become a status and the context's message.
+private func withSearch(_ host: UnsafeMutableRawPointer?, _ body: (SearchRun, HostContext) throws -> Void) -> es_status {
+    guard let ctx = HostContext.from(host) else { return ES_ERROR_INVALID_ARGUMENT }
+    guard let run = ctx.searchDelegate as? SearchRun else {
+        ctx.setError("no search is running")
+        return ES_ERROR_UNSUPPORTED
+    }
+    do { try body(run, ctx); return ES_OK } catch let e as SearchServiceError {
+        ctx.setError(e.message); return e.status
+    } catch let e as MemoryBudgetExceeded {
+        ctx.setError(e.description); return ES_ERROR_BUDGET
+    } catch {
+        ctx.setError("\(error)"); return ES_ERROR_INVALID_ARGUMENT
+    }
+}
+
+private func cellType(_ t: Int32) throws -> Bool {
+    guard t == 0 || t == 1 else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "cell type \(t): 0 is normal, 1 is reduce") }
+    return t == 1
+}
+
+private let searchSpaceInfo: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<es_space_info>?) -> es_status = { host, out in
+    withSearch(host) { run, _ in
+        guard let out else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "space_info needs an out pointer") }
+        let sp = run.supernet.space
+        var i = es_space_info()
+        i.struct_size = UInt32(MemoryLayout<es_space_info>.size)
+        i.cell_types = 2
+        i.edges = Int32(sp.edgesPerCell)
+        i.ops = Int32(sp.ops.count)
+        i.nodes = Int32(sp.nodes)
+        i.cells = Int32(sp.cells)
+        out.pointee = i
+    }
+}
+
+/// Op ids as C strings that live for the process (the header promises static strings).
+private nonisolated(unsafe) var opNameStrings: [String: UnsafeMutablePointer<CChar>] = [:]
+
+private let searchOpName: @convention(c) (UnsafeMutableRawPointer?, Int32) -> UnsafePointer<CChar>? = { host, index in
+    guard let ctx = HostContext.from(host), let run = ctx.searchDelegate as? SearchRun else { return nil }
+    let ops = run.supernet.space.ops
+    guard index >= 0, Int(index) < ops.count else { ctx.setError("op index \(index) outside 0..<\(ops.count)"); return nil }
+    let id = ops[Int(index)]
+    if opNameStrings[id] == nil { opNameStrings[id] = strdup(id) }
+    return UnsafePointer(opNameStrings[id])
+}
+
+private let searchArchView: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafeMutablePointer<es_tensor_view>?, UnsafeMutablePointer<es_tensor_view>?) -> es_status = {
+    host, type, logits, grad in
+    withSearch(host) { run, _ in
+        let p = try cellType(type) ? run.supernet.alphaReduce : run.supernet.alphaNormal
+        logits?.pointee = p.value.view
+        if let grad { grad.pointee = try p.ensureGrad().view }
+    }
+}
+
+private let searchSetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, Int32, es_op_state) -> es_status = { host, type, edge, op, state in
+    withSearch(host) { run, _ in
+        guard let st = OpState(rawValue: state) else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "op state \(state): 0 active, 1 masked, 2 removed") }
+        try run.setOpState(reduction: try cellType(type), edge: Int(edge), op: Int(op), st)
+    }
+}
+
+private let searchGetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, Int32, UnsafeMutablePointer<es_op_state>?) -> es_status = { host, type, edge, op, out in
+    withSearch(host) { run, _ in
+        let sp = run.supernet.space
+        guard let out, edge >= 0, Int(edge) < sp.edgesPerCell, op >= 0, Int(op) < sp.ops.count else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_op_state: edge \(edge) / op \(op) outside the space, or no out pointer")
+        }
+        out.pointee = run.supernet.opState(reduction: try cellType(type), edge: Int(edge), op: Int(op)).rawValue
+    }
+}
+
+private let searchSetValue: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Double) -> es_status = { host, name, value in
+    withSearch(host) { run, _ in
+        guard let name else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "set_value needs a name") }
+        try run.setValue(String(cString: name), value)
+    }
+}
+
+private let searchGetValue: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<Double>?) -> es_status = { host, name, out in
+    withSearch(host) { run, _ in
+        guard let name, let out else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_value needs a name and an out pointer") }
+        out.pointee = try run.value(String(cString: name))
+    }
+}
+
+private let searchGrow: @convention(c) (UnsafeMutableRawPointer?, Int32) -> es_status = { host, _ in
+    withSearch(host) { _, _ in
+        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "growing a running supernet by a section comes with the Bonsai-Net strategy; this search has a fixed cell count")
+    }
+}
+
+private let searchPredictPeak: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<es_memory_report>?) -> es_status = { host, change, out in
+    withSearch(host) { run, _ in
+        guard let out else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak needs an out pointer") }
+        let text = change.map { String(cString: $0) } ?? "{}"
+        let p = try run.predictPeak(change: text)
+        var r = es_memory_report()
+        r.struct_size = UInt32(MemoryLayout<es_memory_report>.size)
+        withUnsafeMutableBytes(of: &r.at_peak) { raw in
+            for c in MemoryCategory.allCases {
+                var v = p.accountant.peakByCategory[c]
+                if c == .data { v -= p.datasetBytes }
+                raw.storeBytes(of: UInt64(max(0, v)), toByteOffset: Int(c.rawValue) * 8, as: UInt64.self)
+            }
+        }
+        r.peak_total = UInt64(p.stepPeak)
+        r.budget = UInt64(run.accountant.budget ?? 0)
+        out.pointee = r
+    }
+}
+
+private let searchForwardLogits: @convention(c) (UnsafeMutableRawPointer?, Int32, UInt64, UnsafeMutablePointer<es_tensor_view>?) -> es_status = { host, _, _, _ in
+    withSearch(host) { _, _ in
+        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "forward_logits with re-initialised weights comes with the zero-shot (ETENAS) strategy")
+    }
+}
+
+private let searchTrainChild: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int64, UnsafeMutablePointer<Double>?) -> es_status = { host, _, _, _ in
+    withSearch(host) { _, _ in
+        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "training a sampled child comes with the random-search and PARSEC strategies")
+    }
+}
+
+extension SearchRun {
+    /// Named scalars a strategy may set: `gate.NAME` (the gate's own values, e.g. gate.tau),
+    /// `arch.lr`, `lr` (weights, this epoch).
+    public func setValue(_ name: String, _ value: Double) throws {
+        if name.hasPrefix("gate.") {
+            let key = String(name.dropFirst(5))
+            try supernet.gateNormal.setValue(key, value)
+            try supernet.gateReduce.setValue(key, value)
+            values[name] = value
+            return
+        }
+        switch name {
+        case "arch.lr": archOptimizer.learningRate = Float(value)
+        case "lr": weightOptimizer.learningRate = Float(value)
+        default:
+            throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "unknown value '\(name)'; this search has gate.NAME (the gate's values), arch.lr and lr")
+        }
+        values[name] = value
+    }
+
+    public func value(_ name: String) throws -> Double {
+        switch name {
+        case "arch.lr": return Double(archOptimizer.learningRate)
+        case "lr": return Double(weightOptimizer.learningRate)
+        default:
+            guard let v = values[name] else {
+                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, and gate.NAME once set")
+            }
+            return v
+        }
+    }
+
+    /// The predicted step peak of this run's config after `change` ({"cells": n, "batch": b, "channels": c}).
+    public func predictPeak(change: String) throws -> StepPrediction {
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(change.utf8)) as? [String: Any] else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(change)' is not a JSON object")
+        }
+        var c = config
+        for (k, v) in obj {
+            guard let n = (v as? NSNumber)?.intValue, n > 0 else {
+                throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")
+            }
+            switch k {
+            case "cells": c.space.cells = n
+            case "batch": c.batchSize = n
+            case "channels": c.space.channels = n
+            case "nodes": c.space.nodes = n; c.space.multiplier = min(c.space.multiplier, n)
+            default: throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: unknown change '\(k)'; known: cells, batch, channels, nodes")
+            }
+        }
+        let ds = trainLoader.view.dataset
+        return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses)
+    }
+}
