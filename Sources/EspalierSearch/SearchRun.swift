@@ -20,7 +20,9 @@ public struct SearchEpochLog: Codable, Sendable {
     public var medianStepSeconds: Double
     public var peakBytes: Int
     public var peakByCategory: [String: Int]
+    /// Raw architecture logits and the gate's mixing weights, (edges, ops) per cell type.
     public var alphaNormal: [[Float]], alphaReduce: [[Float]]
+    public var weightsNormal: [[Float]], weightsReduce: [[Float]]
     public var genotype: Genotype
 }
 
@@ -278,8 +280,9 @@ public final class SearchRun {
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
                 seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
                 medianStepSeconds: sorted.isEmpty ? 0 : sorted[sorted.count / 2], peakBytes: accountant.peakTotal, peakByCategory: peaks,
-                alphaNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
-                alphaReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
+                alphaNormal: supernet.logits(reduction: false), alphaReduce: supernet.logits(reduction: true),
+                weightsNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
+                weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try supernet.genotype(accountant: accountant))
             logs.append(log)
             var metrics = EpochMetrics()

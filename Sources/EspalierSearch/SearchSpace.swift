@@ -270,6 +270,12 @@ public final class Supernet {
         }
     }
 
+    /// Architecture logits of a cell type as rows of floats.
+    public func logits(reduction: Bool) -> [[Float]] {
+        let a = (reduction ? alphaReduce : alphaNormal).value, k = space.ops.count
+        return (0..<space.edgesPerCell).map { e in (0..<k).map { a.isVirtual ? 0 : a[e * k + $0] } }
+    }
+
     /// Mixing weights of a cell type as rows of floats (gate applied in evaluation mode).
     public func mixingWeights(reduction: Bool, accountant: MemoryAccountant) throws -> [[Float]] {
         let g = Graph(accountant: accountant)
