@@ -56,48 +56,105 @@ extension Kernels {
     // MARK: - Max pool
 
     /// y = maxpool(x): x (N, C, H, W) → y (N, C, Ho, Wo).
+    /// Window max of output (oh, ow) and its first arg-max (row-major), NaN passing through.
+    @inline(__always)
+    static func maxPoolWindow(_ g: PoolGeometry, _ xp: UnsafePointer<Float>, _ oh: Int, _ ow: Int) -> (Float, Int) {
+        let rows = g.window(oh, size: g.h), cols = g.window(ow, size: g.w)
+        var best = -Float.infinity
+        var arg = rows.lowerBound * g.w + cols.lowerBound
+        for ih in rows {
+            let xrow = xp + ih * g.w
+            for iw in cols {
+                let v = xrow[iw]
+                if v > best || v.isNaN { best = v; arg = ih * g.w + iw }
+            }
+        }
+        return (best, arg)
+    }
+
+    /// max(a, b) that lets NaN through (any NaN operand gives NaN), without a branch.
+    @inline(__always)
+    static func nanMax(_ a: Float, _ b: Float) -> Float { (b > a || b != b) ? b : a }
+
+    /// Output columns whose 3×3 window (padding 1) lies fully inside a row of width w.
+    @inline(__always)
+    static func interior3x3(_ g: PoolGeometry, out: Int, size: Int) -> Range<Int> {
+        // window start = o·s − 1 ≥ 0 and o·s + 1 ≤ size − 1
+        let lo = (1 + g.stride - 1) / g.stride
+        let hi = min(out, (size - 2) / g.stride + 1)
+        return lo..<max(lo, hi)
+    }
+
+    /// y = max over each k×k window (padding counts as −∞). 3×3 windows with padding 1 take an
+    /// unrolled path inside the image; borders and other sizes the general one.
     public static func maxPool2dForward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        let fast = g.k == 3 && g.padding == 1
+        let rowsIn = fast ? interior3x3(g, out: ho, size: g.h) : 0..<0
+        let colsIn = fast ? interior3x3(g, out: wo, size: g.w) : 0..<0
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, yp = y + plane * ho * wo
             for oh in 0..<ho {
-                let rows = g.window(oh, size: g.h)
-                for ow in 0..<wo {
-                    let cols = g.window(ow, size: g.w)
-                    var best = -Float.infinity
-                    for ih in rows {
-                        let xrow = xp + ih * g.w
-                        for iw in cols {
-                            let v = xrow[iw]
-                            if v > best || v.isNaN { best = v }
+                let yrow = yp + oh * wo
+                if rowsIn.contains(oh) && !colsIn.isEmpty {
+                    let r0 = xp + (oh * g.stride - 1) * g.w, r1 = r0 + g.w, r2 = r1 + g.w
+                    if g.stride == 1 {
+                        // Separable: vertical max of the three rows into y, then horizontal max in place.
+                        for j in 0..<g.w { yrow[j] = nanMax(nanMax(r0[j], r1[j]), r2[j]) }
+                        var prev = yrow[colsIn.lowerBound - 1]
+                        for ow in colsIn {
+                            let cur = yrow[ow]
+                            yrow[ow] = nanMax(nanMax(prev, cur), yrow[ow + 1])
+                            prev = cur
+                        }
+                    } else {
+                        for ow in colsIn {
+                            let c = ow * g.stride - 1
+                            yrow[ow] = nanMax(nanMax(nanMax(r0[c], r0[c + 1]), nanMax(r0[c + 2], r1[c])),
+                                              nanMax(nanMax(nanMax(r1[c + 1], r1[c + 2]), nanMax(r2[c], r2[c + 1])), r2[c + 2]))
                         }
                     }
-                    yp[oh * wo + ow] = best
+                    // Borders last: the stride-1 pass above used y as scratch for the column maxima.
+                    for ow in 0..<colsIn.lowerBound { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
+                    for ow in colsIn.upperBound..<wo { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
+                } else {
+                    for ow in 0..<wo { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
                 }
             }
         }
     }
 
-    /// dX = ∂/∂x (overwritten): each dY goes to the argmax of its window, recomputed from x.
+    /// dX[argmax] += dY for each window (overwrites dX first); the arg-max is recomputed from x.
     public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        let fast = g.k == 3 && g.padding == 1
+        let rowsIn = fast ? interior3x3(g, out: ho, size: g.h) : 0..<0
+        let colsIn = fast ? interior3x3(g, out: wo, size: g.w) : 0..<0
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
             dxp.update(repeating: 0, count: hw)
             for oh in 0..<ho {
-                let rows = g.window(oh, size: g.h)
-                for ow in 0..<wo {
-                    let cols = g.window(ow, size: g.w)
-                    var best = -Float.infinity
-                    var arg = rows.lowerBound * g.w + cols.lowerBound
-                    for ih in rows {
-                        let xrow = xp + ih * g.w
-                        for iw in cols {
-                            let v = xrow[iw]
-                            if v > best || v.isNaN { best = v; arg = ih * g.w + iw }
+                let dyrow = dyp + oh * wo
+                if rowsIn.contains(oh) && !colsIn.isEmpty {
+                    let top = (oh * g.stride - 1) * g.w
+                    let r0 = xp + top, r1 = r0 + g.w, r2 = r1 + g.w
+                    for ow in 0..<colsIn.lowerBound { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                    for ow in colsIn {
+                        let c = ow * g.stride - 1
+                        var m = r0[c], arg = c
+                        @inline(__always) func take(_ v: Float, _ i: Int) {
+                            let t = v > m || v != v
+                            m = t ? v : m
+                            arg = t ? i : arg
                         }
+                        take(r0[c + 1], c + 1); take(r0[c + 2], c + 2)
+                        take(r1[c], g.w + c); take(r1[c + 1], g.w + c + 1); take(r1[c + 2], g.w + c + 2)
+                        take(r2[c], 2 * g.w + c); take(r2[c + 1], 2 * g.w + c + 1); take(r2[c + 2], 2 * g.w + c + 2)
+                        dxp[top + arg] += dyrow[ow]
                     }
-                    dxp[arg] += dyp[oh * wo + ow]
+                    for ow in colsIn.upperBound..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                } else {
+                    for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
                 }
             }
         }
