@@ -44,6 +44,8 @@ final class ConvTests: XCTestCase {
         ConvGeometry(n: 4, cIn: 16, h: 28, w: 28, cOut: 16, kh: 3, kw: 3, stride: 2, padding: 2, dilation: 2, groups: 16),
         ConvGeometry(n: 3, cIn: 64, h: 14, w: 14, cOut: 64, kh: 5, kw: 5, stride: 2, padding: 2, groups: 64),
         ConvGeometry(n: 7, cIn: 64, h: 7, w: 7, cOut: 64, kh: 3, kw: 3, padding: 2, dilation: 2, groups: 64),
+        ConvGeometry(n: 3, cIn: 32, h: 28, w: 28, cOut: 32, kh: 3, kw: 3, stride: 2, padding: 1, groups: 32),
+        ConvGeometry(n: 1, cIn: 16, h: 14, w: 14, cOut: 16, kh: 5, kw: 5, stride: 2, padding: 4, dilation: 2, groups: 16),
     ]
 
     func testTunedPaths_MatchNaiveReference() throws {
@@ -84,8 +86,8 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    /// dX alone, dW alone and both give the same gradients, and no call writes past the workspace
-    /// it asks for (the memory accountant charges exactly `*WorkspaceFloats`).
+    /// dX alone, dW alone and both give the same gradients, whatever the workspace held before,
+    /// and no call writes past the workspace it asks for (the accountant charges exactly `*WorkspaceFloats`).
     func testDepthwise_EachGradientAlone_MatchesBoth_AndStaysInItsWorkspace() throws {
         let acc = MemoryAccountant()
         let guardFloats = 64, sentinel: Float = -12345
@@ -122,6 +124,12 @@ final class ConvTests: XCTestCase {
             }
             assertClose(results[1].dX!, results[0].dX!, tol: 0, "dX alone \(g)")
             assertClose(results[2].dW!, results[0].dW!, tol: 0, "dW alone \(g)")
+            // Workspaces started as garbage (the sentinel): the kernels must not read it.
+            let dXRef = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dWRef = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            Kernels.conv2dBackwardNaive(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dXRef.ptr, dW: dWRef.ptr)
+            assertClose(results[0].dX!, dXRef.array, tol: 1e-5, "dX \(g)")
+            assertClose(results[0].dW!, dWRef.array, tol: 1e-4, "dW \(g)")
         }
     }
 

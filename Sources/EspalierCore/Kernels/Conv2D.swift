@@ -61,7 +61,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     public func forwardWorkspaceFloats(chunks: Int) -> Int {
         switch algorithm {
         case .pointwise: return 0
-        case .depthwise: return chunks * depthwiseForwardFloats
+        case .depthwise: return depthwiseForwardFloats(chunks: chunks)
         case .im2col: return chunks * colSize
         }
     }
@@ -73,7 +73,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         case .pointwise:
             return needWeightGrad ? (chunks - 1) * wCount : 0
         case .depthwise:
-            return chunks * depthwiseBackwardFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
+            return depthwiseBackwardFloats(chunks: chunks, needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
         case .im2col:
             let perChunk = colSize * ((needInputGrad ? 1 : 0) + (needWeightGrad ? 1 : 0))
             return chunks * perChunk + (needWeightGrad ? (chunks - 1) * wCount : 0)
@@ -144,7 +144,8 @@ extension Kernels {
         }
     }
 
-    // MARK: depthwise — in Depthwise.swift
+    // MARK: depthwise — the tuned path is in Depthwise.swift; these direct loops take any geometry
+    // it does not (stride > 2, padding > dilation·(k−1) at stride 1, kernels over 64 taps).
 
     /// Output columns `ow` whose input column `ow·s − p + kj·d` lies in [0, W).
     @inline(__always)
@@ -154,6 +155,102 @@ extension Kernels {
         let hiIncl = inSize - 1 - offset
         let hi = hiIncl < 0 ? 0 : min(outSize, hiIncl / s + 1)
         return lo..<max(lo, hi)
+    }
+
+    static func depthwiseForwardDirect(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
+        let planes = g.n * g.cIn
+        Parallel.forChunks(planes) { r in
+            for plane in r {
+                let c = plane % g.cIn
+                let xp = x + plane * g.h * g.w, yp = y + plane * ho * wo, wp = w + c * kh * kw
+                yp.update(repeating: 0, count: ho * wo)
+                for oh in 0..<ho {
+                    let yrow = yp + oh * wo
+                    for ki in 0..<kh {
+                        let ih = oh * s - p + ki * d
+                        if ih < 0 || ih >= g.h { continue }
+                        let xrow = xp + ih * g.w
+                        for kj in 0..<kw {
+                            let wv = wp[ki * kw + kj], off = kj * d - p
+                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                            if s == 1 {
+                                let src = xrow + off
+                                for ow in rng { yrow[ow] += wv * src[ow] }
+                            } else {
+                                for ow in rng { yrow[ow] += wv * xrow[ow * s + off] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static func depthwiseBackwardDirect(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                        dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?) {
+        let (ho, wo, s, p, d, kh, kw) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation, g.kh, g.kw)
+        if let dX {
+            // Scatter: dX[ih, ow·s + off] += w · dY[oh, ow]; planes are independent.
+            Parallel.forChunks(g.n * g.cIn) { r in
+                for plane in r {
+                    let c = plane % g.cIn
+                    let dxp = dX + plane * g.h * g.w, dyp = dY + plane * ho * wo, wp = w + c * kh * kw
+                    dxp.update(repeating: 0, count: g.h * g.w)
+                    for oh in 0..<ho {
+                        let dyrow = dyp + oh * wo
+                        for ki in 0..<kh {
+                            let ih = oh * s - p + ki * d
+                            if ih < 0 || ih >= g.h { continue }
+                            let dxrow = dxp + ih * g.w
+                            for kj in 0..<kw {
+                                let wv = wp[ki * kw + kj], off = kj * d - p
+                                let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                                if s == 1 {
+                                    let dst = dxrow + off
+                                    for ow in rng { dst[ow] += wv * dyrow[ow] }
+                                } else {
+                                    for ow in rng { dxrow[ow * s + off] += wv * dyrow[ow] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let dW {
+            // dW[c, ki, kj] += Σ_n Σ_oh Σ_ow dY · x ; split over channels so chunks never share a weight.
+            Parallel.forChunks(g.cIn) { r in
+                for c in r {
+                    let wp = dW + c * kh * kw
+                    for ki in 0..<kh {
+                        for kj in 0..<kw {
+                            let off = kj * d - p
+                            let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                            var acc: Float = 0
+                            for sample in 0..<g.n {
+                                let plane = sample * g.cIn + c
+                                let xp = x + plane * g.h * g.w, dyp = dY + plane * ho * wo
+                                for oh in 0..<ho {
+                                    let ih = oh * s - p + ki * d
+                                    if ih < 0 || ih >= g.h { continue }
+                                    let xrow = xp + ih * g.w, dyrow = dyp + oh * wo
+                                    var rowAcc: Float = 0
+                                    if s == 1 {
+                                        let src = xrow + off
+                                        for ow in rng { rowAcc += dyrow[ow] * src[ow] }
+                                    } else {
+                                        for ow in rng { rowAcc += dyrow[ow] * xrow[ow * s + off] }
+                                    }
+                                    acc += rowAcc
+                                }
+                            }
+                            wp[ki * kw + kj] += acc
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // MARK: im2col + sgemm
