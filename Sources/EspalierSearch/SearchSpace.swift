@@ -145,6 +145,26 @@ final class SearchCell {
             let k = edges.first?.ops.count ?? 0
             var e = 0
             for _ in 0..<nodes {
+                if !g.isRecording {
+                    // Forward only (scoring, evaluation): add each candidate into the node as soon as
+                    // it is computed, so one candidate output is alive at a time, not all of them.
+                    var sum: Tensor? = nil
+                    for h in states {
+                        let edge = edges[e]
+                        for (o, op) in edge.ops.enumerated() {
+                            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                            let y = try op(g, h, state: state)
+                            if sum == nil { sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant) }
+                            if g.computing { Kernels.axpy(weights.value[e * k + o], y.value.ptr, sum!.ptr, count: y.value.count) }
+                        }
+                        e += 1
+                    }
+                    if let sum { states.append(g.constant(sum)); continue }
+                    let ref = states[states.count - 1]
+                    let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
+                    states.append(try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]]))
+                    continue
+                }
                 // The node is one weighted sum over every running candidate of every incoming edge.
                 var terms: [Variable] = [], indices: [Int] = []
                 for h in states {
