@@ -73,3 +73,32 @@ public func assertClose(_ a: [Float], _ b: [Float], tol: Float = 1e-4, _ msg: St
         }
     }
 }
+
+/// d(Σ r·f)/dθ for a parameter θ that `f` reads through the graph (`g.param(θ)`): the gradient
+/// the backward pass leaves in θ.grad against central differences of θ's values.
+public func checkParameterGradient(_ name: String, parameter: Parameter, acc: MemoryAccountant,
+                                   file: StaticString = #filePath, line: UInt = #line,
+                                   _ f: (Graph) throws -> Variable) throws {
+    var rng = RNG(seed: 5)
+    let g0 = Graph(accountant: acc)
+    let y0 = try f(g0)
+    let r = try Tensor(shape: y0.shape, category: .workspace, accountant: acc)
+    r.fillUniform(bound: 1, rng: &rng)
+    parameter.zeroGrad()
+    try g0.backward(y0, gradient: try r.copy())
+    let analytic = parameter.grad!.array
+    func loss() throws -> Double {
+        let g = Graph(accountant: acc)
+        let y = try g.noGrad { try f(g) }
+        return (0..<y.value.count).reduce(0.0) { $0 + Double(y.value[$1]) * Double(r[$1]) }
+    }
+    let eps: Float = 1e-2
+    for i in 0..<parameter.count {
+        let old = parameter.value[i]
+        parameter.value[i] = old + eps; let lp = try loss()
+        parameter.value[i] = old - eps; let lm = try loss()
+        parameter.value[i] = old
+        let numeric = Float((lp - lm) / Double(2 * eps))
+        XCTAssertEqual(analytic[i], numeric, accuracy: 2e-3 + 2e-2 * max(abs(numeric), abs(analytic[i])), "\(name)[\(i)]", file: file, line: line)
+    }
+}
