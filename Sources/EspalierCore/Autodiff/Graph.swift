@@ -117,7 +117,8 @@ public final class Graph {
     /// ReLU of the same value, computed once per tape: in a supernet every op on every edge
     /// leaving a node starts with ReLU of that node (DARTS ops), so this keeps one copy instead
     /// of one per op. Only while recording, where the output is kept for backward anyway.
-    var reluCache: [ObjectIdentifier: (input: Variable, output: Variable)] = [:]
+    /// The input is held weakly: the cache must not keep a value alive that nothing else needs.
+    var reluCache: [ObjectIdentifier: (input: WeakVariable, output: Variable)] = [:]
 
     public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
         self.accountant = accountant
@@ -244,6 +245,12 @@ public final class Graph {
 
     /// The gradient that reached a `leaf` after `backward`, or nil.
     public func gradient(of v: Variable) -> Tensor? { v.node?.grad }
+}
+
+/// A weak reference to a variable (a cache key that must not extend its life).
+final class WeakVariable {
+    weak var value: Variable?
+    init(_ v: Variable) { value = v }
 }
 
 extension Node {

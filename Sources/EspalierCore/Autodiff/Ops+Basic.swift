@@ -41,9 +41,9 @@ extension Graph {
     /// max(x, 0). Saves its output (the input can then be freed). While recording, the ReLU of
     /// a value is computed once and shared by every consumer (see `reluCache`).
     public func relu(_ x: Variable) throws -> Variable {
-        if isRecording, x.requiresGrad, let hit = reluCache[ObjectIdentifier(x)] { return hit.output }
+        if isRecording, x.requiresGrad, let hit = reluCache[ObjectIdentifier(x)], hit.input.value === x { return hit.output }
         let out = try reluUncached(x)
-        if isRecording, x.requiresGrad { reluCache[ObjectIdentifier(x)] = (x, out) }
+        if isRecording, x.requiresGrad { reluCache[ObjectIdentifier(x)] = (WeakVariable(x), out) }
         return out
     }
 
