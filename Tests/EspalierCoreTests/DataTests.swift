@@ -9,21 +9,9 @@ import EspalierTestSupport
 import Foundation
 import XCTest
 
-final class DataTests: XCTestCase {
-    var dir: String!
-
-    override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "espalier-data-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
+final class DataTests: TemporaryDirectoryTestCase {
     // MARK: Fixtures
 
-    func path(_ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
 
     func bigEndian(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
 

@@ -12,19 +12,7 @@ import XCTest
 import Glibc
 #endif
 
-final class IOTests: XCTestCase {
-    var dir: String!
-
-    override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "espalier-io-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: dir)
-    }
-
-    func path(_ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
+final class IOTests: TemporaryDirectoryTestCase {
 
     func listing() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).sorted() }
 
