@@ -203,7 +203,12 @@ public final class Component {
                 .compactMap { $0 }.joined(separator: ", ")
         case .regularizer:
             return [regularizerTable!.loss != nil ? "loss" : nil, regularizerTable!.proximal != nil ? "proximal" : nil].compactMap { $0 }.joined(separator: " + ")
-        case .strategy: return "strategy"
+        case .strategy:
+            let r = strategyTable!.requires
+            let needs = [(UInt32(ES_REQUIRES_ARCH_PARAMS), "architecture parameters"), (UInt32(ES_REQUIRES_SAMPLED_GATE), "a sampled gate"),
+                         (UInt32(ES_REQUIRES_HARD_GATE), "a hard gate"), (UInt32(ES_REQUIRES_NO_ARCH_PARAMS), "no architecture parameters")]
+                .filter { r & $0.0 != 0 }.map(\.1)
+            return needs.isEmpty ? "no requirements" : "needs " + needs.joined(separator: ", ")
         }
     }
 }

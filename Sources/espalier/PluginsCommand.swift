@@ -73,7 +73,7 @@ struct PluginsCommand: ParsableCommand {
                 for p in c.params {
                     var t = p.type.rawValue
                     if let ch = p.choices { t += " {\(ch.joined(separator: "|"))}" }
-                    if let lo = p.min, let hi = p.max { t += " [\(fmt(lo)), \(fmt(hi))]" }
+                    if let lo = p.min, let hi = p.max { t += hi > 1e15 ? " [\(fmt(lo)), ∞)" : " [\(fmt(lo)), \(fmt(hi))]" }
                     print("    " + pad(p.name, 20) + pad(t, 28) + pad("default \(p.defaultValue)", 18) + p.doc)
                 }
             }
@@ -146,7 +146,7 @@ private func describeJSON(_ c: Component, full: Bool) -> [String: Any] {
 }
 
 func printJSON(_ object: Any) {
-    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]) {
+    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) {
         print(String(decoding: data, as: UTF8.self))
     }
 }
