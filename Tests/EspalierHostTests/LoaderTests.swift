@@ -120,4 +120,28 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(registry.components.map(\.id), ["org.example.op.swish/1"])
         XCTAssertEqual(registry.libraries.first?.name, "org.example.swish")
     }
+
+    func testSwiftSample_BuildsAsItsOwnPackageFromTheSDKAlone() throws {
+        guard (try? PluginFixtures.run(["swift", "--version"]))?.0 == 0 else { throw XCTSkip("no swift toolchain on PATH") }
+        let sample = PluginFixtures.repoRoot.appendingPathComponent("Samples/swift-sparsemax-gate").path
+        let manifest = try String(contentsOfFile: sample + "/Package.swift", encoding: .utf8)
+        XCTAssertTrue(manifest.contains(".package(path: \"../../SDK\")"))
+        XCTAssertFalse(manifest.contains("EspalierCore") || manifest.contains("EspalierHost"), "a plugin never depends on the host")
+        let scratch = try PluginFixtures.tempDir("sparsemax-build")
+        let (status, log) = try PluginFixtures.run(["swift", "build", "-c", "release", "--package-path", sample, "--scratch-path", scratch])
+        XCTAssertEqual(status, 0, log)
+        let lib = scratch + "/release/libespalier-sample-sparsemax.so"
+        XCTAssertTrue(FileManager.default.fileExists(atPath: lib), log)
+        let (nmStatus, symbols) = try PluginFixtures.run(["nm", "-D", "--defined-only", lib])
+        XCTAssertEqual(nmStatus, 0)
+        XCTAssertTrue(symbols.contains("espalier_plugin_entry_v1"), "the entry is exported")
+        // Loaded in a process of its own (the tree's copy is already loaded in this one), through --plugin-dir.
+        let dir = try PluginFixtures.tempDir("sparsemax-plugin")
+        try FileManager.default.copyItem(atPath: lib, toPath: dir + "/libespalier-sample-sparsemax.so")
+        let espalier = PluginFixtures.builtPluginDir + "/espalier"
+        guard FileManager.default.isExecutableFile(atPath: espalier) else { return }
+        let (_, listing) = try PluginFixtures.run([espalier, "plugins", "--plugin-dir", dir, "--json"])
+        // Beside the tree's own copy it is refused as a duplicate id: proof that it loaded, passed every other check, and was compared.
+        XCTAssertTrue(listing.contains(dir + "/libespalier-sample-sparsemax.so") && listing.contains("duplicate id 'org.example.gate.sparsemax/1'"), listing)
+    }
 }
