@@ -16,9 +16,11 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Output folder (default: beside the genotype, train-<time>).") var out: String?
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
     @Option(help: "Dataset folder.") var dataDir: String?
-    @Option(help: "Initial channels C.") var channels = 16
-    @Option(help: "Cells.") var cells = 8
-    @Option(help: "Epochs.") var epochs = 6
+    // Defaults: the measured CPU setting (C=8, 5 cells, 8 epochs: 27 min on 2 cores, 93.1 % on
+    // Fashion-MNIST with a searched genotype); DARTS's CIFAR setting is C=36, 20 cells, 600 epochs.
+    @Option(help: "Initial channels C.") var channels = 8
+    @Option(help: "Cells.") var cells = 5
+    @Option(help: "Epochs.") var epochs = 8
     @Option(help: "Batch size.") var batchSize = 96
     @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
     @Option(help: "Weight decay.") var weightDecay: Float = 3e-4
