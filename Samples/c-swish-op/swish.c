@@ -1,6 +1,7 @@
 /* swish.c — a sample Espalier plugin in plain C: a raw op with its own forward and backward.
  *
  *   y = x · σ(β_c · x)      per channel c, β learnable (init `beta_init`, default 1)
+ *   (at stride 2, on reduction edges: on every second row and column, x[:, :, ::2, ::2])
  *
  * It shows everything a C author needs: the entry point, a parameter, a learnable tensor
  * declared through the host (so the accountant counts it and the optimiser updates it), raw
@@ -18,7 +19,8 @@
 typedef struct swish {
     const es_host_services *host;
     int64_t channels;
-    es_param beta;  /* (C) */
+    int32_t stride;  /* 1, or 2 on the edges of a reduction cell */
+    es_param beta;   /* (C) */
 } swish;
 
 static float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
@@ -32,12 +34,13 @@ static es_status swish_create(const es_component_desc *component, const es_host_
                               const es_param_value *params, uint32_t param_count, void **instance) {
     (void)component;
     if (param_count < 1) return fail(host, ES_ERROR_INVALID_ARGUMENT, "swish: missing parameter beta_init");
-    if (config->in_channels != config->out_channels || config->stride != 1)
-        return fail(host, ES_ERROR_INVALID_ARGUMENT, "swish keeps the shape: it needs in_channels == out_channels and stride 1");
+    if (config->in_channels != config->out_channels || (config->stride != 1 && config->stride != 2))
+        return fail(host, ES_ERROR_INVALID_ARGUMENT, "swish keeps the channels: it needs in_channels == out_channels and stride 1 or 2");
     swish *s = calloc(1, sizeof *s);
     if (!s) return fail(host, ES_ERROR_OUT_OF_MEMORY, "swish: out of memory");
     s->host = host;
     s->channels = config->in_channels;
+    s->stride = config->stride;
     int64_t shape[1] = { s->channels };
     es_status st = host->declare_param(host->host, "beta", shape, 1, ES_INIT_CONSTANT, params[0].double_value,
                                        ES_PARAM_FLAG_NO_DECAY, &s->beta);
@@ -53,60 +56,72 @@ static es_status swish_output_shape(void *instance, const es_tensor_view *input,
     if (input->rank != 4 || input->shape[1] != s->channels)
         return fail(s->host, ES_ERROR_SHAPE, "swish needs an (N, C, H, W) input with the configured channels");
     output->rank = 4;
-    for (int i = 0; i < 4; i++) output->shape[i] = input->shape[i];
+    output->shape[0] = input->shape[0];
+    output->shape[1] = input->shape[1];
+    output->shape[2] = (input->shape[2] + s->stride - 1) / s->stride;
+    output->shape[3] = (input->shape[3] + s->stride - 1) / s->stride;
     return ES_OK;
 }
 
-/* x, y: (N, C, H, W) · beta: (C) */
+/* x: (N, C, H, W) · y: (N, C, H/s, W/s) · beta: (C) */
 static es_status swish_forward(void *instance, const es_run_state *state, const es_tensor_view *input,
                                const es_tensor_view *params, uint32_t param_count, es_tensor_view *output) {
     (void)state; (void)param_count;
     swish *s = instance;
     if (!input->data || !output->data) return ES_OK;  /* dry run: shapes only */
-    const int64_t n = input->shape[0], c = input->shape[1], hw = input->shape[2] * input->shape[3];
+    const int64_t n = input->shape[0], c = input->shape[1], h = input->shape[2], w = input->shape[3];
+    const int64_t ho = output->shape[2], wo = output->shape[3], st = s->stride;
     const float *beta = params[0].data;
     for (int64_t i = 0; i < n; i++)
         for (int64_t ch = 0; ch < c; ch++) {
-            const float *x = input->data + (i * c + ch) * hw;
-            float *y = output->data + (i * c + ch) * hw;
+            const float *x = input->data + (i * c + ch) * h * w;
+            float *y = output->data + (i * c + ch) * ho * wo;
             const float b = beta[ch];
-            for (int64_t k = 0; k < hw; k++) y[k] = x[k] * sigmoidf_(b * x[k]);
+            for (int64_t r = 0; r < ho; r++)
+                for (int64_t k = 0; k < wo; k++) {
+                    const float v = x[r * st * w + k * st];
+                    y[r * wo + k] = v * sigmoidf_(b * v);
+                }
         }
-    (void)s;
     return ES_OK;
 }
 
-/* dX = dY · (σ + βx·σ(1−σ)) (overwrite) · dβ_c += Σ dY · x²·σ(1−σ) (add) */
+/* dX = dY · (σ + βx·σ(1−σ)) at the sampled positions, 0 elsewhere (overwrite) · dβ_c += Σ dY · x²·σ(1−σ) (add) */
 static es_status swish_backward(void *instance, const es_run_state *state, const es_tensor_view *input,
                                 const es_tensor_view *output, const es_tensor_view *d_output,
                                 const es_tensor_view *params, uint32_t param_count,
                                 es_tensor_view *d_input, es_tensor_view *d_params) {
-    (void)instance; (void)state; (void)output; (void)param_count;
+    (void)state; (void)output; (void)param_count;
+    swish *s = instance;
     if (!input->data || !d_output->data) return ES_OK;
-    const int64_t n = input->shape[0], c = input->shape[1], hw = input->shape[2] * input->shape[3];
+    const int64_t n = input->shape[0], c = input->shape[1], h = input->shape[2], w = input->shape[3];
+    const int64_t ho = d_output->shape[2], wo = d_output->shape[3], st = s->stride;
     const float *beta = params[0].data;
     float *dbeta = d_params[0].data;  /* NULL when β needs no gradient */
     for (int64_t i = 0; i < n; i++)
         for (int64_t ch = 0; ch < c; ch++) {
-            const float *x = input->data + (i * c + ch) * hw;
-            const float *dy = d_output->data + (i * c + ch) * hw;
-            float *dx = d_input->data ? d_input->data + (i * c + ch) * hw : NULL;
+            const float *x = input->data + (i * c + ch) * h * w;
+            const float *dy = d_output->data + (i * c + ch) * ho * wo;
+            float *dx = d_input->data ? d_input->data + (i * c + ch) * h * w : NULL;
             const float b = beta[ch];
             double acc = 0;
-            for (int64_t k = 0; k < hw; k++) {
-                const float sg = sigmoidf_(b * x[k]), ds = sg * (1 - sg);
-                if (dx) dx[k] = dy[k] * (sg + b * x[k] * ds);
-                acc += (double)dy[k] * x[k] * x[k] * ds;
-            }
+            if (dx && st != 1) for (int64_t k = 0; k < h * w; k++) dx[k] = 0;
+            for (int64_t r = 0; r < ho; r++)
+                for (int64_t k = 0; k < wo; k++) {
+                    const int64_t xi = r * st * w + k * st;
+                    const float v = x[xi], sg = sigmoidf_(b * v), ds = sg * (1 - sg), g = dy[r * wo + k];
+                    if (dx) dx[xi] = g * (sg + b * v * ds);
+                    acc += (double)g * v * v * ds;
+                }
             if (dbeta) dbeta[ch] += (float)acc;
         }
     return ES_OK;
 }
 
 static es_status swish_flops(void *instance, const es_tensor_view *input, uint64_t *flops) {
-    (void)instance;
-    uint64_t count = 1;
-    for (int i = 0; i < input->rank; i++) count *= (uint64_t)input->shape[i];
+    swish *s = instance;
+    uint64_t count = (uint64_t)input->shape[0] * (uint64_t)input->shape[1];
+    count *= (uint64_t)((input->shape[2] + s->stride - 1) / s->stride) * (uint64_t)((input->shape[3] + s->stride - 1) / s->stride);
     *flops = 6 * count;
     return ES_OK;
 }
@@ -143,7 +158,7 @@ static const es_dynamic_method_desc swish_methods[] = {
 
 static const es_component_desc components[] = {
     { .struct_size = sizeof(es_component_desc), .kind = ES_KIND_OP, .id = "org.example.op.swish/1",
-      .summary = "swish with a learnable per-channel slope: y = x * sigmoid(beta_c * x) (sample C plugin, raw kernels)",
+      .summary = "swish with a learnable per-channel slope: y = x * sigmoid(beta_c * x), subsampled at stride 2 (sample C plugin, raw kernels)",
       .params = swish_params, .param_count = 1, .methods = swish_methods, .method_count = 1,
       .vtable = &swish_table, .user_data = NULL },
 };

@@ -41,6 +41,16 @@ final class AdapterTests: XCTestCase {
         try GradCheck().check("swish dX", inputs: [x]) { g, v in try swish(g, v[0]) }
         try checkParameterGradient("swish dβ", parameter: swish.parameters[0], acc: acc) { g in try swish(g, g.constant(x)) }
         XCTAssertGreaterThan(acc.ownerTable().first { $0.owner == "cell0/edge1/swish/beta" }?.current.total ?? 0, 0, "β is counted by the accountant")
+        // Stride 2 (reduction edges): every second row and column.
+        let swish2 = try PluginOp(try registry(context).require("org.example.op.swish/1", kind: .op), context: context,
+                                  config: OpConfig(inChannels: 3, outChannels: 3, stride: 2), ownerPath: "cell1/edge0/swish")
+        let x5 = try randomTensor([2, 3, 5, 4], acc, seed: 4, bound: 2)
+        let g2 = Graph(accountant: acc)
+        let y2 = try swish2(g2, g2.constant(x5))
+        XCTAssertEqual(y2.shape, [2, 3, 3, 2])
+        XCTAssertEqual(y2.value[3], x5[2 * 4 + 2] / (1 + exp(-x5[2 * 4 + 2])), accuracy: 1e-6)   // (0,0,1,1) ← x (0,0,2,2)
+        try GradCheck().check("swish stride 2 dX", inputs: [x5]) { g, v in try swish2(g, v[0]) }
+        try checkParameterGradient("swish stride 2 dβ", parameter: swish2.parameters[0], acc: acc) { g in try swish2(g, g.constant(x5)) }
     }
 
     func testComposedOp_BuiltFromHostPrimitives_IsDifferentiatedByTheHost() throws {

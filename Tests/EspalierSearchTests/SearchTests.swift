@@ -177,7 +177,6 @@ final class SearchTests: XCTestCase {
         var c = tinyConfig()
         c.space.ops = ["espalier.op.none/1", "espalier.op.sep_conv_3x3/1", "org.example.op.swish/1"]
         c.opSettings = ["org.example.op.swish/1": ["beta_init": "0.5"]]
-        c.space.reductionCells = []   // the sample op keeps the shape (stride 1 only)
         c.gate = "org.example.gate.sparsemax/1"
         c.epochs = 1
         let (run, _) = try makeRun(c, images: 16)
