@@ -124,12 +124,64 @@ extension Kernels {
         }
     }
 
+    /// Max-pool 3×3, stride 1, padding 1 backward, separably: each input row's 3-wide (max, first
+    /// arg-max) once, then 2 comparisons per output across its three rows. The same first-maximum
+    /// (row-major) and NaN rules as the general path.
+    static func maxPool3x3Stride1Backward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                          dX: UnsafeMutablePointer<Float>, rowsIn: Range<Int>, colsIn: Range<Int>) {
+        let (ho, wo, w, hw) = (g.hOut, g.wOut, g.w, g.h * g.w)
+        forItems(g.planes, itemSize: hw * 2) { plane in
+            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
+            dxp.update(repeating: 0, count: hw)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: hw) { hmBuf in
+                withUnsafeTemporaryAllocation(of: Int32.self, capacity: hw) { haBuf in
+                    let hm = hmBuf.baseAddress!, ha = haBuf.baseAddress!
+                    // Row maxima over columns c..c+2 (c = ow − 1) for the interior columns.
+                    for r in 0..<g.h {
+                        let xr = xp + r * w, mr = hm + r * w, ar = ha + r * w
+                        for ow in colsIn {
+                            let c = ow - 1
+                            var m = xr[c], a = Int32(c)
+                            let v1 = xr[c + 1], t1 = v1 > m || v1 != v1
+                            m = t1 ? v1 : m; a = t1 ? Int32(c + 1) : a
+                            let v2 = xr[c + 2], t2 = v2 > m || v2 != v2
+                            m = t2 ? v2 : m; a = t2 ? Int32(c + 2) : a
+                            mr[ow] = m; ar[ow] = a
+                        }
+                    }
+                    for oh in 0..<ho {
+                        let dyrow = dyp + oh * wo
+                        if rowsIn.contains(oh) {
+                            let top = oh - 1
+                            for ow in 0..<colsIn.lowerBound { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                            for ow in colsIn {
+                                var m = hm[top * w + ow], a = top * w + Int(ha[top * w + ow])
+                                let m1 = hm[(top + 1) * w + ow], t1 = m1 > m || m1 != m1
+                                m = t1 ? m1 : m; a = t1 ? (top + 1) * w + Int(ha[(top + 1) * w + ow]) : a
+                                let m2 = hm[(top + 2) * w + ow], t2 = m2 > m || m2 != m2
+                                a = t2 ? (top + 2) * w + Int(ha[(top + 2) * w + ow]) : a
+                                dxp[a] += dyrow[ow]
+                            }
+                            for ow in colsIn.upperBound..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                        } else {
+                            for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// dX[argmax] += dY for each window (overwrites dX first); the arg-max is recomputed from x.
     public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
         let fast = g.k == 3 && g.padding == 1
         let rowsIn = fast ? interior3x3(g, out: ho, size: g.h) : 0..<0
         let colsIn = fast ? interior3x3(g, out: wo, size: g.w) : 0..<0
+        if fast && g.stride == 1 && !colsIn.isEmpty && !rowsIn.isEmpty {
+            maxPool3x3Stride1Backward(g, x: x, dY: dY, dX: dX, rowsIn: rowsIn, colsIn: colsIn)
+            return
+        }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
             dxp.update(repeating: 0, count: hw)
