@@ -87,6 +87,14 @@ public final class Component {
 
     public var revision: Int { Int(id.split(separator: "/").last ?? "0") ?? 0 }
 
+    /// The last word of an id without its revision (`sep_conv_3x3` for `espalier.op.sep_conv_3x3/1`):
+    /// the name in genotypes and the prefix of a component's `--set` keys.
+    public static func shortName(_ id: String) -> String {
+        let base = id.split(separator: "/").first.map(String.init) ?? id
+        return String(base.split(separator: ".").last ?? Substring(base))
+    }
+    public var shortName: String { Component.shortName(id) }
+
     init(describing p: UnsafePointer<es_component_desc>, library: LoadedLibrary, index: Int) throws {
         let d: es_component_desc = try readSized(UnsafeRawPointer(p), what: "component #\(index)")
         let where_ = "component #\(index)"

@@ -105,19 +105,15 @@ public struct Selection {
     /// Checks `request` against `registry`.
     public static func resolve(_ request: SelectionRequest, registry: PluginRegistry) throws -> Selection {
         var s = Selection()
-        func shortName(_ c: Component) -> String {
-            let base = c.id.split(separator: "/").first.map(String.init) ?? c.id
-            return String(base.split(separator: ".").last ?? Substring(base))
-        }
         if let id = request.strategy { s.strategy = Choice(component: try registry.require(id, kind: .strategy), settings: [:], key: "strategy") }
         if let id = request.gate { s.gate = Choice(component: try registry.require(id, kind: .gate), settings: [:], key: "gate") }
         for id in request.ops ?? [] {
             let c = try registry.require(id, kind: .op)
-            s.ops.append(Choice(component: c, settings: [:], key: shortName(c)))
+            s.ops.append(Choice(component: c, settings: [:], key: c.shortName))
         }
         for id in request.regularizers ?? [] {
             let c = try registry.require(id, kind: .regularizer)
-            s.regularizers.append(Choice(component: c, settings: [:], key: shortName(c)))
+            s.regularizers.append(Choice(component: c, settings: [:], key: c.shortName))
         }
         let keys = s.all.map(\.key)
         if Set(keys).count != keys.count {

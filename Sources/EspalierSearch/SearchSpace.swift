@@ -35,12 +35,8 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     public var reductions: [Int] { reductionCells ?? [cells / 3, 2 * cells / 3] }
     public var edgesPerCell: Int { (0..<nodes).reduce(0) { $0 + 2 + $1 } }
 
-    /// The op's short name (`sep_conv_3x3` for `espalier.op.sep_conv_3x3/1`), used in genotypes.
-    public static func shortName(_ id: String) -> String {
-        let base = id.split(separator: "/").first.map(String.init) ?? id
-        return String(base.split(separator: ".").last ?? Substring(base))
-    }
-    public var opNames: [String] { ops.map(Self.shortName) }
+    /// Candidate ops by short name (`sep_conv_3x3`), as genotypes name them.
+    public var opNames: [String] { ops.map(Component.shortName) }
 
     public func validate() throws {
         guard cells >= 1, nodes >= 1, channels >= 2, multiplier >= 1, multiplier <= nodes, stemMultiplier >= 1, !ops.isEmpty else {
@@ -122,9 +118,9 @@ final class SearchCell {
                 for j in 0..<(2 + i) {
                     let stride = reduction && j < 2 ? 2 : 1
                     let ops: [PluginOp?] = try components.map { comp in
-                        if SearchSpaceDescription.shortName(comp.id) == "none" { return nil }
+                        if Component.shortName(comp.id) == "none" { return nil }
                         return try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: false),
-                                            settings: opSettings[comp.id] ?? [:], ownerPath: acc.currentOwnerPath + "/edge\(e)/" + SearchSpaceDescription.shortName(comp.id))
+                                            settings: opSettings[comp.id] ?? [:], ownerPath: acc.currentOwnerPath + "/edge\(e)/" + Component.shortName(comp.id))
                     }
                     edges.append(MixedEdge(ops: ops))
                     e += 1

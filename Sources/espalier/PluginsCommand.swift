@@ -120,9 +120,7 @@ private func shortKey(_ c: Component) -> String {
     switch c.kind {
     case .strategy: return "strategy"
     case .gate: return "gate"
-    default:
-        let base = c.id.split(separator: "/").first.map(String.init) ?? c.id
-        return String(base.split(separator: ".").last ?? Substring(base))
+    default: return c.shortName
     }
 }
 
