@@ -24,6 +24,15 @@ let package = Package(
         // Plugins: one shared library per method family, loaded by the host with dlopen.
         .library(name: "espalier-gates", type: .dynamic, targets: ["EspalierGatesPlugin"]),
         .library(name: "espalier-darts", type: .dynamic, targets: ["EspalierDartsPlugin"]),
+        .library(name: "espalier-pcdarts", type: .dynamic, targets: ["EspalierPCDartsPlugin"]),
+        .library(name: "espalier-gdas", type: .dynamic, targets: ["EspalierGdasPlugin"]),
+        .library(name: "espalier-proxyless", type: .dynamic, targets: ["EspalierProxylessPlugin"]),
+        .library(name: "espalier-pdarts", type: .dynamic, targets: ["EspalierPDartsPlugin"]),
+        .library(name: "espalier-dropnas", type: .dynamic, targets: ["EspalierDropNASPlugin"]),
+        .library(name: "espalier-mergenas", type: .dynamic, targets: ["EspalierMergeNASPlugin"]),
+        .library(name: "espalier-parsec", type: .dynamic, targets: ["EspalierParsecPlugin"]),
+        .library(name: "espalier-betadarts", type: .dynamic, targets: ["EspalierBetaDartsPlugin"]),
+        .library(name: "espalier-random", type: .dynamic, targets: ["EspalierRandomPlugin"]),
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
         .library(name: "espalier-sample-sparsemax", type: .dynamic, targets: ["SparsemaxGate"]),
@@ -72,6 +81,60 @@ let package = Package(
             name: "EspalierDartsPlugin",
             dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
             path: "Plugins/darts",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierPCDartsPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/pcdarts",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierGdasPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/gdas",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierProxylessPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/proxyless",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierPDartsPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/pdarts",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierDropNASPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/dropnas",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierMergeNASPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/mergenas",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierParsecPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/parsec",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierBetaDartsPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/betadarts",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierRandomPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/random",
             swiftSettings: fast
         ),
         .target(

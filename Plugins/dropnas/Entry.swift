@@ -1,0 +1,15 @@
+// The "espalier.dropnas" library: its description and the one exported symbol, `espalier_plugin_entry_v1`.
+// (Components are added as the method lands.)
+
+import EspalierPluginKit
+
+nonisolated(unsafe) private let descriptor = Plugin.describe(
+    name: "espalier.dropnas",
+    version: "1.0.0",
+    summary: "espalier.dropnas",
+    components: [])
+
+@_cdecl("espalier_plugin_entry_v1")
+public func espalierPluginEntry(_ abi: UnsafePointer<es_version>?) -> UnsafePointer<es_plugin_desc>? {
+    Plugin.accepts(abi) ? descriptor : nil
+}
