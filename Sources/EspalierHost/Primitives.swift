@@ -77,5 +77,41 @@ enum Primitives {
             return try g.crop(x[0], top: try a.int("top", 0), left: try a.int("left", 0), height: h, width: w)
         },
         "mean": { g, x, _ in try arity("mean", x, 1...1); return try g.mean(x[0]) },
+        "kernel_mask": { g, x, a in
+            try arity("kernel_mask", x, 1...1)
+            let keep = try KernelMask.keep(shape: x[0].shape, size: try a.int("size"), dilation: try a.int("dilation", 1))
+            return try g.maskedFill(x[0], keep: keep, value: 0)
+        },
     ]
+}
+
+/// `kernel_mask(w) size, dilation`: keeps the taps of a centred size×size window at dilation d in
+/// the last two dimensions of a kernel (…, KH, KW) and zeroes the rest; the gradient passes only
+/// through the kept taps. MergeNAS derives its candidate kernels from one large kernel with it
+/// (sep_conv_3x3 = size 3, dilation 1 of a 9×9 kernel; dil_conv_5x5 = size 5, dilation 2).
+enum KernelMask {
+    /// keep[i] for every element of a tensor of `shape`.
+    static func keep(shape: [Int], size: Int, dilation: Int) throws -> [Bool] {
+        guard shape.count >= 2 else {
+            throw HostCallError(ES_ERROR_SHAPE, "kernel_mask needs a kernel (…, KH, KW); got shape \(shape)")
+        }
+        let kh = shape[shape.count - 2], kw = shape[shape.count - 1]
+        guard size >= 1, dilation >= 1 else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "kernel_mask: size \(size) and dilation \(dilation) must be ≥ 1")
+        }
+        let span = (size - 1) * dilation + 1
+        guard span <= kh, span <= kw, (kh - span) % 2 == 0, (kw - span) % 2 == 0 else {
+            throw HostCallError(ES_ERROR_SHAPE,
+                                "kernel_mask: a \(size)×\(size) window at dilation \(dilation) spans \(span)×\(span), which must fit centred in the kernel's \(kh)×\(kw) (same parity)")
+        }
+        let top = (kh - span) / 2, left = (kw - span) / 2
+        func kept(_ i: Int, _ start: Int) -> Bool { i >= start && i < start + span && (i - start) % dilation == 0 }
+        var plane = [Bool](repeating: false, count: kh * kw)   // (KH, KW)
+        for i in 0..<kh where kept(i, top) { for j in 0..<kw where kept(j, left) { plane[i * kw + j] = true } }
+        let planes = shape.dropLast(2).reduce(1, *)
+        var keep: [Bool] = []
+        keep.reserveCapacity(planes * plane.count)
+        for _ in 0..<planes { keep.append(contentsOf: plane) }
+        return keep
+    }
 }

@@ -1,6 +1,8 @@
 // Ops in Swift: `ComposedOp` (builds host primitives; the host differentiates them) or `RawOp`
-// (own output_shape/forward/backward kernels), optional `FlopsCounting`, `Component.op(…)`, and
-// the C thunks of `es_op_vtable`. A composed op's table has NULL raw pointers and vice versa.
+// (own output_shape/forward/backward kernels), optional `FlopsCounting`, `MixedComposedOp` (a
+// composed op that stands for several candidates and applies the edge's mixing weights itself,
+// `build_mixed`), `Component.op(…)`, and the C thunks of `es_op_vtable`. A composed op's table
+// has NULL raw pointers and vice versa; `build_mixed` is non-NULL only for a `MixedComposedOp`.
 
 /// Where an op instance sits (`es_op_config`).
 public struct OpConfig: Sendable {
@@ -49,6 +51,17 @@ public protocol ComposedOp: OpComponent {
     func build(graph: es_graph, input: es_value) throws -> es_value
 }
 
+/// A composed op that stands for several candidates of an edge at once (MergeNAS's merged
+/// convolution). The search space builds one instance per edge in place of the candidates it
+/// covers and calls `buildMixed` with the edge's mixing weights of those candidates; the op
+/// applies them itself and the host adds its output to the node unscaled. `build` (inherited from
+/// `ComposedOp`) is what a network without mixing weights calls.
+public protocol MixedComposedOp: ComposedOp {
+    /// Appends the op to `graph` and returns its output for `input` mixed by `weights`, a value of
+    /// shape (k) (one weight per covered candidate, differentiable: gradients reach α through it).
+    func buildMixed(graph: es_graph, input: es_value, weights: es_value) throws -> es_value
+}
+
 /// An op with its own kernels on plain buffers. `forward`/`backward` are never called in a dry run.
 public protocol RawOp: OpComponent {
     /// The output shape for an input shape.
@@ -77,13 +90,15 @@ final class OpFactory: ComponentFactory {
 typealias OpInstance = Instance<any OpComponent>
 
 extension Component {
-    /// A composed op implemented by `type` (the table's raw pointers are NULL).
+    /// A composed op implemented by `type` (the table's raw pointers are NULL; `build_mixed` is
+    /// set when `type` is a `MixedComposedOp`).
     public static func op<O: ComposedOp>(_ type: O.Type, id: String, summary: String, params: [ParamSpec] = [],
                                          methods: [DynamicMethod] = []) -> Component {
         let factory = OpFactory(id: id, params: params) { host, config, values in try O(host: host, config: config, params: values) }
         let flops = O.self is any FlopsCounting.Type
+        let mixed = O.self is any MixedComposedOp.Type
         return Component(kind: ES_KIND_OP, id: id, summary: summary, params: params, methods: methods, factory: factory) {
-            immortalTable(OpThunks.table(composed: true, saves: [], flops: flops))
+            immortalTable(OpThunks.table(composed: true, saves: [], flops: flops, mixed: mixed))
         }
     }
 
@@ -101,7 +116,7 @@ extension Component {
 
 /// The C functions of every Swift op.
 enum OpThunks {
-    static func table(composed: Bool, saves: OpSaves, flops: Bool) -> es_op_vtable {
+    static func table(composed: Bool, saves: OpSaves, flops: Bool, mixed: Bool = false) -> es_op_vtable {
         var t = es_op_vtable()
         t.struct_size = UInt32(MemoryLayout<es_op_vtable>.size)
         t.saves = saves.rawValue
@@ -121,6 +136,18 @@ enum OpThunks {
                     guard let op = box.object as? any ComposedOp else { throw PluginError.internalError("build called on a raw op") }
                     guard let graph, let input, let output else { throw PluginError.invalidArgument("build: graph, input or output is NULL") }
                     output.pointee = try op.build(graph: graph, input: input)
+                }
+            }
+            if mixed {
+                t.build_mixed = { instance, graph, input, weights, output in
+                    guard let box = OpInstance.from(instance) else { return nullInstanceStatus }
+                    return box.call("build_mixed") {
+                        guard let op = box.object as? any MixedComposedOp else { throw PluginError.internalError("build_mixed called on an op that takes no mixing weights") }
+                        guard let graph, let input, let weights, let output else {
+                            throw PluginError.invalidArgument("build_mixed: graph, input, weights or output is NULL")
+                        }
+                        output.pointee = try op.buildMixed(graph: graph, input: input, weights: weights)
+                    }
                 }
             }
         } else {

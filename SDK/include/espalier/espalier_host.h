@@ -129,6 +129,8 @@ typedef struct es_host_services {
      *   channel_scale(x, w)   y[n,c,…] = x[n,c,…]·w[c]   (per-channel masks and scales)
      *   crop(x)               top, left [, height, width]: x[:, :, top:top+height, left:left+width]
      *   mean(x)  → (1)
+     *   kernel_mask(w)        size [, dilation]: keeps the taps of a centred size x size window at
+     *                         that dilation in w's last two dims (…, KH, KW), zeroes the rest
      *  Later minors add primitives; ask with this function before using a newer one. */
     int32_t (*has_primitive)(void *host, const char *primitive);
     /** Applies a primitive to values; `*out` receives a new value owned by the graph. */
