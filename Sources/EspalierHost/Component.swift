@@ -94,6 +94,8 @@ public final class Component {
         return String(base.split(separator: ".").last ?? Substring(base))
     }
     public var shortName: String { Component.shortName(id) }
+    /// An op that applies an edge's mixing weights itself (`build_mixed`, MergeNAS).
+    public var hasMixed: Bool { opTable?.build_mixed != nil }
 
     init(describing p: UnsafePointer<es_component_desc>, library: LoadedLibrary, index: Int) throws {
         let d: es_component_desc = try readSized(UnsafeRawPointer(p), what: "component #\(index)")

@@ -77,10 +77,18 @@ public enum SearchBench {
 
     /// Builds the supernet of `variant` at `shape` and times `steps` steps after 2 warm-ups.
     public static func run(variant: String, shape: BenchShape, steps: Int, registry: PluginRegistry, seed: UInt64 = 0) throws -> BenchResult {
-        guard ["darts", "masked", "zeroshot"].contains(variant) else {
-            throw EspalierError.config("bench variant '\(variant)' needs its method plugin (PC-DARTS and GDAS come with their plugins); available now: darts, masked, zeroshot")
+        guard variants.contains(variant) else {
+            throw EspalierError.config("unknown bench variant '\(variant)'; the variants are \(variants.joined(separator: ", "))")
         }
         var config = SearchConfig()
+        switch variant {
+        case "pcdarts":   // K = 4, 2×2 max-pool bypass on reduction edges, channel shuffle, β edge normalisation
+            config.strategy = "espalier.strategy.pcdarts/1"
+        case "gdas":      // one Gumbel sample per cell type per forward; only the sampled op runs
+            config.strategy = "espalier.strategy.gdas/1"
+            config.gate = "espalier.gate.gdas/1"
+        default: break
+        }
         config.space.channels = shape.c
         config.space.cells = shape.cells
         config.batchSize = shape.batch

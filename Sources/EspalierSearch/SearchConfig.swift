@@ -2,6 +2,7 @@
 // the same run. Defaults are DARTS's (GUIDE.md §1).
 
 import EspalierCore
+import EspalierHost
 import Foundation
 
 public struct SearchConfig: Codable, Equatable, Sendable {
@@ -12,6 +13,11 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     public var gateSettings: [String: String] = [:]
     /// Parameter settings of candidate ops, by op id.
     public var opSettings: [String: [String: String]] = [:]
+    /// Regularizers (ids) and their settings, by id.
+    public var regularizers: [String] = []
+    public var regularizerSettings: [String: [String: String]] = [:]
+    /// Chosen dynamic methods, slot → method name (e.g. "tau.schedule" → "linear-decay").
+    public var methods: [String: String] = [:]
 
     public var dataset = "fashion-mnist"
     public var dataDir: String? = nil
@@ -47,6 +53,25 @@ public struct SearchConfig: Codable, Equatable, Sendable {
         c.evalImages = 1000
         c.batchSize = 32
         c.epochs = 2
+        return c
+    }
+
+    /// The config with the space options a strategy declares as parameters copied into the space:
+    /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — from the user's
+    /// setting or the parameter's default.
+    public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
+        var c = self
+        for spec in strategy.params {
+            let text = strategySettings[spec.name] ?? spec.defaultValue
+            switch spec.name {
+            case "partial_channels":
+                guard let k = Int(text), k >= 1 else { throw EspalierError.config("\(strategy.id): partial_channels must be an integer ≥ 1 (got '\(text)')") }
+                c.space.partialChannels = k
+            case "edge_normalization":
+                c.space.edgeNormalization = ["1", "true", "yes", "on"].contains(text.lowercased())
+            default: continue
+            }
+        }
         return c
     }
 

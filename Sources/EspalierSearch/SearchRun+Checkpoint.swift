@@ -27,6 +27,8 @@ struct CheckpointState: Codable {
     /// Candidate states, (edges × ops) flattened, for the normal and the reduction cells.
     var opStatesNormal: [Int32]
     var opStatesReduce: [Int32]
+    /// The supernet's cell count (P-DARTS grows it); nil in checkpoints of fixed-depth runs.
+    var cells: Int?
 }
 
 extension SearchRun {
@@ -55,7 +57,8 @@ extension SearchRun {
                                  stepTimes: stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
                                  adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal,
-                                 values: values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true))
+                                 values: values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true),
+                                 cells: supernet.space.cells)
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
         try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
@@ -72,7 +75,8 @@ extension SearchRun {
         do { st = try JSONDecoder().decode(CheckpointState.self, from: Data(meta.utf8)) } catch {
             throw EspalierError.data(file: path, problem: "damaged checkpoint metadata: \(error)")
         }
-        // Op states first: removed ops take their parameters out of the state being loaded.
+        // Depth first (a grown supernet), then op states: removed ops take their parameters out of the state being loaded.
+        if let cells = st.cells, cells != supernet.space.cells { try grow(cells: cells) }
         let sp = supernet.space
         for (reduction, states) in [(false, st.opStatesNormal), (true, st.opStatesReduce)] {
             guard states.count == sp.edgesPerCell * sp.ops.count else {

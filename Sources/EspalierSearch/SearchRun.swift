@@ -44,10 +44,16 @@ public final class SearchRun {
     public let config: SearchConfig
     public let context: HostContext
     public let accountant: MemoryAccountant
-    public let supernet: Supernet
+    public internal(set) var supernet: Supernet
     public let strategy: PluginStrategy
-    public let weightOptimizer: SGD
-    public let archOptimizer: Adam
+    public internal(set) var weightOptimizer: SGD
+    public internal(set) var archOptimizer: Adam
+    /// Regularizer plugins, called in every architecture step (and after weight steps, proximal).
+    public let regularizers: [PluginRegularizer]
+    /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
+    let schedules: [(slot: String, method: DynamicMethod)]
+    /// Per-candidate costs for gate-weight regularizers (measured once).
+    var costCache: (normal: CandidateCosts, reduce: CandidateCosts)? = nil
     public let graph: Graph
     let schedule: CosineSchedule
     public let trainLoader: DataLoader
@@ -70,7 +76,9 @@ public final class SearchRun {
     private var stepsThisProcess = 0
 
     /// Builds a run on `train` (split 50/50 into weight-train and arch-validation halves).
-    public init(config: SearchConfig, registry: PluginRegistry, context: HostContext, train: DataView, outDirectory: String?) throws {
+    public init(config requested: SearchConfig, registry: PluginRegistry, context: HostContext, train: DataView, outDirectory: String?) throws {
+        let strategyComponent = try registry.require(requested.strategy, kind: .strategy)
+        let config = try requested.withStrategySpace(strategyComponent)
         try config.validate()
         self.config = config
         self.context = context
@@ -84,9 +92,36 @@ public final class SearchRun {
             try Supernet(space: space, registry: registry, context: context, gateID: config.gate, gateSettings: config.gateSettings,
                          opSettings: config.opSettings, seed: config.seed)
         }
-        strategy = try PluginStrategy(try registry.require(config.strategy, kind: .strategy), context: context, settings: config.strategySettings)
-        if strategy.requirements & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 {
+        strategy = try PluginStrategy(strategyComponent, context: context, settings: config.strategySettings)
+        let needs = strategy.requirements
+        if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 {
             throw EspalierError.config("\(config.strategy) works without architecture parameters, but this supernet mixes ops with \(config.gate)")
+        }
+        if needs & UInt32(ES_REQUIRES_SAMPLED_GATE) != 0 && !supernet.gateNormal.isSampled {
+            throw EspalierError.config("\(config.strategy) samples one architecture per step and needs a sampled gate; \(config.gate) is deterministic (try espalier.gate.gdas/1)")
+        }
+        if needs & UInt32(ES_REQUIRES_HARD_GATE) != 0 && !supernet.gateNormal.isHard {
+            throw EspalierError.config("\(config.strategy) runs only the chosen ops and needs a hard gate; \(config.gate) is soft, so every op would run")
+        }
+        regularizers = try config.regularizers.map { id in
+            let c = try registry.require(id, kind: .regularizer)
+            let r = try context.accountant.withOwner("regularizer") {
+                try PluginRegularizer(c, context: context, settings: config.regularizerSettings[id] ?? [:], ownerPath: "regularizer/" + c.shortName)
+            }
+            if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 && (r.wants(.arch) || r.wants(.gateWeights)) {
+                throw EspalierError.config("\(id) regularizes architecture parameters or gate weights, but \(config.strategy) has none")
+            }
+            if !r.hasLoss && !r.hasProximal { throw EspalierError.config("\(id) has neither a loss term nor a proximal step") }
+            return r
+        }
+        schedules = try config.methods.sorted { $0.key < $1.key }.map { slot, name in
+            guard ["tau.schedule", "lambda.schedule"].contains(slot) else {
+                throw EspalierError.config("no value follows the schedule slot '\(slot)' in a search; the search schedules tau.schedule (gate.tau) and lambda.schedule (regularizer.lambda)")
+            }
+            guard let m = registry.methods(slot: slot).first(where: { $0.name == name }) else {
+                throw EspalierError.config("no dynamic method '\(name)' for \(slot); available: \(registry.methods(slot: slot).map(\.name).sorted().joined(separator: ", "))")
+            }
+            return (slot, m)
         }
         let net = supernet
         (weightOptimizer, archOptimizer) = try context.accountant.withOwner("optimizer") {
@@ -134,14 +169,20 @@ public final class SearchRun {
     }
 
     /// Forward + loss (+ backward when something requires a gradient). Returns (loss, correct).
+    /// `regularize`: an architecture step, so the regularizers' terms join the loss and α's gradient.
     @discardableResult
-    public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true) throws -> (Double, Int) {
+    public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true, regularize: Bool = false) throws -> (Double, Int) {
         try accountant.withOwner("step") {
             let logits = try supernet.logits(graph, graph.constant(images), state: state)
-            let loss = try graph.softmaxCrossEntropy(logits, labels: labels)
-            let value = graph.computing ? Double(loss.value[0]) : 0
+            var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+            var value = graph.computing ? Double(loss.value[0]) : 0
             let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+            if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
+                loss = try graph.add(loss, term)
+                value += v
+            }
             if backward { try graph.backward(loss) } else { graph.clearTape() }
+            if regularize && backward { value += try applyArchRegularizers() }
             return (value, c)
         }
     }
@@ -150,7 +191,7 @@ public final class SearchRun {
     public func archGradientFirstOrder(valid: Batch) throws {
         train(weights: false, arch: true)
         archOptimizer.zeroGrad()
-        try lossAndGradients(valid.images, valid.labels)
+        try lossAndGradients(valid.images, valid.labels, regularize: true)
     }
 
     /// Second-order (unrolled) architecture gradient, as DARTS's architect:
@@ -180,7 +221,7 @@ public final class SearchRun {
         train(weights: true, arch: true)
         weightOptimizer.zeroGrad()
         archOptimizer.zeroGrad()
-        try lossAndGradients(valid.images, valid.labels)
+        try lossAndGradients(valid.images, valid.labels, regularize: true)
         let dAlpha = try accountant.withOwner("unrolled") { try supernet.archParameters.map { try $0.grad!.copy(category: .workspace) } }
         let dW = try accountant.withOwner("unrolled") { try weights.map { try $0.grad!.copy(category: .workspace) } }
         if computing { for (b, s) in zip(supernet.buffers, savedBuffers) { b.ptr.update(from: s.ptr, count: b.count) } }
@@ -212,6 +253,7 @@ public final class SearchRun {
     /// One step as the strategy plans it. Returns (training loss, correct) of the weight step.
     @discardableResult
     public func step(train batch: Batch, valid: Batch?) throws -> (Double, Int) {
+        try applySchedules()
         let plan = try strategy.planStep(state)
         var result = (0.0, 0)
         switch plan.mode {
@@ -241,7 +283,17 @@ public final class SearchRun {
         let r = try lossAndGradients(batch.images, batch.labels)
         clipGradNorm(supernet.weights, maxNorm: config.gradClip)
         weightOptimizer.step()
+        try applyProximal()
         return r
+    }
+
+    /// Calls the chosen schedules (`--set tau.schedule=NAME`) and sets what they drive.
+    func applySchedules() throws {
+        let s = state
+        for (slot, m) in schedules {
+            let v = try m.schedule(step: s.step, total: s.totalSteps)
+            try setValue(slot == "tau.schedule" ? "gate.tau" : "regularizer.lambda", v)
+        }
     }
 
     // MARK: - The loop

@@ -26,6 +26,13 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     public var ops: [String] = SearchSpaceDescription.dartsOps
     /// Which cells reduce; nil = at cells/3 and 2·cells/3.
     public var reductionCells: [Int]? = nil
+    /// PC-DARTS partial channels K: each edge's ops see C/K channels, the rest bypass (1 = all).
+    public var partialChannels = 1
+    /// PC-DARTS edge normalisation: β per edge, softmax over each node's incoming edges.
+    public var edgeNormalization = false
+    /// Ops that stand for several candidates at once (MergeNAS): ids of ops with `build_mixed`
+    /// whose `covers` parameter names the candidates they replace on every edge.
+    public var mergedOps: [String] = []
 
     public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                   "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
@@ -44,6 +51,9 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
         }
         guard Set(opNames).count == ops.count else { throw EspalierError.config("search space: two candidate ops share a short name: \(opNames)") }
         guard reductions.allSatisfy({ $0 >= 0 && $0 < cells }) else { throw EspalierError.config("search space: reduction cells \(reductions) outside 0..<\(cells)") }
+        guard partialChannels >= 1, channels % partialChannels == 0 else {
+            throw EspalierError.config("search space: partial channels K=\(partialChannels) must be ≥ 1 and divide C=\(channels); try K=\((1...8).filter { channels % $0 == 0 }.last ?? 1)")
+        }
     }
 }
 
@@ -85,11 +95,31 @@ final class FactorizedReduce: Module {
 }
 
 /// One edge: a candidate op instance per column of α (nil for `none`, which contributes zero
-/// and is never run), and each candidate's state.
+/// and is never run, and for candidates a merged op stands for), each candidate's state, and the
+/// merged ops on the edge with the columns each covers.
 final class MixedEdge {
     var ops: [PluginOp?]
     var states: [OpState]
-    init(ops: [PluginOp?]) { self.ops = ops; states = Array(repeating: .active, count: ops.count) }
+    var merged: [(op: PluginOp, columns: [Int])]
+    init(ops: [PluginOp?], merged: [(op: PluginOp, columns: [Int])] = []) {
+        self.ops = ops; self.merged = merged
+        states = Array(repeating: .active, count: ops.count)
+    }
+}
+
+/// The candidate columns a merged op stands for: its `covers` parameter, by short name.
+func mergedColumns(_ comp: Component, settings: [String: String], space: SearchSpaceDescription) throws -> [Int] {
+    guard comp.hasMixed else { throw EspalierError.config("\(comp.id) cannot stand for several candidates: it has no build_mixed") }
+    guard let spec = comp.params.first(where: { $0.name == "covers" }) else {
+        throw EspalierError.config("\(comp.id) has no 'covers' parameter naming the candidates it stands for")
+    }
+    let names = (settings["covers"] ?? spec.defaultValue).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+    return try names.map { n in
+        guard let i = space.opNames.firstIndex(of: n) else {
+            throw EspalierError.config("\(comp.id) covers '\(n)', which is not a candidate of this space (\(space.opNames.joined(separator: ", ")))")
+        }
+        return i
+    }
 }
 
 final class SearchCell {
@@ -98,15 +128,37 @@ final class SearchCell {
     let edges: [MixedEdge]
     let nodes: Int, multiplier: Int
     let owner: Int32
+    /// PC-DARTS partial channels K (1 = every channel goes through the ops).
+    let partial: Int
+    /// Column indices of `skip_connect` (P-DARTS skip dropout).
+    let skipColumns: Set<Int>
+    /// The preprocessed input shape (N, C, H, W) of the last forward (for candidate costs).
+    var lastInputShape: [Int]? = nil
+
+    /// True for edges from the two cell inputs (j < 2 of their node), false for those from nodes.
+    func isInputEdge(_ e: Int) -> Bool {
+        var start = 0
+        for i in 0..<nodes {
+            if e < start + 2 + i { return e - start < 2 }
+            start += 2 + i
+        }
+        return false
+    }
 
     init(_ f: ParameterFactory, index: Int, space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext,
          opSettings: [String: [String: String]], cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
         self.reduction = reduction
         nodes = space.nodes; multiplier = space.multiplier
+        partial = space.partialChannels
+        skipColumns = Set(space.opNames.indices.filter { space.opNames[$0] == "skip_connect" })
         let acc = f.accountant
         let name = "cell\(index)"
         owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
         let components = try space.ops.map { try registry.require($0, kind: .op) }
+        let mergedComponents = try space.mergedOps.map { try registry.require($0, kind: .op) }
+        let mergedCols = try mergedComponents.map { try mergedColumns($0, settings: opSettings[$0.id] ?? [:], space: space) }
+        let covered = Set(mergedCols.joined())
+        let cOp = c / space.partialChannels
         (pre0, pre1, edges) = try f.scope(name) {
             let p0: Module & CellInput = reductionPrev
                 ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
@@ -117,12 +169,17 @@ final class SearchCell {
             for i in 0..<space.nodes {
                 for j in 0..<(2 + i) {
                     let stride = reduction && j < 2 ? 2 : 1
-                    let ops: [PluginOp?] = try components.map { comp in
-                        if Component.shortName(comp.id) == "none" { return nil }
-                        return try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: false),
-                                            settings: opSettings[comp.id] ?? [:], ownerPath: acc.currentOwnerPath + "/edge\(e)/" + Component.shortName(comp.id))
+                    let config = OpConfig(inChannels: cOp, outChannels: cOp, stride: stride, affine: false)
+                    let ops: [PluginOp?] = try components.enumerated().map { col, comp in
+                        if Component.shortName(comp.id) == "none" || covered.contains(col) { return nil }
+                        return try PluginOp(comp, context: context, config: config, settings: opSettings[comp.id] ?? [:],
+                                            ownerPath: acc.currentOwnerPath + "/edge\(e)/" + Component.shortName(comp.id))
                     }
-                    edges.append(MixedEdge(ops: ops))
+                    let merged = try zip(mergedComponents, mergedCols).map { comp, cols in
+                        (op: try PluginOp(comp, context: context, config: config, settings: opSettings[comp.id] ?? [:],
+                                          ownerPath: acc.currentOwnerPath + "/edge\(e)/" + Component.shortName(comp.id)), columns: cols)
+                    }
+                    edges.append(MixedEdge(ops: ops, merged: merged))
                     e += 1
                 }
             }
@@ -130,18 +187,54 @@ final class SearchCell {
         }
     }
 
-    var parameters: [Parameter] { pre0.parameters + pre1.parameters + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) } }
-    var buffers: [Tensor] { pre0.buffers + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) } }
+    var parameters: [Parameter] {
+        pre0.parameters + pre1.parameters + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) + $0.merged.flatMap(\.op.parameters) }
+    }
+    var buffers: [Tensor] {
+        pre0.buffers + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) + $0.merged.flatMap(\.op.buffers) }
+    }
 
-    /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops).
-    func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], state: RunState) throws -> Variable {
+    /// The output of one edge: Σ_o w_o·op_o(h) over its running candidates (+ merged ops), or nil
+    /// if nothing runs. With partial channels the ops see the first C/K channels; the rest bypass
+    /// (2×2 max-pool on reduction edges), then concat and channel shuffle (PC-DARTS).
+    func edgeOutput(_ g: Graph, _ h: Variable, edge e: Int, weights: Variable, active: [UInt8], state: RunState, skipDropout: Float) throws -> Variable? {
+        let edge = edges[e], k = edge.ops.count
+        let c = h.shape[1], cOp = c / partial
+        let x = partial > 1 ? try g.narrow(h, channels: 0..<cOp) : h
+        var terms: [Variable] = [], indices: [Int] = []
+        for (o, op) in edge.ops.enumerated() {
+            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+            var y = try op(g, x, state: state)
+            if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
+            terms.append(y)
+            indices.append(e * k + o)
+        }
+        var mixed: Variable? = terms.isEmpty ? nil : try g.weightedSum(terms, weights: weights, indices: indices)
+        for m in edge.merged where m.columns.contains(where: { edge.states[$0] == .active && active[e * k + $0] != 0 }) {
+            let y = try m.op(g, x, mixingWeights: try g.gather(weights, indices: m.columns.map { e * k + $0 }))
+            mixed = try mixed.map { try g.add($0, y) } ?? y
+        }
+        guard partial > 1 else { return mixed }
+        let stride = reduction && isInputEdge(e) ? 2 : 1
+        let rest = try g.narrow(h, channels: cOp..<c)
+        let bypass = stride == 2 ? try g.maxPool2d(rest, kernel: 2, stride: 2, padding: 0) : rest
+        let head = try mixed ?? g.zeros([bypass.shape[0], cOp, bypass.shape[2], bypass.shape[3]])
+        return try g.channelShuffle(try g.concatChannels([head, bypass]), groups: partial)
+    }
+
+    /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);
+    /// `edgeWeights`: β̃ (edges), or nil without edge normalisation.
+    func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
+                 state: RunState, skipDropout: Float = 0) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
             var states = [try g.accountant.withOwner("pre0") { try pre0.apply(g, s0) },
                           try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }]
+            lastInputShape = states[0].shape
             let k = edges.first?.ops.count ?? 0
+            let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
             for _ in 0..<nodes {
-                if !g.isRecording {
+                if !g.isRecording && plain {
                     // Forward only (scoring, evaluation): add each candidate into the node as soon as
                     // it is computed, so one candidate output is alive at a time, not all of them.
                     var sum: Tensor? = nil
@@ -156,33 +249,47 @@ final class SearchCell {
                         e += 1
                     }
                     if let sum { states.append(g.constant(sum)); continue }
-                    let ref = states[states.count - 1]
-                    let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
-                    states.append(try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]]))
+                    states.append(try zeroNode(g, states))
                     continue
                 }
-                // The node is one weighted sum over every running candidate of every incoming edge.
-                var terms: [Variable] = [], indices: [Int] = []
+                if plain {
+                    // The node is one weighted sum over every running candidate of every incoming edge.
+                    var terms: [Variable] = [], indices: [Int] = []
+                    for h in states {
+                        let edge = edges[e]
+                        for (o, op) in edge.ops.enumerated() {
+                            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                            terms.append(try op(g, h, state: state))
+                            indices.append(e * k + o)
+                        }
+                        e += 1
+                    }
+                    // Every candidate of every incoming edge off: the node is zero.
+                    states.append(terms.isEmpty ? try zeroNode(g, states) : try g.weightedSum(terms, weights: weights, indices: indices))
+                    continue
+                }
+                // Per edge (partial channels, merged ops, skip dropout), then the node sums its edges,
+                // weighted by β̃ with edge normalisation.
+                var outs: [Variable] = [], idx: [Int] = []
                 for h in states {
-                    let edge = edges[e]
-                    for (o, op) in edge.ops.enumerated() {
-                        guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-                        terms.append(try op(g, h, state: state))
-                        indices.append(e * k + o)
+                    if let y = try edgeOutput(g, h, edge: e, weights: weights, active: active, state: state, skipDropout: skipDropout) {
+                        outs.append(y); idx.append(e)
                     }
                     e += 1
                 }
-                if terms.isEmpty {
-                    // Every candidate of every incoming edge is off: the node is zero.
-                    let ref = states[states.count - 1]
-                    let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
-                    states.append(try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]]))
-                } else {
-                    states.append(try g.weightedSum(terms, weights: weights, indices: indices))
-                }
+                if outs.isEmpty { states.append(try zeroNode(g, states)) }
+                else if let edgeWeights { states.append(try g.weightedSum(outs, weights: edgeWeights, indices: idx)) }
+                else { states.append(outs.count == 1 ? outs[0] : try g.sum(outs)) }
             }
             return try g.concatChannels(Array(states.suffix(multiplier)))
         }
+    }
+
+    /// A zero node of the cell's output size.
+    private func zeroNode(_ g: Graph, _ states: [Variable]) throws -> Variable {
+        let ref = states[states.count - 1]
+        let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
+        return try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]])
     }
 }
 
@@ -198,7 +305,13 @@ public final class Supernet {
     let cells: [SearchCell]
     let classifier: Linear
     public let alphaNormal: Parameter, alphaReduce: Parameter
+    /// PC-DARTS edge normalisation: β (edges) per cell type; nil without it.
+    public let betaNormal: Parameter?, betaReduce: Parameter?
     public let gateNormal: PluginGate, gateReduce: PluginGate
+    /// P-DARTS: dropout on the outputs of `skip_connect` candidates in training (0 = off).
+    public var skipDropout: Float = 0
+    /// The gates' mixing weights of the last recorded forward (regularizers on gate weights).
+    public private(set) var lastGateWeights: (normal: Variable, reduce: Variable)? = nil
 
     public init(space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext, gateID: String,
                 gateSettings: [String: String] = [:], opSettings: [String: [String: String]] = [:], seed: UInt64) throws {
@@ -230,6 +343,13 @@ public final class Supernet {
         (alphaNormal, alphaReduce) = try f.scope("arch") {
             (try f.make("normal", [e, k], .normal(std: 1e-3)), try f.make("reduce", [e, k], .normal(std: 1e-3)))
         }
+        if space.edgeNormalization {
+            (betaNormal, betaReduce) = try f.scope("arch") {
+                (try f.make("beta_normal", [e], .normal(std: 1e-3)), try f.make("beta_reduce", [e], .normal(std: 1e-3)))
+            }
+        } else {
+            (betaNormal, betaReduce) = (nil, nil)
+        }
         let gate = try registry.require(gateID, kind: .gate)
         gateNormal = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/normal/gate")
         gateReduce = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/reduce/gate")
@@ -239,7 +359,20 @@ public final class Supernet {
     public var weights: [Parameter] {
         stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + classifier.parameters
     }
-    public var archParameters: [Parameter] { [alphaNormal, alphaReduce] }
+    public var archParameters: [Parameter] { [alphaNormal, alphaReduce] + [betaNormal, betaReduce].compactMap { $0 } }
+
+    /// Node i's incoming edges, as ranges of edge indices.
+    var nodeEdges: [Range<Int>] {
+        var out: [Range<Int>] = [], e = 0
+        for i in 0..<space.nodes { out.append(e..<(e + 2 + i)); e += 2 + i }
+        return out
+    }
+
+    /// β̃: softmax of β over each node's incoming edges (nil without edge normalisation).
+    func edgeWeights(_ g: Graph, reduction: Bool) throws -> Variable? {
+        guard let beta = reduction ? betaReduce : betaNormal else { return nil }
+        return try g.segmentSoftmax(g.param(beta), segments: nodeEdges)
+    }
     public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) }
     public var weightCount: Int { weights.reduce(0) { $0 + $1.count } }
 
@@ -256,10 +389,13 @@ public final class Supernet {
     public func logits(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
         let (wn, an) = try g.accountant.withOwner("arch/normal") { try gateNormal(g, try gateInput(g, reduction: false), state: state) }
         let (wr, ar) = try g.accountant.withOwner("arch/reduce") { try gateReduce(g, try gateInput(g, reduction: true), state: state) }
+        lastGateWeights = g.isRecording ? (wn, wr) : nil
+        let (bn, br) = try g.accountant.withOwner("arch/edges") { (try edgeWeights(g, reduction: false), try edgeWeights(g, reduction: true)) }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
         for cell in cells {
-            let out = try cell.forward(g, s0, s1, weights: cell.reduction ? wr : wn, active: cell.reduction ? ar : an, state: state)
+            let out = try cell.forward(g, s0, s1, weights: cell.reduction ? wr : wn, active: cell.reduction ? ar : an,
+                                       edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout)
             s0 = s1
             s1 = out
         }
@@ -302,11 +438,24 @@ public final class Supernet {
         return (0..<space.edgesPerCell).map { e in (0..<k).map { w.value.isVirtual ? 0 : w.value[e * k + $0] } }
     }
 
-    /// The DARTS rule on the current mixing weights.
+    /// β̃ of a cell type as floats (edges), or nil without edge normalisation.
+    public func edgeWeights(reduction: Bool, accountant: MemoryAccountant) throws -> [Float]? {
+        let g = Graph(accountant: accountant)
+        guard let w = try g.noGrad({ try edgeWeights(g, reduction: reduction) }) else { return nil }
+        return (0..<space.edgesPerCell).map { w.value.isVirtual ? 0 : w.value[$0] }
+    }
+
+    /// The DARTS rule on the current mixing weights; with edge normalisation each edge's weights
+    /// are scaled by β̃ first, so edges rank by op weight × β̃ (PC-DARTS).
     public func genotype(accountant: MemoryAccountant) throws -> Genotype {
         let names = space.opNames
-        let (n, nc) = try Genotype.derive(weights: try mixingWeights(reduction: false, accountant: accountant), opNames: names, nodes: space.nodes)
-        let (r, rc) = try Genotype.derive(weights: try mixingWeights(reduction: true, accountant: accountant), opNames: names, nodes: space.nodes)
+        func ranked(_ reduction: Bool) throws -> [[Float]] {
+            let w = try mixingWeights(reduction: reduction, accountant: accountant)
+            guard let beta = try edgeWeights(reduction: reduction, accountant: accountant) else { return w }
+            return w.enumerated().map { e, row in row.map { $0 * beta[e] } }
+        }
+        let (n, nc) = try Genotype.derive(weights: try ranked(false), opNames: names, nodes: space.nodes)
+        let (r, rc) = try Genotype.derive(weights: try ranked(true), opNames: names, nodes: space.nodes)
         var g = Genotype(normal: n, normalConcat: nc, reduce: r, reduceConcat: rc)
         g.opIDs = Dictionary(uniqueKeysWithValues: zip(names, space.ops))
         return g

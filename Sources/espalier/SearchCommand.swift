@@ -15,6 +15,8 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Strategy id.") var strategy: String?
     @Option(help: "Gate id.") var gate: String?
     @Option(name: .customLong("op"), help: "Candidate op id (repeatable; default: the 8 DARTS ops).") var ops: [String] = []
+    @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable), e.g. espalier.regularizer.beta-decay/1.") var regularizers: [String] = []
+    @Option(name: .customLong("merged-op"), help: "An op standing for several candidates on every edge (MergeNAS), e.g. espalier.op.mergenas_conv/1.") var mergedOps: [String] = []
     @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, OPNAME.PARAM=V, SLOT=METHOD (repeatable).") var sets: [String] = []
 
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset: String?
@@ -58,18 +60,25 @@ struct SearchOptions: ParsableArguments {
     func resolveComponents(_ c: inout SearchConfig, registry: PluginRegistry) throws {
         var request = try config.map { try SelectionRequest.load(file: $0) } ?? SelectionRequest()
         request = request.overridden(by: SelectionRequest(strategy: strategy, gate: gate, ops: ops.isEmpty ? nil : ops,
+                                                          regularizers: regularizers.isEmpty ? nil : regularizers,
                                                           set: try SelectionRequest.settings(fromFlags: sets)))
         if request.strategy == nil { request.strategy = c.strategy }
         if request.gate == nil { request.gate = c.gate }
         if request.ops == nil { request.ops = c.space.ops }
+        // Merged ops are selected like ops (so `--set NAME.covers=…` reaches them), then kept apart.
+        let merged = Set(mergedOps)
+        request.ops = (request.ops ?? []) + mergedOps
         let s = try Selection.resolve(request, registry: registry)
         c.strategy = s.strategy!.component.id
         c.strategySettings = s.strategy!.settings
         c.gate = s.gate!.component.id
         c.gateSettings = s.gate!.settings
-        c.space.ops = s.ops.map(\.component.id)
+        c.space.ops = s.ops.map(\.component.id).filter { !merged.contains($0) }
+        c.space.mergedOps = s.ops.map(\.component.id).filter { merged.contains($0) }
         c.opSettings = Dictionary(uniqueKeysWithValues: s.ops.filter { !$0.settings.isEmpty }.map { ($0.component.id, $0.settings) })
-        if !s.regularizers.isEmpty { throw ValidationError("regularizers in a search come with their method plugins; none is wired into the DARTS trainer yet") }
+        c.regularizers = s.regularizers.map(\.component.id)
+        c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.component.id, $0.settings) })
+        c.methods = s.methods.mapValues(\.name)
     }
 }
 
@@ -156,7 +165,9 @@ struct SearchCommand: ParsableCommand {
             try run.resume(from: outDir)
             print("resuming \(outDir) at epoch \(run.epoch + 1), step \(run.globalStep)")
         }
-        print("search: \(config.strategy) with \(config.gate); \(config.space.ops.count) ops per edge, C=\(config.space.channels), "
+        print("search: \(config.strategy) with \(config.gate)" + (config.regularizers.isEmpty ? "" : " + " + config.regularizers.joined(separator: " + "))
+              + (run.config.space.partialChannels > 1 ? ", partial channels K=\(run.config.space.partialChannels)" : "")
+              + (run.config.space.mergedOps.isEmpty ? "" : ", merged \(run.config.space.mergedOps.joined(separator: ", "))") + "; \(config.space.ops.count) ops per edge, C=\(config.space.channels), "
               + "\(config.space.cells) cells, \(view.count) images (half for weights, half for α), batch \(config.batchSize), "
               + "\(config.epochs) epochs, \(run.supernet.weightCount) weights; output \(outDir)")
         signal(SIGINT) { _ in searchInterruptRequested = 1 }

@@ -1,0 +1,130 @@
+// Regularizer plugins in the common trainer. In every architecture step the host calls each
+// regularizer's `loss` with the targets it asks for:
+//   ES_TARGET_ARCH          "arch/normal", "arch/reduce": α (edges, ops) and its gradient; the
+//                           term's gradient is added after the backward of the data loss.
+//   ES_TARGET_GATE_WEIGHTS  "gate/{normal,reduce}/{memory,flops}": the gates' mixing weights of
+//                           this forward and per-candidate costs (edges, ops) from the accountant;
+//                           the term joins the graph, so its gradient flows back through the gate.
+// After every weight step each regularizer's `proximal` runs on its targets (ES_TARGET_WEIGHT_GROUP:
+// "group/{normal,reduce}/edgeE/OP" = that op's parameters on edge E in every cell of the type).
+
+import CEspalierSDK
+import EspalierCore
+import EspalierHost
+import Foundation
+
+/// Per-candidate costs of a cell type, (edges, ops) summed over the cells of the type.
+struct CandidateCosts {
+    var memory: [Float]
+    var flops: [Float]
+}
+
+extension SearchRun {
+    /// A regularizer term on the gate weights of the last forward, added to the graph's loss.
+    func gateWeightTerm(_ g: Graph) throws -> (Variable, Double)? {
+        let regs = regularizers.filter { $0.hasLoss && $0.wants(.gateWeights) }
+        guard !regs.isEmpty, let (wn, wr) = supernet.lastGateWeights else { return nil }
+        let gn = try Tensor.zeros(wn.shape, category: .workspace, accountant: accountant)
+        let gr = try Tensor.zeros(wr.shape, category: .workspace, accountant: accountant)
+        let costs = try candidateCosts()
+        var targets: [RegularizerTarget] = []
+        for (type, w, grad, c) in [("normal", wn, gn, costs.normal), ("reduce", wr, gr, costs.reduce)] {
+            let mem = try Tensor.from(c.memory, shape: w.shape, category: .workspace, accountant: accountant)
+            let fl = try Tensor.from(c.flops, shape: w.shape, category: .workspace, accountant: accountant)
+            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(type)/memory", values: [w.value], grads: [grad], costs: [mem]))
+            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(type)/flops", values: [w.value], grads: [grad], costs: [fl]))
+        }
+        var total = 0.0
+        for r in regs { total += try r.loss(targets, state: state) }
+        return (try g.externalTerm(value: Float(total), inputs: [wn, wr], grads: [gn, gr]), total)
+    }
+
+    /// Adds the architecture-logit regularizers' gradients into α's gradient; returns their value.
+    func applyArchRegularizers() throws -> Double {
+        let regs = regularizers.filter { $0.hasLoss && $0.wants(.arch) }
+        guard !regs.isEmpty else { return 0 }
+        let targets = try [("arch/normal", supernet.alphaNormal), ("arch/reduce", supernet.alphaReduce)].map { name, p in
+            RegularizerTarget(kind: .arch, name: name, values: [p.value], grads: [try p.ensureGrad()])
+        }
+        var total = 0.0
+        for r in regs { total += try r.loss(targets, state: state) }
+        return total
+    }
+
+    /// Weight groups: op `o` on edge `e` across every cell of a type (GSparsity's groups).
+    func weightGroupTargets() throws -> [RegularizerTarget] {
+        var out: [RegularizerTarget] = []
+        let names = supernet.space.opNames
+        for reduction in [false, true] {
+            let cells = supernet.cells.filter { $0.reduction == reduction }
+            guard let first = cells.first else { continue }
+            for e in first.edges.indices {
+                for o in names.indices {
+                    let params = cells.flatMap { $0.edges[e].ops[o]?.parameters ?? [] }
+                    guard !params.isEmpty else { continue }
+                    out.append(RegularizerTarget(kind: .weightGroup, name: "group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])",
+                                                 values: params.map(\.value), grads: try params.map { try $0.ensureGrad() }))
+                }
+            }
+        }
+        return out
+    }
+
+    /// Proximal steps after a weight update (learning rate of the step).
+    func applyProximal() throws {
+        let regs = regularizers.filter(\.hasProximal)
+        guard !regs.isEmpty, !accountant.isDryRun else { return }
+        for r in regs {
+            var targets: [RegularizerTarget] = []
+            if r.wants(.weightGroup) { targets += try weightGroupTargets() }
+            if r.wants(.arch) {
+                targets += [("arch/normal", supernet.alphaNormal), ("arch/reduce", supernet.alphaReduce)].map { name, p in
+                    RegularizerTarget(kind: .arch, name: name, values: [p.value], grads: [p.grad])
+                }
+            }
+            try r.proximal(targets, learningRate: Double(weightOptimizer.learningRate), state: state)
+        }
+    }
+
+    /// Costs of every candidate (bytes: parameters, gradients and momentum, plus the activations
+    /// its forward keeps for backward; and forward FLOPs), measured once per op instance in a
+    /// dry-run accountant on the edge's input shape, summed over the cells of each type.
+    /// Masked and removed candidates (and `none`) cost 0.
+    func candidateCosts() throws -> (normal: CandidateCosts, reduce: CandidateCosts) {
+        if costCache == nil {
+            let k = supernet.space.ops.count, edges = supernet.space.edgesPerCell
+            var normal = CandidateCosts(memory: Array(repeating: 0, count: edges * k), flops: Array(repeating: 0, count: edges * k))
+            var reduce = normal
+            for cell in supernet.cells {
+                guard let shape = cell.lastInputShape else { continue }
+                for (e, edge) in cell.edges.enumerated() {
+                    // Edges from the two cell inputs see the input size; in a reduction cell the
+                    // later ones see the halved size.
+                    var s = shape
+                    s[1] /= cell.partial
+                    if cell.reduction && !cell.isInputEdge(e) { s[2] = (s[2] + 1) / 2; s[3] = (s[3] + 1) / 2 }
+                    for (o, op) in edge.ops.enumerated() {
+                        guard let op else { continue }
+                        let dry = MemoryAccountant(mode: .dryRun)
+                        let g = Graph(accountant: dry)
+                        let x = try g.leaf(Tensor(shape: s, category: .activations, accountant: dry))
+                        let before = dry.currentBytes(ownerPrefix: "").total
+                        _ = try op(g, x)
+                        let bytes = Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * op.parameters.reduce(0) { $0 + $1.count } * 4)
+                        if cell.reduction { reduce.memory[e * k + o] += bytes; reduce.flops[e * k + o] += Float(g.flops) }
+                        else { normal.memory[e * k + o] += bytes; normal.flops[e * k + o] += Float(g.flops) }
+                    }
+                }
+            }
+            costCache = (normal, reduce)
+        }
+        var (n, r) = costCache!
+        for (reduction, i) in (0..<(supernet.space.edgesPerCell * supernet.space.ops.count)).flatMap({ i in [(false, i), (true, i)] }) {
+            let k = supernet.space.ops.count
+            if supernet.opState(reduction: reduction, edge: i / k, op: i % k) != .active {
+                if reduction { r.memory[i] = 0; r.flops[i] = 0 } else { n.memory[i] = 0; n.flops[i] = 0 }
+            }
+        }
+        return (n, r)
+    }
+}
