@@ -88,7 +88,7 @@ final class PDartsStrategy: DerivingStrategy {
             return v
         }
         guard skipDropout.count == s || skipDropout.count == 1 else {
-            throw PluginError.invalidArgument("\(Self.id): skip_dropout \(skipDropout) needs one value or \(s) (one per stage)")
+            throw PluginError.invalidArgument("\(Self.id): skip_dropout \(skipDropout) has \(skipDropout.count) values for \(s) stage(s); give one value or one per stage")
         }
         let schedule = try params.string("skip_dropout_schedule")
         switch schedule {
