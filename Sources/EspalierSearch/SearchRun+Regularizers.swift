@@ -14,9 +14,11 @@ import EspalierHost
 import Foundation
 
 /// Per-candidate costs of a cell type, (edges, ops) summed over the cells of the type.
-struct CandidateCosts {
-    var memory: [Float]
-    var flops: [Float]
+public struct CandidateCosts: Sendable {
+    /// Bytes per candidate, row-major (edges, ops).
+    public var memory: [Float]
+    /// Forward FLOPs per candidate, (edges, ops).
+    public var flops: [Float]
 }
 
 extension SearchRun {
@@ -90,7 +92,7 @@ extension SearchRun {
     /// its forward keeps for backward; and forward FLOPs), measured once per op instance in a
     /// dry-run accountant on the edge's input shape, summed over the cells of each type.
     /// Masked and removed candidates (and `none`) cost 0.
-    func candidateCosts() throws -> (normal: CandidateCosts, reduce: CandidateCosts) {
+    public func candidateCosts() throws -> (normal: CandidateCosts, reduce: CandidateCosts) {
         if costCache == nil {
             let k = supernet.space.ops.count, edges = supernet.space.edgesPerCell
             var normal = CandidateCosts(memory: Array(repeating: 0, count: edges * k), flops: Array(repeating: 0, count: edges * k))

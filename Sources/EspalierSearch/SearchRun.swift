@@ -53,7 +53,7 @@ public final class SearchRun {
     /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
     let schedules: [(slot: String, method: DynamicMethod)]
     /// Per-candidate costs for gate-weight regularizers (measured once).
-    var costCache: (normal: CandidateCosts, reduce: CandidateCosts)? = nil
+    internal var costCache: (normal: CandidateCosts, reduce: CandidateCosts)? = nil
     public let graph: Graph
     let schedule: CosineSchedule
     public let trainLoader: DataLoader
