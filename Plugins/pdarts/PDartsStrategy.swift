@@ -88,7 +88,7 @@ final class PDartsStrategy: DerivingStrategy {
             return v
         }
         guard skipDropout.count == s || skipDropout.count == 1 else {
-            throw PluginError.invalidArgument("\(Self.id): skip_dropout \(skipDropout) has \(skipDropout.count) values for \(s) stage(s); give one value or one per stage")
+            throw PluginError.invalidArgument("\(Self.id): skip_dropout \(skipDropout) has \(skipDropout.count) values for \(s) stage(s); give one value or one per stage, e.g. strategy.skip_dropout=\(skipDropout.prefix(s).map { "\($0)" }.joined(separator: ","))")
         }
         let schedule = try params.string("skip_dropout_schedule")
         switch schedule {
