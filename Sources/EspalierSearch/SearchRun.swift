@@ -335,7 +335,7 @@ public final class SearchRun {
                 alphaNormal: supernet.logits(reduction: false), alphaReduce: supernet.logits(reduction: true),
                 weightsNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
-                genotype: try supernet.genotype(accountant: accountant))
+                genotype: try derive())
             logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy

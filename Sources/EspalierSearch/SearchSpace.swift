@@ -216,10 +216,8 @@ final class SearchCell {
         }
         guard partial > 1 else { return mixed }
         let stride = reduction && isInputEdge(e) ? 2 : 1
-        let rest = try g.narrow(h, channels: cOp..<c)
-        let bypass = stride == 2 ? try g.maxPool2d(rest, kernel: 2, stride: 2, padding: 0) : rest
-        let head = try mixed ?? g.zeros([bypass.shape[0], cOp, bypass.shape[2], bypass.shape[3]])
-        return try g.channelShuffle(try g.concatChannels([head, bypass]), groups: partial)
+        let head = try mixed ?? g.zeros([h.shape[0], cOp, stride == 2 ? h.shape[2] / 2 : h.shape[2], stride == 2 ? h.shape[3] / 2 : h.shape[3]])
+        return try g.partialMix(head: head, x: h, groups: partial, stride: stride)
     }
 
     /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);

@@ -50,3 +50,33 @@ final class SelectOpsTests: XCTestCase {
         XCTAssertEqual(g.gradient(of: vb)?.array, [6, 6, 6])
     }
 }
+
+final class PartialMixTests: XCTestCase {
+    func testPartialMix_EqualsNarrowPoolConcatShuffle_AndMatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        for (stride, k) in [(1, 4), (2, 4), (2, 2), (1, 1)] {
+            let n = 2, c = 8, h = 6, w = 4
+            let ho = stride == 2 ? h / 2 : h, wo = stride == 2 ? w / 2 : w
+            // Well-separated values, so the finite differences never cross a max-pool tie.
+            var rng = RNG(seed: UInt64(stride * 10 + k))
+            var values = (0..<(n * c * h * w)).map { Float($0) * 0.05 - 9 }
+            for i in Swift.stride(from: values.count - 1, to: 0, by: -1) { values.swapAt(i, rng.int(i + 1)) }
+            let x = try Tensor.from(values, shape: [n, c, h, w], accountant: acc)
+            let head = try randomTensor([n, c / k, ho, wo], acc, seed: 3, bound: 1)
+            let g = Graph(accountant: acc)
+            let y = try g.partialMix(head: g.constant(head), x: g.constant(x), groups: k, stride: stride)
+            var ref = [Float](repeating: 0, count: n * c * ho * wo)
+            ref.withUnsafeMutableBufferPointer { Kernels.partialMixNaive(head: head.ptr, x: x.ptr, out: $0.baseAddress!, n: n, c: c, k: k, h: h, w: w, stride: stride) }
+            XCTAssertEqual(y.value.array, ref, "stride \(stride) K \(k)")
+            // The composition of the separate graph ops gives the same.
+            if k > 1 {
+                let rest = try g.narrow(g.constant(x), channels: (c / k)..<c)
+                let bypass = stride == 2 ? try g.maxPool2d(rest, kernel: 2, stride: 2) : rest
+                XCTAssertEqual(try g.channelShuffle(try g.concatChannels([g.constant(head), bypass]), groups: k).value.array, ref)
+            }
+            try GradCheck().check("partialMix s\(stride) K\(k)", inputs: [head, x]) { g, v in
+                try g.partialMix(head: v[0], x: v[1], groups: k, stride: stride)
+            }
+        }
+    }
+}
