@@ -7,7 +7,7 @@
 // stride 2 four sub-pixel gathers (one per row and column parity of dX), interleaved.
 // dW sums products of a plane with shifted copies of the other, the sums held in registers.
 // Not here: geometries outside this path (stride > 2, padding > dilation·(k−1) at stride 1,
-// kernels over 64 taps) take the direct loops in Conv2D.swift, beside the naive reference.
+// kernels over 81 taps) take the direct loops in Conv2D.swift, beside the naive reference.
 //
 // Shapes: x, dX (N, C, H, W) · w, dW (C, 1, KH, KW) · y, dY (N, C, Ho, Wo).
 // Scratch (see DepthwisePlan), per chunk:
@@ -28,8 +28,8 @@ struct DepthwisePlan {
     let qRows, qStride, qTop, qLeft: Int
     let subRows, subCols: Int   // stride 2: size of each dX sub-pixel plane in R
 
-    /// Most taps the fast path takes; its broadcast weights live on the stack.
-    static let maxTaps = 64
+    /// Most taps the fast path takes (9×9: MergeNAS's merged kernel); its broadcast weights live on the stack.
+    static let maxTaps = 81
 
     init?(_ g: ConvGeometry) {
         guard g.algorithm == .depthwise, g.stride == 1 || g.stride == 2, g.kh * g.kw <= Self.maxTaps else { return nil }
