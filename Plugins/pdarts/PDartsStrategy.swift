@@ -217,12 +217,13 @@ final class PDartsStrategy: DerivingStrategy {
             for e in 0..<info.edges {
                 var left = (0..<info.ops).filter { alive[e * info.ops + $0] }
                 // Lowest weight first; ties: the earlier op goes first (numpy argmin).
-                var order = left.sorted { a, b in w[e * info.ops + a] != w[e * info.ops + b] ? w[e * info.ops + a] < w[e * info.ops + b] : a < b }
-                if lastStage, let z = left.first(where: { names[$0] == "none" }) {
-                    order.removeAll { $0 == z }
-                    order.insert(z, at: 0)
+                let order = left.sorted { a, b in w[e * info.ops + a] != w[e * info.ops + b] ? w[e * info.ops + a] < w[e * info.ops + b] : a < b }
+                // The last stage never keeps `none`, however many ops it keeps (the code's get_min_k_no_zero).
+                if lastStage, let z = left.first(where: { names[$0] == "none" }), left.count > 1 {
+                    try search.setOpState(cellType: t, edge: e, op: z, .removed)
+                    left.removeAll { $0 == z }
                 }
-                for o in order where left.count > keep && left.count > 1 {
+                for o in order where left.contains(o) && left.count > keep && left.count > 1 {
                     try search.setOpState(cellType: t, edge: e, op: o, .removed)
                     left.removeAll { $0 == o }
                 }

@@ -217,6 +217,20 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
         }
     }
 
+    func testPDarts_LastStageRemovesNoneEvenWhenItKeepsEveryOtherOp() throws {
+        var c = tinyConfig(strategy: pdarts, ["stage_cells": "2,2", "stage_ops": "8,8", "skip_dropout": "0"])
+        c.epochs = 2   // auto: one epoch per stage
+        let run = try makeRun(c)
+        try run.run()
+        XCTAssertEqual(run.logs.count, 2)
+        for w in run.logs[1].weightsNormal { XCTAssertEqual(w.filter { $0 > 0 }.count, 8, "stage 1 keeps all 8") }
+        for reduction in [false, true] {
+            for row in states(run, reduction: reduction) {
+                XCTAssertEqual(row.map { $0 == .removed }, [true] + Array(repeating: false, count: 7), "only none goes")
+            }
+        }
+    }
+
     func testPDarts_DeriveLimitsSkipConnectsInTheNormalCell() throws {
         var c = tinyConfig(strategy: pdarts, ["stage_cells": "2", "stage_ops": "1", "stage_epochs": "10", "skip_limit": "2",
                                                   "skip_dropout": "0"])
