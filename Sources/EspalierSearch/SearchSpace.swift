@@ -215,9 +215,9 @@ final class SearchCell {
             mixed = try mixed.map { try g.add($0, y) } ?? y
         }
         guard partial > 1 else { return mixed }
+        // The ops' part of the edge (N, C/K, H', W'); the node mixes it with the bypass (partialNode).
         let stride = reduction && isInputEdge(e) ? 2 : 1
-        let head = try mixed ?? g.zeros([h.shape[0], cOp, stride == 2 ? h.shape[2] / 2 : h.shape[2], stride == 2 ? h.shape[3] / 2 : h.shape[3]])
-        return try g.partialMix(head: head, x: h, groups: partial, stride: stride)
+        return try mixed ?? g.zeros([h.shape[0], cOp, stride == 2 ? h.shape[2] / 2 : h.shape[2], stride == 2 ? h.shape[3] / 2 : h.shape[3]])
     }
 
     /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);
@@ -268,14 +268,17 @@ final class SearchCell {
                 }
                 // Per edge (partial channels, merged ops, skip dropout), then the node sums its edges,
                 // weighted by β̃ with edge normalisation.
-                var outs: [Variable] = [], idx: [Int] = []
+                var outs: [Variable] = [], idx: [Int] = [], inputs: [Variable] = [], strides: [Int] = []
                 for h in states {
                     if let y = try edgeOutput(g, h, edge: e, weights: weights, active: active, state: state, skipDropout: skipDropout) {
-                        outs.append(y); idx.append(e)
+                        outs.append(y); idx.append(e); inputs.append(h); strides.append(reduction && isInputEdge(e) ? 2 : 1)
                     }
                     e += 1
                 }
-                if outs.isEmpty { states.append(try zeroNode(g, states)) }
+                if partial > 1 {
+                    // PC-DARTS: every edge has a bypass, so every edge contributes (edgeOutput never returns nil).
+                    states.append(try g.partialNode(heads: outs, xs: inputs, strides: strides, groups: partial, weights: edgeWeights, indices: idx))
+                } else if outs.isEmpty { states.append(try zeroNode(g, states)) }
                 else if let edgeWeights { states.append(try g.weightedSum(outs, weights: edgeWeights, indices: idx)) }
                 else { states.append(outs.count == 1 ? outs[0] : try g.sum(outs)) }
             }

@@ -80,3 +80,32 @@ final class PartialMixTests: XCTestCase {
         }
     }
 }
+
+extension PartialMixTests {
+    func testPartialNode_EqualsTheWeightedSumOfPartialMixes_AndMatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        let n = 2, c = 8, k = 4
+        // Two stride-2 edges from 6×4 inputs and one stride-1 edge from a 3×2 input.
+        let xs = try [([n, c, 6, 4], 2), ([n, c, 6, 4], 2), ([n, c, 3, 2], 1)].enumerated().map { i, spec -> (Tensor, Int) in
+            var rng = RNG(seed: UInt64(40 + i))
+            var values = (0..<spec.0.reduce(1, *)).map { Float($0) * 0.05 - 4 }
+            for j in Swift.stride(from: values.count - 1, to: 0, by: -1) { values.swapAt(j, rng.int(j + 1)) }
+            return (try Tensor.from(values, shape: spec.0, accountant: acc), spec.1)
+        }
+        let heads = try (0..<3).map { try randomTensor([n, c / k, 3, 2], acc, seed: UInt64(50 + $0), bound: 1) }
+        let w = try Tensor.from([0.2, 0.7, -0.4, 1.1], shape: [4], accountant: acc)
+        let indices = [3, 0, 1]
+        let g = Graph(accountant: acc)
+        let node = try g.partialNode(heads: heads.map { g.constant($0) }, xs: xs.map { g.constant($0.0) }, strides: xs.map(\.1), groups: k,
+                                     weights: g.constant(w), indices: indices)
+        let mixes = try (0..<3).map { try g.partialMix(head: g.constant(heads[$0]), x: g.constant(xs[$0].0), groups: k, stride: xs[$0].1) }
+        let ref = try g.weightedSum(mixes, weights: g.constant(w), indices: indices)
+        for (a, b) in zip(node.value.array, ref.value.array) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+        try GradCheck().check("partialNode", inputs: heads + xs.map(\.0) + [w]) { g, v in
+            try g.partialNode(heads: Array(v[0..<3]), xs: Array(v[3..<6]), strides: xs.map(\.1), groups: k, weights: v[6], indices: indices)
+        }
+        try GradCheck().check("partialNode, plain sum", inputs: heads + xs.map(\.0)) { g, v in
+            try g.partialNode(heads: Array(v[0..<3]), xs: Array(v[3..<6]), strides: xs.map(\.1), groups: k, weights: nil, indices: [])
+        }
+    }
+}

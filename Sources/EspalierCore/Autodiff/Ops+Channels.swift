@@ -173,3 +173,66 @@ extension Graph {
         }
     }
 }
+
+extension Graph {
+    /// A PC-DARTS node: Σ_e w[indices[e]]·partialMix(heads[e], xs[e]) (w nil: plain sum), written
+    /// straight into the node, so no edge output is ever materialised. Saves the heads (C/K
+    /// channels) only when w needs a gradient; the xs are node states, alive anyway.
+    public func partialNode(heads: [Variable], xs: [Variable], strides: [Int], groups k: Int, weights w: Variable?, indices: [Int]) throws -> Variable {
+        guard !heads.isEmpty, heads.count == xs.count, xs.count == strides.count, w == nil || indices.count == heads.count else {
+            throw EspalierError.invalidArgument("partialNode: \(heads.count) heads, \(xs.count) inputs, \(strides.count) strides, \(indices.count) weight indices")
+        }
+        var outShape: [Int]? = nil
+        for (e, (head, x)) in zip(heads, xs).enumerated() {
+            let s = strides[e]
+            guard x.shape.count == 4, x.shape[1] % k == 0, s == 1 || s == 2 else {
+                throw EspalierError.invalidArgument("partialNode: input \(x.shape), K \(k), stride \(s)")
+            }
+            let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let shape = [n, c, s == 2 ? h / 2 : h, s == 2 ? wd / 2 : wd]
+            guard head.shape == [n, c / k, shape[2], shape[3]], outShape == nil || outShape! == shape else {
+                throw EspalierError.shapeMismatch("partialNode: edge \(e): the ops give \(head.shape), the bypass \(shape)"
+                                                  + (s == 2 && h % 2 == 1 ? " (odd size \(h)×\(wd) at a reduction: the 2×2 max-pool floors it)" : ""))
+            }
+            outShape = shape
+        }
+        let y = try output(outShape!)
+        let wValue = w?.value
+        func scale(_ e: Int) -> Float { wValue.map { $0[indices[e]] } ?? 1 }
+        if computing {
+            for e in heads.indices {
+                let x = xs[e].value
+                Kernels.partialMix(head: heads[e].value.ptr, x: x.ptr, out: y.ptr, n: x.shape[0], c: x.shape[1], k: k, h: x.shape[2], w: x.shape[3],
+                                   stride: strides[e], scale: scale(e), accumulate: e > 0)
+            }
+        }
+        let xValues = xs.map(\.value)
+        let savedHeads: [Tensor]? = (w?.requiresGrad ?? false) ? heads.map(\.value) : nil
+        let headShapes = heads.map(\.shape)
+        let m = heads.count
+        return record(y, inputs: heads + xs + (w.map { [$0] } ?? [])) { [unowned self] dY, ctx in
+            for e in 0..<m {
+                let x = xValues[e]
+                let dHead = ctx.needs(e) ? try self.gradTensor(headShapes[e]) : nil
+                let dX = ctx.needs(m + e) ? try self.gradTensor(x.shape) : nil
+                if ctx.computing && (dHead != nil || dX != nil) {
+                    Kernels.partialMixBackward(dOut: dY.ptr, x: x.ptr, dHead: dHead?.ptr, dX: dX?.ptr, n: x.shape[0], c: x.shape[1], k: k,
+                                               h: x.shape[2], w: x.shape[3], stride: strides[e], scale: scale(e))
+                }
+                if let dHead { try ctx.accumulate(e, dHead) }
+                if let dX { try ctx.accumulate(m + e, dX) }
+            }
+            if let wValue, ctx.needs(2 * m), let savedHeads {
+                let dW = try self.gradTensor(wValue.shape, zeroed: true)
+                if ctx.computing {
+                    for e in 0..<m {
+                        let x = xValues[e]
+                        dW[indices[e]] += Float(Kernels.partialMixDot(dOut: dY.ptr, head: savedHeads[e].ptr, x: x.ptr, n: x.shape[0], c: x.shape[1], k: k,
+                                                                       h: x.shape[2], w: x.shape[3], stride: strides[e]))
+                    }
+                }
+                try ctx.accumulate(2 * m, dW)
+            }
+        }
+    }
+}
