@@ -270,6 +270,37 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
         XCTAssertTrue(try run0.derive().normal.allSatisfy { $0.op == "sep_conv_3x3" })
     }
 
+    func testPDartsWithBetaDecay_OnAFashionMNISTSubset() throws {
+        let acc = MemoryAccountant()
+        let train: Dataset
+        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
+            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
+        }
+        var c = SearchConfig.quick
+        c.space.channels = 4
+        c.space.cells = 2
+        c.batchSize = 16
+        c.epochs = 2
+        c.trainImages = 128
+        c.evalImages = 32
+        c.strategy = pdarts
+        c.strategySettings = ["stage_cells": "2,3", "stage_ops": "3,1", "skip_dropout": "0.1,0.4"]
+        c.regularizers = ["espalier.regularizer.beta-decay/1"]
+        c.methods = ["lambda.schedule": "beta-linear"]
+        let run = try SearchRun(config: c, registry: Self.registry, context: HostContext(accountant: acc, seed: c.seed),
+                                train: train.all.prefix(128), outDirectory: nil)
+        try run.run()
+        XCTAssertEqual(run.logs.count, 2)
+        XCTAssertTrue(run.logs.allSatisfy { $0.validLoss.isFinite })
+        XCTAssertEqual(run.supernet.space.cells, 3)
+        // The schedule set λ before every step: 25·step/total, at the last step 25·7/8 (64 images, batch 16: 4 steps × 2 epochs).
+        XCTAssertEqual(try run.value("regularizer.lambda"), 25.0 * 7 / 8, accuracy: 1e-9)
+        let g = try run.derive()
+        XCTAssertTrue(g.problems().isEmpty, "\(g.problems())")
+        XCTAssertLessThanOrEqual(g.normal.filter { $0.op == "skip_connect" }.count, 2)
+        XCTAssertTrue((g.normal + g.reduce).allSatisfy { $0.op != "none" })
+    }
+
     // MARK: β-DARTS
 
     func testBetaDecay_InADartsSearch_ShrinksTheLogSumExpOfAlphaAgainstPlainDarts() throws {
