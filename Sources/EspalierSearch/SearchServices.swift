@@ -1,9 +1,10 @@
 // The search services (`host->search` in espalier_strategy.h) for a running search: what a
 // strategy plugin acts through. Each thunk finds the run through the services table's `host`
 // (the run's HostContext, whose `searchDelegate` is the SearchRun) and never lets a Swift error
-// cross into the plugin. Growing a live supernet, zero-shot forward passes with re-initialised
-// weights and child training belong to the methods that need them (Bonsai-Net, Zero-One-Shot,
-// random search/PARSEC) and answer ES_ERROR_UNSUPPORTED, saying so, until those land.
+// cross into the plugin. Child training and step-batch losses (ABI 1.1) are implemented in
+// SearchRun+Child.swift. Growing a live supernet and zero-shot forward passes with re-initialised
+// weights belong to the methods that need them (Bonsai-Net/P-DARTS, Zero-One-Shot) and answer
+// ES_ERROR_UNSUPPORTED, saying so, until those land.
 
 import CEspalierSDK
 import EspalierCore
@@ -27,6 +28,7 @@ enum SearchServicesTable {
         s.predict_peak = searchPredictPeak
         s.forward_logits = searchForwardLogits
         s.train_child = searchTrainChild
+        s.batch_loss = searchBatchLoss
         t.initialize(to: s)
         return t
     }()
@@ -157,9 +159,27 @@ private let searchForwardLogits: @convention(c) (UnsafeMutableRawPointer?, Int32
     }
 }
 
-private let searchTrainChild: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int64, UnsafeMutablePointer<Double>?) -> es_status = { host, _, _, _ in
-    withSearch(host) { _, _ in
-        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "training a sampled child comes with the random-search and PARSEC strategies")
+private let searchTrainChild: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int64, UnsafeMutablePointer<Double>?) -> es_status = {
+    host, arch, steps, out in
+    withSearch(host) { run, _ in
+        guard let arch, let out else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "train_child needs an architecture (genotype JSON) and an out pointer")
+        }
+        out.pointee = try run.trainChild(json: String(cString: arch), steps: Int(steps))
+    }
+}
+
+/// ABI 1.1: the loss of the supernet in its current op states on one of the step's batches.
+private let searchBatchLoss: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, UnsafeMutablePointer<Double>?, UnsafeMutablePointer<Int64>?) -> es_status = {
+    host, which, backward, loss, samples in
+    withSearch(host) { run, _ in
+        guard which == 0 || which == 1 else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "batch_loss: which \(which); 0 is the step's training batch, 1 its validation batch")
+        }
+        guard let loss else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "batch_loss needs a loss out pointer") }
+        let r = try run.batchLoss(validation: which == 1, backward: backward != 0)
+        loss.pointee = r.loss
+        samples?.pointee = Int64(r.samples)
     }
 }
 

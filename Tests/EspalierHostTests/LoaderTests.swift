@@ -24,9 +24,9 @@ final class LoaderTests: XCTestCase {
         let dir = try PluginFixtures.tempDir()
         try PluginFixtures.build("libespalier-a-good.so", in: dir, defines: ["FIX_ID=\"org.good\""])
         let cases: [(file: String, defines: [String], expect: String)] = [
-            ("libespalier-b-major.so", ["FIX_MAJOR=2", "FIX_ID=\"org.b\""], "built for ABI 2.0, but this host speaks ABI 1.0"),
+            ("libespalier-b-major.so", ["FIX_MAJOR=2", "FIX_ID=\"org.b\""], "built for ABI 2.\(ESPALIER_ABI_MINOR), but this host speaks ABI 1.\(ESPALIER_ABI_MINOR)"),
             ("libespalier-c-noentry.so", ["FIX_NO_ENTRY"], "no entry symbol 'espalier_plugin_entry_v1'"),
-            ("libespalier-d-refuses.so", ["FIX_ENTRY_NULL"], "refused the host's ABI 1.0"),
+            ("libespalier-d-refuses.so", ["FIX_ENTRY_NULL"], "refused the host's ABI 1.\(ESPALIER_ABI_MINOR)"),
             ("libespalier-e-init.so", ["FIX_INIT_FAILS", "FIX_ID=\"org.e\""], "init failed (invalid argument): the fixture's licence file is missing"),
             ("libespalier-f-kind.so", ["FIX_BAD_KIND", "FIX_ID=\"org.f\""], "unknown kind 99"),
             ("libespalier-g-nullid.so", ["FIX_NULL_ID", "FIX_ID=\"org.g\""], "id is NULL"),
@@ -65,8 +65,8 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(Set(registry.libraries.map(\.fileName)), ["libespalier-m1.so", "libespalier-m3.so"])
         let reasons = Dictionary(uniqueKeysWithValues: registry.failures.map { (URL(fileURLWithPath: $0.path).lastPathComponent, $0.reason) })
         XCTAssertTrue(reasons["libespalier-m0.so"]?.contains("built for ABI 1.0, older than the oldest this host supports (1.1)") == true, "\(reasons)")
-        XCTAssertTrue(reasons["libespalier-x2.so"]?.contains("built for ABI 2.0, but this host speaks ABI 1.2") == true, "\(reasons)")
-        // The default host (1.0, minimum 0) takes the 1.0 plugin.
+        XCTAssertTrue(reasons["libespalier-x2.so"]?.contains("built for ABI 2.\(ESPALIER_ABI_MINOR), but this host speaks ABI 1.2") == true, "\(reasons)")
+        // The default host (the SDK's minor, minimum 0) takes the 1.0 plugin.
         let plain = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
         XCTAssertTrue(plain.libraries.map(\.fileName).contains("libespalier-m0.so"))
     }

@@ -225,10 +225,23 @@ public struct SearchServices: @unchecked Sendable {
     public let table: UnsafePointer<es_search_services>
     let context: UnsafeMutableRawPointer?
 
+    /// The size of ABI 1.0's table: everything up to `train_child`. A host of an older minor hands
+    /// a smaller table than this kit's; later fields are read only when `struct_size` covers them.
+    static let sizeV1_0 = MemoryLayout<es_search_services>.offset(of: \es_search_services.batch_loss)!
+
+    /// The table's declared size (the host's `sizeof`).
+    public var structSize: Int { Int(UnsafeRawPointer(table).load(as: UInt32.self)) }
+
     init?(_ table: UnsafePointer<es_search_services>, context: UnsafeMutableRawPointer?) {
-        guard Int(UnsafeRawPointer(table).load(as: UInt32.self)) >= MemoryLayout<es_search_services>.size else { return nil }
+        guard Int(UnsafeRawPointer(table).load(as: UInt32.self)) >= SearchServices.sizeV1_0 else { return nil }
         self.table = table
         self.context = context
+    }
+
+    /// True if the host's table has the ABI 1.1 `batch_loss` service.
+    public var hasBatchLoss: Bool {
+        structSize >= MemoryLayout<es_search_services>.offset(of: \es_search_services.batch_loss)! + MemoryLayout<UnsafeRawPointer>.size
+            && table.pointee.batch_loss != nil
     }
 
     /// Op states (`ES_OP_*`).
@@ -327,5 +340,22 @@ public struct SearchServices: @unchecked Sendable {
         var acc = 0.0
         try check(arch.withCString { fn(context, $0, Int64(steps), &acc) }, "train_child")
         return acc
+    }
+
+    /// Which of the current step's batches `batchLoss` scores.
+    public enum StepBatch: Int32, Sendable {
+        case train = 0, validation = 1
+    }
+
+    /// ABI 1.1: the mean cross-entropy of the supernet in its current op states on one of the
+    /// step's batches, and the batch size N (N·loss = the batch's negative log-likelihood).
+    /// `backward` also accumulates ∂L/∂weights into the weight gradients. Call from `planStep` or
+    /// `afterStep`; throws `unsupported` on a host older than ABI 1.1.
+    public func batchLoss(_ batch: StepBatch, backward: Bool = false) throws -> (loss: Double, samples: Int) {
+        guard hasBatchLoss, let fn = table.pointee.batch_loss else { throw missing("batch_loss (ABI 1.1)") }
+        var loss = 0.0
+        var samples: Int64 = 0
+        try check(fn(context, batch.rawValue, backward ? 1 : 0, &loss, &samples), "batch_loss")
+        return (loss, Int(samples))
     }
 }

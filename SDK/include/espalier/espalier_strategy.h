@@ -85,6 +85,22 @@ typedef struct es_search_services {
     /** Trains the child architecture `arch_json` (genotype format) for `steps` steps from scratch
      *  and reports its validation accuracy. */
     es_status (*train_child)(void *host, const char *arch_json, int64_t steps, double *valid_accuracy);
+
+    /* ---- Since ABI 1.1: call only if struct_size covers the field ---- */
+
+    /** The mean cross-entropy of the supernet in its CURRENT op states (masked and removed ops do
+     *  not run; the gate mixes the active ones) on one of the current step's batches: `which` = 0
+     *  the step's training batch, 1 its validation batch. `backward` = 0: forward only, no tape
+     *  (the memory of one forward pass of the active ops); 1: also accumulates dL/dweights into the
+     *  weight gradients (the host's own weight step zeroes them before its backward). `*samples`
+     *  (may be NULL) receives the batch size N, so that N*loss is the batch's negative
+     *  log-likelihood. Callable from plan_step and after_step; elsewhere ES_ERROR_UNSUPPORTED
+     *  (there is no step batch). In a dry run it allocates as a real call and reports loss 0.
+     *  Why 1.0 lacked it: a 1.0 strategy could only say what the trainer does with a step's
+     *  batches (bilevel, single-level, ...), never look at a loss itself. PARSEC needs the loss of
+     *  several sampled children on ONE batch (their likelihoods give the importance weights)
+     *  before the step's weight update, which no step mode expresses. */
+    es_status (*batch_loss)(void *host, int32_t which, int32_t backward, double *loss, int64_t *samples);
 } es_search_services;
 
 /* ---- The strategy component ---- */
