@@ -82,8 +82,13 @@ typedef struct es_search_services {
      *  shape (batches·batch, classes) and data for that many floats (e.g. from `host->alloc`); the
      *  host checks the shape (ES_ERROR_SHAPE, with the expected shape in the message) and fills it. */
     es_status (*forward_logits)(void *host, int32_t batches, uint64_t init_seed, es_tensor_view *logits);
-    /** Trains the child architecture `arch_json` (genotype format) for `steps` steps from scratch
-     *  and reports its validation accuracy. */
+    /** Trains the child architecture `arch_json` (genotype format, as `derive` writes it) for
+     *  `steps` (>= 1) SGD steps from scratch at the run's channels, cells, batch size and learning
+     *  rate (cosine over the steps) on the weight-training half, and reports its accuracy on the
+     *  validation half. The child is freed before returning; its memory is counted under owner
+     *  "child". The same architecture gives the same accuracy (weights seeded from the run's seed
+     *  and the architecture). Bad JSON, a malformed cell or an op that no loaded plugin provides:
+     *  ES_ERROR_INVALID_ARGUMENT with the reason. Dry run: one step, accuracy 0. */
     es_status (*train_child)(void *host, const char *arch_json, int64_t steps, double *valid_accuracy);
 
     /* ---- Since ABI 1.1: call only if struct_size covers the field ---- */
