@@ -127,10 +127,8 @@ private let searchGetValue: @convention(c) (UnsafeMutableRawPointer?, UnsafePoin
     }
 }
 
-private let searchGrow: @convention(c) (UnsafeMutableRawPointer?, Int32) -> es_status = { host, _ in
-    withSearch(host) { _, _ in
-        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "growing a running supernet by a section comes with the Bonsai-Net strategy; this search has a fixed cell count")
-    }
+private let searchGrow: @convention(c) (UnsafeMutableRawPointer?, Int32) -> es_status = { host, cells in
+    withSearch(host) { run, _ in try run.grow(cells: Int(cells)) }
 }
 
 private let searchPredictPeak: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<es_memory_report>?) -> es_status = { host, change, out in
@@ -194,11 +192,23 @@ extension SearchRun {
             values[name] = value
             return
         }
+        if name.hasPrefix("regularizer.") {
+            let key = String(name.dropFirst(12))
+            guard !regularizers.isEmpty else {
+                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "\(name): this search has no regularizer (add one with --regularizer ID)")
+            }
+            for r in regularizers { try r.setValue(key, value) }
+            values[name] = value
+            return
+        }
         switch name {
         case "arch.lr": archOptimizer.learningRate = Float(value)
         case "lr": weightOptimizer.learningRate = Float(value)
+        case "skip_dropout":
+            guard value >= 0, value < 1 else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "skip_dropout must be in [0, 1) (got \(value))") }
+            supernet.skipDropout = Float(value)
         default:
-            throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "unknown value '\(name)'; this search has gate.NAME (the gate's values), arch.lr and lr")
+            throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "unknown value '\(name)'; this search has gate.NAME (the gate's values), regularizer.NAME, arch.lr, lr and skip_dropout")
         }
         values[name] = value
     }
@@ -207,9 +217,13 @@ extension SearchRun {
         switch name {
         case "arch.lr": return Double(archOptimizer.learningRate)
         case "lr": return Double(weightOptimizer.learningRate)
+        case "skip_dropout": return Double(supernet.skipDropout)
+        case "space.partial_channels": return Double(supernet.space.partialChannels)
+        case "space.edge_normalization": return supernet.space.edgeNormalization ? 1 : 0
+        case "space.cells": return Double(supernet.space.cells)
         default:
             guard let v = values[name] else {
-                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, and gate.NAME once set")
+                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, skip_dropout, space.partial_channels, space.edge_normalization, space.cells, and gate.NAME / regularizer.NAME once set")
             }
             return v
         }
