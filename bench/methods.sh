@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One real search per method on Fashion-MNIST with one common setup, then the found genotype
+# trained from scratch with one common short budget; prints a markdown table (method, search
+# peak memory from the accountant and the process, search time, test accuracy). Figures only;
+# never part of the tests or CI.
+#   bench/methods.sh [METHODS]     e.g. bench/methods.sh "darts pcdarts gdas random"
+# Setup (override by environment): C=8, 5 cells, 4000 training images (half for weights, half for
+# the architecture), batch 32, 3 epochs; training: 2 epochs on 10000 images, all 10000 test images.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+METHODS=${1:-"darts pcdarts gdas proxyless pdarts dropnas mergenas parsec betadarts random"}
+OUT=${OUT:-runs/methods}
+C=${C:-8}; CELLS=${CELLS:-5}; IMAGES=${IMAGES:-4000}; BATCH=${BATCH:-32}; EPOCHS=${EPOCHS:-3}
+TRAIN_EPOCHS=${TRAIN_EPOCHS:-2}; TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
+ESP=.build/release/espalier
+swift build -c release >/dev/null || exit 1
+mkdir -p "$OUT"
+
+args_for() {
+  case "$1" in
+    darts)     echo "--strategy espalier.strategy.darts/1" ;;
+    pcdarts)   echo "--strategy espalier.strategy.pcdarts/1" ;;
+    gdas)      echo "--strategy espalier.strategy.gdas/1 --gate espalier.gate.gdas/1" ;;
+    proxyless) echo "--strategy espalier.strategy.proxyless/1 --gate espalier.gate.binary/1 --regularizer espalier.regularizer.expected-cost/1" ;;
+    pdarts)    echo "--strategy espalier.strategy.pdarts/1 --set strategy.stage_cells=3,4,$CELLS" ;;
+    dropnas)   echo "--strategy espalier.strategy.dropnas/1" ;;
+    mergenas)  echo "--strategy espalier.strategy.darts/1 --merged-op espalier.op.mergenas_conv/1" ;;
+    parsec)    echo "--strategy espalier.strategy.parsec/1" ;;
+    betadarts) echo "--strategy espalier.strategy.darts/1 --regularizer espalier.regularizer.beta-decay/1" ;;
+    random)    echo "--strategy espalier.strategy.random/1" ;;
+    etenas)    echo "--strategy espalier.strategy.etenas/1" ;;
+    zero-one-shot) echo "--strategy espalier.strategy.zero-one-shot/1" ;;
+    *) echo "unknown method $1" >&2; return 1 ;;
+  esac
+}
+
+printf "| method | search peak (accountant) | search peak RSS | search time | test accuracy (%s epochs, %s images) |\n|---|---|---|---|---|\n" "$TRAIN_EPOCHS" "$TRAIN_IMAGES" > "$OUT/table.md"
+for m in $METHODS; do
+  dir="$OUT/$m"; rm -rf "$dir"
+  a=$(args_for "$m") || continue
+  start=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  /usr/bin/time -f "%M" -o "$OUT/$m.rss" "$ESP" search $a --channels "$C" --cells "$CELLS" --train-images "$IMAGES" --batch-size "$BATCH" \
+      --epochs "$EPOCHS" --out "$dir" > "$OUT/$m.search.log" 2>&1
+  status=$?
+  secs=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" "$start" "$(date +%s.%N)")
+  if [ $status -ne 0 ] || [ ! -f "$dir/genotype.json" ]; then
+    echo "| $m | search failed (see $OUT/$m.search.log) | | | |" >> "$OUT/table.md"; continue
+  fi
+  peak=$(python3 -c "import json,sys; print(max(json.loads(l)['peak_bytes'] for l in open(sys.argv[1])) / 2**20)" "$dir/log.jsonl" 2>/dev/null || echo 0)
+  rss=$(python3 -c "import sys; print(int(open(sys.argv[1]).read().split()[-1]) / 1024)" "$OUT/$m.rss")
+  "$ESP" train --genotype "$dir/genotype.json" --channels "$C" --cells "$CELLS" --epochs "$TRAIN_EPOCHS" --train-images "$TRAIN_IMAGES" \
+      --out "$dir/train" > "$OUT/$m.train.log" 2>&1
+  acc=$(sed -n 's/^test accuracy: \([0-9.]*%\).*/\1/p' "$OUT/$m.train.log" | tail -1)
+  printf "| %s | %.0f MiB | %.0f MiB | %s s | %s |\n" "$m" "$peak" "$rss" "$secs" "${acc:-train failed}" >> "$OUT/table.md"
+  cat "$OUT/table.md" | tail -1
+done
+cat "$OUT/table.md"
