@@ -12,9 +12,11 @@ METHODS=${1:-"darts pcdarts gdas proxyless pdarts dropnas mergenas parsec betada
 OUT=${OUT:-runs/methods}
 C=${C:-8}; CELLS=${CELLS:-5}; IMAGES=${IMAGES:-4000}; BATCH=${BATCH:-32}; EPOCHS=${EPOCHS:-3}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-2}; TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
-ESP=.build/release/espalier
 swift build -c release >/dev/null || exit 1
-mkdir -p "$OUT"
+mkdir -p "$OUT/bin"
+# A private copy of the host and its plugins, so a rebuild during the runs changes nothing.
+cp .build/release/espalier .build/release/libespalier-*.so "$OUT/bin/"
+ESP=$OUT/bin/espalier
 
 args_for() {
   case "$1" in
