@@ -217,6 +217,7 @@ extension Kernels {
     /// y = avgpool(x). Divisor: in-image elements (countIncludePad false) or k·k.
     public static func avgPool2dForward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        if g.k == 3 && g.padding == 1 { return avgPool3x3Forward(g, countIncludePad: countIncludePad, x: x, y: y) }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, yp = y + plane * ho * wo
             for oh in 0..<ho {
@@ -238,6 +239,7 @@ extension Kernels {
     /// dX = ∂/∂x (overwritten): each dY spread evenly over the elements its window divided by.
     public static func avgPool2dBackward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
+        if g.k == 3 && g.padding == 1 { return avgPool3x3Backward(g, countIncludePad: countIncludePad, dY: dY, dX: dX) }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let dyp = dY + plane * ho * wo, dxp = dX + plane * hw
             dxp.update(repeating: 0, count: hw)
@@ -250,6 +252,60 @@ extension Kernels {
                     for ih in rows {
                         let dxrow = dxp + ih * g.w
                         for iw in cols { dxrow[iw] += v }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Average pool 3×3, padding 1, any stride, separably: the (1–3) rows of each output row's
+    /// window are summed column by column once, then each output adds three column sums.
+    static func avgPool3x3Forward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
+        forItems(g.planes, itemSize: h * w * 2) { plane in
+            let xp = x + plane * h * w, yp = y + plane * ho * wo
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { buffer in
+                let col = buffer.baseAddress!
+                for oh in 0..<ho {
+                    let rows = g.window(oh, size: h)
+                    col.update(from: xp + rows.lowerBound * w, count: w)
+                    for ih in rows.dropFirst() {
+                        let r = xp + ih * w
+                        for j in 0..<w { col[j] += r[j] }
+                    }
+                    let rc = Float(countIncludePad ? 3 : rows.count), yrow = yp + oh * wo
+                    for ow in 0..<wo {
+                        let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
+                        var t: Float = 0
+                        for j in lo..<hi { t += col[j] }
+                        yrow[ow] = t / (rc * Float(countIncludePad ? 3 : hi - lo))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Its backward: each output row's dY/divisor is spread over its three columns into a row
+    /// buffer once, then added into the (1–3) input rows of the window.
+    static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+        let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
+        forItems(g.planes, itemSize: h * w * 2) { plane in
+            let dyp = dY + plane * ho * wo, dxp = dX + plane * h * w
+            dxp.update(repeating: 0, count: h * w)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { buffer in
+                let spread = buffer.baseAddress!
+                for oh in 0..<ho {
+                    let rows = g.window(oh, size: h)
+                    spread.update(repeating: 0, count: w)
+                    let rc = Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
+                    for ow in 0..<wo {
+                        let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
+                        let v = dyrow[ow] / (rc * Float(countIncludePad ? 3 : hi - lo))
+                        for j in lo..<hi { spread[j] += v }
+                    }
+                    for ih in rows {
+                        let r = dxp + ih * w
+                        for j in 0..<w { r[j] += spread[j] }
                     }
                 }
             }
