@@ -1,0 +1,131 @@
+// espalier.regularizer.proxsgd/1: ProxSGD with group sparsity (Yang et al., ICLR 2020, as used by
+// GSparsity, Chatzimichailidis et al.). With `owns_update=true` (the default) the host runs no SGD
+// step: this proximal step IS the weight update, on every weight the host hands over (the
+// weight groups "group/…" and the rest, "ungrouped"), with the gradients in the targets:
+//   v ← (1−ρ)·v + ρ·g                          (momentum; ρ = `momentum`, 0.8)
+//   b = x − v/τ, τ = 1
+//   x̂ = max(0, 1 − μ_g/‖b‖_g)·b                (block soft-thresholding over the whole group)
+//   x ← x + lr·(x̂ − x)                          (lr = `lr`, 1e-3, constant; 0 = the host's)
+// with μ_g = μ/√|g| (|g| the number of weights in the group) for weight groups and μ_g = 0 for
+// "ungrouped" (the authors' code runs the same ProxSGD on the non-prunable weights with no
+// regularisation, so x ← x − lr·v there). With `owns_update=false` it is a plain proximal step
+// after the host's SGD with the host's learning rate: x ← max(0, 1 − lr·μ_g/‖x‖_g)·x. Momentum buffers v (one per part, shape
+// of the part) are allocated through the host as optimiser state. Facts from the authors' code
+// (ProxSGD_for_groups.py): v.mul_(1−momentum).add_(momentum·grad), τ = 1, a = μ/dim^0.5 ("div"
+// normalisation), x_hat = clamp(1 − a/‖b‖, min=0)·b, x += lr·(x_hat − x). Not here: their clamp of
+// x̂ for scale parameters to [0, 1]; this host clamps the scales after the step instead.
+
+import EspalierPluginKit
+
+final class ProxSGDRegularizer: ProximalRegularizer {
+    static let id = "espalier.regularizer.proxsgd/1"
+
+    private let host: PluginHost
+    private(set) var mu: Double
+    private let lr: Double
+    private let rho: Double
+    private let normalize: Bool
+    private let ownsUpdate: Bool
+    /// Momentum v per target name, one buffer per part (part element counts beside).
+    private var momentum: [String: [(buffer: UnsafeMutablePointer<Float>, count: Int)]] = [:]
+
+    init(host: PluginHost, params: ParamValues) throws {
+        self.host = host
+        mu = try params.double("mu")
+        lr = try params.double("lr")
+        rho = try params.double("momentum")
+        normalize = try params.string("normalization") == "sqrt"
+        ownsUpdate = try params.bool("owns_update")
+        guard mu >= 0, mu.isFinite else { throw PluginError.invalidArgument("\(Self.id): mu must be a finite number >= 0 (got \(mu))") }
+        guard lr >= 0, lr <= 1 else { throw PluginError.invalidArgument("\(Self.id): lr must be in [0, 1] (got \(lr)); 0 = the host's learning rate") }
+        guard rho > 0, rho <= 1 else { throw PluginError.invalidArgument("\(Self.id): momentum ρ must be in (0, 1] (got \(rho)); v ← (1−ρ)v + ρg") }
+    }
+
+    deinit { for parts in momentum.values { for p in parts { host.free(UnsafeMutableRawPointer(p.buffer)) } } }
+
+    func setValue(_ name: String, _ value: Double) throws {
+        guard name == "mu" else { throw PluginError.unsupported("\(Self.id) has one settable value, 'mu' (got '\(name)')") }
+        guard value >= 0, value.isFinite else { throw PluginError.invalidArgument("\(Self.id): mu must be a finite number >= 0 (got \(value))") }
+        mu = value
+    }
+
+    /// μ_g of a target: μ/√|g| for weight groups (μ with normalization=none), 0 for "ungrouped".
+    func groupMu(_ t: RegularizerTarget) -> Double {
+        guard t.name.hasPrefix("group/") else { return 0 }
+        let size = t.values.reduce(0) { $0 + $1.count }
+        return normalize ? mu / Double(max(size, 1)).squareRoot() : mu
+    }
+
+    /// The momentum buffers of a target (zero on first use; reallocated if its parts change).
+    private func buffers(_ t: RegularizerTarget) throws -> [(buffer: UnsafeMutablePointer<Float>, count: Int)] {
+        if let b = momentum[t.name], b.map(\.count) == t.values.map(\.count) { return b }
+        if let old = momentum[t.name] { for p in old { host.free(UnsafeMutableRawPointer(p.buffer)) } }
+        let fresh = try t.values.map { v -> (buffer: UnsafeMutablePointer<Float>, count: Int) in
+            let raw = try host.allocate(bytes: max(v.count, 1) * 4, category: .optimizerState, owner: "regularizer/proxsgd/" + t.name)
+            let p = raw.bindMemory(to: Float.self, capacity: max(v.count, 1))
+            p.initialize(repeating: 0, count: max(v.count, 1))
+            return (p, v.count)
+        }
+        momentum[t.name] = fresh
+        return fresh
+    }
+
+    func proximal(state: RunState, targets: [RegularizerTarget], lr hostLR: Double) throws {
+        if state.isDryRun { return }
+        let step = lr > 0 ? lr : hostLR
+        // Buffers of targets that are gone (removed groups) are freed.
+        let names = Set(targets.map(\.name))
+        for (name, parts) in momentum where !names.contains(name) {
+            for p in parts { host.free(UnsafeMutableRawPointer(p.buffer)) }
+            momentum[name] = nil
+        }
+        for t in targets where t.kind == .weightGroup {
+            for (v, g) in zip(t.values, t.grads) where g.raw.data != nil {
+                try v.requireSameShape(as: g, "\(Self.id): gradient of '\(t.name)'")
+            }
+            if ownsUpdate { try update(t, lr: step) } else { shrink(t, by: hostLR * groupMu(t)) }
+        }
+    }
+
+    /// The ProxSGD update of one target (x, v in place).
+    private func update(_ t: RegularizerTarget, lr: Double) throws {
+        let muG = groupMu(t)
+        let vs = try buffers(t)
+        let rho = Float(self.rho)
+        // v ← (1−ρ)v + ρg, and ‖b‖² with b = x − v.
+        var norm2 = 0.0
+        for (i, x) in t.values.enumerated() {
+            guard let xp = x.data else { continue }
+            let gp = t.grads[i].data, vp = vs[i].buffer
+            var acc: Float = 0
+            for j in 0..<x.count {
+                vp[j] = (1 - rho) * vp[j] + rho * (gp?[j] ?? 0)
+                let b = xp[j] - vp[j]
+                acc += b * b
+            }
+            norm2 += Double(acc)
+        }
+        let norm = norm2.squareRoot()
+        // x̂ = factor·b, factor = max(0, 1 − μ_g/‖b‖) (exactly 0 when ‖b‖ ≤ μ_g); x ← x + lr(x̂ − x).
+        let factor = muG == 0 ? 1 : (norm > muG ? 1 - muG / norm : 0)
+        let f = Float(factor), a = Float(lr)
+        for (i, x) in t.values.enumerated() {
+            guard let xp = x.data else { continue }
+            let vp = vs[i].buffer
+            for j in 0..<x.count {
+                let xhat = f * (xp[j] - vp[j])
+                xp[j] += a * (xhat - xp[j])
+            }
+        }
+    }
+
+    /// The proximal operator of lr·μ_g‖·‖ after someone else's update: x ← max(0, 1 − κ/‖x‖)·x.
+    private func shrink(_ t: RegularizerTarget, by kappa: Double) {
+        guard kappa > 0 else { return }
+        var norm2 = 0.0
+        for x in t.values { if let b = x.buffer { norm2 += b.reduce(0.0) { $0 + Double($1 * $1) } } }
+        let norm = norm2.squareRoot()
+        let f = Float(norm > kappa ? 1 - kappa / norm : 0)
+        for x in t.values { if let b = x.buffer { for j in b.indices { b[j] *= f } } }
+    }
+}
