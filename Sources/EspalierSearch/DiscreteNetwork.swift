@@ -1,5 +1,6 @@
 // The discrete network of a genotype, trained from scratch after a search (DARTS's
-// NetworkCIFAR): a stem, stacked cells whose nodes each sum two chosen ops (plugin ops, affine
+// NetworkCIFAR): a stem, stacked cells whose nodes each sum their chosen ops (two in DARTS; any
+// number, possibly none, with the genotype's node sizes) (plugin ops, affine
 // batch norm), drop-path on every op but identities, an optional auxiliary head after the second
 // reduction, global pooling and a classifier. Saved as safetensors with its description.
 // Shapes: (N, Cin, H, W) → logits (N, classes).
@@ -32,6 +33,9 @@ final class DiscreteCell {
     let ops: [PluginOp]
     let identity: [Bool]
     let inputs: [Int]
+    /// The node each op feeds, and the number of nodes.
+    let nodeOf: [Int]
+    let nodes: Int
     let concat: [Int]
     let owner: Int32
 
@@ -41,6 +45,9 @@ final class DiscreteCell {
         let edges = reduction ? genotype.reduce : genotype.normal
         concat = reduction ? genotype.reduceConcat : genotype.normalConcat
         inputs = edges.map(\.input)
+        let nodeOf = genotype.nodeIndices(reduction ? .reduce : .normal)
+        self.nodeOf = nodeOf
+        nodes = genotype.nodes(reduction ? .reduce : .normal)
         let acc = f.accountant
         let name = "cell\(index)"
         owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
@@ -58,7 +65,7 @@ final class DiscreteCell {
                 }
                 let stride = reduction && e.input < 2 ? 2 : 1
                 ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true),
-                                        ownerPath: acc.currentOwnerPath + "/node\(k / 2)/\(e.op)\(k % 2)"))
+                                        ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
             return (p0, p1, ops, identity)
@@ -71,14 +78,16 @@ final class DiscreteCell {
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, dropPath p: Float) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
             var states = [try pre0.apply(g, s0), try pre1.apply(g, s1)]
-            for i in 0..<(ops.count / 2) {
+            for i in 0..<nodes {
                 var hs: [Variable] = []
-                for k in [2 * i, 2 * i + 1] {
+                for k in ops.indices where nodeOf[k] == i {
                     var h = try ops[k](g, states[inputs[k]])
                     if g.training && p > 0 && !identity[k] { h = try g.dropPath(h, p: p) }
                     hs.append(h)
                 }
-                states.append(try g.add(hs[0], hs[1]))
+                // A node no op survived on (GSparsity) is zero, at the cell's output size.
+                if hs.isEmpty { states.append(try g.zeros(like: states[0], stride: reduction ? 2 : 1)); continue }
+                states.append(hs.count == 2 ? try g.add(hs[0], hs[1]) : hs.count == 1 ? hs[0] : try g.sum(hs))
             }
             return try g.concatChannels(concat.map { states[$0] })
         }

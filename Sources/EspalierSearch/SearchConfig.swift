@@ -57,10 +57,13 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     }
 
     /// The config with the space options a strategy declares as parameters copied into the space:
-    /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — from the user's
-    /// setting or the parameter's default.
+    /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — and
+    /// `scale_parameter_free` (bool, GSparsity's) from the user's setting or the parameter's
+    /// default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
+    /// makes the space sum its ops (`sumOps`).
     public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
         var c = self
+        c.space.sumOps = strategy.kind == .strategy && strategy.form.contains("no architecture parameters")
         for spec in strategy.params {
             let text = strategySettings[spec.name] ?? spec.defaultValue
             switch spec.name {
@@ -69,6 +72,8 @@ public struct SearchConfig: Codable, Equatable, Sendable {
                 c.space.partialChannels = k
             case "edge_normalization":
                 c.space.edgeNormalization = ["1", "true", "yes", "on"].contains(text.lowercased())
+            case "scale_parameter_free":
+                c.space.scaleParameterFree = ["1", "true", "yes", "on"].contains(text.lowercased())
             default: continue
             }
         }

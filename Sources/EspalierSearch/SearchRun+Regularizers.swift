@@ -6,7 +6,15 @@
 //                           this forward and per-candidate costs (edges, ops) from the accountant;
 //                           the term joins the graph, so its gradient flows back through the gate.
 // After every weight step each regularizer's `proximal` runs on its targets (ES_TARGET_WEIGHT_GROUP:
-// "group/{normal,reduce}/edgeE/OP" = that op's parameters on edge E in every cell of the type).
+// "group/{normal,reduce}/edgeE/OP" = that op's parameters on edge E in every cell of the type,
+// with its output scales when the space has them).
+// A proximal regularizer whose `owns_update` parameter is true (ProxSGD) IS the weight update:
+// the host runs no SGD step; after the backward and the gradient clip it calls that regularizer's
+// `proximal` with every group target plus one target "ungrouped" (ES_TARGET_WEIGHT_GROUP, parts =
+// every weight in no group: stem, cell preprocessing, classifier), each with its gradients, and
+// the host's learning rate of the step. Output scales are clamped to [0, 1] after every step.
+// Without α (`sumOps`) the group norms ‖θ_g‖ are published as search values
+// "group_norm/{normal,reduce}/edgeE/OP" (read with get_value) whenever the run derives.
 
 import CEspalierSDK
 import EspalierCore
@@ -62,7 +70,7 @@ extension SearchRun {
             guard let first = cells.first else { continue }
             for e in first.edges.indices {
                 for o in names.indices {
-                    let params = cells.flatMap { $0.edges[e].ops[o]?.parameters ?? [] }
+                    let params = cells.flatMap { ($0.edges[e].ops[o]?.parameters ?? []) + [$0.edges[e].scales[o]].compactMap { $0 } }
                     guard !params.isEmpty else { continue }
                     out.append(RegularizerTarget(kind: .weightGroup, name: "group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])",
                                                  values: params.map(\.value), grads: try params.map { try $0.ensureGrad() }))
@@ -74,7 +82,7 @@ extension SearchRun {
 
     /// Proximal steps after a weight update (learning rate of the step).
     func applyProximal() throws {
-        let regs = regularizers.filter(\.hasProximal)
+        let regs = regularizers.filter { $0.hasProximal && $0 !== updateOwner }
         guard !regs.isEmpty, !accountant.isDryRun else { return }
         for r in regs {
             var targets: [RegularizerTarget] = []
@@ -86,6 +94,83 @@ extension SearchRun {
             }
             try r.proximal(targets, learningRate: Double(weightOptimizer.learningRate), state: state)
         }
+    }
+
+    /// Whether a regularizer replaces the SGD step: a proximal step and a parameter `owns_update`
+    /// that resolves to true (the user's setting or its default).
+    static func ownsUpdate(_ r: PluginRegularizer, settings: [String: String]) throws -> Bool {
+        let c = r.component
+        guard let spec = c.params.first(where: { $0.name == "owns_update" }) else { return false }
+        let text = (settings["owns_update"] ?? spec.defaultValue).lowercased()
+        switch text {
+        case "1", "true", "yes", "on": break
+        case "0", "false", "no", "off": return false
+        default: throw EspalierError.config("\(c.id): owns_update must be true or false (got '\(text)')")
+        }
+        guard r.hasProximal else { throw EspalierError.config("\(c.id) says owns_update=true but has no proximal step to update with") }
+        return true
+    }
+
+    /// Every weight as targets for an update-owning regularizer: the groups, then "ungrouped".
+    func ownedUpdateTargets() throws -> [RegularizerTarget] {
+        let groups = try weightGroupTargets()
+        var grouped = Set<ObjectIdentifier>()
+        for cell in supernet.cells {
+            for edge in cell.edges {
+                for p in edge.ops.compactMap({ $0 }).flatMap(\.parameters) + edge.scales.compactMap({ $0 }) { grouped.insert(ObjectIdentifier(p)) }
+            }
+        }
+        let rest = supernet.weights.filter { !grouped.contains(ObjectIdentifier($0)) }
+        guard !rest.isEmpty else { return groups }
+        return groups + [RegularizerTarget(kind: .weightGroup, name: "ungrouped", values: rest.map(\.value), grads: try rest.map { try $0.ensureGrad() })]
+    }
+
+    /// The weight update of an update-owning regularizer (instead of SGD).
+    func applyOwnedUpdate() throws {
+        guard let r = updateOwner, !accountant.isDryRun else { return }
+        try r.proximal(try ownedUpdateTargets(), learningRate: Double(weightOptimizer.learningRate), state: state)
+    }
+
+    /// Output scales of parameter-free candidates back into [0, 1].
+    func clampOpScales() {
+        guard supernet.space.scaleParameterFree, !accountant.isDryRun else { return }
+        for p in supernet.opScales { p.value[0] = min(max(p.value[0], 0), 1) }
+    }
+
+    /// ‖θ_g‖ of every weight group (the op's parameters and scale on one edge in every cell of a
+    /// type), by group name ("group/normal/edge3/sep_conv_3x3").
+    public func groupNorms() throws -> [String: Double] {
+        var out: [String: Double] = [:]
+        guard !accountant.isDryRun else { return out }
+        for t in try weightGroupTargets() {
+            out[t.name] = t.values.reduce(0.0) { $0 + Kernels.sumSquares($1.ptr, count: $1.count) }.squareRoot()
+        }
+        return out
+    }
+
+    /// The parameters of every weight group, by group name (the same groups as the targets).
+    public func weightGroupParameters() -> [String: [Parameter]] {
+        var out: [String: [Parameter]] = [:]
+        let names = supernet.space.opNames
+        for reduction in [false, true] {
+            let cells = supernet.cells.filter { $0.reduction == reduction }
+            guard let first = cells.first else { continue }
+            for e in first.edges.indices {
+                for o in names.indices {
+                    let params = cells.flatMap { ($0.edges[e].ops[o]?.parameters ?? []) + [$0.edges[e].scales[o]].compactMap { $0 } }
+                    if !params.isEmpty { out["group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])"] = params }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Publishes ‖θ_g‖ as search values "group_norm/…" for the strategy (get_value); a removed
+    /// group's value is dropped.
+    func publishGroupNorms() {
+        guard let norms = try? groupNorms(), !norms.isEmpty else { return }
+        for key in values.keys where key.hasPrefix("group_norm/") { values[key] = nil }
+        for (name, v) in norms { values["group_norm/" + name.dropFirst("group/".count)] = v }
     }
 
     /// Costs of every candidate (bytes: parameters, gradients and momentum, plus the activations

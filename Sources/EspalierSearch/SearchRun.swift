@@ -2,6 +2,9 @@
 // supernet, the optimisers (SGD on weights, Adam on α) and the accountant, and asks the strategy
 // plugin what each step does: bilevel (α step on a validation batch, first or second order, then
 // a weight step on a training batch), single-level, weights only, forward only, or nothing.
+// A strategy without architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS, GSparsity) gets a
+// supernet whose edges sum their ops (no gate, no α step); a proximal regularizer with
+// `owns_update=true` replaces the SGD step itself (see SearchRun+Regularizers.swift).
 // Each epoch it scores the validation half, logs a JSON line, and checkpoints atomically; an
 // interrupt checkpoints mid-epoch, and a resumed run continues bit for bit.
 
@@ -50,6 +53,14 @@ public final class SearchRun {
     public internal(set) var archOptimizer: Adam
     /// Regularizer plugins, called in every architecture step (and after weight steps, proximal).
     public let regularizers: [PluginRegularizer]
+    /// The regularizer whose `proximal` IS the weight update (`owns_update=true`, ProxSGD): the
+    /// host then runs no SGD step and hands it every weight with its gradient. nil = SGD.
+    public let updateOwner: PluginRegularizer?
+    /// What the run decided about its setup, in words (also written to standard error).
+    public private(set) var notes: [String] = []
+    /// Without α (GSparsity): validation accuracy before and after the ops the strategy removed
+    /// at its last epoch end (nil until an epoch end removes something).
+    public private(set) var pruning: (before: Double, after: Double, removed: Int)? = nil
     /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
     let schedules: [(slot: String, method: DynamicMethod)]
     /// Per-candidate costs for gate-weight regularizers (measured once).
@@ -95,7 +106,13 @@ public final class SearchRun {
         strategy = try PluginStrategy(strategyComponent, context: context, settings: config.strategySettings)
         let needs = strategy.requirements
         if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 {
-            throw EspalierError.config("\(config.strategy) works without architecture parameters, but this supernet mixes ops with \(config.gate)")
+            guard supernet.space.sumOps else {
+                throw EspalierError.config("\(config.strategy) works without architecture parameters, but this supernet mixes ops with \(config.gate)")
+            }
+            notes.append("\(config.strategy) has no architecture parameters: every edge sums its ops with weight 1; the gate \(config.gate) is unused and α is not trained")
+        }
+        if supernet.space.scaleParameterFree {
+            notes.append("parameter-free ops carry a learnable output scale (\(supernet.opScales.count) scalars, init 1, clamped to [0, 1] after each step)")
         }
         if needs & UInt32(ES_REQUIRES_SAMPLED_GATE) != 0 && !supernet.gateNormal.isSampled {
             throw EspalierError.config("\(config.strategy) samples one architecture per step and needs a sampled gate; \(config.gate) is deterministic (try espalier.gate.gdas/1)")
@@ -114,6 +131,17 @@ public final class SearchRun {
             if !r.hasLoss && !r.hasProximal { throw EspalierError.config("\(id) has neither a loss term nor a proximal step") }
             return r
         }
+        let owners = try zip(config.regularizers, regularizers).filter { id, r in
+            try SearchRun.ownsUpdate(r, settings: config.regularizerSettings[id] ?? [:])
+        }
+        guard owners.count <= 1 else {
+            throw EspalierError.config("\(owners.map(\.0).joined(separator: " and ")) both own the weight update (owns_update=true); at most one regularizer may replace the SGD step")
+        }
+        updateOwner = owners.first?.1
+        if let (id, _) = owners.first {
+            notes.append("\(id) owns the weight update: no SGD step; its proximal step updates every weight (groups and the rest)")
+        }
+        for n in notes { FileHandle.standardError.write(Data("espalier: \(n)\n".utf8)) }
         schedules = try config.methods.sorted { $0.key < $1.key }.map { slot, name in
             guard ["tau.schedule", "lambda.schedule"].contains(slot) else {
                 throw EspalierError.config("no value follows the schedule slot '\(slot)' in a search; the search schedules tau.schedule (gate.tau) and lambda.schedule (regularizer.lambda)")
@@ -125,7 +153,9 @@ public final class SearchRun {
         }
         let net = supernet
         (weightOptimizer, archOptimizer) = try context.accountant.withOwner("optimizer") {
-            (try SGD(parameters: net.weights, learningRate: config.learningRate, momentum: config.momentum, weightDecay: config.weightDecay),
+            // With an update-owning regularizer the SGD optimiser only carries the learning rate (no momentum buffers).
+            (try SGD(parameters: net.weights, learningRate: config.learningRate, momentum: owners.isEmpty ? config.momentum : 0,
+                     weightDecay: config.weightDecay),
              try Adam(parameters: net.archParameters, learningRate: config.archLearningRate, beta1: config.archBeta1,
                       beta2: config.archBeta2, weightDecay: config.archWeightDecay))
         }
@@ -253,6 +283,9 @@ public final class SearchRun {
     /// One step as the strategy plans it. Returns (training loss, correct) of the weight step.
     @discardableResult
     public func step(train batch: Batch, valid: Batch?) throws -> (Double, Int) {
+        // The step's batches, for the `batch_loss` search service (PARSEC).
+        stepBatches = StepBatches(train: batch, valid: valid)
+        defer { stepBatches = nil }
         try applySchedules()
         let plan = try strategy.planStep(state)
         var result = (0.0, 0)
@@ -282,8 +315,9 @@ public final class SearchRun {
         weightOptimizer.zeroGrad()
         let r = try lossAndGradients(batch.images, batch.labels)
         clipGradNorm(supernet.weights, maxNorm: config.gradClip)
-        weightOptimizer.step()
+        if updateOwner != nil { try applyOwnedUpdate() } else { weightOptimizer.step() }
         try applyProximal()
+        clampOpScales()
         return r
     }
 
@@ -341,7 +375,16 @@ public final class SearchRun {
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
             metrics.validLoss = validLoss; metrics.validAccuracy = validAcc
             metrics.seconds = log.seconds; metrics.peakBytes = log.peakBytes
+            let removedBefore = supernet.space.sumOps ? removedCount() : 0
             let stop = try strategy.epochEnd(state, metrics: metrics)
+            if supernet.space.sumOps, case let removed = removedCount() - removedBefore, removed > 0 {
+                // The pruned network on the same validation images: no discretisation gap expected.
+                let (_, after) = try evaluate(validEvalView)
+                pruning = (validAcc, after, removed)
+                let line = "pruned \(removed) ops: validation accuracy \(validAcc) before, \(after) after"
+                notes.append(line)
+                FileHandle.standardError.write(Data("espalier: \(line)\n".utf8))
+            }
             epoch += 1
             stepInEpoch = 0
             try appendLog(log)
@@ -350,6 +393,17 @@ public final class SearchRun {
             if stop { break }
         }
         try writeResults()
+    }
+
+    /// Candidates removed for good, over both cell types.
+    func removedCount() -> Int {
+        var n = 0
+        for r in [false, true] {
+            for e in 0..<supernet.space.edgesPerCell {
+                for o in supernet.space.ops.indices where supernet.opState(reduction: r, edge: e, op: o) == .removed { n += 1 }
+            }
+        }
+        return n
     }
 
     /// Mean loss and accuracy on `view` in evaluation mode, no gradients.
@@ -370,6 +424,7 @@ public final class SearchRun {
 
     /// The architecture found: the strategy's own, or the DARTS rule.
     public func derive() throws -> Genotype {
+        if supernet.space.sumOps { publishGroupNorms() }
         if let json = try strategy.derive(state) {
             do { return try JSONDecoder().decode(Genotype.self, from: Data(json.utf8)) } catch {
                 throw EspalierError.config("\(config.strategy) derived an architecture that is not a genotype: \(error)")

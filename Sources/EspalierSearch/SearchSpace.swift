@@ -3,6 +3,10 @@
 // pooling and a classifier; architecture logits per cell type, turned into mixing weights by a
 // plugin gate. Each candidate on each edge has a state (active, masked, removed) so that
 // strategies can mask or remove ops; masked and removed ops never run and hold no activations.
+// Without architecture parameters (GSparsity: `sumOps`) every edge is the plain sum of its
+// running candidates (weight 1, the gate unused), and with `scaleParameterFree` each candidate
+// without parameters (pools, skip_connect at stride 1) multiplies its output by a learnable
+// scalar of its own (init 1; the trainer clamps it to [0, 1] after each step).
 // Shapes: input (N, Cin, H, W) → logits (N, classes). α: (edges, ops) per cell type.
 
 import EspalierCore
@@ -33,6 +37,12 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     /// Ops that stand for several candidates at once (MergeNAS): ids of ops with `build_mixed`
     /// whose `covers` parameter names the candidates they replace on every edge.
     public var mergedOps: [String] = []
+    /// No architecture parameters (GSparsity): every edge sums its running candidates with weight
+    /// 1; the gate is not used and α is not trained. Set for strategies with ES_REQUIRES_NO_ARCH_PARAMS.
+    public var sumOps = false
+    /// GSparsity: every candidate without parameters gets a learnable output scale (init 1,
+    /// clamped to [0, 1]), part of its weight group; a strategy's `scale_parameter_free` parameter.
+    public var scaleParameterFree = false
 
     public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                   "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
@@ -101,9 +111,19 @@ final class MixedEdge {
     var ops: [PluginOp?]
     var states: [OpState]
     var merged: [(op: PluginOp, columns: [Int])]
-    init(ops: [PluginOp?], merged: [(op: PluginOp, columns: [Int])] = []) {
+    /// Learnable output scales (shape [1]) of parameter-free candidates (`scaleParameterFree`); nil elsewhere.
+    var scales: [Parameter?]
+    init(ops: [PluginOp?], merged: [(op: PluginOp, columns: [Int])] = [], scales: [Parameter?]? = nil) {
         self.ops = ops; self.merged = merged
+        self.scales = scales ?? Array(repeating: nil, count: ops.count)
         states = Array(repeating: .active, count: ops.count)
+    }
+
+    /// Candidate `o`'s output on x, times its scale when it has one: (N, C, H, W) → (N, C, H', W').
+    func output(_ g: Graph, _ o: Int, _ x: Variable, state: RunState) throws -> Variable {
+        let y = try ops[o]!(g, x, state: state)
+        guard let s = scales[o] else { return y }
+        return try g.scale(y, byElement: 0, of: g.param(s))
     }
 }
 
@@ -179,7 +199,12 @@ final class SearchCell {
                         (op: try PluginOp(comp, context: context, config: config, settings: opSettings[comp.id] ?? [:],
                                           ownerPath: acc.currentOwnerPath + "/edge\(e)/" + Component.shortName(comp.id)), columns: cols)
                     }
-                    edges.append(MixedEdge(ops: ops, merged: merged))
+                    // GSparsity: a learnable output scale for every candidate without parameters.
+                    let scales: [Parameter?] = try ops.enumerated().map { col, op in
+                        guard space.scaleParameterFree, let op, op.parameters.isEmpty else { return nil }
+                        return try f.make("edge\(e)/\(space.opNames[col])/scale", [1], .ones, decay: false)
+                    }
+                    edges.append(MixedEdge(ops: ops, merged: merged, scales: scales))
                     e += 1
                 }
             }
@@ -188,7 +213,8 @@ final class SearchCell {
     }
 
     var parameters: [Parameter] {
-        pre0.parameters + pre1.parameters + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) + $0.merged.flatMap(\.op.parameters) }
+        pre0.parameters + pre1.parameters
+            + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) + $0.merged.flatMap(\.op.parameters) + $0.scales.compactMap { $0 } }
     }
     var buffers: [Tensor] {
         pre0.buffers + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) + $0.merged.flatMap(\.op.buffers) }
@@ -203,8 +229,8 @@ final class SearchCell {
         let x = partial > 1 ? try g.narrow(h, channels: 0..<cOp) : h
         var terms: [Variable] = [], indices: [Int] = []
         for (o, op) in edge.ops.enumerated() {
-            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-            var y = try op(g, x, state: state)
+            guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+            var y = try edge.output(g, o, x, state: state)
             if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
             terms.append(y)
             indices.append(e * k + o)
@@ -242,7 +268,10 @@ final class SearchCell {
                             guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
                             let y = try op(g, h, state: state)
                             if sum == nil { sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant) }
-                            if g.computing { Kernels.axpy(weights.value[e * k + o], y.value.ptr, sum!.ptr, count: y.value.count) }
+                            if g.computing {
+                                let scale = edge.scales[o].map { $0.value[0] } ?? 1
+                                Kernels.axpy(weights.value[e * k + o] * scale, y.value.ptr, sum!.ptr, count: y.value.count)
+                            }
                         }
                         e += 1
                     }
@@ -256,8 +285,8 @@ final class SearchCell {
                     for h in states {
                         let edge = edges[e]
                         for (o, op) in edge.ops.enumerated() {
-                            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-                            terms.append(try op(g, h, state: state))
+                            guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                            terms.append(try edge.output(g, o, h, state: state))
                             indices.append(e * k + o)
                         }
                         e += 1
@@ -360,7 +389,19 @@ public final class Supernet {
     public var weights: [Parameter] {
         stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + classifier.parameters
     }
-    public var archParameters: [Parameter] { [alphaNormal, alphaReduce] + [betaNormal, betaReduce].compactMap { $0 } }
+    /// The trained architecture parameters: none when the space sums its ops (`sumOps`).
+    public var archParameters: [Parameter] { space.sumOps ? [] : [alphaNormal, alphaReduce] + [betaNormal, betaReduce].compactMap { $0 } }
+    /// The output scales of parameter-free candidates (`scaleParameterFree`), every cell.
+    public var opScales: [Parameter] { cells.flatMap { $0.edges.flatMap { $0.scales.compactMap { $0 } } } }
+
+    /// `sumOps`: mixing weights of 1 for every candidate (edges·ops), all marked active (the
+    /// cells skip masked and removed candidates themselves).
+    func unitWeights(_ g: Graph) throws -> (Variable, [UInt8]) {
+        let n = space.edgesPerCell * space.ops.count
+        let w = try Tensor.zeros([space.edgesPerCell, space.ops.count], category: .workspace, accountant: g.accountant)
+        if g.computing { w.fill(1) }
+        return (g.constant(w), Array(repeating: 1, count: n))
+    }
 
     /// Node i's incoming edges, as ranges of edge indices.
     var nodeEdges: [Range<Int>] {
@@ -388,9 +429,13 @@ public final class Supernet {
 
     /// logits (N, classes) for images (N, Cin, H, W).
     public func logits(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
-        let (wn, an) = try g.accountant.withOwner("arch/normal") { try gateNormal(g, try gateInput(g, reduction: false), state: state) }
-        let (wr, ar) = try g.accountant.withOwner("arch/reduce") { try gateReduce(g, try gateInput(g, reduction: true), state: state) }
-        lastGateWeights = g.isRecording ? (wn, wr) : nil
+        let (wn, an) = try g.accountant.withOwner("arch/normal") {
+            space.sumOps ? try unitWeights(g) : try gateNormal(g, try gateInput(g, reduction: false), state: state)
+        }
+        let (wr, ar) = try g.accountant.withOwner("arch/reduce") {
+            space.sumOps ? try unitWeights(g) : try gateReduce(g, try gateInput(g, reduction: true), state: state)
+        }
+        lastGateWeights = g.isRecording && !space.sumOps ? (wn, wr) : nil
         let (bn, br) = try g.accountant.withOwner("arch/edges") { (try edgeWeights(g, reduction: false), try edgeWeights(g, reduction: true)) }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
@@ -419,7 +464,7 @@ public final class Supernet {
                 throw EspalierError.invalidArgument("candidate \(space.opNames[op]) on edge \(edge) was removed for good")
             }
             cell.edges[edge].states[op] = state
-            if state == .removed { cell.edges[edge].ops[op] = nil }
+            if state == .removed { cell.edges[edge].ops[op] = nil; cell.edges[edge].scales[op] = nil }
         }
     }
 
@@ -431,6 +476,13 @@ public final class Supernet {
 
     /// Mixing weights of a cell type as rows of floats (gate applied in evaluation mode).
     public func mixingWeights(reduction: Bool, accountant: MemoryAccountant) throws -> [[Float]] {
+        if space.sumOps {
+            // Plain sum: 1 for every candidate that runs, 0 for `none`, masked and removed ones.
+            let names = space.opNames
+            return (0..<space.edgesPerCell).map { e in
+                names.indices.map { o in names[o] != "none" && opState(reduction: reduction, edge: e, op: o) == .active ? 1 : 0 }
+            }
+        }
         let g = Graph(accountant: accountant)
         g.training = false
         let gate = reduction ? gateReduce : gateNormal

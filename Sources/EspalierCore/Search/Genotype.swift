@@ -7,6 +7,9 @@
 // largest max weight over ops other than `none` (stable order: ties keep the lower input),
 // strongest first, each with its argmax op other than `none` (ties: the earlier op).
 // `dot` follows DARTS's visualize.py; `writePictures` renders SVG when Graphviz is installed.
+// Optional `normal_node_sizes` / `reduce_node_sizes` (GSparsity, where any number of ops survive
+// per edge and per node): the number of (op, input) edges of each intermediate node, in order;
+// absent = 2 per node (DARTS). A node with no edge is zero.
 // Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
 
 import Foundation
@@ -46,6 +49,9 @@ public struct Genotype: Codable, Equatable, Sendable {
     /// Short op name → component id (e.g. "sep_conv_3x3" → "espalier.op.sep_conv_3x3/1"), so a
     /// trainer can rebuild the ops from plugins. Optional in the JSON.
     public var opIDs: [String: String]?
+    /// Edges per intermediate node (any number, GSparsity); nil = 2 per node.
+    public var normalNodeSizes: [Int]?
+    public var reduceNodeSizes: [Int]?
 
     enum CodingKeys: String, CodingKey {
         case normal
@@ -53,6 +59,8 @@ public struct Genotype: Codable, Equatable, Sendable {
         case reduce
         case reduceConcat = "reduce_concat"
         case opIDs = "op_ids"
+        case normalNodeSizes = "normal_node_sizes"
+        case reduceNodeSizes = "reduce_node_sizes"
     }
 
     public init(normal: [Edge], normalConcat: [Int], reduce: [Edge], reduceConcat: [Int], opIDs: [String: String]? = nil) {
@@ -65,8 +73,16 @@ public struct Genotype: Codable, Equatable, Sendable {
 
     public func edges(_ cell: CellType) -> [Edge] { cell == .normal ? normal : reduce }
     public func concat(_ cell: CellType) -> [Int] { cell == .normal ? normalConcat : reduceConcat }
-    /// Intermediate nodes of a cell type (two edges each).
-    public func nodes(_ cell: CellType) -> Int { edges(cell).count / 2 }
+    /// Intermediate nodes of a cell type (two edges each unless node sizes are given).
+    public func nodes(_ cell: CellType) -> Int { nodeSizes(cell).count }
+    /// Edges of each intermediate node: the node sizes, or 2 each.
+    public func nodeSizes(_ cell: CellType) -> [Int] {
+        (cell == .normal ? normalNodeSizes : reduceNodeSizes) ?? Array(repeating: 2, count: edges(cell).count / 2)
+    }
+    /// The intermediate node each edge feeds, in edge order.
+    public func nodeIndices(_ cell: CellType) -> [Int] {
+        nodeSizes(cell).enumerated().flatMap { i, n in Array(repeating: i, count: max(n, 0)) }
+    }
 
     // MARK: Derivation
 
@@ -134,14 +150,22 @@ public struct Genotype: Codable, Equatable, Sendable {
         for cell in CellType.allCases {
             let edges = edges(cell)
             let key = cell.rawValue
-            if edges.isEmpty {
+            let sizes = cell == .normal ? normalNodeSizes : reduceNodeSizes
+            if let sizes {
+                if sizes.isEmpty { out.append("\"\(key)_node_sizes\" is empty; give the number of edges of each intermediate node") }
+                if sizes.contains(where: { $0 < 0 }) { out.append("\"\(key)_node_sizes\" \(sizes) has a negative size") }
+                if sizes.reduce(0, +) != edges.count {
+                    out.append("\"\(key)_node_sizes\" \(sizes) adds up to \(sizes.reduce(0, +)) edges, but \"\(key)\" has \(edges.count)")
+                }
+            } else if edges.isEmpty {
                 out.append("\"\(key)\" has no edges (a cell needs 2 per intermediate node)")
             } else if edges.count % 2 != 0 {
                 out.append("\"\(key)\" has \(edges.count) edges; a cell has exactly 2 per intermediate node, so the count must be even")
             }
-            let nodes = edges.count / 2
+            let nodes = self.nodes(cell)
+            let nodeOf = nodeIndices(cell)
             for (k, e) in edges.enumerated() {
-                let node = k / 2
+                let node = k < nodeOf.count ? nodeOf[k] : k / 2
                 if e.op.trimmingCharacters(in: .whitespaces).isEmpty {
                     out.append("\"\(key)\" edge \(k) (node \(node)) has an empty op name")
                 }
@@ -218,6 +242,8 @@ public struct Genotype: Codable, Equatable, Sendable {
             let body = ids.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(ids[$0]!))" }.joined(separator: ", ")
             lines.append("  \"op_ids\": {\(body)}")
         }
+        if let n = normalNodeSizes { lines.append("  \"normal_node_sizes\": \(ints(n))") }
+        if let r = reduceNodeSizes { lines.append("  \"reduce_node_sizes\": \(ints(r))") }
         return "{\n" + lines.joined(separator: ",\n") + "\n}\n"
     }
 
@@ -232,7 +258,8 @@ public struct Genotype: Codable, Equatable, Sendable {
     /// intermediate nodes 0…n-1, edges labelled with their op, the concatenated nodes → c_{k}.
     public func dot(cell: CellType) -> String {
         let edges = edges(cell)
-        let steps = edges.count / 2
+        let steps = nodes(cell)
+        let nodeOf = nodeIndices(cell)
         func q(_ s: String) -> String {
             "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
         }
@@ -245,7 +272,7 @@ public struct Genotype: Codable, Equatable, Sendable {
         s += "  \(q("c_{k-1}")) [fillcolor=darkseagreen2];\n"
         for i in 0..<steps { s += "  \(q(String(i))) [fillcolor=lightblue];\n" }
         for (k, e) in edges.enumerated() {
-            s += "  \(q(state(e.input))) -> \(q(String(k / 2))) [label=\(q(e.op)), fillcolor=gray];\n"
+            s += "  \(q(state(e.input))) -> \(q(String(k < nodeOf.count ? nodeOf[k] : k / 2))) [label=\(q(e.op)), fillcolor=gray];\n"
         }
         s += "  \(q("c_{k}")) [fillcolor=palegoldenrod];\n"
         for c in concat(cell) { s += "  \(q(state(c))) -> \(q("c_{k}")) [fillcolor=gray];\n" }
