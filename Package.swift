@@ -33,6 +33,7 @@ let package = Package(
         .library(name: "espalier-parsec", type: .dynamic, targets: ["EspalierParsecPlugin"]),
         .library(name: "espalier-betadarts", type: .dynamic, targets: ["EspalierBetaDartsPlugin"]),
         .library(name: "espalier-random", type: .dynamic, targets: ["EspalierRandomPlugin"]),
+        .library(name: "espalier-gsparsity", type: .dynamic, targets: ["EspalierGSparsityPlugin"]),
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
         .library(name: "espalier-sample-sparsemax", type: .dynamic, targets: ["SparsemaxGate"]),
@@ -135,6 +136,12 @@ let package = Package(
             name: "EspalierRandomPlugin",
             dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
             path: "Plugins/random",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierGSparsityPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/gsparsity",
             swiftSettings: fast
         ),
         .target(
