@@ -7,7 +7,14 @@
  *   ES_TARGET_GATE_WEIGHTS  a gate's output weights with per-candidate costs from the accountant
  *                           (bytes or FLOPs) in `costs`: expected-cost and compression terms
  * `loss` adds λ·R to the loss and ADDS ∂(λ·R)/∂value into each target's grad; `proximal` runs
- * after the optimiser's update and changes values in place (GSparsity's ProxSGD).
+ * after the optimiser's update and changes values in place.
+ * Owning the update (a convention, ABI 1.x unchanged): a regularizer with `proximal` and a bool
+ * parameter named "owns_update" that resolves to true IS the weight update (ProxSGD, GSparsity):
+ * the host runs no SGD step; after the backward and the gradient clip it calls `proximal` with
+ * every weight: one ES_TARGET_WEIGHT_GROUP target per group ("group/TYPE/edgeE/OP", including
+ * the op's output scale when the space has one) and one named "ungrouped" (every other weight:
+ * stem, cell preprocessing, classifier), each with its gradients in `grads`, and `lr` = the
+ * host's learning rate of the step. At most one regularizer of a run may own the update.
  * Thread rule: host thread, one call at a time per instance.
  */
 #ifndef ESPALIER_REGULARIZER_H
