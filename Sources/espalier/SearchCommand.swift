@@ -27,6 +27,7 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Cells (layers).") var cells: Int?
     @Option(help: "Intermediate nodes per cell.") var nodes: Int?
     @Option(help: "Batch size.") var batchSize: Int?
+    @Option(help: "Partial channels K: each edge's ops see C/K channels (PC-DARTS's memory saving; any strategy).") var partialChannels: Int?
     @Option(help: "Epochs.") var epochs: Int?
     @Option(help: "Weight learning rate (cosine to 0.001).") var lr: Float?
     @Option(help: "Architecture learning rate (Adam).") var archLr: Float?
@@ -44,6 +45,7 @@ struct SearchOptions: ParsableArguments {
         if let v = cells { c.space.cells = v }
         if let v = nodes { c.space.nodes = v; c.space.multiplier = min(c.space.multiplier, v) }
         if let v = batchSize { c.batchSize = v }
+        if let v = partialChannels { c.space.partialChannels = v }
         if let v = epochs { c.epochs = v }
         if let v = lr { c.learningRate = v }
         if let v = archLr { c.archLearningRate = v }
@@ -71,6 +73,10 @@ struct SearchOptions: ParsableArguments {
         let s = try Selection.resolve(request, registry: registry)
         c.strategy = s.strategy!.component.id
         c.strategySettings = s.strategy!.settings
+        // --partial-channels and a strategy's own partial_channels parameter must agree.
+        if let k = partialChannels, s.strategy!.component.params.contains(where: { $0.name == "partial_channels" }) {
+            c.strategySettings["partial_channels"] = String(k)
+        }
         c.gate = s.gate!.component.id
         c.gateSettings = s.gate!.settings
         c.space.ops = s.ops.map(\.component.id).filter { !merged.contains($0) }
@@ -151,8 +157,11 @@ struct SearchCommand: ParsableCommand {
         if let budget = config.memoryBudget {
             let need = prediction.stepPeak + train.byteCount
             if need > budget {
-                throw ValidationError("the predicted peak \(formatBytes(need)) exceeds --memory-budget \(formatBytes(budget)) by \(formatBytes(need - budget)); "
-                                      + "try a smaller --batch-size (\(config.batchSize) now), fewer --cells (\(config.space.cells)) or --channels (\(config.space.channels))")
+                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: (train.channels, train.height, train.width),
+                                                     classes: train.numClasses, datasetBytes: train.byteCount, budget: budget)
+                throw ValidationError("the predicted peak \(formatBytes(need)) exceeds --memory-budget \(formatBytes(budget)) by \(formatBytes(need - budget)). "
+                                      + (fits.isEmpty ? "Nothing that changes one of --batch-size, --partial-channels, --cells or --channels alone fits; raise the budget"
+                                                      : "Each of these fits: " + fits.map(\.description).joined(separator: "; ")))
             }
             acc.budget = budget
         }
@@ -204,6 +213,11 @@ struct MemoryCommand: ParsableCommand {
         if let b = config.memoryBudget {
             print(p.stepPeak <= b ? "fits --memory-budget \(formatBytes(b)) with \(formatBytes(b - p.stepPeak)) to spare (plus the dataset)"
                                   : "does NOT fit --memory-budget \(formatBytes(b)): over by \(formatBytes(p.stepPeak - b))")
+            if p.stepPeak > b {
+                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: b)
+                print(fits.isEmpty ? "  nothing that changes one of --batch-size, --partial-channels, --cells or --channels alone fits"
+                                   : "  each of these fits: " + fits.map(\.description).joined(separator: "; "))
+            }
         }
     }
 }

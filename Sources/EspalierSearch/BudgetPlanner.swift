@@ -1,0 +1,67 @@
+// What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
+// planner asks the accountant's dry run about smaller variants of the same run — a smaller batch,
+// partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
+// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of one
+// step of that configuration (shapes only; nothing is computed), never an extrapolation.
+
+import EspalierCore
+import EspalierHost
+import Foundation
+
+public struct BudgetSuggestion: Sendable, CustomStringConvertible {
+    /// The flag to change, as a user would write it (e.g. "--batch-size 24").
+    public let change: String
+    /// The predicted peak with that change (step + dataset).
+    public let predicted: Int
+    public var description: String { "\(change) (predicted \(formatBytes(predicted)))" }
+}
+
+public enum BudgetPlanner {
+    /// Suggestions that fit `budget` (bytes, including `datasetBytes`), each changing one knob.
+    public static func suggestions(for config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
+                                   datasetBytes: Int, budget: Int) -> [BudgetSuggestion] {
+        func need(_ c: SearchConfig) -> Int? {
+            (try? SearchRun.predictStep(config: c, registry: registry, imageShape: imageShape, classes: classes)).map { $0.stepPeak + datasetBytes }
+        }
+        var out: [BudgetSuggestion] = []
+        // The largest batch that fits (the peak grows with the batch, so bisect).
+        if config.batchSize > 1 {
+            var lo = 0, hi = config.batchSize   // lo fits (0 = none found), hi does not
+            var best: (Int, Int)? = nil
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2
+                var c = config; c.batchSize = mid
+                if let n = need(c), n <= budget { lo = mid; best = (mid, n) } else { hi = mid }
+            }
+            if let (b, n) = best { out.append(BudgetSuggestion(change: "--batch-size \(b)", predicted: n)) }
+        }
+        // Partial channels: the smallest K (of 2, 4, 8 dividing C) that fits.
+        if config.space.partialChannels == 1 {
+            for k in [2, 4, 8] where config.space.channels % k == 0 {
+                var c = config; c.space.partialChannels = k
+                if let n = need(c), n <= budget {
+                    out.append(BudgetSuggestion(change: "--partial-channels \(k)", predicted: n))
+                    break
+                }
+            }
+        }
+        // The most cells that fit.
+        for cells in stride(from: config.space.cells - 1, through: 1, by: -1) {
+            var c = config; c.space.cells = cells; c.space.reductionCells = nil
+            if let n = need(c), n <= budget {
+                out.append(BudgetSuggestion(change: "--cells \(cells)", predicted: n))
+                break
+            }
+        }
+        // The most channels that fit (even, and divisible by K).
+        let k = config.space.partialChannels
+        for ch in stride(from: config.space.channels - 1, through: 2, by: -1) where ch % 2 == 0 && ch % k == 0 {
+            var c = config; c.space.channels = ch
+            if let n = need(c), n <= budget {
+                out.append(BudgetSuggestion(change: "--channels \(ch)", predicted: n))
+                break
+            }
+        }
+        return out
+    }
+}
