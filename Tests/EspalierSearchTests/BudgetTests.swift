@@ -31,3 +31,50 @@ final class BudgetTests: XCTestCase {
         XCTAssertTrue(BudgetPlanner.suggestions(for: c, registry: Self.registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: 1024).isEmpty)
     }
 }
+
+/// Checks the accountant after every step.
+final class PeakWatcher: SearchProgress {
+    let accountant: MemoryAccountant, budget: Int
+    var steps = 0, worst = 0
+    init(_ a: MemoryAccountant, budget: Int) { accountant = a; self.budget = budget }
+    func step(_ done: Int, of total: Int, loss: Double, accuracy: Double) { steps += 1; worst = max(worst, accountant.peakTotal) }
+    func epochDone(_ log: SearchEpochLog) {}
+}
+
+extension BudgetTests {
+    func testARunUnderABudget_StaysUnderItAtEveryStep_AndWritesItsMemoryTimeline() throws {
+        var c = SearchConfig()
+        c.space.channels = 4; c.space.cells = 2; c.space.nodes = 2; c.space.multiplier = 2; c.space.stemMultiplier = 1
+        c.space.reductionCells = [1]
+        c.space.ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
+        c.batchSize = 4; c.epochs = 2; c.seed = 3
+        let acc = MemoryAccountant()
+        let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: 32, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc) }
+        let predicted = try SearchRun.predictStep(config: c, registry: Self.registry, imageShape: (1, 8, 8), classes: 3).stepPeak + ds.byteCount
+        let budget = predicted + predicted / 20   // 5 % above the prediction
+        acc.budget = budget
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-budget-\(UUID().uuidString)").path
+        try SearchRun.prepareOutput(out, config: c)
+        let run = try SearchRun(config: c, registry: Self.registry, context: HostContext(accountant: acc, seed: 3), train: ds.all, outDirectory: out)
+        let watcher = PeakWatcher(acc, budget: budget)
+        try run.run(progress: watcher)
+        XCTAssertGreaterThan(watcher.steps, 4)
+        XCTAssertLessThanOrEqual(watcher.worst, budget, "accountant peak within the budget at every step")
+        let csv = try String(contentsOfFile: out + "/memory.csv", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(csv.count, 3, "a header and one row per epoch: \(csv)")
+        let row = csv[2].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(row[0], "2"); XCTAssertEqual(row[1], "2")
+        XCTAssertLessThanOrEqual(Int(row[2])!, budget)
+        XCTAssertEqual(Int(row[4]), budget)
+        let measured = Double(row[2])!, pred = Double(row[3])!
+        XCTAssertEqual(measured, pred, accuracy: pred * 0.02, "the prediction is within 2 % of the measured epoch peak")
+        let svg = try String(contentsOfFile: out + "/memory.svg", encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("budget"))
+        // A budget below the prediction is refused by the planner's caller before training; the
+        // accountant itself refuses the allocation that would cross it, naming the owner.
+        let tight = MemoryAccountant(); tight.budget = 1024
+        XCTAssertThrowsError(try Dataset.synthetic(count: 32, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: tight)) {
+            XCTAssertTrue($0 is MemoryBudgetExceeded, "\($0)")
+        }
+    }
+}

@@ -1,0 +1,88 @@
+// The memory timeline of a search: after every epoch a row of OUT/memory.csv (epoch, cells, the
+// accountant's measured peak of the epoch, the dry-run prediction for the network as it is now,
+// the budget) and OUT/memory.svg redrawn from it — measured against predicted against the
+// budget, with a marker wherever the cell count changed (P-DARTS stages, Bonsai-Net sections).
+
+import EspalierCore
+import Foundation
+
+public struct MemoryTimelineRow: Sendable, Equatable {
+    public var epoch: Int
+    public var cells: Int
+    public var measured: Int
+    public var predicted: Int?
+    public var budget: Int?
+
+    var csv: String { "\(epoch),\(cells),\(measured),\(predicted.map(String.init) ?? ""),\(budget.map(String.init) ?? "")" }
+    static let header = "epoch,cells,measured_peak_bytes,predicted_peak_bytes,budget_bytes"
+}
+
+extension SearchRun {
+    /// Appends the row of the epoch just finished (the loop has advanced `epoch` past it) and
+    /// redraws the plot (no output folder or a dry run: nothing).
+    func appendMemoryTimeline(epochPeak: Int) throws {
+        guard let dir = outDirectory, !accountant.isDryRun else { return }
+        // The prediction for the network as it is now (it may have grown), plus the dataset, so it
+        // compares with the measured peak, which includes the dataset.
+        let data = trainLoader.view.dataset.byteCount
+        let predicted = (try? predictPeak(change: "{}")).map { $0.stepPeak + data }
+        let row = MemoryTimelineRow(epoch: epoch, cells: supernet.space.cells, measured: epochPeak, predicted: predicted, budget: accountant.budget)
+        let path = (dir as NSString).appendingPathComponent("memory.csv")
+        var rows = (try? Self.readMemoryTimeline(path)) ?? []
+        rows.removeAll { $0.epoch >= row.epoch }   // a resumed run rewrites the epochs it repeats
+        rows.append(row)
+        try AtomicFile.write(([MemoryTimelineRow.header] + rows.map(\.csv)).joined(separator: "\n") + "\n", to: path)
+        try AtomicFile.write(Self.memorySVG(rows), to: (dir as NSString).appendingPathComponent("memory.svg"))
+    }
+
+    static func readMemoryTimeline(_ path: String) throws -> [MemoryTimelineRow] {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        return text.split(separator: "\n").dropFirst().compactMap { line in
+            let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 5, let e = Int(f[0]), let c = Int(f[1]), let m = Int(f[2]) else { return nil }
+            return MemoryTimelineRow(epoch: e, cells: c, measured: m, predicted: Int(f[3]), budget: Int(f[4]))
+        }
+    }
+
+    /// A line plot (MiB per epoch): measured (solid), predicted (dashed), budget (red), sections (grey).
+    public static func memorySVG(_ rows: [MemoryTimelineRow]) -> String {
+        let w = 640.0, h = 360.0, left = 70.0, right = 20.0, top = 30.0, bottom = 50.0
+        let mib = 1048576.0
+        let values = rows.flatMap { [Double($0.measured), $0.predicted.map(Double.init), $0.budget.map(Double.init)].compactMap { $0 } }
+        let yMax = max(values.max() ?? 1, 1) / mib * 1.1
+        let n = max(rows.count, 1)
+        func x(_ i: Int) -> Double { left + (w - left - right) * (n == 1 ? 0.5 : Double(i) / Double(n - 1)) }
+        func y(_ bytes: Double) -> Double { top + (h - top - bottom) * (1 - bytes / mib / yMax) }
+        func path(_ points: [(Int, Double)]) -> String {
+            points.enumerated().map { k, p in String(format: "%@%.1f,%.1f", k == 0 ? "M" : " L", x(p.0), y(p.1)) }.joined()
+        }
+        var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        s += "<text x=\"\(Int(left))\" y=\"18\">peak memory per epoch (MiB): measured, predicted (dashed), budget (red)</text>\n"
+        // Axes and ticks.
+        s += String(format: "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, h - bottom, w - right, h - bottom)
+        s += String(format: "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, top, left, h - bottom)
+        for t in 0...4 {
+            let v = yMax * Double(t) / 4
+            s += String(format: "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", left - 6, y(v * mib) + 4, v)
+        }
+        for (i, r) in rows.enumerated() {
+            s += String(format: "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%d</text>\n", x(i), h - bottom + 16, r.epoch)
+            if i > 0 && r.cells != rows[i - 1].cells {
+                s += String(format: "<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#999\" stroke-dasharray=\"2,3\"/>\n", x(i), top, x(i), h - bottom)
+                s += String(format: "<text x=\"%.1f\" y=\"%.0f\" fill=\"#666\">%d cells</text>\n", x(i) + 3, top + 12, r.cells)
+            }
+        }
+        s += "<text x=\"\(Int((left + w - right) / 2))\" y=\"\(Int(h - 12))\" text-anchor=\"middle\">epoch</text>\n"
+        let measured = rows.enumerated().map { ($0.offset, Double($0.element.measured)) }
+        let predicted = rows.enumerated().compactMap { i, r in r.predicted.map { (i, Double($0)) } }
+        s += "<path d=\"\(path(measured))\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\"/>\n"
+        for (i, v) in measured { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#1f5fbf\"/>\n", x(i), y(v)) }
+        if !predicted.isEmpty { s += "<path d=\"\(path(predicted))\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n" }
+        if let b = rows.last?.budget {
+            s += String(format: "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#c0392b\" stroke-width=\"1.5\"/>\n", left, y(Double(b)), w - right, y(Double(b)))
+            s += String(format: "<text x=\"%.0f\" y=\"%.1f\" fill=\"#c0392b\" text-anchor=\"end\">budget %.0f MiB</text>\n", w - right, y(Double(b)) - 4, Double(b) / mib)
+        }
+        return s + "</svg>\n"
+    }
+}
