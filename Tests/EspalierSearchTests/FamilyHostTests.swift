@@ -224,3 +224,52 @@ final class FamilyHostTests: XCTestCase {
         XCTAssertThrowsError(try run.setValue("skip_dropout", 1.5))
     }
 }
+
+extension FamilyHostTests {
+    /// Methods that make sense together run together: PC-DARTS + β-DARTS, GDAS + the expected
+    /// memory cost, MergeNAS + β-DARTS, DropNAS with partial channels.
+    func testCompositions_RunTogether() throws {
+        let combos: [(String, (inout SearchConfig) -> Void)] = [
+            ("pcdarts + beta-decay", { c in
+                c.strategy = "espalier.strategy.pcdarts/1"; c.strategySettings = ["partial_channels": "2"]
+                c.regularizers = ["espalier.regularizer.beta-decay/1"]
+                c.regularizerSettings = ["espalier.regularizer.beta-decay/1": ["lambda": "50", "ramp_epochs": "1"]]
+            }),
+            ("gdas + expected memory cost", { c in
+                c.strategy = "espalier.strategy.gdas/1"; c.gate = "espalier.gate.gdas/1"
+                c.regularizers = ["espalier.regularizer.expected-cost/1"]
+            }),
+            ("darts + merged convs + beta-decay", { c in
+                c.space.ops = SearchSpaceDescription.dartsOps
+                c.space.mergedOps = ["espalier.op.mergenas_conv/1"]
+                c.regularizers = ["espalier.regularizer.beta-decay/1"]
+            }),
+            ("dropnas + partial channels", { c in
+                c.strategy = "espalier.strategy.dropnas/1"; c.space.partialChannels = 2
+            }),
+        ]
+        for (name, set) in combos {
+            var c = tinyConfig()
+            set(&c)
+            let run = try makeRun(c)
+            let before = run.supernet.alphaNormal.value.array
+            try run.run()
+            XCTAssertNotEqual(run.supernet.alphaNormal.value.array, before, "\(name): α trained")
+            XCTAssertFalse(try run.derive().normal.isEmpty, name)
+        }
+    }
+
+    func testIncompatibleCombinations_AreRefusedWithTheReason() throws {
+        var c = tinyConfig()
+        c.strategy = "espalier.strategy.gdas/1"   // needs a sampled, hard gate
+        XCTAssertThrowsError(try makeRun(c)) { XCTAssertTrue("\($0)".contains("sampled gate"), "\($0)") }
+        c = tinyConfig()
+        c.strategy = "espalier.strategy.proxyless/1"
+        c.gate = "espalier.gate.gdas/1"           // runs, but the strategy's rescaling needs the binary gate's pairs
+        let run = try makeRun(c)
+        XCTAssertThrowsError(try run.run()) { XCTAssertTrue("\($0)".contains("binary"), "\($0)") }
+        c = tinyConfig()
+        c.space.mergedOps = ["espalier.op.sep_conv_3x3/1"]   // no build_mixed
+        XCTAssertThrowsError(try makeRun(c)) { XCTAssertTrue("\($0)".contains("build_mixed"), "\($0)") }
+    }
+}
