@@ -388,6 +388,7 @@ public final class SearchRun {
             epoch += 1
             stepInEpoch = 0
             try appendLog(log)
+            try appendMemoryTimeline(epochPeak: log.peakBytes)
             try checkpoint()
             progress?.epochDone(log)
             if stop { break }
