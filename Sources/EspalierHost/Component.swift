@@ -94,6 +94,8 @@ public final class Component {
         return String(base.split(separator: ".").last ?? Substring(base))
     }
     public var shortName: String { Component.shortName(id) }
+    /// A strategy's ES_REQUIRES_* bits (0 for other kinds).
+    public var strategyRequirements: UInt32 { strategyTable?.requires ?? 0 }
     /// An op that applies an edge's mixing weights itself (`build_mixed`, MergeNAS).
     public var hasMixed: Bool { opTable?.build_mixed != nil }
 

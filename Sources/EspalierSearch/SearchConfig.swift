@@ -1,6 +1,7 @@
 // Everything a search run is made of, saved as OUT/config.json so that `--resume OUT` rebuilds
 // the same run. Defaults are DARTS's (GUIDE.md §1).
 
+import CEspalierSDK
 import EspalierCore
 import EspalierHost
 import Foundation
@@ -63,7 +64,7 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     /// makes the space sum its ops (`sumOps`).
     public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
         var c = self
-        c.space.sumOps = strategy.kind == .strategy && strategy.form.contains("no architecture parameters")
+        c.space.sumOps = strategy.strategyRequirements & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0
         for spec in strategy.params {
             let text = strategySettings[spec.name] ?? spec.defaultValue
             switch spec.name {

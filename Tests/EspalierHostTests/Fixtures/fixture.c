@@ -262,7 +262,7 @@ static es_status pruner_epoch_begin(void *inst, const es_run_state *st) {
     char line[128];
     snprintf(line, sizeof line, "predicted peak %llu with %d ops named %s", (unsigned long long)rep.peak_total, info.ops, q->op_name(h->host, 0));
     h->log(h->host, ES_LOG_INFO, line);
-    if (q->grow(h->host, 1) != ES_ERROR_UNSUPPORTED) { h->set_error(h->host, "grow should be unsupported"); return ES_ERROR_INTERNAL; }
+    if (q->grow(h->host, 0) != ES_ERROR_INVALID_ARGUMENT) { h->set_error(h->host, "grow to 0 cells should be refused"); return ES_ERROR_INTERNAL; }
     return ES_OK;
 }
 static es_status pruner_epoch_end(void *inst, const es_run_state *st, const es_epoch_metrics *m, int32_t *stop) {
