@@ -33,6 +33,7 @@ let package = Package(
         .library(name: "espalier-parsec", type: .dynamic, targets: ["EspalierParsecPlugin"]),
         .library(name: "espalier-betadarts", type: .dynamic, targets: ["EspalierBetaDartsPlugin"]),
         .library(name: "espalier-random", type: .dynamic, targets: ["EspalierRandomPlugin"]),
+        .library(name: "espalier-zeroshot", type: .dynamic, targets: ["EspalierZeroShotPlugin"]),
         .library(name: "espalier-gsparsity", type: .dynamic, targets: ["EspalierGSparsityPlugin"]),
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
@@ -136,6 +137,12 @@ let package = Package(
             name: "EspalierRandomPlugin",
             dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
             path: "Plugins/random",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierZeroShotPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/zeroshot",
             swiftSettings: fast
         ),
         .target(
