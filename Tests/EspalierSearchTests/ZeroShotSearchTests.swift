@@ -318,6 +318,7 @@ final class ZeroShotSearchTests: XCTestCase {
         c.space.cells = 2
         c.space.nodes = 2   // 5 edges per cell: 81 forward passes per scoring round
         c.space.multiplier = 2
+        c.space.reductionCells = [1]   // a normal and a reduction cell (2 cells by default are both reductions)
         c.batchSize = 16
         c.epochs = 2
         c.trainImages = 128
