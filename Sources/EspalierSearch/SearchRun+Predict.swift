@@ -15,8 +15,11 @@ public struct StepPrediction {
 }
 
 extension SearchRun {
-    /// Builds `config`'s run in a dry-run accountant and takes one step.
-    public static func predictStep(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int) throws -> StepPrediction {
+    /// Builds `config`'s run in a dry-run accountant and takes one step. `opStates` (normal,
+    /// reduce; edges × ops, as `opStates(reduction:)` gives them) carries a live run's masked and
+    /// removed candidates into the prediction, so they are not counted.
+    public static func predictStep(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
+                                   opStates: (normal: [Int32], reduce: [Int32])? = nil) throws -> StepPrediction {
         let dry = MemoryAccountant(mode: .dryRun)
         let context = HostContext(accountant: dry, seed: config.seed)
         let ds = try dry.withOwner("dataset") {
@@ -26,6 +29,14 @@ extension SearchRun {
         var cfg = config
         cfg.trainImages = nil
         let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil)
+        let k = cfg.space.ops.count
+        if let opStates, opStates.normal.count == cfg.space.edgesPerCell * k, opStates.reduce.count == opStates.normal.count {
+            for (reduction, states) in [(false, opStates.normal), (true, opStates.reduce)] {
+                for (i, raw) in states.enumerated() where raw != OpState.active.rawValue {
+                    try run.supernet.setOpState(reduction: reduction, edge: i / k, op: i % k, OpState(rawValue: raw) ?? .active)
+                }
+            }
+        }
         try run.firstStep()
         return StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
     }

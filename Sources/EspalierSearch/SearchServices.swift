@@ -229,12 +229,14 @@ extension SearchRun {
         }
     }
 
-    /// The predicted step peak of this run's config after `change` ({"cells": n, "batch": b, "channels": c}).
+    /// The predicted step peak of this run as it is now (its current depth, masked and removed
+    /// candidates left out) after `change` ({"cells": n, "batch": b, "channels": c}).
     public func predictPeak(change: String) throws -> StepPrediction {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(change.utf8)) as? [String: Any] else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(change)' is not a JSON object")
         }
         var c = config
+        c.space = supernet.space
         for (k, v) in obj {
             guard let n = (v as? NSNumber)?.intValue, n > 0 else {
                 throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")
@@ -248,6 +250,8 @@ extension SearchRun {
             }
         }
         let ds = trainLoader.view.dataset
-        return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses)
+        // The live run's masked and removed candidates stay out of the prediction (same space shape only).
+        return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
+                                         opStates: (opStates(reduction: false), opStates(reduction: true)))
     }
 }

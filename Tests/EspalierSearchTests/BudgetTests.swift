@@ -78,3 +78,22 @@ extension BudgetTests {
         }
     }
 }
+
+extension BudgetTests {
+    func testPredictPeak_LeavesOutMaskedOps_AndFollowsTheCurrentDepth() throws {
+        var c = SearchConfig()
+        c.space.channels = 4; c.space.cells = 2; c.space.nodes = 2; c.space.multiplier = 2; c.space.stemMultiplier = 1
+        c.space.ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
+        c.space.reductionCells = [1]   // cell 0 normal, cell 1 reduction
+        c.batchSize = 4; c.epochs = 1; c.seed = 3
+        let acc = MemoryAccountant()
+        let ds = try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc)
+        let run = try SearchRun(config: c, registry: Self.registry, context: HostContext(accountant: acc, seed: 3), train: ds.all, outDirectory: nil)
+        let full = try run.predictPeak(change: "{}").stepPeak
+        for e in 0..<c.space.edgesPerCell { try run.setOpState(reduction: false, edge: e, op: 3, .masked) }
+        let masked = try run.predictPeak(change: "{}").stepPeak
+        XCTAssertLessThan(masked, full, "the masked sep_conv on every normal edge is not predicted")
+        try run.grow(cells: 3)
+        XCTAssertGreaterThan(try run.predictPeak(change: "{}").stepPeak, masked, "three cells need more than two")
+    }
+}
