@@ -2,9 +2,8 @@
 // strategy plugin acts through. Each thunk finds the run through the services table's `host`
 // (the run's HostContext, whose `searchDelegate` is the SearchRun) and never lets a Swift error
 // cross into the plugin. Child training and step-batch losses (ABI 1.1) are implemented in
-// SearchRun+Child.swift. Growing a live supernet and zero-shot forward passes with re-initialised
-// weights belong to the methods that need them (Bonsai-Net/P-DARTS, Zero-One-Shot) and answer
-// ES_ERROR_UNSUPPORTED, saying so, until those land.
+// SearchRun+Child.swift, growing in SearchRun+Grow.swift, zero-shot forward passes with
+// re-initialised weights in SearchRun+ZeroShot.swift; named values and predictions below.
 
 import CEspalierSDK
 import EspalierCore
@@ -221,9 +220,11 @@ extension SearchRun {
         case "space.partial_channels": return Double(supernet.space.partialChannels)
         case "space.edge_normalization": return supernet.space.edgeNormalization ? 1 : 0
         case "space.cells": return Double(supernet.space.cells)
+        case "space.classes": return Double(supernet.space.classes)
+        case "batch": return Double(config.batchSize)
         default:
             guard let v = values[name] else {
-                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, skip_dropout, space.partial_channels, space.edge_normalization, space.cells, and gate.NAME / regularizer.NAME once set")
+                throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, batch, skip_dropout, space.partial_channels, space.edge_normalization, space.cells, space.classes, group_norm/TYPE/edgeE/OP (GSparsity), and gate.NAME / regularizer.NAME once set")
             }
             return v
         }
