@@ -4,6 +4,7 @@
 # peak memory from the accountant and the process, search time, test accuracy). Figures only;
 # never part of the tests or CI.
 #   bench/methods.sh [METHODS]     e.g. bench/methods.sh "darts pcdarts gdas random"
+#   issue 8's set: TABLE=runs/methods/table8.md bench/methods.sh "etenas darts-rnd zero-one-shot zos-rnd gsparsity-mu10 gsparsity-mu30"
 # Setup (override by environment): C=8, 5 cells, 4000 training images (half for weights, half for
 # the architecture), batch 32, 3 epochs; training: 2 epochs on 10000 images, all 10000 test images.
 set -uo pipefail
@@ -31,12 +32,17 @@ args_for() {
     betadarts) echo "--strategy espalier.strategy.darts/1 --regularizer espalier.regularizer.beta-decay/1" ;;
     random)    echo "--strategy espalier.strategy.random/1" ;;
     etenas)    echo "--strategy espalier.strategy.etenas/1" ;;
-    zero-one-shot) echo "--strategy espalier.strategy.zero-one-shot/1" ;;
+    darts-rnd) echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.mode=random" ;;
+    zero-one-shot) echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.partial_channels=4 --regularizer espalier.regularizer.beta-decay/1" ;;
+    zos-rnd)   echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.mode=random --set strategy.partial_channels=4 --regularizer espalier.regularizer.beta-decay/1" ;;
+    gsparsity-mu10) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=10" ;;
+    gsparsity-mu30) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=30" ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }
 
-printf "| method | search peak (accountant) | search peak RSS | search time | test accuracy (%s epochs, %s images) |\n|---|---|---|---|---|\n" "$TRAIN_EPOCHS" "$TRAIN_IMAGES" > "$OUT/table.md"
+TABLE=${TABLE:-$OUT/table.md}
+printf "| method | search peak (accountant) | search peak RSS | search time | test accuracy (%s epochs, %s images) |\n|---|---|---|---|---|\n" "$TRAIN_EPOCHS" "$TRAIN_IMAGES" > "$TABLE"
 for m in $METHODS; do
   dir="$OUT/$m"; rm -rf "$dir"
   a=$(args_for "$m") || continue
@@ -47,14 +53,14 @@ for m in $METHODS; do
   status=$?
   secs=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" "$start" "$(date +%s.%N)")
   if [ $status -ne 0 ] || [ ! -f "$dir/genotype.json" ]; then
-    echo "| $m | search failed (see $OUT/$m.search.log) | | | |" >> "$OUT/table.md"; continue
+    echo "| $m | search failed (see $OUT/$m.search.log) | | | |" >> "$TABLE"; continue
   fi
   peak=$(python3 -c "import json,sys; print(max(json.loads(l)['peak_bytes'] for l in open(sys.argv[1])) / 2**20)" "$dir/log.jsonl" 2>/dev/null || echo 0)
   rss=$(python3 -c "import sys; print(int(open(sys.argv[1]).read().split()[-1]) / 1024)" "$OUT/$m.rss")
   "$ESP" train --genotype "$dir/genotype.json" --channels "$C" --cells "$CELLS" --epochs "$TRAIN_EPOCHS" --train-images "$TRAIN_IMAGES" \
       --out "$dir/train" > "$OUT/$m.train.log" 2>&1
   acc=$(sed -n 's/^test accuracy: \([0-9.]*%\).*/\1/p' "$OUT/$m.train.log" | tail -1)
-  printf "| %s | %.0f MiB | %.0f MiB | %s s | %s |\n" "$m" "$peak" "$rss" "$secs" "${acc:-train failed}" >> "$OUT/table.md"
-  cat "$OUT/table.md" | tail -1
+  printf "| %s | %.0f MiB | %.0f MiB | %s s | %s |\n" "$m" "$peak" "$rss" "$secs" "${acc:-train failed}" >> "$TABLE"
+  tail -1 "$TABLE"
 done
-cat "$OUT/table.md"
+cat "$TABLE"

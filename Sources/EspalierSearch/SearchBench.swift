@@ -28,6 +28,9 @@ public struct BenchResult: Codable, Sendable {
     public var rssAfterBuildMiB: Double, peakRSSMiB: Double
     public var peakMinusBuildMiB: Double { peakRSSMiB - rssAfterBuildMiB }
     public var weights: Int
+    /// Bytes at the accountant's peak by kind of owner: each candidate op summed over every edge
+    /// ("op sep_conv_3x3"), cell preprocessing ("pre0"), stem, classifier, gates…, largest first.
+    public var peakByOwnerKind: [String: Int] = [:]
 }
 
 public enum SearchBench {
@@ -136,9 +139,18 @@ public enum SearchBench {
         var peaks: [String: Int] = [:]
         for c in MemoryCategory.allCases { peaks[c.name] = acc.peakByCategory[c] }
         let median = times[times.count / 2]
+        var kinds: [String: Int] = [:]
+        for (name, bytes) in acc.peakByOwnerPrefix(depth: 16) {
+            let parts = name.split(separator: "/").map(String.init)
+            let kind: String
+            if let e = parts.firstIndex(where: { $0.hasPrefix("edge") }), e + 1 < parts.count { kind = "op " + parts[e + 1] }
+            else if let c = parts.firstIndex(where: { $0.hasPrefix("cell") }), c + 1 < parts.count { kind = "cell " + parts[c + 1] }
+            else { kind = parts.prefix(2).joined(separator: "/") }
+            kinds[kind, default: 0] += bytes.total
+        }
         return BenchResult(variant: variant, shape: shape.name, steps: steps, medianSeconds: median, minSeconds: times[0],
                            flopsPerStep: flops, gflops: Double(flops) / median / 1e9, fmaPeakGflops: 0,
                            peakBytes: acc.peakTotal, peakByCategory: peaks, rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSSMiB(),
-                           weights: run.supernet.weightCount)
+                           weights: run.supernet.weightCount, peakByOwnerKind: kinds)
     }
 }
