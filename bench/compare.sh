@@ -4,19 +4,21 @@
 # ratios ours/reference for time and memory. Needs the reference's Python environment
 # (see ../shared/bench/README.md: torch==2.15.0 in a venv); installing it is a benchmark step,
 # never part of the tests or CI.
-#   bench/compare.sh [VARIANTS] [SHAPES] [STEPS]      e.g. bench/compare.sh "darts masked zeroshot" "small fmnist" 5
+#   bench/compare.sh [VARIANTS] [SHAPES] [STEPS]      e.g. bench/compare.sh "darts masked zeroshot pcdarts gdas" "small fmnist" 5
+# ESP=path/to/espalier uses that host (and the plugins beside it) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VARIANTS=${1:-"darts masked zeroshot"}
+VARIANTS=${1:-"darts masked zeroshot pcdarts gdas"}
 SHAPES=${2:-"small fmnist"}
 STEPS=${3:-5}
 PY=${PY:-/tmp/torchref/bin/python}
 REF=${REF:-$PWD/../shared/bench/reference}
 OUT=${OUT:-/tmp/espalier-compare}
 mkdir -p "$OUT"
-swift build -c release --product espalier >/dev/null
-for lib in espalier-darts espalier-gates; do swift build -c release --product "$lib" >/dev/null; done
-ESP=.build/release/espalier
+if [ -z "${ESP:-}" ]; then
+  swift build -c release >/dev/null
+  ESP=.build/release/espalier
+fi
 have_ref=1
 if [ ! -x "$PY" ] || ! "$PY" -c "import torch" 2>/dev/null; then
     echo "reference environment not found at $PY (set PY=...); printing Espalier's figures only" >&2
