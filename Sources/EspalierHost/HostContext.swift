@@ -55,6 +55,29 @@ public final class HostContext {
     public var factory: ParameterFactory
     /// Gates the run selected per role ("channel", …), for `graph_gate`.
     public var gatesByRole: [String: PluginGate] = [:]
+    /// Gates for roles whose logits may have any length (FiGS's per-channel masks, role "channel"):
+    /// `graph_gate` with n logits uses `gatesByRole[role]` when it has n rows·cols, else one gate of
+    /// n rows made by `gateMakersByRole[role](n)` and kept for the rest of the run.
+    public var gateMakersByRole: [String: (Int) throws -> PluginGate] = [:] { didSet { gatesBySize = [:] } }
+    private var gatesBySize: [String: [Int: PluginGate]] = [:]
+
+    /// Selects `component` (a gate with ES_GATE_CHANNELS) for `role`, one instance per logits length.
+    public func selectChannelGate(_ component: Component, role: String = "channel", settings: [String: String] = [:]) {
+        gateMakersByRole[role] = { [unowned self] n in
+            try PluginGate(component, context: self, granularity: .channels, rows: n, cols: 1, settings: settings,
+                           ownerPath: "gate/\(role)/\(n)")
+        }
+    }
+
+    /// The gate `graph_gate` uses for `count` logits of `role`, or nil if the run has none.
+    func gate(role: String, count: Int) throws -> PluginGate? {
+        if let g = gatesByRole[role], g.rows * g.cols == count { return g }
+        guard let make = gateMakersByRole[role] else { return gatesByRole[role] }
+        if let g = gatesBySize[role]?[count] { return g }
+        let g = try make(count)
+        gatesBySize[role, default: [:]][count] = g
+        return g
+    }
     /// The search that `searchServices` act on (weak: the search owns the context's use).
     public weak var searchDelegate: AnyObject?
     /// The search services, set while a search runs.
@@ -326,10 +349,15 @@ private let hostGraphGate: @convention(c) (UnsafeMutableRawPointer?, es_graph?, 
         guard let graph, let role, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_gate needs a graph, a role and an out pointer") }
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: role)
-        guard let gate = ctx.gatesByRole[name] else {
-            throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(name)'" + (ctx.gatesByRole.isEmpty ? "" : "; roles: \(ctx.gatesByRole.keys.sorted().joined(separator: ", "))"))
+        let l = try build.value(logits)
+        guard let gate = try ctx.gate(role: name, count: l.value.count) else {
+            let roles = Set(ctx.gatesByRole.keys).union(ctx.gateMakersByRole.keys).sorted()
+            throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(name)'" + (roles.isEmpty ? "" : "; roles: \(roles.joined(separator: ", "))"))
         }
-        out.pointee = build.handle(try gate(build.graph, try build.value(logits)).weights)
+        // The gate's (rows, cols) weights in the logits' own shape.
+        var w = try gate(build.graph, l).weights
+        if w.shape != l.shape { w = try build.graph.reshape(w, l.shape) }
+        out.pointee = build.handle(w)
     }
 }
 

@@ -1,0 +1,187 @@
+// FiGS's fine-grained ops: the DARTS separable and dilated convolutions with per-channel masks on
+// their intermediate convolution and on their output (FiGS §3.2), as COMPOSED ops. Each mask is a
+// vector of logits ν (ES_PARAM_FLAG_ARCH, no weight decay, init `logit_init` = 2.5, π = σ(ν) ≈ 0.92)
+// turned into a mask by the run's gate for role "channel" (`graph_gate`, e.g. espalier.gate.figs/1)
+// and applied with `channel_scale`:
+//   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C) → BN → ·m_out
+//   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 → BN → ·m_out
+// M = `mid_channels` (0 = C): the exported network builds the sep conv with M = ⌊Σ π_mid⌋ (FiGS's
+// export); m_mid then has M logits. Parameter names (the cost regularizer and the export read them):
+// "mask_mid.logits" (M), "mask_out.logits" (C).
+
+import EspalierPluginKit
+
+/// A bias-free conv2d, weight (Cout, Cin/groups, k, k), U(±1/√fan-in).
+struct FigsConv {
+    let weight: es_param
+    let stride: Int, padding: Int, dilation: Int, groups: Int
+
+    init(_ host: PluginHost, _ name: String, cIn: Int, cOut: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
+         dilation: Int = 1, groups: Int = 1) throws {
+        self.stride = stride; self.padding = padding; self.dilation = dilation; self.groups = groups
+        weight = try host.declareParam(name, shape: [cOut, cIn / groups, kernel, kernel], initializer: .uniformFanIn((cIn / groups) * kernel * kernel))
+    }
+
+    func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        try host.apply(graph, "conv2d", [x, try host.param(graph, weight)], attrs: [
+            "stride": Double(stride), "padding": Double(padding), "dilation": Double(dilation), "groups": Double(groups),
+        ])
+    }
+}
+
+/// BatchNorm2d (momentum 0.1, eps 1e-5) with running statistics as buffers; γ, β when affine.
+struct FigsBatchNorm {
+    let gamma: es_param?, beta: es_param?, mean: es_param, variance: es_param
+
+    init(_ host: PluginHost, _ prefix: String, channels: Int, affine: Bool) throws {
+        gamma = affine ? try host.declareParam(prefix + ".weight", shape: [channels], initializer: .ones) : nil
+        beta = affine ? try host.declareParam(prefix + ".bias", shape: [channels], initializer: .zeros) : nil
+        mean = try host.declareParam(prefix + ".running_mean", shape: [channels], initializer: .zeros, flags: .buffer)
+        variance = try host.declareParam(prefix + ".running_var", shape: [channels], initializer: .ones, flags: .buffer)
+    }
+
+    func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        var inputs = [x, try host.param(graph, mean), try host.param(graph, variance)]
+        if let gamma, let beta { inputs += [try host.param(graph, gamma), try host.param(graph, beta)] }
+        return try host.apply(graph, "batch_norm", inputs, attrs: ["momentum": 0.1, "eps": 1e-5])
+    }
+}
+
+/// A per-channel mask: logits ν (C) → gate(role "channel") → x · m[c].
+struct ChannelMask {
+    let logits: es_param
+
+    init(_ host: PluginHost, _ name: String, channels: Int, initialLogit: Double) throws {
+        logits = try host.declareParam(name, shape: [channels], initializer: .constant(initialLogit), flags: [.arch, .noDecay])
+    }
+
+    func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        let m = try host.gate(graph, role: "channel", logits: try host.param(graph, logits))
+        return try host.apply(graph, "channel_scale", [x, m])
+    }
+}
+
+/// The checked config shared by the FiGS ops: C_in == C_out = C, stride 1 or 2, the mask init.
+struct FigsShape {
+    let channels: Int, stride: Int, affine: Bool, initialLogit: Double
+
+    init(_ config: OpConfig, _ params: ParamValues, id: String) throws {
+        guard config.inChannels > 0, config.inChannels == config.outChannels else {
+            throw PluginError.invalidArgument("\(id): FiGS ops keep the channel count (C_in == C_out); got C_in \(config.inChannels), C_out \(config.outChannels) at '\(config.owner)'")
+        }
+        guard config.stride == 1 || config.stride == 2 else {
+            throw PluginError.invalidArgument("\(id): stride must be 1 or 2; got \(config.stride) at '\(config.owner)'")
+        }
+        channels = config.inChannels; stride = config.stride; affine = config.affine
+        initialLogit = try params.double("logit_init")
+        guard initialLogit.isFinite else { throw PluginError.invalidArgument("\(id): logit_init must be finite (got \(initialLogit))") }
+    }
+
+    func checkInput(_ host: PluginHost, _ input: es_value, id: String) throws {
+        let s = try host.view(input).shape
+        guard s.count == 4, s[1] == channels else { throw PluginError.shape("\(id): expects input (N, \(channels), H, W); got \(s)") }
+    }
+}
+
+// MARK: - figs_sep_conv
+
+class FigsSepConvOp {
+    let host: PluginHost, shape: FigsShape, id: String
+    let dw1: FigsConv, pw1: FigsConv, dw2: FigsConv, pw2: FigsConv
+    let bn1: FigsBatchNorm, bn2: FigsBatchNorm
+    let maskMid: ChannelMask, maskOut: ChannelMask
+
+    init(host: PluginHost, config: OpConfig, params: ParamValues, id: String, kernel: Int) throws {
+        self.host = host; self.id = id
+        shape = try FigsShape(config, params, id: id)
+        let c = shape.channels, p = kernel / 2
+        let m = try params.int("mid_channels")
+        guard m >= 0, m <= c else { throw PluginError.invalidArgument("\(id): mid_channels must be in 0…\(c) (0 = C = \(c)); got \(m)") }
+        let mid = m == 0 ? c : m
+        dw1 = try FigsConv(host, "dw1.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: p, groups: c)
+        pw1 = try FigsConv(host, "pw1.weight", cIn: c, cOut: mid, kernel: 1)
+        bn1 = try FigsBatchNorm(host, "bn1", channels: mid, affine: shape.affine)
+        maskMid = try ChannelMask(host, "mask_mid.logits", channels: mid, initialLogit: shape.initialLogit)
+        dw2 = try FigsConv(host, "dw2.weight", cIn: mid, cOut: mid, kernel: kernel, padding: p, groups: mid)
+        pw2 = try FigsConv(host, "pw2.weight", cIn: mid, cOut: c, kernel: 1)
+        bn2 = try FigsBatchNorm(host, "bn2", channels: c, affine: shape.affine)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit)
+    }
+
+    func buildSep(graph: es_graph, input: es_value) throws -> es_value {
+        try shape.checkInput(host, input, id: id)
+        var x = try host.apply(graph, "relu", [input])
+        x = try bn1.apply(host, graph, try pw1.apply(host, graph, try dw1.apply(host, graph, x)))
+        x = try maskMid.apply(host, graph, x)
+        x = try host.apply(graph, "relu", [x])
+        x = try bn2.apply(host, graph, try pw2.apply(host, graph, try dw2.apply(host, graph, x)))
+        return try maskOut.apply(host, graph, x)
+    }
+}
+
+final class FigsSepConv3x3Op: FigsSepConvOp, ComposedOp {
+    static let id = "espalier.op.figs_sep_conv_3x3/1"
+    required init(host: PluginHost, config: OpConfig, params: ParamValues) throws {
+        try super.init(host: host, config: config, params: params, id: Self.id, kernel: 3)
+    }
+    func build(graph: es_graph, input: es_value) throws -> es_value { try buildSep(graph: graph, input: input) }
+}
+
+final class FigsSepConv5x5Op: FigsSepConvOp, ComposedOp {
+    static let id = "espalier.op.figs_sep_conv_5x5/1"
+    required init(host: PluginHost, config: OpConfig, params: ParamValues) throws {
+        try super.init(host: host, config: config, params: params, id: Self.id, kernel: 5)
+    }
+    func build(graph: es_graph, input: es_value) throws -> es_value { try buildSep(graph: graph, input: input) }
+}
+
+// MARK: - figs_dil_conv
+
+class FigsDilConvOp {
+    let host: PluginHost, shape: FigsShape, id: String
+    let dw: FigsConv, pw: FigsConv, bn: FigsBatchNorm, maskOut: ChannelMask
+
+    init(host: PluginHost, config: OpConfig, params: ParamValues, id: String, kernel: Int) throws {
+        self.host = host; self.id = id
+        shape = try FigsShape(config, params, id: id)
+        let c = shape.channels
+        dw = try FigsConv(host, "dw.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: kernel - 1, dilation: 2, groups: c)
+        pw = try FigsConv(host, "pw.weight", cIn: c, cOut: c, kernel: 1)
+        bn = try FigsBatchNorm(host, "bn", channels: c, affine: shape.affine)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit)
+    }
+
+    func buildDil(graph: es_graph, input: es_value) throws -> es_value {
+        try shape.checkInput(host, input, id: id)
+        let x = try host.apply(graph, "relu", [input])
+        return try maskOut.apply(host, graph, try bn.apply(host, graph, try pw.apply(host, graph, try dw.apply(host, graph, x))))
+    }
+}
+
+final class FigsDilConv3x3Op: FigsDilConvOp, ComposedOp {
+    static let id = "espalier.op.figs_dil_conv_3x3/1"
+    required init(host: PluginHost, config: OpConfig, params: ParamValues) throws {
+        try super.init(host: host, config: config, params: params, id: Self.id, kernel: 3)
+    }
+    func build(graph: es_graph, input: es_value) throws -> es_value { try buildDil(graph: graph, input: input) }
+}
+
+final class FigsDilConv5x5Op: FigsDilConvOp, ComposedOp {
+    static let id = "espalier.op.figs_dil_conv_5x5/1"
+    required init(host: PluginHost, config: OpConfig, params: ParamValues) throws {
+        try super.init(host: host, config: config, params: params, id: Self.id, kernel: 5)
+    }
+    func build(graph: es_graph, input: es_value) throws -> es_value { try buildDil(graph: graph, input: input) }
+}
+
+extension PluginHost {
+    /// `graph_gate`: the run's gate for `role` applied to `logits` (differentiable through the gate).
+    func gate(_ graph: es_graph, role: String, logits: es_value) throws -> es_value {
+        guard let fn = services.pointee.graph_gate else { throw PluginError.unsupported("the host provides no 'graph_gate' service") }
+        var out: es_value? = nil
+        let status = role.withCString { fn(services.pointee.host, graph, $0, logits, &out) }
+        guard status == ES_OK else { throw PluginError(status, "host service 'graph_gate(\(role))' failed", reportedByHost: true) }
+        guard let out else { throw PluginError.internalError("host service 'graph_gate' returned no value") }
+        return out
+    }
+}
