@@ -12,6 +12,10 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     public var strategySettings: [String: String] = [:]
     public var gate = "espalier.gate.softmax/1"
     public var gateSettings: [String: String] = [:]
+    /// The gate for role "channel" (per-channel masks of ops that gate their own channels through
+    /// `graph_gate`, e.g. FiGS's espalier.gate.figs/1), one instance per logits length; nil = none.
+    public var channelGate: String? = nil
+    public var channelGateSettings: [String: String]? = nil
     /// Parameter settings of candidate ops, by op id.
     public var opSettings: [String: [String: String]] = [:]
     /// Regularizers (ids) and their settings, by id.

@@ -99,6 +99,9 @@ public final class SearchRun {
         var space = config.space
         space.inputChannels = train.dataset.channels
         space.classes = train.dataset.numClasses
+        if let id = config.channelGate {
+            context.selectChannelGate(try registry.require(id, kind: .gate), settings: config.channelGateSettings ?? [:])
+        }
         supernet = try accountant.withOwner("model") {
             try Supernet(space: space, registry: registry, context: context, gateID: config.gate, gateSettings: config.gateSettings,
                          opSettings: config.opSettings, seed: config.seed)
@@ -213,6 +216,7 @@ public final class SearchRun {
             }
             if backward { try graph.backward(loss) } else { graph.clearTape() }
             if regularize && backward { value += try applyArchRegularizers() }
+            if backward { value += try applyChannelMaskRegularizers() }
             return (value, c)
         }
     }

@@ -14,6 +14,8 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "A JSON or YAML config (strategy, gate, ops, regularizers, set); flags override it.") var config: String?
     @Option(help: "Strategy id.") var strategy: String?
     @Option(help: "Gate id.") var gate: String?
+    @Option(help: "Gate for per-channel masks (role 'channel'), e.g. espalier.gate.figs/1 for the FiGS ops.") var channelGate: String?
+    @Option(name: .customLong("channel-gate-set"), help: "KEY=VALUE setting of the channel gate, e.g. tau=0.001 (repeatable).") var channelGateSets: [String] = []
     @Option(name: .customLong("op"), help: "Candidate op id (repeatable; default: the 8 DARTS ops).") var ops: [String] = []
     @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable), e.g. espalier.regularizer.beta-decay/1.") var regularizers: [String] = []
     @Option(name: .customLong("merged-op"), help: "An op standing for several candidates on every edge (MergeNAS), e.g. espalier.op.mergenas_conv/1.") var mergedOps: [String] = []
@@ -46,6 +48,17 @@ struct SearchOptions: ParsableArguments {
         if let v = nodes { c.space.nodes = v; c.space.multiplier = min(c.space.multiplier, v) }
         if let v = batchSize { c.batchSize = v }
         if let v = partialChannels { c.space.partialChannels = v }
+        if let v = channelGate { c.channelGate = v }
+        if !channelGateSets.isEmpty {
+            var s = c.channelGateSettings ?? [:]
+            for kv in channelGateSets {
+                guard let eq = kv.firstIndex(of: "="), eq != kv.startIndex else {
+                    throw ValidationError("--channel-gate-set '\(kv)' is not KEY=VALUE (e.g. tau=0.001)")
+                }
+                s[String(kv[..<eq])] = String(kv[kv.index(after: eq)...])
+            }
+            c.channelGateSettings = s
+        }
         if let v = epochs { c.epochs = v }
         if let v = lr { c.learningRate = v }
         if let v = archLr { c.archLearningRate = v }
