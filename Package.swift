@@ -35,6 +35,7 @@ let package = Package(
         .library(name: "espalier-random", type: .dynamic, targets: ["EspalierRandomPlugin"]),
         .library(name: "espalier-zeroshot", type: .dynamic, targets: ["EspalierZeroShotPlugin"]),
         .library(name: "espalier-gsparsity", type: .dynamic, targets: ["EspalierGSparsityPlugin"]),
+        .library(name: "espalier-bonsai", type: .dynamic, targets: ["EspalierBonsaiPlugin"]),
         .library(name: "espalier-figs", type: .dynamic, targets: ["EspalierFigsPlugin"]),
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
@@ -150,6 +151,12 @@ let package = Package(
             name: "EspalierGSparsityPlugin",
             dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
             path: "Plugins/gsparsity",
+            swiftSettings: fast
+        ),
+        .target(
+            name: "EspalierBonsaiPlugin",
+            dependencies: [.product(name: "EspalierPluginKit", package: "SDK")],
+            path: "Plugins/bonsai",
             swiftSettings: fast
         ),
         .target(
