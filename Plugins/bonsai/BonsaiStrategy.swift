@@ -6,20 +6,23 @@
 // the first step the strategy writes every pruner w = init through arch_view and checks that the
 // first section fits the budget (the host's --memory-budget, or `budget`): the accountant's dry
 // run (predict_peak) plus the dataset's bytes; if it does not, the search fails before training,
-// naming the shortfall. Each step is single-level (weights and pruners on the same batch); after
-// it every w is clamped to ±clamp·init. At each epoch end:
+// naming the shortfall. A section's first warmup_epochs take weight-only steps (the grown
+// network's weights are fresh and the pruners hold still, so the measured peak is the predicted
+// one); then each step is single-level (weights and pruners on the same batch); after every step
+// each w is clamped to ±clamp·init. At each epoch end:
 //   • deadheading: a candidate whose pruner stayed below 0 (G = 0: it did not run) at
 //     deadhead_window consecutive epoch ends is removed for good (set_op_state REMOVED; its
 //     parameters are freed); the candidate with the highest w on an edge is never removed;
 //   • the next section's peak is predicted as the network is now — candidates with G = 0 are
 //     masked for the prediction, as they do not run — at the next depth. If it fits
-//     budget·(1 − margin) (after min_section_epochs), the section ends and the host's grow adds
+//     the budget less margin·(budget − dataset) (after min_section_epochs), the section ends and the host's grow adds
 //     the cells; else the compression target for the regularizer is set from a linear model:
-//     c* = c − (P_next − budget·(1 − margin)) / (Σ s · cells_next / cells_now), with c and Σ s the
+//     c* = c − (P_next − that) / (Σ s · cells_next / cells_now), with c and Σ s the
 //     host's compression/… and candidate_bytes/… values (the accountant's bytes per candidate),
 //     i.e. the share of the candidates' bytes that may keep running so that the section fits.
 //     The decision itself is always the dry-run prediction, never the model.
-// After the last section is added the compression term is switched off (regularizer.lambda = 0)
+// Run it with --arch-weight-decay 0: decay pulls a pruned w (< 0) back towards 0, where G = 1
+// revives it. After the last section is added the compression term is switched off (regularizer.lambda = 0)
 // and the remaining epochs train the grown network. Each section is logged as
 //   "bonsai section K: cells=N target=C epochs=E predicted=P measured=M budget=B"
 // (predicted: the dry run for the section as it started, dataset included; measured: the
@@ -44,6 +47,7 @@ final class BonsaiStrategy: StrategyComponent {
     private let minSectionEpochs: Int
     private let maxSectionEpochs: Int
     private let deadheadWindow: Int
+    private let warmupEpochs: Int
 
     /// The section being trained (index into sectionCells).
     private var section = 0
@@ -84,6 +88,8 @@ final class BonsaiStrategy: StrategyComponent {
         guard minSectionEpochs >= 1, maxSectionEpochs >= minSectionEpochs else {
             throw PluginError.invalidArgument("\(Self.id): need 1 <= min_section_epochs (\(minSectionEpochs)) <= max_section_epochs (\(maxSectionEpochs))")
         }
+        warmupEpochs = try params.int("warmup_epochs")
+        guard warmupEpochs >= 0 else { throw PluginError.invalidArgument("\(Self.id): warmup_epochs must be >= 0 (got \(warmupEpochs))") }
         deadheadWindow = try params.int("deadhead_window")
         guard deadheadWindow >= 1 else { throw PluginError.invalidArgument("\(Self.id): deadhead_window must be >= 1 epoch (got \(deadheadWindow))") }
     }
@@ -136,7 +142,11 @@ final class BonsaiStrategy: StrategyComponent {
 
     // MARK: Hooks
 
-    func planStep(state: RunState) throws -> StepPlan { StepPlan(.singleLevel) }
+    /// Weights only in a section's first warmup_epochs (the grown network's weights are fresh, and
+    /// the pruners hold still, so the section's peak is the one predicted), then single-level.
+    func planStep(state: RunState) throws -> StepPlan {
+        state.epoch - sectionStart < warmupEpochs ? StepPlan(.weightsOnly) : StepPlan(.singleLevel)
+    }
 
     /// w ∈ [−clamp, clamp] after every step.
     func afterStep(state: RunState) throws {
@@ -191,7 +201,10 @@ final class BonsaiStrategy: StrategyComponent {
             if lastEpoch { logSection(epochs: spent) }
             return false
         }
-        let b = Double(try budget()) * (1 - margin)
+        // The margin is a share of what a step may use (the budget less the dataset's bytes).
+        let data = (try? search.value("memory.dataset_bytes")) ?? 0
+        let full = Double(try budget())
+        let b = full - margin * max(full - data, 0)
         let next = sectionCells[section + 1]
         let need = Double(try predict(search, cells: next))
         if need <= b && spent >= minSectionEpochs {
@@ -276,11 +289,12 @@ extension BonsaiComponents {
         params: [
             .string("section_cells", default: "3,5,8", doc: "cell count after each section, growing, e.g. \"3,5,8\""),
             .string("budget", default: "", doc: "memory budget (bytes, or with KiB/MiB/GiB); empty = --memory-budget"),
-            .double("margin", default: 0.02, doc: "share of the budget kept free when deciding that the next section fits", min: 0, max: 0.99),
+            .double("margin", default: 0.02, doc: "share of the step's budget (budget less the dataset) kept free when deciding that the next section fits", min: 0, max: 0.99),
             .double("init", default: 0.1, doc: "pruner init w (paper: 0.1; later code 0.01), written through arch_view before the first step", min: 1e-6),
             .double("clamp_factor", default: 5, doc: "w is clamped to ±clamp_factor·init after every step (paper: 5)", min: 1),
             .int("min_section_epochs", default: 1, doc: "epochs a section trains at least before the next is added", min: 1),
             .int("max_section_epochs", default: 16, doc: "a section that cannot make the next fit within this many epochs ends the search", min: 1),
+            .int("warmup_epochs", default: 1, doc: "weight-only epochs at the start of each section (grow gives fresh weights; the pruners hold still)", min: 0),
             .int("deadhead_window", default: 2, doc: "epoch ends with w < 0 in a row after which a candidate is removed for good", min: 1),
         ],
         requires: [.archParams, .hardGate])
