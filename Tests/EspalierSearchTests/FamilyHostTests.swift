@@ -273,3 +273,37 @@ extension FamilyHostTests {
         XCTAssertThrowsError(try makeRun(c)) { XCTAssertTrue("\($0)".contains("build_mixed"), "\($0)") }
     }
 }
+
+extension FamilyHostTests {
+    /// A short search with every method of the family on a Fashion-MNIST subset (the methods
+    /// whose own test files run on synthetic data), each deriving a genotype of DARTS ops.
+    func testEachMethod_ShortSearchOnAFashionMNISTSubset() throws {
+        let acc = MemoryAccountant()
+        let train: Dataset
+        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
+            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
+        }
+        let methods: [(String, (inout SearchConfig) -> Void)] = [
+            ("pcdarts", { $0.strategy = "espalier.strategy.pcdarts/1"; $0.strategySettings = ["partial_channels": "2"] }),
+            ("gdas", { $0.strategy = "espalier.strategy.gdas/1"; $0.gate = "espalier.gate.gdas/1" }),
+            ("proxyless", { $0.strategy = "espalier.strategy.proxyless/1"; $0.gate = "espalier.gate.binary/1"
+                            $0.regularizers = ["espalier.regularizer.expected-cost/1"] }),
+            ("dropnas", { $0.strategy = "espalier.strategy.dropnas/1" }),
+            ("parsec", { $0.strategy = "espalier.strategy.parsec/1" }),
+            ("random", { $0.strategy = "espalier.strategy.random/1"; $0.strategySettings = ["samples_per_epoch": "2", "child_steps": "3"] }),
+        ]
+        for (name, set) in methods {
+            var c = SearchConfig.quick
+            c.space.channels = 4; c.space.cells = 3
+            c.batchSize = 16; c.epochs = 1; c.trainImages = 96; c.evalImages = 32
+            set(&c)
+            let run = try SearchRun(config: c, registry: Self.registry, context: HostContext(accountant: acc, seed: c.seed),
+                                    train: train.all.prefix(96), outDirectory: nil)
+            try run.run()
+            let g = try run.derive()
+            XCTAssertEqual(g.normal.count, 2 * c.space.nodes, name)
+            XCTAssertTrue(g.normal.allSatisfy { c.space.opNames.contains($0.op) && $0.op != "none" }, "\(name): \(g.normal)")
+            XCTAssertEqual(run.logs.count, 1, name)
+        }
+    }
+}
