@@ -342,8 +342,7 @@ public final class SearchRun {
         while epoch < config.epochs {
             if stepInEpoch == 0 {
                 weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
-                try publishSectionValues()
-                try strategy.epochBegin(state)
+                try withSectionValues { try strategy.epochBegin(state) }
                 accountant.resetPeak()
                 lossSum = 0; correct = 0; seen = 0; stepTimes = []
             }
@@ -381,8 +380,7 @@ public final class SearchRun {
             metrics.validLoss = validLoss; metrics.validAccuracy = validAcc
             metrics.seconds = log.seconds; metrics.peakBytes = log.peakBytes
             let removedBefore = supernet.space.sumOps ? removedCount() : 0
-            try publishSectionValues()
-            let stop = try strategy.epochEnd(state, metrics: metrics)
+            let stop = try withSectionValues { try strategy.epochEnd(state, metrics: metrics) }
             if supernet.space.sumOps, case let removed = removedCount() - removedBefore, removed > 0 {
                 // The pruned network on the same validation images: no discretisation gap expected.
                 let (_, after) = try evaluate(validEvalView)
