@@ -13,6 +13,9 @@
 //   • deadheading: a candidate whose pruner stayed below 0 (G = 0: it did not run) at
 //     deadhead_window consecutive epoch ends is removed for good (set_op_state REMOVED; its
 //     parameters are freed); the candidate with the highest w on an edge is never removed;
+//     at each growth the candidates pruned then are masked (they never run again and are
+//     deadheaded in turn), so within a section the running candidates only shrink and the peak
+//     stays at most the one predicted at the section's start;
 //   • the next section's peak is predicted as the network is now — candidates with G = 0 are
 //     masked for the prediction, as they do not run — at the next depth. If it fits
 //     the budget less margin·(budget − dataset) (after min_section_epochs), the section ends and the host's grow adds
@@ -140,6 +143,21 @@ final class BonsaiStrategy: StrategyComponent {
         return try search.predictPeak(change: change).peakTotal + data
     }
 
+    /// Masks every candidate whose pruner is below 0 (it does not run now): from a section's
+    /// start the running candidates can only shrink, so the section's peak never exceeds the one
+    /// predicted at its start (a masked candidate never runs; deadheading later frees it).
+    private func maskPruned(_ search: SearchServices) throws {
+        let info = try search.spaceInfo()
+        for t in 0..<info.cellTypes {
+            guard let a = try search.archView(cellType: t).logits.data else { continue }
+            for e in 0..<info.edges {
+                for o in 0..<info.ops where a[e * info.ops + o] < 0 {
+                    if try search.opState(cellType: t, edge: e, op: o) == .active { try search.setOpState(cellType: t, edge: e, op: o, .masked) }
+                }
+            }
+        }
+    }
+
     // MARK: Hooks
 
     /// Weights only in a section's first warmup_epochs (the grown network's weights are fresh, and
@@ -209,6 +227,7 @@ final class BonsaiStrategy: StrategyComponent {
         let need = Double(try predict(search, cells: next))
         if need <= b && spent >= minSectionEpochs {
             logSection(epochs: spent)
+            try maskPruned(search)
             try search.grow(cells: next)
             section += 1
             sectionStart = state.epoch + 1
@@ -256,8 +275,10 @@ final class BonsaiStrategy: StrategyComponent {
                 let idx = (0..<info.ops).map { e * info.ops + $0 }
                 let best = idx.filter { a[$0].isFinite }.max { a[$0] < a[$1] }
                 for i in idx {
-                    guard try search.opState(cellType: t, edge: e, op: i - e * info.ops) == .active else { zeroEpochs[t][i] = 0; continue }
-                    zeroEpochs[t][i] = a[i] < 0 ? zeroEpochs[t][i] + 1 : 0
+                    let state = try search.opState(cellType: t, edge: e, op: i - e * info.ops)
+                    guard state != .removed else { zeroEpochs[t][i] = 0; continue }
+                    // Masked at a growth: it does not run, as if its pruner were below 0.
+                    zeroEpochs[t][i] = a[i] < 0 || state == .masked ? zeroEpochs[t][i] + 1 : 0
                     if zeroEpochs[t][i] >= deadheadWindow && i != best {
                         try search.setOpState(cellType: t, edge: e, op: i - e * info.ops, .removed)
                         host.log("\(Self.id): deadheaded op \(search.opName(i - e * info.ops) ?? "?") on edge \(e) of cell type \(t)")
