@@ -33,8 +33,9 @@
 // Not here (the next step): the paper's relaxed hyper-connected space (each cell takes the
 // previous cell plus a prunable sum of all earlier cells, every cell distinct) — on this DARTS
 // space α is shared by the cells of a type, so new cells arrive already pruned as the old ones;
-// the old classifier as an auxiliary head; and the host's grow re-initialises the weights
-// (P-DARTS's semantics) rather than keeping the trained ones.
+// and the old classifier as an auxiliary head. Growth keeps the trained weights through the
+// host's `grow_keeps_weights` convention (every weight whose name and shape match is copied;
+// cells whose shape changed because the reduction cells moved start fresh).
 
 import EspalierPluginKit
 
@@ -315,6 +316,8 @@ extension BonsaiComponents {
             .double("clamp_factor", default: 5, doc: "w is clamped to ±clamp_factor·init after every step (paper: 5)", min: 1),
             .int("min_section_epochs", default: 1, doc: "epochs a section trains at least before the next is added", min: 1),
             .int("max_section_epochs", default: 16, doc: "a section that cannot make the next fit within this many epochs ends the search", min: 1),
+            .bool("grow_keeps_weights", default: true,
+                  doc: "the host's grow copies every weight whose name and shape match into the grown network (false: fresh weights, P-DARTS's semantics)"),
             .int("warmup_epochs", default: 1, doc: "weight-only epochs at the start of each section (grow gives fresh weights; the pruners hold still)", min: 0),
             .int("deadhead_window", default: 2, doc: "epoch ends with w < 0 in a row after which a candidate is removed for good", min: 1),
         ],

@@ -4,6 +4,11 @@
 // removed, so their parameters are never allocated) and the named values carry over; both
 // optimisers are rebuilt. The old optimiser state is released first; the old network's
 // parameters are released once the new network is built (both are alive for that moment).
+// Convention (like a regularizer's `owns_update`): a strategy whose parameter
+// `grow_keeps_weights` resolves to true (Bonsai-Net, whose sections extend a trained network)
+// gets every weight whose name and shape match copied from the old network into the new one;
+// the rest (new cells, cells whose shape changed because the reduction cells moved) start fresh,
+// and so do the BN running statistics.
 
 import EspalierCore
 import EspalierHost
@@ -22,6 +27,8 @@ extension SearchRun {
         let states = [false, true].map { opStates(reduction: $0) }
         let skipDropout = supernet.skipDropout
         let k = space.ops.count
+        let kept: [String: Tensor] = growKeepsWeights
+            ? Dictionary(supernet.weights.filter { !$0.value.isVirtual }.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }) : [:]
         // Release the optimiser state first.
         weightOptimizer = try accountant.withOwner("optimizer") {
             try SGD(parameters: [], learningRate: weightOptimizer.learningRate, momentum: config.momentum, weightDecay: config.weightDecay)
@@ -42,6 +49,10 @@ extension SearchRun {
             }
         }
         supernet.skipDropout = skipDropout
+        for p in supernet.weights where !p.value.isVirtual {
+            guard let old = kept[p.name], old.shape == p.value.shape else { continue }
+            p.value.ptr.update(from: old.ptr, count: p.value.count)
+        }
         let net = supernet
         (weightOptimizer, archOptimizer) = try accountant.withOwner("optimizer") {
             (try SGD(parameters: net.weights, learningRate: weightOptimizer.learningRate, momentum: config.momentum, weightDecay: config.weightDecay),
@@ -49,5 +60,12 @@ extension SearchRun {
                       beta2: config.archBeta2, weightDecay: config.archWeightDecay))
         }
         costCache = nil
+    }
+
+    /// Whether the strategy asks `grow` to keep matching weights (its `grow_keeps_weights` parameter).
+    var growKeepsWeights: Bool {
+        guard let spec = strategy.component.params.first(where: { $0.name == "grow_keeps_weights" }) else { return false }
+        let text = (config.strategySettings["grow_keeps_weights"] ?? spec.defaultValue).lowercased()
+        return ["1", "true", "yes", "on"].contains(text)
     }
 }

@@ -161,6 +161,27 @@ final class BonsaiSearchTests: XCTestCase {
         }
     }
 
+    func testGrow_KeepsEveryWeightWhoseNameAndShapeMatch_WhenTheStrategyAsks() throws {
+        for keep in [true, false] {
+            var c = config(sections: "2,3", epochs: 1)
+            c.strategySettings["grow_keeps_weights"] = keep ? "true" : "false"
+            let (run, _, _) = try makeRun(c, budget: nil)
+            for p in run.supernet.weights { for i in 0..<p.count { p.value[i] += 0.25 } }   // "trained"
+            let before = Dictionary(run.supernet.weights.map { ($0.name, $0.value.array) }, uniquingKeysWith: { a, _ in a })
+            try run.grow(cells: 3)
+            var same = 0, matching = 0
+            for p in run.supernet.weights {
+                guard let old = before[p.name], old.count == p.count else { continue }
+                matching += 1
+                if old == p.value.array { same += 1 }
+            }
+            XCTAssertGreaterThan(matching, 4, "the stem, the first cells and the classifier keep their names")
+            if keep { XCTAssertEqual(same, matching, "every matching weight carried over") }
+            else { XCTAssertLessThan(same, matching / 2, "fresh weights (P-DARTS's semantics)") }
+            XCTAssertTrue(run.supernet.weights.contains { before[$0.name] == nil }, "the new cell is fresh")
+        }
+    }
+
     func testBonsai_OnAFashionMNISTSubset() throws {
         let acc = MemoryAccountant()
         let train: Dataset
