@@ -33,7 +33,7 @@ extension SearchRun {
         if let opStates, opStates.normal.count == cfg.space.edgesPerCell * k, opStates.reduce.count == opStates.normal.count {
             for (reduction, states) in [(false, opStates.normal), (true, opStates.reduce)] {
                 for (i, raw) in states.enumerated() where raw != OpState.active.rawValue {
-                    try run.supernet.setOpState(reduction: reduction, edge: i / k, op: i % k, OpState(rawValue: raw) ?? .active)
+                    try run.setOpState(reduction: reduction, edge: i / k, op: i % k, OpState(rawValue: raw) ?? .active)
                 }
             }
         }
