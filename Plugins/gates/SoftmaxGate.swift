@@ -41,6 +41,8 @@ final class SoftmaxGate: GateComponent {
             let lr = l + r * cols, wr = w + r * cols
             var m = -Float.infinity
             for j in 0..<cols { m = max(m, lr[j] * invTau) }
+            // Every candidate of the edge masked (−∞): the edge contributes nothing.
+            if m == -.infinity { for j in 0..<cols { wr[j] = 0 }; continue }
             var sum: Float = 0
             for j in 0..<cols {
                 let e = expf(lr[j] * invTau - m)

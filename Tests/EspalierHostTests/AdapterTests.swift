@@ -133,6 +133,9 @@ final class AdapterTests: XCTestCase {
         let e = [1.0, 2, 3].map { exp($0) }, s = e.reduce(0, +)
         assertClose(w, e.map { Float($0 / s) }, tol: 1e-6)
         try GradCheck(eps: 1e-3).check("softmax gate", inputs: [logits]) { g, v in try gate(g, v[0]).weights }
+        // An edge whose every candidate is masked (−∞) gets weights 0, not NaN.
+        let masked = try Tensor.from([-.infinity, -.infinity, -.infinity], shape: [1, 3], accountant: acc)
+        XCTAssertEqual(try gate(g, g.leaf(masked)).weights.value.array, [0, 0, 0])
         let schedule = try XCTUnwrap(reg.methods(slot: "tau.schedule").first { $0.name == "linear-decay" })
         XCTAssertEqual(try schedule.schedule(step: 0, total: 100), 10, accuracy: 1e-12)
         XCTAssertEqual(try schedule.schedule(step: 50, total: 100), 5.05, accuracy: 1e-12)
