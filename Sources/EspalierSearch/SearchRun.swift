@@ -144,7 +144,8 @@ public final class SearchRun {
         if let (id, _) = owners.first {
             notes.append("\(id) owns the weight update: no SGD step; its proximal step updates every weight (groups and the rest)")
         }
-        for n in notes { FileHandle.standardError.write(Data("espalier: \(n)\n".utf8)) }
+        // Said once, by the real run (not by the dry runs that predict its memory).
+        if !accountant.isDryRun { for n in notes { FileHandle.standardError.write(Data("espalier: \(n)\n".utf8)) } }
         schedules = try config.methods.sorted { $0.key < $1.key }.map { slot, name in
             guard ["tau.schedule", "lambda.schedule"].contains(slot) else {
                 throw EspalierError.config("no value follows the schedule slot '\(slot)' in a search; the search schedules tau.schedule (gate.tau) and lambda.schedule (regularizer.lambda)")
