@@ -81,6 +81,9 @@ public final class SearchRun {
     var stepInEpoch = 0
     var lossSum = 0.0, correct = 0, seen = 0
     var stepTimes: [Double] = []
+    /// True while every step of this epoch was ES_STEP_SKIP (random search, ETENAS): the supernet
+    /// was not trained, so the epoch-end evaluation of it is skipped (its log shows 0).
+    var onlySkippedThisEpoch = true
     public private(set) var logs: [SearchEpochLog] = []
     /// Stop (as if interrupted) after this many steps of this process; for tests.
     public var stopAfterSteps: Int? = nil
@@ -293,6 +296,7 @@ public final class SearchRun {
         defer { stepBatches = nil }
         try applySchedules()
         let plan = try strategy.planStep(state)
+        if plan.mode != .skip { onlySkippedThisEpoch = false }
         var result = (0.0, 0)
         switch plan.mode {
         case .bilevel, .singleLevel:
@@ -346,6 +350,7 @@ public final class SearchRun {
                 try withSectionValues { try strategy.epochBegin(state) }
                 accountant.resetPeak()
                 lossSum = 0; correct = 0; seen = 0; stepTimes = []
+                onlySkippedThisEpoch = true
             }
             let started = DispatchTime.now().uptimeNanoseconds
             let steps = trainLoader.batchesPerEpoch
@@ -362,7 +367,7 @@ public final class SearchRun {
                     throw SearchInterrupted(checkpoint: path ?? "(no output folder)")
                 }
             }
-            let (validLoss, validAcc) = try evaluate(validEvalView)
+            let (validLoss, validAcc) = onlySkippedThisEpoch ? (0, 0) : try evaluate(validEvalView)
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
             let sorted = stepTimes.sorted()

@@ -304,6 +304,11 @@ extension FamilyHostTests {
             XCTAssertEqual(g.normal.count, 2 * c.space.nodes, name)
             XCTAssertTrue(g.normal.allSatisfy { c.space.opNames.contains($0.op) && $0.op != "none" }, "\(name): \(g.normal)")
             XCTAssertEqual(run.logs.count, 1, name)
+            if name == "random" {
+                XCTAssertEqual(run.logs[0].validAccuracy, 0, "random search never trains the supernet, so it is not evaluated")
+            } else {
+                XCTAssertGreaterThan(run.logs[0].validAccuracy, 0, "\(name): the trained supernet is evaluated")
+            }
         }
     }
 }
