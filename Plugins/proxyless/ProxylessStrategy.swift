@@ -7,7 +7,7 @@
 // pairs it sampled; `after_step` reads them and rewrites α through arch_view. With
 // `keep_unsampled` the optimiser's change to unsampled α (Adam momentum and weight decay move
 // them although their gradient is 0) is undone as well, so their probabilities stay exactly.
-// Derives with the DARTS rule on softmax(α). Not here: ProxylessNAS's own (MobileNet) space.
+// The host derives: the DARTS rule on softmax(α), as for every sampled gate. Not here: ProxylessNAS's own (MobileNet) space.
 
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +18,7 @@ import Darwin
 #endif
 import EspalierPluginKit
 
-final class ProxylessStrategy: DerivingStrategy {
+final class ProxylessStrategy: StrategyComponent {
     static let id = "espalier.strategy.proxyless/1"
 
     private let host: PluginHost
@@ -89,5 +89,4 @@ final class ProxylessStrategy: DerivingStrategy {
         }
     }
 
-    func derive(state: RunState) throws -> String { try SoftmaxGenotype.derive(host) }
 }

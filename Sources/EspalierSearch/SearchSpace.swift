@@ -498,12 +498,28 @@ public final class Supernet {
         return (0..<space.edgesPerCell).map { w.value.isVirtual ? 0 : w.value[$0] }
     }
 
+    /// softmax(α) of a cell type over each edge's active candidates (masked and removed ones
+    /// get 0; an edge with none active is all 0).
+    func activeSoftmax(reduction: Bool) -> [[Float]] {
+        let k = space.ops.count
+        return logits(reduction: reduction).enumerated().map { e, row in
+            let on = (0..<k).map { opState(reduction: reduction, edge: e, op: $0) == .active }
+            guard let m = (0..<k).filter({ on[$0] }).map({ row[$0] }).max() else { return Array(repeating: 0, count: k) }
+            let x = (0..<k).map { on[$0] ? Float(Foundation.exp(Double(row[$0] - m))) : 0 }
+            let sum = x.reduce(0, +)
+            return x.map { $0 / sum }
+        }
+    }
+
     /// The DARTS rule on the current mixing weights; with edge normalisation each edge's weights
-    /// are scaled by β̃ first, so edges rank by op weight × β̃ (PC-DARTS).
+    /// are scaled by β̃ first, so edges rank by op weight × β̃ (PC-DARTS). A sampled gate's
+    /// evaluation weights are one-hot (every edge would tie), so its search ranks by the
+    /// architecture distribution softmax(α) over the active candidates instead (GDAS, ProxylessNAS).
     public func genotype(accountant: MemoryAccountant) throws -> Genotype {
         let names = space.opNames
         func ranked(_ reduction: Bool) throws -> [[Float]] {
-            let w = try mixingWeights(reduction: reduction, accountant: accountant)
+            let w = (reduction ? gateReduce : gateNormal).isSampled
+                ? activeSoftmax(reduction: reduction) : try mixingWeights(reduction: reduction, accountant: accountant)
             guard let beta = try edgeWeights(reduction: reduction, accountant: accountant) else { return w }
             return w.enumerated().map { e, row in row.map { $0 * beta[e] } }
         }
