@@ -64,7 +64,11 @@ final class PartialMixTests: XCTestCase {
             let x = try Tensor.from(values, shape: [n, c, h, w], accountant: acc)
             let head = try randomTensor([n, c / k, ho, wo], acc, seed: 3, bound: 1)
             let g = Graph(accountant: acc)
-            let y = try g.partialMix(head: g.constant(head), x: g.constant(x), groups: k, stride: stride)
+            // One edge alone, unweighted: the edge's output itself.
+            func edge(_ g: Graph, _ head: Variable, _ x: Variable) throws -> Variable {
+                try g.partialNode(heads: [head], xs: [x], strides: [stride], groups: k, weights: nil, indices: [])
+            }
+            let y = try edge(g, g.constant(head), g.constant(x))
             var ref = [Float](repeating: 0, count: n * c * ho * wo)
             ref.withUnsafeMutableBufferPointer { Kernels.partialMixNaive(head: head.ptr, x: x.ptr, out: $0.baseAddress!, n: n, c: c, k: k, h: h, w: w, stride: stride) }
             XCTAssertEqual(y.value.array, ref, "stride \(stride) K \(k)")
@@ -75,7 +79,7 @@ final class PartialMixTests: XCTestCase {
                 XCTAssertEqual(try g.channelShuffle(try g.concatChannels([g.constant(head), bypass]), groups: k).value.array, ref)
             }
             try GradCheck().check("partialMix s\(stride) K\(k)", inputs: [head, x]) { g, v in
-                try g.partialMix(head: v[0], x: v[1], groups: k, stride: stride)
+                try edge(g, v[0], v[1])
             }
         }
     }
@@ -98,7 +102,9 @@ extension PartialMixTests {
         let g = Graph(accountant: acc)
         let node = try g.partialNode(heads: heads.map { g.constant($0) }, xs: xs.map { g.constant($0.0) }, strides: xs.map(\.1), groups: k,
                                      weights: g.constant(w), indices: indices)
-        let mixes = try (0..<3).map { try g.partialMix(head: g.constant(heads[$0]), x: g.constant(xs[$0].0), groups: k, stride: xs[$0].1) }
+        let mixes = try (0..<3).map {
+            try g.partialNode(heads: [g.constant(heads[$0])], xs: [g.constant(xs[$0].0)], strides: [xs[$0].1], groups: k, weights: nil, indices: [])
+        }
         let ref = try g.weightedSum(mixes, weights: g.constant(w), indices: indices)
         for (a, b) in zip(node.value.array, ref.value.array) { XCTAssertEqual(a, b, accuracy: 1e-6) }
         try GradCheck().check("partialNode", inputs: heads + xs.map(\.0) + [w]) { g, v in

@@ -145,38 +145,11 @@ extension Graph {
 }
 
 extension Graph {
-    /// PC-DARTS's edge output: `head` (N, C/K, H', W') = the ops on x's first C/K channels; the
-    /// other channels of x (N, C, H, W) bypass (2×2 max-pool at stride 2); concat + shuffle (K
-    /// groups) fused into one write (Kernels.partialMix). Saves x (already alive as a node state).
-    public func partialMix(head: Variable, x: Variable, groups k: Int, stride: Int) throws -> Variable {
-        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        guard x.shape.count == 4, k >= 1, c % k == 0, stride == 1 || stride == 2 else {
-            throw EspalierError.invalidArgument("partialMix: x \(x.shape), K \(k), stride \(stride)")
-        }
-        let ho = stride == 2 ? h / 2 : h, wo = stride == 2 ? w / 2 : w
-        guard head.shape == [n, c / k, ho, wo] else {
-            throw EspalierError.shapeMismatch("partialMix: the ops give \(head.shape) but the bypass gives \([n, c / k, ho, wo])"
-                                              + (stride == 2 && h % 2 == 1 ? " (odd size \(h)×\(w) at a reduction: the 2×2 max-pool floors it)" : ""))
-        }
-        let y = try output([n, c, ho, wo])
-        let xv = x.value
-        if computing { Kernels.partialMix(head: head.value.ptr, x: xv.ptr, out: y.ptr, n: n, c: c, k: k, h: h, w: w, stride: stride) }
-        let headShape = head.shape, xShape = x.shape
-        return record(y, inputs: [head, x]) { [unowned self] dY, ctx in
-            let dHead = ctx.needs(0) ? try self.gradTensor(headShape) : nil
-            let dX = ctx.needs(1) ? try self.gradTensor(xShape) : nil
-            if ctx.computing {
-                Kernels.partialMixBackward(dOut: dY.ptr, x: xv.ptr, dHead: dHead?.ptr, dX: dX?.ptr, n: n, c: c, k: k, h: h, w: w, stride: stride)
-            }
-            if let dHead { try ctx.accumulate(0, dHead) }
-            if let dX { try ctx.accumulate(1, dX) }
-        }
-    }
-}
-
-extension Graph {
-    /// A PC-DARTS node: Σ_e w[indices[e]]·partialMix(heads[e], xs[e]) (w nil: plain sum), written
-    /// straight into the node, so no edge output is ever materialised. Saves the heads (C/K
+    /// A PC-DARTS node: Σ_e w[indices[e]]·mix(heads[e], xs[e]) (w nil: plain sum), where mix is
+    /// one edge's output — `head` (N, C/K, H', W') = the ops on x's first C/K channels, the other
+    /// channels of x (N, C, H, W) bypassing them (2×2 max-pool at stride 2), concat + shuffle (K
+    /// groups), Kernels.partialMix — written straight into the node, so no edge output is ever
+    /// materialised. Saves the heads (C/K
     /// channels) only when w needs a gradient; the xs are node states, alive anyway.
     public func partialNode(heads: [Variable], xs: [Variable], strides: [Int], groups k: Int, weights w: Variable?, indices: [Int]) throws -> Variable {
         guard !heads.isEmpty, heads.count == xs.count, xs.count == strides.count, w == nil || indices.count == heads.count else {
