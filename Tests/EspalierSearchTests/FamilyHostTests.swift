@@ -279,10 +279,7 @@ extension FamilyHostTests {
     /// whose own test files run on synthetic data), each deriving a genotype of DARTS ops.
     func testEachMethod_ShortSearchOnAFashionMNISTSubset() throws {
         let acc = MemoryAccountant()
-        let train: Dataset
-        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
-            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
-        }
+        let train = try fashionMNISTTrainOrSkip(acc)
         let methods: [(String, (inout SearchConfig) -> Void)] = [
             ("pcdarts", { $0.strategy = "espalier.strategy.pcdarts/1"; $0.strategySettings = ["partial_channels": "2"] }),
             ("gdas", { $0.strategy = "espalier.strategy.gdas/1"; $0.gate = "espalier.gate.gdas/1" }),

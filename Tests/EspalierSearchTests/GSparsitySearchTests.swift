@@ -210,10 +210,7 @@ final class GSparsitySearchTests: TemporaryDirectoryTestCase {
 
     func testFashionMNISTSubset_GSparsitySearch() throws {
         let acc = MemoryAccountant()
-        let train: Dataset
-        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
-            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
-        }
+        let train = try fashionMNISTTrainOrSkip(acc)
         var c = SearchConfig.quick
         c.space.channels = 4
         c.space.cells = 3

@@ -17,20 +17,7 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
 
     /// A small supernet with the 8 DARTS ops: 2 cells (normal, reduce), 2 nodes (5 edges), C=4, 8×8 images.
     func tinyConfig(strategy: String, _ settings: [String: String] = [:]) -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = SearchSpaceDescription.dartsOps
-        c.strategy = strategy
-        c.strategySettings = settings
-        c.batchSize = 4
-        c.epochs = 1
-        c.seed = 5
-        return c
+        tinySearchConfig(strategy: strategy, settings: settings)
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16, context: HostContext? = nil) throws -> SearchRun {
@@ -272,10 +259,7 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
 
     func testPDartsWithBetaDecay_OnAFashionMNISTSubset() throws {
         let acc = MemoryAccountant()
-        let train: Dataset
-        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
-            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
-        }
+        let train = try fashionMNISTTrainOrSkip(acc)
         var c = SearchConfig.quick
         c.space.channels = 4
         c.space.cells = 2

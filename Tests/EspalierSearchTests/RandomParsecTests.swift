@@ -20,20 +20,7 @@ final class RandomParsecTests: XCTestCase {
 
     /// 2 cells (one normal, one reduction), 2 nodes, 4 ops, 8×8 images, batch 4.
     func tinyConfig(strategy: String = "espalier.strategy.darts/1", settings: [String: String] = [:]) -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
-        c.batchSize = 4
-        c.epochs = 2
-        c.seed = 5
-        c.strategy = strategy
-        c.strategySettings = settings
-        return c
+        tinySearchConfig(strategy: strategy, settings: settings, ops: ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }, epochs: 2)
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16) throws -> SearchRun {

@@ -22,20 +22,7 @@ final class ZeroShotSearchTests: XCTestCase {
 
     /// The 8 DARTS ops on 2 cells (normal, reduce), 2 nodes (5 edges), C=4, 8×8 images, batch 4.
     func tinyConfig(strategy: String, _ settings: [String: String] = [:]) -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = SearchSpaceDescription.dartsOps
-        c.strategy = strategy
-        c.strategySettings = settings
-        c.batchSize = 4
-        c.epochs = 1
-        c.seed = 5
-        return c
+        tinySearchConfig(strategy: strategy, settings: settings)
     }
 
     /// 1 node (2 edges per cell type, 4 in all), 3 ops: Π|E_i| = 3⁴ = 81.
@@ -309,10 +296,7 @@ final class ZeroShotSearchTests: XCTestCase {
 
     func testZeroOneShot_WithPartialChannelsAndBetaDecay_OnAFashionMNISTSubset() throws {
         let acc = MemoryAccountant()
-        let train: Dataset
-        do { train = try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
-            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
-        }
+        let train = try fashionMNISTTrainOrSkip(acc)
         var c = SearchConfig.quick
         c.space.channels = 8
         c.space.cells = 2
