@@ -3,7 +3,6 @@
 // statistics, optimiser state, and in its metadata the loop position, loader and RNG states),
 // and at the end OUT/genotype.json with pictures of the cells. Resuming reads them back.
 
-import CEspalierSDK
 import EspalierCore
 import EspalierHost
 import Foundation
@@ -87,10 +86,7 @@ extension SearchRun {
                 try setOpState(reduction: reduction, edge: i / sp.ops.count, op: i % sp.ops.count, OpState(rawValue: raw) ?? .active)
             }
         }
-        for (name, v) in st.values.sorted(by: { $0.key < $1.key }) {
-            // Values the host publishes for strategies (group norms…) are read-only: keep them as stored.
-            do { try setValue(name, v) } catch let e as SearchServiceError where e.status == ES_ERROR_UNSUPPORTED { values[name] = v }
-        }
+        for (name, v) in st.values.sorted(by: { $0.key < $1.key }) { try setValue(name, v) }
         try file.load(into: stateTensors, strict: true)
         epoch = st.epoch; globalStep = st.globalStep; stepInEpoch = st.stepInEpoch
         lossSum = st.lossSum; correct = st.correct; seen = st.seen; stepTimes = st.stepTimes

@@ -1,6 +1,5 @@
 // What a section-growing strategy (Bonsai-Net) reads about memory through get_value, published
-// by the search loop for the duration of every epoch_begin and epoch_end (and dropped after, so
-// checkpoints, which restore values through set_value, never hold them):
+// (read-only, never checkpointed) by the search loop before every epoch_begin and epoch_end:
 //   memory.dataset_bytes       the training set's bytes (in the accountant, outside a step's
 //                              prediction: predict_peak + this = the measured peak)
 //   candidate_bytes/{normal,reduce}  Σ_j s_j over the cell type's candidates: the accountant's
@@ -17,21 +16,14 @@ import EspalierHost
 import Foundation
 
 extension SearchRun {
-    static let sectionValuePrefixes = ["memory.dataset_bytes", "candidate_bytes/", "compression/"]
-
-    /// Runs `body` (a strategy hook) with the section values published.
+    /// Runs `body` (a strategy hook) with the section values freshly published.
     func withSectionValues<T>(_ body: () throws -> T) throws -> T {
         try publishSectionValues()
-        defer { dropSectionValues() }
         return try body()
     }
 
-    func dropSectionValues() {
-        for key in values.keys where Self.sectionValuePrefixes.contains(where: { key.hasPrefix($0) }) { values[key] = nil }
-    }
-
     public func publishSectionValues() throws {
-        values["memory.dataset_bytes"] = Double(trainLoader.view.dataset.byteCount)
+        published["memory.dataset_bytes"] = Double(trainLoader.view.dataset.byteCount)
         // Only for runs that regularize gate weights (they measure the costs anyway).
         guard regularizers.contains(where: { $0.wants(.gateWeights) }), !supernet.space.sumOps, !accountant.isDryRun,
               supernet.cells.contains(where: { $0.lastInputShape != nil }) else { return }
@@ -44,8 +36,8 @@ extension SearchRun {
                 num += Double(s) * Double(g)
                 den += Double(s)
             }
-            values["candidate_bytes/\(type)"] = den
-            values["compression/\(type)"] = den > 0 ? num / den : 1
+            published["candidate_bytes/\(type)"] = den
+            published["compression/\(type)"] = den > 0 ? num / den : 1
         }
     }
 }

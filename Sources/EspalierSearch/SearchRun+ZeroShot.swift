@@ -95,10 +95,7 @@ extension SearchRun {
         guard batches >= 1 else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "forward_logits: batches \(batches) must be at least 1")
         }
-        // What a caller needs to shape its view, readable through get_value from now on (a host
-        // whose get_value lacks them answers a probe with a (0, 0) view with ES_ERROR_SHAPE and these).
-        values["batch"] = Double(config.batchSize)
-        values["space.classes"] = Double(supernet.space.classes)
+        // What a caller needs to shape its view is also answered by get_value ("batch", "space.classes").
         let expected = [Int(batches) * config.batchSize, supernet.space.classes]
         let v = view.pointee
         let rank = Int(max(0, min(v.rank, Int32(ESPALIER_MAX_RANK))))

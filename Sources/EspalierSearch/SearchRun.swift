@@ -74,6 +74,9 @@ public final class SearchRun {
     let registry: PluginRegistry
     /// Named scalars set through the search services (checkpointed).
     var values: [String: Double] = [:]
+    /// Read-only values the host publishes for strategies (group norms, section memory figures):
+    /// answered by get_value, never checkpointed (they are recomputed from the run's state).
+    var published: [String: Double] = [:]
 
     // Where the run is (checkpointed).
     public internal(set) var epoch = 0

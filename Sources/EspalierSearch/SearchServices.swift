@@ -223,7 +223,7 @@ extension SearchRun {
         case "space.classes": return Double(supernet.space.classes)
         case "batch": return Double(config.batchSize)
         default:
-            guard let v = values[name] else {
+            guard let v = values[name] ?? published[name] else {
                 throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "no value '\(name)' has been set; known: arch.lr, lr, batch, skip_dropout, space.partial_channels, space.edge_normalization, space.cells, space.classes, group_norm/TYPE/edgeE/OP (GSparsity), and gate.NAME / regularizer.NAME once set")
             }
             return v
