@@ -74,17 +74,15 @@ final class FamilyHostTests: XCTestCase {
         XCTAssertEqual(small.supernet.weightCount, 66_154)
     }
 
-    func testPCDarts_OnlyTheFirstCOverKChannelsGoThroughTheOps() throws {
-        // With every op weight forced to one candidate that is zero (`none`), the edge is just the
-        // shuffled bypass: the op channels are zero and the others pass unchanged.
+    /// (Which channels the ops see is shown by the op weight shapes above and by PartialMixTests
+    /// against the naive narrow/pool/concat/shuffle reference.)
+    func testPCDarts_ShuffleIsAPermutation_AndAStepRunsWithEveryNormalOpMasked() throws {
         var c = tinyConfig()
         c.strategy = "espalier.strategy.pcdarts/1"
         c.strategySettings = ["partial_channels": "4", "edge_normalization": "false"]
         c.space.ops = ["espalier.op.none/1", "espalier.op.skip_connect/1"]
         let run = try makeRun(c)
         for e in 0..<c.space.edgesPerCell { try run.supernet.setOpState(reduction: false, edge: e, op: 1, .masked) }
-        // Node 0 of the normal cell = edge0(s0) + edge1(s1), each: channels [0, C/K) zero, the rest
-        // passed through, then shuffled. Check through the channel-shuffle permutation on a node:
         let g = Graph(accountant: run.accountant)
         let x = try randomTensor([1, 8, 4, 4], run.accountant, seed: 3, bound: 1)
         let shuffled = try g.channelShuffle(try g.concatChannels([try g.zeros([1, 2, 4, 4]), try g.narrow(g.constant(x), channels: 2..<8)]), groups: 4)
