@@ -31,6 +31,9 @@ public struct BenchResult: Codable, Sendable {
     /// Bytes at the accountant's peak by kind of owner: each candidate op summed over every edge
     /// ("op sep_conv_3x3"), cell preprocessing ("pre0"), stem, classifier, gates…, largest first.
     public var peakByOwnerKind: [String: Int] = [:]
+    /// The buffer pool over the timed steps: allocations served from an idle buffer, new
+    /// mappings, idle buffers unmapped to stay under the cap (see BufferPool.swift).
+    public var poolHits = 0, poolMaps = 0, poolUnmaps = 0
 }
 
 public enum SearchBench {
@@ -127,6 +130,7 @@ public enum SearchBench {
         }
         for _ in 0..<2 { try oneStep() }
         acc.resetPeak()
+        let pool0 = acc.poolCounters
         var times: [Double] = []
         let flops0 = run.graph.flops
         for _ in 0..<steps {
@@ -151,6 +155,8 @@ public enum SearchBench {
         return BenchResult(variant: variant, shape: shape.name, steps: steps, medianSeconds: median, minSeconds: times[0],
                            flopsPerStep: flops, gflops: Double(flops) / median / 1e9, fmaPeakGflops: 0,
                            peakBytes: acc.peakTotal, peakByCategory: peaks, rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSSMiB(),
-                           weights: run.supernet.weightCount, peakByOwnerKind: kinds)
+                           weights: run.supernet.weightCount, peakByOwnerKind: kinds,
+                           poolHits: acc.poolCounters.hits - pool0.hits, poolMaps: acc.poolCounters.maps - pool0.maps,
+                           poolUnmaps: acc.poolCounters.unmaps - pool0.unmaps)
     }
 }

@@ -38,6 +38,7 @@ struct BenchCommand: ParsableCommand {
         for c in MemoryCategory.allCases where (r.peakByCategory[c.name] ?? 0) > 0 {
             print("    " + pad(c.name, 22) + formatBytes(r.peakByCategory[c.name]!))
         }
+        print("  buffer pool over the timed steps: \(r.poolHits) reused, \(r.poolMaps) mapped, \(r.poolUnmaps) unmapped")
         let kinds = r.peakByOwnerKind.sorted { $0.value > $1.value }.prefix(10)
         print("  at the peak, by owner: " + kinds.map { "\($0.key) \(formatBytes($0.value))" }.joined(separator: ", "))
     }

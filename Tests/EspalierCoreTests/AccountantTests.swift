@@ -111,3 +111,43 @@ final class AccountantTests: XCTestCase {
         XCTAssertNil(parseBytes("lots"))
     }
 }
+
+/// The buffer pool behind real storages (BufferPool.swift).
+final class BufferPoolTests: XCTestCase {
+    func testFreedBufferIsReusedForTheSameSize_AndPoolStaysUnderTheLifetimePeak() throws {
+        let acc = MemoryAccountant()
+        let n = 1 << 16   // 256 KiB: pooled
+        var a: Tensor? = try Tensor(shape: [n], category: .activations, accountant: acc)
+        a!.fill(3)
+        let p = a!.ptr
+        a = nil
+        XCTAssertEqual(acc.pooledBytes, n * 4, "a freed large buffer waits in the pool")
+        XCTAssertEqual(acc.currentTotal, 0, "but is not counted as in use")
+        let b = try Tensor(shape: [n], category: .activations, accountant: acc)
+        XCTAssertEqual(b.ptr, p, "the next tensor of that size gets the same buffer")
+        XCTAssertEqual(acc.poolCounters.hits, 1)
+        XCTAssertEqual(acc.pooledBytes, 0)
+        // A different size at the cap: the idle buffer is unmapped first, so that in use +
+        // pooled never exceeds the most ever in use at once.
+        var c: Tensor? = try Tensor(shape: [n], category: .activations, accountant: acc)
+        c = nil
+        XCTAssertEqual(acc.currentTotal + acc.pooledBytes, 2 * n * 4)
+        let d = try Tensor(shape: [2 * n], category: .activations, accountant: acc)
+        XCTAssertLessThanOrEqual(acc.currentTotal + acc.pooledBytes, acc.lifetimePeak)
+        XCTAssertEqual(acc.poolCounters.unmaps, 1)
+        d.fill(1)
+        XCTAssertEqual(d[2 * n - 1], 1)
+        _ = b
+        acc.releaseIdleBuffers()
+        XCTAssertEqual(acc.pooledBytes, 0)
+    }
+
+    func testSmallBuffers_BypassThePool() throws {
+        let acc = MemoryAccountant()
+        var t: Tensor? = try Tensor(shape: [100], category: .activations, accountant: acc)
+        t = nil
+        XCTAssertEqual(acc.pooledBytes, 0)
+        XCTAssertEqual(acc.poolCounters.maps, 0)
+        _ = t
+    }
+}

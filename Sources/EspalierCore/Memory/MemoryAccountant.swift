@@ -2,7 +2,8 @@
 // category and an owner path (`cell3/edge7/sep_conv_5x5`). It reports current and peak bytes
 // by category and by owner, enforces a budget, and has a shape-only dry-run mode in which the
 // same code path runs without computing, so the peak of a step is known before it is paid for.
-// It does not allocate itself: `Storage` asks it for permission and reports back.
+// It does not allocate itself: `Storage` asks it for permission and reports back, and takes
+// its buffer from the accountant's `BufferPool`.
 
 import Foundation
 
@@ -86,6 +87,16 @@ public final class MemoryAccountant {
     public private(set) var peakByCategory = CategoryBytes()
     /// Number of allocations ever made (a cheap check that two runs took the same path).
     public private(set) var allocationCount = 0
+    /// The most ever in use at once (not reset by `resetPeak`): the buffer pool's cap.
+    public private(set) var lifetimePeak = 0
+    /// Where real storages get and return their buffers (see BufferPool.swift).
+    lazy var pool = BufferPool()
+    /// Bytes of freed buffers the pool keeps for reuse (not in use, not counted above).
+    public var pooledBytes: Int { mode == .real ? pool.pooledBytes : 0 }
+    /// The pool's counters: bucket hits, new mappings, unmapped idle buffers.
+    public var poolCounters: (hits: Int, maps: Int, unmaps: Int) { mode == .real ? (pool.hits, pool.maps, pool.unmaps) : (0, 0, 0) }
+    /// Gives the pool's idle buffers back to the system.
+    public func releaseIdleBuffers() { if mode == .real { pool.evict(down: 0) } }
 
     // Owners are interned: an allocation carries an index, not a string.
     private var ownerNames: [String] = [""]
@@ -161,6 +172,7 @@ public final class MemoryAccountant {
         ownerCurrent[o].bytes[c] += bytes
         ownerCurrentTotal[o] += bytes
         if ownerCurrentTotal[o] > ownerPeak[o] { ownerPeak[o] = ownerCurrentTotal[o] }
+        if currentTotal > lifetimePeak { lifetimePeak = currentTotal }
         if currentTotal > peakTotal {
             peakTotal = currentTotal
             peakByCategory = current

@@ -29,18 +29,17 @@ public final class Storage {
         if accountant.isDryRun {
             data = nil
         } else {
-            var raw: UnsafeMutableRawPointer?
-            let bytes = max(count, 1) * MemoryLayout<Float>.stride
-            if posix_memalign(&raw, 64, bytes) != 0 || raw == nil {
-                accountant.release(bytes: count * MemoryLayout<Float>.stride, category: category, owner: owner)
+            let bytes = count * MemoryLayout<Float>.stride
+            guard let raw = accountant.pool.take(bytes: bytes, live: accountant.currentTotal, cap: accountant.lifetimePeak) else {
+                accountant.release(bytes: bytes, category: category, owner: owner)
                 throw EspalierError.outOfMemory(bytes: bytes, owner: accountant.ownerPath(owner))
             }
-            data = raw!.bindMemory(to: Float.self, capacity: max(count, 1))
+            data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         }
     }
 
     deinit {
-        free(data)
+        if let data { accountant.pool.give(UnsafeMutableRawPointer(data), bytes: byteCount) }
         accountant.release(bytes: byteCount, category: category, owner: owner)
     }
 }
