@@ -1,12 +1,14 @@
 // The FiGS library ("espalier.figs"): the per-channel Logistic-Sigmoid gate (FigsGate.swift), the
 // DARTS convolutions with channel masks on their intermediate and output channels (FigsOps.swift),
-// and the expected-cost regularizer (FigsCost.swift). This file holds the description and the one
+// the expected-cost regularizer (FigsCost.swift) and the search strategy without α
+// (FigsStrategy.swift). This file holds the description and the one
 // exported symbol, `espalier_plugin_entry_v1`.
 
 import EspalierPluginKit
 
 let opParams: [ParamSpec] = [
     .double("logit_init", default: 2.5, doc: "initial mask logit ν of every channel (2.5: π = σ(ν) ≈ 0.92, FiGS's init)"),
+    .bool("masks", default: true, doc: "apply the channel masks (search); false = the plain op at its exported widths, no mask logits (the exported network)"),
 ]
 let sepParams: [ParamSpec] = opParams + [
     .int("mid_channels", default: 0, doc: "channels of the intermediate layer (0 = C); the exported network sets ⌊Σπ_mid⌋", min: 0),
@@ -38,8 +40,13 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
         .op(FigsDilConv5x5Op.self, id: FigsDilConv5x5Op.id,
             summary: "dil_conv_5x5 with a FiGS output mask: ReLU, dw 5x5 dilation 2 (stride s), 1x1, BN, mask_out",
             params: opParams),
+        .strategy(FigsStrategy.self, id: FigsStrategy.id,
+                  summary: "FiGS on the DARTS space: no α (every edge sums its ops), weights-only steps that train the ops' channel masks with them; "
+                      + "the host exports ⌊Σπ⌋ channels per mask, per cell, dropping ops whose mask keeps none",
+                  params: [],
+                  requires: .noArchParams),
         .regularizer(FigsCostRegularizer.self, id: FigsCostRegularizer.id,
-                     summary: "FiGS expected cost: λ·Σ_conv Π_parts Σ_i c_i σ(ν_i) over channel-mask targets (a conv: π_out·Σπ_in per unit cost)",
+                     summary: "FiGS expected cost: λ·Σ_t Π_parts Σ_i c_i σ(ν_i) over channel-mask targets (parameters per conv: π_out·Σπ_in; FLOPs and bytes per op from the accountant)",
                      params: [
                          .choice("cost", default: "params", choices: FigsCostRegularizer.costs, doc: "which targets count: names ending in /params, /flops or /memory"),
                          .double("lambda", default: 1e-6, doc: "regularization strength λ (sets the size of the found network)", min: 0),

@@ -6,7 +6,7 @@
 //   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C) → BN → ·m_out
 //   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 → BN → ·m_out
 // M = `mid_channels` (0 = C): the exported network builds the sep conv with M = ⌊Σ π_mid⌋ (FiGS's
-// export); m_mid then has M logits. Parameter names (the cost regularizer and the export read them):
+// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. Parameter names (the cost regularizer and the export read them):
 // "mask_mid.logits" (M), "mask_out.logits" (C).
 
 import EspalierPluginKit
@@ -47,15 +47,17 @@ struct FigsBatchNorm {
     }
 }
 
-/// A per-channel mask: logits ν (C) → gate(role "channel") → x · m[c].
+/// A per-channel mask: logits ν (C) → gate(role "channel") → x · m[c]. Without masks (`masks`
+/// false: the exported network) it declares nothing and passes x through.
 struct ChannelMask {
-    let logits: es_param
+    let logits: es_param?
 
-    init(_ host: PluginHost, _ name: String, channels: Int, initialLogit: Double) throws {
-        logits = try host.declareParam(name, shape: [channels], initializer: .constant(initialLogit), flags: [.arch, .noDecay])
+    init(_ host: PluginHost, _ name: String, channels: Int, initialLogit: Double, enabled: Bool) throws {
+        logits = enabled ? try host.declareParam(name, shape: [channels], initializer: .constant(initialLogit), flags: [.arch, .noDecay]) : nil
     }
 
     func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        guard let logits else { return x }
         let m = try host.gate(graph, role: "channel", logits: try host.param(graph, logits))
         return try host.apply(graph, "channel_scale", [x, m])
     }
@@ -63,7 +65,7 @@ struct ChannelMask {
 
 /// The checked config shared by the FiGS ops: C_in == C_out = C, stride 1 or 2, the mask init.
 struct FigsShape {
-    let channels: Int, stride: Int, affine: Bool, initialLogit: Double
+    let channels: Int, stride: Int, affine: Bool, initialLogit: Double, masks: Bool
 
     init(_ config: OpConfig, _ params: ParamValues, id: String) throws {
         guard config.inChannels > 0, config.inChannels == config.outChannels else {
@@ -74,6 +76,7 @@ struct FigsShape {
         }
         channels = config.inChannels; stride = config.stride; affine = config.affine
         initialLogit = try params.double("logit_init")
+        masks = try params.bool("masks")
         guard initialLogit.isFinite else { throw PluginError.invalidArgument("\(id): logit_init must be finite (got \(initialLogit))") }
     }
 
@@ -101,11 +104,11 @@ class FigsSepConvOp {
         dw1 = try FigsConv(host, "dw1.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: p, groups: c)
         pw1 = try FigsConv(host, "pw1.weight", cIn: c, cOut: mid, kernel: 1)
         bn1 = try FigsBatchNorm(host, "bn1", channels: mid, affine: shape.affine)
-        maskMid = try ChannelMask(host, "mask_mid.logits", channels: mid, initialLogit: shape.initialLogit)
+        maskMid = try ChannelMask(host, "mask_mid.logits", channels: mid, initialLogit: shape.initialLogit, enabled: shape.masks)
         dw2 = try FigsConv(host, "dw2.weight", cIn: mid, cOut: mid, kernel: kernel, padding: p, groups: mid)
         pw2 = try FigsConv(host, "pw2.weight", cIn: mid, cOut: c, kernel: 1)
         bn2 = try FigsBatchNorm(host, "bn2", channels: c, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit, enabled: shape.masks)
     }
 
     func buildSep(graph: es_graph, input: es_value) throws -> es_value {
@@ -148,7 +151,7 @@ class FigsDilConvOp {
         dw = try FigsConv(host, "dw.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: kernel - 1, dilation: 2, groups: c)
         pw = try FigsConv(host, "pw.weight", cIn: c, cOut: c, kernel: 1)
         bn = try FigsBatchNorm(host, "bn", channels: c, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit, enabled: shape.masks)
     }
 
     func buildDil(graph: es_graph, input: es_value) throws -> es_value {

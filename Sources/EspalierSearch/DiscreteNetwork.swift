@@ -3,6 +3,10 @@
 // number, possibly none, with the genotype's node sizes) (plugin ops, affine
 // batch norm), drop-path on every op but identities, an optional auxiliary head after the second
 // reduction, global pooling and a classifier. Saved as safetensors with its description.
+// A genotype with `per_cell` (FiGS's export) gives every cell its own edges and op settings (e.g.
+// `mid_channels`, the learned width of an op's intermediate layer); the network then has exactly
+// those cells, reduces where they say, and must be built with the channel count C they were
+// searched at (checked per cell).
 // Shapes: (N, Cin, H, W) → logits (N, classes).
 
 import EspalierCore
@@ -24,7 +28,37 @@ public struct NetworkDescription: Codable, Equatable, Sendable {
     public var imageSize = 28
 
     public init(genotype: Genotype) { self.genotype = genotype }
-    public var reductions: [Int] { [cells / 3, 2 * cells / 3] }
+    /// Reduction cells: where `per_cell` says, else at 1/3 and 2/3 of the depth.
+    public var reductions: [Int] {
+        if let per = genotype.perCell { return per.indices.filter { per[$0].reduction } }
+        return [cells / 3, 2 * cells / 3]
+    }
+
+    /// The structure of cell `index`: its `per_cell` entry, or the genotype's cell of its type
+    /// (default op settings, the current C).
+    func gene(_ index: Int, channels c: Int) -> Genotype.CellGene {
+        if let per = genotype.perCell { return per[index] }
+        let type: Genotype.CellType = reductions.contains(index) ? .reduce : .normal
+        let edges = genotype.edges(type)
+        return Genotype.CellGene(reduction: type == .reduce, channels: c, edges: edges, nodeSizes: genotype.nodeSizes(type),
+                                 concat: genotype.concat(type), opSettings: Array(repeating: [:], count: edges.count))
+    }
+
+    /// Problems of a `per_cell` genotype with this description (cell count, widths).
+    func checkPerCell() throws {
+        guard let per = genotype.perCell else { return }
+        guard per.count == cells else {
+            throw EspalierError.config("the genotype lists \(per.count) cells in \"per_cell\" (each searched on its own); build it with \(per.count) cells, not \(cells)")
+        }
+        var c = channels
+        for (i, cell) in per.enumerated() {
+            if cell.reduction { c *= 2 }
+            guard cell.channels == c else {
+                throw EspalierError.config("cell \(i) of the genotype was searched with C=\(cell.channels) but this network gives it C=\(c); "
+                                           + "build it with the search's initial channels (--channels \(channels * cell.channels / c))")
+            }
+        }
+    }
 }
 
 final class DiscreteCell {
@@ -39,15 +73,15 @@ final class DiscreteCell {
     let concat: [Int]
     let owner: Int32
 
-    init(_ f: ParameterFactory, index: Int, genotype: Genotype, registry: PluginRegistry, context: HostContext,
+    init(_ f: ParameterFactory, index: Int, genotype: Genotype, gene: Genotype.CellGene, registry: PluginRegistry, context: HostContext,
          cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
         self.reduction = reduction
-        let edges = reduction ? genotype.reduce : genotype.normal
-        concat = reduction ? genotype.reduceConcat : genotype.normalConcat
+        let edges = gene.edges
+        concat = gene.concat
         inputs = edges.map(\.input)
-        let nodeOf = genotype.nodeIndices(reduction ? .reduce : .normal)
+        let nodeOf = gene.nodeIndices
         self.nodeOf = nodeOf
-        nodes = genotype.nodes(reduction ? .reduce : .normal)
+        nodes = gene.nodeSizes.count
         let acc = f.accountant
         let name = "cell\(index)"
         owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
@@ -65,6 +99,7 @@ final class DiscreteCell {
                 }
                 let stride = reduction && e.input < 2 ? 2 : 1
                 ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true),
+                                        settings: gene.opSettings[k],
                                         ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
@@ -130,6 +165,7 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
 
     public init(_ d: NetworkDescription, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
         try d.genotype.validate()
+        try d.checkPerCell()
         description = d
         let acc = context.accountant
         ownerPrefix = acc.currentOwnerPath
@@ -143,15 +179,17 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
         var cells: [DiscreteCell] = []
         var auxHead: AuxiliaryHead? = nil
         var spatial = d.imageSize
-        auxAfter = d.reductions[1]
+        // After the second reduction (a `per_cell` network may have fewer: after the last one).
+        auxAfter = d.reductions.dropFirst().first ?? d.reductions.first ?? max(d.cells - 1, 0)
         for i in 0..<d.cells {
             let reduction = d.reductions.contains(i)
             if reduction { c *= 2; spatial = (spatial + 1) / 2 }
-            cells.append(try DiscreteCell(f, index: i, genotype: d.genotype, registry: registry, context: context,
+            let gene = d.gene(i, channels: c)
+            cells.append(try DiscreteCell(f, index: i, genotype: d.genotype, gene: gene, registry: registry, context: context,
                                           cPrevPrev: cPrevPrev, cPrev: cPrev, c: c, reduction: reduction, reductionPrev: reductionPrev))
             reductionPrev = reduction
             cPrevPrev = cPrev
-            cPrev = d.genotype.concat(reduction ? .reduce : .normal).count * c
+            cPrev = gene.concat.count * c
             if i == auxAfter && d.auxiliary { auxHead = try AuxiliaryHead(f, cIn: cPrev, spatial: spatial, classes: d.classes) }
         }
         self.cells = cells
@@ -182,6 +220,18 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
         }
         let logits = try g.accountant.withOwner("classifier") { try classifier(g, try g.globalAvgPool(s1)) }
         return (logits, auxLogits)
+    }
+
+    /// Forward FLOPs of one image through the network of `d` in evaluation mode (the graph's count,
+    /// on a dry-run copy: nothing is computed or allocated for real).
+    public static func forwardFlops(_ d: NetworkDescription, registry: PluginRegistry) throws -> Int {
+        let dry = MemoryAccountant(mode: .dryRun)
+        let net = try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: dry, seed: 0), seed: 0)
+        let g = Graph(accountant: dry)
+        g.training = false
+        let x = try Tensor(shape: [1, d.inputChannels, d.imageSize, d.imageSize], category: .data, accountant: dry)
+        _ = try g.noGrad { try net.logits(g, g.constant(x)) }
+        return g.flops
     }
 
     // MARK: Saving and loading

@@ -1,30 +1,49 @@
-// Channel-mask cost targets for FiGS's expected-cost regularizer in the common trainer. Ops that
-// gate their own channels (the FiGS ops of Plugins/figs) declare mask logits named
-// "mask_mid.logits" (M) and "mask_out.logits" (C); their convolutions are found by the names the
-// FiGS ops give them. After every backward the host hands each gate-weight regularizer one target
-// per masked convolution (ES_TARGET_GATE_WEIGHTS, name "channels/OP_PATH/CONV/params"; parts =
-// the logits ν of the masks the convolution's parameter count depends on, costs = per-channel
-// unit costs, grads = the logits' gradients, which the weight step then applies):
+// Channel masks (FiGS) in the common trainer: cost targets for the expected-cost regularizer and
+// the export of the found network. Ops that gate their own channels (the FiGS ops of
+// Plugins/figs) declare mask logits named "mask_mid.logits" (M) and "mask_out.logits" (C); their
+// convolutions are found by the names the FiGS ops give them.
+//
+// Targets. After every backward the host hands each gate-weight regularizer targets
+// (ES_TARGET_GATE_WEIGHTS; parts = the logits ν of masks, costs = per-channel unit costs of the
+// same shapes, grads = the logits' gradients, which the weight step then applies). The
+// regularizer's expected cost of a target is Π_parts Σ_i c_i·σ(ν_i).
+//   Parameters, per masked convolution ("channels/OP_PATH/CONV/params"):
 //   figs_sep_conv   pw1 (C → M, in unmasked):  parts [ν_mid], cost C·k_h·k_w each      → C·Σπ_mid
 //                   dw2 (depthwise on M):      parts [ν_mid], cost k_h·k_w each        → k²·Σπ_mid
 //                   pw2 (M → C):               parts [ν_mid, ν_out], costs 1, 1        → Σπ_mid·Σπ_out
 //   figs_dil_conv   pw (C → C, in unmasked):   parts [ν_out], cost C each              → C·Σπ_out
-// Convolutions whose inputs and outputs are both unmasked have a constant cost and no target.
-// Only the parameter count is given ("/params"); FLOPs and memory targets are not built yet.
+//   (convolutions whose inputs and outputs are both unmasked have a constant cost and no target).
+//   FLOPs and memory, per op ("channels/OP_PATH/{out,mid}/{flops,memory}"), from the accountant:
+//   the exported op (no masks, affine) is built in a dry-run accountant on the edge's input shape
+//   of the last forward (as the per-candidate costs are), at its full intermediate width M = C and
+//   at M = C − 1: F(M) = a + b·M exactly (every layer of the op is linear in M), so b is what one
+//   intermediate channel costs and a the rest. The op's expected cost scales with the fraction of
+//   its output channels kept, E = (Σπ_out/C)·(a + b·Σπ_mid), given as two targets:
+//     out: parts [ν_out], costs a/C        mid: parts [ν_mid, ν_out], costs [b, 1/C]
+//   (a dil conv has no M: out only, costs F/C). At π ≡ 1 this is the accountant's figure of the
+//   op; with hard masks keeping m intermediate channels it is the figure of the op built with m.
+//   FLOPs are the graph's forward FLOPs; bytes are the activations its forward keeps plus
+//   parameters, gradients and momentum (3 × 4 bytes per weight), as the per-candidate costs count.
 // Export (FiGS §3.2): each masked layer keeps ⌊Σπ⌋ channels, π = σ(ν) (`channelMaskExport`); the
-// intermediate width becomes the op's `mid_channels` setting. A cell's op outputs are summed at
-// the width C, so the output masks' counts are reported but the exported ops keep C outputs.
+// intermediate width becomes the op's `mid_channels` setting and `masks` false builds the plain op.
+// An op with a mask keeping ⌊Σπ⌋ = 0 channels is dropped. A cell's op outputs are summed at the
+// width C, so the output masks' counts are reported (and decide whether the op survives) but the
+// exported ops keep C outputs. `channelMaskGenotype` writes the network as a genotype with one
+// `per_cell` entry per cell (FiGS searches every cell on its own).
 
 import CEspalierSDK
 import EspalierCore
 import EspalierHost
 import Foundation
 
-/// One op with channel masks: its owner path and parameters by the op's own names.
+/// One op with channel masks: its owner path and parameters by the op's own names, and where it sits.
 struct ChannelMaskedOp {
     let path: String
     let id: String
     let params: [String: Parameter]
+    let cell: SearchCell
+    let edge: Int
+    let column: Int
 }
 
 extension Supernet {
@@ -32,22 +51,72 @@ extension Supernet {
     func channelMaskedOps() -> [ChannelMaskedOp] {
         var out: [ChannelMaskedOp] = []
         for cell in cells {
-            for edge in cell.edges {
-                for case let op? in edge.ops {
-                    let prefix = op.ownerPath + "/"
-                    var byName: [String: Parameter] = [:]
-                    for p in op.parameters where p.name.hasPrefix(prefix) { byName[String(p.name.dropFirst(prefix.count))] = p }
-                    if byName["mask_out.logits"] != nil { out.append(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: byName)) }
+            for (e, edge) in cell.edges.enumerated() {
+                for case let (o, op?) in edge.ops.enumerated() {
+                    let byName = Self.maskParameters(op)
+                    if byName["mask_out.logits"] != nil {
+                        out.append(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: byName, cell: cell, edge: e, column: o))
+                    }
                 }
             }
         }
         return out
     }
+
+    /// An op's parameters by the op's own names ("mask_mid.logits", "pw1.weight", …).
+    static func maskParameters(_ op: PluginOp) -> [String: Parameter] {
+        let prefix = op.ownerPath + "/"
+        var byName: [String: Parameter] = [:]
+        for p in op.parameters where p.name.hasPrefix(prefix) { byName[String(p.name.dropFirst(prefix.count))] = p }
+        return byName
+    }
+
+    /// The channel count C of cell `index` (doubled at every reduction up to it).
+    func cellChannels(_ index: Int) -> Int {
+        var c = space.channels
+        for i in 0...index where space.reductions.contains(i) { c *= 2 }
+        return c
+    }
+}
+
+/// ⌊Σ_i σ(ν_i)⌋ of every mask of an op, by mask name ("mask_mid", "mask_out"); 0 = the mask keeps nothing.
+func exportedChannels(_ params: [String: Parameter]) -> [String: Int] {
+    var channels: [String: Int] = [:]
+    for (name, p) in params where name.hasPrefix("mask_") && name.hasSuffix(".logits") {
+        let sum = (0..<p.count).reduce(0.0) { $0 + 1 / (1 + exp(-Double(p.value[$1]))) }
+        channels[String(name.dropLast(".logits".count))] = Int(sum.rounded(.down))
+    }
+    return channels
+}
+
+/// What an exported op (no masks, affine) costs, measured by the accountant: forward FLOPs and
+/// bytes (kept activations + 3 × parameter bytes). Cached by component, settings and input shape.
+final class ExportedOpCosts: @unchecked Sendable {
+    static let shared = ExportedOpCosts()
+    private let lock = NSLock()
+    private var cache: [String: (flops: Double, bytes: Double)] = [:]
+
+    func measure(_ component: Component, channels c: Int, stride: Int, settings: [String: String], input shape: [Int]) throws -> (flops: Double, bytes: Double) {
+        let key = "\(component.id)|\(c)|\(stride)|\(settings.sorted { $0.key < $1.key })|\(shape)"
+        if let hit = lock.withLock({ cache[key] }) { return hit }
+        let dry = MemoryAccountant(mode: .dryRun)
+        let op = try PluginOp(component, context: HostContext(accountant: dry, seed: 0),
+                              config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true), settings: settings, ownerPath: "cost")
+        let g = Graph(accountant: dry)
+        let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
+        let before = dry.currentBytes(ownerPrefix: "").total
+        _ = try op(g, x)
+        let bytes = Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(3 * 4 * op.parameters.reduce(0) { $0 + $1.count })
+        let r = (flops: Double(g.flops), bytes: bytes)
+        lock.withLock { cache[key] = r }
+        return r
+    }
 }
 
 extension SearchRun {
-    /// The "channels/…/params" targets of every masked convolution of the supernet.
-    func channelMaskTargets() throws -> [RegularizerTarget] {
+    /// The "channels/…" targets of every masked op: parameters per convolution, and FLOPs and
+    /// memory per op once a forward has given the edges' input shapes.
+    public func channelMaskTargets() throws -> [RegularizerTarget] {
         var targets: [RegularizerTarget] = []
         func grad(_ p: Parameter) throws -> Tensor? { p.requiresGrad ? try p.ensureGrad() : nil }
         func constant(_ value: Float, like p: Parameter) throws -> Tensor {
@@ -55,7 +124,8 @@ extension SearchRun {
         }
         for op in supernet.channelMaskedOps() {
             let out = op.params["mask_out.logits"]!
-            if let mid = op.params["mask_mid.logits"], let pw1 = op.params["pw1.weight"], let dw2 = op.params["dw2.weight"], op.params["pw2.weight"] != nil {
+            let mid = op.params["mask_mid.logits"]
+            if let mid, let pw1 = op.params["pw1.weight"], let dw2 = op.params["dw2.weight"], op.params["pw2.weight"] != nil {
                 let cIn = Float(pw1.shape[1] * pw1.shape[2] * pw1.shape[3]), k2 = Float(dw2.shape[2] * dw2.shape[3])
                 targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw1/params", values: [mid.value],
                                                  grads: [try grad(mid)], costs: [try constant(cIn, like: mid)]))
@@ -68,8 +138,38 @@ extension SearchRun {
                 targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw/params", values: [out.value],
                                                  grads: [try grad(out)], costs: [try constant(cIn, like: out)]))
             }
+            guard let (a, b) = try exportedCostLine(op) else { continue }
+            let c = Float(out.count)
+            for (kind, aK, bK) in [("flops", a.flops, b.flops), ("memory", a.bytes, b.bytes)] {
+                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/out/\(kind)", values: [out.value],
+                                                 grads: [try grad(out)], costs: [try constant(Float(aK) / c, like: out)]))
+                if let mid {
+                    targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/mid/\(kind)", values: [mid.value, out.value],
+                                                     grads: [try grad(mid), try grad(out)],
+                                                     costs: [try constant(Float(bK), like: mid), try constant(1 / c, like: out)]))
+                }
+            }
         }
         return targets
+    }
+
+    /// The exported op's cost as a line in its intermediate width M, F(M) = a + b·M (FLOPs and
+    /// bytes; b = 0 without an intermediate mask), from the accountant; nil before the first forward.
+    func exportedCostLine(_ op: ChannelMaskedOp) throws -> (a: (flops: Double, bytes: Double), b: (flops: Double, bytes: Double))? {
+        guard var shape = op.cell.lastInputShape else { return nil }
+        shape[1] /= op.cell.partial
+        let stride = op.cell.reduction && op.cell.isInputEdge(op.edge) ? 2 : 1
+        let component = try registry.require(op.id, kind: .op)
+        let c = op.params["mask_out.logits"]!.count
+        var settings = config.opSettings[op.id] ?? [:]
+        settings["masks"] = "false"
+        let full = try ExportedOpCosts.shared.measure(component, channels: c, stride: stride, settings: settings, input: shape)
+        guard let mid = op.params["mask_mid.logits"], mid.count >= 2 else { return (full, (0, 0)) }
+        settings["mid_channels"] = String(mid.count - 1)
+        let less = try ExportedOpCosts.shared.measure(component, channels: c, stride: stride, settings: settings, input: shape)
+        let b = (flops: full.flops - less.flops, bytes: full.bytes - less.bytes)
+        let m = Double(mid.count)
+        return ((full.flops - m * b.flops, full.bytes - m * b.bytes), b)
     }
 
     /// After a backward: the gate-weight regularizers' terms on the channel masks, their gradients
@@ -90,23 +190,81 @@ public struct ChannelMaskExport: Equatable, Sendable {
     /// The op's owner path in the supernet (e.g. "cell0/edge3/figs_sep_conv_3x3") and its component id.
     public var path: String
     public var op: String
-    /// ⌊Σπ⌋ (at least 1) of each mask, by mask name ("mask_mid", "mask_out").
+    /// ⌊Σπ⌋ of each mask, by mask name ("mask_mid", "mask_out"); 0 = the op is dropped.
     public var channels: [String: Int]
-    /// Settings that build the exported op (`mid_channels` = ⌊Σπ_mid⌋ for ops with an intermediate mask).
+    /// Settings that build the exported op: no masks, `mid_channels` = ⌊Σπ_mid⌋ for ops with an
+    /// intermediate mask (empty for a dropped op).
     public var settings: [String: String]
+    /// False when a mask keeps no channel: the exported network has no such op.
+    public var kept: Bool { channels.values.allSatisfy { $0 > 0 } }
 }
 
 extension SearchRun {
-    /// FiGS's export: for every op with channel masks, ⌊Σ_i σ(ν_i)⌋ channels per mask (at least 1).
+    /// FiGS's export: for every op with channel masks, ⌊Σ_i σ(ν_i)⌋ channels per mask.
     public func channelMaskExport() -> [ChannelMaskExport] {
-        supernet.channelMaskedOps().map { op in
-            var channels: [String: Int] = [:]
-            for (name, p) in op.params where name.hasPrefix("mask_") && name.hasSuffix(".logits") {
-                let sum = (0..<p.count).reduce(0.0) { $0 + 1 / (1 + exp(-Double(p.value[$1]))) }
-                channels[String(name.dropLast(".logits".count))] = max(1, Int(sum.rounded(.down)))
+        supernet.channelMaskedOps().map { exportEntry($0) }.sorted { $0.path < $1.path }
+    }
+
+    func exportEntry(_ op: ChannelMaskedOp) -> ChannelMaskExport {
+        let channels = exportedChannels(op.params)
+        var e = ChannelMaskExport(path: op.path, op: op.id, channels: channels, settings: [:])
+        if e.kept {
+            e.settings = config.opSettings[op.id] ?? [:]
+            e.settings["masks"] = "false"
+            if let m = channels["mask_mid"] { e.settings["mid_channels"] = String(m) }
+        }
+        return e
+    }
+
+    /// The exported FiGS network as a genotype: one `per_cell` entry per cell of the supernet with
+    /// every active op of every edge (any number per edge and per node) except `none`, masked ops
+    /// at their exported widths and dropped when a mask keeps no channel; ops without masks are
+    /// kept as they are. `normal`/`reduce` repeat the first cell of each type.
+    public func channelMaskGenotype() throws -> Genotype {
+        guard supernet.space.partialChannels == 1 else {
+            throw EspalierError.config("FiGS export: the supernet uses partial channels (K=\(supernet.space.partialChannels)); export needs every channel in the ops")
+        }
+        let names = supernet.space.opNames
+        var genes: [Genotype.CellGene] = []
+        var usedIDs: [String: String] = [:]
+        let nodes = supernet.space.nodes
+        for (i, cell) in supernet.cells.enumerated() {
+            var edges: [Genotype.Edge] = [], settings: [[String: String]] = [], sizes: [Int] = []
+            var e = 0
+            for n in 0..<nodes {
+                var size = 0
+                for j in 0..<(2 + n) {
+                    let edge = cell.edges[e]
+                    for case let (o, op?) in edge.ops.enumerated() where names[o] != "none" && edge.states[o] == .active {
+                        let params = Supernet.maskParameters(op)
+                        var s: [String: String] = [:]
+                        if params["mask_out.logits"] != nil {
+                            let entry = exportEntry(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: params, cell: cell, edge: e, column: o))
+                            guard entry.kept else { continue }
+                            s = entry.settings
+                        }
+                        edges.append(Genotype.Edge(names[o], j))
+                        settings.append(s)
+                        usedIDs[names[o]] = op.component.id
+                        size += 1
+                    }
+                    e += 1
+                }
+                sizes.append(size)
             }
-            let settings = channels["mask_mid"].map { ["mid_channels": String($0)] } ?? [:]
-            return ChannelMaskExport(path: op.path, op: op.id, channels: channels, settings: settings)
-        }.sorted { $0.path < $1.path }
+            let concat = Array((2 + nodes - supernet.space.multiplier)..<(2 + nodes))
+            genes.append(Genotype.CellGene(reduction: cell.reduction, channels: supernet.cellChannels(i), edges: edges, nodeSizes: sizes,
+                                           concat: concat, opSettings: settings))
+        }
+        guard let firstNormal = genes.first(where: { !$0.reduction }) ?? genes.first else {
+            throw EspalierError.config("FiGS export: the supernet has no cells")
+        }
+        let firstReduce = genes.first(where: \.reduction) ?? firstNormal
+        var g = Genotype(normal: firstNormal.edges, normalConcat: firstNormal.concat, reduce: firstReduce.edges, reduceConcat: firstReduce.concat,
+                         opIDs: usedIDs)
+        g.normalNodeSizes = firstNormal.nodeSizes
+        g.reduceNodeSizes = firstReduce.nodeSizes
+        g.perCell = genes
+        return g
     }
 }

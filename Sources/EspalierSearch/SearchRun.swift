@@ -129,12 +129,14 @@ public final class SearchRun {
         if needs & UInt32(ES_REQUIRES_HARD_GATE) != 0 && !supernet.gateNormal.isHard {
             throw EspalierError.config("\(config.strategy) runs only the chosen ops and needs a hard gate; \(config.gate) is soft, so every op would run")
         }
+        let hasChannelMasks = !supernet.channelMaskedOps().isEmpty
         regularizers = try config.regularizers.map { id in
             let c = try registry.require(id, kind: .regularizer)
             let r = try context.accountant.withOwner("regularizer") {
                 try PluginRegularizer(c, context: context, settings: config.regularizerSettings[id] ?? [:], ownerPath: "regularizer/" + c.shortName)
             }
-            if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 && (r.wants(.arch) || r.wants(.gateWeights)) {
+            // Without α the only gate weights are channel masks (FiGS ops), if the space has any.
+            if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 && (r.wants(.arch) || (r.wants(.gateWeights) && !hasChannelMasks)) {
                 throw EspalierError.config("\(id) regularizes architecture parameters or gate weights, but \(config.strategy) has none")
             }
             if !r.hasLoss && !r.hasProximal { throw EspalierError.config("\(id) has neither a loss term nor a proximal step") }
@@ -444,6 +446,8 @@ public final class SearchRun {
                 throw EspalierError.config("\(config.strategy) derived an architecture that is not a genotype: \(error)")
             }
         }
+        // Without α, ops with channel masks (FiGS): the exported network, per cell.
+        if supernet.space.sumOps && !supernet.channelMaskedOps().isEmpty { return try channelMaskGenotype() }
         return try supernet.genotype(accountant: accountant)
     }
 }

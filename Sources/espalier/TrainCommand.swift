@@ -1,5 +1,6 @@
-// `espalier train --genotype FILE`: builds the discrete network of a found genotype, trains it
-// from scratch and saves model.safetensors; `espalier eval --model FILE`: evaluates a saved model.
+// `espalier train --genotype FILE`: builds the discrete network of a found genotype (with its
+// per-cell op settings when it has them: FiGS's exported widths), trains it from scratch and
+// saves model.safetensors; `espalier eval --model FILE`: evaluates a saved model.
 
 import ArgumentParser
 import EspalierCore
@@ -19,7 +20,7 @@ struct TrainCommand: ParsableCommand {
     // Defaults: the measured CPU setting (C=8, 5 cells, 8 epochs: 27 min on 2 cores, 93.1 % on
     // Fashion-MNIST with a searched genotype); DARTS's CIFAR setting is C=36, 20 cells, 600 epochs.
     @Option(help: "Initial channels C.") var channels = 8
-    @Option(help: "Cells.") var cells = 5
+    @Option(help: "Cells (default 5; a genotype with per-cell entries, FiGS's export, sets its own).") var cells: Int?
     @Option(help: "Epochs.") var epochs = 8
     @Option(help: "Batch size.") var batchSize = 96
     @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
@@ -51,7 +52,7 @@ struct TrainCommand: ParsableCommand {
         let test = try loadTrainingData(c, accountant: acc, split: .test)
         var d = NetworkDescription(genotype: g)
         d.inputChannels = train.channels; d.classes = train.numClasses; d.imageSize = train.height
-        d.channels = channels; d.cells = cells
+        d.channels = channels; d.cells = cells ?? g.perCell?.count ?? 5
         d.auxiliary = auxiliary; d.auxiliaryWeight = auxiliaryWeight; d.dropPath = dropPath
         var config = TrainConfig()
         config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.weightDecay = weightDecay
@@ -70,7 +71,9 @@ struct TrainCommand: ParsableCommand {
         let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: seed) }
         let outDir = out ?? ((genotype as NSString).deletingLastPathComponent as NSString).appendingPathComponent("train-" + timestamp())
         try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
-        print("network: C=\(channels), \(cells) cells\(auxiliary ? ", auxiliary head" : ""), \(net.parameterCount) parameters; "
+        let flops = try DiscreteNetwork.forwardFlops(d, registry: registry)
+        print("network: C=\(channels), \(d.cells) cells\(auxiliary ? ", auxiliary head" : ""), \(net.parameterCount) parameters, "
+              + String(format: "%.2f MFLOPs per image (forward); ", Double(flops) / 1e6)
               + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine; output \(outDir)")
         let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
         var trainView = train.all, testView = test.all

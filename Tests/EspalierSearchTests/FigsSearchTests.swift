@@ -1,7 +1,11 @@
 // FiGS in the common trainer: a short DARTS search whose space has the FiGS ops and the channel
 // gate selected by the config (--channel-gate), the expected-cost regularizer pulling the mask
 // logits down (more with a larger λ), the cost targets' structure, and the export of ⌊Σπ⌋ channels
-// per mask (the exported op, built with those settings, has the mask's channel count).
+// per mask (the exported op, built with those settings, has the mask's channel count). With the
+// FiGS strategy (no α, ops summed): the exported network as a per-cell genotype whose weights have
+// the masks' channel counts, an all-off op dropped, trainable by the discrete network; the FLOPs
+// and memory targets equal the accountant's figures of the exported op at the masks' widths, and
+// the regularizer's gradient on them matches finite differences.
 
 import EspalierCore
 import EspalierHost
@@ -69,10 +73,11 @@ final class FigsSearchTests: XCTestCase {
             for (mask, count) in e.channels {
                 let p = run.supernet.weights.first { $0.name == prefix + mask + ".logits" }!
                 let sum = (0..<p.count).reduce(0.0) { $0 + 1 / (1 + exp(-Double(p.value[$1]))) }
-                XCTAssertEqual(count, max(1, Int(sum.rounded(.down))), "\(e.path) \(mask)")
+                XCTAssertEqual(count, Int(sum.rounded(.down)), "\(e.path) \(mask)")
                 XCTAssertLessThanOrEqual(count, p.count)
             }
-            XCTAssertEqual(e.settings["mid_channels"].map { Int($0)! }, e.op.contains("sep_conv") ? e.channels["mask_mid"] : nil)
+            XCTAssertEqual(e.settings["mid_channels"].map { Int($0)! }, e.op.contains("sep_conv") && e.kept ? e.channels["mask_mid"] : nil)
+            XCTAssertEqual(e.settings["masks"], e.kept ? "false" : nil)
         }
         // The exported op built with those settings has the mask's channel count in its intermediate layer.
         let sep = exported.first { $0.op.contains("sep_conv") && $0.path.contains("cell0/") }!
@@ -81,12 +86,168 @@ final class FigsSearchTests: XCTestCase {
                               settings: sep.settings, ownerPath: "exported")
         let m = sep.channels["mask_mid"]!
         XCTAssertEqual(op.parameters.first { $0.name == "exported/pw1.weight" }!.shape, [m, c, 1, 1])
-        XCTAssertEqual(op.parameters.first { $0.name == "exported/mask_mid.logits" }!.shape, [m])
+        XCTAssertFalse(op.parameters.contains { $0.name.hasSuffix(".logits") }, "the exported op has no masks")
     }
 
     func testUnknownChannelGate_IsAClearError() throws {
         var c = config(lambda: 0)
         c.channelGate = "espalier.gate.nope/1"
         XCTAssertThrowsError(try makeRun(c)) { XCTAssertTrue("\($0)".contains("espalier.gate.nope/1"), "\($0)") }
+    }
+
+    // MARK: The FiGS strategy: export, costs
+
+    /// The FiGS search: no α, every edge sums skip_connect and the two FiGS convs.
+    func figsConfig(cost: String = "params", lambda: Double = 0) -> SearchConfig {
+        var c = config(lambda: lambda)
+        c.strategy = "espalier.strategy.figs/1"
+        c.space.ops = ["espalier.op.skip_connect/1", "espalier.op.figs_sep_conv_3x3/1", "espalier.op.figs_dil_conv_3x3/1"]
+        c.regularizerSettings = ["espalier.regularizer.figs-cost/1": ["lambda": String(lambda), "cost": cost]]
+        c.epochs = 1
+        return c
+    }
+
+    func logits(_ run: SearchRun, _ suffix: String) -> Parameter {
+        run.supernet.weights.first { $0.name.hasSuffix(suffix) }!
+    }
+
+    func set(_ p: Parameter, on: Int) {
+        for i in 0..<p.count { p.value[i] = i < on ? 40 : -40 }
+    }
+
+    func testFigsStrategy_ExportedNetwork_HasTheMasksChannelCounts_DropsAllOffOps_AndTrains() throws {
+        let run = try makeRun(figsConfig(lambda: 1e-3))
+        XCTAssertTrue(run.supernet.space.sumOps && run.supernet.archParameters.isEmpty, "FiGS: no α, ops summed")
+        try run.step(train: try run.trainLoader.nextCycling(accountant: run.accountant), valid: nil)
+        // Cell 0 (C = 4): edge 0's sep conv keeps 2 intermediate channels, its dil conv's output mask is all off;
+        // edge 2's sep conv loses its whole output. Cell 1 (reduction, C = 8): edge 0's dil conv keeps 5 outputs.
+        set(logits(run, "cell0/edge0/figs_sep_conv_3x3/mask_mid.logits"), on: 2)
+        set(logits(run, "cell0/edge0/figs_sep_conv_3x3/mask_out.logits"), on: 4)
+        set(logits(run, "cell0/edge0/figs_dil_conv_3x3/mask_out.logits"), on: 0)
+        set(logits(run, "cell0/edge2/figs_sep_conv_3x3/mask_out.logits"), on: 0)
+        set(logits(run, "cell1/edge0/figs_dil_conv_3x3/mask_out.logits"), on: 5)
+        let g = try run.derive()
+        XCTAssertEqual(g, try Genotype.decode(Data(g.jsonText().utf8), file: "export"), "the per-cell genotype survives its JSON")
+        let cells = try XCTUnwrap(g.perCell)
+        XCTAssertEqual(cells.map(\.reduction), [false, true])
+        XCTAssertEqual(cells.map(\.channels), [4, 8])
+        let edges = run.config.space.edgesPerCell
+        XCTAssertEqual(cells[0].edges.count, 3 * edges - 2, "two ops of cell 0 dropped, nothing else")
+        XCTAssertEqual(cells[1].edges.count, 3 * edges)
+        XCTAssertFalse(cells[0].edges.prefix(cells[0].nodeSizes[0]).contains(.init("figs_dil_conv_3x3", 0)), "the all-off dil conv on edge 0 is gone")
+        XCTAssertEqual(cells[0].edges.filter { $0 == .init("figs_sep_conv_3x3", 0) }.count, 1, "edge 2 (node 1, input 0) lost its sep conv; edge 0 kept its")
+        // The discrete network: its weights have the masks' counts, and no mask logits.
+        var d = NetworkDescription(genotype: g)
+        d.channels = 4; d.cells = 2; d.classes = 3; d.imageSize = 8
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: 1)
+        let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1) }
+        func shape(_ suffix: String) -> [Int]? { net.parameters.first { $0.name.hasSuffix(suffix) }?.shape }
+        XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/pw1.weight"), [2, 4, 1, 1], "⌊Σπ_mid⌋ = 2 intermediate channels")
+        XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/dw2.weight"), [2, 1, 3, 3])
+        XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/pw2.weight"), [4, 2, 1, 1])
+        XCTAssertFalse(net.parameters.contains { $0.name.hasSuffix(".logits") })
+        let sepMid = cells[0].opSettings.compactMap { $0["mid_channels"] }
+        XCTAssertEqual(sepMid.filter { $0 == "2" }.count, 1, "one sep conv at width 2; the others at ⌊4·σ(2.5)⌋ = 3")
+        XCTAssertTrue(sepMid.allSatisfy { $0 == "2" || $0 == "3" }, "\(sepMid)")
+        let before = net.parameterCount
+        XCTAssertEqual(shape("cell1/node0/figs_dil_conv_3x3" + "2/pw.weight"), [8, 8, 1, 1], "a dil conv keeps its C outputs (summed at the width C)")
+        // It trains.
+        var tc = TrainConfig()
+        tc.batchSize = 4
+        let trainer = try ClassifierTrainer(model: net, accountant: acc, config: tc)
+        let batch = try run.trainLoader.nextCycling(accountant: run.accountant)
+        let w0 = net.parameters.first { $0.name.hasSuffix("pw1.weight") }!.value.array
+        let (loss, _) = try trainer.trainStep(images: batch.images, labels: batch.labels)
+        XCTAssertTrue(loss.isFinite)
+        XCTAssertNotEqual(net.parameters.first { $0.name.hasSuffix("pw1.weight") }!.value.array, w0, "a step moves the weights")
+        XCTAssertEqual(net.parameterCount, before)
+        // Built with another C, or another number of cells: clear errors.
+        d.channels = 8
+        XCTAssertThrowsError(try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1)) { XCTAssertTrue("\($0)".contains("--channels 4"), "\($0)") }
+        d.channels = 4; d.cells = 3
+        XCTAssertThrowsError(try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1)) { XCTAssertTrue("\($0)".contains("2 cells"), "\($0)") }
+    }
+
+    func testGenotype_PerCellIsOptional_OldFilesLoad_AndBadEntriesAreClearErrors() throws {
+        let old = #"{"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2], "reduce": [["max_pool_3x3", 0], ["sep_conv_3x3", 1]], "reduce_concat": [2]}"#
+        let g = try Genotype.decode(Data(old.utf8), file: "old.json")
+        XCTAssertNil(g.perCell)
+        XCTAssertFalse(g.jsonText().contains("per_cell"))
+        let bad = #"{"normal": [["sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0]], "reduce_concat": [2], "normal_node_sizes": [1], "reduce_node_sizes": [1], "per_cell": [{"reduction": false, "channels": 4, "edges": [["figs_sep_conv_3x3", 0]], "node_sizes": [1], "concat": [2], "op_settings": []}]}"#
+        XCTAssertThrowsError(try Genotype.decode(Data(bad.utf8), file: "bad.json")) { XCTAssertTrue("\($0)".contains("op_settings"), "\($0)") }
+    }
+
+    /// Π_parts Σ_i c_i·σ(ν_i) of one target, computed here.
+    func expectedCost(_ t: RegularizerTarget) -> Double {
+        var product = 1.0
+        for (v, c) in zip(t.values, t.costs!) {
+            var sum = 0.0
+            for i in 0..<v.count { sum += Double(c[i]) / (1 + exp(-Double(v[i]))) }
+            product *= sum
+        }
+        return product
+    }
+
+    /// The accountant's figure of the exported op (no masks, affine) at intermediate width `mid`
+    /// (nil = C): forward FLOPs and bytes (kept activations + 3 × 4 bytes per weight).
+    func exportedFigure(_ id: String, c: Int, mid: Int?, input: [Int]) throws -> (flops: Double, bytes: Double) {
+        let dry = MemoryAccountant(mode: .dryRun)
+        var settings = ["masks": "false"]
+        if let mid { settings["mid_channels"] = String(mid) }
+        let op = try PluginOp(try Self.registry.require(id, kind: .op), context: HostContext(accountant: dry),
+                              config: OpConfig(inChannels: c, outChannels: c, affine: true), settings: settings, ownerPath: "ref")
+        let g = Graph(accountant: dry)
+        let x = try g.leaf(Tensor(shape: input, category: .activations, accountant: dry))
+        let before = dry.currentBytes(ownerPrefix: "").total
+        _ = try op(g, x)
+        return (Double(g.flops), Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(12 * op.parameters.reduce(0) { $0 + $1.count }))
+    }
+
+    func testFlopsAndMemoryTargets_AreTheAccountantsFiguresOfTheExportedOp_AndTheGradientMatchesFiniteDifferences() throws {
+        let run = try makeRun(figsConfig(cost: "flops", lambda: 1e-6))
+        try run.step(train: try run.trainLoader.nextCycling(accountant: run.accountant), valid: nil)
+        let op = "cell0/edge2/figs_sep_conv_3x3", dil = "cell0/edge2/figs_dil_conv_3x3"
+        let input = [4, 4, 8, 8]   // batch 4, C = 4, 8×8, stride 1 (edge 2 reads node 0)
+        for m in [1, 3] {
+            set(logits(run, op + "/mask_mid.logits"), on: m)
+            set(logits(run, op + "/mask_out.logits"), on: 4)
+            set(logits(run, dil + "/mask_out.logits"), on: 4)
+            let targets = try run.channelMaskTargets()
+            func expected(_ path: String, _ kind: String) throws -> Double {
+                let mine = targets.filter { $0.name.hasPrefix("channels/") && $0.name.contains(path + "/") && $0.name.hasSuffix("/" + kind) }
+                XCTAssertEqual(mine.count, path.contains("sep") ? 2 : 1, "\(path) \(kind): \(mine.map(\.name))")
+                return mine.reduce(0.0) { $0 + expectedCost($1) }
+            }
+            let ref = try exportedFigure("espalier.op.figs_sep_conv_3x3/1", c: 4, mid: m, input: input)
+            XCTAssertEqual(try expected(op, "flops"), ref.flops, accuracy: ref.flops * 1e-5, "hard masks keeping \(m) channels: the op built with \(m)")
+            XCTAssertEqual(try expected(op, "memory"), ref.bytes, accuracy: ref.bytes * 1e-5)
+            let dref = try exportedFigure("espalier.op.figs_dil_conv_3x3/1", c: 4, mid: nil, input: input)
+            XCTAssertEqual(try expected(dil, "flops"), dref.flops, accuracy: dref.flops * 1e-5)
+        }
+        // Half the outputs on: the expected cost halves.
+        set(logits(run, op + "/mask_out.logits"), on: 2)
+        let half = try run.channelMaskTargets().filter { $0.name.contains(op + "/") && $0.name.hasSuffix("/flops") }
+        let ref = try exportedFigure("espalier.op.figs_sep_conv_3x3/1", c: 4, mid: 3, input: input)
+        let e = half.reduce(0.0) { $0 + expectedCost($1) }
+        XCTAssertEqual(e, ref.flops / 2, accuracy: ref.flops * 1e-5)
+        // Gradient of λ·E_flops against finite differences, at soft masks.
+        let mid = logits(run, op + "/mask_mid.logits"), out = logits(run, op + "/mask_out.logits")
+        for (i, p) in [mid, out].enumerated() { for j in 0..<p.count { p.value[j] = Float(j) * 0.7 - 1.1 + Float(i) * 0.4 } }
+        let reg = try XCTUnwrap(run.regularizers.first)
+        for p in [mid, out] { try p.ensureGrad().fill(0) }
+        let total = try reg.loss(try run.channelMaskTargets())
+        XCTAssertGreaterThan(total, 0)
+        let analytic = [mid, out].map { p in (0..<p.count).map { Double(p.grad![$0]) } }
+        for (k, p) in [mid, out].enumerated() {
+            for j in 0..<p.count {
+                let old = p.value[j], eps: Float = 1e-2
+                p.value[j] = old + eps; let lp = try reg.loss(try run.channelMaskTargets())
+                p.value[j] = old - eps; let lm = try reg.loss(try run.channelMaskTargets())
+                p.value[j] = old
+                let fd = (lp - lm) / Double(2 * eps)
+                XCTAssertEqual(analytic[k][j], fd, accuracy: 1e-3 * max(abs(fd), 1e-3), "∂R/∂ν[\(j)] of \(p.name)")
+            }
+        }
     }
 }

@@ -10,6 +10,12 @@
 // Optional `normal_node_sizes` / `reduce_node_sizes` (GSparsity, where any number of ops survive
 // per edge and per node): the number of (op, input) edges of each intermediate node, in order;
 // absent = 2 per node (DARTS). A node with no edge is zero.
+// Optional `per_cell` (FiGS, whose cells are searched independently and whose ops keep learned
+// widths): one entry per cell of the network, in order, each with its own edges, node sizes,
+// concat list and per-edge op settings (`op_settings`, parallel to `edges`, e.g.
+// {"mid_channels": "5"}), the cell's channel count C at search time and whether it reduces. A
+// network built from it has exactly these cells; `normal`/`reduce` then describe the first cell
+// of each type (pictures, older readers). Files without it load as before.
 // Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
 
 import Foundation
@@ -42,6 +48,32 @@ public struct Genotype: Codable, Equatable, Sendable {
 
     public enum CellType: String, CaseIterable, Sendable { case normal, reduce }
 
+    /// One cell of a network whose cells differ (`per_cell`): its edges, node sizes, concat list,
+    /// the settings of each edge's op (parallel to `edges`; empty = the op's defaults), the
+    /// cell's channel count C when it was searched, and whether it is a reduction cell.
+    public struct CellGene: Codable, Equatable, Sendable {
+        public var reduction: Bool
+        public var channels: Int
+        public var edges: [Edge]
+        public var nodeSizes: [Int]
+        public var concat: [Int]
+        public var opSettings: [[String: String]]
+
+        enum CodingKeys: String, CodingKey {
+            case reduction, channels, edges, concat
+            case nodeSizes = "node_sizes"
+            case opSettings = "op_settings"
+        }
+
+        public init(reduction: Bool, channels: Int, edges: [Edge], nodeSizes: [Int], concat: [Int], opSettings: [[String: String]]) {
+            self.reduction = reduction; self.channels = channels; self.edges = edges
+            self.nodeSizes = nodeSizes; self.concat = concat; self.opSettings = opSettings
+        }
+
+        /// The intermediate node each edge feeds, in edge order.
+        public var nodeIndices: [Int] { nodeSizes.enumerated().flatMap { i, n in Array(repeating: i, count: max(n, 0)) } }
+    }
+
     public var normal: [Edge]
     public var normalConcat: [Int]
     public var reduce: [Edge]
@@ -52,6 +84,8 @@ public struct Genotype: Codable, Equatable, Sendable {
     /// Edges per intermediate node (any number, GSparsity); nil = 2 per node.
     public var normalNodeSizes: [Int]?
     public var reduceNodeSizes: [Int]?
+    /// One entry per network cell (FiGS); nil = every cell of a type is `normal` / `reduce`.
+    public var perCell: [CellGene]?
 
     enum CodingKeys: String, CodingKey {
         case normal
@@ -61,6 +95,7 @@ public struct Genotype: Codable, Equatable, Sendable {
         case opIDs = "op_ids"
         case normalNodeSizes = "normal_node_sizes"
         case reduceNodeSizes = "reduce_node_sizes"
+        case perCell = "per_cell"
     }
 
     public init(normal: [Edge], normalConcat: [Int], reduce: [Edge], reduceConcat: [Int], opIDs: [String: String]? = nil) {
@@ -182,6 +217,32 @@ public struct Genotype: Codable, Equatable, Sendable {
             }
             if Set(concat).count != concat.count { out.append("\"\(concatKey)\" \(concat) repeats a state") }
         }
+        for (i, cell) in (perCell ?? []).enumerated() {
+            let key = "\"per_cell\"[\(i)]"
+            if cell.channels < 1 { out.append("\(key) has channels \(cell.channels); C must be ≥ 1") }
+            if cell.nodeSizes.isEmpty { out.append("\(key) has no \"node_sizes\"; give the number of edges of each intermediate node") }
+            if cell.nodeSizes.contains(where: { $0 < 0 }) { out.append("\(key) \"node_sizes\" \(cell.nodeSizes) has a negative size") }
+            if cell.nodeSizes.reduce(0, +) != cell.edges.count {
+                out.append("\(key) \"node_sizes\" \(cell.nodeSizes) adds up to \(cell.nodeSizes.reduce(0, +)) edges, but it has \(cell.edges.count)")
+            }
+            if cell.opSettings.count != cell.edges.count {
+                out.append("\(key) has \(cell.opSettings.count) \"op_settings\" for \(cell.edges.count) edges; give one object (possibly {}) per edge")
+            }
+            let nodeOf = cell.nodeIndices
+            for (k, e) in cell.edges.enumerated() {
+                let node = k < nodeOf.count ? nodeOf[k] : 0
+                if e.op.trimmingCharacters(in: .whitespaces).isEmpty { out.append("\(key) edge \(k) has an empty op name") }
+                if e.input < 0 || e.input >= 2 + node {
+                    out.append("\(key) edge \(k) reads input \(e.input), but node \(node) can only read 0..<\(2 + node)")
+                }
+            }
+            if cell.concat.isEmpty { out.append("\(key) \"concat\" is empty") }
+            for c in cell.concat where c < 0 || c >= 2 + cell.nodeSizes.count {
+                out.append("\(key) \"concat\" names state \(c), but the cell has states 0..<\(2 + cell.nodeSizes.count)")
+            }
+            if Set(cell.concat).count != cell.concat.count { out.append("\(key) \"concat\" \(cell.concat) repeats a state") }
+        }
+        if let cells = perCell, cells.isEmpty { out.append("\"per_cell\" is empty; omit it, or give one entry per cell") }
         if let ids = opIDs {
             for (k, v) in ids.sorted(by: { $0.key < $1.key }) {
                 if k.isEmpty { out.append("\"op_ids\" has an empty op name") }
@@ -244,6 +305,16 @@ public struct Genotype: Codable, Equatable, Sendable {
         }
         if let n = normalNodeSizes { lines.append("  \"normal_node_sizes\": \(ints(n))") }
         if let r = reduceNodeSizes { lines.append("  \"reduce_node_sizes\": \(ints(r))") }
+        if let cells = perCell {
+            func settings(_ s: [String: String]) -> String {
+                "{" + s.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(s[$0]!))" }.joined(separator: ", ") + "}"
+            }
+            let body = cells.map { c in
+                "    {\"reduction\": \(c.reduction), \"channels\": \(c.channels), \"edges\": \(edges(c.edges)), \"node_sizes\": \(ints(c.nodeSizes)), "
+                    + "\"concat\": \(ints(c.concat)), \"op_settings\": [\(c.opSettings.map(settings).joined(separator: ", "))]}"
+            }
+            lines.append("  \"per_cell\": [\n" + body.joined(separator: ",\n") + "\n  ]")
+        }
         return "{\n" + lines.joined(separator: ",\n") + "\n}\n"
     }
 
