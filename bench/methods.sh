@@ -5,6 +5,9 @@
 # never part of the tests or CI.
 #   bench/methods.sh [METHODS]     e.g. bench/methods.sh "darts pcdarts gdas random"
 #   issue 8's set: TABLE=runs/methods/table8.md bench/methods.sh "etenas darts-rnd zero-one-shot zos-rnd gsparsity-mu10 gsparsity-mu30"
+#   FiGS and GSparsity (two λ, two μ): TABLE=runs/methods/table8b.md bench/methods.sh "figs-lam1 figs-lam2 gsparsity-mu20 gsparsity-mu150"
+#   (the details table beside it, DETAILS, adds the trained network's parameters, forward FLOPs and
+#   predicted step peak, and GSparsity's pruning: groups pruned, validation accuracy before/after)
 # Setup (override by environment): C=8, 5 cells, 4000 training images (half for weights, half for
 # the architecture), batch 32, 3 epochs; training: 2 epochs on 10000 images, all 10000 test images.
 set -uo pipefail
@@ -13,10 +16,11 @@ METHODS=${1:-"darts pcdarts gdas proxyless pdarts dropnas mergenas parsec betada
 OUT=${OUT:-runs/methods}
 C=${C:-8}; CELLS=${CELLS:-5}; IMAGES=${IMAGES:-4000}; BATCH=${BATCH:-32}; EPOCHS=${EPOCHS:-3}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-2}; TRAIN_IMAGES=${TRAIN_IMAGES:-10000}
-swift build -c release >/dev/null || exit 1
+BUILD=${BUILD:-.build}   # the scratch path to build into and copy from
+swift build -c release --scratch-path "$BUILD" >/dev/null || exit 1
 mkdir -p "$OUT/bin"
 # A private copy of the host and its plugins, so a rebuild during the runs changes nothing.
-cp .build/release/espalier .build/release/libespalier-*.so "$OUT/bin/"
+cp "$BUILD"/release/espalier "$BUILD"/release/libespalier-*.so "$OUT/bin/"
 ESP=$OUT/bin/espalier
 
 args_for() {
@@ -37,11 +41,19 @@ args_for() {
     zos-rnd)   echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.mode=random --set strategy.partial_channels=4 --regularizer espalier.regularizer.beta-decay/1" ;;
     gsparsity-mu10) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=10" ;;
     gsparsity-mu30) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=30" ;;
+    # ProxSGD moves x by lr·(x̂ − x): a group inside the dead zone shrinks by (1 − lr) per step, so
+    # lr 0.1 brings it below the 1e-6 threshold within 3 epochs (lr 0.05 does not: nothing pruned).
+    gsparsity-mu20)  echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.1 --set proxsgd.mu=20" ;;
+    gsparsity-mu150) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.1 --set proxsgd.mu=150" ;;
+    # FiGS: no α, the four masked convolutions summed on every edge, parameter cost.
+    figs-lam*) echo "--strategy espalier.strategy.figs/1 --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }
 
 TABLE=${TABLE:-$OUT/table.md}
+DETAILS=${DETAILS:-${TABLE%.md}-details.md}
+printf "| method | trained network: parameters | forward MFLOPs/image | predicted train-step peak | search log: pruning |\n|---|---|---|---|---|\n" > "$DETAILS"
 printf "| method | search peak (accountant) | search peak RSS | search time | test accuracy (%s epochs, %s images) |\n|---|---|---|---|---|\n" "$TRAIN_EPOCHS" "$TRAIN_IMAGES" > "$TABLE"
 for m in $METHODS; do
   dir="$OUT/$m"; rm -rf "$dir"
@@ -62,5 +74,9 @@ for m in $METHODS; do
   acc=$(sed -n 's/^test accuracy: \([0-9.]*%\).*/\1/p' "$OUT/$m.train.log" | tail -1)
   printf "| %s | %.0f MiB | %.0f MiB | %s s | %s |\n" "$m" "$peak" "$rss" "$secs" "${acc:-train failed}" >> "$TABLE"
   tail -1 "$TABLE"
+  net=$(sed -n 's/^network: .*cells[^,]*, \([0-9]*\) parameters, \([0-9.]*\) MFLOPs.*/\1 | \2/p' "$OUT/$m.train.log" | tail -1)
+  step=$(sed -n 's/^predicted peak of one training step: \([^+]*\) +.*/\1/p' "$OUT/$m.train.log" | tail -1)
+  pruned=$(grep -ho "pruned [0-9]* of [0-9]* groups[^;]*\|pruned [0-9]* ops: validation accuracy .*" "$OUT/$m.search.log" | tr '\n' ';')
+  printf "| %s | %s | %s | %s |\n" "$m" "${net:-? | ?}" "${step:-?}" "${pruned:-}" >> "$DETAILS"
 done
-cat "$TABLE"
+cat "$TABLE" "$DETAILS"

@@ -172,6 +172,17 @@ extension SearchRun {
         return ((full.flops - m * b.flops, full.bytes - m * b.bytes), b)
     }
 
+    /// The weights whose gradient norm the weight step clips: every weight but the channel-mask
+    /// logits. Their gradients (the data loss through the gate plus the cost regularizer, one per
+    /// channel of every op) would otherwise dominate the norm, so the clip would cap how far any
+    /// mask can move in a run and shrink the other weights' steps with it.
+    var clippedWeights: [Parameter] {
+        let masks = Set(supernet.channelMaskedOps().flatMap { op in
+            op.params.filter { $0.key.hasPrefix("mask_") && $0.key.hasSuffix(".logits") }.values.map(ObjectIdentifier.init)
+        })
+        return masks.isEmpty ? supernet.weights : supernet.weights.filter { !masks.contains(ObjectIdentifier($0)) }
+    }
+
     /// After a backward: the gate-weight regularizers' terms on the channel masks, their gradients
     /// added into the mask logits' gradients (when those are being trained). Returns the terms' sum.
     func applyChannelMaskRegularizers() throws -> Double {

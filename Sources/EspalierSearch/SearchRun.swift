@@ -328,7 +328,7 @@ public final class SearchRun {
         train(weights: true, arch: false)
         weightOptimizer.zeroGrad()
         let r = try lossAndGradients(batch.images, batch.labels)
-        clipGradNorm(supernet.weights, maxNorm: config.gradClip)
+        clipGradNorm(clippedWeights, maxNorm: config.gradClip)
         if updateOwner != nil { try applyOwnedUpdate() } else { weightOptimizer.step() }
         try applyProximal()
         clampOpScales()

@@ -250,4 +250,20 @@ final class FigsSearchTests: XCTestCase {
             }
         }
     }
+
+    func testMaskLogits_AreLeftOutOfTheGradientClip() throws {
+        var c = figsConfig(lambda: 0.5)
+        c.gradClip = 1e-6
+        let run = try makeRun(c)
+        let nu = logits(run, "cell0/edge0/figs_sep_conv_3x3/mask_mid.logits"), w = logits(run, "cell0/edge0/figs_sep_conv_3x3/pw1.weight")
+        let nu0 = nu.value.array, w0 = w.value.array
+        try run.step(train: try run.trainLoader.nextCycling(accountant: run.accountant), valid: nil)
+        let lr = run.weightOptimizer.learningRate
+        for i in 0..<nu.count {
+            XCTAssertEqual(nu.value[i], nu0[i] - lr * nu.grad![i], accuracy: 1e-6, "first SGD step on a mask logit: −lr·g, unclipped")
+        }
+        XCTAssertTrue((0..<nu.count).contains { abs(nu.grad![$0]) > 1e-3 }, "λ = 0.5 gives the masks a gradient")
+        let moved = zip(w.value.array, w0).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(moved, 1e-4, "the other weights' gradient is clipped to norm 1e-6 (only weight decay moves them)")
+    }
 }
