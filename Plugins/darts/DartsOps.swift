@@ -71,6 +71,16 @@ struct Conv {
         ])
     }
 
+    /// conv(relu(x)): the host's `relu_conv2d` (ABI 1.2), whose depthwise path applies the ReLU
+    /// inside the kernel so relu(x) is never stored; on an older host, relu then conv2d.
+    func applyReLU(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        guard host.hasPrimitive("relu_conv2d") else { return try apply(host, graph, relu(host, graph, x)) }
+        let w = try host.param(graph, weight)
+        return try host.apply(graph, "relu_conv2d", [x, w], attrs: [
+            "stride": Double(stride), "padding": Double(padding), "dilation": Double(dilation), "groups": Double(groups),
+        ])
+    }
+
     /// Output (H, W) for input (H, W), and 2·multiply-adds for batch `n`.
     func cost(n: Int, h: Int, w: Int) -> (h: Int, w: Int, flops: UInt64) {
         let ho = convOut(h, kernel: kernel, stride: stride, padding: padding, dilation: dilation)
@@ -279,12 +289,10 @@ class SepConvOp {
 
     func buildSep(graph: es_graph, input: es_value) throws -> es_value {
         try checkInput(host, input, channels: shape.channels, id: id)
-        var x = try relu(host, graph, input)
-        x = try dw1.apply(host, graph, x)
+        var x = try dw1.applyReLU(host, graph, input)
         x = try pw1.apply(host, graph, x)
         x = try bn1.apply(host, graph, x)
-        x = try relu(host, graph, x)
-        x = try dw2.apply(host, graph, x)
+        x = try dw2.applyReLU(host, graph, x)
         x = try pw2.apply(host, graph, x)
         return try bn2.apply(host, graph, x)
     }
@@ -343,8 +351,7 @@ class DilConvOp {
 
     func buildDil(graph: es_graph, input: es_value) throws -> es_value {
         try checkInput(host, input, channels: shape.channels, id: id)
-        var x = try relu(host, graph, input)
-        x = try dw.apply(host, graph, x)
+        var x = try dw.applyReLU(host, graph, input)
         x = try pw.apply(host, graph, x)
         return try bn.apply(host, graph, x)
     }

@@ -37,6 +37,11 @@ enum Primitives {
             return try g.conv2d(x[0], x[1], stride: try a.int("stride", 1), padding: try a.int("padding", 0),
                                 dilation: try a.int("dilation", 1), groups: try a.int("groups", 1))
         },
+        "relu_conv2d": { g, x, a in
+            try arity("relu_conv2d", x, 2...2)
+            return try g.conv2d(x[0], x[1], stride: try a.int("stride", 1), padding: try a.int("padding", 0),
+                                dilation: try a.int("dilation", 1), groups: try a.int("groups", 1), reluInput: true)
+        },
         "relu": { g, x, _ in try arity("relu", x, 1...1); return try g.relu(x[0]) },
         "add": { g, x, _ in try arity("add", x, 2...2); return try g.add(x[0], x[1]) },
         "sum": { g, x, _ in try arity("sum", x, 1...64); return try g.sum(x) },

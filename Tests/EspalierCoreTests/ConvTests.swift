@@ -135,6 +135,81 @@ final class ConvTests: XCTestCase {
         }
     }
 
+    /// ReLU fused into the depthwise input (relu_conv2d): the kernels against the naive
+    /// convolution of relu(x) — dX masked by 1[x > 0] — on every fast-path geometry, each
+    /// gradient alone and both, inside the workspace they ask for.
+    func testDepthwiseReLUInput_MatchesNaiveConvOfReLU_AndStaysInItsWorkspace() throws {
+        let acc = MemoryAccountant()
+        let guardFloats = 64, sentinel: Float = -12345
+        let geometries = (Self.geometries + Self.large).filter(\.supportsReLUInput)
+        XCTAssertGreaterThanOrEqual(geometries.count, 15)
+        XCTAssertTrue(geometries.allSatisfy { $0.algorithm == .depthwise })
+        for (k, g) in geometries.enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(600 + k))   // about half negative
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(700 + k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(800 + k))
+            let r = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            for i in 0..<x.count { r[i] = max(x[i], 0) }
+            let chunks = Parallel.chunkCount(g.n)
+            let fFloats = g.forwardWorkspaceFloats(chunks: chunks)
+            let fws = try Tensor.filled([fFloats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
+            let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let yRef = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr, reluInput: true)
+            Kernels.conv2dForwardNaive(g, x: r.ptr, w: w.ptr, y: yRef.ptr)
+            assertClose(y.array, yRef.array, tol: 1e-5, "forward relu \(g)")
+            XCTAssertTrue(fws.array[fFloats...].allSatisfy { $0 == sentinel }, "forward wrote past its workspace: \(g)")
+
+            let dXRef = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dWRef = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            Kernels.conv2dBackwardNaive(g, x: r.ptr, w: w.ptr, dY: dY.ptr, dX: dXRef.ptr, dW: dWRef.ptr)
+            for i in 0..<x.count where x[i] <= 0 { dXRef[i] = 0 }
+            for (needX, needW) in [(true, true), (true, false), (false, true)] {
+                let floats = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW, reluInput: true)
+                let ws = try Tensor.filled([floats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
+                let dX = try Tensor(shape: x.shape, category: .data, accountant: acc)
+                let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: needX ? dX.ptr : nil, dW: needW ? dW.ptr : nil,
+                                       workspace: ws.ptr, reluInput: true)
+                XCTAssertTrue(ws.array[floats...].allSatisfy { $0 == sentinel }, "backward wrote past its workspace: \(g)")
+                if needX { assertClose(dX.array, dXRef.array, tol: 1e-5, "dX relu \(g) (\(needX), \(needW))") }
+                if needW { assertClose(dW.array, dWRef.array, tol: 1e-4, "dW relu \(g) (\(needX), \(needW))") }
+            }
+        }
+    }
+
+    /// The graph op: gradients against finite differences (the fused path, and the ReLU + conv
+    /// composition it falls back to off the fast path), and relu(x) is never stored.
+    func testReLUConv2d_Gradients_AndNoReLUTensorKept() throws {
+        let acc = MemoryAccountant()
+        let cases = [Self.depthwise[0], Self.depthwise[3], Self.geometries[0], Self.geometries[5]]   // dw s1, dw s2 d2; 1×1, im2col (fallback)
+        for (k, g) in cases.enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(900 + k))
+            // Keep inputs away from the ReLU's kink so finite differences do not straddle it.
+            for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = x[i] < 0 ? -0.1 : 0.1 }
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(950 + k))
+            try GradCheck().check("relu_conv \(g)", inputs: [x, w]) { graph, v in
+                try graph.conv2d(v[0], v[1], stride: g.stride, padding: g.padding, dilation: g.dilation, groups: g.groups, reluInput: true)
+            }
+        }
+        // Saved for backward by the fused op: its output only (x and w belong to the caller).
+        let g = Self.large[2]
+        func keptBytes(fused: Bool) throws -> Int {
+            let acc = MemoryAccountant()
+            let graph = Graph(accountant: acc)
+            let x = graph.leaf(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1))
+            let w = graph.leaf(try randomTensor(g.weightShape, acc, seed: 2))
+            let before = acc.currentTotal
+            let y = fused ? try graph.conv2d(x, w, padding: g.padding, groups: g.groups, reluInput: true)
+                          : try graph.conv2d(try graph.relu(x), w, padding: g.padding, groups: g.groups)
+            // x stays alive in both (in a supernet the node value is kept by its other consumers).
+            return withExtendedLifetime((graph, x, y)) { acc.currentTotal - before }
+        }
+        let plane = g.n * g.cIn * g.h * g.w * 4
+        let (unfused, fused) = (try keptBytes(fused: false), try keptBytes(fused: true))
+        XCTAssertEqual(unfused - fused, plane, "the fused op keeps no relu(x): \(unfused) vs \(fused)")
+    }
+
     func testInvalidGeometry_IsAnErrorNotACrash() throws {
         let acc = MemoryAccountant()
         let graph = Graph(accountant: acc)

@@ -1,13 +1,16 @@
 // The differentiable convolution: picks the kernel path from the geometry, allocates the
 // output and the path's workspace through the accountant, and saves the input and the weight
 // for backward (the input is usually the previous op's saved output, so it costs nothing extra).
+// `reluInput` computes conv(relu(x), w): on the depthwise fast path the kernels apply the ReLU
+// themselves (relu(x) is never stored, the DARTS ops' ReLU → depthwise); elsewhere it is the
+// ReLU op followed by the convolution.
 
 import Foundation
 
 extension Graph {
     /// conv2d(x, w): x (N, Cin, H, W), w (Cout, Cin/groups, KH, KW) → (N, Cout, Ho, Wo).
     public func conv2d(_ x: Variable, _ w: Variable, stride: Int = 1, padding: Int = 0,
-                       dilation: Int = 1, groups: Int = 1) throws -> Variable {
+                       dilation: Int = 1, groups: Int = 1, reluInput: Bool = false) throws -> Variable {
         guard x.shape.count == 4, w.shape.count == 4 else {
             throw EspalierError.shapeMismatch("conv2d needs x (N,C,H,W) and w (Cout,Cin/g,KH,KW); got \(x.shape) and \(w.shape)")
         }
@@ -18,12 +21,15 @@ extension Graph {
         guard w.shape[1] == g.cInPerGroup else {
             throw EspalierError.shapeMismatch("conv2d weight \(w.shape) expects \(w.shape[1] * groups) input channels, got \(g.cIn)")
         }
+        if reluInput && !g.supportsReLUInput {
+            return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups)
+        }
         let y = try output(g.outputShape)
         let chunks = Parallel.chunkCount(g.n)
         let wsCount = g.forwardWorkspaceFloats(chunks: chunks)
         if wsCount > 0 {
             let ws = try Tensor(shape: [wsCount], category: .workspace, accountant: accountant)
-            if computing { Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: ws.ptr) }
+            if computing { Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: ws.ptr, reluInput: reluInput) }
         } else if computing {
             Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: nil)
         }
@@ -38,10 +44,10 @@ extension Graph {
             if needW {
                 if let pg = try ctx.parameterGrad(1) { dW = pg } else { dW = try self.gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
             }
-            let wsCount = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW)
+            let wsCount = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
             let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: self.accountant) : nil
             if ctx.computing {
-                Kernels.conv2dBackward(g, x: xValue.ptr, w: wValue.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr)
+                Kernels.conv2dBackward(g, x: xValue.ptr, w: wValue.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput)
             }
             self.flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
             if let dX { try ctx.accumulate(0, dX) }

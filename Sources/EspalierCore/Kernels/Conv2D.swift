@@ -7,6 +7,8 @@
 // backward, so chunks never share a weight), one chunk per core.
 // Backward overwrites dX and ADDS into dW, so a parameter's gradient can be passed directly.
 // Buffers are owned by the caller; `workspaceFloats` says how much scratch each path needs.
+// ReLU-fused input (`reluInput`: y = conv(relu(x), w), x the pre-ReLU input, relu(x) never
+// stored) on the depthwise fast path only (Depthwise.swift); `supportsReLUInput`.
 //
 // Shapes: x (N, Cin, H, W) · w (Cout, Cin/groups, KH, KW) · y (N, Cout, Ho, Wo).
 
@@ -54,6 +56,9 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         return .im2col
     }
 
+    /// Whether the kernels can take relu(x) from x themselves: the depthwise fast path.
+    public var supportsReLUInput: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
+
     var colRows: Int { cInPerGroup * kh * kw }
     var colSize: Int { colRows * hOut * wOut * groups }   // one sample, all groups
 
@@ -67,13 +72,14 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     }
 
     /// Scratch floats the backward pass needs (columns, their gradient, per-chunk dW partials).
-    public func backwardWorkspaceFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool) -> Int {
+    /// `reluInput`: the depthwise path with ReLU fused into its input (see Depthwise.swift).
+    public func backwardWorkspaceFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
         let wCount = cOut * cInPerGroup * kh * kw
         switch algorithm {
         case .pointwise:
             return needWeightGrad ? (chunks - 1) * wCount : 0
         case .depthwise:
-            return depthwiseBackwardFloats(chunks: chunks, needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
+            return depthwiseBackwardFloats(chunks: chunks, needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
         case .im2col:
             let perChunk = colSize * ((needInputGrad ? 1 : 0) + (needWeightGrad ? 1 : 0))
             return chunks * perChunk + (needWeightGrad ? (chunks - 1) * wCount : 0)
@@ -85,11 +91,13 @@ extension Kernels {
     // MARK: - Tuned paths
 
     /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n))`.
+    /// `reluInput` (y = conv(relu(x), w)) only on the depthwise fast path: see `supportsReLUInput`.
     public static func conv2dForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                                     y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?) {
+                                     y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+        precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
         switch g.algorithm {
         case .pointwise: pointwiseForward(g, x: x, w: w, y: y)
-        case .depthwise: depthwiseForward(g, x: x, w: w, y: y, workspace: workspace)
+        case .depthwise: depthwiseForward(g, x: x, w: w, y: y, workspace: workspace, reluInput: reluInput)
         case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!)
         }
     }
@@ -97,10 +105,11 @@ extension Kernels {
     /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil).
     public static func conv2dBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                       dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>?,
-                                      dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
+                                      dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+        precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
         switch g.algorithm {
         case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
-        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
+        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace, reluInput: reluInput)
         case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!)
         }
     }

@@ -6,6 +6,9 @@
 // dX is a gather too: at stride 1 the forward kernel on padded dY with the kernel flipped; at
 // stride 2 four sub-pixel gathers (one per row and column parity of dX), interleaved.
 // dW sums products of a plane with shifted copies of the other, the sums held in registers.
+// ReLU fused into the input (`reluInput`, the DARTS ops' ReLU → depthwise): the forward applies
+// max(0, ·) while copying x into P, so relu(x) is never stored; backward loads relu(x) into P for
+// dW (at stride 1 too) and multiplies each dX plane by 1[x > 0]. x is the pre-ReLU input.
 // Not here: geometries outside this path (stride > 2, padding > dilation·(k−1) at stride 1,
 // kernels over 81 taps) take the direct loops in Conv2D.swift, beside the naive reference.
 //
@@ -62,24 +65,32 @@ struct DepthwisePlan {
     var rFloats: Int { 4 * subRows * subCols }
     /// Forward scratch: one P per chunk.
     func forwardFloats(chunks: Int) -> Int { chunks * pFloats }
-    /// Backward scratch of one chunk: Q; P for stride-2 dW; R for stride-2 dX.
-    func backwardChunkFloats(needInputGrad: Bool, needWeightGrad: Bool) -> Int {
-        qFloats + (s == 2 && needWeightGrad ? pFloats : 0) + (s == 2 && needInputGrad ? rFloats : 0)
+    /// Whether backward loads x into P: stride-2 dW, and dW of a ReLU-fused input at any stride.
+    func backwardNeedsP(needWeightGrad: Bool, reluInput: Bool) -> Bool { needWeightGrad && (s == 2 || reluInput) }
+    /// Backward scratch of one chunk: Q; P for stride-2 or ReLU-input dW; R for stride-2 dX.
+    func backwardChunkFloats(needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
+        qFloats + (backwardNeedsP(needWeightGrad: needWeightGrad, reluInput: reluInput) ? pFloats : 0)
+            + (s == 2 && needInputGrad ? rFloats : 0)
     }
     /// Backward scratch: the chunks', then the dW sums (C, KH·KW, 4) shared by all chunks.
-    func backwardFloats(chunks: Int, channels: Int, needInputGrad: Bool, needWeightGrad: Bool) -> Int {
+    func backwardFloats(chunks: Int, channels: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
         if !needInputGrad && !needWeightGrad { return 0 }
-        return chunks * backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
+        return chunks * backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
             + (needWeightGrad ? channels * kh * kw * 4 : 0)
     }
 
-    /// P interior ← one x plane (H, W). Stride 2 splits the padded columns by parity.
+    /// P interior ← one x plane (H, W), or relu(x) when `relu`. Stride 2 splits the padded columns by parity.
     @inline(__always)
-    func loadInput(_ x: UnsafePointer<Float>, into pb: UnsafeMutablePointer<Float>) {
+    func loadInput(_ x: UnsafePointer<Float>, into pb: UnsafeMutablePointer<Float>, relu: Bool = false) {
         if s == 1 {
-            for ih in 0..<h { copyRow(pb + (ih + p) * pStride + p, x + ih * w, w) }
+            if relu {
+                for ih in 0..<h { copyRowReLU(pb + (ih + p) * pStride + p, x + ih * w, w) }
+            } else {
+                for ih in 0..<h { copyRow(pb + (ih + p) * pStride + p, x + ih * w, w) }
+            }
             return
         }
+        let zero = SIMD8<Float>(repeating: 0)
         let phaseSize = pRows * pStride
         let evenPhase = p & 1, oddPhase = 1 - (p & 1)            // phase of padded column iw + p
         for ih in 0..<h {
@@ -88,12 +99,18 @@ struct DepthwisePlan {
             let odd = row + oddPhase * phaseSize + ((p + 1) >> 1) // x[2m+1] → phase[(2m + 1 + p) / 2]
             var m = 0
             while 2 * m + 8 <= w {
-                let v = UnsafeRawPointer(src + 2 * m).loadUnaligned(as: SIMD8<Float>.self)
+                var v = UnsafeRawPointer(src + 2 * m).loadUnaligned(as: SIMD8<Float>.self)
+                if relu { v = v.replacing(with: zero, where: v .< zero) }
                 store4(even + m, v.evenHalf); store4(odd + m, v.oddHalf)
                 m += 4
             }
-            while 2 * m + 1 < w { even[m] = src[2 * m]; odd[m] = src[2 * m + 1]; m += 1 }
-            if w & 1 != 0 { even[w >> 1] = src[w - 1] }
+            if relu {
+                while 2 * m + 1 < w { even[m] = max(src[2 * m], 0); odd[m] = max(src[2 * m + 1], 0); m += 1 }
+                if w & 1 != 0 { even[w >> 1] = max(src[w - 1], 0) }
+            } else {
+                while 2 * m + 1 < w { even[m] = src[2 * m]; odd[m] = src[2 * m + 1]; m += 1 }
+                if w & 1 != 0 { even[w >> 1] = src[w - 1] }
+            }
         }
     }
 
@@ -107,10 +124,10 @@ struct DepthwisePlan {
 extension ConvGeometry {
     /// Scratch floats of the depthwise path with `chunks` chunks (0 when it takes the direct loops).
     func depthwiseForwardFloats(chunks: Int) -> Int { DepthwisePlan(self)?.forwardFloats(chunks: chunks) ?? 0 }
-    func depthwiseBackwardFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool) -> Int {
+    func depthwiseBackwardFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
         guard let plan = DepthwisePlan(self) else { return 0 }
         return plan.backwardFloats(chunks: Self.depthwiseBackwardChunks(channels: cIn, chunks: chunks), channels: cIn,
-                                   needInputGrad: needInputGrad, needWeightGrad: needWeightGrad)
+                                   needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
     }
     /// The backward pass splits channels, so it uses at most one chunk per channel.
     static func depthwiseBackwardChunks(channels: Int, chunks: Int) -> Int { max(1, min(chunks, channels)) }
@@ -119,11 +136,15 @@ extension ConvGeometry {
 extension Kernels {
     // MARK: depthwise forward / backward
 
-    /// y = depthwise conv(x, w). x (N, C, H, W), w (C, 1, KH, KW), y (N, C, Ho, Wo).
+    /// y = depthwise conv(x, w), or of relu(x) when `reluInput`. x (N, C, H, W), w (C, 1, KH, KW), y (N, C, Ho, Wo).
     /// Planes are split across cores; `workspace` holds `g.forwardWorkspaceFloats(chunks:)` (a P per chunk).
+    /// `reluInput` needs the fast path (`DepthwisePlan(g) != nil`).
     static func depthwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                                 y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?) {
-        guard let plan = DepthwisePlan(g) else { depthwiseForwardDirect(g, x: x, w: w, y: y); return }
+                                 y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+        guard let plan = DepthwisePlan(g) else {
+            precondition(!reluInput, "a ReLU-fused input needs the depthwise fast path")
+            depthwiseForwardDirect(g, x: x, w: w, y: y); return
+        }
         let per = plan.pFloats, taps = g.kh * g.kw
         let (c, hw, howo) = (g.cIn, g.h * g.w, g.hOut * g.wOut)
         Parallel.forChunksIndexed(g.n * c, chunks: Parallel.chunkCount(g.n)) { k, range in
@@ -134,7 +155,7 @@ extension Kernels {
                 for plane in range {
                     let wc = w + (plane % c) * taps
                     for t in 0..<taps { wv[t] = SIMD4(repeating: wc[t]) }
-                    plan.loadInput(x + plane * hw, into: pb)
+                    plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
                     // y[plane] (Ho, Wo) = Σ taps w · P shifted
                     GatherKernel(src: pb, phaseSize: plan.pRows * plan.pStride, rowStride: plan.pStride, wv: wv,
                                  rows: plan.ho, cols: plan.wo, out: y + plane * howo, outStride: plan.wo)
@@ -149,20 +170,25 @@ extension Kernels {
     /// a sample, its channels (contiguous planes), padding each dY plane once for both gradients.
     /// `workspace` holds `g.backwardWorkspaceFloats(chunks:...)`: per chunk Q (and P, R at
     /// stride 2), then the dW sums (C, KH·KW, 4).
+    /// With `reluInput`, x is the pre-ReLU input: dW from relu(x), dX masked by 1[x > 0].
     static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                                   dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?,
-                                  workspace: UnsafeMutablePointer<Float>?) {
-        guard let plan = DepthwisePlan(g) else { depthwiseBackwardDirect(g, x: x, w: w, dY: dY, dX: dX, dW: dW); return }
+                                  workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+        guard let plan = DepthwisePlan(g) else {
+            precondition(!reluInput, "a ReLU-fused input needs the depthwise fast path")
+            depthwiseBackwardDirect(g, x: x, w: w, dY: dY, dX: dX, dW: dW); return
+        }
         if dX == nil && dW == nil { return }
         let (c, hw, howo, taps) = (g.cIn, g.h * g.w, g.hOut * g.wOut, g.kh * g.kw)
         let (kh, kw, s, d) = (plan.kh, plan.kw, plan.s, plan.d)
         let chunks = ConvGeometry.depthwiseBackwardChunks(channels: c, chunks: Parallel.chunkCount(g.n))
-        let per = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil)
+        let per = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil, reluInput: reluInput)
+        let hasP = plan.backwardNeedsP(needWeightGrad: dW != nil, reluInput: reluInput)
         let sums = workspace! + chunks * per                                // (C, KH·KW, 4) dW sums
         Parallel.forChunksIndexed(c, chunks: chunks) { k, range in
             let qb = workspace! + k * per                                   // Q: (qRows, qStride)
-            let pb = qb + plan.qFloats                                      // P: (2, pRows, pStride), stride-2 dW only
-            let rb = pb + (s == 2 && dW != nil ? plan.pFloats : 0)          // R: (2, 2, subRows, subCols), stride-2 dX only
+            let pb = qb + plan.qFloats                                      // P: (phases, pRows, pStride), stride-2 or ReLU-input dW only
+            let rb = pb + (hasP ? plan.pFloats : 0)                         // R: (2, 2, subRows, subCols), stride-2 dX only
             qb.update(repeating: 0, count: per)
             if dW != nil { (sums + range.lowerBound * taps * 4).update(repeating: 0, count: range.count * taps * 4) }
             let dyInQ = qb + plan.qTop * plan.qStride + plan.qLeft          // dY[0, 0] inside Q
@@ -182,17 +208,23 @@ extension Kernels {
                             } else {
                                 depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw)
                             }
+                            if reluInput { maskByPositive(dX + plane * hw, x + plane * hw, count: hw) }
                         }
                         if dW != nil {
                             let acc = sums + ch * taps * 4
                             if s == 1 {
-                                // dW (taps reversed) += Σ x[plane] · Q shifted
-                                WeightGradKernel(a: x + plane * hw, aStride: g.w, aCols: g.w, rows: g.h,
+                                // dW (taps reversed) += Σ x[plane] · Q shifted (relu(x), from P's interior, when fused)
+                                var a = x + plane * hw, aStride = g.w
+                                if reluInput {
+                                    plan.loadInput(a, into: pb, relu: true)
+                                    a = UnsafePointer(pb + plan.p * plan.pStride + plan.p); aStride = plan.pStride
+                                }
+                                WeightGradKernel(a: a, aStride: aStride, aCols: g.w, rows: g.h,
                                                  b: qb, bStride: plan.qStride, phaseSize: 0, reversed: true, acc: acc)
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
                             } else {
                                 // dW += Σ dY[plane] · P shifted
-                                plan.loadInput(x + plane * hw, into: pb)
+                                plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
                                 WeightGradKernel(a: dyInQ, aStride: plan.qStride, aCols: plan.wo, rows: plan.ho,
                                                  b: pb, bStride: plan.pStride, phaseSize: plan.pRows * plan.pStride,
                                                  reversed: false, acc: acc)
@@ -519,6 +551,24 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
     var i = 0
     while i + 4 <= n { store4(dst + i, load4(src + i)); i += 4 }
     while i < n { dst[i] = src[i]; i += 1 }
+}
+
+/// dst[0..<n] = max(src[0..<n], 0), serial (a ReLU-fused input row or plane).
+@inline(__always)
+func copyRowReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+    let zero = SIMD4<Float>(repeating: 0)
+    var i = 0
+    while i + 4 <= n { let v = load4(src + i); store4(dst + i, v.replacing(with: zero, where: v .< zero)); i += 4 }
+    while i < n { dst[i] = max(src[i], 0); i += 1 }
+}
+
+/// g[i] = 0 where x[i] ≤ 0 (ReLU's backward on a plane of dX).
+@inline(__always)
+func maskByPositive(_ g: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count n: Int) {
+    let zero = SIMD4<Float>(repeating: 0)
+    var i = 0
+    while i + 4 <= n { let v = load4(g + i); store4(g + i, v.replacing(with: zero, where: load4(x + i) .<= zero)); i += 4 }
+    while i < n { if x[i] <= 0 { g[i] = 0 }; i += 1 }
 }
 
 /// Offset in P of tap column `col` (= kj·d): the column itself at stride 1; at stride 2 its
