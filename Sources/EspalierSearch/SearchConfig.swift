@@ -63,8 +63,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
 
     /// The config with the space options a strategy declares as parameters copied into the space:
     /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — and
-    /// `scale_parameter_free` (bool, GSparsity's) from the user's setting or the parameter's
-    /// default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
+    /// `scale_parameter_free` (bool, GSparsity's), `hyper_connected` (bool) and `auxiliary_weight`
+    /// (double; Bonsai-Net's), `reduction_cells` (comma-separated cell indices) from the user's
+    /// setting or the parameter's default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
     /// makes the space sum its ops (`sumOps`).
     public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
         var c = self
@@ -79,8 +80,28 @@ public struct SearchConfig: Codable, Equatable, Sendable {
                 c.space.edgeNormalization = ["1", "true", "yes", "on"].contains(text.lowercased())
             case "scale_parameter_free":
                 c.space.scaleParameterFree = ["1", "true", "yes", "on"].contains(text.lowercased())
+            case "hyper_connected":
+                // Bonsai-Net's relaxed space; --hyper-connected sets it for any strategy.
+                c.space.hyperConnected = c.space.hyperConnected || ["1", "true", "yes", "on"].contains(text.lowercased())
+            case "auxiliary_weight":
+                guard let w = Double(text), w >= 0, w.isFinite else { throw EspalierError.config("\(strategy.id): auxiliary_weight must be a number ≥ 0 (got '\(text)')") }
+                c.space.auxiliaryWeight = w
+            case "reduction_cells":
+                let items = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                guard !items.isEmpty else { continue }
+                c.space.reductionCells = try items.map {
+                    guard let i = Int($0), i >= 0 else { throw EspalierError.config("\(strategy.id): reduction_cells '\(text)': '\($0)' is not a cell index") }
+                    return i
+                }
             default: continue
             }
+        }
+        // A hyper-connected space grown in sections keeps its reductions where the last section's
+        // depth has them (Bonsai-Net: sections [N N] [R] [N N] [R] [N N] for 2, 3, 5, 6, 8 cells).
+        if c.space.hyperConnected && c.space.reductionCells == nil, let spec = strategy.params.first(where: { $0.name == "section_cells" }),
+           let last = (strategySettings["section_cells"] ?? spec.defaultValue).split(separator: ",").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }),
+           last > c.space.cells {
+            c.space.reductionCells = [last / 3, 2 * last / 3]
         }
         return c
     }

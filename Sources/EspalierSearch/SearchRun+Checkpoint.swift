@@ -29,6 +29,11 @@ struct CheckpointState: Codable {
     var opStatesReduce: [Int32]
     /// The supernet's cell count (P-DARTS grows it); nil in checkpoints of fixed-depth runs.
     var cells: Int?
+    /// Hyper-connected: candidate states per cell, inter-cell input states per cell, and the
+    /// auxiliary heads the growth left (nil elsewhere).
+    var slotStates: [[Int32]]? = nil
+    var inputStates: [[Int32]]? = nil
+    var auxiliaryCells: [Int]? = nil
 }
 
 extension SearchRun {
@@ -58,7 +63,10 @@ extension SearchRun {
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
                                  adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal,
                                  values: values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true),
-                                 cells: supernet.space.cells)
+                                 cells: supernet.space.cells,
+                                 slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
+                                 inputStates: supernet.hyperConnected ? inputStatesByCell() : nil,
+                                 auxiliaryCells: supernet.hyperConnected ? supernet.space.auxiliaryCells : nil)
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
         try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
@@ -76,8 +84,18 @@ extension SearchRun {
             throw EspalierError.data(file: path, problem: "damaged checkpoint metadata: \(error)")
         }
         // Depth first (a grown supernet), then op states: removed ops take their parameters out of the state being loaded.
-        if let cells = st.cells, cells != supernet.space.cells { try grow(cells: cells) }
+        if let cells = st.cells, cells != supernet.space.cells || (st.auxiliaryCells.map { $0 != supernet.space.auxiliaryCells } ?? false) {
+            try grow(cells: cells, auxiliaryCells: st.auxiliaryCells)
+        }
         let sp = supernet.space
+        if let slots = st.slotStates {
+            for (slot, states) in slots.enumerated() where slot < supernet.slotCount {
+                for (i, raw) in states.enumerated() where raw != OpState.active.rawValue {
+                    try setOpState(slot: slot, edge: i / sp.ops.count, op: i % sp.ops.count, OpState(rawValue: raw) ?? .active)
+                }
+            }
+        }
+        if let inputs = st.inputStates { try applyInputStates(inputs) }
         for (reduction, states) in [(false, st.opStatesNormal), (true, st.opStatesReduce)] {
             guard states.count == sp.edgesPerCell * sp.ops.count else {
                 throw EspalierError.data(file: path, problem: "op states for \(states.count) candidates, the space has \(sp.edgesPerCell * sp.ops.count)")
@@ -134,7 +152,7 @@ extension SearchRun {
         let genotype = try derive()
         let path = (dir as NSString).appendingPathComponent("genotype.json")
         try genotype.save(path: path)
-        return [path] + (try genotype.writePictures(directory: dir))
+        return [path] + (try genotype.writePictures(directory: dir)) + (try writePrunedArchitecture())
     }
 
     // MARK: - Starting and resuming

@@ -17,9 +17,11 @@ public struct StepPrediction {
 extension SearchRun {
     /// Builds `config`'s run in a dry-run accountant and takes one step. `opStates` (normal,
     /// reduce; edges × ops, as `opStates(reduction:)` gives them) carries a live run's masked and
-    /// removed candidates into the prediction, so they are not counted.
+    /// removed candidates into the prediction, so they are not counted; `slotStates` does the same
+    /// per slot (a hyper-connected space's cells) and `inputStates` for inter-cell inputs.
     public static func predictStep(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                   opStates: (normal: [Int32], reduce: [Int32])? = nil) throws -> StepPrediction {
+                                   opStates: (normal: [Int32], reduce: [Int32])? = nil, slotStates: [[Int32]]? = nil,
+                                   inputStates: [[Int32]]? = nil) throws -> StepPrediction {
         let dry = MemoryAccountant(mode: .dryRun)
         let context = HostContext(accountant: dry, seed: config.seed)
         let ds = try dry.withOwner("dataset") {
@@ -37,6 +39,13 @@ extension SearchRun {
                 }
             }
         }
+        // Per slot (a hyper-connected space's cells), and its inter-cell inputs, where they exist.
+        for (slot, states) in (slotStates ?? []).enumerated() where slot < run.supernet.slotCount && states.count == cfg.space.edgesPerCell * k {
+            for (i, raw) in states.enumerated() where raw != OpState.active.rawValue {
+                try run.setOpState(slot: slot, edge: i / k, op: i % k, OpState(rawValue: raw) ?? .active)
+            }
+        }
+        try run.applyInputStates(inputStates ?? [])
         try run.firstStep()
         return StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
     }

@@ -5,6 +5,8 @@
 //   ES_TARGET_GATE_WEIGHTS  "gate/{normal,reduce}/{memory,flops}": the gates' mixing weights of
 //                           this forward and per-candidate costs (edges, ops) from the accountant;
 //                           the term joins the graph, so its gradient flows back through the gate.
+//                           Hyper-connected: "gate/cellI/{memory,flops}" per cell, and
+//                           "gate/cellI/inputs/{memory,flops}" for its inter-cell inputs (inputs, 1).
 // After every weight step each regularizer's `proximal` runs on its targets (ES_TARGET_WEIGHT_GROUP:
 // "group/{normal,reduce}/edgeE/OP" = that op's parameters on edge E in every cell of the type,
 // with its output scales when the space has them).
@@ -31,22 +33,27 @@ public struct CandidateCosts: Sendable {
 
 extension SearchRun {
     /// A regularizer term on the gate weights of the last forward, added to the graph's loss.
+    /// Targets per slot ("gate/normal/…", "gate/reduce/…"; hyper-connected "gate/cellI/…") and,
+    /// hyper-connected, per cell's inter-cell inputs ("gate/cellI/inputs/…").
     func gateWeightTerm(_ g: Graph) throws -> (Variable, Double)? {
         let regs = regularizers.filter { $0.hasLoss && $0.wants(.gateWeights) }
-        guard !regs.isEmpty, let (wn, wr) = supernet.lastGateWeights else { return nil }
-        let gn = try Tensor.zeros(wn.shape, category: .workspace, accountant: accountant)
-        let gr = try Tensor.zeros(wr.shape, category: .workspace, accountant: accountant)
-        let costs = try candidateCosts()
-        var targets: [RegularizerTarget] = []
-        for (type, w, grad, c) in [("normal", wn, gn, costs.normal), ("reduce", wr, gr, costs.reduce)] {
+        guard !regs.isEmpty, !supernet.lastSlotWeights.isEmpty else { return nil }
+        let costs = try slotCosts()
+        let names = supernet.slotNames
+        var items: [(name: String, w: Variable, c: CandidateCosts)] = supernet.lastSlotWeights.enumerated().map { (names[$0], $1, costs.slots[$0]) }
+        for (i, w) in supernet.lastInputWeights.enumerated() where i < costs.inputs.count { items.append(("cell\(i)/inputs", w, costs.inputs[i])) }
+        var targets: [RegularizerTarget] = [], grads: [Tensor] = []
+        for (name, w, c) in items {
+            let grad = try Tensor.zeros(w.shape, category: .workspace, accountant: accountant)
             let mem = try Tensor.from(c.memory, shape: w.shape, category: .workspace, accountant: accountant)
             let fl = try Tensor.from(c.flops, shape: w.shape, category: .workspace, accountant: accountant)
-            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(type)/memory", values: [w.value], grads: [grad], costs: [mem]))
-            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(type)/flops", values: [w.value], grads: [grad], costs: [fl]))
+            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(name)/memory", values: [w.value], grads: [grad], costs: [mem]))
+            targets.append(RegularizerTarget(kind: .gateWeights, name: "gate/\(name)/flops", values: [w.value], grads: [grad], costs: [fl]))
+            grads.append(grad)
         }
         var total = 0.0
         for r in regs { total += try r.loss(targets, state: state) }
-        return (try g.externalTerm(value: Float(total), inputs: [wn, wr], grads: [gn, gr]), total)
+        return (try g.externalTerm(value: Float(total), inputs: items.map(\.w), grads: grads), total)
     }
 
     /// Adds the architecture-logit regularizers' gradients into α's gradient; returns their value.
@@ -176,13 +183,42 @@ extension SearchRun {
     /// Costs of every candidate (bytes: parameters, gradients and momentum, plus the activations
     /// its forward keeps for backward; and forward FLOPs), measured once per op instance in a
     /// dry-run accountant on the edge's input shape, summed over the cells of each type.
-    /// Masked and removed candidates (and `none`) cost 0.
+    /// Masked and removed candidates (and `none`) cost 0. (Hyper-connected: the first cell of each type.)
     public func candidateCosts() throws -> (normal: CandidateCosts, reduce: CandidateCosts) {
+        let s = try slotCosts().slots
+        return (s[supernet.slot(reduction: false)], s[supernet.slot(reduction: true)])
+    }
+
+    /// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
+    /// activations it keeps plus 3× its parameters (values, gradients, momentum).
+    private func measure(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Float, flops: Float) {
+        let dry = MemoryAccountant(mode: .dryRun)
+        let g = Graph(accountant: dry)
+        let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
+        let before = dry.currentBytes(ownerPrefix: "").total
+        _ = try body(g, x)
+        return (Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * parameters.reduce(0) { $0 + $1.count } * 4), Float(g.flops))
+    }
+
+    /// Costs per slot (edges, ops; summed over the slot's cells) and, hyper-connected, per cell's
+    /// inter-cell inputs (inputs, 1: its preprocessing on the earlier output). Masked and removed
+    /// candidates and inputs cost 0.
+    public func slotCosts() throws -> (slots: [CandidateCosts], inputs: [CandidateCosts]) {
+        let k = supernet.space.ops.count, edges = supernet.space.edgesPerCell
         if costCache == nil {
-            let k = supernet.space.ops.count, edges = supernet.space.edgesPerCell
-            var normal = CandidateCosts(memory: Array(repeating: 0, count: edges * k), flops: Array(repeating: 0, count: edges * k))
-            var reduce = normal
+            let zero = CandidateCosts(memory: Array(repeating: 0, count: edges * k), flops: Array(repeating: 0, count: edges * k))
+            var slots = Array(repeating: zero, count: supernet.slotCount)
+            var inputs: [CandidateCosts] = []
             for cell in supernet.cells {
+                let slot = supernet.slot(of: cell)
+                if cell.hyper {
+                    var c = CandidateCosts(memory: Array(repeating: 0, count: cell.inputs.count), flops: Array(repeating: 0, count: cell.inputs.count))
+                    for (j, m) in cell.inputs.enumerated() {
+                        guard let m, let shape = cell.lastEarlierShapes?[j] else { continue }
+                        (c.memory[j], c.flops[j]) = try measure(shape, parameters: m.parameters) { g, x in try m.apply(g, x) }
+                    }
+                    inputs.append(c)
+                }
                 guard let shape = cell.lastInputShape else { continue }
                 for (e, edge) in cell.edges.enumerated() {
                     // Edges from the two cell inputs see the input size; in a reduction cell the
@@ -192,26 +228,25 @@ extension SearchRun {
                     if cell.reduction && !cell.isInputEdge(e) { s[2] = (s[2] + 1) / 2; s[3] = (s[3] + 1) / 2 }
                     for (o, op) in edge.ops.enumerated() {
                         guard let op else { continue }
-                        let dry = MemoryAccountant(mode: .dryRun)
-                        let g = Graph(accountant: dry)
-                        let x = try g.leaf(Tensor(shape: s, category: .activations, accountant: dry))
-                        let before = dry.currentBytes(ownerPrefix: "").total
-                        _ = try op(g, x)
-                        let bytes = Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * op.parameters.reduce(0) { $0 + $1.count } * 4)
-                        if cell.reduction { reduce.memory[e * k + o] += bytes; reduce.flops[e * k + o] += Float(g.flops) }
-                        else { normal.memory[e * k + o] += bytes; normal.flops[e * k + o] += Float(g.flops) }
+                        let (bytes, flops) = try measure(s, parameters: op.parameters) { g, x in try op(g, x) }
+                        slots[slot].memory[e * k + o] += bytes
+                        slots[slot].flops[e * k + o] += flops
                     }
                 }
             }
-            costCache = (normal, reduce)
+            costCache = (slots, inputs)
         }
-        var (n, r) = costCache!
-        for (reduction, i) in (0..<(supernet.space.edgesPerCell * supernet.space.ops.count)).flatMap({ i in [(false, i), (true, i)] }) {
-            let k = supernet.space.ops.count
-            if supernet.opState(reduction: reduction, edge: i / k, op: i % k) != .active {
-                if reduction { r.memory[i] = 0; r.flops[i] = 0 } else { n.memory[i] = 0; n.flops[i] = 0 }
+        var (slots, inputs) = costCache!
+        for s in slots.indices {
+            for i in 0..<(edges * k) where supernet.opState(slot: s, edge: i / k, op: i % k) != .active {
+                slots[s].memory[i] = 0; slots[s].flops[i] = 0
             }
         }
-        return (n, r)
+        for (i, cell) in supernet.cells.enumerated() where cell.hyper && i < inputs.count {
+            for j in cell.inputStates.indices where cell.inputStates[j] != .active || j >= inputs[i].memory.count {
+                if j < inputs[i].memory.count { inputs[i].memory[j] = 0; inputs[i].flops[j] = 0 }
+            }
+        }
+        return (slots, inputs)
     }
 }

@@ -8,6 +8,8 @@
 //                              cells of the type; masked and removed candidates cost 0
 //   compression/{normal,reduce}      c = Σ_j s_j·g_j / Σ_j s_j with g the gate's weights now
 //                              (for the saw-wave gate: the share of those bytes still running)
+// In a hyper-connected space the values are per cell (candidate_bytes/cellI, compression/cellI)
+// and a cell's connections are its candidates and its inter-cell inputs (their preprocessing).
 // The candidate values appear once a forward has run (the costs need the edges' input shapes),
 // and only in runs with a regularizer on gate weights (which measure the costs anyway).
 
@@ -27,17 +29,23 @@ extension SearchRun {
         // Only for runs that regularize gate weights (they measure the costs anyway).
         guard regularizers.contains(where: { $0.wants(.gateWeights) }), !supernet.space.sumOps, !accountant.isDryRun,
               supernet.cells.contains(where: { $0.lastInputShape != nil }) else { return }
-        let costs = try candidateCosts()
-        for (type, reduction, c) in [("normal", false, costs.normal), ("reduce", true, costs.reduce)] {
-            let w = try supernet.mixingWeights(reduction: reduction, accountant: accountant).flatMap { $0 }
-            guard w.count == c.memory.count else { continue }
+        let costs = try slotCosts()
+        for (slot, name) in supernet.slotNames.enumerated() {
+            var w = try supernet.mixingWeights(slot: slot, accountant: accountant).flatMap { $0 }
+            var c = costs.slots[slot].memory
+            guard w.count == c.count else { continue }
+            // Hyper-connected: a cell's inter-cell inputs are connections of the cell too.
+            if supernet.hyperConnected && slot < costs.inputs.count {
+                w += try supernet.inputWeights(cell: slot, accountant: accountant)
+                c += costs.inputs[slot].memory
+            }
             var num = 0.0, den = 0.0
-            for (s, g) in zip(c.memory, w) where g.isFinite {
+            for (s, g) in zip(c, w) where g.isFinite {
                 num += Double(s) * Double(g)
                 den += Double(s)
             }
-            published["candidate_bytes/\(type)"] = den
-            published["compression/\(type)"] = den > 0 ? num / den : 1
+            published["candidate_bytes/\(name)"] = den
+            published["compression/\(name)"] = den > 0 ? num / den : 1
         }
     }
 }

@@ -64,7 +64,8 @@ public final class SearchRun {
     /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
     let schedules: [(slot: String, method: DynamicMethod)]
     /// Per-candidate costs for gate-weight regularizers (measured once).
-    internal var costCache: (normal: CandidateCosts, reduce: CandidateCosts)? = nil
+    /// Per slot (edges, ops), and per cell's inter-cell inputs (hyper-connected), unmasked.
+    internal var costCache: (slots: [CandidateCosts], inputs: [CandidateCosts])? = nil
     public let graph: Graph
     let schedule: CosineSchedule
     public let trainLoader: DataLoader
@@ -105,6 +106,8 @@ public final class SearchRun {
         var space = config.space
         space.inputChannels = train.dataset.channels
         space.classes = train.dataset.numClasses
+        // Hyper-connected: the reductions stay where the configured depth has them while the network grows.
+        if space.hyperConnected && space.reductionCells == nil { space.reductionCells = [space.cells / 3, 2 * space.cells / 3] }
         if let id = config.channelGate {
             context.selectChannelGate(try registry.require(id, kind: .gate), settings: config.channelGateSettings ?? [:])
         }
@@ -185,10 +188,24 @@ public final class SearchRun {
     /// from the optimiser, so they and their state are freed.
     public func setOpState(reduction: Bool, edge: Int, op: Int, _ state: OpState) throws {
         try supernet.setOpState(reduction: reduction, edge: edge, op: op, state)
-        if state == .removed {
-            let alive = Set(supernet.weights.map(ObjectIdentifier.init))
-            weightOptimizer.remove { !alive.contains(ObjectIdentifier($0)) }
-        }
+        if state == .removed { dropRemovedWeights() }
+    }
+
+    /// Sets a candidate's state in the cells of a slot (hyper-connected: one cell); removing frees it.
+    public func setOpState(slot: Int, edge: Int, op: Int, _ state: OpState) throws {
+        try supernet.setOpState(slot: slot, edge: edge, op: op, state)
+        if state == .removed { dropRemovedWeights() }
+    }
+
+    /// Sets an inter-cell input's state (hyper-connected); removing frees its preprocessing.
+    public func setInputState(cell: Int, input: Int, _ state: OpState) throws {
+        try supernet.setInputState(cell: cell, input: input, state)
+        if state == .removed { dropRemovedWeights() }
+    }
+
+    func dropRemovedWeights() {
+        let alive = Set(supernet.weights.map(ObjectIdentifier.init))
+        weightOptimizer.remove { !alive.contains(ObjectIdentifier($0)) }
     }
 
     var state: RunState {
@@ -217,6 +234,10 @@ public final class SearchRun {
         try accountant.withOwner("step") {
             let logits = try supernet.logits(graph, graph.constant(images), state: state)
             var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+            // Auxiliary heads (training forwards only): + w·CE of each.
+            for aux in supernet.lastAuxLogits {
+                loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+            }
             var value = graph.computing ? Double(loss.value[0]) : 0
             let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
             if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {

@@ -28,6 +28,9 @@ enum SearchServicesTable {
         s.forward_logits = searchForwardLogits
         s.train_child = searchTrainChild
         s.batch_loss = searchBatchLoss
+        s.input_view = searchInputView
+        s.set_input_state = searchSetInputState
+        s.get_input_state = searchGetInputState
         t.initialize(to: s)
         return t
     }()
@@ -54,9 +57,14 @@ private func withSearch(_ host: UnsafeMutableRawPointer?, _ body: (SearchRun, Ho
     }
 }
 
-private func cellType(_ t: Int32) throws -> Bool {
-    guard t == 0 || t == 1 else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "cell type \(t): 0 is normal, 1 is reduce") }
-    return t == 1
+/// A cell type's slot: 0 normal, 1 reduce; in a hyper-connected space cell type t is cell t.
+private func slot(_ t: Int32, _ run: SearchRun) throws -> Int {
+    let n = run.supernet.slotCount
+    guard t >= 0, Int(t) < n else {
+        throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: run.supernet.hyperConnected
+            ? "cell type \(t): this hyper-connected space has one cell type per cell, 0..<\(n)" : "cell type \(t): 0 is normal, 1 is reduce")
+    }
+    return Int(t)
 }
 
 private let searchSpaceInfo: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<es_space_info>?) -> es_status = { host, out in
@@ -65,7 +73,8 @@ private let searchSpaceInfo: @convention(c) (UnsafeMutableRawPointer?, UnsafeMut
         let sp = run.supernet.space
         var i = es_space_info()
         i.struct_size = UInt32(MemoryLayout<es_space_info>.size)
-        i.cell_types = 2
+        i.cell_types = Int32(run.supernet.slotCount)
+        i.hyper_connected = sp.hyperConnected ? 1 : 0
         i.edges = Int32(sp.edgesPerCell)
         i.ops = Int32(sp.ops.count)
         i.nodes = Int32(sp.nodes)
@@ -86,19 +95,23 @@ private let searchOpName: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Un
     return UnsafePointer(opNameStrings[id])
 }
 
+/// Writable views of a parameter's values and gradient (arch_view, input_view).
+private func view(_ p: Parameter, _ logits: UnsafeMutablePointer<es_tensor_view>?, _ grad: UnsafeMutablePointer<es_tensor_view>?) throws {
+    logits?.pointee = p.value.view
+    if let grad { grad.pointee = try p.ensureGrad().view }
+}
+
 private let searchArchView: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafeMutablePointer<es_tensor_view>?, UnsafeMutablePointer<es_tensor_view>?) -> es_status = {
     host, type, logits, grad in
     withSearch(host) { run, _ in
-        let p = try cellType(type) ? run.supernet.alphaReduce : run.supernet.alphaNormal
-        logits?.pointee = p.value.view
-        if let grad { grad.pointee = try p.ensureGrad().view }
+        try view(run.supernet.alphas[try slot(type, run)], logits, grad)
     }
 }
 
 private let searchSetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, Int32, es_op_state) -> es_status = { host, type, edge, op, state in
     withSearch(host) { run, _ in
         guard let st = OpState(rawValue: state) else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "op state \(state): 0 active, 1 masked, 2 removed") }
-        try run.setOpState(reduction: try cellType(type), edge: Int(edge), op: Int(op), st)
+        try run.setOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op), st)
     }
 }
 
@@ -108,7 +121,39 @@ private let searchGetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, I
         guard let out, edge >= 0, Int(edge) < sp.edgesPerCell, op >= 0, Int(op) < sp.ops.count else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_op_state: edge \(edge) / op \(op) outside the space, or no out pointer")
         }
-        out.pointee = run.supernet.opState(reduction: try cellType(type), edge: Int(edge), op: Int(op)).rawValue
+        out.pointee = run.supernet.opState(slot: try slot(type, run), edge: Int(edge), op: Int(op)).rawValue
+    }
+}
+
+/// ABI 1.2: inter-cell inputs of a hyper-connected space.
+private func inputCell(_ cell: Int32, _ run: SearchRun) throws -> Int {
+    guard run.supernet.hyperConnected else {
+        throw SearchServiceError(status: ES_ERROR_UNSUPPORTED, message: "inter-cell inputs exist only in the hyper-connected space (--hyper-connected, or a strategy's hyper_connected=true)")
+    }
+    guard cell >= 0, Int(cell) < run.supernet.cells.count else {
+        throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "cell \(cell) outside 0..<\(run.supernet.cells.count)")
+    }
+    return Int(cell)
+}
+
+private let searchInputView: @convention(c) (UnsafeMutableRawPointer?, Int32, UnsafeMutablePointer<es_tensor_view>?, UnsafeMutablePointer<es_tensor_view>?) -> es_status = {
+    host, cell, logits, grad in
+    withSearch(host) { run, _ in
+        try view(run.supernet.inputAlphas[try inputCell(cell, run)], logits, grad)
+    }
+}
+
+private let searchSetInputState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, es_op_state) -> es_status = { host, cell, input, state in
+    withSearch(host) { run, _ in
+        guard let st = OpState(rawValue: state) else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "input state \(state): 0 active, 1 masked, 2 removed") }
+        try run.setInputState(cell: try inputCell(cell, run), input: Int(input), st)
+    }
+}
+
+private let searchGetInputState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, UnsafeMutablePointer<es_op_state>?) -> es_status = { host, cell, input, out in
+    withSearch(host) { run, _ in
+        guard let out else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_input_state needs an out pointer") }
+        out.pointee = try run.supernet.inputState(cell: try inputCell(cell, run), input: Int(input)).rawValue
     }
 }
 
@@ -220,6 +265,7 @@ extension SearchRun {
         case "space.partial_channels": return Double(supernet.space.partialChannels)
         case "space.edge_normalization": return supernet.space.edgeNormalization ? 1 : 0
         case "space.cells": return Double(supernet.space.cells)
+        case "space.hyper_connected": return supernet.space.hyperConnected ? 1 : 0
         case "space.classes": return Double(supernet.space.classes)
         case "batch": return Double(config.batchSize)
         default:
@@ -243,7 +289,7 @@ extension SearchRun {
                 throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")
             }
             switch k {
-            case "cells": c.space.cells = n
+            case "cells": c.space = c.space.hyperConnected ? c.space.hyperGrown(to: n) : { var s = c.space; s.cells = n; return s }()
             case "batch": c.batchSize = n
             case "channels": c.space.channels = n
             case "nodes": c.space.nodes = n; c.space.multiplier = min(c.space.multiplier, n)
@@ -253,6 +299,8 @@ extension SearchRun {
         let ds = trainLoader.view.dataset
         // The live run's masked and removed candidates stay out of the prediction (same space shape only).
         return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
-                                         opStates: (opStates(reduction: false), opStates(reduction: true)))
+                                         opStates: supernet.hyperConnected ? nil : (opStates(reduction: false), opStates(reduction: true)),
+                                         slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
+                                         inputStates: inputStatesByCell())
     }
 }

@@ -7,7 +7,19 @@
 // running candidates (weight 1, the gate unused), and with `scaleParameterFree` each candidate
 // without parameters (pools, skip_connect at stride 1) multiplies its output by a learnable
 // scalar of its own (init 1; the trainer clamps it to [0, 1] after each step).
-// Shapes: input (N, Cin, H, W) → logits (N, classes). α: (edges, ops) per cell type.
+// Hyper-connected (Bonsai-Net's relaxed space, `hyperConnected`): every cell is distinct — its
+// own α (edges, ops) and its own gate, a "slot" per cell instead of one per cell type — and cell i
+// takes the previous cell's output (hard-wired, through pre1) plus a gated sum of every earlier
+// output (stem, cells 0…i−2; cell 0 takes the stem twice, as in DARTS): each such input j has its
+// own preprocessing (ReLU-conv1×1-BN; factorized reduce at half the resolution, a strided
+// ReLU-conv1×1-BN beyond) to the cell's C channels at the previous cell's resolution, and its
+// own logit in a per-cell (inputs, 1) tensor gated at ES_GATE_INPUTS granularity. Its memory is
+// owned by `cellI/inputJ` (preprocessing) and `cellI/inputs` (the sum). A pruned or removed
+// input runs nothing and allocates nothing; with every input pruned the cell's edges from that
+// input are skipped. Reductions stay where they were put (the configured depth's positions), so
+// a grown network keeps its cells. Auxiliary heads (`auxiliaryCells`, Bonsai's old classifiers):
+// global pooling + linear after those cells; in training the loss adds auxiliaryWeight · CE of each.
+// Shapes: input (N, Cin, H, W) → logits (N, classes). α: (edges, ops) per slot.
 
 import EspalierCore
 import EspalierHost
@@ -43,13 +55,31 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     /// GSparsity: every candidate without parameters gets a learnable output scale (init 1,
     /// clamped to [0, 1]), part of its weight group; a strategy's `scale_parameter_free` parameter.
     public var scaleParameterFree = false
+    /// Bonsai-Net's relaxed space: distinct cells (α per cell), each taking the previous cell plus
+    /// a gated sum of all earlier outputs. A strategy's `hyper_connected` parameter, or --hyper-connected.
+    public var hyperConnected = false
+    /// Cells followed by an auxiliary classifier (global pooling + linear); Bonsai-Net's old classifiers.
+    public var auxiliaryCells: [Int] = []
+    /// Weight w of each auxiliary head's loss: loss = CE(main) + w·Σ CE(aux) (training only).
+    public var auxiliaryWeight = 0.4
 
     public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                   "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
 
     public init() {}
 
-    public var reductions: [Int] { reductionCells ?? [cells / 3, 2 * cells / 3] }
+    /// Which cells reduce. Hyper-connected: positions past the current depth are left out (a
+    /// growing network keeps its reductions where the full depth has them).
+    public var reductions: [Int] {
+        let r = reductionCells ?? [cells / 3, 2 * cells / 3]
+        return hyperConnected ? r.filter { $0 < cells } : r
+    }
+
+    /// Hyper-connected: the earlier outputs cell i sums (stem = −1, then cells 0…i−2; cell 0: the stem).
+    public func hyperSources(cell i: Int) -> [Int] { i == 0 ? [-1] : Array(-1...(i - 2)) }
+
+    /// Slots of architecture logits: one per cell when hyper-connected, else normal and reduce.
+    public var slotCount: Int { hyperConnected ? cells : 2 }
     public var edgesPerCell: Int { (0..<nodes).reduce(0) { $0 + 2 + $1 } }
 
     /// Candidate ops by short name (`sep_conv_3x3`), as genotypes name them.
@@ -63,6 +93,15 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
         guard reductions.allSatisfy({ $0 >= 0 && $0 < cells }) else { throw EspalierError.config("search space: reduction cells \(reductions) outside 0..<\(cells)") }
         guard partialChannels >= 1, channels % partialChannels == 0 else {
             throw EspalierError.config("search space: partial channels K=\(partialChannels) must be ≥ 1 and divide C=\(channels); try K=\((1...8).filter { channels % $0 == 0 }.last ?? 1)")
+        }
+        if hyperConnected {
+            guard partialChannels == 1, !edgeNormalization, mergedOps.isEmpty else {
+                throw EspalierError.config("search space: the hyper-connected space (Bonsai-Net) has every op on every edge and every input gated; "
+                                           + "it does not combine with partial channels, edge normalisation or merged ops (got K=\(partialChannels), edge normalisation \(edgeNormalization), merged \(mergedOps))")
+            }
+        }
+        guard auxiliaryWeight.isFinite, auxiliaryWeight >= 0, auxiliaryCells.allSatisfy({ $0 >= 0 && $0 < cells - 1 }) else {
+            throw EspalierError.config("search space: auxiliary heads \(auxiliaryCells) must sit after cells 0..<\(cells - 1) (the last cell has the classifier), with a weight ≥ 0 (got \(auxiliaryWeight))")
         }
     }
 }
@@ -143,8 +182,15 @@ func mergedColumns(_ comp: Component, settings: [String: String], space: SearchS
 }
 
 final class SearchCell {
+    let index: Int
     let reduction: Bool
-    let pre0: Module & CellInput, pre1: Module & CellInput
+    /// The preprocessing of the cell's first input: [pre0] (DARTS: the cell before the previous
+    /// one), or one per earlier output in a hyper-connected space (nil once removed).
+    var inputs: [(Module & CellInput)?]
+    /// Hyper-connected: each inter-cell input's state (active, masked, removed).
+    var inputStates: [OpState]
+    let hyper: Bool
+    let pre1: Module & CellInput
     let edges: [MixedEdge]
     let nodes: Int, multiplier: Int
     let owner: Int32
@@ -154,6 +200,8 @@ final class SearchCell {
     let skipColumns: Set<Int>
     /// The preprocessed input shape (N, C, H, W) of the last forward (for candidate costs).
     var lastInputShape: [Int]? = nil
+    /// Hyper-connected: the shapes of the earlier outputs of the last forward (input costs).
+    var lastEarlierShapes: [[Int]]? = nil
 
     /// True for edges from the two cell inputs (j < 2 of their node), false for those from nodes.
     func isInputEdge(_ e: Int) -> Bool {
@@ -166,8 +214,11 @@ final class SearchCell {
     }
 
     init(_ f: ParameterFactory, index: Int, space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext,
-         opSettings: [String: [String: String]], cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
+         opSettings: [String: [String: String]], cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool,
+         earlier: [(channels: Int, ratio: Int)]? = nil) throws {
+        self.index = index
         self.reduction = reduction
+        hyper = earlier != nil
         nodes = space.nodes; multiplier = space.multiplier
         partial = space.partialChannels
         skipColumns = Set(space.opNames.indices.filter { space.opNames[$0] == "skip_connect" })
@@ -179,10 +230,22 @@ final class SearchCell {
         let mergedCols = try mergedComponents.map { try mergedColumns($0, settings: opSettings[$0.id] ?? [:], space: space) }
         let covered = Set(mergedCols.joined())
         let cOp = c / space.partialChannels
-        (pre0, pre1, edges) = try f.scope(name) {
-            let p0: Module & CellInput = reductionPrev
-                ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
-                : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
+        (inputs, pre1, edges) = try f.scope(name) {
+            let p0: [(Module & CellInput)?]
+            if let earlier {
+                // Each earlier output to C channels at the previous cell's resolution.
+                p0 = try earlier.enumerated().map { j, src -> (Module & CellInput)? in
+                    switch src.ratio {
+                    case 1: return try ReLUConvBN(f, name: "input\(j)", cIn: src.channels, cOut: c, affine: false)
+                    case 2: return try FactorizedReduce(f, name: "input\(j)", cIn: src.channels, cOut: c, affine: false)
+                    default: return try ReLUConvBN(f, name: "input\(j)", cIn: src.channels, cOut: c, kernel: 1, stride: src.ratio, affine: false)
+                    }
+                }
+            } else {
+                p0 = [reductionPrev
+                    ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)
+                    : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)]
+            }
             let p1 = try ReLUConvBN(f, name: "pre1", cIn: cPrev, cOut: c, affine: false)
             var edges: [MixedEdge] = []
             var e = 0
@@ -210,14 +273,15 @@ final class SearchCell {
             }
             return (p0, p1, edges)
         }
+        inputStates = Array(repeating: .active, count: inputs.count)
     }
 
     var parameters: [Parameter] {
-        pre0.parameters + pre1.parameters
+        inputs.compactMap { $0 }.flatMap(\.parameters) + pre1.parameters
             + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) + $0.merged.flatMap(\.op.parameters) + $0.scales.compactMap { $0 } }
     }
     var buffers: [Tensor] {
-        pre0.buffers + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) + $0.merged.flatMap(\.op.buffers) }
+        inputs.compactMap { $0 }.flatMap(\.buffers) + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) + $0.merged.flatMap(\.op.buffers) }
     }
 
     /// The output of one edge: Σ_o w_o·op_o(h) over its running candidates (+ merged ops), or nil
@@ -250,10 +314,36 @@ final class SearchCell {
     /// `edgeWeights`: β̃ (edges), or nil without edge normalisation.
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
                  state: RunState, skipDropout: Float = 0) throws -> Variable {
+        try forward(g, earlier: [s0], s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state, skipDropout: skipDropout)
+    }
+
+    /// The cell's first input: pre0(s0) (DARTS), or Σ_j w_j·input_j(earlier_j) over the running
+    /// inter-cell inputs (hyper-connected; weight 1 each without a gate), nil if none runs.
+    func firstInput(_ g: Graph, earlier: [Variable], inputWeights: Variable?, inputActive: [UInt8]?) throws -> Variable? {
+        guard hyper else { return try g.accountant.withOwner("pre0") { try inputs[0]!.apply(g, earlier[0]) } }
+        var terms: [Variable] = [], indices: [Int] = []
+        for (j, x) in earlier.enumerated() {
+            guard let m = inputs[j], inputStates[j] == .active, (inputActive?[j] ?? 1) != 0 else { continue }
+            terms.append(try g.accountant.withOwner("input\(j)") { try m.apply(g, x) })
+            indices.append(j)
+        }
+        guard !terms.isEmpty else { return nil }
+        return try g.accountant.withOwner("inputs") {
+            if let inputWeights { return try g.weightedSum(terms, weights: inputWeights, indices: indices) }
+            return terms.count == 1 ? terms[0] : try g.sum(terms)
+        }
+    }
+
+    /// `earlier`: [s0] (DARTS), or every earlier output (hyper-connected); s1: the previous cell's output.
+    func forward(_ g: Graph, earlier: [Variable], _ s1: Variable, weights: Variable, active: [UInt8], inputWeights: Variable? = nil,
+                 inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
-            var states = [try g.accountant.withOwner("pre0") { try pre0.apply(g, s0) },
-                          try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }]
-            lastInputShape = states[0].shape
+            let first = try firstInput(g, earlier: earlier, inputWeights: inputWeights, inputActive: inputActive)
+            let second = try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }
+            // A nil state (every inter-cell input pruned): the edges from it are skipped.
+            var states: [Variable?] = [first, second]
+            lastInputShape = second.shape
+            if hyper { lastEarlierShapes = earlier.map(\.shape) }
             let k = edges.first?.ops.count ?? 0
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
@@ -263,6 +353,7 @@ final class SearchCell {
                     // it is computed, so one candidate output is alive at a time, not all of them.
                     var sum: Tensor? = nil
                     for h in states {
+                        guard let h else { e += 1; continue }
                         let edge = edges[e]
                         for (o, op) in edge.ops.enumerated() {
                             guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
@@ -283,6 +374,7 @@ final class SearchCell {
                     // The node is one weighted sum over every running candidate of every incoming edge.
                     var terms: [Variable] = [], indices: [Int] = []
                     for h in states {
+                        guard let h else { e += 1; continue }
                         let edge = edges[e]
                         for (o, op) in edge.ops.enumerated() {
                             guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
@@ -299,6 +391,7 @@ final class SearchCell {
                 // weighted by β̃ with edge normalisation.
                 var outs: [Variable] = [], idx: [Int] = [], inputs: [Variable] = [], strides: [Int] = []
                 for h in states {
+                    guard let h else { e += 1; continue }
                     if let y = try edgeOutput(g, h, edge: e, weights: weights, active: active, state: state, skipDropout: skipDropout) {
                         outs.append(y); idx.append(e); inputs.append(h); strides.append(reduction && isInputEdge(e) ? 2 : 1)
                     }
@@ -311,15 +404,15 @@ final class SearchCell {
                 else if let edgeWeights { states.append(try g.weightedSum(outs, weights: edgeWeights, indices: idx)) }
                 else { states.append(outs.count == 1 ? outs[0] : try g.sum(outs)) }
             }
-            return try g.concatChannels(Array(states.suffix(multiplier)))
+            return try g.concatChannels(states.suffix(multiplier).map { $0! })
         }
     }
 
-    /// A zero node of the cell's output size.
-    private func zeroNode(_ g: Graph, _ states: [Variable]) throws -> Variable {
-        let ref = states[states.count - 1]
+    /// A zero node of the cell's output size (states[1], the previous cell's, always exists).
+    private func zeroNode(_ g: Graph, _ states: [Variable?]) throws -> Variable {
+        let ref = states[states.count - 1]!
         let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
-        return try g.zeros([ref.shape[0], states[0].shape[1], hw[0], hw[1]])
+        return try g.zeros([ref.shape[0], states[1]!.shape[1], hw[0], hw[1]])
     }
 }
 
@@ -329,19 +422,33 @@ extension ReLUConvBN: CellInput { func apply(_ g: Graph, _ x: Variable) throws -
 extension FactorizedReduce: CellInput { func apply(_ g: Graph, _ x: Variable) throws -> Variable { try self(g, x) } }
 
 /// The supernet: weights (stem, cells, classifier) and architecture logits (α per cell type).
+/// The supernet: weights (stem, cells, classifier, auxiliary heads) and architecture logits (α
+/// per slot: per cell type, or per cell when hyper-connected; plus the inter-cell inputs' logits).
 public final class Supernet {
     public let space: SearchSpaceDescription
     let stemConv: Conv2d, stemBN: BatchNorm2d
     let cells: [SearchCell]
     let classifier: Linear
-    public let alphaNormal: Parameter, alphaReduce: Parameter
+    /// Auxiliary heads: (cell, linear) after each of space.auxiliaryCells.
+    let auxHeads: [(cell: Int, head: Linear)]
+    /// α per slot, (edges, ops): [normal, reduce], or one per cell when hyper-connected.
+    public let alphas: [Parameter]
+    /// Hyper-connected: per cell, the logits (inputs, 1) of its inter-cell inputs; empty otherwise.
+    public let inputAlphas: [Parameter]
     /// PC-DARTS edge normalisation: β (edges) per cell type; nil without it.
     public let betaNormal: Parameter?, betaReduce: Parameter?
-    public let gateNormal: PluginGate, gateReduce: PluginGate
+    /// One gate per slot (ops), and per cell for its inter-cell inputs (hyper-connected, with α).
+    public let gates: [PluginGate]
+    let inputGates: [PluginGate]
     /// P-DARTS: dropout on the outputs of `skip_connect` candidates in training (0 = off).
     public var skipDropout: Float = 0
     /// The gates' mixing weights of the last recorded forward (regularizers on gate weights).
     public private(set) var lastGateWeights: (normal: Variable, reduce: Variable)? = nil
+    /// Per slot, and per cell's inter-cell inputs (hyper-connected), of the last recorded forward.
+    public private(set) var lastSlotWeights: [Variable] = []
+    public private(set) var lastInputWeights: [Variable] = []
+    /// The auxiliary heads' logits of the last training forward.
+    public private(set) var lastAuxLogits: [Variable] = []
 
     public init(space: SearchSpaceDescription, registry: PluginRegistry, context: HostContext, gateID: String,
                 gateSettings: [String: String] = [:], opSettings: [String: [String: String]] = [:], seed: UInt64) throws {
@@ -358,20 +465,38 @@ public final class Supernet {
         var cPrevPrev = cStem, cPrev = cStem, c = space.channels
         var reductionPrev = false
         var cells: [SearchCell] = []
+        // Hyper-connected: every output so far (stem, cells) with its channels and reductions.
+        var outputs: [(channels: Int, level: Int)] = [(cStem, 0)]
+        var level = 0
+        var aux: [(Int, Linear)] = []
         for i in 0..<space.cells {
             let reduction = space.reductions.contains(i)
             if reduction { c *= 2 }
+            let earlier: [(channels: Int, ratio: Int)]? = space.hyperConnected
+                ? space.hyperSources(cell: i).map { j in (outputs[j + 1].channels, 1 << (level - outputs[j + 1].level)) } : nil
             cells.append(try SearchCell(f, index: i, space: space, registry: registry, context: context, opSettings: opSettings,
-                                        cPrevPrev: cPrevPrev, cPrev: cPrev, c: c, reduction: reduction, reductionPrev: reductionPrev))
+                                        cPrevPrev: cPrevPrev, cPrev: cPrev, c: c, reduction: reduction, reductionPrev: reductionPrev, earlier: earlier))
+            if reduction { level += 1 }
             reductionPrev = reduction
             cPrevPrev = cPrev
             cPrev = space.multiplier * c
+            outputs.append((cPrev, level))
+            if space.auxiliaryCells.contains(i) {
+                aux.append((i, try Linear(f, name: "aux\(i)", inFeatures: cPrev, outFeatures: space.classes)))
+            }
         }
         self.cells = cells
+        auxHeads = aux
         classifier = try Linear(f, name: "classifier", inFeatures: cPrev, outFeatures: space.classes)
         let e = space.edgesPerCell, k = space.ops.count
-        (alphaNormal, alphaReduce) = try f.scope("arch") {
-            (try f.make("normal", [e, k], .normal(std: 1e-3)), try f.make("reduce", [e, k], .normal(std: 1e-3)))
+        if space.hyperConnected {
+            alphas = try f.scope("arch") { try (0..<space.cells).map { try f.make("cell\($0)", [e, k], .normal(std: 1e-3)) } }
+            inputAlphas = try f.scope("arch") {
+                try (0..<space.cells).map { try f.make("cell\($0)_inputs", [space.hyperSources(cell: $0).count, 1], .normal(std: 1e-3)) }
+            }
+        } else {
+            alphas = try f.scope("arch") { [try f.make("normal", [e, k], .normal(std: 1e-3)), try f.make("reduce", [e, k], .normal(std: 1e-3))] }
+            inputAlphas = []
         }
         if space.edgeNormalization {
             (betaNormal, betaReduce) = try f.scope("arch") {
@@ -381,16 +506,41 @@ public final class Supernet {
             (betaNormal, betaReduce) = (nil, nil)
         }
         let gate = try registry.require(gateID, kind: .gate)
-        gateNormal = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/normal/gate")
-        gateReduce = try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/reduce/gate")
+        let names = space.hyperConnected ? (0..<space.cells).map { "cell\($0)" } : ["normal", "reduce"]
+        gates = try names.map { try PluginGate(gate, context: context, granularity: .ops, rows: e, cols: k, settings: gateSettings, ownerPath: "arch/\($0)/gate") }
+        // Summed spaces (no α) need no input gates: every running input has weight 1.
+        inputGates = space.sumOps ? [] : try inputAlphas.enumerated().map { i, a in
+            do {
+                return try PluginGate(gate, context: context, granularity: .inputs, rows: a.value.shape[0], cols: 1, settings: gateSettings,
+                                      ownerPath: "arch/cell\(i)/inputs/gate")
+            } catch {
+                throw EspalierError.config("the hyper-connected space gates each cell's inter-cell inputs, but \(gateID) cannot (\(error)); use espalier.gate.sawwave/1")
+            }
+        }
     }
+
+    public var hyperConnected: Bool { space.hyperConnected }
+    /// The slot whose α cell `i` uses.
+    public func slot(ofCell i: Int) -> Int { space.hyperConnected ? i : (cells[i].reduction ? 1 : 0) }
+    func slot(of cell: SearchCell) -> Int { space.hyperConnected ? cell.index : (cell.reduction ? 1 : 0) }
+    /// The slot that stands for a cell type (hyper-connected: the first cell of the type).
+    public func slot(reduction: Bool) -> Int {
+        guard space.hyperConnected else { return reduction ? 1 : 0 }
+        return cells.first { $0.reduction == reduction }?.index ?? 0
+    }
+    public var slotCount: Int { alphas.count }
+    public var slotNames: [String] { space.hyperConnected ? (0..<space.cells).map { "cell\($0)" } : ["normal", "reduce"] }
+    public var alphaNormal: Parameter { alphas[slot(reduction: false)] }
+    public var alphaReduce: Parameter { alphas[slot(reduction: true)] }
+    public var gateNormal: PluginGate { gates[slot(reduction: false)] }
+    public var gateReduce: PluginGate { gates[slot(reduction: true)] }
 
     /// Network weights (everything but α), in a stable order.
     public var weights: [Parameter] {
-        stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + classifier.parameters
+        stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + auxHeads.flatMap(\.head.parameters) + classifier.parameters
     }
     /// The trained architecture parameters: none when the space sums its ops (`sumOps`).
-    public var archParameters: [Parameter] { space.sumOps ? [] : [alphaNormal, alphaReduce] + [betaNormal, betaReduce].compactMap { $0 } }
+    public var archParameters: [Parameter] { space.sumOps ? [] : alphas + [betaNormal, betaReduce].compactMap { $0 } + inputAlphas }
     /// The output scales of parameter-free candidates (`scaleParameterFree`), every cell.
     public var opScales: [Parameter] { cells.flatMap { $0.edges.flatMap { $0.scales.compactMap { $0 } } } }
 
@@ -420,31 +570,57 @@ public final class Supernet {
 
     /// The gate's input: α, with masked and removed candidates set to −∞ (so a softmax
     /// renormalises over the candidates that remain, and they get no gradient).
-    func gateInput(_ g: Graph, reduction: Bool) throws -> Variable {
-        let alpha = g.param(reduction ? alphaReduce : alphaNormal)
-        guard let cell = cells.first(where: { $0.reduction == reduction }) else { return alpha }
+    func gateInput(_ g: Graph, reduction: Bool) throws -> Variable { try gateInput(g, slot: slot(reduction: reduction)) }
+
+    func gateInput(_ g: Graph, slot s: Int) throws -> Variable {
+        let alpha = g.param(alphas[s])
+        guard let cell = cells.first(where: { slot(of: $0) == s }) else { return alpha }
         let keep = cell.edges.flatMap { e in e.states.map { $0 == .active } }
         return keep.allSatisfy({ $0 }) ? alpha : try g.maskedFill(alpha, keep: keep, value: -.infinity)
     }
 
+    /// The input gate's input for cell i: its inputs' logits, masked and removed ones −∞.
+    func inputGateInput(_ g: Graph, cell i: Int) throws -> Variable {
+        let a = g.param(inputAlphas[i])
+        let keep = cells[i].inputStates.map { $0 == .active }
+        return keep.allSatisfy({ $0 }) ? a : try g.maskedFill(a, keep: keep, value: -.infinity)
+    }
+
     /// logits (N, classes) for images (N, Cin, H, W).
     public func logits(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
-        let (wn, an) = try g.accountant.withOwner("arch/normal") {
-            space.sumOps ? try unitWeights(g) : try gateNormal(g, try gateInput(g, reduction: false), state: state)
+        let slotWeights: [(Variable, [UInt8])] = try slotNames.enumerated().map { s, name in
+            try g.accountant.withOwner("arch/\(name)") { space.sumOps ? try unitWeights(g) : try gates[s](g, try gateInput(g, slot: s), state: state) }
         }
-        let (wr, ar) = try g.accountant.withOwner("arch/reduce") {
-            space.sumOps ? try unitWeights(g) : try gateReduce(g, try gateInput(g, reduction: true), state: state)
+        let inputWeights: [(Variable, [UInt8])] = try inputGates.enumerated().map { i, gate in
+            try g.accountant.withOwner("arch/cell\(i)/inputs") { try gate(g, try inputGateInput(g, cell: i), state: state) }
         }
-        lastGateWeights = g.isRecording && !space.sumOps ? (wn, wr) : nil
+        let recording = g.isRecording && !space.sumOps
+        lastSlotWeights = recording ? slotWeights.map(\.0) : []
+        lastInputWeights = recording ? inputWeights.map(\.0) : []
+        lastGateWeights = recording ? (slotWeights[slot(reduction: false)].0, slotWeights[slot(reduction: true)].0) : nil
         let (bn, br) = try g.accountant.withOwner("arch/edges") { (try edgeWeights(g, reduction: false), try edgeWeights(g, reduction: true)) }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
-        for cell in cells {
-            let out = try cell.forward(g, s0, s1, weights: cell.reduction ? wr : wn, active: cell.reduction ? ar : an,
-                                       edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout)
+        var outputs = [stem]
+        var aux: [Variable] = []
+        for (i, cell) in cells.enumerated() {
+            let (w, a) = slotWeights[slot(of: cell)]
+            let out: Variable
+            if space.hyperConnected {
+                let iw = inputWeights.isEmpty ? nil : inputWeights[i]
+                out = try cell.forward(g, earlier: space.hyperSources(cell: i).map { outputs[$0 + 1] }, outputs[i], weights: w, active: a,
+                                       inputWeights: iw?.0, inputActive: iw?.1, state: state, skipDropout: skipDropout)
+                outputs.append(out)
+            } else {
+                out = try cell.forward(g, s0, s1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout)
+            }
             s0 = s1
             s1 = out
+            if g.training, let head = auxHeads.first(where: { $0.cell == i })?.head {
+                aux.append(try g.accountant.withOwner("aux\(i)") { try head(g, try g.globalAvgPool(out)) })
+            }
         }
+        lastAuxLogits = aux
         return try g.accountant.withOwner("classifier") { try classifier(g, try g.globalAvgPool(s1)) }
     }
 
@@ -454,12 +630,26 @@ public final class Supernet {
         cells.first { $0.reduction == reduction }?.edges[edge].states[op] ?? .active
     }
 
+    public func opState(slot s: Int, edge: Int, op: Int) -> OpState {
+        cells.first { slot(of: $0) == s }?.edges[edge].states[op] ?? .active
+    }
+
     /// Sets a candidate's state in every cell of the type; removing frees its parameters.
     public func setOpState(reduction: Bool, edge: Int, op: Int, _ state: OpState) throws {
+        try setOpState(in: cells.filter { $0.reduction == reduction }, edge: edge, op: op, state)
+    }
+
+    /// Sets a candidate's state in the cells of a slot (hyper-connected: one cell).
+    public func setOpState(slot s: Int, edge: Int, op: Int, _ state: OpState) throws {
+        guard s >= 0, s < slotCount else { throw EspalierError.invalidArgument("no slot \(s) (slots: \(slotNames.joined(separator: ", ")))") }
+        try setOpState(in: cells.filter { slot(of: $0) == s }, edge: edge, op: op, state)
+    }
+
+    private func setOpState(in chosen: [SearchCell], edge: Int, op: Int, _ state: OpState) throws {
         guard edge >= 0, edge < space.edgesPerCell, op >= 0, op < space.ops.count else {
             throw EspalierError.invalidArgument("no candidate \(op) on edge \(edge) (edges \(space.edgesPerCell), ops \(space.ops.count))")
         }
-        for cell in cells where cell.reduction == reduction {
+        for cell in chosen {
             if cell.edges[edge].states[op] == .removed && state != .removed {
                 throw EspalierError.invalidArgument("candidate \(space.opNames[op]) on edge \(edge) was removed for good")
             }
@@ -468,27 +658,66 @@ public final class Supernet {
         }
     }
 
+    /// Hyper-connected: the state of cell `cell`'s inter-cell input `input`.
+    public func inputState(cell: Int, input: Int) throws -> OpState {
+        try checkInput(cell: cell, input: input)
+        return cells[cell].inputStates[input]
+    }
+
+    /// Sets an inter-cell input's state; removing frees its preprocessing.
+    public func setInputState(cell: Int, input: Int, _ state: OpState) throws {
+        try checkInput(cell: cell, input: input)
+        let c = cells[cell]
+        if c.inputStates[input] == .removed && state != .removed {
+            throw EspalierError.invalidArgument("inter-cell input \(input) of cell \(cell) was removed for good")
+        }
+        c.inputStates[input] = state
+        if state == .removed { c.inputs[input] = nil }
+    }
+
+    private func checkInput(cell: Int, input: Int) throws {
+        guard space.hyperConnected else { throw EspalierError.invalidArgument("inter-cell inputs exist only in the hyper-connected space (space.hyper_connected)") }
+        guard cell >= 0, cell < cells.count, input >= 0, input < cells[cell].inputs.count else {
+            throw EspalierError.invalidArgument("no inter-cell input \(input) of cell \(cell) (\(cells.count) cells; cell i has max(i, 1) inputs)")
+        }
+    }
+
     /// Architecture logits of a cell type as rows of floats.
-    public func logits(reduction: Bool) -> [[Float]] {
-        let a = (reduction ? alphaReduce : alphaNormal).value, k = space.ops.count
+    public func logits(reduction: Bool) -> [[Float]] { logits(slot: slot(reduction: reduction)) }
+
+    public func logits(slot s: Int) -> [[Float]] {
+        let a = alphas[s].value, k = space.ops.count
         return (0..<space.edgesPerCell).map { e in (0..<k).map { a.isVirtual ? 0 : a[e * k + $0] } }
     }
 
     /// Mixing weights of a cell type as rows of floats (gate applied in evaluation mode).
     public func mixingWeights(reduction: Bool, accountant: MemoryAccountant) throws -> [[Float]] {
+        try mixingWeights(slot: slot(reduction: reduction), accountant: accountant)
+    }
+
+    public func mixingWeights(slot s: Int, accountant: MemoryAccountant) throws -> [[Float]] {
         if space.sumOps {
             // Plain sum: 1 for every candidate that runs, 0 for `none`, masked and removed ones.
             let names = space.opNames
             return (0..<space.edgesPerCell).map { e in
-                names.indices.map { o in names[o] != "none" && opState(reduction: reduction, edge: e, op: o) == .active ? 1 : 0 }
+                names.indices.map { o in names[o] != "none" && opState(slot: s, edge: e, op: o) == .active ? 1 : 0 }
             }
         }
         let g = Graph(accountant: accountant)
         g.training = false
-        let gate = reduction ? gateReduce : gateNormal
-        let w = try g.noGrad { try gate(g, try gateInput(g, reduction: reduction)).weights }
+        let w = try g.noGrad { try gates[s](g, try gateInput(g, slot: s)).weights }
         let k = space.ops.count
         return (0..<space.edgesPerCell).map { e in (0..<k).map { w.value.isVirtual ? 0 : w.value[e * k + $0] } }
+    }
+
+    /// Hyper-connected: cell i's inter-cell input weights (gate in evaluation mode; 1/0 by state without α).
+    public func inputWeights(cell i: Int, accountant: MemoryAccountant) throws -> [Float] {
+        let states = cells[i].inputStates
+        guard !space.sumOps, i < inputGates.count else { return states.map { $0 == .active ? 1 : 0 } }
+        let g = Graph(accountant: accountant)
+        g.training = false
+        let w = try g.noGrad { try inputGates[i](g, try inputGateInput(g, cell: i)).weights }
+        return states.indices.map { w.value.isVirtual ? 0 : w.value[$0] }
     }
 
     /// β̃ of a cell type as floats (edges), or nil without edge normalisation.
@@ -515,10 +744,12 @@ public final class Supernet {
     /// are scaled by β̃ first, so edges rank by op weight × β̃ (PC-DARTS). A sampled gate's
     /// evaluation weights are one-hot (every edge would tie), so its search ranks by the
     /// architecture distribution softmax(α) over the active candidates instead (GDAS, ProxylessNAS).
+    /// Hyper-connected: the cell type's first cell stands for the type (the pruned network
+    /// itself is `PrunedArchitecture`).
     public func genotype(accountant: MemoryAccountant) throws -> Genotype {
         let names = space.opNames
         func ranked(_ reduction: Bool) throws -> [[Float]] {
-            let w = (reduction ? gateReduce : gateNormal).isSampled
+            let w = gates[slot(reduction: reduction)].isSampled
                 ? activeSoftmax(reduction: reduction) : try mixingWeights(reduction: reduction, accountant: accountant)
             guard let beta = try edgeWeights(reduction: reduction, accountant: accountant) else { return w }
             return w.enumerated().map { e, row in row.map { $0 * beta[e] } }

@@ -8,5 +8,5 @@ struct Espalier: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "espalier",
         abstract: "Neural architecture search inside a memory budget.",
-        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self])
+        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self])
 }

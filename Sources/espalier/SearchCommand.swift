@@ -30,6 +30,7 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Intermediate nodes per cell.") var nodes: Int?
     @Option(help: "Batch size.") var batchSize: Int?
     @Option(help: "Partial channels K: each edge's ops see C/K channels (PC-DARTS's memory saving; any strategy).") var partialChannels: Int?
+    @Flag(help: "Bonsai-Net's relaxed hyper-connected space: distinct cells (α per cell), each taking the previous cell plus a gated sum of all earlier cells (needs a gate for inputs, e.g. espalier.gate.sawwave/1).") var hyperConnected = false
     @Option(help: "Epochs.") var epochs: Int?
     @Option(help: "Weight learning rate (cosine to 0.001).") var lr: Float?
     @Option(help: "Architecture learning rate (Adam).") var archLr: Float?
@@ -49,6 +50,7 @@ struct SearchOptions: ParsableArguments {
         if let v = nodes { c.space.nodes = v; c.space.multiplier = min(c.space.multiplier, v) }
         if let v = batchSize { c.batchSize = v }
         if let v = partialChannels { c.space.partialChannels = v }
+        if hyperConnected { c.space.hyperConnected = true }
         if let v = channelGate { c.channelGate = v }
         if !channelGateSets.isEmpty {
             var s = c.channelGateSettings ?? [:]

@@ -244,6 +244,12 @@ public struct SearchServices: @unchecked Sendable {
             && table.pointee.batch_loss != nil
     }
 
+    /// True if the host's table has the ABI 1.2 inter-cell input services (hyper-connected spaces).
+    public var hasInputServices: Bool {
+        structSize >= MemoryLayout<es_search_services>.offset(of: \es_search_services.get_input_state)! + MemoryLayout<UnsafeRawPointer>.size
+            && table.pointee.input_view != nil && table.pointee.set_input_state != nil && table.pointee.get_input_state != nil
+    }
+
     /// Op states (`ES_OP_*`).
     public enum OpState: Int32, Sendable {
         case active = 0, masked = 1, removed = 2
@@ -252,6 +258,8 @@ public struct SearchServices: @unchecked Sendable {
     /// The search space's size now.
     public struct SpaceInfo: Sendable {
         public var cellTypes: Int, edges: Int, ops: Int, nodes: Int, cells: Int
+        /// ABI 1.2: Bonsai-Net's hyper-connected space (cell type t is cell t; inter-cell inputs gated).
+        public var hyperConnected = false
     }
 
     private func missing(_ name: String) -> PluginError { PluginError.unsupported("the host provides no search service '\(name)'") }
@@ -265,7 +273,33 @@ public struct SearchServices: @unchecked Sendable {
         var s = es_space_info()
         s.struct_size = UInt32(MemoryLayout<es_space_info>.size)
         try check(fn(context, &s), "space_info")
-        return SpaceInfo(cellTypes: Int(s.cell_types), edges: Int(s.edges), ops: Int(s.ops), nodes: Int(s.nodes), cells: Int(s.cells))
+        return SpaceInfo(cellTypes: Int(s.cell_types), edges: Int(s.edges), ops: Int(s.ops), nodes: Int(s.nodes), cells: Int(s.cells),
+                         hyperConnected: s.hyper_connected != 0)
+    }
+
+    /// ABI 1.2: cell `cell`'s inter-cell input logits (inputs, 1) and their gradient; writable.
+    public func inputView(cell: Int) throws -> (logits: TensorView, grad: TensorView) {
+        guard hasInputServices, let fn = table.pointee.input_view else { throw missing("input_view (ABI 1.2)") }
+        var l = es_tensor_view(), g = es_tensor_view()
+        l.struct_size = UInt32(MemoryLayout<es_tensor_view>.size)
+        g.struct_size = l.struct_size
+        try check(fn(context, Int32(cell), &l, &g), "input_view")
+        return (try TensorView(copying: l, "input logits"), try TensorView(copying: g, "input gradient"))
+    }
+
+    /// ABI 1.2: masks, restores or removes inter-cell input `input` of `cell`.
+    public func setInputState(cell: Int, input: Int, _ state: OpState) throws {
+        guard hasInputServices, let fn = table.pointee.set_input_state else { throw missing("set_input_state (ABI 1.2)") }
+        try check(fn(context, Int32(cell), Int32(input), state.rawValue), "set_input_state")
+    }
+
+    /// ABI 1.2: the state of inter-cell input `input` of `cell`.
+    public func inputState(cell: Int, input: Int) throws -> OpState {
+        guard hasInputServices, let fn = table.pointee.get_input_state else { throw missing("get_input_state (ABI 1.2)") }
+        var s: es_op_state = 0
+        try check(fn(context, Int32(cell), Int32(input), &s), "get_input_state")
+        guard let state = OpState(rawValue: s) else { throw PluginError.internalError("get_input_state returned unknown state \(s)") }
+        return state
     }
 
     /// The id of candidate op `index`, or nil if there is none.

@@ -48,11 +48,16 @@ typedef struct es_epoch_metrics {
 
 typedef struct es_space_info {
     uint32_t struct_size;
-    int32_t cell_types;      /* 1 or 2 (normal, reduce) */
+    int32_t cell_types;      /* 1 or 2 (normal, reduce); one per cell if hyper_connected */
     int32_t edges;           /* per cell */
     int32_t ops;             /* candidates per edge */
     int32_t nodes;           /* intermediate nodes per cell */
     int32_t cells;           /* cells in the network now */
+    /* Since ABI 1.2 (read only if struct_size covers it): 1 = Bonsai-Net's hyper-connected space.
+     * Then every cell is distinct: cell_types = cells, cell type t IS cell t (its own logits, op
+     * states), and cell t sums its inter-cell inputs (stem and cells 0..t-2; cell 0: the stem),
+     * each gated by its own logit (input_view, set_input_state). */
+    int32_t hyper_connected;
 } es_space_info;
 
 typedef int32_t es_op_state;
@@ -106,6 +111,19 @@ typedef struct es_search_services {
      *  several sampled children on ONE batch (their likelihoods give the importance weights)
      *  before the step's weight update, which no step mode expresses. */
     es_status (*batch_loss)(void *host, int32_t which, int32_t backward, double *loss, int64_t *samples);
+
+    /* ---- Since ABI 1.2: call only if struct_size covers the field ---- */
+
+    /** Hyper-connected space (es_space_info.hyper_connected): the logits of cell `cell`'s
+     *  inter-cell inputs, (inputs, 1) — input j is the stem (j = 0) or cell j-1 — and their
+     *  gradient; writable, like arch_view. Elsewhere ES_ERROR_UNSUPPORTED.
+     *  Why 1.1 lacked it: the DARTS spaces have no gated connections between cells; Bonsai-Net
+     *  prunes them (and deadheads them) as it prunes ops, so a strategy must read, write and
+     *  remove their pruner weights, which arch_view (edges x ops per cell type) cannot address. */
+    es_status (*input_view)(void *host, int32_t cell, es_tensor_view *logits, es_tensor_view *grad);
+    /** Masks, restores or removes (frees its preprocessing) inter-cell input `input` of `cell`. */
+    es_status (*set_input_state)(void *host, int32_t cell, int32_t input, es_op_state state);
+    es_status (*get_input_state)(void *host, int32_t cell, int32_t input, es_op_state *state);
 } es_search_services;
 
 /* ---- The strategy component ---- */

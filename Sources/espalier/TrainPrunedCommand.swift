@@ -1,0 +1,58 @@
+// `espalier train-pruned --pruned OUT/pruned.json`: Bonsai-Net's derived network (the
+// hyper-connected network as the search pruned it: surviving ops per edge and inter-cell inputs
+// per cell, each summed with weight 1) trained from scratch, then its test accuracy.
+
+import ArgumentParser
+import EspalierCore
+import EspalierHost
+import EspalierSearch
+import Foundation
+
+struct TrainPrunedCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train-pruned", abstract: "Train the pruned network of a hyper-connected (Bonsai-Net) search from scratch and report its test accuracy.")
+
+    @OptionGroup var dirs: PluginDirOptions
+    @Option(help: "pruned.json written by a hyper-connected `espalier search`.") var pruned: String
+    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: "Initial channels C (default: the search's).") var channels: Int?
+    @Option(help: "Epochs.") var epochs = 4
+    @Option(help: "Batch size.") var batchSize = 64
+    @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
+    @Option(help: "Use only the first N training images (0 = all).") var trainImages = 0
+    @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func run() throws {
+        var arch = try PrunedArchitecture.load(path: pruned)
+        if let channels { arch.space.channels = channels }
+        let context = HostContext()
+        let registry = dirs.loadRegistry(context: context)
+        let acc = MemoryAccountant()
+        context.begin(accountant: acc, seed: seed)
+        var c = SearchConfig()
+        c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
+        let train = try loadTrainingData(c, accountant: acc, split: .train)
+        let test = try loadTrainingData(c, accountant: acc, split: .test)
+        arch.space.inputChannels = train.channels; arch.space.classes = train.numClasses
+        var config = TrainConfig()
+        config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.seed = seed
+        let net = try acc.withOwner("model") { try PrunedNetwork(arch, registry: registry, context: context, seed: seed) }
+        print("pruned network: \(arch.space.cells) cells, \(arch.opCount) ops on edges, \(arch.inputCount) inter-cell inputs, \(net.parameterCount) parameters; "
+              + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine")
+        let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
+        var trainView = train.all, testView = test.all
+        if trainImages > 0 { trainView = trainView.prefix(trainImages) }
+        if testImages > 0 { testView = testView.prefix(testImages) }
+        let bar = ProgressBar(label: "train") { r in
+            String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
+                   r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100, r.seconds, formatBytes(r.peakBytes) as NSString)
+        }
+        let started = DispatchTime.now().uptimeNanoseconds
+        let reports = try trainer.fit(train: trainView, test: testView, progress: bar)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs; %d parameters",
+                     (reports.last?.testAccuracy ?? 0) * 100, testView.count, epochs, seconds, net.parameterCount))
+    }
+}
