@@ -1,5 +1,5 @@
 // espalier.strategy.bonsai/1: Bonsai-Net's growth inside a memory budget (Geada et al.), on the
-// host's DARTS cell space with the saw-wave gate (espalier.gate.sawwave/1) and the compression
+// host's DARTS cell space or the paper's relaxed hyper-connected space, with the saw-wave gate (espalier.gate.sawwave/1) and the compression
 // regularizer (espalier.regularizer.compression/1).
 //
 // The network grows in sections: section_cells lists the cell count after each section. Before
@@ -30,12 +30,20 @@
 //   "bonsai section K: cells=N target=C epochs=E predicted=P measured=M budget=B"
 // (predicted: the dry run for the section as it started, dataset included; measured: the
 // accountant's peak of the section's first epoch).
-// Not here (the next step): the paper's relaxed hyper-connected space (each cell takes the
-// previous cell plus a prunable sum of all earlier cells, every cell distinct) — on this DARTS
-// space α is shared by the cells of a type, so new cells arrive already pruned as the old ones;
-// and the old classifier as an auxiliary head. Growth keeps the trained weights through the
-// host's `grow_keeps_weights` convention (every weight whose name and shape match is copied;
-// cells whose shape changed because the reduction cells moved start fresh).
+// The paper's relaxed space: hyper_connected=true (a host space option; or --hyper-connected)
+// makes every cell distinct (cell type t IS cell t: its own pruners, its own op states) and each
+// cell sum a pruned set of all earlier outputs (ABI 1.2 input_view / set_input_state): the
+// strategy then also writes init into, clamps, masks at growth, predicts without, and deadheads
+// the inter-cell inputs' pruners exactly like the ops'; new cells added by a growth arrive
+// hyper-connected with fresh pruners (w = init); the old classifier becomes an auxiliary head
+// (auxiliary_weight, the host's space option: loss = main + w·aux); reductions stay where the last
+// section's depth has them (reduction_cells, empty = cells/3 and 2·cells/3 of the last section);
+// compression is per cell over its candidates and inter-cell inputs. The host writes the pruned
+// network (surviving ops per edge and inputs per cell) as OUT/pruned.json; `espalier
+// train-pruned` trains it. On the DARTS space (the default) α is shared by the cells of a type,
+// so new cells arrive already pruned as the old ones and there is no auxiliary head.
+// Growth keeps the trained weights through the host's `grow_keeps_weights` convention (every
+// weight whose name and shape match is copied; cells whose shape changed start fresh).
 
 import EspalierPluginKit
 
@@ -61,6 +69,8 @@ final class BonsaiStrategy: StrategyComponent {
     private var measuredFirst: UInt64? = nil
     /// Consecutive epoch ends with w < 0, per cell type, (edges·ops).
     private var zeroEpochs: [[Int]] = []
+    /// Hyper-connected: consecutive epoch ends with w < 0, per cell, per inter-cell input.
+    private var inputZeroEpochs: [[Int]] = []
     private var started = false
 
     init(host: PluginHost, params: ParamValues) throws {
@@ -137,8 +147,13 @@ final class BonsaiStrategy: StrategyComponent {
                 }
             }
         }
+        let maskedInputs = try prunedInputs(search, info)
         for (t, e, o) in masked { try search.setOpState(cellType: t, edge: e, op: o, .masked) }
-        defer { for (t, e, o) in masked { try? search.setOpState(cellType: t, edge: e, op: o, .active) } }
+        for (c, j) in maskedInputs { try search.setInputState(cell: c, input: j, .masked) }
+        defer {
+            for (t, e, o) in masked { try? search.setOpState(cellType: t, edge: e, op: o, .active) }
+            for (c, j) in maskedInputs { try? search.setInputState(cell: c, input: j, .active) }
+        }
         let change = cells.map { "{\"cells\":\($0)}" } ?? "{}"
         let data = (try? search.value("memory.dataset_bytes")).map { UInt64($0) } ?? 0
         return try search.predictPeak(change: change).peakTotal + data
@@ -157,6 +172,36 @@ final class BonsaiStrategy: StrategyComponent {
                 }
             }
         }
+        for (c, j) in try prunedInputs(search, info) { try search.setInputState(cell: c, input: j, .masked) }
+    }
+
+    /// Hyper-connected: the active inter-cell inputs whose pruner is below 0 (they do not run).
+    private func prunedInputs(_ search: SearchServices, _ info: SearchServices.SpaceInfo) throws -> [(Int, Int)] {
+        guard info.hyperConnected else { return [] }
+        var out: [(Int, Int)] = []
+        for c in 0..<info.cells {
+            let v = try search.inputView(cell: c).logits
+            guard let a = v.data else { continue }
+            for j in 0..<v.count where a[j] < 0 {
+                if try search.inputState(cell: c, input: j) == .active { out.append((c, j)) }
+            }
+        }
+        return out
+    }
+
+    /// Every pruner logits tensor: each cell type's (edges, ops) and, hyper-connected, each cell's inputs (inputs, 1).
+    private func prunerViews(_ search: SearchServices, _ info: SearchServices.SpaceInfo) throws -> [TensorView] {
+        try (0..<info.cellTypes).map { try search.archView(cellType: $0).logits }
+            + (info.hyperConnected ? try (0..<info.cells).map { try search.inputView(cell: $0).logits } : [])
+    }
+
+    /// Writes w = init into cell types (and their cells' inputs) from `firstType` on: all at the
+    /// start, the new cells' after a hyper-connected growth (their α is fresh).
+    private func initPruners(_ search: SearchServices, from firstType: Int) throws {
+        let info = try search.spaceInfo()
+        var views = try (firstType..<info.cellTypes).map { try search.archView(cellType: $0).logits }
+        if info.hyperConnected { views += try (firstType..<info.cells).map { try search.inputView(cell: $0).logits } }
+        for v in views { if let a = v.data { for i in 0..<v.count where a[i].isFinite { a[i] = Float(initW) } } }
     }
 
     // MARK: Hooks
@@ -170,11 +215,9 @@ final class BonsaiStrategy: StrategyComponent {
     /// w ∈ [−clamp, clamp] after every step.
     func afterStep(state: RunState) throws {
         guard let search = host.search else { return }
-        let info = try search.spaceInfo()
-        for t in 0..<info.cellTypes {
-            let v = try search.archView(cellType: t).logits
+        let c = Float(clampW)
+        for v in try prunerViews(search, try search.spaceInfo()) {
             guard let a = v.data else { continue }
-            let c = Float(clampW)
             for i in 0..<v.count where a[i].isFinite { a[i] = min(max(a[i], -c), c) }
         }
     }
@@ -185,19 +228,21 @@ final class BonsaiStrategy: StrategyComponent {
         let search = try services()
         let b = try budget()
         let info = try search.spaceInfo()
-        // Every pruner starts at init (kept).
-        for t in 0..<info.cellTypes {
-            let v = try search.archView(cellType: t).logits
-            if let a = v.data { for i in 0..<v.count where a[i].isFinite { a[i] = Float(initW) } }
+        if info.hyperConnected && !search.hasInputServices {
+            throw PluginError.unsupported("\(Self.id): the hyper-connected space needs the host's inter-cell input services (ABI 1.2)")
         }
-        zeroEpochs = Array(repeating: Array(repeating: 0, count: info.edges * info.ops), count: info.cellTypes)
+        // Every pruner starts at init (kept).
+        try initPruners(search, from: 0)
         let first = sectionCells[0]
         let need = try predict(search, cells: first)
         guard need <= b else {
             throw PluginError(ES_ERROR_BUDGET, "\(Self.id): section 1 (\(first) cells) needs \(Self.format(need)) (dry-run prediction, dataset included) "
                               + "but the budget is \(Self.format(b)): short by \(Self.format(need - b)); use fewer cells in section_cells, a smaller batch or partial channels")
         }
-        if info.cells != first { try search.grow(cells: first) }
+        if info.cells != first {
+            try search.grow(cells: first)
+            try initPruners(search, from: 0)
+        }
         predictedAtStart = try predict(search, cells: nil)
         try setTarget(search, 1)
         host.log("\(Self.id): \(sectionCells.count) section(s) \(sectionCells), budget \(Self.format(b)); section 1 predicted \(Self.format(predictedAtStart))")
@@ -229,7 +274,10 @@ final class BonsaiStrategy: StrategyComponent {
         if need <= b && spent >= minSectionEpochs {
             logSection(epochs: spent)
             try maskPruned(search)
+            let before = try search.spaceInfo()
             try search.grow(cells: next)
+            // Hyper-connected: the new cells are distinct, with fresh α: their pruners start at init.
+            if before.hyperConnected { try initPruners(search, from: before.cellTypes) }
             section += 1
             sectionStart = state.epoch + 1
             measuredFirst = nil
@@ -243,7 +291,8 @@ final class BonsaiStrategy: StrategyComponent {
         }
         // Not yet: the compression that would make the next section fit.
         let now = try search.spaceInfo().cells
-        let types = ["normal", "reduce"]
+        let info = try search.spaceInfo()
+        let types = info.hyperConnected ? (0..<info.cellTypes).map { "cell\($0)" } : ["normal", "reduce"]
         let bytes = types.compactMap { try? search.value("candidate_bytes/\($0)") }.reduce(0, +)
         let running = types.compactMap { t in (try? search.value("candidate_bytes/\(t)")).flatMap { s in (try? search.value("compression/\(t)")).map { $0 * s } } }.reduce(0, +)
         if bytes > 0 && need > b {
@@ -270,6 +319,9 @@ final class BonsaiStrategy: StrategyComponent {
     /// highest w of an edge).
     private func deadhead(_ search: SearchServices) throws {
         let info = try search.spaceInfo()
+        // Cell types added by a hyper-connected growth start with no history.
+        while zeroEpochs.count < info.cellTypes { zeroEpochs.append(Array(repeating: 0, count: info.edges * info.ops)) }
+        try deadheadInputs(search, info)
         for t in 0..<info.cellTypes {
             guard let a = try search.archView(cellType: t).logits.data else { continue }
             for e in 0..<info.edges {
@@ -284,6 +336,29 @@ final class BonsaiStrategy: StrategyComponent {
                         try search.setOpState(cellType: t, edge: e, op: i - e * info.ops, .removed)
                         host.log("\(Self.id): deadheaded op \(search.opName(i - e * info.ops) ?? "?") on edge \(e) of cell type \(t)")
                     }
+                }
+            }
+        }
+    }
+
+    /// Hyper-connected: an inter-cell input whose pruner stayed below 0 (or that was masked at a
+    /// growth) for deadhead_window epoch ends is removed for good (its preprocessing is freed).
+    /// A cell may lose every such input: its first input is then absent (the previous cell's
+    /// output stays hard-wired).
+    private func deadheadInputs(_ search: SearchServices, _ info: SearchServices.SpaceInfo) throws {
+        guard info.hyperConnected else { return }
+        while inputZeroEpochs.count < info.cells { inputZeroEpochs.append([]) }
+        for c in 0..<info.cells {
+            let v = try search.inputView(cell: c).logits
+            guard let a = v.data else { continue }
+            while inputZeroEpochs[c].count < v.count { inputZeroEpochs[c].append(0) }
+            for j in 0..<v.count {
+                let state = try search.inputState(cell: c, input: j)
+                guard state != .removed else { inputZeroEpochs[c][j] = 0; continue }
+                inputZeroEpochs[c][j] = a[j] < 0 || state == .masked ? inputZeroEpochs[c][j] + 1 : 0
+                if inputZeroEpochs[c][j] >= deadheadWindow {
+                    try search.setInputState(cell: c, input: j, .removed)
+                    host.log("\(Self.id): deadheaded inter-cell input \(j == 0 ? "stem" : "cell \(j - 1)") of cell \(c)")
                 }
             }
         }
@@ -320,6 +395,12 @@ extension BonsaiComponents {
                   doc: "the host's grow copies every weight whose name and shape match into the grown network (false: fresh weights, P-DARTS's semantics)"),
             .int("warmup_epochs", default: 1, doc: "weight-only epochs at the start of each section (grow gives fresh weights; the pruners hold still)", min: 0),
             .int("deadhead_window", default: 2, doc: "epoch ends with w < 0 in a row after which a candidate is removed for good", min: 1),
+            .bool("hyper_connected", default: false,
+                  doc: "search the paper's relaxed space: distinct cells, each taking the previous cell plus a pruned sum of all earlier cells (a host space option)"),
+            .string("reduction_cells", default: "",
+                    doc: "cells that reduce (a host space option), e.g. \"2,5\"; empty: hyper-connected, those of the last section's depth (cells/3, 2·cells/3)"),
+            .double("auxiliary_weight", default: 0.4,
+                    doc: "hyper-connected growth: the old classifier becomes an auxiliary head; loss = main + w·aux (paper 0.2–0.4; 0 = drop it)", min: 0),
         ],
         requires: [.archParams, .hardGate])
 }

@@ -26,6 +26,30 @@ final class BonsaiLog: @unchecked Sendable {
     }
 }
 
+/// A search run on synthetic 8×8 images (3 classes) whose plugin log lines are collected, inside `budget`.
+func makeBonsaiRun(_ c: SearchConfig, registry: PluginRegistry, budget: Int?, images: Int = 32) throws -> (SearchRun, MemoryAccountant, BonsaiLog, Dataset) {
+    XCTAssertEqual(registry.failures.map(\.description), [])
+    let acc = MemoryAccountant()
+    let log = BonsaiLog()
+    let context = HostContext(accountant: acc, seed: c.seed)
+    context.logSink = { _, message in log.lines.append(message) }
+    let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: images, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc) }
+    acc.budget = budget
+    return (try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: nil), acc, log, ds)
+}
+
+/// The log's sections are `cells`, each measured within 2 % of its prediction, under `budget`.
+func assertSections(_ log: BonsaiLog, cells: [String], budget: Int, file: StaticString = #filePath, line: UInt = #line) {
+    let sections = log.sections
+    XCTAssertEqual(sections.map { $0["cells"] }, cells, "\(log.lines)", file: file, line: line)
+    for s in sections {
+        let predicted = Double(s["predicted"]!)!, measured = Double(s["measured"]!)!
+        XCTAssertGreaterThan(measured, 0, file: file, line: line)
+        XCTAssertEqual(measured, predicted, accuracy: predicted * 0.02, "section \(s): predicted within 2 % of measured", file: file, line: line)
+        XCTAssertEqual(Int(s["budget"]!), budget, file: file, line: line)
+    }
+}
+
 /// The worst accountant peak seen after any step.
 final class BonsaiPeakWatcher: SearchProgress {
     let accountant: MemoryAccountant
@@ -52,14 +76,8 @@ final class BonsaiSearchTests: XCTestCase {
     }
 
     func makeRun(_ c: SearchConfig, budget: Int?, images: Int = 32) throws -> (SearchRun, MemoryAccountant, BonsaiLog) {
-        XCTAssertEqual(Self.registry.failures.map(\.description), [])
-        let acc = MemoryAccountant()
-        let log = BonsaiLog()
-        let context = HostContext(accountant: acc, seed: c.seed)
-        context.logSink = { _, message in log.lines.append(message) }
-        let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: images, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc) }
-        acc.budget = budget
-        return (try SearchRun(config: c, registry: Self.registry, context: context, train: ds.all, outDirectory: nil), acc, log)
+        let (run, acc, log, _) = try makeBonsaiRun(c, registry: Self.registry, budget: budget, images: images)
+        return (run, acc, log)
     }
 
     /// What one section of `c` at `cells` cells needs with every candidate running, dataset included.
@@ -113,14 +131,7 @@ final class BonsaiSearchTests: XCTestCase {
         XCTAssertEqual(run.supernet.space.cells, 4, "grown section by section")
         XCTAssertGreaterThan(watcher.steps, 8)
         XCTAssertLessThanOrEqual(watcher.worst, budget, "the accountant's peak stays inside the budget at every step")
-        let sections = log.sections
-        XCTAssertEqual(sections.map { $0["cells"] }, ["2", "3", "4"], "\(log.lines)")
-        for s in sections {
-            let predicted = Double(s["predicted"]!)!, measured = Double(s["measured"]!)!
-            XCTAssertGreaterThan(measured, 0)
-            XCTAssertEqual(measured, predicted, accuracy: predicted * 0.02, "section \(s): predicted within 2 % of measured")
-            XCTAssertEqual(Int(s["budget"]!), budget)
-        }
+        assertSections(log, cells: ["2", "3", "4"], budget: budget)
         // The last section trains without the compression term.
         XCTAssertEqual(try run.value("regularizer.lambda"), 0)
     }
