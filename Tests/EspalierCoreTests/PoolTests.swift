@@ -35,6 +35,11 @@ final class PoolTests: XCTestCase {
         PoolGeometry(n: 1, c: 2, h: 4, w: 4, k: 2, stride: 2, padding: 1),   // 2×2 with padding: windows half off the image
         PoolGeometry(n: 1, c: 2, h: 8, w: 8, k: 5, stride: 3, padding: 0),   // auxiliary-head pool
         PoolGeometry(n: 1, c: 1, h: 1, w: 1, k: 3, stride: 2, padding: 1),   // 1×1 image
+        PoolGeometry(n: 1, c: 1, h: 1, w: 1, k: 3, stride: 1, padding: 1),   // 1×1 image, stride 1
+        PoolGeometry(n: 2, c: 2, h: 7, w: 7, k: 3, stride: 1, padding: 1),   // 7×7: one SIMD8 block would overrun
+        PoolGeometry(n: 1, c: 2, h: 2, w: 19, k: 3, stride: 1, padding: 1),  // two rows, SIMD blocks and a tail
+        PoolGeometry(n: 1, c: 2, h: 9, w: 1, k: 3, stride: 1, padding: 1),   // one column
+        PoolGeometry(n: 1, c: 2, h: 5, w: 18, k: 3, stride: 2, padding: 1),
     ]
     /// Large enough that the tuned kernels split the planes across cores.
     static let large = PoolGeometry(n: 4, c: 16, h: 32, w: 32, k: 3, stride: 2, padding: 1)
@@ -144,6 +149,38 @@ final class PoolTests: XCTestCase {
         let y = try graph.maxPool2d(graph.constant(x), kernel: 3, stride: 2, padding: 1)
         // Windows centred at (0,0), (0,2), (2,0), (2,2): maxima of in-image values, never the zero padding.
         XCTAssertEqual(y.value.array, [-1, -2, -4, -5])
+    }
+
+    /// NaN and −∞ inputs: the tuned 3×3 paths give the naive reference's values (NaN propagates)
+    /// and send each gradient to the same input (the last NaN in row-major window order; the first
+    /// in-image element of an all −∞ window).
+    func testMaxPool3x3_NaNAndMinusInfinity_LikeTheNaiveReference() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in [PoolGeometry(n: 1, c: 3, h: 9, w: 21, k: 3, stride: 1, padding: 1),
+                       PoolGeometry(n: 1, c: 3, h: 9, w: 21, k: 3, stride: 2, padding: 1)].enumerated() {
+            var rng = RNG(seed: UInt64(40 + k))
+            let x = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            for i in 0..<x.count {
+                switch rng.int(10) {
+                case 0: x[i] = .nan
+                case 1, 2, 3: x[i] = -.infinity
+                default: x[i] = Float(rng.int(3))
+                }
+            }
+            for i in 0..<(2 * g.w) { x[g.h * g.w + i] = -.infinity }   // plane 1 starts with two all −∞ rows
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(50 + k))
+            let y1 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let y2 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.maxPool2dForward(g, x: x.ptr, y: y1.ptr)
+            Kernels.maxPool2dForwardNaive(g, x: x.ptr, y: y2.ptr)
+            XCTAssertEqual(y1.array.map(\.bitPattern), y2.array.map(\.bitPattern), "forward \(g)")
+            XCTAssertTrue(y1.array.contains { $0.isNaN } && y1.array.contains { $0 == -.infinity })
+            let dX1 = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            let dX2 = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            Kernels.maxPool2dBackward(g, x: x.ptr, dY: dY.ptr, dX: dX1.ptr)
+            Kernels.maxPool2dBackwardNaive(g, x: x.ptr, dY: dY.ptr, dX: dX2.ptr)
+            assertClose(dX1.array, dX2.array, tol: 1e-6, "backward \(g)")
+        }
     }
 
     func testMaxPool_Ties_FirstMaxGetsTheGradient() throws {

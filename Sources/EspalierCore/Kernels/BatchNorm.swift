@@ -1,7 +1,8 @@
 // Batch normalisation over (N, C, HW): per-channel statistics, the normalising affine map, and
 // backward, each beside its naive reference. x̂ = (x − mean)·invstd, y = γ·x̂ + β.
 // Channels are independent, so every pass is split across cores by channel (no shared sums);
-// per-channel sums run in Float lanes per row and are added in Double.
+// per-channel sums run in eight Float lanes (SIMD8) per row and are added in Double; every pass
+// over a row is a SIMD8 loop with a scalar tail (rows are 7×7 to 32×32 planes).
 // Backward with batch statistics (training) differentiates through mean and variance:
 //   dX = γ·invstd·(dY − mean(dY) − x̂·mean(dY·x̂))
 // with fixed statistics (evaluation): dX = γ·invstd·dY. dγ += Σ dY·x̂ and dβ += Σ dY are
@@ -10,25 +11,25 @@
 import Foundation
 
 extension Kernels {
-    /// Σ (p[i] − m)² in Double.
+    /// Σ (p[i] − m)² over one row (Float lanes; rows are planes of a few thousand floats at most), in Double.
     @inline(__always)
     static func rowSumSquaredDeviation(_ p: UnsafePointer<Float>, count: Int, mean m: Float) -> Double {
-        var total: Double = 0
-        var i = 0
-        while i < count {
-            let end = min(i + 4096, count)
-            var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
-            var j = i
-            while j + 4 <= end {
-                let a = p[j] - m, b = p[j + 1] - m, c = p[j + 2] - m, d = p[j + 3] - m
-                s0 += a * a; s1 += b * b; s2 += c * c; s3 += d * d
-                j += 4
-            }
-            while j < end { let a = p[j] - m; s0 += a * a; j += 1 }
-            total += Double((s0 + s1) + (s2 + s3))
-            i = end
-        }
-        return total
+        var acc = SIMD8<Float>(), tail: Float = 0
+        let mv = SIMD8<Float>(repeating: m)
+        var j = 0
+        while j + 8 <= count { let a = load8(p + j) - mv; acc.addProduct(a, a); j += 8 }
+        while j < count { let a = p[j] - m; tail += a * a; j += 1 }
+        return Double(acc.sum()) + Double(tail)
+    }
+
+    /// Σ p[i] over one row, in Float lanes added in Double.
+    @inline(__always)
+    static func rowSum8(_ p: UnsafePointer<Float>, count: Int) -> Double {
+        var acc = SIMD8<Float>(), tail: Float = 0
+        var j = 0
+        while j + 8 <= count { acc += load8(p + j); j += 8 }
+        while j < count { tail += p[j]; j += 1 }
+        return Double(acc.sum()) + Double(tail)
     }
 
     /// mean[c] and biased variance[c] of x (N, C, HW) over N·HW (two passes).
@@ -37,7 +38,7 @@ extension Kernels {
         let m = Double(n * hw)
         forItems(c, itemSize: n * hw * 2) { ch in
             var s: Double = 0
-            for sample in 0..<n { s += rowSum(x + (sample * c + ch) * hw, count: hw) }
+            for sample in 0..<n { s += rowSum8(x + (sample * c + ch) * hw, count: hw) }
             let mu = Float(s / m)
             var v: Double = 0
             for sample in 0..<n { v += rowSumSquaredDeviation(x + (sample * c + ch) * hw, count: hw, mean: mu) }
@@ -53,9 +54,12 @@ extension Kernels {
         forItems(c, itemSize: n * hw) { ch in
             let a = invStd[ch] * (gamma?[ch] ?? 1)
             let b = (beta?[ch] ?? 0) - mean[ch] * a
+            let av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
             for sample in 0..<n {
                 let xr = x + (sample * c + ch) * hw, yr = y + (sample * c + ch) * hw
-                for i in 0..<hw { yr[i] = xr[i] * a + b }
+                var i = 0
+                while i + 8 <= hw { store8(yr + i, load8(xr + i) * av + bv); i += 8 }
+                while i < hw { yr[i] = xr[i] * a + b; i += 1 }
             }
         }
     }
@@ -77,19 +81,22 @@ extension Kernels {
             let xcScale: Float = normalizedInput ? 1 / istd : 1
             var sumDy: Double = 0, sumDyXc: Double = 0   // Σ dY, Σ dY·(x − mean)
             if needSums {
+                let muv = SIMD8<Float>(repeating: mu)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
                     let xr = x + off, dyr = dY + off
-                    sumDy += rowSum(dyr, count: hw)
-                    var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
+                    // One pass: Σ dY and Σ dY·(x − mu) in SIMD8 lanes.
+                    var ady = SIMD8<Float>(), adx = SIMD8<Float>(), tdy: Float = 0, tdx: Float = 0
                     var i = 0
-                    while i + 4 <= hw {
-                        s0 += dyr[i] * (xr[i] - mu); s1 += dyr[i + 1] * (xr[i + 1] - mu)
-                        s2 += dyr[i + 2] * (xr[i + 2] - mu); s3 += dyr[i + 3] * (xr[i + 3] - mu)
-                        i += 4
+                    while i + 8 <= hw {
+                        let dy = load8(dyr + i)
+                        ady += dy
+                        adx.addProduct(dy, load8(xr + i) - muv)
+                        i += 8
                     }
-                    while i < hw { s0 += dyr[i] * (xr[i] - mu); i += 1 }
-                    sumDyXc += Double((s0 + s1) + (s2 + s3))
+                    while i < hw { tdy += dyr[i]; tdx += dyr[i] * (xr[i] - mu); i += 1 }
+                    sumDy += Double(ady.sum()) + Double(tdy)
+                    sumDyXc += Double(adx.sum()) + Double(tdx)
                 }
             }
             let sumDyXhat = sumDyXc * Double(xcScale) * Double(istd)
@@ -102,16 +109,23 @@ extension Kernels {
                 // dX = a·(dY − sumDy/M − x̂·sumDyXhat/M), x̂ = (x − mu)·istd
                 let meanDy = Float(sumDy) / m
                 let k = Float(sumDyXhat) / m * istd * xcScale   // coefficient of (x − mu)
+                let av = SIMD8<Float>(repeating: a), kv = SIMD8<Float>(repeating: k)
+                let mdv = SIMD8<Float>(repeating: meanDy), muv = SIMD8<Float>(repeating: mu)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
                     let xr = x + off, dyr = dY + off, dxr = dX + off
-                    for i in 0..<hw { dxr[i] = a * (dyr[i] - meanDy - (xr[i] - mu) * k) }
+                    var i = 0
+                    while i + 8 <= hw { store8(dxr + i, av * (load8(dyr + i) - mdv - (load8(xr + i) - muv) * kv)); i += 8 }
+                    while i < hw { dxr[i] = a * (dyr[i] - meanDy - (xr[i] - mu) * k); i += 1 }
                 }
             } else {
+                let av = SIMD8<Float>(repeating: a)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
                     let dyr = dY + off, dxr = dX + off
-                    for i in 0..<hw { dxr[i] = a * dyr[i] }
+                    var i = 0
+                    while i + 8 <= hw { store8(dxr + i, av * load8(dyr + i)); i += 8 }
+                    while i < hw { dxr[i] = a * dyr[i]; i += 1 }
                 }
             }
         }

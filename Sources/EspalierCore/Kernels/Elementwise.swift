@@ -64,6 +64,15 @@ public enum Kernels {
     /// Σx² in Double.
     public static func sumSquares(_ x: UnsafePointer<Float>, count: Int) -> Double { dot(x, x, count: count) }
 
+    // MARK: SIMD8 loads and stores (unaligned), for the row loops of the kernels
+
+    @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) static func store8(_ p: UnsafeMutablePointer<Float>, _ v: SIMD8<Float>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+    }
+
     // MARK: ReLU
 
     /// y = max(x, 0)  (count)

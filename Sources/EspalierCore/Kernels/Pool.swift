@@ -76,96 +76,51 @@ extension Kernels {
     @inline(__always)
     static func nanMax(_ a: Float, _ b: Float) -> Float { (b > a || b != b) ? b : a }
 
-    /// Output columns whose 3×3 window (padding 1) lies fully inside a row of width w.
-    @inline(__always)
-    static func interior3x3(_ g: PoolGeometry, out: Int, size: Int) -> Range<Int> {
-        // window start = o·s − 1 ≥ 0 and o·s + 1 ≤ size − 1
-        let lo = (1 + g.stride - 1) / g.stride
-        let hi = min(out, (size - 2) / g.stride + 1)
-        return lo..<max(lo, hi)
-    }
-
-    /// y = max over each k×k window (padding counts as −∞). 3×3 windows with padding 1 take an
-    /// unrolled path inside the image; borders and other sizes the general one.
+    /// y = max over each k×k window (padding counts as −∞). 3×3 windows with padding 1 (DARTS's
+    /// max_pool_3x3, stride 1 or 2) take the separable path; other sizes the general one.
     public static func maxPool2dForward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
-        let fast = g.k == 3 && g.padding == 1
-        let rowsIn = fast ? interior3x3(g, out: ho, size: g.h) : 0..<0
-        let colsIn = fast ? interior3x3(g, out: wo, size: g.w) : 0..<0
+        if g.k == 3 && g.padding == 1 {
+            maxPool3x3Forward(g, x: x, y: y)
+            return
+        }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, yp = y + plane * ho * wo
             for oh in 0..<ho {
-                let yrow = yp + oh * wo
-                if rowsIn.contains(oh) && !colsIn.isEmpty {
-                    let r0 = xp + (oh * g.stride - 1) * g.w, r1 = r0 + g.w, r2 = r1 + g.w
-                    if g.stride == 1 {
-                        // Separable: vertical max of the three rows into y, then horizontal max in place.
-                        for j in 0..<g.w { yrow[j] = nanMax(nanMax(r0[j], r1[j]), r2[j]) }
-                        var prev = yrow[colsIn.lowerBound - 1]
-                        for ow in colsIn {
-                            let cur = yrow[ow]
-                            yrow[ow] = nanMax(nanMax(prev, cur), yrow[ow + 1])
-                            prev = cur
-                        }
-                    } else {
-                        for ow in colsIn {
-                            let c = ow * g.stride - 1
-                            yrow[ow] = nanMax(nanMax(nanMax(r0[c], r0[c + 1]), nanMax(r0[c + 2], r1[c])),
-                                              nanMax(nanMax(nanMax(r1[c + 1], r1[c + 2]), nanMax(r2[c], r2[c + 1])), r2[c + 2]))
-                        }
-                    }
-                    // Borders last: the stride-1 pass above used y as scratch for the column maxima.
-                    for ow in 0..<colsIn.lowerBound { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
-                    for ow in colsIn.upperBound..<wo { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
-                } else {
-                    for ow in 0..<wo { yrow[ow] = maxPoolWindow(g, xp, oh, ow).0 }
-                }
+                for ow in 0..<wo { yp[oh * wo + ow] = maxPoolWindow(g, xp, oh, ow).0 }
             }
         }
     }
 
-    /// Max-pool 3×3, stride 1, padding 1 backward, separably: each input row's 3-wide (max, first
-    /// arg-max) once, then 2 comparisons per output across its three rows. The same first-maximum
-    /// (row-major) and NaN rules as the general path.
-    static func maxPool3x3Stride1Backward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                          dX: UnsafeMutablePointer<Float>, rowsIn: Range<Int>, colsIn: Range<Int>) {
-        let (ho, wo, w, hw) = (g.hOut, g.wOut, g.w, g.h * g.w)
+    /// 3×3, padding 1, separably: per output row, the column maxima of its (2–3) in-image rows
+    /// into a row V padded with −∞ on both sides, then y[ow] = max V[ow·s … ow·s + 2] (SIMD8 at
+    /// stride 1). NaN propagates (nanMax).
+    static func maxPool3x3Forward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let (h, w, ho, wo, s, hw) = (g.h, g.w, g.hOut, g.wOut, g.stride, g.h * g.w)
         forItems(g.planes, itemSize: hw * 2) { plane in
-            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
-            dxp.update(repeating: 0, count: hw)
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: hw) { hmBuf in
-                withUnsafeTemporaryAllocation(of: Int32.self, capacity: hw) { haBuf in
-                    let hm = hmBuf.baseAddress!, ha = haBuf.baseAddress!
-                    // Row maxima over columns c..c+2 (c = ow − 1) for the interior columns.
-                    for r in 0..<g.h {
-                        let xr = xp + r * w, mr = hm + r * w, ar = ha + r * w
-                        for ow in colsIn {
-                            let c = ow - 1
-                            var m = xr[c], a = Int32(c)
-                            let v1 = xr[c + 1], t1 = v1 > m || v1 != v1
-                            m = t1 ? v1 : m; a = t1 ? Int32(c + 1) : a
-                            let v2 = xr[c + 2], t2 = v2 > m || v2 != v2
-                            m = t2 ? v2 : m; a = t2 ? Int32(c + 2) : a
-                            mr[ow] = m; ar[ow] = a
+            let xp = x + plane * hw, yp = y + plane * ho * wo
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: w + 2 + 8) { vBuf in
+                let v = vBuf.baseAddress!                        // V: (W + 2), V[1 + iw] = column max
+                v[0] = -.infinity
+                for i in (w + 1)..<(w + 10) { v[i] = -.infinity }
+                for oh in 0..<ho {
+                    let top = oh * s - 1
+                    let r0 = max(top, 0), r1 = min(top + 2, h - 1)
+                    // Column maxima of rows r0…r1 (1 to 3 rows).
+                    copyRow(v + 1, xp + r0 * w, w)
+                    var r = r0 + 1
+                    while r <= r1 { nanMaxRow(v + 1, xp + r * w, w); r += 1 }
+                    let yrow = yp + oh * wo
+                    if s == 1 {
+                        var ow = 0
+                        while ow + 8 <= wo {
+                            let m = nanMax8(nanMax8(load8(v + ow), load8(v + ow + 1)), load8(v + ow + 2))
+                            store8(yrow + ow, m)
+                            ow += 8
                         }
-                    }
-                    for oh in 0..<ho {
-                        let dyrow = dyp + oh * wo
-                        if rowsIn.contains(oh) {
-                            let top = oh - 1
-                            for ow in 0..<colsIn.lowerBound { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
-                            for ow in colsIn {
-                                var m = hm[top * w + ow], a = top * w + Int(ha[top * w + ow])
-                                let m1 = hm[(top + 1) * w + ow], t1 = m1 > m || m1 != m1
-                                m = t1 ? m1 : m; a = t1 ? (top + 1) * w + Int(ha[(top + 1) * w + ow]) : a
-                                let m2 = hm[(top + 2) * w + ow], t2 = m2 > m || m2 != m2
-                                a = t2 ? (top + 2) * w + Int(ha[(top + 2) * w + ow]) : a
-                                dxp[a] += dyrow[ow]
-                            }
-                            for ow in colsIn.upperBound..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
-                        } else {
-                            for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
-                        }
+                        while ow < wo { yrow[ow] = nanMax(nanMax(v[ow], v[ow + 1]), v[ow + 2]); ow += 1 }
+                    } else {
+                        for ow in 0..<wo { yrow[ow] = nanMax(nanMax(v[ow * s], v[ow * s + 1]), v[ow * s + 2]) }
                     }
                 }
             }
@@ -173,43 +128,112 @@ extension Kernels {
     }
 
     /// dX[argmax] += dY for each window (overwrites dX first); the arg-max is recomputed from x.
+    /// 3×3 windows with padding 1 take the separable path.
     public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
-        let fast = g.k == 3 && g.padding == 1
-        let rowsIn = fast ? interior3x3(g, out: ho, size: g.h) : 0..<0
-        let colsIn = fast ? interior3x3(g, out: wo, size: g.w) : 0..<0
-        if fast && g.stride == 1 && !colsIn.isEmpty && !rowsIn.isEmpty {
-            maxPool3x3Stride1Backward(g, x: x, dY: dY, dX: dX, rowsIn: rowsIn, colsIn: colsIn)
+        if g.k == 3 && g.padding == 1 {
+            maxPool3x3Backward(g, x: x, dY: dY, dX: dX)
             return
         }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
             dxp.update(repeating: 0, count: hw)
             for oh in 0..<ho {
-                let dyrow = dyp + oh * wo
-                if rowsIn.contains(oh) && !colsIn.isEmpty {
-                    let top = (oh * g.stride - 1) * g.w
-                    let r0 = xp + top, r1 = r0 + g.w, r2 = r1 + g.w
-                    for ow in 0..<colsIn.lowerBound { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
-                    for ow in colsIn {
-                        let c = ow * g.stride - 1
-                        var m = r0[c], arg = c
-                        @inline(__always) func take(_ v: Float, _ i: Int) {
-                            let t = v > m || v != v
-                            m = t ? v : m
-                            arg = t ? i : arg
+                for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyp[oh * wo + ow] }
+            }
+        }
+    }
+
+    /// Max-pool 3×3, padding 1 backward, separably, with the general path's arg-max rule (the first
+    /// maximum in row-major window order; a NaN is taken over anything, a later NaN over an earlier):
+    ///   1. each input row's 3-wide (max, first arg-max column) for every output column, from the
+    ///      row padded with −∞, SIMD8 (stride 2: even and odd halves of 16 loads) → HM, HA (H, Wo8);
+    ///   2. per output, the first of its (1–3) in-image rows holding the maximum → the input index
+    ///      (SIMD8 over the output row);
+    ///   3. dX[index] += dY.
+    static func maxPool3x3Backward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                   dX: UnsafeMutablePointer<Float>) {
+        let (h, w, ho, wo, s, hw) = (g.h, g.w, g.hOut, g.wOut, g.stride, g.h * g.w)
+        let wo8 = (wo + 7) / 8 * 8                 // rows of HM, HA and IDX padded to whole SIMD8 blocks
+        let pCount = s * wo8 + 18                  // P: −∞, the row, −∞ … far enough for every block's reads
+        forItems(g.planes, itemSize: hw * 3) { plane in
+            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
+            dxp.update(repeating: 0, count: hw)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: h * wo8 + pCount) { fBuf in
+                withUnsafeTemporaryAllocation(of: Int32.self, capacity: (h + 1) * wo8) { iBuf in
+                    let hm = fBuf.baseAddress!, ha = iBuf.baseAddress!   // HM, HA: (H, Wo8); then IDX (Wo8)
+                    let p = hm + h * wo8                                 // P: (pCount) one row padded with −∞
+                    p.update(repeating: -.infinity, count: pCount)
+                    // (Scalars in replace(with:where:) compile to a per-lane loop: they are broadcast here.)
+                    let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+                    for r in 0..<h {
+                        copyRow(p + 1, xp + r * w, w)
+                        let mr = hm + r * wo8, ar = ha + r * wo8
+                        var ow = 0
+                        while ow < wo8 {
+                            // Window columns ow·s − 1 … ow·s + 1 are P[ow·s … ow·s + 2]: a0, a1, a2 lane by lane.
+                            let a0, a1, a2: SIMD8<Float>
+                            if s == 1 {
+                                a0 = load8(p + ow); a1 = load8(p + ow + 1); a2 = load8(p + ow + 2)
+                            } else {
+                                let v = UnsafeRawPointer(p + 2 * ow).loadUnaligned(as: SIMD16<Float>.self)
+                                a0 = v.evenHalf; a1 = v.oddHalf
+                                a2 = UnsafeRawPointer(p + 2 * ow + 2).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+                            }
+                            var m = a0, k = SIMD8<Int32>(repeating: -1)       // k: column offset −1, 0, +1
+                            let t1 = (a1 .> m) .| (a1 .!= a1)
+                            m.replace(with: a1, where: t1); k.replace(with: zero, where: t1)
+                            let t2 = (a2 .> m) .| (a2 .!= a2)
+                            m.replace(with: a2, where: t2); k.replace(with: one, where: t2)
+                            store8(mr + ow, m)
+                            let cols = (lanes &+ SIMD8(repeating: Int32(ow))) &* SIMD8(repeating: Int32(s)) &+ k
+                            UnsafeMutableRawPointer(ar + ow).storeBytes(of: cols, as: SIMD8<Int32>.self)
+                            ow += 8
                         }
-                        take(r0[c + 1], c + 1); take(r0[c + 2], c + 2)
-                        take(r1[c], g.w + c); take(r1[c + 1], g.w + c + 1); take(r1[c + 2], g.w + c + 2)
-                        take(r2[c], 2 * g.w + c); take(r2[c + 1], 2 * g.w + c + 1); take(r2[c + 2], 2 * g.w + c + 2)
-                        dxp[top + arg] += dyrow[ow]
+                        // Column −1 (the left pad) wins only where the whole in-image window is −∞: column 0.
+                        if ar[0] < 0 { ar[0] = 0 }
                     }
-                    for ow in colsIn.upperBound..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
-                } else {
-                    for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyrow[ow] }
+                    let idx = ha + h * wo8                               // one output row's input indices
+                    for oh in 0..<ho {
+                        let top = oh * s - 1
+                        let r0 = max(top, 0), r1 = min(top + 2, h - 1)
+                        var ow = 0
+                        while ow < wo8 {
+                            var m = load8(hm + r0 * wo8 + ow)
+                            var a = loadInt8(ha + r0 * wo8 + ow) &+ SIMD8(repeating: Int32(r0 * w))
+                            var r = r0 + 1
+                            while r <= r1 {
+                                let v = load8(hm + r * wo8 + ow), t = (v .> m) .| (v .!= v)
+                                m.replace(with: v, where: t)
+                                a.replace(with: loadInt8(ha + r * wo8 + ow) &+ SIMD8(repeating: Int32(r * w)), where: t)
+                                r += 1
+                            }
+                            UnsafeMutableRawPointer(idx + ow).storeBytes(of: a, as: SIMD8<Int32>.self)
+                            ow += 8
+                        }
+                        let dyrow = dyp + oh * wo
+                        for ow in 0..<wo { dxp[Int(idx[ow])] += dyrow[ow] }
+                    }
                 }
             }
         }
+    }
+
+    /// max(a, b) per lane, letting NaN through like `nanMax`.
+    @inline(__always)
+    static func nanMax8(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        a.replacing(with: b, where: (b .> a) .| (b .!= b))
+    }
+
+    @inline(__always)
+    static func loadInt8(_ p: UnsafePointer<Int32>) -> SIMD8<Int32> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Int32>.self) }
+
+    /// v[i] = nanMax(v[i], x[i]) for a row.
+    @inline(__always)
+    static func nanMaxRow(_ v: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        while i + 8 <= n { store8(v + i, nanMax8(load8(v + i), load8(x + i))); i += 8 }
+        while i < n { v[i] = nanMax(v[i], x[i]); i += 1 }
     }
 
     // MARK: - Average pool
