@@ -311,7 +311,9 @@ final class BonsaiStrategy: StrategyComponent {
 
     /// The section's line in the log (what the tests and the run's note read).
     private func logSection(epochs: Int) {
-        host.log("bonsai section \(section + 1): cells=\(sectionCells[section]) target=\(Self.fixed(target, digits: 4)) epochs=\(epochs) "
+        // The last grown section trains without the compression term: no target (paper: "None").
+        let t = section > 0 && section + 1 == sectionCells.count ? "none" : Self.fixed(target, digits: 4)
+        host.log("bonsai section \(section + 1): cells=\(sectionCells[section]) target=\(t) epochs=\(epochs) "
                  + "predicted=\(predictedAtStart) measured=\(measuredFirst ?? 0) budget=\((try? budget()) ?? 0)")
     }
 

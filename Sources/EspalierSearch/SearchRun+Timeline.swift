@@ -1,6 +1,6 @@
-// The memory timeline of a search: after every epoch a row of OUT/memory.csv (epoch, cells, the
-// accountant's measured peak of the epoch, the dry-run prediction for the network as it is now,
-// the budget) and OUT/memory.svg redrawn from it — measured against predicted against the
+// The memory timeline of a search: after every epoch a row of OUT/memory.csv (epoch, the cells
+// it trained, the accountant's measured peak of the epoch, the dry-run prediction for that
+// network made at the epoch's start, the budget) and OUT/memory.svg redrawn from it — measured against predicted against the
 // budget, with a marker wherever the cell count changed (P-DARTS stages, Bonsai-Net sections).
 
 import EspalierCore
@@ -22,17 +22,27 @@ extension SearchRun {
     /// redraws the plot (no output folder or a dry run: nothing).
     func appendMemoryTimeline(epochPeak: Int) throws {
         guard let dir = outDirectory, !accountant.isDryRun else { return }
-        // The prediction for the network as it is now (it may have grown), plus the dataset, so it
-        // compares with the measured peak, which includes the dataset.
-        let data = trainLoader.view.dataset.byteCount
-        let predicted = (try? predictPeak(change: "{}")).map { $0.stepPeak + data }
-        let row = MemoryTimelineRow(epoch: epoch, cells: supernet.space.cells, measured: epochPeak, predicted: predicted, budget: accountant.budget)
+        // The network the epoch trained and its prediction from the epoch's start (after
+        // epoch_begin; a growth at the epoch's end shows in the next row).
+        let start = epochStart ?? (supernet.space.cells, predictedNow())
+        let row = MemoryTimelineRow(epoch: epoch, cells: start.cells, measured: epochPeak, predicted: start.predicted, budget: accountant.budget)
         let path = (dir as NSString).appendingPathComponent("memory.csv")
         var rows = (try? Self.readMemoryTimeline(path)) ?? []
         rows.removeAll { $0.epoch >= row.epoch }   // a resumed run rewrites the epochs it repeats
         rows.append(row)
         try AtomicFile.write(([MemoryTimelineRow.header] + rows.map(\.csv)).joined(separator: "\n") + "\n", to: path)
         try AtomicFile.write(Self.memorySVG(rows), to: (dir as NSString).appendingPathComponent("memory.svg"))
+    }
+
+    /// The dry-run prediction for the network as it is now, plus the dataset, so it compares with
+    /// the measured peak, which includes the dataset.
+    func predictedNow() -> Int? {
+        (try? predictPeak(change: "{}")).map { $0.stepPeak + trainLoader.view.dataset.byteCount }
+    }
+
+    /// Called after epoch_begin: the epoch's cells and prediction for its timeline row.
+    func noteEpochStart() {
+        epochStart = outDirectory == nil || accountant.isDryRun ? nil : (supernet.space.cells, predictedNow())
     }
 
     static func readMemoryTimeline(_ path: String) throws -> [MemoryTimelineRow] {

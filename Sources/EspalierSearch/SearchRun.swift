@@ -89,6 +89,9 @@ public final class SearchRun {
     /// was not trained, so the epoch-end evaluation of it is skipped (its log shows 0).
     var onlySkippedThisEpoch = true
     public private(set) var logs: [SearchEpochLog] = []
+    /// The network this epoch trains (its cells) and its predicted peak with the dataset, taken
+    /// after epoch_begin (the memory timeline's row; SearchRun+Timeline.swift).
+    var epochStart: (cells: Int, predicted: Int?)? = nil
     /// Stop (as if interrupted) after this many steps of this process; for tests.
     public var stopAfterSteps: Int? = nil
     private var stepsThisProcess = 0
@@ -374,6 +377,7 @@ public final class SearchRun {
             if stepInEpoch == 0 {
                 weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
                 try withSectionValues { try strategy.epochBegin(state) }
+                noteEpochStart()
                 accountant.resetPeak()
                 lossSum = 0; correct = 0; seen = 0; stepTimes = []
                 onlySkippedThisEpoch = true

@@ -211,6 +211,13 @@ struct SearchCommand: ParsableCommand {
                   return FileManager.default.fileExists(atPath: svg) ? svg : (outDir as NSString).appendingPathComponent(name + ".dot")
               }.joined(separator: ", "))
         print("train it: espalier train --genotype \((outDir as NSString).appendingPathComponent("genotype.json"))")
+        if run.supernet.hyperConnected {
+            // The genotype above is the DARTS rule on the first cell of each type; the searched network is the pruned one.
+            let pruned = try run.prunedArchitecture(), path = (outDir as NSString).appendingPathComponent("pruned.json")
+            print("pruned network (every cell its own): \(pruned.space.cells) cells, \(pruned.opCount) ops on edges, \(pruned.inputCount) inter-cell inputs; "
+                  + "per cell ops/inputs: " + zip(pruned.ops, pruned.inputs).map { "\($0.reduce(0) { $0 + $1.count })/\($1.count)" }.joined(separator: " "))
+            print("written: \(path); train it: espalier train-pruned --pruned \(path)")
+        }
     }
 }
 

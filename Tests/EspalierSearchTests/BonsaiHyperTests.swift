@@ -171,6 +171,7 @@ final class BonsaiHyperTests: XCTestCase {
         XCTAssertEqual(run.supernet.space.auxiliaryCells, [1, 2], "each old classifier became an auxiliary head")
         XCTAssertLessThanOrEqual(watcher.worst, budget, "inside the budget at every step")
         assertSections(log, cells: ["2", "3", "4"], budget: budget)
+        XCTAssertEqual(log.sections.last?["target"], "none", "the last section trains without the compression term")
         // Compression values per cell, inter-cell inputs included.
         XCTAssertNoThrow(try run.value("candidate_bytes/cell3"))
     }
