@@ -128,12 +128,12 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertEqual(acc.poolCounters.hits, 1)
         XCTAssertEqual(acc.pooledBytes, 0)
         // A different size at the cap: the idle buffer is unmapped first, so that in use +
-        // pooled never exceeds the most ever in use at once.
+        // pooled stays within the cap (the most ever in use at once, plus 1/16).
         var c: Tensor? = try Tensor(shape: [n], category: .activations, accountant: acc)
         c = nil
         XCTAssertEqual(acc.currentTotal + acc.pooledBytes, 2 * n * 4)
         let d = try Tensor(shape: [2 * n], category: .activations, accountant: acc)
-        XCTAssertLessThanOrEqual(acc.currentTotal + acc.pooledBytes, acc.lifetimePeak)
+        XCTAssertLessThanOrEqual(acc.currentTotal + acc.pooledBytes, acc.lifetimePeak + acc.lifetimePeak / 16)
         XCTAssertEqual(acc.poolCounters.unmaps, 1)
         d.fill(1)
         XCTAssertEqual(d[2 * n - 1], 1)

@@ -71,6 +71,16 @@ final class ElementwiseTests: XCTestCase {
         let dot = Kernels.dot(a.ptr, b.ptr, count: n)
         let ref = zip(a.array, b.array).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         XCTAssertEqual(dot, ref, accuracy: 1e-3 * max(1, abs(ref)))
+        // Tiled multi-dot (the α gradient of a weighted sum), against the plain Double sums; also a short, untiled count.
+        let c = try randomTensor([n], acc, seed: 9)
+        for count in [n, 13] {
+            let dots = Kernels.dots(a.ptr, [UnsafePointer(b.ptr), UnsafePointer(c.ptr), UnsafePointer(a.ptr)], count: count)
+            for (k, other) in [b, c, a].enumerated() {
+                let r = (0..<count).reduce(0.0) { $0 + Double(a[$1]) * Double(other[$1]) }
+                XCTAssertEqual(dots[k], r, accuracy: 1e-3 * max(1, abs(r)), "dot \(k) over \(count)")
+            }
+        }
+        XCTAssertEqual(Kernels.dots(a.ptr, [], count: n), [])
     }
 
     func testNoGrad_RecordsNothingAndKeepsNothingForBackward() throws {

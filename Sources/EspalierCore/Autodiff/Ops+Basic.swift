@@ -117,7 +117,10 @@ extension Graph {
             let k = xs.count
             if ctx.needs(k), let saved {
                 let dW = try self.gradTensor(wValue.shape, zeroed: true)
-                if ctx.computing { for i in 0..<k { dW[indices[i]] += Float(Kernels.dot(dY.ptr, saved[i].ptr, count: dY.count)) } }
+                if ctx.computing {
+                    let d = Kernels.dots(dY.ptr, saved.map { UnsafePointer($0.ptr) }, count: dY.count)
+                    for i in 0..<k { dW[indices[i]] += Float(d[i]) }
+                }
                 try ctx.accumulate(k, dW)
             }
             for i in 0..<k where ctx.needs(i) {

@@ -88,16 +88,53 @@ public enum Kernels {
     // MARK: weighted sum of n tensors
 
     /// out = Σ_k w[k]·x_k  (each count)
+    /// Tiles are summed whole while they sit in L1: out's tile is read and written once, not once per term.
     public static func weightedSumForward(_ xs: [UnsafePointer<Float>], _ w: [Float], _ out: UnsafeMutablePointer<Float>, count: Int) {
         parallelRange(count) { lo, hi in
             if xs.isEmpty { for i in lo..<hi { out[i] = 0 }; return }
-            let x0 = xs[0], w0 = w[0]
-            for i in lo..<hi { out[i] = w0 * x0[i] }
-            for k in 1..<xs.count {
-                let xk = xs[k], wk = w[k]
-                for i in lo..<hi { out[i] += wk * xk[i] }
+            var t = lo
+            while t < hi {
+                let end = min(t + tile, hi)
+                let x0 = xs[0], w0 = w[0]
+                for i in t..<end { out[i] = w0 * x0[i] }
+                for k in 1..<xs.count {
+                    let xk = xs[k], wk = w[k]
+                    for i in t..<end { out[i] += wk * xk[i] }
+                }
+                t = end
             }
         }
+    }
+
+    /// Floats per tile of the tiled kernels (4 KiB: several operands stay in L1).
+    static let tile = 1024
+
+    /// [Σ a·b_k for each k], reading each tile of a once for all k; both cores (Float lanes per
+    /// tile, tiles added in Double). The α gradient of a weighted sum: one dot per term.
+    public static func dots(_ a: UnsafePointer<Float>, _ bs: [UnsafePointer<Float>], count: Int) -> [Double] {
+        let k = bs.count
+        guard k > 0 else { return [] }
+        let chunks = count < parallelGrain * 2 ? 1 : Parallel.chunkCount(count / parallelGrain)
+        let partial = UnsafeMutablePointer<Double>.allocate(capacity: chunks * k)   // (chunks, k)
+        defer { partial.deallocate() }
+        partial.update(repeating: 0, count: chunks * k)
+        Parallel.forChunksIndexed(count, chunks: chunks) { c, range in
+            let sums = partial + c * k
+            var t = range.lowerBound
+            while t < range.upperBound {
+                let end = min(t + tile, range.upperBound)
+                for j in 0..<k {
+                    let b = bs[j]
+                    var acc = SIMD8<Float>(), tail: Float = 0
+                    var i = t
+                    while i + 8 <= end { acc.addProduct(load8(a + i), load8(b + i)); i += 8 }
+                    while i < end { tail += a[i] * b[i]; i += 1 }
+                    sums[j] += Double(acc.sum()) + Double(tail)
+                }
+                t = end
+            }
+        }
+        return (0..<k).map { j in (0..<chunks).reduce(0.0) { $0 + partial[$1 * k + j] } }
     }
 
     // MARK: dropout and drop-path

@@ -286,54 +286,89 @@ extension Kernels {
     /// window are summed column by column once, then each output adds three column sums.
     static func avgPool3x3Forward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
+        let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
+        defer { inv.deallocate() }
         forItems(g.planes, itemSize: h * w * 2) { plane in
             let xp = x + plane * h * w, yp = y + plane * ho * wo
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { buffer in
-                let col = buffer.baseAddress!
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: s * wo + 12) { buffer in
+                let p = buffer.baseAddress!                      // P: 0, column sums (W), 0 …
+                p.update(repeating: 0, count: s * wo + 12)
                 for oh in 0..<ho {
                     let rows = g.window(oh, size: h)
-                    col.update(from: xp + rows.lowerBound * w, count: w)
-                    for ih in rows.dropFirst() {
-                        let r = xp + ih * w
-                        for j in 0..<w { col[j] += r[j] }
+                    copyRow(p + 1, xp + rows.lowerBound * w, w)
+                    for ih in rows.dropFirst() { addRow(p + 1, xp + ih * w, w) }
+                    let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), yrow = yp + oh * wo
+                    var ow = 0
+                    if s == 1 {
+                        let rs = SIMD8<Float>(repeating: rowScale)
+                        while ow + 8 <= wo {
+                            store8(yrow + ow, (load8(p + ow) + load8(p + ow + 1) + load8(p + ow + 2)) * load8(inv + ow) * rs)
+                            ow += 8
+                        }
                     }
-                    let rc = Float(countIncludePad ? 3 : rows.count), yrow = yp + oh * wo
-                    for ow in 0..<wo {
-                        let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
-                        var t: Float = 0
-                        for j in lo..<hi { t += col[j] }
-                        yrow[ow] = t / (rc * Float(countIncludePad ? 3 : hi - lo))
+                    while ow < wo {
+                        let c = ow * s
+                        yrow[ow] = (p[c] + p[c + 1] + p[c + 2]) * inv[ow] * rowScale
+                        ow += 1
                     }
                 }
             }
         }
     }
 
-    /// Its backward: each output row's dY/divisor is spread over its three columns into a row
-    /// buffer once, then added into the (1–3) input rows of the window.
+    /// Its backward: each output row's dY/divisor (V, zero-padded) is spread over its three
+    /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8), then added
+    /// into the (1–3) input rows of the window.
     static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
+        let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
+        defer { inv.deallocate() }
         forItems(g.planes, itemSize: h * w * 2) { plane in
             let dyp = dY + plane * ho * wo, dxp = dX + plane * h * w
             dxp.update(repeating: 0, count: h * w)
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { buffer in
-                let spread = buffer.baseAddress!
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * (w + 12) + wo) { buffer in
+                let spread = buffer.baseAddress!, v = spread + w + 12   // spread (W + 2), V: 0, dY·inv (Wo), 0 …
+                v.update(repeating: 0, count: wo + w + 12)
                 for oh in 0..<ho {
                     let rows = g.window(oh, size: h)
-                    spread.update(repeating: 0, count: w)
-                    let rc = Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
-                    for ow in 0..<wo {
-                        let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
-                        let v = dyrow[ow] / (rc * Float(countIncludePad ? 3 : hi - lo))
-                        for j in lo..<hi { spread[j] += v }
+                    let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
+                    if s == 1 {
+                        for ow in 0..<wo { v[1 + ow] = dyrow[ow] * inv[ow] * rowScale }
+                        var c = 0
+                        while c + 8 <= w { store8(spread + c, load8(v + c) + load8(v + c + 1) + load8(v + c + 2)); c += 8 }
+                        while c < w { spread[c] = v[c] + v[c + 1] + v[c + 2]; c += 1 }
+                    } else {
+                        spread.update(repeating: 0, count: w + 2)
+                        for ow in 0..<wo {
+                            let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
+                            let d = dyrow[ow] * inv[ow] * rowScale
+                            for j in lo..<hi { spread[j] += d }
+                        }
                     }
-                    for ih in rows {
-                        let r = dxp + ih * w
-                        for j in 0..<w { r[j] += spread[j] }
-                    }
+                    for ih in rows { addRow(dxp + ih * w, spread, w) }
                 }
             }
         }
+    }
+
+    /// 1 / (in-image columns of output column ow's window), or 1/3 with count_include_pad.
+    /// (Wo + 8 floats, zero past Wo; the caller deallocates it.)
+    static func avgPool3x3ColumnInverses(_ g: PoolGeometry, countIncludePad: Bool) -> UnsafeMutablePointer<Float> {
+        let table = UnsafeMutablePointer<Float>.allocate(capacity: g.wOut + 8)
+        for ow in 0..<g.wOut {
+            let c0 = ow * g.stride - 1, lo = max(c0, 0), hi = min(c0 + 3, g.w)
+            table[ow] = 1 / Float(countIncludePad ? 3 : hi - lo)
+        }
+        for ow in g.wOut..<(g.wOut + 8) { table[ow] = 0 }
+        return table
+    }
+
+    /// dst[0..<n] += src[0..<n].
+    @inline(__always)
+    static func addRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        while i + 8 <= n { store8(dst + i, load8(dst + i) + load8(src + i)); i += 8 }
+        while i < n { dst[i] += src[i]; i += 1 }
     }
 
     // MARK: - Global average pool

@@ -4,10 +4,10 @@
 // is a bucket hit: no page faults, no zeroing by the kernel, and no malloc fragmentation
 // (glibc's heap kept ~300 MiB above the accountant's peak on the GDAS bench).
 //
-// The pool never holds more than the accountant has ever had in use at once:
-//   live bytes (accountant.currentTotal) + pooled bytes ≤ the accountant's lifetime peak,
-// so real memory stays at the accounted peak (and under a budget, since that peak is). When a
-// new size is needed and the pool is at its cap, idle buffers are unmapped, largest first.
+// The pool is capped by what the accountant has ever had in use at once:
+//   live bytes (accountant.currentTotal) + pooled bytes ≤ cap = lifetime peak + 1/16 (≤ budget),
+// so real memory stays within 1/16 of the accounted peak (and under a budget). When a new size
+// is needed and the pool is at its cap, idle buffers are unmapped, largest first.
 // Small buffers (< `minimumBytes`) go to malloc, which handles them well.
 // One pool per real accountant; like the accountant it is used from one thread.
 
@@ -31,7 +31,7 @@ final class BufferPool {
     static func mappedSize(_ bytes: Int) -> Int { (bytes + pageBytes - 1) / pageBytes * pageBytes }
 
     /// A buffer of at least `bytes` (64-byte aligned), or nil when the system has no memory.
-    /// `live` is what the accountant has in use including this request; `cap` its lifetime peak.
+    /// `live` is what the accountant has in use including this request; `cap` its `poolCap`.
     func take(bytes: Int, live: Int, cap: Int) -> UnsafeMutableRawPointer? {
         guard Self.enabled, bytes >= Self.minimumBytes else {
             var raw: UnsafeMutableRawPointer?

@@ -30,7 +30,7 @@ public final class Storage {
             data = nil
         } else {
             let bytes = count * MemoryLayout<Float>.stride
-            guard let raw = accountant.pool.take(bytes: bytes, live: accountant.currentTotal, cap: accountant.lifetimePeak) else {
+            guard let raw = accountant.pool.take(bytes: bytes, live: accountant.currentTotal, cap: accountant.poolCap) else {
                 accountant.release(bytes: bytes, category: category, owner: owner)
                 throw EspalierError.outOfMemory(bytes: bytes, owner: accountant.ownerPath(owner))
             }
