@@ -11,7 +11,10 @@
 // epoch's last loss call); setting a new target starts again from lambda. set_value("target")
 // moves the target, set_value("lambda") fixes λ from then on (0 switches the term off: Bonsai's
 // last section trains without it), set_value("lambda_schedule") = 1 returns to the doubling.
-// "/flops" targets and other kinds are ignored.
+// "/flops" targets and other kinds are ignored. In the hyper-connected space the host's targets are
+// per cell, "gate/cellI/memory" (its ops) and "gate/cellI/inputs/memory" (its inter-cell inputs):
+// both are one cell's connections, so they make one c_i together (keys: the name without
+// "/memory" and "/inputs").
 
 import EspalierPluginKit
 
@@ -78,10 +81,14 @@ final class CompressionRegularizer: LossRegularizer {
             if lastUnmet { unmetEpochs += max(1, state.epoch - last) }
         }
         lastEpoch = state.epoch
-        // Per cell type: c_t, Σ s, and where its gradient goes.
-        var parts: [(name: String, c: Double, total: Double, g: TensorView, s: TensorView, grad: TensorView)] = []
+        // Per cell type (hyper-connected: per cell, its ops' and its inter-cell inputs' targets
+        // together, "gate/cellI/memory" + "gate/cellI/inputs/memory"): c_t, Σ s, and where its gradient goes.
+        var groups: [String: (num: Double, den: Double, parts: [(g: TensorView, s: TensorView, grad: TensorView)])] = [:]
+        var order: [String] = []
         for t in targets where t.kind == .gateWeights && t.name.hasSuffix("/memory") {
             guard let costs = t.costs else { throw PluginError.invalidArgument("\(Self.id): target '\(t.name)' has no costs") }
+            var key = String(t.name.dropLast("/memory".count))
+            if key.hasSuffix("/inputs") { key = String(key.dropLast("/inputs".count)) }
             for (p, g) in t.values.enumerated() {
                 try g.requireSameShape(as: costs[p], "\(Self.id): costs of '\(t.name)'")
                 guard let gw = g.data, let sw = costs[p].data else { continue }   // dry run
@@ -90,10 +97,13 @@ final class CompressionRegularizer: LossRegularizer {
                     num += Double(sw[j]) * Double(gw[j])
                     den += Double(sw[j])
                 }
-                guard den > 0 else { continue }
-                parts.append((t.name, num / den, den, g, costs[p], t.grads[p]))
+                if groups[key] == nil { order.append(key); groups[key] = (0, 0, []) }
+                groups[key]!.num += num
+                groups[key]!.den += den
+                groups[key]!.parts.append((g, costs[p], t.grads[p]))
             }
         }
+        let parts = order.compactMap { k in groups[k].flatMap { $0.den > 0 ? (name: k, c: $0.num / $0.den, total: $0.den, parts: $0.parts) : nil } }
         guard !parts.isEmpty else { return 0 }
         lastCompression = Dictionary(parts.map { ($0.name, $0.c) }, uniquingKeysWith: { a, _ in a })
         lastUnmet = parts.contains { $0.c > target }
@@ -101,10 +111,12 @@ final class CompressionRegularizer: LossRegularizer {
         let lambda = currentLambda
         guard norm > 0, lambda > 0 else { return lambda * norm }
         for p in parts {
-            guard let gr = p.grad.data, let sw = p.s.data else { continue }
-            try p.g.requireSameShape(as: p.grad, "\(Self.id): gradient of '\(p.name)'")
             let scale = lambda * (p.c - target) / norm / p.total
-            for j in 0..<p.g.count { gr[j] += Float(scale * Double(sw[j])) }
+            for q in p.parts {
+                guard let gr = q.grad.data, let sw = q.s.data else { continue }
+                try q.g.requireSameShape(as: q.grad, "\(Self.id): gradient of '\(p.name)'")
+                for j in 0..<q.g.count { gr[j] += Float(scale * Double(sw[j])) }
+            }
         }
         return lambda * norm
     }

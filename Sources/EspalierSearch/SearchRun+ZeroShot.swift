@@ -34,12 +34,18 @@ extension SearchRun {
     public func zeroShotSupernet(initSeed: UInt64) throws -> Supernet {
         let net = try Supernet(space: supernet.space, registry: registry, context: context, gateID: config.gate,
                                gateSettings: config.gateSettings, opSettings: config.opSettings, seed: initSeed)
-        for reduction in [false, true] {
+        // Per slot: a cell type's cells, or (hyper-connected) each cell; and each cell's inter-cell inputs.
+        for slot in 0..<supernet.slotCount {
             for e in 0..<supernet.space.edgesPerCell {
                 for o in 0..<supernet.space.ops.count {
-                    let s = supernet.opState(reduction: reduction, edge: e, op: o)
-                    if s != .active { try net.setOpState(reduction: reduction, edge: e, op: o, s) }
+                    let s = supernet.opState(slot: slot, edge: e, op: o)
+                    if s != .active { try net.setOpState(slot: slot, edge: e, op: o, s) }
                 }
+            }
+        }
+        for (cell, states) in inputStatesByCell().enumerated() {
+            for (j, raw) in states.enumerated() where raw != OpState.active.rawValue {
+                try net.setInputState(cell: cell, input: j, OpState(rawValue: raw) ?? .active)
             }
         }
         return net

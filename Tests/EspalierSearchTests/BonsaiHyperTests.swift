@@ -219,6 +219,32 @@ final class BonsaiHyperTests: XCTestCase {
         }
     }
 
+    func testCompressionPerCell_CountsTheInterCellInputsBytes_AsTheRegularizerDoes() throws {
+        let (run, acc, _, _) = try makeRun(config())
+        for a in run.supernet.inputAlphas + run.supernet.alphas { for i in 0..<a.count { a.value[i] = 0.1 } }
+        run.supernet.inputAlphas[3].value[2] = -0.1   // cell 1's output into cell 3: pruned
+        try run.firstStep()   // a forward: every input's shape is known
+        try run.publishSectionValues()
+        let costs = try run.slotCosts()
+        XCTAssertEqual(costs.inputs.map(\.memory.count), [1, 1, 2, 3])
+        XCTAssertTrue(costs.inputs.allSatisfy { $0.memory.allSatisfy { $0 > 0 } }, "every inter-cell input has the accountant's bytes")
+        let ops = costs.slots[3].memory.reduce(0) { $0 + Double($1) }, inputs = costs.inputs[3].memory.map(Double.init)
+        let all = ops + inputs.reduce(0, +), kept = ops + inputs[0] + inputs[1]
+        XCTAssertEqual(try run.value("candidate_bytes/cell3"), all, accuracy: 1)
+        XCTAssertEqual(try run.value("compression/cell3"), kept / all, accuracy: 1e-6)
+        // The regularizer on the host's two targets of cell 3 (ops, inputs): one c for the cell. λ = 1, target 0 → its value is c.
+        let r = try PluginRegularizer(try Self.registry.require(compression, kind: .regularizer), context: HostContext(accountant: acc),
+                                      settings: ["target": "0", "lambda": "1"])
+        let e = run.supernet.space.edgesPerCell
+        let g1 = try Tensor.from(Array(repeating: 1, count: e * 3), shape: [e, 3], accountant: acc)
+        let s1 = try Tensor.from(costs.slots[3].memory, shape: [e, 3], accountant: acc)
+        let g2 = try Tensor.from([1, 1, 0], shape: [3, 1], accountant: acc)
+        let s2 = try Tensor.from(costs.inputs[3].memory, shape: [3, 1], accountant: acc)
+        let value = try r.loss([RegularizerTarget(kind: .gateWeights, name: "gate/cell3/memory", values: [g1], grads: [nil], costs: [s1]),
+                                RegularizerTarget(kind: .gateWeights, name: "gate/cell3/inputs/memory", values: [g2], grads: [nil], costs: [s2])])
+        XCTAssertEqual(value, kept / all, accuracy: 1e-5)
+    }
+
     func testHyperConnected_RefusesPartialChannels_WithTheReason() throws {
         var c = config()
         c.space.partialChannels = 2
