@@ -15,6 +15,23 @@ final class NormTests: XCTestCase {
         ([5, 4], true),          // (N, C)
     ]
 
+    /// The one-pass statistics (shifted by each channel's first value) keep their precision for
+    /// data far from zero: values 1000 ± 1 (float spacing 6e-5 there).
+    func testBatchNormStatistics_DataFarFromZero() throws {
+        let acc = MemoryAccountant()
+        let (n, c, hw) = (8, 3, 49)
+        let x = try randomTensor([n, c, 7, 7], acc, seed: 5)
+        for i in 0..<x.count { x[i] += 1000 * Float(1 + i % 2) }
+        let m1 = try Tensor(shape: [c], category: .data, accountant: acc), v1 = try Tensor(shape: [c], category: .data, accountant: acc)
+        let m2 = try Tensor(shape: [c], category: .data, accountant: acc), v2 = try Tensor(shape: [c], category: .data, accountant: acc)
+        Kernels.batchNormStatistics(x.ptr, n: n, c: c, hw: hw, mean: m1.ptr, variance: v1.ptr)
+        Kernels.batchNormStatisticsNaive(x.ptr, n: n, c: c, hw: hw, mean: m2.ptr, variance: v2.ptr)
+        for ch in 0..<c {
+            XCTAssertEqual(m1[ch], m2[ch], accuracy: 1e-3)
+            XCTAssertEqual(v1[ch], v2[ch], accuracy: 1e-3 * v2[ch], "variance of channel \(ch)")
+        }
+    }
+
     func testBatchNormKernels_MatchNaiveReference() throws {
         let acc = MemoryAccountant()
         // The last shape is large enough to split the channels across cores.

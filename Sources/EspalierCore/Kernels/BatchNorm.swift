@@ -11,39 +11,34 @@
 import Foundation
 
 extension Kernels {
-    /// Σ (p[i] − m)² over one row (Float lanes; rows are planes of a few thousand floats at most), in Double.
+    /// (Σ (p[i] − k), Σ (p[i] − k)²) over one row (Float lanes; rows are planes of a few thousand
+    /// floats at most), in Double.
     @inline(__always)
-    static func rowSumSquaredDeviation(_ p: UnsafePointer<Float>, count: Int, mean m: Float) -> Double {
-        var acc = SIMD8<Float>(), tail: Float = 0
-        let mv = SIMD8<Float>(repeating: m)
+    static func rowShiftedSums(_ p: UnsafePointer<Float>, count: Int, shift k: Float) -> (Double, Double) {
+        var a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), t1: Float = 0, t2: Float = 0
+        let kv = SIMD8<Float>(repeating: k)
         var j = 0
-        while j + 8 <= count { let a = load8(p + j) - mv; acc.addProduct(a, a); j += 8 }
-        while j < count { let a = p[j] - m; tail += a * a; j += 1 }
-        return Double(acc.sum()) + Double(tail)
+        while j + 8 <= count { let d = load8(p + j) - kv; a1 += d; a2.addProduct(d, d); j += 8 }
+        while j < count { let d = p[j] - k; t1 += d; t2 += d * d; j += 1 }
+        return (Double(a1.sum()) + Double(t1), Double(a2.sum()) + Double(t2))
     }
 
-    /// Σ p[i] over one row, in Float lanes added in Double.
-    @inline(__always)
-    static func rowSum8(_ p: UnsafePointer<Float>, count: Int) -> Double {
-        var acc = SIMD8<Float>(), tail: Float = 0
-        var j = 0
-        while j + 8 <= count { acc += load8(p + j); j += 8 }
-        while j < count { tail += p[j]; j += 1 }
-        return Double(acc.sum()) + Double(tail)
-    }
-
-    /// mean[c] and biased variance[c] of x (N, C, HW) over N·HW (two passes).
+    /// mean[c] and biased variance[c] of x (N, C, HW) over N·HW (one pass).
     public static func batchNormStatistics(_ x: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
                                            mean: UnsafeMutablePointer<Float>, variance: UnsafeMutablePointer<Float>) {
         let m = Double(n * hw)
-        forItems(c, itemSize: n * hw * 2) { ch in
-            var s: Double = 0
-            for sample in 0..<n { s += rowSum8(x + (sample * c + ch) * hw, count: hw) }
-            let mu = Float(s / m)
-            var v: Double = 0
-            for sample in 0..<n { v += rowSumSquaredDeviation(x + (sample * c + ch) * hw, count: hw, mean: mu) }
-            mean[ch] = mu
-            variance[ch] = Float(v / m)
+        forItems(c, itemSize: n * hw) { ch in
+            // One pass over x, shifted by the channel's first value k so that the variance
+            // E[(x−k)²] − (E[x−k])² does not cancel for data far from 0.
+            let k = x[ch * hw]
+            var s: Double = 0, s2: Double = 0
+            for sample in 0..<n {
+                let (a, b) = rowShiftedSums(x + (sample * c + ch) * hw, count: hw, shift: k)
+                s += a; s2 += b
+            }
+            let d = s / m
+            mean[ch] = Float(Double(k) + d)
+            variance[ch] = Float(max(0, s2 / m - d * d))
         }
     }
 
