@@ -115,3 +115,35 @@ public struct SearchConfig: Codable, Equatable, Sendable {
         guard learningRate > 0, archLearningRate >= 0, gradClip > 0 else { throw EspalierError.config("learning rates and the gradient clip must be positive") }
     }
 }
+
+extension SearchConfig {
+    enum CodingKeys: String, CodingKey {
+        case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
+             regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
+             momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs
+    }
+
+    /// Every field optional (the default where missing), so the config.json of a run written
+    /// before a field existed still loads and `--resume` continues it.
+    public init(from decoder: Decoder) throws {
+        self.init()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func read<T: Decodable>(_ key: CodingKeys, _ value: inout T) throws { if let v = try c.decodeIfPresent(T.self, forKey: key) { value = v } }
+        try read(.space, &space); try read(.strategy, &strategy); try read(.strategySettings, &strategySettings)
+        try read(.gate, &gate); try read(.gateSettings, &gateSettings)
+        channelGate = try c.decodeIfPresent(String.self, forKey: .channelGate)
+        channelGateSettings = try c.decodeIfPresent([String: String].self, forKey: .channelGateSettings)
+        try read(.opSettings, &opSettings); try read(.regularizers, &regularizers); try read(.regularizerSettings, &regularizerSettings)
+        try read(.methods, &methods); try read(.dataset, &dataset)
+        dataDir = try c.decodeIfPresent(String.self, forKey: .dataDir)
+        trainImages = try c.decodeIfPresent(Int.self, forKey: .trainImages)
+        evalImages = try c.decodeIfPresent(Int.self, forKey: .evalImages)
+        try read(.batchSize, &batchSize); try read(.epochs, &epochs)
+        try read(.learningRate, &learningRate); try read(.minLearningRate, &minLearningRate); try read(.momentum, &momentum)
+        try read(.weightDecay, &weightDecay); try read(.gradClip, &gradClip); try read(.archLearningRate, &archLearningRate)
+        try read(.archBeta1, &archBeta1); try read(.archBeta2, &archBeta2); try read(.archWeightDecay, &archWeightDecay)
+        try read(.seed, &seed)
+        memoryBudget = try c.decodeIfPresent(Int.self, forKey: .memoryBudget)
+        try read(.pluginDirs, &pluginDirs)
+    }
+}
