@@ -106,6 +106,27 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     }
 }
 
+extension SearchSpaceDescription {
+    enum CodingKeys: String, CodingKey {
+        case inputChannels, classes, channels, cells, nodes, multiplier, stemMultiplier, ops, reductionCells, partialChannels, edgeNormalization,
+             mergedOps, sumOps, scaleParameterFree, hyperConnected, auxiliaryCells, auxiliaryWeight
+    }
+
+    /// Every field optional (the default where missing), so a config.json written before a field
+    /// existed still loads (e.g. a run resumed across versions).
+    public init(from decoder: Decoder) throws {
+        self.init()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func read<T: Decodable>(_ key: CodingKeys, _ value: inout T) throws { if let v = try c.decodeIfPresent(T.self, forKey: key) { value = v } }
+        try read(.inputChannels, &inputChannels); try read(.classes, &classes); try read(.channels, &channels); try read(.cells, &cells)
+        try read(.nodes, &nodes); try read(.multiplier, &multiplier); try read(.stemMultiplier, &stemMultiplier); try read(.ops, &ops)
+        reductionCells = try c.decodeIfPresent([Int].self, forKey: .reductionCells)
+        try read(.partialChannels, &partialChannels); try read(.edgeNormalization, &edgeNormalization); try read(.mergedOps, &mergedOps)
+        try read(.sumOps, &sumOps); try read(.scaleParameterFree, &scaleParameterFree); try read(.hyperConnected, &hyperConnected)
+        try read(.auxiliaryCells, &auxiliaryCells); try read(.auxiliaryWeight, &auxiliaryWeight)
+    }
+}
+
 /// Where a candidate stands.
 public enum OpState: Int32, Codable, Sendable { case active = 0, masked = 1, removed = 2 }
 

@@ -245,6 +245,16 @@ final class BonsaiHyperTests: XCTestCase {
         XCTAssertEqual(value, kept / all, accuracy: 1e-5)
     }
 
+    func testASpaceWrittenBeforeTheHyperConnectedFields_StillLoads() throws {
+        var s = SearchSpaceDescription()
+        s.cells = 7; s.reductionCells = [2, 4]
+        var obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: JSONEncoder().encode(s)) as? [String: Any])
+        for k in ["hyperConnected", "auxiliaryCells", "auxiliaryWeight"] { XCTAssertNotNil(obj.removeValue(forKey: k), k) }
+        XCTAssertEqual(try JSONDecoder().decode(SearchSpaceDescription.self, from: JSONSerialization.data(withJSONObject: obj)), s)
+        var h = s; h.hyperConnected = true; h.auxiliaryCells = [1]; h.auxiliaryWeight = 0.2
+        XCTAssertEqual(try JSONDecoder().decode(SearchSpaceDescription.self, from: JSONEncoder().encode(h)), h, "and round-trips")
+    }
+
     func testHyperConnected_RefusesPartialChannels_WithTheReason() throws {
         var c = config()
         c.space.partialChannels = 2
