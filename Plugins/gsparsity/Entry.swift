@@ -23,6 +23,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                               doc: "sweep: after each epoch move the regularizer's μ by bisection towards this fraction of pruned groups (0 = off)", min: 0, max: 0.999),
                       .double("sparsity_tolerance", default: 0.02, doc: "sweep: |sparsity − target| within which μ is left alone", min: 0, max: 1),
                       .double("mu_start", default: 60, doc: "sweep: μ set on the regularizer at the first epoch", min: 1e-12),
+                      .int("bn_recalibration", default: 20,
+                           doc: "host convention: recompute batch-norm statistics over this many training batches before each evaluation "
+                               + "(ProxSGD moves whole groups fast; stale running statistics make evaluation-mode accuracy collapse); 0 = off",
+                           min: 0),
                   ],
                   requires: .noArchParams),
         .regularizer(ProxSGDRegularizer.self, id: ProxSGDRegularizer.id,

@@ -45,6 +45,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
 
     public var seed: UInt64 = 2
     public var memoryBudget: Int? = nil
+    /// Before each evaluation, recompute batch norm's running statistics over this many training
+    /// batches (0 = off); nil = the strategy's `bn_recalibration` parameter (GSparsity's: 20), else 0.
+    public var bnRecalibrationBatches: Int? = nil
     public var pluginDirs: [String] = []
 
     public init() {}
@@ -64,7 +67,8 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     /// The config with the space options a strategy declares as parameters copied into the space:
     /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — and
     /// `scale_parameter_free` (bool, GSparsity's), `hyper_connected` (bool) and `auxiliary_weight`
-    /// (double; Bonsai-Net's), `reduction_cells` (comma-separated cell indices) from the user's
+    /// (double; Bonsai-Net's), `reduction_cells` (comma-separated cell indices), and the run option
+    /// `bn_recalibration` (batches; GSparsity's) from the user's
     /// setting or the parameter's default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
     /// makes the space sum its ops (`sumOps`).
     public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
@@ -86,6 +90,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
             case "auxiliary_weight":
                 guard let w = Double(text), w >= 0, w.isFinite else { throw EspalierError.config("\(strategy.id): auxiliary_weight must be a number ≥ 0 (got '\(text)')") }
                 c.space.auxiliaryWeight = w
+            case "bn_recalibration":
+                guard let k = Int(text), k >= 0 else { throw EspalierError.config("\(strategy.id): bn_recalibration must be a batch count ≥ 0 (got '\(text)')") }
+                if c.bnRecalibrationBatches == nil { c.bnRecalibrationBatches = k }   // --bn-recalibration wins
             case "reduction_cells":
                 let items = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
                 guard !items.isEmpty else { continue }
@@ -120,7 +127,8 @@ extension SearchConfig {
     enum CodingKeys: String, CodingKey {
         case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
-             momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs
+             momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
+             bnRecalibrationBatches
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -145,5 +153,6 @@ extension SearchConfig {
         try read(.seed, &seed)
         memoryBudget = try c.decodeIfPresent(Int.self, forKey: .memoryBudget)
         try read(.pluginDirs, &pluginDirs)
+        bnRecalibrationBatches = try c.decodeIfPresent(Int.self, forKey: .bnRecalibrationBatches)
     }
 }

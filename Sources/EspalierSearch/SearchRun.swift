@@ -447,9 +447,29 @@ public final class SearchRun {
         return n
     }
 
-    /// Mean loss and accuracy on `view` in evaluation mode, no gradients.
+    /// Recomputes every batch norm's running statistics for the current weights: the cumulative
+    /// average over the first `batches` training batches, in training mode, without gradients.
+    /// For supernets whose weights move fast (ProxSGD zeroing whole groups), whose running
+    /// statistics otherwise lag behind and make evaluation-mode accuracy collapse.
+    public func recalibrateBatchNorm(batches: Int) throws {
+        guard batches > 0 else { return }
+        let loader = try DataLoader(trainLoader.view, batchSize: config.batchSize, shuffle: false, dropLast: true)
+        graph.batchNormRecalibration = [:]
+        defer { graph.batchNormRecalibration = nil }
+        try graph.noGrad {
+            var n = 0
+            while n < batches, let b = try accountant.withOwner("batch", { try loader.next(accountant: accountant) }) {
+                _ = try lossAndGradients(b.images, b.labels, backward: false)
+                n += 1
+            }
+        }
+    }
+
+    /// Mean loss and accuracy on `view` in evaluation mode, no gradients (after recalibrating the
+    /// batch-norm statistics when the config asks for it).
     public func evaluate(_ view: DataView) throws -> (Double, Double) {
         guard view.count > 0 else { return (0, 0) }
+        try recalibrateBatchNorm(batches: config.bnRecalibrationBatches ?? 0)
         let loader = try DataLoader(view, batchSize: config.batchSize, shuffle: false)
         graph.training = false
         defer { graph.training = true }

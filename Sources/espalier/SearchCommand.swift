@@ -35,6 +35,8 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Weight learning rate (cosine to 0.001).") var lr: Float?
     @Option(help: "Architecture learning rate (Adam).") var archLr: Float?
     @Option(help: "Architecture weight decay (Adam; default 1e-3; Bonsai-Net's pruners want 0).") var archWeightDecay: Float?
+    @Option(help: "Recompute batch-norm statistics over N training batches before each evaluation (0 = off; GSparsity's default 20).")
+    var bnRecalibration: Int?
     @Option(help: "Random seed.") var seed: UInt64?
     @Option(help: "Memory budget, e.g. 1.5GiB: refused before the run if the prediction exceeds it, never exceeded during it.") var memoryBudget: String?
 
@@ -66,6 +68,10 @@ struct SearchOptions: ParsableArguments {
         if let v = lr { c.learningRate = v }
         if let v = archLr { c.archLearningRate = v }
         if let v = archWeightDecay { c.archWeightDecay = v }
+        if let v = bnRecalibration {
+            guard v >= 0 else { throw ValidationError("--bn-recalibration must be ≥ 0 batches") }
+            c.bnRecalibrationBatches = v
+        }
         if let v = seed { c.seed = v }
         if let text = memoryBudget {
             guard let b = parseBytes(text), b > 0 else { throw ValidationError("--memory-budget '\(text)' is not a size; write e.g. 512MiB or 1.5GiB") }

@@ -32,6 +32,40 @@ final class NormTests: XCTestCase {
         }
     }
 
+    /// While the graph recalibrates, training-mode batch norm sets its running statistics to the
+    /// cumulative average of the batches seen (mean of batch means, mean of unbiased variances),
+    /// whatever they held before; afterwards the momentum update is back.
+    func testBatchNormRecalibration_RunningStatisticsAreTheAverageOverTheBatches() throws {
+        let acc = MemoryAccountant()
+        let g = Graph(accountant: acc)
+        let (n, c, hw) = (4, 3, 25)
+        let rm = try Tensor.filled([c], value: 50, category: .data, accountant: acc)
+        let rv = try Tensor.filled([c], value: 50, category: .data, accountant: acc)
+        var means = [[Double]](), vars = [[Double]]()
+        g.batchNormRecalibration = [:]
+        for k in 0..<3 {
+            let x = try randomTensor([n, c, 5, 5], acc, seed: UInt64(70 + k), bound: Float(k + 1))
+            _ = try g.noGrad { try g.batchNorm(g.constant(x), gamma: nil, beta: nil, runningMean: rm, runningVar: rv) }
+            var m = [Double](), v = [Double]()
+            for ch in 0..<c {
+                let vals = (0..<n).flatMap { s in (0..<hw).map { Double(x[(s * c + ch) * hw + $0]) } }
+                let mu = vals.reduce(0, +) / Double(vals.count)
+                m.append(mu)
+                v.append(vals.map { ($0 - mu) * ($0 - mu) }.reduce(0, +) / Double(vals.count - 1))
+            }
+            means.append(m); vars.append(v)
+        }
+        for ch in 0..<c {
+            XCTAssertEqual(Double(rm[ch]), means.map { $0[ch] }.reduce(0, +) / 3, accuracy: 1e-4)
+            XCTAssertEqual(Double(rv[ch]), vars.map { $0[ch] }.reduce(0, +) / 3, accuracy: 1e-3)
+        }
+        g.batchNormRecalibration = nil
+        let before = rm[0]
+        let x = try Tensor.filled([n, c, 5, 5], value: 10, category: .data, accountant: acc)
+        _ = try g.noGrad { try g.batchNorm(g.constant(x), gamma: nil, beta: nil, runningMean: rm, runningVar: rv) }
+        XCTAssertEqual(rm[0], 0.9 * before + 0.1 * 10, accuracy: 1e-4, "momentum 0.1 again")
+    }
+
     func testBatchNormKernels_MatchNaiveReference() throws {
         let acc = MemoryAccountant()
         // The last shape is large enough to split the channels across cores.

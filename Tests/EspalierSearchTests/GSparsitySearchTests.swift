@@ -52,6 +52,26 @@ final class GSparsitySearchTests: TemporaryDirectoryTestCase {
         return (0..<y.value.count).map { y.value[$0] }
     }
 
+    /// GSparsity's bn_recalibration convention (20 batches unless the run says otherwise), and what
+    /// it does: evaluation first replaces every running statistic by the average over that many
+    /// training batches of the current weights, so stale statistics (here: deliberately wrong ones)
+    /// no longer decide the evaluation-mode accuracy.
+    func testBatchNormRecalibration_ConventionAndFreshStatisticsBeforeEvaluation() throws {
+        XCTAssertEqual(try makeRun(tinyConfig()).config.bnRecalibrationBatches, 20)
+        var off = tinyConfig()
+        off.bnRecalibrationBatches = 0
+        XCTAssertEqual(try makeRun(off).config.bnRecalibrationBatches, 0, "the run's own setting wins over the strategy's")
+
+        var c = tinyConfig()
+        c.bnRecalibrationBatches = 2
+        let run = try makeRun(c, images: 32)
+        let buffers = run.supernet.buffers
+        for b in buffers { b.fill(1e6) }                       // running means and variances far off
+        _ = try run.evaluate(run.validLoader.view)
+        XCTAssertTrue(buffers.allSatisfy { b in (0..<b.count).allSatisfy { abs(b[$0]) < 1e5 } },
+                      "every running statistic was recomputed from the training batches")
+    }
+
     func testNoArch_SupernetSumsOps_NoArchParameters_ScalesJoinTheirGroups() throws {
         let run = try makeRun(tinyConfig())
         XCTAssertTrue(run.supernet.space.sumOps && run.supernet.space.scaleParameterFree)

@@ -119,6 +119,10 @@ public final class Graph {
     /// of one per op. Only while recording, where the output is kept for backward anyway.
     /// The input is held weakly: the cache must not keep a value alive that nothing else needs.
     var reluCache: [ObjectIdentifier: (input: WeakVariable, output: Variable)] = [:]
+    /// While non-nil, training-mode batch norm sets its running statistics to the cumulative
+    /// average of the batches seen since (counted per running-mean buffer) instead of the momentum
+    /// update: statistics recomputed for the current weights (`SearchRun.recalibrateBatchNorm`).
+    public var batchNormRecalibration: [ObjectIdentifier: Int]? = nil
 
     public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
         self.accountant = accountant

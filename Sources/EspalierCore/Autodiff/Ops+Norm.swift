@@ -35,6 +35,12 @@ extension Graph {
                 Kernels.batchNormStatistics(x.value.ptr, n: n, c: c, hw: hw, mean: mean.ptr, variance: invStd.ptr)
                 if training, let rm = runningMean, let rv = runningVar {
                     let unbias = Float(n * hw) / Float(n * hw - 1)
+                    var momentum = momentum
+                    if batchNormRecalibration != nil {
+                        let key = ObjectIdentifier(rm.storage), seen = batchNormRecalibration![key, default: 0]
+                        momentum = 1 / Float(seen + 1)   // the first batch replaces, the k-th weighs 1/k
+                        batchNormRecalibration![key] = seen + 1
+                    }
                     for ch in 0..<c {
                         rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
                         rv[ch] = (1 - momentum) * rv[ch] + momentum * invStd[ch] * unbias
