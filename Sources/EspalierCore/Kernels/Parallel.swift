@@ -2,10 +2,15 @@
 // Policy: OpenBLAS runs single-threaded; the engine splits work (usually the batch) into one
 // chunk per core and calls sgemm inside each chunk. This keeps both cores busy for the many
 // small GEMMs of a supernet, where OpenBLAS's own threading would pay start-up per call.
+// The chunks run on `WorkerPool`: workers − 1 persistent threads that, between loops, spin a
+// few microseconds, then yield, then park on a condition (a search step runs thousands of small
+// loops back to back; waking a parked thread for each shows up as ~9 % scheduler time in a GDAS
+// step's profile). ESPALIER_WORKER_POOL=0 uses Dispatch's concurrentPerform instead.
 
 import COpenBLAS
 import Dispatch
 import Foundation
+import Synchronization
 
 public enum Parallel {
     /// Worker count; `ESPALIER_THREADS` overrides the core count.
@@ -25,17 +30,23 @@ public enum Parallel {
         let chunks = min(workers, max(1, n / max(grain, 1)))
         if chunks <= 1 || n <= 1 { body(0..<n); return }
         let chunks2 = min(chunks, n)
-        DispatchQueue.concurrentPerform(iterations: chunks2) { k in
+        run(chunks2) { k in
             let lo = n * k / chunks2, hi = n * (k + 1) / chunks2
             if lo < hi { body(lo..<hi) }
         }
+    }
+
+    /// body(0) … body(chunks − 1), concurrently; returns when all are done.
+    @inline(__always)
+    static func run(_ chunks: Int, _ body: (Int) -> Void) {
+        if let pool = WorkerPool.shared { pool.run(chunks, body) } else { DispatchQueue.concurrentPerform(iterations: chunks, execute: body) }
     }
 
     /// Like `forChunks` but also gives the chunk index (for per-chunk scratch buffers).
     public static func forChunksIndexed(_ n: Int, chunks: Int, _ body: (Int, Range<Int>) -> Void) {
         _ = configureBLAS
         if chunks <= 1 { body(0, 0..<n); return }
-        DispatchQueue.concurrentPerform(iterations: chunks) { k in
+        run(chunks) { k in
             let lo = n * k / chunks, hi = n * (k + 1) / chunks
             if lo < hi { body(k, lo..<hi) }
         }
@@ -43,6 +54,124 @@ public enum Parallel {
 
     /// How many chunks `forChunksIndexed` should use for `n` items.
     public static func chunkCount(_ n: Int) -> Int { max(1, min(workers, n)) }
+}
+
+/// The threads behind `Parallel`'s loops. One loop at a time: the caller runs chunks too, and a
+/// loop started inside a chunk (or from another thread meanwhile) runs inline on its caller.
+/// A chunk is claimed by compare-and-swap on `ticket` = generation << 32 | chunk count << 16 |
+/// next index: a worker that wakes late for a finished loop can never claim a chunk of the next
+/// one, and the count it checks a claim against is always that generation's own.
+/// Waiting (workers for a loop, the caller for the workers) spins briefly, then yields the core
+/// (on a busy machine the thread being waited for may need it), then parks (workers only).
+final class WorkerPool: @unchecked Sendable {
+    /// nil with one worker or ESPALIER_WORKER_POOL=0.
+    static let shared: WorkerPool? = {
+        guard Parallel.workers > 1, ProcessInfo.processInfo.environment["ESPALIER_WORKER_POOL"] != "0" else { return nil }
+        return WorkerPool(threads: Parallel.workers - 1)
+    }()
+
+    /// Pause instructions before yielding (~2 µs), and yields before parking.
+    private static let spins = 32, yields = 64
+
+    private final class Job { var body: ((Int) -> Void)? }
+    private let job = Job()
+    private let ticket = Atomic<Int>(0)      // generation << 32 | chunks << 16 | next chunk index
+    private let finished = Atomic<Int>(0)    // chunks done in the current generation
+    private let sleepers = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    private init(threads: Int) {
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(wake, nil)
+        for _ in 0..<threads {
+            let t = Thread { [unowned self] in self.workerLoop() }
+            t.stackSize = 1 << 23
+            t.start()
+        }
+    }
+
+    func run(_ chunks: Int, _ body: (Int) -> Void) {
+        guard chunks > 1, chunks < 1 << 16, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            for i in 0..<chunks { body(i) }
+            return
+        }
+        defer { busy.store(false, ordering: .releasing) }
+        withoutActuallyEscaping(body) { escapable in
+            job.body = escapable
+            finished.store(0, ordering: .relaxed)
+            let generation = (ticket.load(ordering: .relaxed) >> 32) + 1
+            ticket.store(generation << 32 | chunks << 16, ordering: .sequentiallyConsistent)
+            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+                pthread_mutex_lock(lock)
+                pthread_cond_broadcast(wake)
+                pthread_mutex_unlock(lock)
+            }
+            runChunks(generation: generation)
+            var waited = 0
+            while finished.load(ordering: .acquiring) < chunks {
+                waited += 1
+                if waited < Self.spins { spinPause() } else { sched_yield() }
+            }
+            job.body = nil   // no worker reads it again: every chunk of this generation was claimed
+        }
+    }
+
+    /// Claims and runs chunks of `generation` until none is left.
+    private func runChunks(generation: Int) {
+        var t = ticket.load(ordering: .acquiring)
+        while t >> 32 == generation, t & 0xFFFF < (t >> 16) & 0xFFFF {
+            let (exchanged, now) = ticket.compareExchange(expected: t, desired: t + 1, ordering: .acquiringAndReleasing)
+            if exchanged {
+                job.body!(t & 0xFFFF)
+                finished.wrappingAdd(1, ordering: .releasing)
+                t = ticket.load(ordering: .acquiring)
+            } else {
+                t = now
+            }
+        }
+    }
+
+    private func workerLoop() {
+        var seen = 0
+        while true {
+            var generation = ticket.load(ordering: .acquiring) >> 32
+            var waited = 0
+            while generation == seen {
+                waited += 1
+                if waited < Self.spins {
+                    spinPause()
+                } else if waited < Self.spins + Self.yields {
+                    sched_yield()
+                } else {
+                    pthread_mutex_lock(lock)
+                    sleepers.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                    generation = ticket.load(ordering: .sequentiallyConsistent) >> 32
+                    while generation == seen {
+                        pthread_cond_wait(wake, lock)
+                        generation = ticket.load(ordering: .acquiring) >> 32
+                    }
+                    sleepers.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                    pthread_mutex_unlock(lock)
+                    break
+                }
+                generation = ticket.load(ordering: .acquiring) >> 32
+            }
+            seen = generation
+            runChunks(generation: generation)
+        }
+    }
+}
+
+/// A CPU pause hint for spin loops.
+@inline(__always)
+func spinPause() {
+    #if arch(x86_64)
+    espalier_cpu_pause()
+    #else
+    sched_yield()
+    #endif
 }
 
 /// Row-major sgemm: C(M×N) = alpha·op(A)·op(B) + beta·C.
