@@ -68,9 +68,10 @@ extension SearchRun {
         return total
     }
 
-    /// Weight groups: op `o` on edge `e` across every cell of a type (GSparsity's groups).
-    func weightGroupTargets() throws -> [RegularizerTarget] {
-        var out: [RegularizerTarget] = []
+    /// Weight groups: op `o` on edge `e` across every cell of a type (GSparsity's groups), in a
+    /// fixed order (normal then reduce, edge, op), each with its parameters; groups without any are left out.
+    func weightGroups() -> [(name: String, params: [Parameter])] {
+        var out: [(name: String, params: [Parameter])] = []
         let names = supernet.space.opNames
         for reduction in [false, true] {
             let cells = supernet.cells.filter { $0.reduction == reduction }
@@ -78,13 +79,19 @@ extension SearchRun {
             for e in first.edges.indices {
                 for o in names.indices {
                     let params = cells.flatMap { ($0.edges[e].ops[o]?.parameters ?? []) + [$0.edges[e].scales[o]].compactMap { $0 } }
-                    guard !params.isEmpty else { continue }
-                    out.append(RegularizerTarget(kind: .weightGroup, name: "group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])",
-                                                 values: params.map(\.value), grads: try params.map { try $0.ensureGrad() }))
+                    if !params.isEmpty { out.append(("group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])", params)) }
                 }
             }
         }
         return out
+    }
+
+    /// The weight groups as regularizer targets.
+    func weightGroupTargets() throws -> [RegularizerTarget] {
+        try weightGroups().map { group in
+            RegularizerTarget(kind: .weightGroup, name: group.name, values: group.params.map(\.value),
+                              grads: try group.params.map { try $0.ensureGrad() })
+        }
     }
 
     /// Proximal steps after a weight update (learning rate of the step).
@@ -157,19 +164,7 @@ extension SearchRun {
 
     /// The parameters of every weight group, by group name (the same groups as the targets).
     public func weightGroupParameters() -> [String: [Parameter]] {
-        var out: [String: [Parameter]] = [:]
-        let names = supernet.space.opNames
-        for reduction in [false, true] {
-            let cells = supernet.cells.filter { $0.reduction == reduction }
-            guard let first = cells.first else { continue }
-            for e in first.edges.indices {
-                for o in names.indices {
-                    let params = cells.flatMap { ($0.edges[e].ops[o]?.parameters ?? []) + [$0.edges[e].scales[o]].compactMap { $0 } }
-                    if !params.isEmpty { out["group/\(reduction ? "reduce" : "normal")/edge\(e)/\(names[o])"] = params }
-                }
-            }
-        }
-        return out
+        Dictionary(uniqueKeysWithValues: weightGroups().map { ($0.name, $0.params) })
     }
 
     /// Publishes ‖θ_g‖ as search values "group_norm/…" for the strategy (get_value); a removed

@@ -34,11 +34,7 @@ final class FamilyHostTests: XCTestCase {
 
     func makeRun(_ c: SearchConfig, registry: PluginRegistry = FamilyHostTests.registry, accountant: MemoryAccountant = MemoryAccountant(),
                  out: String? = nil) throws -> SearchRun {
-        let context = HostContext(accountant: accountant, seed: c.seed)
-        let ds = try accountant.withOwner("dataset") {
-            try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: accountant)
-        }
-        return try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: out)
+        try syntheticSearchRun(c, registry: registry, accountant: accountant, out: out, allLoaded: false)
     }
 
     func batches(_ run: SearchRun) throws -> (Batch, Batch) {

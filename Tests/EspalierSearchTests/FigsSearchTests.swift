@@ -36,11 +36,7 @@ final class FigsSearchTests: XCTestCase {
     }
 
     func makeRun(_ c: SearchConfig) throws -> SearchRun {
-        XCTAssertEqual(Self.registry.failures.map(\.description), [])
-        let acc = MemoryAccountant()
-        let context = HostContext(accountant: acc, seed: c.seed)
-        let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc) }
-        return try SearchRun(config: c, registry: Self.registry, context: context, train: ds.all, outDirectory: nil)
+        try syntheticSearchRun(c, registry: Self.registry)
     }
 
     /// Mean mask logit over every FiGS op of the supernet.

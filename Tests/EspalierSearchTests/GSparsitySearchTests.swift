@@ -18,31 +18,14 @@ final class GSparsitySearchTests: TemporaryDirectoryTestCase {
 
     /// 2 cells (normal, reduce), 2 nodes (5 edges), C=4, the 8 DARTS ops, GSparsity + ProxSGD.
     func tinyConfig(_ strategy: [String: String] = [:], prox: [String: String] = [:]) -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = SearchSpaceDescription.dartsOps
-        c.strategy = strategyID
-        c.strategySettings = strategy
+        var c = tinySearchConfig(strategy: strategyID, settings: strategy)
         c.regularizers = [proxID]
         c.regularizerSettings = [proxID: prox]
-        c.batchSize = 4
-        c.epochs = 1
-        c.seed = 5
         return c
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16) throws -> SearchRun {
-        XCTAssertEqual(Self.registry.failures.map(\.description), [])
-        let ctx = HostContext(accountant: MemoryAccountant(), seed: c.seed)
-        let ds = try ctx.accountant.withOwner("dataset") {
-            try Dataset.synthetic(count: images, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: ctx.accountant)
-        }
-        return try SearchRun(config: c, registry: Self.registry, context: ctx, train: ds.all, outDirectory: nil)
+        try syntheticSearchRun(c, registry: Self.registry, images: images)
     }
 
     /// Logits in training mode (batch statistics) without gradients.

@@ -33,11 +33,7 @@ final class MergeNASSearchTests: XCTestCase {
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16) throws -> SearchRun {
-        XCTAssertEqual(Self.registry.failures.map(\.description), [])
-        let acc = MemoryAccountant()
-        let context = HostContext(accountant: acc, seed: c.seed)
-        let ds = try acc.withOwner("dataset") { try Dataset.synthetic(count: images, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc) }
-        return try SearchRun(config: c, registry: Self.registry, context: context, train: ds.all, outDirectory: nil)
+        try syntheticSearchRun(c, registry: Self.registry, images: images)
     }
 
     func testMergedSupernet_OneMergedOpPerEdge_AlphaKeepsTheCoveredColumns_AndSearches() throws {

@@ -1,7 +1,9 @@
 // Helpers the search test files share: the tiny supernet most of them search (small enough for
-// finite differences and second-long runs) and Fashion-MNIST's training set, or a skip.
+// finite differences and second-long runs), a run of it on synthetic images, and Fashion-MNIST's
+// training set, or a skip.
 
 import EspalierCore
+import EspalierHost
 import EspalierSearch
 import XCTest
 
@@ -29,4 +31,17 @@ func fashionMNISTTrainOrSkip(_ acc: MemoryAccountant) throws -> Dataset {
     do { return try Dataset.fashionMNIST(split: .train, accountant: acc) } catch {
         throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
     }
+}
+
+/// A search run of `c` on `images` synthetic 1×size×size images of 3 classes (seed 1), the
+/// dataset counted under "dataset"; checks first that every plugin of `registry` loaded (unless
+/// `allLoaded` is false: fixture folders hold broken plugins on purpose).
+func syntheticSearchRun(_ c: SearchConfig, registry: PluginRegistry, images: Int = 16, size: Int = 8,
+                        accountant: MemoryAccountant = MemoryAccountant(), out: String? = nil, allLoaded: Bool = true) throws -> SearchRun {
+    if allLoaded { XCTAssertEqual(registry.failures.map(\.description), []) }
+    let context = HostContext(accountant: accountant, seed: c.seed)
+    let ds = try accountant.withOwner("dataset") {
+        try Dataset.synthetic(count: images, channels: 1, height: size, width: size, classes: 3, seed: 1, accountant: accountant)
+    }
+    return try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: out)
 }

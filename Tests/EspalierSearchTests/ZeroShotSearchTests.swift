@@ -35,12 +35,7 @@ final class ZeroShotSearchTests: XCTestCase {
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16) throws -> SearchRun {
-        XCTAssertEqual(Self.registry.failures.map(\.description), [])
-        let ctx = HostContext(accountant: MemoryAccountant(), seed: c.seed)
-        let ds = try ctx.accountant.withOwner("dataset") {
-            try Dataset.synthetic(count: images, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: ctx.accountant)
-        }
-        return try SearchRun(config: c, registry: Self.registry, context: ctx, train: ds.all, outDirectory: nil)
+        try syntheticSearchRun(c, registry: Self.registry, images: images)
     }
 
     func states(_ run: SearchRun, reduction: Bool) -> [[OpState]] {

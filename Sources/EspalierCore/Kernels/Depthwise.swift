@@ -553,7 +553,7 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
     while i < n { dst[i] = src[i]; i += 1 }
 }
 
-/// dst[0..<n] = max(src[0..<n], 0), serial (a ReLU-fused input row or plane).
+/// dst[0..<n] = max(src[0..<n], 0) for one row of a ReLU-fused input.
 @inline(__always)
 func copyRowReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
     let zero = SIMD4<Float>(repeating: 0)
