@@ -49,9 +49,8 @@ args_for() {
     # threshold (mu10/mu30 pruned nothing), so these runs prune at ‖θ_g‖ ≤ 1e-3. Known problem: from
     # μ = 20 up (at lr 0.05 or 0.1) the supernet's evaluation-mode accuracy collapses in the last
     # epoch (≈ 19 % at μ = 20 with 77 % in training mode); at μ = 150 training itself collapses.
-    gsparsity-mu20)  echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=20" ;;
-    gsparsity-mu60)  echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=60" ;;
-    gsparsity-mu150) echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=150" ;;
+    # gsparsity-muM: μ = M (e.g. gsparsity-mu20, gsparsity-mu60, gsparsity-mu150).
+    gsparsity-mu*) echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=${1#gsparsity-mu}" ;;
     # FiGS: no α, the four masked convolutions summed on every edge, parameter cost.
     figs-lam*) echo "--strategy espalier.strategy.figs/1 --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
     *) echo "unknown method $1" >&2; return 1 ;;

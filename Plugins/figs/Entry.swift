@@ -43,7 +43,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
         .strategy(FigsStrategy.self, id: FigsStrategy.id,
                   summary: "FiGS on the DARTS space: no α (every edge sums its ops), weights-only steps that train the ops' channel masks with them; "
                       + "the host exports ⌊Σπ⌋ channels per mask, per cell, dropping ops whose mask keeps none",
-                  params: [],
+                  params: [
+                      .choice("aggregator", default: "sum", choices: ["sum", "concat"],
+                              doc: "how a node combines its ops: sum, or FiGS's concat aggregator (concat → 1×1 conv → BN; exported ops keep ⌊Σπ_out⌋ output channels)"),
+                  ],
                   requires: .noArchParams),
         .regularizer(FigsCostRegularizer.self, id: FigsCostRegularizer.id,
                      summary: "FiGS expected cost: λ·Σ_t Π_parts Σ_i c_i σ(ν_i) over channel-mask targets (parameters per conv: π_out·Σπ_in; FLOPs and bytes per op from the accountant)",

@@ -3,11 +3,13 @@
 // vector of logits ν (ES_PARAM_FLAG_ARCH, no weight decay, init `logit_init` = 2.5, π = σ(ν) ≈ 0.92)
 // turned into a mask by the run's gate for role "channel" (`graph_gate`, e.g. espalier.gate.figs/1)
 // and applied with `channel_scale`:
-//   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C) → BN → ·m_out
-//   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 → BN → ·m_out
+//   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C_out) → BN → ·m_out
+//   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 (C → C_out) → BN → ·m_out
 // M = `mid_channels` (0 = C): the exported network builds the sep conv with M = ⌊Σ π_mid⌋ (FiGS's
-// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. Parameter names (the cost regularizer and the export read them):
-// "mask_mid.logits" (M), "mask_out.logits" (C).
+// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. The output has
+// the host's C_out channels: C in the supernet and wherever nodes sum their ops; a network whose
+// nodes concatenate (FiGS's concat aggregator) builds each op with C_out = ⌊Σ π_out⌋. Parameter
+// names (the cost regularizer and the export read them): "mask_mid.logits" (M), "mask_out.logits" (C_out).
 
 import EspalierPluginKit
 
@@ -63,18 +65,19 @@ struct ChannelMask {
     }
 }
 
-/// The checked config shared by the FiGS ops: C_in == C_out = C, stride 1 or 2, the mask init.
+/// The checked config shared by the FiGS ops: C_in = C, C_out ≥ 1 (C where nodes sum; any width
+/// where they concatenate), stride 1 or 2, the mask init.
 struct FigsShape {
-    let channels: Int, stride: Int, affine: Bool, initialLogit: Double, masks: Bool
+    let channels: Int, outChannels: Int, stride: Int, affine: Bool, initialLogit: Double, masks: Bool
 
     init(_ config: OpConfig, _ params: ParamValues, id: String) throws {
-        guard config.inChannels > 0, config.inChannels == config.outChannels else {
-            throw PluginError.invalidArgument("\(id): FiGS ops keep the channel count (C_in == C_out); got C_in \(config.inChannels), C_out \(config.outChannels) at '\(config.owner)'")
+        guard config.inChannels > 0, config.outChannels > 0 else {
+            throw PluginError.invalidArgument("\(id): channel counts must be positive; got C_in \(config.inChannels), C_out \(config.outChannels) at '\(config.owner)'")
         }
         guard config.stride == 1 || config.stride == 2 else {
             throw PluginError.invalidArgument("\(id): stride must be 1 or 2; got \(config.stride) at '\(config.owner)'")
         }
-        channels = config.inChannels; stride = config.stride; affine = config.affine
+        channels = config.inChannels; outChannels = config.outChannels; stride = config.stride; affine = config.affine
         initialLogit = try params.double("logit_init")
         masks = try params.bool("masks")
         guard initialLogit.isFinite else { throw PluginError.invalidArgument("\(id): logit_init must be finite (got \(initialLogit))") }
@@ -97,7 +100,7 @@ class FigsSepConvOp {
     init(host: PluginHost, config: OpConfig, params: ParamValues, id: String, kernel: Int) throws {
         self.host = host; self.id = id
         shape = try FigsShape(config, params, id: id)
-        let c = shape.channels, p = kernel / 2
+        let c = shape.channels, cOut = shape.outChannels, p = kernel / 2
         let m = try params.int("mid_channels")
         guard m >= 0, m <= c else { throw PluginError.invalidArgument("\(id): mid_channels must be in 0…\(c) (0 = C = \(c)); got \(m)") }
         let mid = m == 0 ? c : m
@@ -106,9 +109,9 @@ class FigsSepConvOp {
         bn1 = try FigsBatchNorm(host, "bn1", channels: mid, affine: shape.affine)
         maskMid = try ChannelMask(host, "mask_mid.logits", channels: mid, initialLogit: shape.initialLogit, enabled: shape.masks)
         dw2 = try FigsConv(host, "dw2.weight", cIn: mid, cOut: mid, kernel: kernel, padding: p, groups: mid)
-        pw2 = try FigsConv(host, "pw2.weight", cIn: mid, cOut: c, kernel: 1)
-        bn2 = try FigsBatchNorm(host, "bn2", channels: c, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit, enabled: shape.masks)
+        pw2 = try FigsConv(host, "pw2.weight", cIn: mid, cOut: cOut, kernel: 1)
+        bn2 = try FigsBatchNorm(host, "bn2", channels: cOut, affine: shape.affine)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: cOut, initialLogit: shape.initialLogit, enabled: shape.masks)
     }
 
     func buildSep(graph: es_graph, input: es_value) throws -> es_value {
@@ -147,11 +150,11 @@ class FigsDilConvOp {
     init(host: PluginHost, config: OpConfig, params: ParamValues, id: String, kernel: Int) throws {
         self.host = host; self.id = id
         shape = try FigsShape(config, params, id: id)
-        let c = shape.channels
+        let c = shape.channels, cOut = shape.outChannels
         dw = try FigsConv(host, "dw.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: kernel - 1, dilation: 2, groups: c)
-        pw = try FigsConv(host, "pw.weight", cIn: c, cOut: c, kernel: 1)
-        bn = try FigsBatchNorm(host, "bn", channels: c, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: c, initialLogit: shape.initialLogit, enabled: shape.masks)
+        pw = try FigsConv(host, "pw.weight", cIn: c, cOut: cOut, kernel: 1)
+        bn = try FigsBatchNorm(host, "bn", channels: cOut, affine: shape.affine)
+        maskOut = try ChannelMask(host, "mask_out.logits", channels: cOut, initialLogit: shape.initialLogit, enabled: shape.masks)
     }
 
     func buildDil(graph: es_graph, input: es_value) throws -> es_value {

@@ -6,6 +6,9 @@
 // them, and the expected-cost regularizer (espalier.regularizer.figs-cost/1) adds its gradient
 // after every backward. No `derive`: the host exports the FiGS network itself (one entry per cell
 // in the genotype's `per_cell`, ⌊Σπ⌋ channels per mask, ops with an all-off mask dropped).
+// Parameter `aggregator` (sum or concat): FiGS's concat aggregator (§3.3), which the host builds —
+// each node concatenates its ops' outputs into a 1×1 conv, so the exported ops keep ⌊Σπ_out⌋
+// output channels instead of C.
 
 import EspalierPluginKit
 

@@ -7,6 +7,9 @@
 // `mid_channels`, the learned width of an op's intermediate layer); the network then has exactly
 // those cells, reduces where they say, and must be built with the channel count C they were
 // searched at (checked per cell).
+// With the concat aggregator (`node_aggregator` "concat", FiGS §3.3) a node is
+// BN(conv1×1(concat of its ops' outputs)) back to C channels, and each op may have its own output
+// width (`out_channels` of a `per_cell` entry, e.g. FiGS's ⌊Σπ_out⌋).
 // Shapes: (N, Cin, H, W) → logits (N, classes).
 
 import EspalierCore
@@ -72,6 +75,9 @@ final class DiscreteCell {
     let nodes: Int
     let concat: [Int]
     let owner: Int32
+    /// Concat aggregator: per node, the 1×1 conv (Σ widths → C) and its batch norm (nil for an
+    /// empty node); empty for the sum.
+    let aggregators: [(conv: Conv2d, bn: BatchNorm2d)?]
 
     init(_ f: ParameterFactory, index: Int, genotype: Genotype, gene: Genotype.CellGene, registry: PluginRegistry, context: HostContext,
          cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
@@ -85,7 +91,9 @@ final class DiscreteCell {
         let acc = f.accountant
         let name = "cell\(index)"
         owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
-        (pre0, pre1, ops, identity) = try f.scope(name) {
+        let widths = gene.outChannels ?? Array(repeating: c, count: edges.count)
+        let concatNodes = genotype.nodeAggregator == .concat
+        (pre0, pre1, ops, identity, aggregators) = try f.scope(name) {
             let p0: Module & CellInput = reductionPrev
                 ? try FactorizedReduce(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: true)
                 : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: true)
@@ -98,17 +106,24 @@ final class DiscreteCell {
                     throw EspalierError.config("the genotype's op '\(e.op)' needs plugin component \(id): \(error)")
                 }
                 let stride = reduction && e.input < 2 ? 2 : 1
-                ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true),
+                ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: widths[k], stride: stride, affine: true),
                                         settings: gene.opSettings[k],
                                         ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
-            return (p0, p1, ops, identity)
+            let aggregators: [(conv: Conv2d, bn: BatchNorm2d)?] = try concatNodes ? (0..<gene.nodeSizes.count).map { i in
+                let width = ops.indices.filter { nodeOf[$0] == i }.reduce(0) { $0 + widths[$1] }
+                guard width > 0 else { return nil }
+                return (try Conv2d(f, name: "node\(i)/concat/conv", cIn: width, cOut: c, kernel: 1), try BatchNorm2d(f, name: "node\(i)/concat/bn", channels: c))
+            } : []
+            return (p0, p1, ops, identity, aggregators)
         }
     }
 
-    var parameters: [Parameter] { pre0.parameters + pre1.parameters + ops.flatMap(\.parameters) }
-    var buffers: [Tensor] { pre0.buffers + pre1.buffers + ops.flatMap(\.buffers) }
+    var parameters: [Parameter] {
+        pre0.parameters + pre1.parameters + ops.flatMap(\.parameters) + aggregators.compactMap { $0 }.flatMap { $0.conv.parameters + $0.bn.parameters }
+    }
+    var buffers: [Tensor] { pre0.buffers + pre1.buffers + ops.flatMap(\.buffers) + aggregators.compactMap { $0 }.flatMap(\.bn.buffers) }
 
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, dropPath p: Float) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
@@ -122,6 +137,11 @@ final class DiscreteCell {
                 }
                 // A node no op survived on (GSparsity) is zero, at the cell's output size.
                 if hs.isEmpty { states.append(try g.zeros(like: states[0], stride: reduction ? 2 : 1)); continue }
+                if let agg = aggregators.isEmpty ? nil : aggregators[i] {
+                    // Concat aggregator: BN(conv1×1(concat of the ops' outputs)).
+                    states.append(try g.accountant.withOwner("node\(i)/concat") { try agg.bn(g, try agg.conv(g, hs.count == 1 ? hs[0] : try g.concatChannels(hs))) })
+                    continue
+                }
                 states.append(hs.count == 2 ? try g.add(hs[0], hs[1]) : hs.count == 1 ? hs[0] : try g.sum(hs))
             }
             return try g.concatChannels(concat.map { states[$0] })

@@ -26,10 +26,14 @@
 //   parameters, gradients and momentum (3 × 4 bytes per weight), as the per-candidate costs count.
 // Export (FiGS §3.2): each masked layer keeps ⌊Σπ⌋ channels, π = σ(ν) (`channelMaskExport`); the
 // intermediate width becomes the op's `mid_channels` setting and `masks` false builds the plain op.
-// An op with a mask keeping ⌊Σπ⌋ = 0 channels is dropped. A cell's op outputs are summed at the
-// width C, so the output masks' counts are reported (and decide whether the op survives) but the
-// exported ops keep C outputs. `channelMaskGenotype` writes the network as a genotype with one
-// `per_cell` entry per cell (FiGS searches every cell on its own).
+// An op with a mask keeping ⌊Σπ⌋ = 0 channels is dropped. With the sum aggregator a cell's op
+// outputs are summed at the width C, so the output masks' counts are reported (and decide whether
+// the op survives) but the exported ops keep C outputs; with the concat aggregator (FiGS §3.3)
+// each exported op keeps ⌊Σπ_out⌋ outputs (`out_channels`) and its node's 1×1 convolution reads
+// their concatenation, so the output mask also has a parameter target for its block of that
+// convolution ("channels/OP_PATH/concat/params": parts [ν_out], cost C_node each) and the FLOPs
+// and memory targets add what one channel of the block costs. `channelMaskGenotype` writes the
+// network as a genotype with one `per_cell` entry per cell (FiGS searches every cell on its own).
 
 import CEspalierSDK
 import EspalierCore
@@ -138,11 +142,18 @@ extension SearchRun {
                 targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw/params", values: [out.value],
                                                  grads: [try grad(out)], costs: [try constant(cIn, like: out)]))
             }
+            // Concat aggregator: the op's block of its node's 1×1 conv, C_node weights per kept output channel.
+            let column = op.cell.edges[op.edge].concatColumns[op.column]
+            if let column {
+                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/concat/params", values: [out.value],
+                                                 grads: [try grad(out)], costs: [try constant(Float(column.shape[0]), like: out)]))
+            }
             guard let (a, b) = try exportedCostLine(op) else { continue }
             let c = Float(out.count)
-            for (kind, aK, bK) in [("flops", a.flops, b.flops), ("memory", a.bytes, b.bytes)] {
+            let perChannel = try column.map { try concatColumnCost(op, nodeChannels: $0.shape[0]) } ?? (flops: 0, bytes: 0)
+            for (kind, aK, bK, colK) in [("flops", a.flops, b.flops, perChannel.flops), ("memory", a.bytes, b.bytes, perChannel.bytes)] {
                 targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/out/\(kind)", values: [out.value],
-                                                 grads: [try grad(out)], costs: [try constant(Float(aK) / c, like: out)]))
+                                                 grads: [try grad(out)], costs: [try constant(Float(aK) / c + Float(colK), like: out)]))
                 if let mid {
                     targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/mid/\(kind)", values: [mid.value, out.value],
                                                      grads: [try grad(mid), try grad(out)],
@@ -170,6 +181,24 @@ extension SearchRun {
         let b = (flops: full.flops - less.flops, bytes: full.bytes - less.bytes)
         let m = Double(mid.count)
         return ((full.flops - m * b.flops, full.bytes - m * b.bytes), b)
+    }
+
+    /// Concat aggregator: what one input channel of the node's 1×1 convolution costs (the op's
+    /// block at width 2 minus width 1, built in a dry-run accountant on the op's output shape of
+    /// the last forward): forward FLOPs, and bytes of its weights with their gradients and momentum.
+    func concatColumnCost(_ op: ChannelMaskedOp, nodeChannels: Int) throws -> (flops: Double, bytes: Double) {
+        guard let shape = op.cell.lastInputShape else { return (0, 0) }
+        let stride = op.cell.reduction && op.cell.isInputEdge(op.edge) ? 2 : 1
+        func measure(_ width: Int) throws -> (flops: Double, bytes: Double) {
+            let dry = MemoryAccountant(mode: .dryRun)
+            let conv = try Conv2d(ParameterFactory(accountant: dry, seed: 0), name: "cost", cIn: width, cOut: nodeChannels, kernel: 1)
+            let g = Graph(accountant: dry)
+            let x = try g.leaf(Tensor(shape: [shape[0], width, shape[2] / stride, shape[3] / stride], category: .activations, accountant: dry))
+            _ = try conv(g, x)
+            return (Double(g.flops), Double(3 * 4 * conv.weight.count))
+        }
+        let one = try measure(1), two = try measure(2)
+        return (two.flops - one.flops, two.bytes - one.bytes)
     }
 
     /// The weights whose gradient norm the weight step clips: every weight but the channel-mask
@@ -230,7 +259,8 @@ extension SearchRun {
     /// The exported FiGS network as a genotype: one `per_cell` entry per cell of the supernet with
     /// every active op of every edge (any number per edge and per node) except `none`, masked ops
     /// at their exported widths and dropped when a mask keeps no channel; ops without masks are
-    /// kept as they are. `normal`/`reduce` repeat the first cell of each type.
+    /// kept as they are. With the concat aggregator a masked op's output width is ⌊Σπ_out⌋ (the
+    /// cell's `out_channels`), and the genotype's nodes concatenate. `normal`/`reduce` repeat the first cell of each type.
     public func channelMaskGenotype() throws -> Genotype {
         guard supernet.space.partialChannels == 1 else {
             throw EspalierError.config("FiGS export: the supernet uses partial channels (K=\(supernet.space.partialChannels)); export needs every channel in the ops")
@@ -239,8 +269,10 @@ extension SearchRun {
         var genes: [Genotype.CellGene] = []
         var usedIDs: [String: String] = [:]
         let nodes = supernet.space.nodes
+        let concatNodes = supernet.space.aggregator == .concat
         for (i, cell) in supernet.cells.enumerated() {
-            var edges: [Genotype.Edge] = [], settings: [[String: String]] = [], sizes: [Int] = []
+            var edges: [Genotype.Edge] = [], settings: [[String: String]] = [], sizes: [Int] = [], widths: [Int] = []
+            let c = supernet.cellChannels(i)
             var e = 0
             for n in 0..<nodes {
                 var size = 0
@@ -248,14 +280,16 @@ extension SearchRun {
                     let edge = cell.edges[e]
                     for case let (o, op?) in edge.ops.enumerated() where names[o] != "none" && edge.states[o] == .active {
                         let params = Supernet.maskParameters(op)
-                        var s: [String: String] = [:]
+                        var s: [String: String] = [:], width = c
                         if params["mask_out.logits"] != nil {
                             let entry = exportEntry(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: params, cell: cell, edge: e, column: o))
                             guard entry.kept else { continue }
                             s = entry.settings
+                            if concatNodes, let kept = entry.channels["mask_out"] { width = kept }
                         }
                         edges.append(Genotype.Edge(names[o], j))
                         settings.append(s)
+                        widths.append(width)
                         usedIDs[names[o]] = op.component.id
                         size += 1
                     }
@@ -264,8 +298,9 @@ extension SearchRun {
                 sizes.append(size)
             }
             let concat = Array((2 + nodes - supernet.space.multiplier)..<(2 + nodes))
-            genes.append(Genotype.CellGene(reduction: cell.reduction, channels: supernet.cellChannels(i), edges: edges, nodeSizes: sizes,
-                                           concat: concat, opSettings: settings))
+            var gene = Genotype.CellGene(reduction: cell.reduction, channels: c, edges: edges, nodeSizes: sizes, concat: concat, opSettings: settings)
+            if concatNodes { gene.outChannels = widths }
+            genes.append(gene)
         }
         guard let firstNormal = genes.first(where: { !$0.reduction }) ?? genes.first else {
             throw EspalierError.config("FiGS export: the supernet has no cells")
@@ -276,6 +311,7 @@ extension SearchRun {
         g.normalNodeSizes = firstNormal.nodeSizes
         g.reduceNodeSizes = firstReduce.nodeSizes
         g.perCell = genes
+        if concatNodes { g.aggregator = .concat }
         return g
     }
 }

@@ -483,8 +483,15 @@ public final class SearchRun {
         return (lossSum / Double(max(seen, 1)), Double(correct) / Double(max(seen, 1)))
     }
 
-    /// The architecture found: the strategy's own, or the DARTS rule.
+    /// The architecture found: the strategy's own, or the DARTS rule. A search with the concat
+    /// aggregator finds a network whose nodes concatenate too (unless the strategy says otherwise).
     public func derive() throws -> Genotype {
+        var g = try derivedGenotype()
+        if supernet.space.aggregator == .concat && g.aggregator == nil { g.aggregator = .concat }
+        return g
+    }
+
+    private func derivedGenotype() throws -> Genotype {
         if supernet.space.sumOps { publishGroupNorms() }
         if let json = try strategy.derive(state) {
             do { return try JSONDecoder().decode(Genotype.self, from: Data(json.utf8)) } catch {

@@ -19,6 +19,10 @@
 // input are skipped. Reductions stay where they were put (the configured depth's positions), so
 // a grown network keeps its cells. Auxiliary heads (`auxiliaryCells`, Bonsai's old classifiers):
 // global pooling + linear after those cells; in training the loss adds auxiliaryWeight · CE of each.
+// Concat aggregator (FiGS §3.3, `aggregator` .concat): a node is BN(conv1×1(concat_t w_t·y_t))
+// over the running candidates t of its incoming edges instead of Σ_t w_t·y_t; the convolution's
+// weight is kept as one block W_t per candidate (`cellI/nodeN/concat/edgeE.OP`), so masked and
+// removed candidates cost nothing, and its activations are owned by `cellI/nodeN/concat`.
 // Shapes: input (N, Cin, H, W) → logits (N, classes). α: (edges, ops) per slot.
 
 import EspalierCore
@@ -62,6 +66,10 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     public var auxiliaryCells: [Int] = []
     /// Weight w of each auxiliary head's loss: loss = CE(main) + w·Σ CE(aux) (training only).
     public var auxiliaryWeight = 0.4
+    /// How a node combines its candidates: their (weighted) sum, or FiGS's concat aggregator,
+    /// node = BN(conv1×1(concat of w_t·y_t)) back to C channels. `--aggregator`, or a strategy's
+    /// `aggregator` parameter (FiGS's).
+    public var aggregator: NodeAggregator = .sum
 
     public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                   "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
@@ -100,6 +108,14 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
                                            + "it does not combine with partial channels, edge normalisation or merged ops (got K=\(partialChannels), edge normalisation \(edgeNormalization), merged \(mergedOps))")
             }
         }
+        if aggregator == .concat {
+            guard partialChannels == 1, !edgeNormalization, mergedOps.isEmpty, !hyperConnected else {
+                throw EspalierError.config("search space: the concat aggregator (FiGS) joins every running candidate of a node into one 1×1 convolution; "
+                                           + "it does not combine with partial channels, edge normalisation, merged ops or the hyper-connected space "
+                                           + "(got K=\(partialChannels), edge normalisation \(edgeNormalization), merged \(mergedOps), hyper-connected \(hyperConnected)); "
+                                           + "drop those options or use --aggregator sum")
+            }
+        }
         guard auxiliaryWeight.isFinite, auxiliaryWeight >= 0, auxiliaryCells.allSatisfy({ $0 >= 0 && $0 < cells - 1 }) else {
             throw EspalierError.config("search space: auxiliary heads \(auxiliaryCells) must sit after cells 0..<\(cells - 1) (the last cell has the classifier), with a weight ≥ 0 (got \(auxiliaryWeight))")
         }
@@ -109,7 +125,7 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
 extension SearchSpaceDescription {
     enum CodingKeys: String, CodingKey {
         case inputChannels, classes, channels, cells, nodes, multiplier, stemMultiplier, ops, reductionCells, partialChannels, edgeNormalization,
-             mergedOps, sumOps, scaleParameterFree, hyperConnected, auxiliaryCells, auxiliaryWeight
+             mergedOps, sumOps, scaleParameterFree, hyperConnected, auxiliaryCells, auxiliaryWeight, aggregator
     }
 
     /// Every field optional (the default where missing), so a config.json written before a field
@@ -124,6 +140,7 @@ extension SearchSpaceDescription {
         try read(.partialChannels, &partialChannels); try read(.edgeNormalization, &edgeNormalization); try read(.mergedOps, &mergedOps)
         try read(.sumOps, &sumOps); try read(.scaleParameterFree, &scaleParameterFree); try read(.hyperConnected, &hyperConnected)
         try read(.auxiliaryCells, &auxiliaryCells); try read(.auxiliaryWeight, &auxiliaryWeight)
+        try read(.aggregator, &aggregator)
     }
 }
 
@@ -173,9 +190,13 @@ final class MixedEdge {
     var merged: [(op: PluginOp, columns: [Int])]
     /// Learnable output scales (shape [1]) of parameter-free candidates (`scaleParameterFree`); nil elsewhere.
     var scales: [Parameter?]
-    init(ops: [PluginOp?], merged: [(op: PluginOp, columns: [Int])] = [], scales: [Parameter?]? = nil) {
+    /// Concat aggregator: each candidate's block W_t (C_node, C_t, 1, 1) of its node's 1×1
+    /// convolution (nil for `none`, removed candidates and the sum aggregator).
+    var concatColumns: [Parameter?]
+    init(ops: [PluginOp?], merged: [(op: PluginOp, columns: [Int])] = [], scales: [Parameter?]? = nil, concatColumns: [Parameter?]? = nil) {
         self.ops = ops; self.merged = merged
         self.scales = scales ?? Array(repeating: nil, count: ops.count)
+        self.concatColumns = concatColumns ?? Array(repeating: nil, count: ops.count)
         states = Array(repeating: .active, count: ops.count)
     }
 
@@ -214,6 +235,8 @@ final class SearchCell {
     let pre1: Module & CellInput
     let edges: [MixedEdge]
     let nodes: Int, multiplier: Int
+    /// Concat aggregator: each node's batch norm after its 1×1 convolution (empty for the sum).
+    let nodeNorms: [BatchNorm2d]
     let owner: Int32
     /// PC-DARTS partial channels K (1 = every channel goes through the ops).
     let partial: Int
@@ -251,7 +274,7 @@ final class SearchCell {
         let mergedCols = try mergedComponents.map { try mergedColumns($0, settings: opSettings[$0.id] ?? [:], space: space) }
         let covered = Set(mergedCols.joined())
         let cOp = c / space.partialChannels
-        (inputs, pre1, edges) = try f.scope(name) {
+        (inputs, pre1, edges, nodeNorms) = try f.scope(name) {
             let p0: [(Module & CellInput)?]
             if let earlier {
                 // Each earlier output to C channels at the previous cell's resolution.
@@ -268,9 +291,11 @@ final class SearchCell {
                     : try ReLUConvBN(f, name: "pre0", cIn: cPrevPrev, cOut: c, affine: false)]
             }
             let p1 = try ReLUConvBN(f, name: "pre1", cIn: cPrev, cOut: c, affine: false)
-            var edges: [MixedEdge] = []
+            var edges: [MixedEdge] = [], norms: [BatchNorm2d] = []
             var e = 0
             for i in 0..<space.nodes {
+                // Concat aggregator: the node's 1×1 conv has fan-in T·C over its T candidates.
+                let candidates = (2 + i) * components.indices.filter { Component.shortName(components[$0].id) != "none" }.count
                 for j in 0..<(2 + i) {
                     let stride = reduction && j < 2 ? 2 : 1
                     let config = OpConfig(inChannels: cOp, outChannels: cOp, stride: stride, affine: false)
@@ -288,11 +313,16 @@ final class SearchCell {
                         guard space.scaleParameterFree, let op, op.parameters.isEmpty else { return nil }
                         return try f.make("edge\(e)/\(space.opNames[col])/scale", [1], .ones, decay: false)
                     }
-                    edges.append(MixedEdge(ops: ops, merged: merged, scales: scales))
+                    let columns: [Parameter?] = try ops.enumerated().map { col, op in
+                        guard space.aggregator == .concat, op != nil else { return nil }
+                        return try f.make("node\(i)/concat/edge\(e).\(space.opNames[col])", [cOp, cOp, 1, 1], .uniformFanIn(candidates * cOp))
+                    }
+                    edges.append(MixedEdge(ops: ops, merged: merged, scales: scales, concatColumns: columns))
                     e += 1
                 }
+                if space.aggregator == .concat { norms.append(try BatchNorm2d(f, name: "node\(i)/concat/bn", channels: cOp, affine: false)) }
             }
-            return (p0, p1, edges)
+            return (p0, p1, edges, norms)
         }
         inputStates = Array(repeating: .active, count: inputs.count)
     }
@@ -300,9 +330,11 @@ final class SearchCell {
     var parameters: [Parameter] {
         inputs.compactMap { $0 }.flatMap(\.parameters) + pre1.parameters
             + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.parameters) + $0.merged.flatMap(\.op.parameters) + $0.scales.compactMap { $0 } }
+            + edges.flatMap { $0.concatColumns.compactMap { $0 } } + nodeNorms.flatMap(\.parameters)
     }
     var buffers: [Tensor] {
         inputs.compactMap { $0 }.flatMap(\.buffers) + pre1.buffers + edges.flatMap { $0.ops.compactMap { $0 }.flatMap(\.buffers) + $0.merged.flatMap(\.op.buffers) }
+            + nodeNorms.flatMap(\.buffers)
     }
 
     /// The output of one edge: Σ_o w_o·op_o(h) over its running candidates (+ merged ops), or nil
@@ -368,7 +400,13 @@ final class SearchCell {
             let k = edges.first?.ops.count ?? 0
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
-            for _ in 0..<nodes {
+            for n in 0..<nodes {
+                if !nodeNorms.isEmpty {
+                    let incoming = states.count
+                    states.append(try concatNode(g, n, states: states, firstEdge: e, weights: weights, active: active, state: state, skipDropout: skipDropout))
+                    e += incoming
+                    continue
+                }
                 if !g.isRecording && plain {
                     // Forward only (scoring, evaluation): add each candidate into the node as soon as
                     // it is computed, so one candidate output is alive at a time, not all of them.
@@ -427,6 +465,36 @@ final class SearchCell {
             }
             return try g.concatChannels(states.suffix(multiplier).map { $0! })
         }
+    }
+
+    /// FiGS's concat aggregator for node n, whose edges start at `firstEdge`: BN(Σ_t w_t·(W_t ∗ y_t))
+    /// over the running candidates t of its incoming edges — the 1×1 convolution of the
+    /// concatenated w_t·y_t, one column block W_t at a time, so no concat copy is made and a
+    /// candidate that does not run costs nothing. Forward only (scoring, evaluation), each W_t ∗ y_t
+    /// is added into the node as soon as it is computed. A zero node when nothing runs.
+    private func concatNode(_ g: Graph, _ n: Int, states: [Variable?], firstEdge: Int, weights: Variable, active: [UInt8],
+                            state: RunState, skipDropout: Float) throws -> Variable {
+        let k = edges.first?.ops.count ?? 0
+        var terms: [Variable] = [], indices: [Int] = []
+        var sum: Tensor? = nil
+        for (j, h) in states.enumerated() {
+            guard let h else { continue }
+            let e = firstEdge + j, edge = edges[e]
+            for (o, op) in edge.ops.enumerated() {
+                guard op != nil, edge.states[o] == .active, active[e * k + o] != 0, let column = edge.concatColumns[o] else { continue }
+                var y = try edge.output(g, o, h, state: state)
+                if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
+                let z = try g.accountant.withOwner("node\(n)/concat") { try g.conv2d(y, g.param(column), stride: 1, padding: 0, dilation: 1, groups: 1) }
+                if g.isRecording { terms.append(z); indices.append(e * k + o); continue }
+                if sum == nil { sum = try g.accountant.withOwner("node\(n)/concat") { try Tensor.zeros(z.shape, category: .activations, accountant: g.accountant) } }
+                if g.computing { Kernels.axpy(weights.value[e * k + o], z.value.ptr, sum!.ptr, count: z.value.count) }
+            }
+        }
+        let mixed: Variable
+        if let sum { mixed = g.constant(sum) }
+        else if !terms.isEmpty { mixed = try g.accountant.withOwner("node\(n)/concat") { try g.weightedSum(terms, weights: weights, indices: indices) } }
+        else { return try zeroNode(g, states) }
+        return try g.accountant.withOwner("node\(n)/concat") { try nodeNorms[n](g, mixed) }
     }
 
     /// A zero node of the cell's output size (states[1], the previous cell's, always exists).
@@ -675,7 +743,7 @@ public final class Supernet {
                 throw EspalierError.invalidArgument("candidate \(space.opNames[op]) on edge \(edge) was removed for good")
             }
             cell.edges[edge].states[op] = state
-            if state == .removed { cell.edges[edge].ops[op] = nil; cell.edges[edge].scales[op] = nil }
+            if state == .removed { cell.edges[edge].ops[op] = nil; cell.edges[edge].scales[op] = nil; cell.edges[edge].concatColumns[op] = nil }
         }
     }
 

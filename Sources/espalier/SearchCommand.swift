@@ -31,6 +31,8 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Batch size.") var batchSize: Int?
     @Option(help: "Partial channels K: each edge's ops see C/K channels (PC-DARTS's memory saving; any strategy).") var partialChannels: Int?
     @Flag(help: "Bonsai-Net's relaxed hyper-connected space: distinct cells (α per cell), each taking the previous cell plus a gated sum of all earlier cells (needs a gate for inputs, e.g. espalier.gate.sawwave/1).") var hyperConnected = false
+    @Option(help: "How a node combines its candidates: sum (DARTS) or concat (FiGS's concat aggregator: concat → 1×1 conv → BN, so ops may keep their own output widths).")
+    var aggregator: String?
     @Option(help: "Epochs.") var epochs: Int?
     @Option(help: "Weight learning rate (cosine to 0.001).") var lr: Float?
     @Option(help: "Architecture learning rate (Adam).") var archLr: Float?
@@ -53,6 +55,12 @@ struct SearchOptions: ParsableArguments {
         if let v = batchSize { c.batchSize = v }
         if let v = partialChannels { c.space.partialChannels = v }
         if hyperConnected { c.space.hyperConnected = true }
+        if let v = aggregator {
+            guard let a = NodeAggregator(rawValue: v.lowercased()) else {
+                throw ValidationError("--aggregator '\(v)' is not one of \(NodeAggregator.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            c.space.aggregator = a
+        }
         if let v = channelGate { c.channelGate = v }
         if !channelGateSets.isEmpty {
             var s = c.channelGateSettings ?? [:]

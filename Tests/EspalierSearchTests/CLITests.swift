@@ -71,5 +71,11 @@ final class CLITests: XCTestCase {
         let (s4, o4) = try run(["search", "--dataset", "synthetic", "--memory-budget", "1MiB", "--dry-run"])
         XCTAssertNotEqual(s4, 0)
         XCTAssertTrue(o4.contains("exceeds --memory-budget"), o4)
+        let (s5, o5) = try run(["search", "--dataset", "synthetic", "--aggregator", "stack", "--dry-run"])
+        XCTAssertNotEqual(s5, 0)
+        XCTAssertTrue(o5.contains("--aggregator 'stack' is not one of sum, concat"), o5)
+        let (s6, o6) = try run(["search", "--dataset", "synthetic", "--aggregator", "concat", "--partial-channels", "2", "--dry-run"])
+        XCTAssertNotEqual(s6, 0)
+        XCTAssertTrue(o6.contains("concat aggregator"), o6)
     }
 }

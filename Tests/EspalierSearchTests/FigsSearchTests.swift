@@ -133,11 +133,7 @@ final class FigsSearchTests: XCTestCase {
         XCTAssertFalse(cells[0].edges.prefix(cells[0].nodeSizes[0]).contains(.init("figs_dil_conv_3x3", 0)), "the all-off dil conv on edge 0 is gone")
         XCTAssertEqual(cells[0].edges.filter { $0 == .init("figs_sep_conv_3x3", 0) }.count, 1, "edge 2 (node 1, input 0) lost its sep conv; edge 0 kept its")
         // The discrete network: its weights have the masks' counts, and no mask logits.
-        var d = NetworkDescription(genotype: g)
-        d.channels = 4; d.cells = 2; d.classes = 3; d.imageSize = 8
-        let acc = MemoryAccountant()
-        let context = HostContext(accountant: acc, seed: 1)
-        let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1) }
+        var (net, d, acc, context) = try tinyDiscreteNetwork(g, registry: Self.registry)
         func shape(_ suffix: String) -> [Int]? { net.parameters.first { $0.name.hasSuffix(suffix) }?.shape }
         XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/pw1.weight"), [2, 4, 1, 1], "⌊Σπ_mid⌋ = 2 intermediate channels")
         XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/dw2.weight"), [2, 1, 3, 3])

@@ -45,3 +45,28 @@ func syntheticSearchRun(_ c: SearchConfig, registry: PluginRegistry, images: Int
     }
     return try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: out)
 }
+
+/// Central finite differences of `loss` at `indices` of `p` against `analytic` (the gradient
+/// computed before): |analytic − numeric| ≤ 2e-4 + 5 % of |numeric|.
+func assertGradientMatchesFiniteDifferences(_ p: Parameter, _ analytic: [Float], indices: [Int], eps: Float, loss: () throws -> Double,
+                                            file: StaticString = #filePath, line: UInt = #line) throws {
+    for i in indices {
+        let old = p.value[i]
+        p.value[i] = old + eps; let lp = try loss()
+        p.value[i] = old - eps; let lm = try loss()
+        p.value[i] = old
+        let numeric = Float((lp - lm) / Double(2 * eps))
+        XCTAssertEqual(analytic[i], numeric, accuracy: 2e-4 + 5e-2 * abs(numeric), "\(p.name)[\(i)]", file: file, line: line)
+    }
+}
+
+/// The discrete network of a genotype searched with a tiny config's shape (C = 4, 2 cells, 3
+/// classes, 8×8 images), built under owner "model", with its description, accountant and context.
+func tinyDiscreteNetwork(_ g: Genotype, registry: PluginRegistry) throws -> (DiscreteNetwork, NetworkDescription, MemoryAccountant, HostContext) {
+    var d = NetworkDescription(genotype: g)
+    d.channels = 4; d.cells = 2; d.classes = 3; d.imageSize = 8
+    let acc = MemoryAccountant()
+    let context = HostContext(accountant: acc, seed: 1)
+    let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: 1) }
+    return (net, d, acc, context)
+}

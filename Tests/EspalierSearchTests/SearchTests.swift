@@ -53,15 +53,7 @@ final class SearchTests: XCTestCase {
         let alpha = run.supernet.alphaNormal
         let analytic = alpha.grad!.array
         XCTAssertGreaterThan(analytic.map(abs).max()!, 1e-5, "α gets a gradient")
-        let eps: Float = 2e-3
-        for i in stride(from: 0, to: alpha.count, by: 3) {
-            let old = alpha.value[i]
-            alpha.value[i] = old + eps; let lp = try loss(run, valid)
-            alpha.value[i] = old - eps; let lm = try loss(run, valid)
-            alpha.value[i] = old
-            let numeric = Float((lp - lm) / Double(2 * eps))
-            XCTAssertEqual(analytic[i], numeric, accuracy: 2e-4 + 5e-2 * abs(numeric), "α[\(i)]")
-        }
+        try assertGradientMatchesFiniteDifferences(alpha, analytic, indices: Array(stride(from: 0, to: alpha.count, by: 3)), eps: 2e-3) { try loss(run, valid) }
     }
 
     func testSecondOrderArchGradient_MatchesFiniteDifferencesOfTheUnrolledLoss() throws {

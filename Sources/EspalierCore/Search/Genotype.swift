@@ -16,9 +16,18 @@
 // {"mid_channels": "5"}), the cell's channel count C at search time and whether it reduces. A
 // network built from it has exactly these cells; `normal`/`reduce` then describe the first cell
 // of each type (pictures, older readers). Files without it load as before.
+// Optional `node_aggregator` ("sum", the default, or "concat": FiGS §3.3's concat aggregator,
+// node = BN(conv1×1(concat of the node's op outputs)) instead of their sum), and per cell
+// optional `out_channels` (parallel to `edges`: each op's output width, which only the concat
+// aggregator lets differ from the cell's C).
 // Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
 
 import Foundation
+
+/// How an intermediate node combines the outputs of its ops: their sum (DARTS), or FiGS's concat
+/// aggregator — the outputs concatenated along channels, then a 1×1 convolution back to the
+/// cell's C channels and batch norm, which lets each op have its own output width.
+public enum NodeAggregator: String, Codable, CaseIterable, Sendable { case sum, concat }
 
 public struct Genotype: Codable, Equatable, Sendable {
     /// One kept edge: the op on it and the state it reads (JSON: `["op", input]`).
@@ -58,11 +67,15 @@ public struct Genotype: Codable, Equatable, Sendable {
         public var nodeSizes: [Int]
         public var concat: [Int]
         public var opSettings: [[String: String]]
+        /// Each edge's op output width (parallel to `edges`); nil = C for every op. Widths other
+        /// than C need the concat aggregator.
+        public var outChannels: [Int]? = nil
 
         enum CodingKeys: String, CodingKey {
             case reduction, channels, edges, concat
             case nodeSizes = "node_sizes"
             case opSettings = "op_settings"
+            case outChannels = "out_channels"
         }
 
         public init(reduction: Bool, channels: Int, edges: [Edge], nodeSizes: [Int], concat: [Int], opSettings: [[String: String]]) {
@@ -86,6 +99,10 @@ public struct Genotype: Codable, Equatable, Sendable {
     public var reduceNodeSizes: [Int]?
     /// One entry per network cell (FiGS); nil = every cell of a type is `normal` / `reduce`.
     public var perCell: [CellGene]?
+    /// How nodes combine their ops; nil = sum.
+    public var aggregator: NodeAggregator?
+    /// The aggregator in effect (nil reads as sum).
+    public var nodeAggregator: NodeAggregator { aggregator ?? .sum }
 
     enum CodingKeys: String, CodingKey {
         case normal
@@ -96,6 +113,7 @@ public struct Genotype: Codable, Equatable, Sendable {
         case normalNodeSizes = "normal_node_sizes"
         case reduceNodeSizes = "reduce_node_sizes"
         case perCell = "per_cell"
+        case aggregator = "node_aggregator"
     }
 
     public init(normal: [Edge], normalConcat: [Int], reduce: [Edge], reduceConcat: [Int], opIDs: [String: String]? = nil) {
@@ -241,6 +259,16 @@ public struct Genotype: Codable, Equatable, Sendable {
                 out.append("\(key) \"concat\" names state \(c), but the cell has states 0..<\(2 + cell.nodeSizes.count)")
             }
             if Set(cell.concat).count != cell.concat.count { out.append("\(key) \"concat\" \(cell.concat) repeats a state") }
+            if let widths = cell.outChannels {
+                if widths.count != cell.edges.count {
+                    out.append("\(key) has \(widths.count) \"out_channels\" for \(cell.edges.count) edges; give one width per edge")
+                }
+                if widths.contains(where: { $0 < 1 }) { out.append("\(key) \"out_channels\" \(widths) has a width below 1") }
+                if nodeAggregator == .sum, widths.contains(where: { $0 != cell.channels }) {
+                    out.append("\(key) \"out_channels\" \(widths) differ from the cell's C=\(cell.channels), but summed nodes need every op at C; "
+                               + "set \"node_aggregator\": \"concat\" (FiGS's concat aggregator) or drop \"out_channels\"")
+                }
+            }
         }
         if let cells = perCell, cells.isEmpty { out.append("\"per_cell\" is empty; omit it, or give one entry per cell") }
         if let ids = opIDs {
@@ -305,13 +333,15 @@ public struct Genotype: Codable, Equatable, Sendable {
         }
         if let n = normalNodeSizes { lines.append("  \"normal_node_sizes\": \(ints(n))") }
         if let r = reduceNodeSizes { lines.append("  \"reduce_node_sizes\": \(ints(r))") }
+        if let a = aggregator { lines.append("  \"node_aggregator\": \(IOJSON.quoted(a.rawValue))") }
         if let cells = perCell {
             func settings(_ s: [String: String]) -> String {
                 "{" + s.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(s[$0]!))" }.joined(separator: ", ") + "}"
             }
             let body = cells.map { c in
                 "    {\"reduction\": \(c.reduction), \"channels\": \(c.channels), \"edges\": \(edges(c.edges)), \"node_sizes\": \(ints(c.nodeSizes)), "
-                    + "\"concat\": \(ints(c.concat)), \"op_settings\": [\(c.opSettings.map(settings).joined(separator: ", "))]}"
+                    + "\"concat\": \(ints(c.concat)), \"op_settings\": [\(c.opSettings.map(settings).joined(separator: ", "))]"
+                    + (c.outChannels.map { ", \"out_channels\": \(ints($0))" } ?? "") + "}"
             }
             lines.append("  \"per_cell\": [\n" + body.joined(separator: ",\n") + "\n  ]")
         }
