@@ -217,6 +217,32 @@ final class ConcatAggregatorTests: XCTestCase {
         XCTAssertNotEqual(convW.value.array, before, "a step moves the node's conv")
     }
 
+    func testFlopsAndMemoryTargets_AddTheBlockOfTheNodesConv() throws {
+        var c = figsConfig()
+        c.regularizerSettings = ["espalier.regularizer.figs-cost/1": ["lambda": "1e-6", "cost": "flops"]]
+        let run = try makeRun(c)
+        try run.step(train: try run.trainLoader.nextCycling(accountant: run.accountant), valid: nil)
+        let dil = "cell0/edge2/figs_dil_conv_3x3"   // edge 2 reads node 0: input (4, 4, 8, 8), stride 1
+        for on in [4, 2] {
+            set(try param(run, dil + "/mask_out.logits"), on: on)
+            let targets = try run.channelMaskTargets().filter { $0.name.contains(dil + "/") }
+            func expected(_ kind: String) -> Double { targets.filter { $0.name.hasSuffix("/" + kind) }.reduce(0.0) { $0 + expectedCost($1) } }
+            let op = try exportedOpFigure("espalier.op.figs_dil_conv_3x3/1", c: 4, mid: nil, input: [4, 4, 8, 8], registry: Self.registry)
+            // Per kept output channel, the block of node 1's 1×1 conv (4 outputs): 2·N·4·H·W FLOPs, 4 weights × 12 bytes.
+            let k = Double(on)
+            XCTAssertEqual(expected("flops"), op.flops * k / 4 + k * 2 * 4 * 4 * 64, accuracy: 1e-3, "\(on) outputs kept")
+            XCTAssertEqual(expected("memory"), op.bytes * k / 4 + k * 4 * 12, accuracy: 1e-3)
+            XCTAssertEqual(expected("params"), k * 4 + k * 4, accuracy: 1e-3, "pw (C_in = 4 per output) and the block (C_node = 4 per output)")
+        }
+    }
+
+    /// Π_parts Σ_i c_i·σ(ν_i) of one target.
+    func expectedCost(_ t: RegularizerTarget) -> Double {
+        zip(t.values, t.costs!).reduce(1.0) { product, vc in
+            product * (0..<vc.0.count).reduce(0.0) { $0 + Double(vc.1[$1]) / (1 + exp(-Double(vc.0[$1]))) }
+        }
+    }
+
     // MARK: Errors and old files
 
     func testUnsupportedCombinations_AreClearErrors_OldGenotypesSum() throws {

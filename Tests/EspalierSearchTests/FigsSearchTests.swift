@@ -181,19 +181,8 @@ final class FigsSearchTests: XCTestCase {
         return product
     }
 
-    /// The accountant's figure of the exported op (no masks, affine) at intermediate width `mid`
-    /// (nil = C): forward FLOPs and bytes (kept activations + 3 × 4 bytes per weight).
     func exportedFigure(_ id: String, c: Int, mid: Int?, input: [Int]) throws -> (flops: Double, bytes: Double) {
-        let dry = MemoryAccountant(mode: .dryRun)
-        var settings = ["masks": "false"]
-        if let mid { settings["mid_channels"] = String(mid) }
-        let op = try PluginOp(try Self.registry.require(id, kind: .op), context: HostContext(accountant: dry),
-                              config: OpConfig(inChannels: c, outChannels: c, affine: true), settings: settings, ownerPath: "ref")
-        let g = Graph(accountant: dry)
-        let x = try g.leaf(Tensor(shape: input, category: .activations, accountant: dry))
-        let before = dry.currentBytes(ownerPrefix: "").total
-        _ = try op(g, x)
-        return (Double(g.flops), Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(12 * op.parameters.reduce(0) { $0 + $1.count }))
+        try exportedOpFigure(id, c: c, mid: mid, input: input, registry: Self.registry)
     }
 
     func testFlopsAndMemoryTargets_AreTheAccountantsFiguresOfTheExportedOp_AndTheGradientMatchesFiniteDifferences() throws {

@@ -70,3 +70,18 @@ func tinyDiscreteNetwork(_ g: Genotype, registry: PluginRegistry) throws -> (Dis
     let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: 1) }
     return (net, d, acc, context)
 }
+
+/// The accountant's figure of an exported FiGS op (no masks, affine) at intermediate width `mid`
+/// (nil = C): forward FLOPs and bytes (kept activations + 3 × 4 bytes per weight).
+func exportedOpFigure(_ id: String, c: Int, mid: Int?, input: [Int], registry: PluginRegistry) throws -> (flops: Double, bytes: Double) {
+    let dry = MemoryAccountant(mode: .dryRun)
+    var settings = ["masks": "false"]
+    if let mid { settings["mid_channels"] = String(mid) }
+    let op = try PluginOp(try registry.require(id, kind: .op), context: HostContext(accountant: dry),
+                          config: OpConfig(inChannels: c, outChannels: c, affine: true), settings: settings, ownerPath: "ref")
+    let g = Graph(accountant: dry)
+    let x = try g.leaf(Tensor(shape: input, category: .activations, accountant: dry))
+    let before = dry.currentBytes(ownerPrefix: "").total
+    _ = try op(g, x)
+    return (Double(g.flops), Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(12 * op.parameters.reduce(0) { $0 + $1.count }))
+}
