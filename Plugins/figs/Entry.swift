@@ -41,11 +41,15 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
             summary: "dil_conv_5x5 with a FiGS output mask: ReLU, dw 5x5 dilation 2 (stride s), 1x1, BN, mask_out",
             params: opParams),
         .strategy(FigsStrategy.self, id: FigsStrategy.id,
-                  summary: "FiGS on the DARTS space: no α (every edge sums its ops), weights-only steps that train the ops' channel masks with them; "
-                      + "the host exports ⌊Σπ⌋ channels per mask, per cell, dropping ops whose mask keeps none",
+                  summary: "FiGS on the DARTS space: no α (every edge sums its ops, or concatenates them into a 1×1 conv with aggregator=concat), "
+                      + "weights-only steps that train the ops' channel masks with them; the host exports ⌊Σπ⌋ channels per mask, per cell, dropping ops whose mask keeps none",
                   params: [
                       .choice("aggregator", default: "sum", choices: ["sum", "concat"],
                               doc: "how a node combines its ops: sum, or FiGS's concat aggregator (concat → 1×1 conv → BN; exported ops keep ⌊Σπ_out⌋ output channels)"),
+                      .int("bn_recalibration", default: 20,
+                           doc: "host convention: recompute batch-norm statistics over this many training batches before each evaluation "
+                               + "(the masks move the ops' outputs; stale running statistics made the concat supernet's evaluation-mode accuracy collapse); 0 = off",
+                           min: 0),
                   ],
                   requires: .noArchParams),
         .regularizer(FigsCostRegularizer.self, id: FigsCostRegularizer.id,

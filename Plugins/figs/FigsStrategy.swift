@@ -8,7 +8,8 @@
 // in the genotype's `per_cell`, ⌊Σπ⌋ channels per mask, ops with an all-off mask dropped).
 // Parameter `aggregator` (sum or concat): FiGS's concat aggregator (§3.3), which the host builds —
 // each node concatenates its ops' outputs into a 1×1 conv, so the exported ops keep ⌊Σπ_out⌋
-// output channels instead of C.
+// output channels instead of C. Parameter `bn_recalibration` (host convention, default 20): the
+// batch-norm statistics are recomputed before each evaluation, as for GSparsity.
 
 import EspalierPluginKit
 
