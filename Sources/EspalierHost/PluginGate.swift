@@ -55,7 +55,10 @@ public final class PluginGate {
     }
 
     /// weights = gate(logits); `active[i] == 0` marks candidates that need not run. In a dry run
-    /// nothing is computed and every candidate counts as active (an upper bound on memory).
+    /// nothing is computed and every candidate counts as active (an upper bound on memory) —
+    /// except for a sampled gate in a run that is itself a dry run (a prediction): there the
+    /// plugin samples once from zero logits on scratch buffers, and `active` is its pattern, whose
+    /// count per row says how many candidates a step runs (the caller picks which: the costliest).
     public func callAsFunction(_ g: Graph, _ logits: Variable, state: RunState = RunState()) throws -> (weights: Variable, active: [UInt8]) {
         guard logits.value.count == rows * cols else {
             throw EspalierError.shapeMismatch("\(component.id): logits \(logits.shape) for a (\(rows), \(cols)) gate")
@@ -72,6 +75,8 @@ public final class PluginGate {
             try context.check("\(id): forward") {
                 active.withUnsafeMutableBufferPointer { table.forward!(instance, &st, &lv, &wv, $0.baseAddress) }
             }
+        } else if isSampled && context.accountant.isDryRun {
+            active = try sampledPattern(state: st)
         }
         let weights = g.record(w, inputs: [logits]) { [unowned g] dW, ctx in
             let dL = try g.gradTensor(shape, zeroed: true)
@@ -83,5 +88,25 @@ public final class PluginGate {
             try ctx.accumulate(0, dL.reshaped(logitsValue.shape))
         }
         return (weights, active)
+    }
+
+    /// A prediction's stand-in for a sampled gate's `active`: one real forward on zero logits in
+    /// scratch buffers (outside the accountant), with the run's state. Only ever called in a run
+    /// whose accountant is a dry run, so the draws it takes from the host RNG are the prediction's.
+    func sampledPattern(state: es_run_state) throws -> [UInt8] {
+        var active = [UInt8](repeating: 1, count: rows * cols)
+        var logits = [Float](repeating: 0, count: rows * cols), weights = logits
+        var st = state
+        st.dry_run = 0
+        let table = self.table, instance = self.instance, shape = [rows, cols]
+        try logits.withUnsafeMutableBufferPointer { l in
+            try weights.withUnsafeMutableBufferPointer { w in
+                var lv = esView(shape: shape, data: l.baseAddress), wv = esView(shape: shape, data: w.baseAddress)
+                try context.check("\(component.id): forward (sampling a prediction's pattern)") {
+                    active.withUnsafeMutableBufferPointer { table.forward!(instance, &st, &lv, &wv, $0.baseAddress) }
+                }
+            }
+        }
+        return active
     }
 }

@@ -184,16 +184,6 @@ extension SearchRun {
         return (s[supernet.slot(reduction: false)], s[supernet.slot(reduction: true)])
     }
 
-    /// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
-    /// activations it keeps plus 3× its parameters (values, gradients, momentum).
-    private func measure(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Float, flops: Float) {
-        let dry = MemoryAccountant(mode: .dryRun)
-        let g = Graph(accountant: dry)
-        let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
-        let before = dry.currentBytes(ownerPrefix: "").total
-        _ = try body(g, x)
-        return (Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * parameters.reduce(0) { $0 + $1.count } * 4), Float(g.flops))
-    }
 
     /// Costs per slot (edges, ops; summed over the slot's cells) and, hyper-connected, per cell's
     /// inter-cell inputs (inputs, 1: its preprocessing on the earlier output). Masked and removed
@@ -210,7 +200,7 @@ extension SearchRun {
                     var c = CandidateCosts(memory: Array(repeating: 0, count: cell.inputs.count), flops: Array(repeating: 0, count: cell.inputs.count))
                     for (j, m) in cell.inputs.enumerated() {
                         guard let m, let shape = cell.lastEarlierShapes?[j] else { continue }
-                        (c.memory[j], c.flops[j]) = try measure(shape, parameters: m.parameters) { g, x in try m.apply(g, x) }
+                        (c.memory[j], c.flops[j]) = try measureCost(shape, parameters: m.parameters) { g, x in try m.apply(g, x) }
                     }
                     inputs.append(c)
                 }
@@ -223,7 +213,7 @@ extension SearchRun {
                     if cell.reduction && !cell.isInputEdge(e) { s[2] = (s[2] + 1) / 2; s[3] = (s[3] + 1) / 2 }
                     for (o, op) in edge.ops.enumerated() {
                         guard let op else { continue }
-                        let (bytes, flops) = try measure(s, parameters: op.parameters) { g, x in try op(g, x) }
+                        let (bytes, flops) = try measureCost(s, parameters: op.parameters) { g, x in try op(g, x) }
                         slots[slot].memory[e * k + o] += bytes
                         slots[slot].flops[e * k + o] += flops
                     }
@@ -244,4 +234,15 @@ extension SearchRun {
         }
         return (slots, inputs)
     }
+}
+
+/// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
+/// activations it keeps plus 3× its parameters (values, gradients, momentum).
+func measureCost(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Float, flops: Float) {
+    let dry = MemoryAccountant(mode: .dryRun)
+    let g = Graph(accountant: dry)
+    let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
+    let before = dry.currentBytes(ownerPrefix: "").total
+    _ = try body(g, x)
+    return (Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * parameters.reduce(0) { $0 + $1.count } * 4), Float(g.flops))
 }

@@ -366,8 +366,9 @@ final class SearchCell {
     /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);
     /// `edgeWeights`: β̃ (edges), or nil without edge normalisation.
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
-                 state: RunState, skipDropout: Float = 0) throws -> Variable {
-        try forward(g, earlier: [s0], s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state, skipDropout: skipDropout)
+                 state: RunState, skipDropout: Float = 0, worstCase: Bool = false) throws -> Variable {
+        try forward(g, earlier: [s0], s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state, skipDropout: skipDropout,
+                    worstCase: worstCase)
     }
 
     /// The cell's first input: pre0(s0) (DARTS), or Σ_j w_j·input_j(earlier_j) over the running
@@ -388,9 +389,13 @@ final class SearchCell {
     }
 
     /// `earlier`: [s0] (DARTS), or every earlier output (hyper-connected); s1: the previous cell's output.
+    /// `worstCase`: a prediction with a sampled gate (`active` is a stand-in draw): each edge runs
+    /// as many candidates as `active` marks on it, and the costliest ones (`pickCostliest`).
     func forward(_ g: Graph, earlier: [Variable], _ s1: Variable, weights: Variable, active: [UInt8], inputWeights: Variable? = nil,
-                 inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0) throws -> Variable {
-        try g.accountant.withOwnerID(owner) {
+                 inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0,
+                 worstCase: Bool = false) throws -> Variable {
+        var active = active
+        return try g.accountant.withOwnerID(owner) {
             let first = try firstInput(g, earlier: earlier, inputWeights: inputWeights, inputActive: inputActive)
             let second = try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }
             // A nil state (every inter-cell input pruned): the edges from it are skipped.
@@ -401,6 +406,9 @@ final class SearchCell {
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
             for n in 0..<nodes {
+                if worstCase {
+                    for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h) } }
+                }
                 if !nodeNorms.isEmpty {
                     let incoming = states.count
                     states.append(try concatNode(g, n, states: states, firstEdge: e, weights: weights, active: active, state: state, skipDropout: skipDropout))
@@ -495,6 +503,29 @@ final class SearchCell {
         else if !terms.isEmpty { mixed = try g.accountant.withOwner("node\(n)/concat") { try g.weightedSum(terms, weights: weights, indices: indices) } }
         else { return try zeroNode(g, states) }
         return try g.accountant.withOwner("node\(n)/concat") { try nodeNorms[n](g, mixed) }
+    }
+
+    /// Bytes each candidate keeps on an edge's input (ops' activations + 3× parameters), measured
+    /// once per candidate and shape in a dry run of its own.
+    private var candidateBytes: [String: Float] = [:]
+
+    /// A prediction's worst case for a sampled gate on edge e: the gate's stand-in draw marks how
+    /// many candidates run (k); the k running candidates that keep the most bytes on `input` are
+    /// marked active instead, so the prediction bounds whichever k a real step draws.
+    private func pickCostliest(_ active: inout [UInt8], edge e: Int, input h: Variable) throws {
+        let edge = edges[e], k = edge.ops.count
+        let drawn = (0..<k).reduce(0) { $0 + (active[e * k + $1] != 0 ? 1 : 0) }
+        var shape = h.shape
+        shape[1] /= partial
+        var running: [(o: Int, bytes: Float)] = []
+        for (o, op) in edge.ops.enumerated() {
+            guard let op, edge.states[o] == .active else { continue }
+            let key = "\(e)|\(o)|\(shape)"
+            if candidateBytes[key] == nil { candidateBytes[key] = try measureCost(shape, parameters: op.parameters) { g, x in try op(g, x) }.bytes }
+            running.append((o, candidateBytes[key]!))
+        }
+        let kept = Set(running.sorted { $0.bytes != $1.bytes ? $0.bytes > $1.bytes : $0.o < $1.o }.prefix(drawn).map(\.o))
+        for o in 0..<k { active[e * k + o] = kept.contains(o) ? 1 : 0 }
     }
 
     /// A zero node of the cell's output size (states[1], the previous cell's, always exists).
@@ -694,14 +725,17 @@ public final class Supernet {
         var aux: [Variable] = []
         for (i, cell) in cells.enumerated() {
             let (w, a) = slotWeights[slot(of: cell)]
+            // A prediction with a sampled gate: the costliest candidates stand for the drawn ones.
+            let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled
             let out: Variable
             if space.hyperConnected {
                 let iw = inputWeights.isEmpty ? nil : inputWeights[i]
                 out = try cell.forward(g, earlier: space.hyperSources(cell: i).map { outputs[$0 + 1] }, outputs[i], weights: w, active: a,
-                                       inputWeights: iw?.0, inputActive: iw?.1, state: state, skipDropout: skipDropout)
+                                       inputWeights: iw?.0, inputActive: iw?.1, state: state, skipDropout: skipDropout, worstCase: worstCase)
                 outputs.append(out)
             } else {
-                out = try cell.forward(g, s0, s1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout)
+                out = try cell.forward(g, s0, s1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout,
+                                       worstCase: worstCase)
             }
             s0 = s1
             s1 = out

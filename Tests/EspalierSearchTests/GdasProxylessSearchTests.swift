@@ -1,7 +1,8 @@
 // GDAS and ProxylessNAS in the search trainer: with the GDAS gate exactly one op per edge runs
 // and the unsampled ops allocate nothing (the accountant's per-owner table, and the activation
 // peak against the softmax gate); a soft gate is refused; ProxylessNAS's rescaling keeps the
-// probabilities of the unsampled candidates; short end-to-end searches (GDAS; binary gate +
+// probabilities of the unsampled candidates; a prediction counts the costliest draw per edge, not
+// every op (equal to a real step forced to draw it); short end-to-end searches (GDAS; binary gate +
 // ProxylessNAS strategy + expected-cost regularizer) whose genotype is the DARTS rule on softmax(α).
 
 import EspalierCore
@@ -96,6 +97,37 @@ final class GdasProxylessSearchTests: XCTestCase {
         }
         let gdas = try XCTUnwrap(peaks["espalier.gate.gdas/1"]), soft = try XCTUnwrap(peaks["espalier.gate.softmax/1"])
         XCTAssertLessThan(Double(gdas), 0.6 * Double(soft), "activation peak of an α step: GDAS \(gdas) B vs softmax \(soft) B")
+    }
+
+    func testPrediction_WithASampledGate_IsTheCostliestDraw_NotEveryOp() throws {
+        // One normal and one reduction cell, so each α row belongs to one edge of one cell.
+        var c = tinySearchConfig(strategy: "espalier.strategy.gdas/1", ops: ["skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" })
+        c.gate = "espalier.gate.gdas/1"
+        let predicted = try SearchRun.predictStep(config: c, registry: Self.registry, imageShape: (1, 8, 8), classes: 3).stepPeak
+        var soft = c
+        soft.gate = "espalier.gate.softmax/1"; soft.strategy = "espalier.strategy.darts/1"
+        let everyOp = try SearchRun.predictStep(config: soft, registry: Self.registry, imageShape: (1, 8, 8), classes: 3).stepPeak
+        XCTAssertLessThan(predicted, everyOp, "one op per edge counts, not both")
+        func measured(_ forced: (normal: [Int], reduce: [Int])?) throws -> Int {
+            let run = try makeRun(c)
+            if let forced {
+                for (alpha, ops) in [(run.supernet.alphaNormal, forced.normal), (run.supernet.alphaReduce, forced.reduce)] {
+                    for (e, o) in ops.enumerated() { alpha.value[2 * e + o] = 30; alpha.value[2 * e + 1 - o] = -30 }
+                }
+            }
+            try run.firstStep()
+            return run.accountant.peakTotal - run.accountant.currentBytes(ownerPrefix: "dataset").total
+        }
+        XCTAssertLessThanOrEqual(try measured(nil), predicted, "random draws stay under the prediction")
+        // The costliest op of every edge by the accountant's per-candidate bytes (on the real shapes of a first
+        // step): a step forced to draw exactly those allocates exactly what was predicted.
+        let probe = try makeRun(c)
+        try probe.firstStep()
+        let costs = try probe.candidateCosts()
+        func costliest(_ bytes: [Float]) -> [Int] { (0..<(bytes.count / 2)).map { e in bytes[2 * e + 1] > bytes[2 * e] ? 1 : 0 } }
+        let forced = (costliest(costs.normal.memory), costliest(costs.reduce.memory))
+        XCTAssertTrue(forced.0.contains(1) || forced.1.contains(1), "sep_conv_3x3 is the costlier op somewhere: \(forced)")
+        XCTAssertEqual(try measured(forced), predicted, "the costliest draw is exactly what was predicted")
     }
 
     func testGdasStrategy_RefusesASoftGate() throws {
