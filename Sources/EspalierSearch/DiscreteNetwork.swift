@@ -47,6 +47,19 @@ public struct NetworkDescription: Codable, Equatable, Sendable {
                                  concat: genotype.concat(type), opSettings: Array(repeating: [:], count: edges.count))
     }
 
+    /// Why the network's output cannot depend on its input, or nil: a cell whose output nodes all
+    /// kept no op outputs zeros, so if the last cell, or two cells in a row, are such cells, the
+    /// classifier sees a constant (e.g. a FiGS export at too large a λ, or GSparsity at too large a μ).
+    public var deadEnd: String? {
+        let empty = (0..<cells).filter { i in
+            let g = gene(i, channels: channels)
+            return g.concat.allSatisfy { $0 >= 2 && $0 - 2 < g.nodeSizes.count && g.nodeSizes[$0 - 2] == 0 }
+        }
+        if empty.contains(cells - 1) { return "cell \(cells - 1), the last, kept no op (empty cells: \(empty))" }
+        if let i = empty.first(where: { empty.contains($0 + 1) }) { return "cells \(i) and \(i + 1) both kept no op (empty cells: \(empty))" }
+        return nil
+    }
+
     /// Problems of a `per_cell` genotype with this description (cell count, widths).
     func checkPerCell() throws {
         guard let per = genotype.perCell else { return }

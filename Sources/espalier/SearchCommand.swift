@@ -219,6 +219,12 @@ struct SearchCommand: ParsableCommand {
         }
         let genotype = try run.derive()
         print("genotype: \(genotype.jsonText())")
+        var network = NetworkDescription(genotype: genotype)
+        network.channels = config.space.channels; network.cells = genotype.perCell?.count ?? config.space.cells
+        if let why = network.deadEnd {
+            print("warning: the found network's output cannot depend on its input: \(why). "
+                  + "Search again with a smaller cost weight (FiGS's λ, GSparsity's μ), or for longer.")
+        }
         print("written: \((outDir as NSString).appendingPathComponent("genotype.json")), log.jsonl, checkpoint.safetensors, pictures: "
               + ["genotype_normal", "genotype_reduce"].map { name -> String in
                   let svg = (outDir as NSString).appendingPathComponent(name + ".svg")

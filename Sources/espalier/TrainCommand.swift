@@ -54,6 +54,10 @@ struct TrainCommand: ParsableCommand {
         d.inputChannels = train.channels; d.classes = train.numClasses; d.imageSize = train.height
         d.channels = channels; d.cells = cells ?? g.perCell?.count ?? 5
         d.auxiliary = auxiliary; d.auxiliaryWeight = auxiliaryWeight; d.dropPath = dropPath
+        if let why = d.deadEnd {
+            print("warning: this network's output cannot depend on its input: \(why); training it will stay at chance. "
+                  + "Search again with a smaller cost weight (FiGS's λ, GSparsity's μ).")
+        }
         var config = TrainConfig()
         config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.weightDecay = weightDecay
         config.seed = seed

@@ -170,6 +170,26 @@ final class FigsSearchTests: XCTestCase {
         XCTAssertThrowsError(try Genotype.decode(Data(bad.utf8), file: "bad.json")) { XCTAssertTrue("\($0)".contains("op_settings"), "\($0)") }
     }
 
+    func testDeadEnd_LastCellOrTwoCellsInARowWithoutOps() throws {
+        func gene(_ ops: Int, reduction: Bool = false) -> Genotype.CellGene {
+            Genotype.CellGene(reduction: reduction, channels: reduction ? 8 : 4, edges: Array(repeating: .init("skip_connect", 0), count: ops),
+                              nodeSizes: [ops, 0], concat: [2, 3], opSettings: Array(repeating: [:], count: ops))
+        }
+        func description(_ cells: [Genotype.CellGene]) -> NetworkDescription {
+            var g = Genotype(normal: cells[0].edges, normalConcat: [2, 3], reduce: cells[0].edges, reduceConcat: [2, 3])
+            g.normalNodeSizes = cells[0].nodeSizes; g.reduceNodeSizes = cells[0].nodeSizes
+            g.perCell = cells
+            var d = NetworkDescription(genotype: g)
+            d.channels = 4; d.cells = cells.count
+            return d
+        }
+        XCTAssertNil(description([gene(1), gene(1, reduction: true)]).deadEnd)
+        XCTAssertNil(description([gene(1), gene(0, reduction: true), gene(1, reduction: true)]).deadEnd, "one empty cell: the next reads the one before")
+        XCTAssertEqual(description([gene(1), gene(1, reduction: true), gene(0, reduction: true)]).deadEnd, "cell 2, the last, kept no op (empty cells: [2])")
+        XCTAssertEqual(description([gene(1), gene(0, reduction: true), gene(0, reduction: true), gene(1, reduction: true)]).deadEnd,
+                       "cells 1 and 2 both kept no op (empty cells: [1, 2])")
+    }
+
     /// Π_parts Σ_i c_i·σ(ν_i) of one target, computed here.
     func expectedCost(_ t: RegularizerTarget) -> Double {
         var product = 1.0
