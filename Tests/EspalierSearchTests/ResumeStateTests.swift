@@ -1,5 +1,6 @@
 // Resuming keeps what plugins hold inside their instances (ABI 1.3 save_state / load_state): for
-// random search, P-DARTS, GSparsity with ProxSGD, and Bonsai-Net with its compression term, a
+// random search, P-DARTS, GSparsity with ProxSGD, Bonsai-Net with its compression term,
+// Zero-One-Shot, ETENAS, and ProxylessNAS with the expected-cost term, a
 // search interrupted and resumed by a fresh SearchRun from its checkpoint ends exactly as the
 // uninterrupted one (weights, α, batch-norm statistics, genotype, the plugins' own state); the same
 // checkpoint with its plugin blobs removed (as written before they existed) still resumes but does
@@ -119,6 +120,30 @@ final class ResumeStateTests: TemporaryDirectoryTestCase {
         c.strategy = "espalier.strategy.bonsai/1"; c.gate = "espalier.gate.sawwave/1"; c.regularizers = ["espalier.regularizer.compression/1"]
         c.strategySettings = ["section_cells": "2,3", "margin": "0", "budget": "1GiB"]
         // Section 2 starts at epoch 2 with a weight-only epoch: interrupted after its first step.
+        let r = try compare(c, stopAfter: 5)
+        assertResumesExactly(r)
+    }
+
+    func testZeroOneShot_ResumedDoesNotPruneAgain() throws {
+        let c = tinySearchConfig(strategy: "espalier.strategy.zero-one-shot/1", settings: ["batches": "1", "warmup_epochs": "0"], epochs: 2)
+        let r = try compare(c, stopAfter: 2)
+        assertResumesExactly(r)
+    }
+
+    func testEtenas_ResumedAfterItsSearchDoesNotSearchAgain() throws {
+        let c = tinySearchConfig(strategy: "espalier.strategy.etenas/1", settings: ["batches": "1"], epochs: 1)
+        let r = try compare(c, stopAfter: 1)
+        assertResumesExactly(r)
+    }
+
+    func testProxylessExpectedCost_ResumedKeepsTheReferenceCost() throws {
+        var c = tinySearchConfig(strategy: "espalier.strategy.proxyless/1", ops: ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" },
+                                 epochs: 2)
+        c.gate = "espalier.gate.binary/1"
+        c.archLearningRate = 3e-2
+        let reg = "espalier.regularizer.expected-cost/1"
+        c.regularizers = [reg]
+        c.regularizerSettings = [reg: ["cost": "memory", "lambda": "20"]]
         let r = try compare(c, stopAfter: 5)
         assertResumesExactly(r)
     }
