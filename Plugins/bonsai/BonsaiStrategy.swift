@@ -44,10 +44,13 @@
 // so new cells arrive already pruned as the old ones and there is no auxiliary head.
 // Growth keeps the trained weights through the host's `grow_keeps_weights` convention (every
 // weight whose name and shape match is copied; cells whose shape changed start fresh).
+// Saved state (format 1): the section, its first epoch, the target, the predicted and measured
+// peaks, the deadheading counters and whether the start was done; a resumed search goes on as if
+// uninterrupted (cells, op states and pruners are the host's).
 
 import EspalierPluginKit
 
-final class BonsaiStrategy: StrategyComponent {
+final class BonsaiStrategy: StrategyComponent, StatefulComponent {
     static let id = "espalier.strategy.bonsai/1"
 
     private let host: PluginHost
@@ -364,6 +367,35 @@ final class BonsaiStrategy: StrategyComponent {
                 }
             }
         }
+    }
+
+    // MARK: Saved state
+
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(started)
+        w.int(section); w.int(sectionStart); w.double(target)
+        w.u64(predictedAtStart)
+        w.bool(measuredFirst != nil); w.u64(measuredFirst ?? 0)
+        for counters in [zeroEpochs, inputZeroEpochs] { w.int(counters.count); for c in counters { w.ints(c) } }
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let started = try r.bool("started flag")
+        let section = try r.int("section"), sectionStart = try r.int("section start"), target = try r.double("target")
+        let predicted = try r.u64("predicted peak")
+        let hasMeasured = try r.bool("has-measured flag"), measured = try r.u64("measured peak")
+        let counters = try (0..<2).map { _ in try (0..<r.count("deadhead counters", itemBytes: 8)).map { _ in try r.ints("deadhead counters") } }
+        try r.finish()
+        guard section >= 0, section < sectionCells.count, sectionStart >= 0 else {
+            throw PluginError.invalidArgument("\(Self.id): saved state is at section \(section + 1) of \(sectionCells.count) (section_cells \(sectionCells)); it was saved with other parameters")
+        }
+        guard target.isFinite, target >= 0, target <= 1 else { throw PluginError.invalidArgument("\(Self.id): saved state: target \(target) is not in [0, 1]") }
+        self.started = started; self.section = section; self.sectionStart = sectionStart; self.target = target
+        predictedAtStart = predicted; measuredFirst = hasMeasured ? measured : nil
+        zeroEpochs = counters[0]; inputZeroEpochs = counters[1]
     }
 
     static func format(_ bytes: UInt64) -> String {

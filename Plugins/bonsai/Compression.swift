@@ -15,10 +15,12 @@
 // per cell, "gate/cellI/memory" (its ops) and "gate/cellI/inputs/memory" (its inter-cell inputs):
 // both are one cell's connections, so they make one c_i together (keys: the name without
 // "/memory" and "/inputs").
+// Saved state (format 1): the target, the fixed λ if any, the unmet-epoch count and the last loss
+// call's epoch and verdict, so that λ's doubling goes on across a resume.
 
 import EspalierPluginKit
 
-final class CompressionRegularizer: LossRegularizer {
+final class CompressionRegularizer: LossRegularizer, StatefulComponent {
     static let id = "espalier.regularizer.compression/1"
 
     private let lambda0: Double
@@ -73,6 +75,32 @@ final class CompressionRegularizer: LossRegularizer {
         default:
             throw PluginError.unsupported("\(Self.id) has the settable values 'target', 'lambda' and 'lambda_schedule' (got '\(name)')")
         }
+    }
+
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.double(target)
+        w.bool(lambdaOverride != nil); w.double(lambdaOverride ?? 0)
+        w.int(unmetEpochs)
+        w.bool(lastEpoch != nil); w.int(lastEpoch ?? 0)
+        w.bool(lastUnmet)
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let target = try r.double("target")
+        let hasOverride = try r.bool("has-lambda flag"), override = try r.double("lambda")
+        let unmet = try r.int("unmet epochs")
+        let hasLast = try r.bool("has-last-epoch flag"), last = try r.int("last epoch")
+        let lastUnmet = try r.bool("last verdict")
+        try r.finish()
+        try Self.checkTarget(target)
+        guard unmet >= 0, !hasOverride || (override.isFinite && override >= 0) else {
+            throw PluginError.invalidArgument("\(Self.id): saved state holds unmet epochs \(unmet) and lambda \(override)")
+        }
+        self.target = target; lambdaOverride = hasOverride ? override : nil
+        unmetEpochs = unmet; lastEpoch = hasLast ? last : nil; self.lastUnmet = lastUnmet
     }
 
     func loss(state: RunState, targets: [RegularizerTarget]) throws -> Double {

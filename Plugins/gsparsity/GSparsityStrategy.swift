@@ -13,10 +13,11 @@
 // groups at or below the threshold: doubling μ until the sparsity reaches the target, then
 // halving the bracket [μ_lo, μ_hi] (the paper: "this can be done in a similar fashion as
 // bisection, as the larger μ is, the fewer nonzero groups there are").
+// Saved state (format 1): μ and its bisection bracket, so that a resumed sweep goes on where it was.
 
 import EspalierPluginKit
 
-final class GSparsityStrategy: DerivingStrategy {
+final class GSparsityStrategy: DerivingStrategy, StatefulComponent {
     static let id = "espalier.strategy.gsparsity/1"
 
     private let host: PluginHost
@@ -102,6 +103,24 @@ final class GSparsityStrategy: DerivingStrategy {
             host.log("\(Self.id): pruned \(dead.count) of \(g.count) groups with ‖θ_g‖ ≤ \(threshold) (sparsity \(s))")
         }
         return false
+    }
+
+    /// Format 1: the sweep's μ and its bracket (μ also reaches the regularizer through the host's values).
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.double(mu); w.double(muLow); w.bool(muHigh != nil); w.double(muHigh ?? 0)
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let mu = try r.double("mu"), low = try r.double("mu bracket low")
+        let hasHigh = try r.bool("has-high flag"), high = try r.double("mu bracket high")
+        try r.finish()
+        guard mu > 0, mu.isFinite, low >= 0, low.isFinite, !hasHigh || high.isFinite else {
+            throw PluginError.invalidArgument("\(Self.id): saved state holds mu \(mu) with bracket [\(low), \(hasHigh ? "\(high)" : "open")]")
+        }
+        self.mu = mu; muLow = low; muHigh = hasHigh ? high : nil
     }
 
     /// Every op whose group survives: active and above the threshold (ops without a group, such

@@ -14,10 +14,12 @@
 // (ProxSGD_for_groups.py): v.mul_(1−momentum).add_(momentum·grad), τ = 1, a = μ/dim^0.5 ("div"
 // normalisation), x_hat = clamp(1 − a/‖b‖, min=0)·b, x += lr·(x_hat − x). Not here: their clamp of
 // x̂ for scale parameters to [0, 1]; this host clamps the scales after the step instead.
+// Saved state (format 1): μ and every momentum buffer v by target name, so that a resumed search
+// takes the same steps as an uninterrupted one.
 
 import EspalierPluginKit
 
-final class ProxSGDRegularizer: ProximalRegularizer {
+final class ProxSGDRegularizer: ProximalRegularizer, StatefulComponent {
     static let id = "espalier.regularizer.proxsgd/1"
 
     private let host: PluginHost
@@ -59,15 +61,57 @@ final class ProxSGDRegularizer: ProximalRegularizer {
     /// The momentum buffers of a target (zero on first use; reallocated if its parts change).
     private func buffers(_ t: RegularizerTarget) throws -> [(buffer: UnsafeMutablePointer<Float>, count: Int)] {
         if let b = momentum[t.name], b.map(\.count) == t.values.map(\.count) { return b }
-        if let old = momentum[t.name] { for p in old { host.free(UnsafeMutableRawPointer(p.buffer)) } }
-        let fresh = try t.values.map { v -> (buffer: UnsafeMutablePointer<Float>, count: Int) in
-            let raw = try host.allocate(bytes: max(v.count, 1) * 4, category: .optimizerState, owner: "regularizer/proxsgd/" + t.name)
-            let p = raw.bindMemory(to: Float.self, capacity: max(v.count, 1))
-            p.initialize(repeating: 0, count: max(v.count, 1))
-            return (p, v.count)
+        return try allocateBuffers(t.name, counts: t.values.map(\.count))
+    }
+
+    /// Fresh zero buffers of `counts` elements for target `name` (replacing and freeing its old ones).
+    private func allocateBuffers(_ name: String, counts: [Int]) throws -> [(buffer: UnsafeMutablePointer<Float>, count: Int)] {
+        freeBuffers(name)
+        let fresh = try counts.map { n -> (buffer: UnsafeMutablePointer<Float>, count: Int) in
+            let raw = try host.allocate(bytes: max(n, 1) * 4, category: .optimizerState, owner: "regularizer/proxsgd/" + name)
+            let p = raw.bindMemory(to: Float.self, capacity: max(n, 1))
+            p.initialize(repeating: 0, count: max(n, 1))
+            return (p, n)
         }
-        momentum[t.name] = fresh
+        momentum[name] = fresh
         return fresh
+    }
+
+    private func freeBuffers(_ name: String) {
+        for p in momentum[name] ?? [] { host.free(UnsafeMutableRawPointer(p.buffer)) }
+        momentum[name] = nil
+    }
+
+    /// Format 1: μ, then per target (sorted by name) its name and its parts' momentum.
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.double(mu)
+        w.int(momentum.count)
+        for name in momentum.keys.sorted() {
+            w.string(name)
+            w.int(momentum[name]!.count)
+            for p in momentum[name]! { w.floats(UnsafeBufferPointer(start: p.buffer, count: p.count)) }
+        }
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let savedMu = try r.double("mu")
+        guard savedMu >= 0, savedMu.isFinite else { throw PluginError.invalidArgument("\(Self.id): saved state: mu is \(savedMu)") }
+        var loaded: [(name: String, parts: [[Float]])] = []
+        for _ in 0..<(try r.count("momentum targets", itemBytes: 16)) {
+            let name = try r.string("target name")
+            loaded.append((name, try (0..<r.count("parts of \(name)", itemBytes: 8)).map { _ in try r.floats("momentum of \(name)") }))
+        }
+        try r.finish()
+        mu = savedMu
+        for name in Array(momentum.keys) { freeBuffers(name) }
+        for (name, parts) in loaded {
+            for (buffer, values) in zip(try allocateBuffers(name, counts: parts.map(\.count)), parts) {
+                buffer.buffer.update(from: values, count: values.count)
+            }
+        }
     }
 
     func proximal(state: RunState, targets: [RegularizerTarget], lr hostLR: Double) throws {
@@ -75,10 +119,7 @@ final class ProxSGDRegularizer: ProximalRegularizer {
         let step = lr > 0 ? lr : hostLR
         // Buffers of targets that are gone (removed groups) are freed.
         let names = Set(targets.map(\.name))
-        for (name, parts) in momentum where !names.contains(name) {
-            for p in parts { host.free(UnsafeMutableRawPointer(p.buffer)) }
-            momentum[name] = nil
-        }
+        for name in Array(momentum.keys) where !names.contains(name) { freeBuffers(name) }
         for t in targets where t.kind == .weightGroup {
             for (v, g) in zip(t.values, t.grads) where g.raw.data != nil {
                 try v.requireSameShape(as: g, "\(Self.id): gradient of '\(t.name)'")

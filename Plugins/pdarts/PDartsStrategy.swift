@@ -13,6 +13,8 @@
 // decaying as rate·(E−e−1)/E during warm-up and rate·exp(−0.2·(e−warm-up)) after it, the limit
 // by `delete_min_sk_prob` / `keep_1_on` / `keep_2_branches`. Not here: the authors' fresh α per
 // stage (this host keeps α across stages) and their per-stage restart of the learning rate.
+// Saved state (format 1): the last stage's weights before its pruning (what `derive` ranks); the
+// stage and its progress follow from the epoch, and the cells and pruned ops are the host's.
 
 #if canImport(Glibc)
 import Glibc
@@ -23,7 +25,7 @@ import Darwin
 #endif
 import EspalierPluginKit
 
-final class PDartsStrategy: DerivingStrategy {
+final class PDartsStrategy: DerivingStrategy, StatefulComponent {
     static let id = "espalier.strategy.pdarts/1"
 
     private let host: PluginHost
@@ -229,6 +231,26 @@ final class PDartsStrategy: DerivingStrategy {
                 }
             }
         }
+    }
+
+    // MARK: Saved state
+
+    /// Format 1: has-weights flag, then per cell type the final weights.
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(finalWeights != nil)
+        if let f = finalWeights { w.int(f.count); for t in f { w.doubles(t) } }
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        var loaded: [[Double]]? = nil
+        if try r.bool("has-final-weights flag") {
+            loaded = try (0..<r.count("cell types", itemBytes: 8)).map { _ in try r.doubles("final weights") }
+        }
+        try r.finish()
+        finalWeights = loaded
     }
 
     // MARK: Derivation

@@ -6,6 +6,7 @@
 // multiplicative form CE·a·(log E / log ref)^b, which scales the cross-entropy itself: the
 // regularizer would need the step's CE value and a way to scale CE's gradient, which the ABI
 // does not give it (it only adds its own term); `form=mul` is refused with that explanation.
+// Saved state (format 1): the reference cost once the first call fixed it.
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +17,7 @@ import Darwin
 #endif
 import EspalierPluginKit
 
-final class ExpectedCostRegularizer: LossRegularizer {
+final class ExpectedCostRegularizer: LossRegularizer, StatefulComponent {
     static let id = "espalier.regularizer.expected-cost/1"
 
     /// "memory" or "flops": which gate-weight targets count (by the end of their name).
@@ -43,6 +44,21 @@ final class ExpectedCostRegularizer: LossRegularizer {
         let r = try params.double("ref")
         guard r.isFinite, r >= 0 else { throw PluginError.invalidArgument("\(Self.id): ref must be finite and >= 0, 0 = the cost at the first step (got \(r))") }
         ref = r > 0 ? r : nil
+    }
+
+    /// Format 1: the reference cost once fixed (the first real call's, when the parameter is 0).
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(ref != nil); w.double(ref ?? 0)
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let has = try r.bool("has-ref flag"), value = try r.double("ref")
+        try r.finish()
+        guard !has || (value.isFinite && value > 0) else { throw PluginError.invalidArgument("\(Self.id): saved state: ref \(value) is not > 0") }
+        ref = has ? value : ref
     }
 
     func loss(state: RunState, targets: [RegularizerTarget]) throws -> Double {

@@ -6,11 +6,13 @@
 // the best validation accuracy (the first on a tie). Every step is ES_STEP_SKIP, so the host's
 // trainer does no supernet work; `derive` returns the best architecture. The work is done in
 // plan_step rather than epoch_begin so that the children's memory counts in the epoch's peak and
-// in the dry-run prediction (one child, one step). Not here: any weight sharing.
+// in the dry-run prediction (one child, one step). The best architecture and its accuracy are the
+// instance's saved state (format 1), so a resumed search keeps comparing against them. Not here:
+// any weight sharing.
 
 import EspalierPluginKit
 
-final class RandomSearchStrategy: DerivingStrategy {
+final class RandomSearchStrategy: DerivingStrategy, StatefulComponent {
     static let id = "espalier.strategy.random/1"
 
     let host: PluginHost
@@ -49,6 +51,21 @@ final class RandomSearchStrategy: DerivingStrategy {
             if best == nil || accuracy > best!.accuracy { best = (json, accuracy) }
             host.log("\(Self.id): epoch \(state.epoch + 1) sample \(k + 1)/\(count): valid accuracy \(accuracy), architecture \(json)")
         }
+    }
+
+    /// Format 1: has-best flag, then the best architecture's JSON and its accuracy.
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(best != nil)
+        if let best { w.string(best.json); w.double(best.accuracy) }
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let loaded = try r.bool("has-best flag") ? (json: try r.string("best architecture"), accuracy: try r.double("best accuracy")) : nil
+        try r.finish()
+        best = loaded
     }
 
     func derive(state: RunState) throws -> String {

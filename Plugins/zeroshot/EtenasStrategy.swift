@@ -8,11 +8,12 @@
 // Every step is ES_STEP_SKIP; epoch_end stops the search after the first epoch; derive writes
 // the pruned cells (genotype JSON with the ops' component ids). With `partial_channels` > 1 the
 // scoring network has PC-DARTS's partial channels (ETENAS-PC). In a dry run one forward pass is
-// made (its memory is the search's) and nothing is pruned.
+// made (its memory is the search's) and nothing is pruned. Saved state (format 1): the pruned
+// cells and the ops' names and ids, so a search resumed after the first step does not search again.
 
 import EspalierPluginKit
 
-final class EtenasStrategy: DerivingStrategy {
+final class EtenasStrategy: DerivingStrategy, StatefulComponent {
     static let id = "espalier.strategy.etenas/1"
 
     let host: PluginHost
@@ -121,6 +122,29 @@ final class EtenasStrategy: DerivingStrategy {
         }
         cells = found
         host.log("\(Self.id): \(ranker.passes) forward passes; found \(try genotypeJSON())")
+    }
+
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(cells != nil)
+        w.int(names.count)
+        for (n, i) in zip(names, ids) { w.string(n); w.string(i) }
+        w.int(cells?.count ?? 0)
+        for c in cells ?? [] { w.ints(c.flatMap { [$0.op, $0.input] }) }
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let searched = try r.bool("searched flag")
+        let ops = try (0..<r.count("ops", itemBytes: 16)).map { _ in (try r.string("op name"), try r.string("op id")) }
+        let flat = try (0..<r.count("cell types", itemBytes: 8)).map { _ in try r.ints("cell edges") }
+        try r.finish()
+        guard flat.allSatisfy({ $0.count % 2 == 0 && $0.allSatisfy { $0 >= 0 } && $0.enumerated().allSatisfy { $0.offset % 2 == 1 || $0.element < ops.count } }) else {
+            throw PluginError.invalidArgument("\(Self.id): saved state holds cells that are not (op, input) pairs over \(ops.count) ops")
+        }
+        names = ops.map(\.0); ids = ops.map(\.1)
+        cells = searched ? flat.map { f in stride(from: 0, to: f.count, by: 2).map { (op: f[$0], input: f[$0 + 1]) } } : nil
     }
 
     func derive(state: RunState) throws -> String { try genotypeJSON() }

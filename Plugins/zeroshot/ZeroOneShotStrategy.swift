@@ -13,11 +13,13 @@
 // joins through --regularizer. In a dry run (memory prediction; epoch_begin is not called, so
 // plan_step prunes) nothing is scored: each round removes the lowest-index op of every edge
 // (the cheapest in DARTS's order, so the prediction errs high).
+// Saved state (format 1): whether the pruning ran, what it pruned and the fraction left (a resumed
+// search must not prune again).
 
 import EspalierPluginKit
 import Foundation
 
-final class ZeroOneShotStrategy: StrategyComponent {
+final class ZeroOneShotStrategy: StrategyComponent, StatefulComponent {
     static let id = "espalier.strategy.zero-one-shot/1"
 
     let host: PluginHost
@@ -71,6 +73,27 @@ final class ZeroOneShotStrategy: StrategyComponent {
     func planStep(state: RunState) throws -> StepPlan {
         if !pruned { try prune(dryRun: state.isDryRun) }
         return state.epoch < warmupEpochs ? StepPlan(.weightsOnly) : StepPlan(.bilevel)
+    }
+
+    /// Format 1: whether the pruning ran (it runs once: a resumed search must not prune again),
+    /// what it pruned, in order, and the fraction left.
+    func saveState() throws -> [UInt8] {
+        var w = StateWriter(format: 1)
+        w.bool(pruned); w.double(fraction)
+        w.ints(removed.flatMap { [$0.type, $0.edge, $0.op] })
+        return w.bytes
+    }
+
+    func loadState(_ bytes: [UInt8]) throws {
+        var r = try StateReader(bytes, format: 1, owner: Self.id)
+        let pruned = try r.bool("pruned flag"), fraction = try r.double("fraction")
+        let flat = try r.ints("removed candidates")
+        try r.finish()
+        guard flat.count % 3 == 0, fraction.isFinite, fraction >= 0, fraction <= 1 else {
+            throw PluginError.invalidArgument("\(Self.id): saved state holds \(flat.count) numbers for (type, edge, op) triples and fraction \(fraction)")
+        }
+        self.pruned = pruned; self.fraction = fraction
+        removed = stride(from: 0, to: flat.count, by: 3).map { Candidate(type: flat[$0], edge: flat[$0 + 1], op: flat[$0 + 2]) }
     }
 
     /// Algorithm 1 or the random mask, on both cell types.

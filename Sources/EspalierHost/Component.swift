@@ -177,6 +177,9 @@ public final class Component {
         guard let vt = d.vtable else { throw PluginLoadError("malformed description: \(id) has no vtable") }
         func missing(_ what: String) -> PluginLoadError { PluginLoadError("malformed description: \(id)'s \(kind.rawValue) table has no \(what)") }
         var op: es_op_vtable? = nil, gate: es_gate_vtable? = nil, reg: es_regularizer_vtable? = nil, strat: es_strategy_vtable? = nil
+        // save_state / load_state (ABI 1.3) exist only in tables of plugins built for 1.3 or later;
+        // an older plugin's table ends before them (readSized zero-fills what it did not declare).
+        let stateFields = library.abi.minor >= 3
         switch kind {
         case .op:
             let t: es_op_vtable = try readSized(vt, what: "\(id)'s op table")
@@ -193,13 +196,19 @@ public final class Component {
             guard t.granularities & 0b1110 != 0 else { throw PluginLoadError("malformed description: \(id) supports no granularity") }
             gate = t
         case .regularizer:
-            let t: es_regularizer_vtable = try readSized(vt, what: "\(id)'s regularizer table")
+            var t: es_regularizer_vtable = try readSized(vt, minimumSize: MemoryLayout<es_regularizer_vtable>.offset(of: \.save_state)!,
+                                                         what: "\(id)'s regularizer table")
             guard t.create != nil, t.destroy != nil else { throw missing("create/destroy") }
             guard t.loss != nil || t.proximal != nil else { throw missing("loss nor proximal") }
+            if !stateFields { t.save_state = nil; t.load_state = nil }
+            guard (t.save_state == nil) == (t.load_state == nil) else { throw missing("load_state to go with save_state (set both or neither)") }
             reg = t
         case .strategy:
-            let t: es_strategy_vtable = try readSized(vt, what: "\(id)'s strategy table")
+            var t: es_strategy_vtable = try readSized(vt, minimumSize: MemoryLayout<es_strategy_vtable>.offset(of: \.save_state)!,
+                                                      what: "\(id)'s strategy table")
             guard t.create != nil, t.destroy != nil, t.plan_step != nil else { throw missing("create/destroy/plan_step") }
+            if !stateFields { t.save_state = nil; t.load_state = nil }
+            guard (t.save_state == nil) == (t.load_state == nil) else { throw missing("load_state to go with save_state (set both or neither)") }
             strat = t
         }
         opTable = op; gateTable = gate; regularizerTable = reg; strategyTable = strat

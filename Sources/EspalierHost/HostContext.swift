@@ -142,6 +142,37 @@ public final class HostContext {
         }
     }
 
+    /// A plugin instance's state blob through its save_state (ABI 1.3; the two-call buffer
+    /// convention of `derive`): nil when the component has no save_state, [] when it has nothing now.
+    func savedState(_ who: String, _ fn: (@convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<UInt8>?, UInt64, UnsafeMutablePointer<UInt64>?) -> es_status)?,
+                    _ instance: UnsafeMutableRawPointer?) throws -> [UInt8]? {
+        guard let fn else { return nil }
+        var capacity = 4096
+        for _ in 0..<4 {
+            var buffer = [UInt8](repeating: 0, count: capacity)
+            var length: UInt64 = 0
+            clearError()
+            let status = buffer.withUnsafeMutableBufferPointer { fn(instance, $0.baseAddress, UInt64(capacity), &length) }
+            if status == ES_OK {
+                guard length <= UInt64(capacity) else {
+                    throw PluginCallError(status: ES_ERROR_INTERNAL, context: "\(who): save_state", message: "reported \(length) bytes in a buffer of \(capacity)")
+                }
+                return Array(buffer.prefix(Int(length)))
+            }
+            if status == ES_ERROR_INVALID_ARGUMENT, length > UInt64(capacity), length < 1 << 40 { capacity = Int(length); continue }
+            throw PluginCallError(status: status, context: "\(who): save_state", message: takeError() ?? "no message")
+        }
+        throw PluginCallError(status: ES_ERROR_INTERNAL, context: "\(who): save_state", message: "kept asking for a larger buffer")
+    }
+
+    /// Hands a blob back to a plugin instance's load_state; false when it has none (stateless).
+    func loadState(_ who: String, _ fn: (@convention(c) (UnsafeMutableRawPointer?, UnsafePointer<UInt8>?, UInt64) -> es_status)?,
+                   _ instance: UnsafeMutableRawPointer?, _ bytes: [UInt8]) throws -> Bool {
+        guard let fn else { return false }
+        try check("\(who): load_state") { bytes.withUnsafeBufferPointer { fn(instance, $0.baseAddress, UInt64(bytes.count)) } }
+        return true
+    }
+
     public static func from(_ host: UnsafeMutableRawPointer?) -> HostContext? {
         host.map { Unmanaged<HostContext>.fromOpaque($0).takeUnretainedValue() }
     }

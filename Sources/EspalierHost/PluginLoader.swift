@@ -217,12 +217,14 @@ public struct PluginLoadError: Error, CustomStringConvertible {
 // MARK: - Reading C structs safely
 
 /// Copies a size-prefixed struct: at most what the writer declared, zero beyond it. Refuses a
-/// struct smaller than ABI 1.0's (the oldest layout this host reads).
-func readSized<T>(_ p: UnsafeRawPointer, declaredSize: UInt32? = nil, what: String) throws -> T {
+/// struct smaller than ABI 1.0's (the oldest layout this host reads): `minimumSize`, for a struct
+/// that has grown since 1.0 (the offset of its first newer field), else the whole struct.
+func readSized<T>(_ p: UnsafeRawPointer, declaredSize: UInt32? = nil, minimumSize: Int? = nil, what: String) throws -> T {
     let declared = Int(declaredSize ?? p.load(as: UInt32.self))
     let size = MemoryLayout<T>.size
-    guard declared >= size else {
-        throw PluginLoadError("malformed description: \(what) declares struct_size \(declared), smaller than ABI 1.0's \(size) (uninitialised or not an Espalier struct?)")
+    let oldest = minimumSize ?? size
+    guard declared >= oldest else {
+        throw PluginLoadError("malformed description: \(what) declares struct_size \(declared), smaller than ABI 1.0's \(oldest) (uninitialised or not an Espalier struct?)")
     }
     guard declared <= 1 << 20 else { throw PluginLoadError("malformed description: \(what) declares an implausible struct_size \(declared)") }
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: MemoryLayout<T>.alignment)

@@ -42,6 +42,14 @@ public final class PluginRegularizer {
 
     deinit { table.destroy?(instance) }
 
+    /// The instance's own state for the checkpoint (ABI 1.3 save_state): nil when the plugin keeps
+    /// none (no save_state, or built for ABI 1.2 or older).
+    public func saveState() throws -> [UInt8]? { try context.savedState(component.id, table.save_state, instance) }
+
+    /// Restores a blob `saveState` returned; false when the plugin keeps no state (the blob is ignored).
+    @discardableResult
+    public func loadState(_ bytes: [UInt8]) throws -> Bool { try context.loadState(component.id, table.load_state, instance, bytes) }
+
     public var hasLoss: Bool { table.loss != nil }
     public var hasProximal: Bool { table.proximal != nil }
     public func wants(_ kind: RegularizerTarget.Kind) -> Bool { table.targets & (1 << UInt32(kind.rawValue)) != 0 }

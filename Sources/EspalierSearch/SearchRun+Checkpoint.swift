@@ -1,7 +1,9 @@
 // What a search run writes: OUT/config.json (once), OUT/log.jsonl (a line per epoch),
 // OUT/checkpoint.safetensors (every epoch and on interrupt, atomically: weights, α, batch-norm
-// statistics, optimiser state, and in its metadata the loop position, loader and RNG states),
-// and at the end OUT/genotype.json with pictures of the cells. Resuming reads them back.
+// statistics, optimiser state, and in its metadata the loop position, loader and RNG states and
+// the plugins' own state blobs — ABI 1.3 save_state of the strategy and the regularizers, base64),
+// and at the end OUT/genotype.json with pictures of the cells. Resuming reads them back; a
+// checkpoint written before the blobs existed still resumes (the plugins then start fresh).
 
 import EspalierCore
 import EspalierHost
@@ -34,6 +36,9 @@ struct CheckpointState: Codable {
     var slotStates: [[Int32]]? = nil
     var inputStates: [[Int32]]? = nil
     var auxiliaryCells: [Int]? = nil
+    /// The plugins' own state (ABI 1.3 save_state), base64, by `pluginStateKey`; nil in older
+    /// checkpoints and for plugins that keep none.
+    var pluginStates: [String: String]? = nil
 }
 
 extension SearchRun {
@@ -66,7 +71,8 @@ extension SearchRun {
                                  cells: supernet.space.cells,
                                  slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
                                  inputStates: supernet.hyperConnected ? inputStatesByCell() : nil,
-                                 auxiliaryCells: supernet.hyperConnected ? supernet.space.auxiliaryCells : nil)
+                                 auxiliaryCells: supernet.hyperConnected ? supernet.space.auxiliaryCells : nil,
+                                 pluginStates: try savePluginStates())
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
         try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
@@ -115,6 +121,38 @@ extension SearchRun {
         weightOptimizer.stepCount = st.sgdSteps
         archOptimizer.stepCount = st.adamSteps
         weightOptimizer.learningRate = st.learningRate
+        // Last: a plugin's state may refer to what the host restored above (cells, op states, values).
+        try loadPluginStates(st.pluginStates ?? [:], checkpoint: path)
+    }
+
+    /// The key of a plugin's blob in the checkpoint: "strategy/ID" or "regularizer/INDEX/ID".
+    var statefulPlugins: [(key: String, id: String, save: () throws -> [UInt8]?, load: ([UInt8]) throws -> Bool)] {
+        [("strategy/" + strategy.component.id, strategy.component.id, strategy.saveState, strategy.loadState)]
+            + regularizers.enumerated().map { i, r in ("regularizer/\(i)/" + r.component.id, r.component.id, r.saveState, r.loadState) }
+    }
+
+    /// Every plugin's non-empty save_state blob, base64 (nil when none keeps state).
+    func savePluginStates() throws -> [String: String]? {
+        var out: [String: String] = [:]
+        for p in statefulPlugins {
+            if let bytes = try p.save(), !bytes.isEmpty { out[p.key] = Data(bytes).base64EncodedString() }
+        }
+        return out.isEmpty ? nil : out
+    }
+
+    /// Hands each plugin its blob; one it rejects (or that is not base64) is an error naming the
+    /// plugin, the checkpoint and the way out. Blobs for plugins that keep no state are ignored.
+    func loadPluginStates(_ states: [String: String], checkpoint path: String) throws {
+        for p in statefulPlugins {
+            guard let text = states[p.key] else { continue }
+            let fix = "the checkpoint was written by another version of the plugin or is damaged; start the search again without --resume (or with another --out)"
+            guard let data = Data(base64Encoded: text) else {
+                throw EspalierError.data(file: path, problem: "the saved state of \(p.id) is not base64: \(fix)")
+            }
+            do { _ = try p.load(Array(data)) } catch {
+                throw EspalierError.data(file: path, problem: "\(p.id) cannot restore its saved state (\(error)): \(fix)")
+            }
+        }
     }
 
     func opStates(reduction: Bool) -> [Int32] {

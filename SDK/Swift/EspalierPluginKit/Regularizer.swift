@@ -1,6 +1,7 @@
 // Regularizers in Swift: `RegularizerComponent` plus `LossRegularizer` (a loss term) and/or
 // `ProximalRegularizer` (an in-place step after the optimiser), `Component.regularizer(…)`, and
-// the C thunks of `es_regularizer_vtable`; `loss`/`proximal` are NULL unless the type conforms.
+// the C thunks of `es_regularizer_vtable`; `loss`/`proximal` are NULL unless the type conforms, and
+// so are `save_state`/`load_state` (`StatefulComponent`, State.swift).
 
 /// What a regularizer sees (`ES_TARGET_*`).
 public enum TargetKind: Int32, Sendable {
@@ -95,15 +96,16 @@ extension Component {
         let factory = RegularizerFactory(id: id, params: params) { host, values in try R(host: host, params: values) }
         let loss = R.self is any LossRegularizer.Type
         let proximal = R.self is any ProximalRegularizer.Type
+        let stateful = R.self is any StatefulComponent.Type
         return Component(kind: ES_KIND_REGULARIZER, id: id, summary: summary, params: params, methods: methods, factory: factory) {
-            immortalTable(RegularizerThunks.table(targets: targets, loss: loss, proximal: proximal))
+            immortalTable(RegularizerThunks.table(targets: targets, loss: loss, proximal: proximal, stateful: stateful))
         }
     }
 }
 
 /// The C functions of every Swift regularizer.
 enum RegularizerThunks {
-    static func table(targets: RegularizerTargets, loss: Bool, proximal: Bool) -> es_regularizer_vtable {
+    static func table(targets: RegularizerTargets, loss: Bool, proximal: Bool, stateful: Bool) -> es_regularizer_vtable {
         var t = es_regularizer_vtable()
         t.struct_size = UInt32(MemoryLayout<es_regularizer_vtable>.size)
         t.targets = targets.rawValue
@@ -140,6 +142,10 @@ enum RegularizerThunks {
                 guard let name else { throw PluginError.invalidArgument("set_value: name is NULL") }
                 try box.object.setValue(String(cString: name), value)
             }
+        }
+        if stateful {
+            t.save_state = { instance, buffer, capacity, length in StateThunks.save(RegularizerInstance.from(instance), buffer, capacity, length) }
+            t.load_state = { instance, bytes, length in StateThunks.load(RegularizerInstance.from(instance), bytes, length) }
         }
         return t
     }

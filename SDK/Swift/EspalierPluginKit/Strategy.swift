@@ -1,5 +1,6 @@
 // Strategies in Swift: `StrategyComponent` (planStep required, hooks with no-op defaults),
 // `DerivingStrategy` (optional derive; NULL otherwise, so the host derives with the DARTS rule),
+// `StatefulComponent` (optional save_state / load_state, State.swift; NULL otherwise),
 // `Component.strategy(…)`, and the C thunks of `es_strategy_vtable`. The search services are
 // `host.search` (see PluginHost.swift).
 
@@ -106,15 +107,16 @@ extension Component {
                                                       requires: StrategyRequirements = []) -> Component {
         let factory = StrategyFactory(id: id, params: params) { host, values in try S(host: host, params: values) }
         let derive = S.self is any DerivingStrategy.Type
+        let stateful = S.self is any StatefulComponent.Type
         return Component(kind: ES_KIND_STRATEGY, id: id, summary: summary, params: params, methods: methods, factory: factory) {
-            immortalTable(StrategyThunks.table(requires: requires, derive: derive))
+            immortalTable(StrategyThunks.table(requires: requires, derive: derive, stateful: stateful))
         }
     }
 }
 
 /// The C functions of every Swift strategy.
 enum StrategyThunks {
-    static func table(requires: StrategyRequirements, derive: Bool) -> es_strategy_vtable {
+    static func table(requires: StrategyRequirements, derive: Bool, stateful: Bool) -> es_strategy_vtable {
         var t = es_strategy_vtable()
         t.struct_size = UInt32(MemoryLayout<es_strategy_vtable>.size)
         t.requires = requires.rawValue
@@ -168,6 +170,10 @@ enum StrategyThunks {
                     buffer[json.count] = 0
                 }
             }
+        }
+        if stateful {
+            t.save_state = { instance, buffer, capacity, length in StateThunks.save(StrategyInstance.from(instance), buffer, capacity, length) }
+            t.load_state = { instance, bytes, length in StateThunks.load(StrategyInstance.from(instance), bytes, length) }
         }
         return t
     }

@@ -58,6 +58,24 @@ typedef struct es_regularizer_vtable {
                           uint32_t target_count, double lr);
     /** Optional: sets a named scalar (e.g. "lambda"); ES_ERROR_UNSUPPORTED if unknown. */
     es_status (*set_value)(void *instance, const char *name, double value);
+
+    /* ---- Since ABI 1.3: the host reads these only from a plugin whose es_plugin_desc.abi.minor is
+     * >= 3 and whose table's struct_size covers them; NULL (or an older plugin) = nothing to save ---- */
+
+    /** Optional: writes the instance's own state (whatever later calls depend on that the host does
+     *  not already keep: a best-so-far, a stage's progress, momentum buffers, counters) as an opaque
+     *  byte blob into buffer (capacity bytes) and its length to *length. If capacity is too small,
+     *  returns ES_ERROR_INVALID_ARGUMENT with *length = the bytes needed (the host then calls again
+     *  with a larger buffer; a first call may pass buffer NULL, capacity 0). Length 0 = no state now.
+     *  The host stores the blob in the search checkpoint (every epoch and on interrupt).
+     *  Why 1.2 lacked it: the checkpoint held the host's state only (weights, α, op states, values),
+     *  so a resumed search lost what the plugin kept inside its instance. */
+    es_status (*save_state)(void *instance, uint8_t *buffer, uint64_t capacity, uint64_t *length);
+    /** Optional (set with save_state): restores a blob save_state wrote, on resume, after create and
+     *  after the host has restored its own state (cells, op states, values, weights). The bytes come
+     *  from a file: check them (a leading format byte is recommended) and return
+     *  ES_ERROR_INVALID_ARGUMENT with a message for a blob you cannot read; never crash. */
+    es_status (*load_state)(void *instance, const uint8_t *bytes, uint64_t length);
 } es_regularizer_vtable;
 
 #ifdef __cplusplus

@@ -13,6 +13,9 @@
  *   -DFIX_BAD_DEFAULT      a parameter whose default does not parse
  *   -DFIX_BAD_SIGNATURE    a dynamic method with a malformed signature
  *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
+ *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
+ *                          to, not including, save_state); build with FIX_MINOR=2
+ * The warm-up strategy keeps state (ABI 1.3): the epochs it has ended, saved as 9 bytes, format 1.
  */
 #include <espalier/espalier.h>
 #include <stdio.h>
@@ -27,6 +30,13 @@
 #endif
 #ifndef FIX_MINOR
 #define FIX_MINOR ESPALIER_ABI_MINOR
+#endif
+#ifdef FIX_TABLES_1_2
+#define FIX_STRATEGY_TABLE_SIZE offsetof(es_strategy_vtable, save_state)
+#define FIX_REGULARIZER_TABLE_SIZE offsetof(es_regularizer_vtable, save_state)
+#else
+#define FIX_STRATEGY_TABLE_SIZE sizeof(es_strategy_vtable)
+#define FIX_REGULARIZER_TABLE_SIZE sizeof(es_regularizer_vtable)
 #endif
 
 /* ---- composed op: y = conv1x1(relu(x), w) ---- */
@@ -185,17 +195,19 @@ static es_status reg_prox(void *inst, const es_run_state *st, es_reg_target *t, 
         }
     return ES_OK;
 }
-static const es_regularizer_vtable reg_table = { .struct_size = sizeof(es_regularizer_vtable),
+static const es_regularizer_vtable reg_table = { .struct_size = FIX_REGULARIZER_TABLE_SIZE,
     .targets = (1u << ES_TARGET_ARCH) | (1u << ES_TARGET_WEIGHT_GROUP), .create = reg_create, .destroy = reg_destroy,
     .loss = reg_loss, .proximal = reg_prox };
 
-/* ---- strategy: weights-only for `warmup` steps, then bilevel; stops after `epochs` ---- */
-typedef struct { int64_t warmup, epochs; } simple_strategy;
+/* ---- strategy: weights-only for `warmup` steps, then bilevel; stops after `epochs`; counts
+ * the epochs it has ended (its saved state: format byte 1, then the count, 8 bytes) ---- */
+typedef struct { int64_t warmup, epochs, ended; const es_host_services *host; } simple_strategy;
 static es_status strat_create(const es_component_desc *component, const es_host_services *host, const es_param_value *p, uint32_t n, void **inst) {
-    (void)component; (void)host; (void)n;
+    (void)component; (void)n;
     simple_strategy *s = calloc(1, sizeof *s);
     s->warmup = p[0].int_value;
     s->epochs = p[1].int_value;
+    s->host = host;
     *inst = s;
     return ES_OK;
 }
@@ -207,6 +219,7 @@ static es_status strat_plan(void *inst, const es_run_state *st, es_step_plan *pl
 }
 static es_status strat_epoch_end(void *inst, const es_run_state *st, const es_epoch_metrics *m, int32_t *stop) {
     (void)m;
+    ((simple_strategy *)inst)->ended++;
     *stop = st->epoch + 1 >= ((simple_strategy *)inst)->epochs;
     return ES_OK;
 }
@@ -218,8 +231,33 @@ static es_status strat_derive(void *inst, const es_run_state *st, char *buf, uin
     memcpy(buf, json, *len + 1);
     return ES_OK;
 }
-static const es_strategy_vtable strat_table = { .struct_size = sizeof(es_strategy_vtable), .create = strat_create,
-    .destroy = strat_destroy, .plan_step = strat_plan, .epoch_end = strat_epoch_end, .derive = strat_derive };
+#ifndef FIX_TABLES_1_2
+static es_status strat_save(void *inst, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    simple_strategy *s = inst;
+    *len = 9;
+    if (buf == NULL || cap < 9) return ES_ERROR_INVALID_ARGUMENT;
+    buf[0] = 1;
+    memcpy(buf + 1, &s->ended, 8);
+    return ES_OK;
+}
+static es_status strat_load(void *inst, const uint8_t *bytes, uint64_t len) {
+    simple_strategy *s = inst;
+    if (len != 9 || bytes[0] != 1) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "saved state of %llu bytes, format %d; expected 9 bytes, format 1", (unsigned long long)len, len ? bytes[0] : -1);
+        s->host->set_error(s->host->host, msg);
+        return ES_ERROR_INVALID_ARGUMENT;
+    }
+    memcpy(&s->ended, bytes + 1, 8);
+    return ES_OK;
+}
+#endif
+static const es_strategy_vtable strat_table = { .struct_size = FIX_STRATEGY_TABLE_SIZE, .create = strat_create,
+    .destroy = strat_destroy, .plan_step = strat_plan, .epoch_end = strat_epoch_end, .derive = strat_derive,
+#ifndef FIX_TABLES_1_2
+    .save_state = strat_save, .load_state = strat_load
+#endif
+};
 
 /* ---- strategy acting through the search services: masks op `mask_op` on every normal edge,
  *      sets the gate's tau, asks for a memory prediction, checks that growing is refused ---- */
