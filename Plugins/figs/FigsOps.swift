@@ -6,7 +6,8 @@
 //   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C_out) → BN → ·m_out
 //   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 (C → C_out) → BN → ·m_out
 // M = `mid_channels` (0 = C): the exported network builds the sep conv with M = ⌊Σ π_mid⌋ (FiGS's
-// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. The output has
+// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. Each ReLU is fused into the
+// depthwise conv after it (`relu_conv2d`, ABI 1.2: relu(x) is never stored). The output has
 // the host's C_out channels: C in the supernet and wherever nodes sum their ops; a network whose
 // nodes concatenate (FiGS's concat aggregator) builds each op with C_out = ⌊Σ π_out⌋. Parameter
 // names (the cost regularizer and the export read them): "mask_mid.logits" (M), "mask_out.logits" (C_out).
@@ -25,7 +26,18 @@ struct FigsConv {
     }
 
     func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
-        try host.apply(graph, "conv2d", [x, try host.param(graph, weight)], attrs: [
+        try apply(host, graph, x, primitive: "conv2d")
+    }
+
+    /// conv(relu(x)): the host's `relu_conv2d` (ABI 1.2), whose depthwise path applies the ReLU
+    /// inside the kernel so relu(x) is never stored; on an older host, relu then conv2d.
+    func applyReLU(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
+        guard host.hasPrimitive("relu_conv2d") else { return try apply(host, graph, try host.apply(graph, "relu", [x])) }
+        return try apply(host, graph, x, primitive: "relu_conv2d")
+    }
+
+    private func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value, primitive: String) throws -> es_value {
+        try host.apply(graph, primitive, [x, try host.param(graph, weight)], attrs: [
             "stride": Double(stride), "padding": Double(padding), "dilation": Double(dilation), "groups": Double(groups),
         ])
     }
@@ -116,11 +128,9 @@ class FigsSepConvOp {
 
     func buildSep(graph: es_graph, input: es_value) throws -> es_value {
         try shape.checkInput(host, input, id: id)
-        var x = try host.apply(graph, "relu", [input])
-        x = try bn1.apply(host, graph, try pw1.apply(host, graph, try dw1.apply(host, graph, x)))
+        var x = try bn1.apply(host, graph, try pw1.apply(host, graph, try dw1.applyReLU(host, graph, input)))
         x = try maskMid.apply(host, graph, x)
-        x = try host.apply(graph, "relu", [x])
-        x = try bn2.apply(host, graph, try pw2.apply(host, graph, try dw2.apply(host, graph, x)))
+        x = try bn2.apply(host, graph, try pw2.apply(host, graph, try dw2.applyReLU(host, graph, x)))
         return try maskOut.apply(host, graph, x)
     }
 }
@@ -159,8 +169,7 @@ class FigsDilConvOp {
 
     func buildDil(graph: es_graph, input: es_value) throws -> es_value {
         try shape.checkInput(host, input, id: id)
-        let x = try host.apply(graph, "relu", [input])
-        return try maskOut.apply(host, graph, try bn.apply(host, graph, try pw.apply(host, graph, try dw.apply(host, graph, x))))
+        return try maskOut.apply(host, graph, try bn.apply(host, graph, try pw.apply(host, graph, try dw.applyReLU(host, graph, input))))
     }
 }
 
