@@ -6,6 +6,7 @@
 #   bench/methods.sh [METHODS]     e.g. bench/methods.sh "darts pcdarts gdas random"
 #   issue 8's set: TABLE=runs/methods/table8.md bench/methods.sh "etenas darts-rnd zero-one-shot zos-rnd gsparsity-mu10 gsparsity-mu30"
 #   FiGS and GSparsity (two λ, two μ): TABLE=runs/methods/table8b.md bench/methods.sh "figs-lam1 figs-lam2 gsparsity-mu20 gsparsity-mu150"
+#   FiGS with the concat aggregator: bench/methods.sh "figs-cat-lam0.01 figs-cat-lam0.05"
 #   (the details table beside it, DETAILS, adds the trained network's parameters, forward FLOPs and
 #   predicted step peak, and GSparsity's pruning: groups pruned, validation accuracy before/after)
 # Setup (override by environment): C=8, 5 cells, 4000 training images (half for weights, half for
@@ -50,9 +51,13 @@ args_for() {
     # μ = 20 up (at lr 0.05 or 0.1) the supernet's evaluation-mode accuracy collapses in the last
     # epoch (≈ 19 % at μ = 20 with 77 % in training mode); at μ = 150 training itself collapses.
     # gsparsity-muM: μ = M (e.g. gsparsity-mu20, gsparsity-mu60, gsparsity-mu150).
+    # gsparsity-muM-lrL: ProxSGD's lr L (default 0.05).
+    gsparsity-mu*-lr*) m=${1#gsparsity-mu}; echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=${m#*-lr} --set proxsgd.mu=${m%-lr*}" ;;
     gsparsity-mu*) echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=${1#gsparsity-mu}" ;;
     # FiGS: no α, the four masked convolutions summed on every edge, parameter cost.
     figs-lam*) echo "--strategy espalier.strategy.figs/1 --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
+    # FiGS with the concat aggregator (§3.3): each node concatenates its ops into a 1×1 conv + BN.
+    figs-cat-lam*) echo "--strategy espalier.strategy.figs/1 --aggregator concat --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-cat-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }

@@ -141,6 +141,34 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertEqual(acc.pooledBytes, 0)
     }
 
+    func testBestFit_LendsAnIdleBufferUpToTwiceTheSize_CountsItsSlack_AndTakesItBack() throws {
+        let acc = MemoryAccountant()
+        let n = 1 << 16   // 256 KiB
+        var big: Tensor? = try Tensor(shape: [2 * n], category: .activations, accountant: acc)
+        let p = big!.ptr
+        big = nil
+        XCTAssertEqual(acc.pooledBytes, 2 * n * 4)
+        // 1.5 n fits in the idle 2 n buffer: lent, no new mapping, the extra 0.5 n counted as slack.
+        var mid: Tensor? = try Tensor(shape: [3 * n / 2], category: .activations, accountant: acc)
+        XCTAssertEqual(mid!.ptr, p)
+        XCTAssertEqual(acc.poolCounters.maps, 1)
+        XCTAssertEqual(acc.pooledSlackBytes, n / 2 * 4)
+        XCTAssertEqual(acc.currentTotal + acc.pooledSlackBytes + acc.pooledBytes, 2 * n * 4, "lending a larger buffer adds no memory")
+        mid!.fill(2)
+        XCTAssertEqual(mid![3 * n / 2 - 1], 2)
+        mid = nil
+        XCTAssertEqual(acc.pooledSlackBytes, 0)
+        XCTAssertEqual(acc.pooledBytes, 2 * n * 4, "it goes back to the bucket of its real size")
+        var again: Tensor? = try Tensor(shape: [2 * n], category: .activations, accountant: acc)
+        XCTAssertEqual(again!.ptr, p, "an exact request finds it there")
+        again = nil
+        // Less than half its size does not take it: a new mapping.
+        let small = try Tensor(shape: [n / 2], category: .activations, accountant: acc)
+        XCTAssertEqual(acc.poolCounters.maps, 2)
+        XCTAssertEqual(acc.pooledSlackBytes, 0)
+        _ = (again, small)
+    }
+
     func testSmallBuffers_BypassThePool() throws {
         let acc = MemoryAccountant()
         var t: Tensor? = try Tensor(shape: [100], category: .activations, accountant: acc)

@@ -4,10 +4,15 @@
 // is a bucket hit: no page faults, no zeroing by the kernel, and no malloc fragmentation
 // (glibc's heap kept ~300 MiB above the accountant's peak on the GDAS bench).
 //
+// With no idle buffer of the exact size, the smallest idle one of at most twice the size is lent
+// instead (best fit; its extra bytes are "slack", which the accountant does not see): a forward
+// pass whose shapes change from stage to stage (the zero-shot score) then reuses the previous
+// stage's buffers instead of unmapping and mapping ~90 buffers per pass.
 // The pool is capped by what the accountant has ever had in use at once:
-//   live bytes (accountant.currentTotal) + pooled bytes ≤ cap = lifetime peak + 1/16 (≤ budget),
-// so real memory stays within 1/16 of the accounted peak (and under a budget). When a new size
-// is needed and the pool is at its cap, idle buffers are unmapped, largest first.
+//   live bytes (accountant.currentTotal) + slack + pooled bytes ≤ cap = lifetime peak + 1/16 (≤ budget),
+// so real memory stays within 1/16 of the accounted peak (and under a budget). Lending a larger
+// buffer leaves that sum unchanged; when a new mapping is needed and the pool is at its cap,
+// idle buffers are unmapped, largest first.
 // Small buffers (< `minimumBytes`) go to malloc, which handles them well.
 // One pool per real accountant; like the accountant it is used from one thread.
 
@@ -24,6 +29,10 @@ final class BufferPool {
     /// Idle buffers by mapped size (a multiple of the page size).
     private var idle: [Int: [UnsafeMutableRawPointer]] = [:]
     private(set) var pooledBytes = 0
+    /// Buffers lent at a larger mapped size than asked (best fit): pointer → mapped size.
+    private var lentLarger: [UnsafeMutableRawPointer: Int] = [:]
+    /// Σ (mapped size − asked mapped size) over those: memory in use that the accountant does not count.
+    private(set) var slackBytes = 0
     private(set) var hits = 0
     private(set) var maps = 0
     private(set) var unmaps = 0
@@ -44,8 +53,17 @@ final class BufferPool {
             hits += 1
             return p
         }
+        // Best fit: the smallest idle buffer of at most twice the size (live + slack + pooled unchanged).
+        if let fit = idle.keys.filter({ $0 > size && $0 <= 2 * size }).min(), var list = idle[fit], let p = list.popLast() {
+            idle[fit] = list.isEmpty ? nil : list
+            pooledBytes -= fit
+            lentLarger[p] = fit
+            slackBytes += fit - size
+            hits += 1
+            return p
+        }
         // A new mapping: first make room under the cap by unmapping idle buffers, largest first.
-        if live + pooledBytes > cap { evict(down: max(0, cap - live)) }
+        if live + slackBytes + pooledBytes > cap { evict(down: max(0, cap - live - slackBytes)) }
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               p != MAP_FAILED else {
             // Out of address space or memory: give everything idle back and try once more.
@@ -62,7 +80,11 @@ final class BufferPool {
     /// Returns a buffer from `take(bytes:...)` with the same `bytes`.
     func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
         guard Self.enabled, bytes >= Self.minimumBytes else { free(p); return }
-        let size = Self.mappedSize(bytes)
+        var size = Self.mappedSize(bytes)
+        if let lent = lentLarger.removeValue(forKey: p) {
+            slackBytes -= lent - size
+            size = lent
+        }
         idle[size, default: []].append(p)
         pooledBytes += size
     }

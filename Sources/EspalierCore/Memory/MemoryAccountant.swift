@@ -101,6 +101,8 @@ public final class MemoryAccountant {
     lazy var pool = BufferPool()
     /// Bytes of freed buffers the pool keeps for reuse (not in use, not counted above).
     public var pooledBytes: Int { mode == .real ? pool.pooledBytes : 0 }
+    /// Bytes of buffers lent at a larger size than their tensors (the pool's best fits), not counted as in use.
+    public var pooledSlackBytes: Int { mode == .real ? pool.slackBytes : 0 }
     /// The pool's counters: bucket hits, new mappings, unmapped idle buffers.
     public var poolCounters: (hits: Int, maps: Int, unmaps: Int) { mode == .real ? (pool.hits, pool.maps, pool.unmaps) : (0, 0, 0) }
     /// Gives the pool's idle buffers back to the system.
