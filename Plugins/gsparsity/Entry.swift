@@ -17,6 +17,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                   params: [
                       .bool("scale_parameter_free", default: true,
                             doc: "a learnable output scale (init 1, clamped to [0, 1]) for every parameter-free op, part of its group, so pools and skips can be pruned"),
+                      .bool("affine_ops", default: true,
+                            doc: "host convention: build the ops as the evaluation network has them (BN with γ/β, no BN after pools), so each group has a scale "
+                                + "the loss depends on; with DARTS's search ops (false) a conv group's gradient is orthogonal to it and the penalty shrinks every "
+                                + "conv group unopposed (the supernet collapsed at μ ≥ 80 in 3 epochs)"),
                       .double("threshold", default: 1e-6, doc: "groups with ‖θ_g‖ ≤ threshold are pruned (paper: 1e-6)", min: 0),
                       .bool("prune", default: true, doc: "remove the groups at or below the threshold at the end of the last epoch"),
                       .double("target_sparsity", default: 0,

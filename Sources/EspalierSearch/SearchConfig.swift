@@ -66,7 +66,7 @@ public struct SearchConfig: Codable, Equatable, Sendable {
 
     /// The config with the space options a strategy declares as parameters copied into the space:
     /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — and
-    /// `scale_parameter_free` (bool, GSparsity's), `aggregator` (sum or concat, FiGS's), `hyper_connected` (bool) and `auxiliary_weight`
+    /// `scale_parameter_free` and `affine_ops` (bools, GSparsity's), `aggregator` (sum or concat, FiGS's), `hyper_connected` (bool) and `auxiliary_weight`
     /// (double; Bonsai-Net's), `reduction_cells` (comma-separated cell indices), and the run option
     /// `bn_recalibration` (batches; GSparsity's) from the user's
     /// setting or the parameter's default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
@@ -84,6 +84,8 @@ public struct SearchConfig: Codable, Equatable, Sendable {
                 c.space.edgeNormalization = ["1", "true", "yes", "on"].contains(text.lowercased())
             case "scale_parameter_free":
                 c.space.scaleParameterFree = ["1", "true", "yes", "on"].contains(text.lowercased())
+            case "affine_ops":
+                c.space.affineOps = ["1", "true", "yes", "on"].contains(text.lowercased())
             case "aggregator":
                 // FiGS's concat aggregator; --aggregator concat sets it for any strategy.
                 guard let a = NodeAggregator(rawValue: text.lowercased()) else {

@@ -70,6 +70,12 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     /// node = BN(conv1×1(concat of w_t·y_t)) back to C channels. `--aggregator`, or a strategy's
     /// `aggregator` parameter (FiGS's).
     public var aggregator: NodeAggregator = .sum
+    /// Build the candidate ops as the evaluation network has them (`affine` in their config: batch
+    /// norm with γ/β, no batch norm after pools) instead of DARTS's search ops (BN without γ/β).
+    /// GSparsity's `affine_ops`: a conv followed by BN without γ/β computes the same function at any
+    /// scale of its weights, so their gradient has no component along them (⟨∂L/∂W, W⟩ = 0) and
+    /// nothing resists the group penalty's shrinking; γ gives the group a scale the loss depends on.
+    public var affineOps = false
 
     public static let dartsOps = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                   "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"].map { "espalier.op.\($0)/1" }
@@ -125,7 +131,7 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
 extension SearchSpaceDescription {
     enum CodingKeys: String, CodingKey {
         case inputChannels, classes, channels, cells, nodes, multiplier, stemMultiplier, ops, reductionCells, partialChannels, edgeNormalization,
-             mergedOps, sumOps, scaleParameterFree, hyperConnected, auxiliaryCells, auxiliaryWeight, aggregator
+             mergedOps, sumOps, scaleParameterFree, hyperConnected, auxiliaryCells, auxiliaryWeight, aggregator, affineOps
     }
 
     /// Every field optional (the default where missing), so a config.json written before a field
@@ -140,7 +146,7 @@ extension SearchSpaceDescription {
         try read(.partialChannels, &partialChannels); try read(.edgeNormalization, &edgeNormalization); try read(.mergedOps, &mergedOps)
         try read(.sumOps, &sumOps); try read(.scaleParameterFree, &scaleParameterFree); try read(.hyperConnected, &hyperConnected)
         try read(.auxiliaryCells, &auxiliaryCells); try read(.auxiliaryWeight, &auxiliaryWeight)
-        try read(.aggregator, &aggregator)
+        try read(.aggregator, &aggregator); try read(.affineOps, &affineOps)
     }
 }
 
@@ -298,7 +304,7 @@ final class SearchCell {
                 let candidates = (2 + i) * components.indices.filter { Component.shortName(components[$0].id) != "none" }.count
                 for j in 0..<(2 + i) {
                     let stride = reduction && j < 2 ? 2 : 1
-                    let config = OpConfig(inChannels: cOp, outChannels: cOp, stride: stride, affine: false)
+                    let config = OpConfig(inChannels: cOp, outChannels: cOp, stride: stride, affine: space.affineOps)
                     let ops: [PluginOp?] = try components.enumerated().map { col, comp in
                         if Component.shortName(comp.id) == "none" || covered.contains(col) { return nil }
                         return try PluginOp(comp, context: context, config: config, settings: opSettings[comp.id] ?? [:],

@@ -55,6 +55,32 @@ final class GSparsitySearchTests: TemporaryDirectoryTestCase {
                       "every running statistic was recomputed from the training batches")
     }
 
+    /// Why GSparsity builds affine ops: a conv group followed by BN without γ/β computes the same
+    /// function at any scale, so the data loss's gradient has no component along the group
+    /// (⟨∂L/∂θ_g, θ_g⟩ = 0) and cannot resist the penalty's shrinking; with γ/β in the group it can.
+    func testAffineOps_GiveConvGroupsAScaleTheLossDependsOn() throws {
+        func radialCosine(affine: Bool) throws -> Double {
+            let run = try makeRun(tinyConfig(["affine_ops": affine ? "true" : "false"]))
+            XCTAssertEqual(run.supernet.space.affineOps, affine)
+            let group = try XCTUnwrap(run.weightGroupParameters()["group/normal/edge0/sep_conv_3x3"])
+            XCTAssertEqual(group.contains { $0.name.hasSuffix("bn1/weight") || $0.name.hasSuffix("bn1.weight") }, affine, group.map(\.name).description)
+            run.train(weights: true, arch: false)
+            for p in run.supernet.weights { p.grad?.fill(0) }
+            let b = try run.trainLoader.nextCycling(accountant: run.accountant)
+            try run.lossAndGradients(b.images, b.labels)
+            var dot = 0.0, gg = 0.0, ww = 0.0
+            for p in group {
+                let g = try XCTUnwrap(p.grad)
+                for i in 0..<p.count { dot += Double(g[i]) * Double(p.value[i]); gg += Double(g[i] * g[i]); ww += Double(p.value[i] * p.value[i]) }
+            }
+            XCTAssertGreaterThan(gg, 0)
+            return abs(dot) / (gg * ww).squareRoot()
+        }
+        XCTAssertLessThan(try radialCosine(affine: false), 1e-3, "BN without γ/β: the gradient is orthogonal to the group")
+        XCTAssertGreaterThan(try radialCosine(affine: true), 1e-2, "γ/β in the group: the loss pulls on its norm")
+        XCTAssertTrue(try makeRun(tinyConfig()).supernet.space.affineOps, "GSparsity's default")
+    }
+
     func testNoArch_SupernetSumsOps_NoArchParameters_ScalesJoinTheirGroups() throws {
         let run = try makeRun(tinyConfig())
         XCTAssertTrue(run.supernet.space.sumOps && run.supernet.space.scaleParameterFree)
