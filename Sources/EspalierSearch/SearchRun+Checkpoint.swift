@@ -215,9 +215,17 @@ extension SearchRun {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw EspalierError.config("\(dir) has no config.json: is it the --out folder of a search?")
         }
-        do { return try JSONDecoder().decode(SearchConfig.self, from: data) } catch {
+        var config: SearchConfig
+        do { config = try JSONDecoder().decode(SearchConfig.self, from: data) } catch {
             throw EspalierError.data(file: path, problem: "not a search config: \(error)")
         }
+        // A search started before `affineOps` existed built DARTS's search ops; it resumes with
+        // them, whatever a strategy's `affine_ops` default says now (GSparsity's is true).
+        let space = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["space"] as? [String: Any]
+        if let space, space["affineOps"] == nil, config.strategySettings["affine_ops"] == nil {
+            config.strategySettings["affine_ops"] = "false"
+        }
+        return config
     }
 
     /// Restores the checkpoint in `dir` (if any) and trims the log to it.

@@ -36,6 +36,22 @@ final class ConfigCompatibilityTests: XCTestCase {
         XCTAssertNoThrow(try c.validate())
     }
 
+    /// A search started before `affineOps` existed resumes with the ops it was built with (DARTS's
+    /// search ops), not with GSparsity's new `affine_ops` default; a newer config is left alone.
+    func testResumedConfig_FromBeforeAffineOps_KeepsTheSearchOps() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-cfg-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = (dir as NSString).appendingPathComponent("config.json")
+        let old = #"{"space": {"channels": 8, "cells": 5}, "strategy": "espalier.strategy.gsparsity/1", "strategySettings": {}}"#
+        try Data(old.utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try SearchRun.loadConfig(dir).strategySettings["affine_ops"], "false")
+        var c = SearchConfig()
+        c.strategy = "espalier.strategy.gsparsity/1"
+        try JSONEncoder().encode(c).write(to: URL(fileURLWithPath: path))
+        XCTAssertNil(try SearchRun.loadConfig(dir).strategySettings["affine_ops"], "written with affineOps: the strategy's default applies as it did at the start")
+    }
+
     func testConfig_RoundTripsThroughJSON() throws {
         var c = SearchConfig.quick
         c.regularizers = ["espalier.regularizer.beta-decay/1"]
