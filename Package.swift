@@ -40,6 +40,7 @@ let package = Package(
         // Samples built with the tree (each can also be built on its own: see Samples/README.md).
         .library(name: "espalier-sample-swish", type: .dynamic, targets: ["SampleSwishOp"]),
         .library(name: "espalier-sample-sparsemax", type: .dynamic, targets: ["SparsemaxGate"]),
+        .library(name: "espalier-sample-patience", type: .dynamic, targets: ["SamplePatienceStrategy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -173,6 +174,14 @@ let package = Package(
             publicHeadersPath: ".",
             cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("m")]
+        ),
+        .target(
+            name: "SamplePatienceStrategy",
+            dependencies: [.product(name: "CEspalierSDK", package: "SDK")],
+            path: "Samples/c-patience-strategy",
+            exclude: ["README.md"],
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-O2"])]
         ),
         .target(
             name: "SparsemaxGate",

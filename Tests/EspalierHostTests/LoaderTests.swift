@@ -85,7 +85,7 @@ final class LoaderTests: XCTestCase {
         let registry = PluginLoader(context: HostContext()).load(PluginSearchPath.standard(environment: [:]))
         XCTAssertEqual(registry.failures.map(\.description), [])
         let ids = Set(registry.components.map(\.id))
-        for id in ["org.example.op.swish/1", "org.example.gate.sparsemax/1", "espalier.gate.softmax/1"] {
+        for id in ["org.example.op.swish/1", "org.example.gate.sparsemax/1", "org.example.strategy.patience/1", "espalier.gate.softmax/1"] {
             XCTAssertTrue(ids.contains(id), "\(id) missing from \(ids.sorted()) in \(PluginFixtures.builtPluginDir)")
         }
         let swish = try registry.require("org.example.op.swish/1", kind: .op)
@@ -108,17 +108,23 @@ final class LoaderTests: XCTestCase {
         }
     }
 
-    func testCSample_BuiltWithTheReadmesOneCommand_LoadsAndIsDescribed() throws {
-        let dir = try PluginFixtures.tempDir("csample")
-        let sampleDir = PluginFixtures.repoRoot.appendingPathComponent("Samples/c-swish-op").path
-        let out = dir + "/libespalier-sample-swish.so"
-        // The exact command of Samples/c-swish-op/README.md, output into a temporary plugin folder.
-        let (status, log) = try PluginFixtures.run(["cc", "-std=c99", "-O2", "-shared", "-fPIC", "-I", "../../SDK/include", "-o", out, "swish.c", "-lm"], cwd: sampleDir)
-        XCTAssertEqual(status, 0, log)
-        let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
-        XCTAssertEqual(registry.failures.map(\.description), [])
-        XCTAssertEqual(registry.components.map(\.id), ["org.example.op.swish/1"])
-        XCTAssertEqual(registry.libraries.first?.name, "org.example.swish")
+    func testCSamples_BuiltWithTheirReadmesOneCommand_LoadAndAreDescribed() throws {
+        for (folder, source, library, id, name, libs) in [("c-swish-op", "swish.c", "libespalier-sample-swish.so", "org.example.op.swish/1", "org.example.swish", ["-lm"]),
+                                                          ("c-patience-strategy", "patience.c", "libespalier-sample-patience.so", "org.example.strategy.patience/1",
+                                                           "org.example.patience", [])] {
+            let dir = try PluginFixtures.tempDir("csample")
+            let sampleDir = PluginFixtures.repoRoot.appendingPathComponent("Samples/" + folder).path
+            // The exact command of the sample's README.md, output into a temporary plugin folder.
+            let (status, log) = try PluginFixtures.run(["cc", "-std=c99", "-O2", "-shared", "-fPIC", "-I", "../../SDK/include", "-o", dir + "/" + library, source] + libs,
+                                                       cwd: sampleDir)
+            XCTAssertEqual(status, 0, log)
+            let readme = try String(contentsOfFile: sampleDir + "/README.md", encoding: .utf8)
+            XCTAssertTrue(readme.contains((["cc -std=c99 -O2 -shared -fPIC -I ../../SDK/include -o", library, source] + libs).joined(separator: " ")), "\(folder)/README.md gives that command")
+            let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
+            XCTAssertEqual(registry.failures.map(\.description), [])
+            XCTAssertEqual(registry.components.map(\.id), [id])
+            XCTAssertEqual(registry.libraries.first?.name, name)
+        }
     }
 
     func testSwiftSample_BuildsAsItsOwnPackageFromTheSDKAlone() throws {
