@@ -185,7 +185,7 @@ final class AuxiliaryHead {
     }
 }
 
-public final class DiscreteNetwork: AuxiliaryClassifier {
+public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     public let description: NetworkDescription
     let stemConv: Conv2d, stemBN: BatchNorm2d
     let cells: [DiscreteCell]
@@ -269,18 +269,9 @@ public final class DiscreteNetwork: AuxiliaryClassifier {
 
     // MARK: Saving and loading
 
-    var namedTensors: [(String, Tensor)] {
-        let cut = ownerPrefix.isEmpty ? 0 : ownerPrefix.count + 1
-        return parameters.map { (String($0.name.dropFirst($0.name.hasPrefix(ownerPrefix) ? cut : 0)), $0.value) } + buffers.enumerated().map { (String(format: "buffers/%05d", $0.offset), $0.element) }
-    }
-
     /// model.safetensors: every weight and batch-norm statistic, and the description as metadata.
     public func save(path: String, extraMetadata: [String: String] = [:]) throws {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        var meta = extraMetadata
-        meta["espalier.network"] = String(decoding: try enc.encode(description), as: UTF8.self)
-        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: namedTensors), metadata: meta).write(path: path)
+        try writeModel(path: path, key: "espalier.network", description: description, extraMetadata: extraMetadata)
     }
 
     /// Rebuilds the network saved at `path` and loads its tensors.

@@ -31,7 +31,10 @@ public struct PrunedArchitecture: Codable, Equatable, Sendable {
     }
 
     public static func load(path: String) throws -> PrunedArchitecture {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw EspalierError.data(file: path, problem: "cannot be read (no such file?); a hyper-connected search writes OUT/pruned.json "
+                                     + "(espalier search --hyper-connected … --out OUT)")
+        }
         do { return try JSONDecoder().decode(PrunedArchitecture.self, from: data) } catch {
             throw EspalierError.config("\(path) is not a pruned architecture (pruned.json of a hyper-connected search): \(error)")
         }
@@ -89,14 +92,16 @@ extension SearchRun {
 
 /// The pruned network of a hyper-connected search, built from scratch: survivors summed with
 /// weight 1, everything else removed (no parameters, never run).
-public final class PrunedNetwork: Classifier {
+public final class PrunedNetwork: Classifier, SavedModel {
     public let architecture: PrunedArchitecture
     let net: Supernet
+    let ownerPrefix: String
 
     /// `space` overrides (e.g. channels) come from `architecture.space`; the gate is unused.
     public init(_ architecture: PrunedArchitecture, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
         try architecture.validate()
         self.architecture = architecture
+        ownerPrefix = context.accountant.currentOwnerPath
         var space = architecture.space
         space.sumOps = true
         space.auxiliaryCells = []
@@ -117,4 +122,21 @@ public final class PrunedNetwork: Classifier {
     public var buffers: [Tensor] { net.buffers }
     public var parameterCount: Int { net.weightCount }
     public func logits(_ g: Graph, _ x: Variable) throws -> Variable { try net.logits(g, x) }
+
+    /// model.safetensors: every weight and batch-norm statistic, and the architecture (with the
+    /// space it was trained at) as metadata "espalier.pruned".
+    public func save(path: String, extraMetadata: [String: String] = [:]) throws {
+        try writeModel(path: path, key: "espalier.pruned", description: architecture, extraMetadata: extraMetadata)
+    }
+
+    /// Rebuilds the pruned network saved in `file` (read from `path`) under owner "model" and loads its tensors.
+    static func load(_ file: SafeTensorsFile, path: String, registry: PluginRegistry, context: HostContext) throws -> (PrunedNetwork, [String: String]) {
+        let arch: PrunedArchitecture
+        do { arch = try JSONDecoder().decode(PrunedArchitecture.self, from: Data((file.metadata["espalier.pruned"] ?? "").utf8)) } catch {
+            throw EspalierError.data(file: path, problem: "damaged pruned-network description: \(error)")
+        }
+        let net = try context.accountant.withOwner("model") { try PrunedNetwork(arch, registry: registry, context: context, seed: 0) }
+        try file.load(into: net.namedTensors, strict: true)
+        return (net, file.metadata)
+    }
 }

@@ -104,7 +104,7 @@ struct TrainCommand: ParsableCommand {
 }
 
 struct EvalCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a model saved by `espalier train` on the test set.")
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a model saved by `espalier train` or `espalier train-pruned` on the test set.")
     @OptionGroup var dirs: PluginDirOptions
     @Option(help: "model.safetensors (or the folder holding it).") var model: String
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
@@ -115,12 +115,17 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         var path = model
         var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { path = (path as NSString).appendingPathComponent("model.safetensors") }
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            // `espalier train` writes model.safetensors, `espalier train-pruned` pruned-model.safetensors.
+            let plain = (path as NSString).appendingPathComponent("model.safetensors")
+            let pruned = (path as NSString).appendingPathComponent("pruned-model.safetensors")
+            path = FileManager.default.fileExists(atPath: plain) || !FileManager.default.fileExists(atPath: pruned) ? plain : pruned
+        }
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
         let acc = MemoryAccountant()
         context.begin(accountant: acc, seed: 0)
-        let (net, _) = try DiscreteNetwork.load(path: path, registry: registry, context: context)
+        let (net, _) = try loadClassifier(path: path, registry: registry, context: context)
         var c = SearchConfig()
         c.dataset = dataset; c.dataDir = dataDir
         let test = try loadTrainingData(c, accountant: acc, split: .test)

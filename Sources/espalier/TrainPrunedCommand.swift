@@ -23,6 +23,7 @@ struct TrainPrunedCommand: ParsableCommand {
     @Option(help: "Use only the first N training images (0 = all).") var trainImages = 0
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Folder for pruned-model.safetensors (default: the folder of --pruned).") var out: String?
 
     func run() throws {
         var arch = try PrunedArchitecture.load(path: pruned)
@@ -52,7 +53,13 @@ struct TrainPrunedCommand: ParsableCommand {
         let started = DispatchTime.now().uptimeNanoseconds
         let reports = try trainer.fit(train: trainView, test: testView, progress: bar)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let accuracy = reports.last?.testAccuracy ?? 0
+        let outDir = out ?? (pruned as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: outDir.isEmpty ? "." : outDir, withIntermediateDirectories: true)
+        let modelPath = (outDir as NSString).appendingPathComponent("pruned-model.safetensors")
+        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned])
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs; %d parameters",
-                     (reports.last?.testAccuracy ?? 0) * 100, testView.count, epochs, seconds, net.parameterCount))
+                     accuracy * 100, testView.count, epochs, seconds, net.parameterCount))
+        print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")
     }
 }

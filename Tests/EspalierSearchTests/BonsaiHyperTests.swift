@@ -212,6 +212,20 @@ final class BonsaiHyperTests: XCTestCase {
         let b = try batch(ds, acc2, n: 8)
         let (l, _) = try trainer.trainStep(images: b.images, labels: b.labels)
         XCTAssertTrue(l.isFinite)
+        // Saved and loaded back (as `espalier eval` does): the same evaluation-mode logits.
+        let model = NSTemporaryDirectory() + "pruned-model-\(UUID().uuidString).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: model) }
+        try net.save(path: model, extraMetadata: ["espalier.test_accuracy": "0.5"])
+        let acc3 = MemoryAccountant()
+        let (loaded, meta) = try loadClassifier(path: model, registry: Self.registry, context: HostContext(accountant: acc3, seed: 9))
+        XCTAssertTrue(loaded is PrunedNetwork)
+        XCTAssertEqual(meta["espalier.test_accuracy"], "0.5")
+        func evalLogits(_ m: Classifier, _ a: MemoryAccountant) throws -> [Float] {
+            let g = Graph(accountant: a)
+            g.training = false
+            return try g.noGrad { try m.logits(g, g.constant(try batch(ds, a, n: 8).images)).value.array }
+        }
+        XCTAssertEqual(try evalLogits(loaded, acc3), try evalLogits(net, acc2))
         // An architecture whose lists do not fit the space is refused with the reason.
         var bad = arch; bad.inputs[1] = [5]
         XCTAssertThrowsError(try PrunedNetwork(bad, registry: Self.registry, context: HostContext(accountant: MemoryAccountant(), seed: 1), seed: 1)) {
