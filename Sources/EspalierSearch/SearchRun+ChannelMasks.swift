@@ -103,15 +103,10 @@ final class ExportedOpCosts: @unchecked Sendable {
     func measure(_ component: Component, channels c: Int, stride: Int, settings: [String: String], input shape: [Int]) throws -> (flops: Double, bytes: Double) {
         let key = "\(component.id)|\(c)|\(stride)|\(settings.sorted { $0.key < $1.key })|\(shape)"
         if let hit = lock.withLock({ cache[key] }) { return hit }
-        let dry = MemoryAccountant(mode: .dryRun)
-        let op = try PluginOp(component, context: HostContext(accountant: dry, seed: 0),
+        let op = try PluginOp(component, context: HostContext(accountant: MemoryAccountant(mode: .dryRun), seed: 0),
                               config: OpConfig(inChannels: c, outChannels: c, stride: stride, affine: true), settings: settings, ownerPath: "cost")
-        let g = Graph(accountant: dry)
-        let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
-        let before = dry.currentBytes(ownerPrefix: "").total
-        _ = try op(g, x)
-        let bytes = Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(3 * 4 * op.parameters.reduce(0) { $0 + $1.count })
-        let r = (flops: Double(g.flops), bytes: bytes)
+        let cost = try measureCost(shape, parameters: op.parameters) { g, x in try op(g, x) }
+        let r = (flops: cost.flops, bytes: cost.bytes)
         lock.withLock { cache[key] = r }
         return r
     }
@@ -189,13 +184,11 @@ extension SearchRun {
     func concatColumnCost(_ op: ChannelMaskedOp, nodeChannels: Int) throws -> (flops: Double, bytes: Double) {
         guard let shape = op.cell.lastInputShape else { return (0, 0) }
         let stride = op.cell.reduction && op.cell.isInputEdge(op.edge) ? 2 : 1
-        func measure(_ width: Int) throws -> (flops: Double, bytes: Double) {
-            let dry = MemoryAccountant(mode: .dryRun)
-            let conv = try Conv2d(ParameterFactory(accountant: dry, seed: 0), name: "cost", cIn: width, cOut: nodeChannels, kernel: 1)
-            let g = Graph(accountant: dry)
-            let x = try g.leaf(Tensor(shape: [shape[0], width, shape[2] / stride, shape[3] / stride], category: .activations, accountant: dry))
-            _ = try conv(g, x)
-            return (Double(g.flops), Double(3 * 4 * conv.weight.count))
+        // The block's output (N, C_node, H', W') is the same at both widths, so the difference is its
+        // weights (3 × 4 bytes each) and FLOPs per input channel.
+        func measure(_ width: Int) throws -> (bytes: Double, flops: Double) {
+            let conv = try Conv2d(ParameterFactory(accountant: MemoryAccountant(mode: .dryRun), seed: 0), name: "cost", cIn: width, cOut: nodeChannels, kernel: 1)
+            return try measureCost([shape[0], width, shape[2] / stride, shape[3] / stride], parameters: conv.parameters) { g, x in try conv(g, x) }
         }
         let one = try measure(1), two = try measure(2)
         return (two.flops - one.flops, two.bytes - one.bytes)

@@ -200,7 +200,8 @@ extension SearchRun {
                     var c = CandidateCosts(memory: Array(repeating: 0, count: cell.inputs.count), flops: Array(repeating: 0, count: cell.inputs.count))
                     for (j, m) in cell.inputs.enumerated() {
                         guard let m, let shape = cell.lastEarlierShapes?[j] else { continue }
-                        (c.memory[j], c.flops[j]) = try measureCost(shape, parameters: m.parameters) { g, x in try m.apply(g, x) }
+                        let cost = try measureCost(shape, parameters: m.parameters) { g, x in try m.apply(g, x) }
+                        (c.memory[j], c.flops[j]) = (Float(cost.bytes), Float(cost.flops))
                     }
                     inputs.append(c)
                 }
@@ -213,9 +214,9 @@ extension SearchRun {
                     if cell.reduction && !cell.isInputEdge(e) { s[2] = (s[2] + 1) / 2; s[3] = (s[3] + 1) / 2 }
                     for (o, op) in edge.ops.enumerated() {
                         guard let op else { continue }
-                        let (bytes, flops) = try measureCost(s, parameters: op.parameters) { g, x in try op(g, x) }
-                        slots[slot].memory[e * k + o] += bytes
-                        slots[slot].flops[e * k + o] += flops
+                        let cost = try measureCost(s, parameters: op.parameters) { g, x in try op(g, x) }
+                        slots[slot].memory[e * k + o] += Float(cost.bytes)
+                        slots[slot].flops[e * k + o] += Float(cost.flops)
                     }
                 }
             }
@@ -238,11 +239,11 @@ extension SearchRun {
 
 /// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
 /// activations it keeps plus 3× its parameters (values, gradients, momentum).
-func measureCost(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Float, flops: Float) {
+func measureCost(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Double, flops: Double) {
     let dry = MemoryAccountant(mode: .dryRun)
     let g = Graph(accountant: dry)
     let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
     let before = dry.currentBytes(ownerPrefix: "").total
     _ = try body(g, x)
-    return (Float(dry.currentBytes(ownerPrefix: "").total - before) + Float(3 * parameters.reduce(0) { $0 + $1.count } * 4), Float(g.flops))
+    return (Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(3 * parameters.reduce(0) { $0 + $1.count } * 4), Double(g.flops))
 }

@@ -241,8 +241,10 @@ final class SearchCell {
     let pre1: Module & CellInput
     let edges: [MixedEdge]
     let nodes: Int, multiplier: Int
-    /// Concat aggregator: each node's batch norm after its 1×1 convolution (empty for the sum).
+    /// Concat aggregator: each node's batch norm after its 1×1 convolution, and the owner of the
+    /// node's activations, `cellI/nodeN/concat` (both empty for the sum).
     let nodeNorms: [BatchNorm2d]
+    let nodeOwners: [Int32]
     let owner: Int32
     /// PC-DARTS partial channels K (1 = every channel goes through the ops).
     let partial: Int
@@ -275,6 +277,8 @@ final class SearchCell {
         let acc = f.accountant
         let name = "cell\(index)"
         owner = acc.owner(acc.currentOwnerPath.isEmpty ? name : acc.currentOwnerPath + "/" + name)
+        let cellPath = acc.ownerPath(owner)
+        nodeOwners = space.aggregator == .concat ? (0..<space.nodes).map { acc.owner(cellPath + "/node\($0)/concat") } : []
         let components = try space.ops.map { try registry.require($0, kind: .op) }
         let mergedComponents = try space.mergedOps.map { try registry.require($0, kind: .op) }
         let mergedCols = try mergedComponents.map { try mergedColumns($0, settings: opSettings[$0.id] ?? [:], space: space) }
@@ -498,22 +502,22 @@ final class SearchCell {
                 guard op != nil, edge.states[o] == .active, active[e * k + o] != 0, let column = edge.concatColumns[o] else { continue }
                 var y = try edge.output(g, o, h, state: state)
                 if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
-                let z = try g.accountant.withOwner("node\(n)/concat") { try g.conv2d(y, g.param(column), stride: 1, padding: 0, dilation: 1, groups: 1) }
+                let z = try g.accountant.withOwnerID(nodeOwners[n]) { try g.conv2d(y, g.param(column), stride: 1, padding: 0, dilation: 1, groups: 1) }
                 if g.isRecording { terms.append(z); indices.append(e * k + o); continue }
-                if sum == nil { sum = try g.accountant.withOwner("node\(n)/concat") { try Tensor.zeros(z.shape, category: .activations, accountant: g.accountant) } }
+                if sum == nil { sum = try g.accountant.withOwnerID(nodeOwners[n]) { try Tensor.zeros(z.shape, category: .activations, accountant: g.accountant) } }
                 if g.computing { Kernels.axpy(weights.value[e * k + o], z.value.ptr, sum!.ptr, count: z.value.count) }
             }
         }
         let mixed: Variable
         if let sum { mixed = g.constant(sum) }
-        else if !terms.isEmpty { mixed = try g.accountant.withOwner("node\(n)/concat") { try g.weightedSum(terms, weights: weights, indices: indices) } }
+        else if !terms.isEmpty { mixed = try g.accountant.withOwnerID(nodeOwners[n]) { try g.weightedSum(terms, weights: weights, indices: indices) } }
         else { return try zeroNode(g, states) }
-        return try g.accountant.withOwner("node\(n)/concat") { try nodeNorms[n](g, mixed) }
+        return try nodeNorms[n](g, mixed)   // the batch norm's own owner: cellI/nodeN/concat/bn
     }
 
     /// Bytes each candidate keeps on an edge's input (ops' activations + 3× parameters), measured
     /// once per candidate and shape in a dry run of its own.
-    private var candidateBytes: [String: Float] = [:]
+    private var candidateBytes: [String: Double] = [:]
 
     /// A prediction's worst case for a sampled gate on edge e: the gate's stand-in draw marks how
     /// many candidates run (k); the k running candidates that keep the most bytes on `input` are
@@ -523,7 +527,7 @@ final class SearchCell {
         let drawn = (0..<k).reduce(0) { $0 + (active[e * k + $1] != 0 ? 1 : 0) }
         var shape = h.shape
         shape[1] /= partial
-        var running: [(o: Int, bytes: Float)] = []
+        var running: [(o: Int, bytes: Double)] = []
         for (o, op) in edge.ops.enumerated() {
             guard let op, edge.states[o] == .active else { continue }
             let key = "\(e)|\(o)|\(shape)"

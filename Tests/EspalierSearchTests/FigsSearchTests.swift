@@ -17,21 +17,12 @@ final class FigsSearchTests: XCTestCase {
     static let registry: PluginRegistry = PluginLoader(context: HostContext()).load(PluginSearchPath.standard(environment: [:]))
 
     func config(lambda: Double) -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = ["espalier.op.none/1", "espalier.op.skip_connect/1", "espalier.op.figs_sep_conv_3x3/1", "espalier.op.figs_dil_conv_3x3/1"]
+        var c = tinySearchConfig(ops: ["espalier.op.none/1", "espalier.op.skip_connect/1", "espalier.op.figs_sep_conv_3x3/1", "espalier.op.figs_dil_conv_3x3/1"],
+                                 epochs: 2)
         c.channelGate = "espalier.gate.figs/1"
         c.channelGateSettings = ["tau": "0.001"]
         c.regularizers = ["espalier.regularizer.figs-cost/1"]
         c.regularizerSettings = ["espalier.regularizer.figs-cost/1": ["lambda": String(lambda), "cost": "params"]]
-        c.batchSize = 4
-        c.epochs = 2
-        c.seed = 5
         return c
     }
 

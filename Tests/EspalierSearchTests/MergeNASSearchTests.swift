@@ -17,17 +17,8 @@ final class MergeNASSearchTests: XCTestCase {
 
     /// 2 cells (one normal, one reduction), 2 nodes, the DARTS ops, 8×8 images, the merged op.
     func tinyConfig() -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]
-        c.space.ops = SearchSpaceDescription.dartsOps
+        var c = tinySearchConfig()
         c.space.mergedOps = [Self.merged]
-        c.batchSize = 4
-        c.epochs = 1
         c.seed = 3
         return c
     }

@@ -12,20 +12,9 @@ import XCTest
 final class SearchTests: XCTestCase {
     static let registry: PluginRegistry = PluginLoader(context: HostContext()).load(PluginSearchPath.standard(environment: [:]))
 
-    /// A supernet small enough for finite differences: 2 cells (both reducing), 2 nodes, 4 ops, 8×8 images.
+    /// A supernet small enough for finite differences: a normal and a reduction cell, 2 nodes, 4 ops, 8×8 images.
     func tinyConfig() -> SearchConfig {
-        var c = SearchConfig()
-        c.space.channels = 4
-        c.space.cells = 2
-        c.space.nodes = 2
-        c.space.multiplier = 2
-        c.space.stemMultiplier = 1
-        c.space.reductionCells = [1]   // one normal and one reduction cell
-        c.space.ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
-        c.batchSize = 4
-        c.epochs = 2
-        c.seed = 5
-        return c
+        tinySearchConfig(ops: ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }, epochs: 2)
     }
 
     func makeRun(_ c: SearchConfig, images: Int = 16, size: Int = 8, out: String? = nil) throws -> (SearchRun, Dataset) {
