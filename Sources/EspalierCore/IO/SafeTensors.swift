@@ -6,8 +6,13 @@
 // that order, metadata keys sorted, no floating-point text, so the same state gives the same bytes.
 // Reading checks everything: sizes, JSON, dtype, shapes, offsets (in range, matching the shape,
 // no overlap, no gap, no trailing bytes); each error names the file and the tensor.
+// A file may carry a checksum in its metadata (`espalier.checksum`, CRC-32 over every other
+// metadata entry and every tensor's name, shape and bytes): `write(path:checksum: true)` adds it
+// and reading verifies it whenever it is there, so an edited header value or flipped data byte
+// is refused. Files without it (older ones, other tools') still read.
 // Not here: dtypes other than F32, memory mapping, lazy loading of single tensors.
 
+import CZlib
 import Foundation
 
 public struct SafeTensorsFile {
@@ -114,9 +119,45 @@ public struct SafeTensorsFile {
         return out
     }
 
-    /// Writes the file atomically (see `AtomicFile`).
-    public func write(path: String) throws {
-        try AtomicFile.write(try encoded(), to: path)
+    /// Writes the file atomically (see `AtomicFile`); with `checksum` (or when the metadata already
+    /// holds one, as in a file read and changed), the metadata carries the content checksum that
+    /// reading verifies.
+    public func write(path: String, checksum: Bool = false) throws {
+        var file = self
+        if checksum || metadata[Self.checksumKey] != nil { file.metadata[Self.checksumKey] = file.contentChecksum() }
+        try AtomicFile.write(try file.encoded(), to: path)
+    }
+
+    // MARK: Checksum
+
+    public static let checksumKey = "espalier.checksum"
+
+    /// "crc32:XXXXXXXX" over the metadata (sorted, without the checksum itself) and every tensor
+    /// (sorted by name: name, rank, dimensions, little-endian float32 bytes). It covers every
+    /// value of the file, independently of the JSON's spelling.
+    public func contentChecksum() -> String {
+        var crc: uLong = crc32(0, nil, 0)
+        func feed(_ bytes: UnsafeRawBufferPointer) {
+            var p = bytes.baseAddress, left = bytes.count
+            while left > 0, let q = p {
+                let n = min(left, 1 << 30)
+                crc = crc32(crc, q.assumingMemoryBound(to: Bytef.self), uInt(n))
+                p = q + n; left -= n
+            }
+        }
+        func feed(_ text: String) { Array(text.utf8 + [0]).withUnsafeBytes { feed($0) } }
+        func feed(_ n: Int) { var v = Int64(n).littleEndian; withUnsafeBytes(of: &v) { feed($0) } }
+        for key in Self.sortedNames(metadata.keys) where key != Self.checksumKey { feed(key); feed(metadata[key]!) }
+        for name in names {
+            let e = tensors[name]!
+            feed(name); feed(e.shape.count); for d in e.shape { feed(d) }
+            #if _endian(little)
+            e.values.withUnsafeBytes { feed($0) }
+            #else
+            e.values.map { $0.bitPattern.littleEndian }.withUnsafeBytes { feed($0) }
+            #endif
+        }
+        return String(format: "crc32:%08x", UInt32(truncatingIfNeeded: crc))
     }
 
     /// Writes named tensors (and metadata) to `path` atomically.
@@ -266,6 +307,13 @@ public struct SafeTensorsFile {
                 initialized = count
             }
             result.tensors[s.name]!.values = values
+        }
+        if let stored = result.metadata[checksumKey] {
+            let actual = result.contentChecksum()
+            guard stored == actual else {
+                throw bad("the checksum does not match the content (stored \(stored), computed \(actual)): the file was edited or damaged "
+                          + "after it was written; use an intact copy")
+            }
         }
         return result
     }
