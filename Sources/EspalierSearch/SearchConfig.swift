@@ -123,12 +123,34 @@ public struct SearchConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         try space.validate()
-        guard batchSize > 0, epochs > 0 else { throw EspalierError.config("batch size and epochs must be positive") }
-        if let t = trainImages, t < 2 * batchSize {
-            throw EspalierError.config("--train-images \(t) leaves fewer than one batch of \(batchSize) in each half; use at least \(2 * batchSize)")
+        guard batchSize > 0 else { throw EspalierError.config("--batch-size must be positive (got \(batchSize))") }
+        guard epochs > 0 else { throw EspalierError.config("--epochs must be positive (got \(epochs))") }
+        if let t = trainImages {
+            guard t > 0 else { throw EspalierError.config("--train-images must be a positive number of images (got \(t)); leave it out to use them all") }
+            guard t >= 2 * batchSize else {
+                throw EspalierError.config("--train-images \(t) leaves fewer than one batch of \(batchSize) in each half; use at least \(2 * batchSize)")
+            }
         }
-        guard learningRate > 0, archLearningRate >= 0, gradClip > 0 else { throw EspalierError.config("learning rates and the gradient clip must be positive") }
+        if let e = evalImages, e <= 0 {
+            throw EspalierError.config("--eval-images must be a positive number of images (got \(e)); leave it out to score the whole validation half")
+        }
+        // Every rate and coefficient a finite number in its range: an inf or nan here would only
+        // show up as a diverged search (or a log that cannot be written) much later.
+        let checks: [(String, Float, Bool)] = [
+            ("--lr (learning rate)", learningRate, learningRate > 0), ("the minimum learning rate", minLearningRate, minLearningRate >= 0),
+            ("the momentum", momentum, momentum >= 0 && momentum < 1), ("the weight decay", weightDecay, weightDecay >= 0),
+            ("the gradient clip", gradClip, gradClip > 0), ("--arch-lr (architecture learning rate)", archLearningRate, archLearningRate >= 0),
+            ("the Adam β1", archBeta1, archBeta1 >= 0 && archBeta1 < 1), ("the Adam β2", archBeta2, archBeta2 >= 0 && archBeta2 < 1),
+            ("--arch-weight-decay", archWeightDecay, archWeightDecay >= 0),
+        ]
+        for (name, v, ok) in checks where !v.isFinite || !ok {
+            throw EspalierError.config("\(name) is \(v); it must be a finite number"
+                                       + (name.hasPrefix("--lr") || name.hasPrefix("the gradient") ? " > 0" : " ≥ 0")
+                                       + (name.contains("β") || name == "the momentum" ? " and < 1" : "") + " (e.g. --lr 0.025, --arch-lr 3e-4)")
+        }
+        if let b = bnRecalibrationBatches, b < 0 { throw EspalierError.config("--bn-recalibration must be ≥ 0 batches (got \(b))") }
     }
+
 }
 
 extension SearchConfig {

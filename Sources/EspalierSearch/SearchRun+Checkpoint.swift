@@ -75,15 +75,22 @@ extension SearchRun {
                                  pluginStates: try savePluginStates())
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
-        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path)
+        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path, checksum: true)
         return path
     }
 
     /// Restores a checkpoint written by `checkpoint()` of a run with the same config.
     public func restore(checkpoint path: String) throws {
-        let file = try SafeTensorsFile.read(path: path)
+        let file = try SafeTensorsFile.read(path: path)   // verifies the checksum
         guard let meta = file.metadata["espalier.search"] else {
             throw EspalierError.data(file: path, problem: "not a search checkpoint (no espalier.search metadata)")
+        }
+        // A state with NaN or ∞ cannot continue a search: it was written by a diverging run or damaged.
+        for name in file.names {
+            if let i = file.tensors[name]!.values.firstIndex(where: { !$0.isFinite }) {
+                throw EspalierError.data(file: path, problem: "tensor '\(name)' holds a non-finite value (\(file.tensors[name]!.values[i]) at index \(i)): "
+                                         + "the state is damaged and cannot be resumed; start the search again (--resume \((path as NSString).deletingLastPathComponent) --restart)")
+            }
         }
         let st: CheckpointState
         do { st = try JSONDecoder().decode(CheckpointState.self, from: Data(meta.utf8)) } catch {
@@ -160,13 +167,21 @@ extension SearchRun {
         return (0..<sp.edgesPerCell).flatMap { e in (0..<sp.ops.count).map { supernet.opState(reduction: reduction, edge: e, op: $0).rawValue } }
     }
 
-    func appendLog(_ log: SearchEpochLog) throws {
-        guard let dir = outDirectory, !accountant.isDryRun else { return }
-        let path = (dir as NSString).appendingPathComponent("log.jsonl")
+    func appendLog(_ log: SearchEpochLog) throws { try appendLogLine(log) }
+
+    /// The encoder of log lines: snake-case keys, sorted, and non-finite numbers as "nan", "inf", "-inf".
+    static var logEncoder: JSONEncoder {
         let enc = JSONEncoder()
         enc.keyEncodingStrategy = .convertToSnakeCase
-        enc.outputFormatting = [.sortedKeys]
-        var line = try enc.encode(log)
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return enc
+    }
+
+    func appendLogLine<T: Encodable>(_ record: T) throws {
+        guard let dir = outDirectory, !accountant.isDryRun else { return }
+        let path = (dir as NSString).appendingPathComponent("log.jsonl")
+        var line = try Self.logEncoder.encode(record)
         line.append(0x0A)
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let h = FileHandle(forWritingAtPath: path) else { throw EspalierError.data(file: path, problem: "cannot open the log for writing") }
@@ -175,12 +190,33 @@ extension SearchRun {
         try h.write(contentsOf: line)
     }
 
-    /// Keeps only the log lines of epochs the checkpoint has finished (a crash may leave one more).
+    /// Keeps only the log lines of epochs the checkpoint has finished, each once: a kill between
+    /// the log line and the checkpoint leaves a line of an epoch the checkpoint does not hold,
+    /// and a divergence leaves its own line. Lines are matched by their `epoch` field; a line
+    /// that cannot be read (a half-written last line) is dropped.
     static func trimLog(in dir: String, toEpochs epochs: Int) throws {
         let path = (dir as NSString).appendingPathComponent("log.jsonl")
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
-        let lines = text.split(separator: "\n").prefix(epochs)
-        try AtomicFile.write(lines.map { $0 + "\n" }.joined(), to: path)
+        var seen = Set<Int>()
+        var kept: [Substring] = []
+        for line in text.split(separator: "\n") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let e = obj["epoch"] as? Int, obj["diverged"] == nil, e >= 1, e <= epochs, !seen.contains(e) else { continue }
+            seen.insert(e)
+            kept.append(line)
+        }
+        try AtomicFile.write(kept.map { $0 + "\n" }.joined(), to: path)
+    }
+
+    /// Removes the temporary files an interrupted atomic write left in `dir` (`.NAME.tmp-PID-N`,
+    /// see `AtomicFile`), for the files a run writes. Returns their names.
+    @discardableResult
+    static func removeStaleTemporaries(in dir: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        let ours = [checkpointName, "config.json", "log.jsonl", "genotype.json", "memory.csv", "memory.svg", "pruned.json"]
+        let stale = names.filter { n in ours.contains { n.hasPrefix(".\($0).tmp-") } }
+        for n in stale { try? FileManager.default.removeItem(atPath: (dir as NSString).appendingPathComponent(n)) }
+        return stale
     }
 
     /// genotype.json and the cell pictures. Returns the written paths.
@@ -195,18 +231,24 @@ extension SearchRun {
 
     // MARK: - Starting and resuming
 
-    /// Writes config.json for a new run (refusing to overwrite another run's output).
+    /// Writes config.json for a new run in `dir`, which must not exist yet or be empty: a folder
+    /// that holds anything else (another run, or files that are not a run's) is never touched.
+    /// The caller holds the folder's lock (`RunFolderLock.acquire`, RunFolder.swift).
     public static func prepareOutput(_ dir: String, config: SearchConfig) throws {
-        let fm = FileManager.default
-        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let cfgPath = (dir as NSString).appendingPathComponent("config.json")
-        if fm.fileExists(atPath: (dir as NSString).appendingPathComponent(checkpointName)) {
-            throw EspalierError.config("\(dir) already holds a search (checkpoint.safetensors); continue it with --resume \(dir) or choose another --out")
+        try RunFolder.checkNew(dir)
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw EspalierError.config("cannot create the output folder \(dir) (\(error.localizedDescription)); choose another --out")
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(config), to: cfgPath)
-        try? fm.removeItem(atPath: (dir as NSString).appendingPathComponent("log.jsonl"))
+        try AtomicFile.write(try enc.encode(config), to: (dir as NSString).appendingPathComponent("config.json"))
+    }
+
+    /// Rewrites config.json of the run in `dir` (after `--resume` changed what may change).
+    public static func saveConfig(_ config: SearchConfig, in dir: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try enc.encode(config), to: (dir as NSString).appendingPathComponent("config.json"))
     }
 
     /// The config of the run in `dir`.
@@ -228,10 +270,24 @@ extension SearchRun {
         return config
     }
 
-    /// Restores the checkpoint in `dir` (if any) and trims the log to it.
-    public func resume(from dir: String) throws {
+    /// Restores the checkpoint in `dir` and trims the log to it, after removing the temporary
+    /// files an interrupted write left. A folder without a checkpoint (stopped before its first
+    /// epoch ended) is an error unless `restart` says to start it over from its config.json.
+    public func resume(from dir: String, restart: Bool = false) throws {
+        Self.removeStaleTemporaries(in: dir)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
-        guard FileManager.default.fileExists(atPath: path) else { return }
+        guard FileManager.default.fileExists(atPath: path) else {
+            guard restart else {
+                throw EspalierError.config("\(dir) holds no checkpoint (the search stopped before its first epoch ended), so there is nothing to "
+                                           + "resume; start it over with its own config: espalier search --resume \(dir) --restart")
+            }
+            try Self.trimLog(in: dir, toEpochs: 0)
+            return
+        }
+        guard !restart else {
+            throw EspalierError.config("\(dir) holds a checkpoint, so --restart (which starts over a search stopped before its first checkpoint) "
+                                       + "would throw it away; resume it without --restart, or start a new search with another --out")
+        }
         try restore(checkpoint: path)
         try Self.trimLog(in: dir, toEpochs: epoch)
     }

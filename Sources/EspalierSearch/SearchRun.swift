@@ -29,6 +29,15 @@ public struct SearchEpochLog: Codable, Sendable {
     public var genotype: Genotype
 }
 
+/// The log line of a search that diverged (`diverged` is always true; `loss` may be nan or inf,
+/// written as the strings "nan", "inf", "-inf").
+public struct SearchDivergenceLog: Codable, Sendable {
+    public var epoch: Int, step: Int, globalStep: Int
+    public var loss: Double
+    public var diverged = true
+    public var message: String
+}
+
 /// Progress of a run (the CLI draws a bar; tests pass nil).
 public protocol SearchProgress: AnyObject {
     func step(_ done: Int, of total: Int, loss: Double, accuracy: Double)
@@ -37,6 +46,19 @@ public protocol SearchProgress: AnyObject {
 
 /// Set from a signal handler; the run checkpoints and stops after the current step.
 nonisolated(unsafe) public var searchInterruptRequested: Int32 = 0
+
+/// A non-finite training loss: the search stops at once, keeping the last good checkpoint.
+public struct SearchDiverged: Error, CustomStringConvertible {
+    public let epoch: Int, step: Int, loss: Double
+    /// "training" (a step's loss) or "validation" (the epoch's evaluation).
+    public let which: String
+    /// The last good checkpoint, if one was written.
+    public let checkpoint: String?
+    public var description: String {
+        "the search diverged at epoch \(epoch) step \(step) (\(which) loss \(loss.isNaN ? "NaN" : loss > 0 ? "+∞" : "−∞")); lower --lr / --arch-lr"
+            + (checkpoint.map { ". The last good checkpoint is \($0) (epoch \(epoch - 1) finished)" } ?? "; no epoch had finished, so no checkpoint was kept")
+    }
+}
 
 public struct SearchInterrupted: Error, CustomStringConvertible {
     public let checkpoint: String
@@ -180,6 +202,12 @@ public final class SearchRun {
         schedule = CosineSchedule(maxLR: config.learningRate, minLR: config.minLearningRate, totalEpochs: config.epochs)
         graph = Graph(accountant: accountant, seed: config.seed &+ 101)
         let halves = try train.split(fraction: 0.5, seed: config.seed)
+        // A search needs at least one batch in each half: with fewer images nothing would train,
+        // and the run would "finish" with the untrained α.
+        guard halves.train.count >= config.batchSize, halves.validation.count >= config.batchSize else {
+            throw EspalierError.config("\(train.count) training image\(train.count == 1 ? "" : "s") (from \(train.dataset.name)) leave fewer than one batch of "
+                                       + "\(config.batchSize) in each half (weights, α); use at least \(2 * config.batchSize) images or a smaller --batch-size")
+        }
         trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
         validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
         validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
@@ -388,6 +416,7 @@ public final class SearchRun {
                 let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 let (loss, c) = try step(train: batch, valid: valid)
+                guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: stepInEpoch + 1) }
                 stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
                 lossSum += loss * Double(batch.size); correct += c; seen += batch.size
                 stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
@@ -398,6 +427,7 @@ public final class SearchRun {
                 }
             }
             let (validLoss, validAcc) = onlySkippedThisEpoch ? (0, 0) : try evaluate(validEvalView)
+            guard validLoss.isFinite else { throw try diverged(loss: validLoss, which: "validation", stepInEpoch: stepInEpoch) }
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
             let sorted = stepTimes.sorted()
@@ -434,6 +464,16 @@ public final class SearchRun {
             if stop { break }
         }
         try writeResults()
+    }
+
+    /// Records a divergence in the log (one line, `diverged: true`) and returns the error to
+    /// throw. Nothing is checkpointed: the last checkpoint is the last good state.
+    func diverged(loss: Double, which: String, stepInEpoch step: Int) throws -> SearchDiverged {
+        let path = outDirectory.map { ($0 as NSString).appendingPathComponent(Self.checkpointName) }
+        let kept = path.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
+        let e = SearchDiverged(epoch: epoch + 1, step: step, loss: loss, which: which, checkpoint: kept)
+        try appendLogLine(SearchDivergenceLog(epoch: epoch + 1, step: step, globalStep: globalStep + 1, loss: loss, message: e.description))
+        return e
     }
 
     /// Candidates removed for good, over both cell types.

@@ -100,9 +100,12 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     public var opNames: [String] { ops.map(Component.shortName) }
 
     public func validate() throws {
-        guard cells >= 1, nodes >= 1, channels >= 2, multiplier >= 1, multiplier <= nodes, stemMultiplier >= 1, !ops.isEmpty else {
-            throw EspalierError.config("search space: cells, nodes, channels and ops must be positive and multiplier ≤ nodes (got \(self))")
-        }
+        guard channels >= 2 else { throw EspalierError.config("--channels must be at least 2 (got \(channels)): reduction cells halve the channels on their factorized skip path") }
+        guard cells >= 1 else { throw EspalierError.config("--cells must be at least 1 (got \(cells))") }
+        guard nodes >= 1 else { throw EspalierError.config("--nodes must be at least 1 (got \(nodes))") }
+        guard multiplier >= 1, multiplier <= nodes else { throw EspalierError.config("search space: the cell's output concatenates \(multiplier) nodes; it must be between 1 and --nodes \(nodes)") }
+        guard stemMultiplier >= 1 else { throw EspalierError.config("search space: the stem multiplier must be at least 1 (got \(stemMultiplier))") }
+        guard !ops.isEmpty else { throw EspalierError.config("search space: no candidate ops; give at least one --op (default: the 8 DARTS ops)") }
         guard Set(opNames).count == ops.count else { throw EspalierError.config("search space: two candidate ops share a short name: \(opNames)") }
         guard reductions.allSatisfy({ $0 >= 0 && $0 < cells }) else { throw EspalierError.config("search space: reduction cells \(reductions) outside 0..<\(cells)") }
         guard partialChannels >= 1, channels % partialChannels == 0 else {

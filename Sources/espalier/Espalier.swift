@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import EspalierCore
+import Foundation
 
 @main
 struct Espalier: ParsableCommand {
@@ -9,4 +10,17 @@ struct Espalier: ParsableCommand {
         commandName: "espalier",
         abstract: "Neural architecture search inside a memory budget.",
         subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self])
+
+    /// Parses, then runs. A mistake found while parsing the command line gets the usage; an error
+    /// while running (a bad config, data or plugin, even one reported as a ValidationError) is one
+    /// clear line without it.
+    static func main() {
+        var command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }
+        do { try command.run() } catch let e as ValidationError {
+            FileHandle.standardError.write(Data("Error: \(e.message)\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        } catch { exit(withError: error) }
+        exit()
+    }
 }

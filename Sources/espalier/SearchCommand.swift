@@ -40,15 +40,57 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Recompute batch-norm statistics over N training batches before each evaluation (0 = off; GSparsity's default 20).")
     var bnRecalibration: Int?
     @Option(help: "Random seed.") var seed: UInt64?
-    @Option(help: "Memory budget, e.g. 1.5GiB: refused before the run if the prediction exceeds it, never exceeded during it.") var memoryBudget: String?
+    @Option(help: ArgumentHelp("Memory budget, e.g. 1.5GiB: refused before the run if the prediction exceeds it, never exceeded during it.",
+                               discussion: "It covers every tensor the accountant counts (parameters, gradients, optimiser state, activations, "
+                                   + "workspace, the dataset); the process's own code, libraries and allocator overhead are not in it, so the "
+                                   + "peak RSS is higher (the run's memory.csv reports that remainder)."))
+    var memoryBudget: String?
+    @Option(help: "Worker threads for the kernels (default: the core count; also ESPALIER_THREADS).") var threads: Int?
+
+    /// The flags given on this command line that set something of the search itself (all but
+    /// plugin folders, the budget and threads): `--resume` refuses them, since the run continues
+    /// with its own config.json.
+    var searchDefiningFlags: [String] {
+        let given: [(String, Bool)] = [
+            ("--config", config != nil), ("--strategy", strategy != nil), ("--gate", gate != nil), ("--channel-gate", channelGate != nil),
+            ("--channel-gate-set", !channelGateSets.isEmpty), ("--op", !ops.isEmpty), ("--regularizer", !regularizers.isEmpty),
+            ("--merged-op", !mergedOps.isEmpty), ("--set", !sets.isEmpty), ("--dataset", dataset != nil), ("--data-dir", dataDir != nil),
+            ("--train-images", trainImages != nil), ("--eval-images", evalImages != nil), ("--channels", channels != nil),
+            ("--cells", cells != nil), ("--nodes", nodes != nil), ("--batch-size", batchSize != nil),
+            ("--partial-channels", partialChannels != nil), ("--hyper-connected", hyperConnected), ("--aggregator", aggregator != nil),
+            ("--epochs", epochs != nil), ("--lr", lr != nil), ("--arch-lr", archLr != nil), ("--arch-weight-decay", archWeightDecay != nil),
+            ("--bn-recalibration", bnRecalibration != nil), ("--seed", seed != nil),
+        ]
+        return given.filter(\.1).map(\.0)
+    }
+
+    /// `--memory-budget` in bytes (nil when not given).
+    func parsedBudget() throws -> Int? {
+        guard let text = memoryBudget else { return nil }
+        guard let b = parseBytes(text), b > 0 else { throw ValidationError("--memory-budget '\(text)' is not a size; write e.g. 512MiB or 1.5GiB") }
+        return b
+    }
+
+    /// Applies `--threads` (before any kernel runs: the worker pool reads it once).
+    func applyThreads() throws {
+        guard let n = threads else { return }
+        guard n >= 1 else { throw ValidationError("--threads must be at least 1 (got \(n))") }
+        setenv("ESPALIER_THREADS", String(n), 1)
+    }
 
     /// The config: DARTS defaults (or the short quick search when nothing shapes the run), then flags.
     func makeConfig(quickDefaults: Bool) throws -> SearchConfig {
         var c = quickDefaults ? SearchConfig.quick : SearchConfig()
         if let v = dataset { c.dataset = v }
         if let v = dataDir { c.dataDir = v }
-        if let v = trainImages { c.trainImages = v > 0 ? v : nil }
-        if let v = evalImages { c.evalImages = v > 0 ? v : nil }
+        if let v = trainImages {
+            guard v > 0 else { throw ValidationError("--train-images must be a positive number of images (got \(v)); leave it out to use them all") }
+            c.trainImages = v
+        }
+        if let v = evalImages {
+            guard v > 0 else { throw ValidationError("--eval-images must be a positive number of images (got \(v)); leave it out to score the whole validation half") }
+            c.evalImages = v
+        }
         if let v = channels { c.space.channels = v }
         if let v = cells { c.space.cells = v }
         if let v = nodes { c.space.nodes = v; c.space.multiplier = min(c.space.multiplier, v) }
@@ -81,11 +123,8 @@ struct SearchOptions: ParsableArguments {
             c.bnRecalibrationBatches = v
         }
         if let v = seed { c.seed = v }
-        if let text = memoryBudget {
-            guard let b = parseBytes(text), b > 0 else { throw ValidationError("--memory-budget '\(text)' is not a size; write e.g. 512MiB or 1.5GiB") }
-            c.memoryBudget = b
-        }
-        c.pluginDirs = dirs.pluginDirs
+        if let b = try parsedBudget() { c.memoryBudget = b }
+        c.pluginDirs = absolutePaths(dirs.pluginDirs)
         return c
     }
 
@@ -117,6 +156,12 @@ struct SearchOptions: ParsableArguments {
         c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.component.id, $0.settings) })
         c.methods = s.methods.mapValues(\.name)
     }
+}
+
+/// Paths made absolute against the current folder, so a run resumed from elsewhere finds them.
+func absolutePaths(_ paths: [String]) -> [String] {
+    let cwd = FileManager.default.currentDirectoryPath
+    return paths.map { $0.hasPrefix("/") ? $0 : URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: cwd, isDirectory: true)).standardizedFileURL.path }
 }
 
 func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split: Dataset.Split = .train) throws -> Dataset {
@@ -154,22 +199,40 @@ struct SearchCommand: ParsableCommand {
         abstract: "Run an architecture search (DARTS by default) on Fashion-MNIST; with no arguments, a short one.")
 
     @OptionGroup var options: SearchOptions
-    @Option(help: "Output folder (default runs/search-<time>).") var out: String?
-    @Option(help: "Continue the search in this output folder from its checkpoint.") var resume: String?
+    @Option(help: "Output folder (default runs/search-<time>): a new or empty folder; a folder holding anything else is refused, never touched.")
+    var out: String?
+    @Option(help: ArgumentHelp("Continue the search in this output folder from its checkpoint.",
+                               discussion: "The run continues with its own config.json; only --plugin-dir, --memory-budget and --threads may "
+                                   + "be given with it (they replace the saved ones); any other setting is refused."))
+    var resume: String?
+    @Flag(help: "With --resume: start the search in that folder over from its config.json when it holds no checkpoint yet.") var restart = false
     @Flag(help: "Only predict the peak memory of one step, then exit.") var dryRun = false
 
     func run() throws {
+        try options.applyThreads()
         let context = HostContext()
         var config: SearchConfig
         let outDir: String
+        var resumeLock: RunFolderLock?
         if let resume {
+            let refused = options.searchDefiningFlags + (out != nil ? ["--out"] : [])
+            guard refused.isEmpty else {
+                throw ValidationError("--resume continues \(resume) with its own config.json, so \(refused.joined(separator: ", ")) cannot be given with it. "
+                                      + "With --resume only --plugin-dir, --memory-budget and --threads may change; to change anything else, start a new search (--out NEW)")
+            }
+            try RunFolder.checkResumable(resume)
+            resumeLock = try RunFolderLock.acquire(resume, create: false)
             config = try SearchRun.loadConfig(resume)
+            if !options.dirs.pluginDirs.isEmpty { config.pluginDirs = absolutePaths(options.dirs.pluginDirs) }
+            if let b = try options.parsedBudget() { config.memoryBudget = b }
             outDir = resume
         } else {
+            guard !restart else { throw ValidationError("--restart goes with --resume DIR (it starts that search over from its config.json)") }
             let shaped = [options.channels, options.cells, options.batchSize, options.epochs, options.trainImages].contains { $0 != nil }
                 || options.config != nil
             config = try options.makeConfig(quickDefaults: !shaped)
             outDir = out ?? "runs/search-" + timestamp()
+            if !dryRun { try RunFolder.checkNew(outDir) }
         }
         let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: config.pluginDirs))
         for f in registry.failures { FileHandle.standardError.write(Data("warning: plugin \(f)\n".utf8)) }
@@ -198,12 +261,19 @@ struct SearchCommand: ParsableCommand {
         }
         if dryRun { return }
 
-        if resume == nil { try SearchRun.prepareOutput(outDir, config: config) }
+        // The folder's lock for the rest of the process: no second search writes into it meanwhile.
+        let lock = try resumeLock ?? RunFolderLock.acquire(outDir, create: true)
+        defer { withExtendedLifetime(lock) {} }
+        if resume == nil {
+            do { try SearchRun.prepareOutput(outDir, config: config) } catch { lock.release(remove: true); throw error }
+        } else {
+            try SearchRun.saveConfig(config, in: outDir)   // the plugin folders and budget it now runs with
+        }
         context.begin(accountant: acc, seed: config.seed)
         let run = try SearchRun(config: config, registry: registry, context: context, train: view, outDirectory: outDir)
         if resume != nil {
-            try run.resume(from: outDir)
-            print("resuming \(outDir) at epoch \(run.epoch + 1), step \(run.globalStep)")
+            try run.resume(from: outDir, restart: restart)
+            print(run.globalStep == 0 ? "starting \(outDir) over from its config.json" : "resuming \(outDir) at epoch \(run.epoch + 1), step \(run.globalStep)")
         }
         print("search: \(config.strategy) with \(config.gate)" + (config.regularizers.isEmpty ? "" : " + " + config.regularizers.joined(separator: " + "))
               + (run.config.space.partialChannels > 1 ? ", partial channels K=\(run.config.space.partialChannels)" : "")
@@ -216,6 +286,10 @@ struct SearchCommand: ParsableCommand {
             print("\n\(e)")
             print("resume with: espalier search --resume \(outDir)")
             throw ExitCode(130)
+        } catch let e as SearchDiverged {
+            print("")
+            FileHandle.standardError.write(Data("Error: \(e)\n".utf8))
+            throw ExitCode(65)
         }
         let genotype = try run.derive()
         print("genotype: \(genotype.jsonText())")
@@ -246,6 +320,7 @@ struct MemoryCommand: ParsableCommand {
     @OptionGroup var options: SearchOptions
 
     func run() throws {
+        try options.applyThreads()
         var config = try options.makeConfig(quickDefaults: false)
         let context = HostContext()
         let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: config.pluginDirs))

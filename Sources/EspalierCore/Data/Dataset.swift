@@ -140,6 +140,9 @@ extension Dataset {
         guard img.rows == 28, img.cols == 28 else {
             throw EspalierError.data(file: imagesPath, problem: "images are \(img.rows)×\(img.cols), Fashion-MNIST images are 28×28")
         }
+        guard img.count > 0 else {
+            throw EspalierError.data(file: imagesPath, problem: "holds no images (its header counts 0); the file is empty or damaged: \(install)")
+        }
         guard img.count == lab.count else {
             throw EspalierError.data(file: labelsPath, problem: "\(lab.count) labels but \(imagesPath) holds \(img.count) images; "
                                      + "the two files come from different sets, reinstall them")
