@@ -73,16 +73,30 @@ public final class PluginLoader {
         self.minimumMinor = minimumMinor
     }
 
+    /// Scans each library in a child process before it may be loaded here (PluginScanner.swift);
+    /// nil loads in this process directly (ESPALIER_SCAN=in-process, or no `espalier` executable).
+    public var scanner: PluginScanner? = PluginScanner.standard()
+
     /// Loads every candidate file of `searchPath` into a new registry.
     public func load(_ searchPath: PluginSearchPath) -> PluginRegistry {
         let registry = PluginRegistry()
         var seenFiles = Set<String>()
+        var files: [String] = []
         for file in searchPath.candidateFiles() {
             // The same file reached through two directories is loaded once.
             let real = (try? FileManager.default.destinationOfSymbolicLink(atPath: file)).map {
                 URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: file).deletingLastPathComponent()).standardized.path
             } ?? URL(fileURLWithPath: file).standardized.path
             guard seenFiles.insert(real).inserted else { continue }
+            files.append(file)
+        }
+        // Only libraries whose out-of-process scan was clean are opened in this process.
+        let verdicts = scanner?.scan(files, abi: .init(major: hostABI.major, minor: hostABI.minor, minimumMinor: minimumMinor)) ?? [:]
+        for file in files {
+            if let v = verdicts[file], !v.ok {
+                registry.failures.append(LoadFailure(path: file, reason: v.reason ?? "refused by its scan"))
+                continue
+            }
             load(file: file, into: registry)
         }
         return registry

@@ -9,7 +9,7 @@ struct Espalier: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "espalier",
         abstract: "Neural architecture search inside a memory budget.",
-        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self])
+        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self, ScanPluginCommand.self])
 
     /// Parses, then runs. A mistake found while parsing the command line gets the usage; an error
     /// while running (a bad config, data or plugin, even one reported as a ValidationError) is one

@@ -20,7 +20,7 @@ final class CLIPromiseTests: TemporaryDirectoryTestCase {
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: cwd ?? dir)
         let outFile = path(".out-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: outFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: outFile, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: outFile))
         p.standardOutput = h
         p.standardError = h
