@@ -10,6 +10,8 @@
 // With the concat aggregator (`node_aggregator` "concat", FiGS §3.3) a node is
 // BN(conv1×1(concat of its ops' outputs)) back to C channels, and each op may have its own output
 // width (`out_channels` of a `per_cell` entry, e.g. FiGS's ⌊Σπ_out⌋).
+// Each op is built with the settings the search recorded for its id (the genotype's `settings`),
+// a `per_cell` entry's per-edge `op_settings` over them.
 // Shapes: (N, Cin, H, W) → logits (N, classes).
 
 import EspalierCore
@@ -120,7 +122,7 @@ final class DiscreteCell {
                 }
                 let stride = reduction && e.input < 2 ? 2 : 1
                 ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: widths[k], stride: stride, affine: true),
-                                        settings: gene.opSettings[k],
+                                        settings: genotype.opSettings(id: id, edge: gene.opSettings[k]),
                                         ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
@@ -235,6 +237,8 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     }
     public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) + (aux?.buffers ?? []) }
     public var auxiliaryWeight: Float { description.auxiliaryWeight }
+    /// Every op of every cell, in order (each with the settings it was built with).
+    public var ops: [PluginOp] { cells.flatMap(\.ops) }
 
     public func epochStarted(_ epoch: Int, of total: Int) {
         dropPathNow = description.dropPath * Float(epoch) / Float(max(total, 1))
