@@ -113,7 +113,7 @@ struct PluginsCommand: ParsableCommand {
         @Option(help: "Gate id.") var gate: String?
         @Option(name: .customLong("op"), help: "Op id (repeatable).") var ops: [String] = []
         @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable).") var regularizers: [String] = []
-        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
+        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2, org.vendor.regularizer.entropy/1.weight=0.1, entropy#2.weight=0.5 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
 
         func run() throws {
             let registry = dirs.loadRegistry()

@@ -19,7 +19,7 @@ struct SearchOptions: ParsableArguments {
     @Option(name: .customLong("op"), help: "Candidate op id (repeatable; default: the 8 DARTS ops).") var ops: [String] = []
     @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable), e.g. espalier.regularizer.beta-decay/1.") var regularizers: [String] = []
     @Option(name: .customLong("merged-op"), help: "An op standing for several candidates on every edge (MergeNAS), e.g. espalier.op.mergenas_conv/1.") var mergedOps: [String] = []
-    @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, OPNAME.PARAM=V, SLOT=METHOD (repeatable).") var sets: [String] = []
+    @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, NAME.PARAM=V, ID.PARAM=V (two components with one short name), NAME#2.PARAM=V (a component selected twice), SLOT=METHOD (repeatable).") var sets: [String] = []
 
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset: String?
     @Option(help: "Dataset folder.") var dataDir: String?

@@ -97,4 +97,20 @@ final class PluginInputTests: XCTestCase {
             XCTAssertEqual(acc.currentTotal, before, "nothing was allocated for it")
         }
     }
+
+    func testDeclaredParameterShapeWhoseElementCountOverflows_IsRefused_NamingTheOp() throws {
+        let dir = try buildSettingsFixture(defines: ["FIX_HUGE_PARAM"])
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: 1)
+        let registry = PluginLoader(context: context).load(PluginSearchPath(directories: [dir]))
+        XCTAssertEqual(registry.failures.map(\.description), [])
+        XCTAssertThrowsError(try PluginOp(try registry.require("org.settings.op.scaled/1", kind: .op), context: context,
+                                          config: OpConfig(inChannels: 2, outChannels: 2), ownerPath: "cell0/edge0/scaled")) { error in
+            let text = "\(error)"
+            for part in ["org.settings.op.scaled/1: create at cell0/edge0/scaled", "declare_param 'huge'", "(4294967296, 4294967296)", "more than 2147483648 elements"] {
+                XCTAssertTrue(text.contains(part), "'\(part)' missing from: \(text)")
+            }
+        }
+        XCTAssertEqual(acc.currentTotal, 0, "nothing was allocated for it")
+    }
 }

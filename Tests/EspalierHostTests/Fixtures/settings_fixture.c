@@ -14,6 +14,8 @@
  *   org.settings.regularizer.count/1  a loss term equal to `weight` (no gradient), on α.
  *   -DFIX_BAD_PARAM_NAME        the scaled op's parameter is named "λ" (outside [a-z0-9_.-]).
  *   -DFIX_SHADOW                the gate also offers tau.schedule=linear-decay, a built-in name.
+ *   -DFIX_HUGE_PARAM            the scaled op declares a parameter of shape (2^32, 2^32), whose
+ *                               element count overflows 64 bits (to 0).
  *   -DFIX_ID=...                component id prefix.
  */
 #include <espalier/espalier.h>
@@ -65,6 +67,14 @@ static es_status scaled_create(const es_component_desc *component, const es_host
     o->scale = params[0].double_value;
     o->attr = params[1].int_value == 0 ? "stride" : "strides";
     o->stride = cfg->stride;
+#ifdef FIX_HUGE_PARAM
+    {
+        int64_t shape[2] = { (int64_t)1 << 32, (int64_t)1 << 32 };
+        es_param p;
+        es_status st = host->declare_param(host->host, "huge", shape, 2, ES_INIT_ZEROS, 0, 0, &p);
+        if (st != ES_OK) { free(o); return st; }
+    }
+#endif
     *inst = o;
     return ES_OK;
 }
