@@ -263,12 +263,42 @@ public enum ConfigFile {
         guard data.count <= maxBytes else {
             throw EspalierError.config("\(file) is larger than \(maxBytes / 1024) KiB; a config lists components and settings in a few dozen lines")
         }
+        let text = String(decoding: data, as: UTF8.self)
         if file.hasSuffix(".json") {
-            do { return try JSONSerialization.jsonObject(with: data) } catch {
+            let value: Any
+            do { value = try JSONSerialization.jsonObject(with: data) } catch {
                 throw EspalierError.config("\(file) is not valid JSON: \(error)")
             }
+            // JSONSerialization keeps the last of two equal keys; JSON is YAML, so look again.
+            if let root = try? Yams.compose(yaml: text), let (key, path, line) = duplicateKey(root) {
+                throw duplicate(file, key, path, line)
+            }
+            return value
         }
-        return try yaml(String(decoding: data, as: UTF8.self), file: file)
+        return try yaml(text, file: file)
+    }
+
+    static func duplicate(_ file: String, _ key: String, _ path: String, _ line: Int) -> EspalierError {
+        EspalierError.config("\(file): the key '\(key)' appears twice\(path.isEmpty ? "" : " in '\(path)'") (again on line \(line)); keep one")
+    }
+
+    /// The first key given twice in one mapping (key, the mapping's path, line), or nil. For
+    /// alias-free documents (JSON).
+    static func duplicateKey(_ node: Yams.Node, at path: String = "") -> (String, String, Int)? {
+        switch node {
+        case .scalar: return nil
+        case .sequence(let items):
+            for (i, item) in items.enumerated() { if let d = duplicateKey(item, at: "\(path)[\(i)]") { return d } }
+            return nil
+        case .mapping(let pairs):
+            var seen = Set<String>()
+            for (k, v) in pairs {
+                let key = k.string ?? "\(k)"
+                guard seen.insert(key).inserted else { return (key, path, k.mark?.line ?? 0) }
+                if let d = duplicateKey(v, at: path.isEmpty ? key : "\(path).\(key)") { return d }
+            }
+            return nil
+        }
     }
 
     /// YAML text → Foundation values, expanding aliases against a budget of `maxValues` values
@@ -298,9 +328,7 @@ public enum ConfigFile {
                         throw EspalierError.config("\(file): a key\(path.isEmpty ? "" : " in '\(path)'") is not plain text (line \(k.mark?.line ?? 0))")
                     }
                     let key = s.string
-                    guard out[key] == nil else {
-                        throw EspalierError.config("\(file): the key '\(key)' appears twice\(path.isEmpty ? "" : " in '\(path)'") (again on line \(k.mark?.line ?? 0)); keep one")
-                    }
+                    guard out[key] == nil else { throw duplicate(file, key, path, k.mark?.line ?? 0) }
                     out[key] = try convert(v, at: path.isEmpty ? key : "\(path).\(key)")
                 }
                 return out

@@ -91,6 +91,12 @@ final class SettingsKeysTests: XCTestCase {
         XCTAssertThrowsError(try SelectionRequest.load(file: nested)) {
             XCTAssertTrue("\($0)".contains("the key 'gate.tau' appears twice in 'set'"), "\($0)")
         }
+        // JSON too (JSONSerialization alone keeps the last one silently).
+        let json = dir + "/dup.json"
+        try "{\"strategy\": \"espalier.strategy.darts/1\",\n \"set\": {\"gate.tau\": 2,\n  \"gate.tau\": 3}}".write(toFile: json, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try SelectionRequest.load(file: json)) {
+            XCTAssertTrue("\($0)".contains("\(json): the key 'gate.tau' appears twice in 'set' (again on line 3)"), "\($0)")
+        }
         // A well-formed file still loads, numbers and booleans as text.
         let good = dir + "/good.yaml"
         try "strategy: espalier.strategy.darts/1\nops: [espalier.op.none/1]\nset:\n  gate.tau: 2\n  strategy.flag: true\n".write(toFile: good, atomically: true, encoding: .utf8)
