@@ -197,6 +197,11 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     public private(set) var dropPathNow: Float = 0
     /// The owner path the network was built under; saved names are relative to it.
     let ownerPrefix: String
+    /// Where training is, as its ops' plugin calls see it (the context's `runState`): the epoch
+    /// from `epochStarted`, one step per training forward, `totalSteps` when `stepsPerEpoch` is set.
+    public private(set) var runState = RunState()
+    /// Training batches per epoch (for the run state's total steps; nil = unknown, 0).
+    public var stepsPerEpoch: Int? = nil
 
     public init(_ d: NetworkDescription, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
         try d.genotype.validate()
@@ -232,6 +237,12 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
         classifier = try Linear(f, name: "classifier", inFeatures: cPrev, outFeatures: d.classes)
     }
 
+    /// Makes `context` answer plugin calls with this network's training state (`espalier train`;
+    /// a child trained inside a search keeps the search's).
+    public func providesRunState(to context: HostContext) {
+        context.runState = { [weak self] in self?.runState ?? RunState() }
+    }
+
     public var parameters: [Parameter] {
         stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + (aux?.parameters ?? []) + classifier.parameters
     }
@@ -242,11 +253,15 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
 
     public func epochStarted(_ epoch: Int, of total: Int) {
         dropPathNow = description.dropPath * Float(epoch) / Float(max(total, 1))
+        runState.epoch = epoch
+        runState.totalEpochs = total
+        runState.totalSteps = (stepsPerEpoch ?? 0) * total
     }
 
     public func logits(_ g: Graph, _ x: Variable) throws -> Variable { try logitsWithAuxiliary(g, x).logits }
 
     public func logitsWithAuxiliary(_ g: Graph, _ x: Variable) throws -> (logits: Variable, auxiliary: Variable?) {
+        defer { if g.training && g.computing { runState.step += 1 } }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
         var auxLogits: Variable? = nil

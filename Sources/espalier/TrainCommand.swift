@@ -110,6 +110,8 @@ struct TrainCommand: ParsableCommand {
         var trainView = train.all, testView = test.all
         if trainImages > 0 { trainView = trainView.prefix(trainImages) }
         if testImages > 0 { testView = testView.prefix(testImages) }
+        net.stepsPerEpoch = (trainView.count + batchSize - 1) / batchSize   // the trainer keeps the last partial batch
+        net.providesRunState(to: context)   // the ops' plugin calls see the real epoch and step
         let logPath = (outDir as NSString).appendingPathComponent("train_log.jsonl")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)

@@ -55,8 +55,8 @@ final class SettingsCLITests: XCTestCase {
         try PluginFixtures.build("libespalier-settings.so", in: fixture, source: source)
         let dir = try PluginFixtures.tempDir("train")
         let genotype = dir + "/genotype.json"
-        var g = Genotype(normal: [.init("scaled", 0), .init("scaled", 1)], normalConcat: [2], reduce: [.init("scaled", 0), .init("scaled", 1)],
-                         reduceConcat: [2], opIDs: ["scaled": "org.settings.op.scaled/1"])
+        var g = Genotype(normal: [.init("stamp", 0), .init("stamp", 1)], normalConcat: [2], reduce: [.init("scaled", 0), .init("scaled", 1)],
+                         reduceConcat: [2], opIDs: ["scaled": "org.settings.op.scaled/1", "stamp": "org.settings.op.stamp/1"])
         g.settings = ["org.settings.op.scaled/1": ["scale": "0.25", "attr": "stride"]]
         try g.save(path: genotype)
         let common = ["train", "--genotype", genotype, "--plugin-dir", fixture, "--dataset", "synthetic", "--channels", "4", "--cells", "3",
@@ -64,6 +64,8 @@ final class SettingsCLITests: XCTestCase {
         let recorded = try espalier(common + ["--out", dir + "/a"])
         XCTAssertEqual(recorded.status, 0, recorded.out + recorded.err)
         XCTAssertTrue(recorded.out.contains("op settings: scaled attr=stride scale=0.25"), recorded.out)
+        // 32 images in batches of 16, one epoch: the ops' calls carry the training's epoch and step.
+        XCTAssertTrue(recorded.err.contains("[plugin info] stamp training=1 epoch=0/1 step=1/2"), recorded.err)
         let overridden = try espalier(common + ["--out", dir + "/b", "--set", "scaled.scale=0.5"])
         XCTAssertEqual(overridden.status, 0, overridden.out + overridden.err)
         XCTAssertTrue(overridden.out.contains("op settings: scaled attr=stride scale=0.5"), overridden.out)

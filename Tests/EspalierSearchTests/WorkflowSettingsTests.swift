@@ -46,6 +46,30 @@ final class WorkflowSettingsTests: XCTestCase {
         }
     }
 
+    func testTrainingAGenotype_EveryOpCallCarriesTheEpochAndStep() throws {
+        // Normal cells: the fixture's stamp op, which logs the state of every forward.
+        let g = Genotype(normal: [.init("stamp", 0), .init("stamp", 1)], normalConcat: [2], reduce: [.init("scaled", 0), .init("scaled", 1)],
+                         reduceConcat: [2], opIDs: ["stamp": "org.settings.op.stamp/1", "scaled": Self.scaled])
+        var d = NetworkDescription(genotype: g)
+        d.channels = 4; d.cells = 3; d.classes = 3; d.imageSize = 8
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: 1)
+        var lines: [String] = []
+        context.logSink = { _, m in if m.hasPrefix("stamp ") { lines.append(m) } }
+        let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1) }
+        let ds = try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc)
+        var tc = TrainConfig()
+        tc.epochs = 2
+        tc.batchSize = 8
+        net.stepsPerEpoch = 2
+        net.providesRunState(to: context)
+        _ = try ClassifierTrainer(model: net, accountant: acc, config: tc).fit(train: ds.all, test: ds.all.prefix(8))
+        XCTAssertEqual(Set(lines.filter { $0.contains("training=1") }),
+                       ["stamp training=1 epoch=0/2 step=0/4", "stamp training=1 epoch=0/2 step=1/4",
+                        "stamp training=1 epoch=1/2 step=2/4", "stamp training=1 epoch=1/2 step=3/4"])
+        XCTAssertTrue(lines.contains("stamp training=0 epoch=1/2 step=4/4"), "the evaluation after the last epoch: \(lines)")
+    }
+
     // MARK: Op settings from search to train
 
     func testGenotypeRecordsResolvedSettings_TrainBuildsWithThem_AndOverridesWin() throws {

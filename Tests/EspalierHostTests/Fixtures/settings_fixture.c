@@ -11,6 +11,8 @@
  *                               factor = parameter `scale` (default 1); `attr` names the stride
  *                               attribute it passes ("stride", or the typo "strides").
  *   org.settings.op.huge/1      raw: output_shape reports (N, C, 2^28, 2^28).
+ *   org.settings.op.stamp/1     raw identity (stride 1) that logs the run state of every forward at
+ *                               info level: "stamp training=T epoch=E/TE step=S/TS".
  *   org.settings.regularizer.count/1  a loss term equal to `weight` (no gradient), on α.
  *   -DFIX_BAD_PARAM_NAME        the scaled op's parameter is named "λ" (outside [a-z0-9_.-]).
  *   -DFIX_SHADOW                the gate also offers tau.schedule=linear-decay, a built-in name.
@@ -19,6 +21,7 @@
  *   -DFIX_ID=...                component id prefix.
  */
 #include <espalier/espalier.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,6 +122,50 @@ static es_status huge_backward(void *inst, const es_run_state *st, const es_tens
 static const es_op_vtable huge_table = { .struct_size = sizeof(es_op_vtable), .create = huge_create, .destroy = plain_destroy,
     .output_shape = huge_shape, .forward = huge_forward, .backward = huge_backward };
 
+/* ---- raw identity that logs the run state it is called with ---- */
+typedef struct { const es_host_services *host; } stamp_op;
+static es_status stamp_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                              const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    if (cfg->stride != 1 || cfg->in_channels != cfg->out_channels) {
+        host->set_error(host->host, "stamp: identity only (stride 1, in = out channels)");
+        return ES_ERROR_UNSUPPORTED;
+    }
+    stamp_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    *inst = o;
+    return ES_OK;
+}
+static es_status stamp_shape(void *inst, const es_tensor_view *in, es_tensor_view *out) {
+    (void)inst;
+    *out = *in;
+    return ES_OK;
+}
+static int64_t view_count(const es_tensor_view *v) {
+    int64_t n = 1;
+    for (int k = 0; k < v->rank; k++) n *= v->shape[k];
+    return n;
+}
+static es_status stamp_forward(void *inst, const es_run_state *st, const es_tensor_view *in, const es_tensor_view *p, uint32_t n,
+                               es_tensor_view *out) {
+    (void)p; (void)n;
+    stamp_op *o = inst;
+    char line[128];
+    snprintf(line, sizeof line, "stamp training=%d epoch=%lld/%lld step=%lld/%lld", (int)st->training, (long long)st->epoch,
+             (long long)st->total_epochs, (long long)st->step, (long long)st->total_steps);
+    o->host->log(o->host->host, ES_LOG_INFO, line);
+    memcpy(out->data, in->data, (size_t)view_count(in) * sizeof(float));
+    return ES_OK;
+}
+static es_status stamp_backward(void *inst, const es_run_state *st, const es_tensor_view *in, const es_tensor_view *out,
+                                const es_tensor_view *dout, const es_tensor_view *p, uint32_t n, es_tensor_view *din, es_tensor_view *dp) {
+    (void)inst; (void)st; (void)in; (void)out; (void)p; (void)n; (void)dp;
+    if (din->data) memcpy(din->data, dout->data, (size_t)view_count(dout) * sizeof(float));
+    return ES_OK;
+}
+static const es_op_vtable stamp_table = { .struct_size = sizeof(es_op_vtable), .create = stamp_create, .destroy = plain_destroy,
+    .output_shape = stamp_shape, .forward = stamp_forward, .backward = stamp_backward };
+
 /* ---- regularizer: a constant term `weight` ---- */
 typedef struct { double weight; } count_reg;
 static es_status count_create(const es_component_desc *component, const es_host_services *host, const es_param_value *p, uint32_t n, void **inst) {
@@ -166,6 +213,7 @@ static const es_component_desc components[] = {
 #endif
     { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.scaled/1", "scale · x (strided)", scaled_params, 2, NULL, 0, &scaled_table, NULL },
     { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.huge/1", "reports an overflowing output shape", NULL, 0, NULL, 0, &huge_table, NULL },
+    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.stamp/1", "identity that logs its run state", NULL, 0, NULL, 0, &stamp_table, NULL },
     { sizeof(es_component_desc), ES_KIND_REGULARIZER, FIX_ID ".regularizer.count/1", "a constant term", count_params, 1, NULL, 0, &count_table, NULL },
 };
 
