@@ -82,7 +82,7 @@ public final class Component {
         guard parts.count == 2, let rev = Int(parts[1]), rev >= 1 else { return false }
         let words = parts[0].split(separator: ".", omittingEmptySubsequences: false)
         guard words.count >= 2 else { return false }
-        return words.allSatisfy { w in !w.isEmpty && w.allSatisfy { $0.isLowercase || $0.isNumber || $0 == "-" || $0 == "_" } }
+        return words.allSatisfy { w in !w.isEmpty && w.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" } }
     }
 
     public var revision: Int { Int(id.split(separator: "/").last ?? "0") ?? 0 }
@@ -123,8 +123,9 @@ public final class Component {
         for i in 0..<Int(d.param_count) {
             let pd: es_param_desc = try readSized(UnsafeRawPointer(d.params! + i), what: "\(id) parameter #\(i)")
             let name = try requiredString(pd.name, "\(id) parameter #\(i) name")
-            guard name.allSatisfy({ $0.isLowercase || $0.isNumber || "_.-".contains($0) }) else {
-                throw PluginLoadError("malformed description: \(id) parameter name '\(name)' must use a-z, 0-9, '_', '.', '-'")
+            // ASCII only: Character.isLowercase / isNumber also accept 'λ', 'é' or '²'.
+            guard name.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0) }) else {
+                throw PluginLoadError("malformed description: \(id) parameter name '\(name)' must use only a-z, 0-9, '_', '.', '-' (ASCII)")
             }
             guard !params.contains(where: { $0.name == name }) else { throw PluginLoadError("malformed description: \(id) declares parameter '\(name)' twice") }
             let type: ParamSpec.ValueType

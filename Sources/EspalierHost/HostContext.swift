@@ -23,6 +23,8 @@ final class ParamHandle {
 final class GraphBuild {
     let graph: Graph
     var values: [Variable] = []
+    /// The first primitive that failed in this build (an op must not continue past it).
+    var failure: String?
     init(graph: Graph) { self.graph = graph }
     var opaque: es_graph { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
     func handle(_ v: Variable) -> es_value { values.append(v); return OpaquePointer(bitPattern: values.count)! }
@@ -43,8 +45,11 @@ struct HostCallError: Error {
 public final class HostContext {
     /// The table handed to plugins. Allocated once; never freed (plugins may keep it).
     public let services: UnsafeMutablePointer<es_host_services>
-    /// Where plugin log lines go (level, message).
+    /// Whether the default log sink prints plugins' debug lines (`--verbose`).
+    nonisolated(unsafe) public static var verbose = false
+    /// Where plugin log lines go (level, message); debug lines only with `verbose`.
     public var logSink: (Int32, String) -> Void = { level, message in
+        guard level > ES_LOG_DEBUG || HostContext.verbose else { return }
         let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
         FileHandle.standardError.write(Data("[plugin \(tag)] \(message)\n".utf8))
     }
@@ -78,6 +83,10 @@ public final class HostContext {
         gatesBySize[role, default: [:]][count] = g
         return g
     }
+    /// Where the run is now: the state of a plugin call the caller gives none (the evaluation-mode
+    /// mixing weights that are logged and derived from, `graph_gate`). A search points it at its
+    /// own step and epoch; outside a run it is the zero state.
+    public var runState: () -> RunState = { RunState() }
     /// The search that `searchServices` act on (weak: the search owns the context's use).
     public weak var searchDelegate: AnyObject?
     /// The search services, set while a search runs.
@@ -293,8 +302,8 @@ private let hostDeclareParam: @convention(c) (UnsafeMutableRawPointer?, UnsafePo
         }
         guard ctx.declaring != nil else { throw HostCallError(ES_ERROR_UNSUPPORTED, "declare_param is only allowed inside create") }
         let dims = (0..<Int(rank)).map { Int(shape![$0]) }
-        guard dims.allSatisfy({ $0 > 0 }), dims.reduce(1, *) < 1 << 31 else {
-            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param '\(String(cString: name))': bad shape \(dims)")
+        if let problem = PluginShape.problem(dims, scalarAllowed: true) {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param '\(String(cString: name))': shape \(PluginShape.text(dims)) has \(problem)")
         }
         let initializer: ParameterInit
         switch initKind {
@@ -338,9 +347,6 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
         guard let graph, let primitive, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_apply needs a graph, a primitive name and an out pointer") }
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: primitive)
-        guard let fn = Primitives.table[name] else {
-            throw HostCallError(ES_ERROR_UNSUPPORTED, "unknown primitive '\(name)'; this host has: \(Primitives.table.keys.sorted().joined(separator: ", "))")
-        }
         guard inputCount == 0 || inputs != nil, attrCount == 0 || attrs != nil else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): NULL inputs or attrs") }
         let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
         var a: [String: Double] = [:]
@@ -349,9 +355,14 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             a[String(cString: n)] = attrs![i].value
         }
         do {
-            out.pointee = build.handle(try fn(build.graph, xs, Attributes(primitive: name, values: a)))
+            out.pointee = build.handle(try Primitives.apply(name, build.graph, xs, a))
         } catch let e as EspalierError {
+            build.failure = build.failure ?? "\(name): \(e)"
             throw HostCallError(ES_ERROR_SHAPE, "\(name): \(e)")
+        } catch let e as HostCallError {
+            // Kept, so that the op's build fails with it even if the plugin ignores the status.
+            build.failure = build.failure ?? e.message
+            throw e
         }
     }
 }

@@ -59,7 +59,8 @@ public final class PluginGate {
     /// except for a sampled gate in a run that is itself a dry run (a prediction): there the
     /// plugin samples once from zero logits on scratch buffers, and `active` is its pattern, whose
     /// count per row says how many candidates a step runs (the caller picks which: the costliest).
-    public func callAsFunction(_ g: Graph, _ logits: Variable, state: RunState = RunState()) throws -> (weights: Variable, active: [UInt8]) {
+    /// `state` nil: the context's current run state (`HostContext.runState`).
+    public func callAsFunction(_ g: Graph, _ logits: Variable, state: RunState? = nil) throws -> (weights: Variable, active: [UInt8]) {
         guard logits.value.count == rows * cols else {
             throw EspalierError.shapeMismatch("\(component.id): logits \(logits.shape) for a (\(rows), \(cols)) gate")
         }
@@ -67,7 +68,7 @@ public final class PluginGate {
         let shape = [rows, cols]
         let w = try g.output(shape)
         var active = [UInt8](repeating: 1, count: rows * cols)
-        var st = state.c
+        var st = (state ?? context.runState()).c
         st.training = g.training ? 1 : 0
         st.dry_run = g.computing ? 0 : 1
         if g.computing {
@@ -75,6 +76,7 @@ public final class PluginGate {
             try context.check("\(id): forward") {
                 active.withUnsafeMutableBufferPointer { table.forward!(instance, &st, &lv, &wv, $0.baseAddress) }
             }
+            try checkActive(active) { w[$0] }
         } else if isSampled && context.accountant.isDryRun {
             active = try sampledPattern(state: st)
         }
@@ -107,6 +109,18 @@ public final class PluginGate {
                 }
             }
         }
+        try checkActive(active) { weights[$0] }
         return active
+    }
+
+    /// Only a hard gate (ES_GATE_HARD) may mark a candidate whose weight is not 0 inactive: every
+    /// candidate of a soft gate contributes to the result and to the gradient, so skipping one
+    /// would silently change both. A soft gate may skip candidates of weight exactly 0.
+    func checkActive(_ active: [UInt8], weight: (Int) -> Float) throws {
+        guard !isHard, let i = active.indices.first(where: { active[$0] == 0 && weight($0) != 0 }) else { return }
+        throw PluginCallError(status: ES_ERROR_INVALID_ARGUMENT, context: "\(component.id): forward at \(ownerPath)",
+                              message: "the gate marked candidate \(i % cols) of row \(i / cols) inactive (active = 0) although its weight is \(weight(i)); "
+                                  + "\(component.id) is not flagged ES_GATE_HARD, and only a hard gate may skip candidates whose weight is not 0: "
+                                  + "flag it ES_GATE_HARD (straight-through), or write active = 1 for them")
     }
 }

@@ -44,15 +44,33 @@ public struct PluginSearchPath {
 
     /// Plugin files: `libespalier-*.so` / `espalier-*.so` (the naming convention), sorted by name
     /// within each directory. Missing directories are skipped.
-    public func candidateFiles() -> [String] {
-        var files: [String] = []
+    public func candidateFiles() -> [String] { scan().files }
+
+    /// The plugin files, and a warning for every folder that is missing or not a folder, and for
+    /// every shared library in a folder whose name the convention skips.
+    public func scan() -> (files: [String], warnings: [String]) {
+        var files: [String] = [], warnings: [String] = []
         for dir in directories {
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
-            for name in names.sorted() where Self.isPluginFileName(name) {
-                files.append(URL(fileURLWithPath: dir).appendingPathComponent(name).path)
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir) else {
+                warnings.append("plugin folder \(dir) does not exist; skipped"); continue
+            }
+            guard isDir.boolValue else {
+                warnings.append("plugin folder \(dir) is a file, not a folder; skipped (pass the folder that holds the library)"); continue
+            }
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
+                warnings.append("plugin folder \(dir) cannot be read; skipped"); continue
+            }
+            for name in names.sorted() {
+                if Self.isPluginFileName(name) {
+                    files.append(URL(fileURLWithPath: dir).appendingPathComponent(name).path)
+                } else if name.hasSuffix(".so") || name.contains(".so.") || name.hasSuffix(".dylib") {
+                    warnings.append("\(URL(fileURLWithPath: dir).appendingPathComponent(name).path): skipped, not named libespalier-NAME.so; "
+                                    + "rename it if it is a plugin")
+                }
             }
         }
-        return files
+        return (files, warnings)
     }
 
     public static func isPluginFileName(_ name: String) -> Bool {
@@ -82,7 +100,10 @@ public final class PluginLoader {
         let registry = PluginRegistry()
         var seenFiles = Set<String>()
         var files: [String] = []
-        for file in searchPath.candidateFiles() {
+        let (found, warnings) = searchPath.scan()
+        registry.warnings += warnings
+        defer { registry.warnings += PluginLoader.shadowedMethods(registry) }
+        for file in found {
             // The same file reached through two directories is loaded once.
             let real = (try? FileManager.default.destinationOfSymbolicLink(atPath: file)).map {
                 URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: file).deletingLastPathComponent()).standardized.path
@@ -100,6 +121,24 @@ public final class PluginLoader {
             load(file: file, into: registry)
         }
         return registry
+    }
+
+    /// A warning for every dynamic method whose slot and name an earlier loaded component already
+    /// offers (a built-in name): `--set SLOT=NAME` picks the first, so the later one is never used.
+    static func shadowedMethods(_ registry: PluginRegistry) -> [String] {
+        var first: [String: Component] = [:], out: [String] = []
+        for c in registry.components {
+            for m in c.methods {
+                let key = "\(m.slot)=\(m.name)"
+                if let owner = first[key] {
+                    if owner !== c {
+                        out.append("dynamic method \(key) of \(c.id) (\(c.library.fileName)) has the name of \(owner.id)'s (\(owner.library.fileName)), "
+                                   + "which is loaded first and used for --set \(key); rename it to use it")
+                    }
+                } else { first[key] = c }
+            }
+        }
+        return out
     }
 
     /// Loads one library; on failure records it in `registry.failures` and returns nil.
@@ -196,6 +235,9 @@ public final class LoadedLibrary {
 public final class PluginRegistry {
     public private(set) var libraries: [LoadedLibrary] = []
     public internal(set) var failures: [LoadFailure] = []
+    /// Things skipped or shadowed without being failures (missing plugin folders, libraries not
+    /// named libespalier-*, dynamic methods with a name already taken), one line each.
+    public internal(set) var warnings: [String] = []
     private var byID: [String: Component] = [:]
 
     public init() {}

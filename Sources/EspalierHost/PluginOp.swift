@@ -26,6 +26,8 @@ public final class PluginOp {
     let declared: [ParamHandle]
     public let ownerPath: String
     let owner: Int32
+    /// Every parameter with the text it was created with (defaults included).
+    public let settings: [String: String]
 
     /// Makes an instance under owner path `ownerPath` (e.g. "cell0/edge3/swish").
     public init(_ component: Component, context: HostContext, config: OpConfig, settings: [String: String] = [:], ownerPath: String) throws {
@@ -35,6 +37,7 @@ public final class PluginOp {
         self.table = table
         self.ownerPath = ownerPath
         let params = try ResolvedParams(component: component, settings: settings)
+        self.settings = params.texts
         let acc = context.accountant
         owner = acc.owner(ownerPath)
         var cfg = es_op_config()
@@ -65,10 +68,10 @@ public final class PluginOp {
     public var buffers: [Tensor] { declared.filter(\.isBuffer).map(\.parameter.value) }
     public var isComposed: Bool { table.build != nil }
 
-    /// y = op(x) in `g`.
-    public func callAsFunction(_ g: Graph, _ x: Variable, state: RunState = RunState()) throws -> Variable {
+    /// y = op(x) in `g`; `state` nil: the context's current run state.
+    public func callAsFunction(_ g: Graph, _ x: Variable, state: RunState? = nil) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
-            isComposed ? try buildComposed(g, x) : try applyRaw(g, x, state: state)
+            isComposed ? try buildComposed(g, x) : try applyRaw(g, x, state: state ?? context.runState())
         }
     }
 
@@ -97,6 +100,10 @@ public final class PluginOp {
         GraphBuild.current = build
         defer { GraphBuild.current = previous }
         try context.check("\(component.id): build at \(ownerPath)") { call(build.opaque, input, extraHandle, &out) }
+        if let failure = build.failure {
+            throw PluginCallError(status: ES_ERROR_INVALID_ARGUMENT, context: "\(component.id): build at \(ownerPath)",
+                                  message: failure + " (the op went on after this error)")
+        }
         return try build.value(out)
     }
 
@@ -106,8 +113,10 @@ public final class PluginOp {
         var outShape = esView(shape: [], data: nil)
         try context.check("\(component.id): output_shape of \(x.shape)") { table.output_shape!(instance, &inShape, &outShape) }
         let yShape = outShape.shapeArray
-        guard outShape.rank > 0, outShape.rank <= ESPALIER_MAX_RANK, yShape.allSatisfy({ $0 > 0 }) else {
-            throw PluginCallError(status: ES_ERROR_SHAPE, context: "\(component.id): output_shape", message: "returned an invalid shape \(yShape)")
+        // Checked before anything is allocated: an overflowing element count must never reach a kernel.
+        if let why = outShape.rank <= 0 || outShape.rank > ESPALIER_MAX_RANK ? "rank \(outShape.rank)" : PluginShape.problem(yShape) {
+            throw PluginCallError(status: ES_ERROR_SHAPE, context: "\(component.id): output_shape at \(ownerPath)",
+                                  message: "for input \(PluginShape.text(x.shape)) it returned \(PluginShape.text(yShape)), which has \(why); nothing was allocated")
         }
         let y = try g.output(yShape)
         let params = declared.map(\.parameter)

@@ -50,6 +50,15 @@ public final class PluginRegularizer {
     @discardableResult
     public func loadState(_ bytes: [UInt8]) throws -> Bool { try context.loadState(component.id, table.load_state, instance, bytes) }
 
+    /// The terms `loss` returned (outside dry runs) since the last `takeMeanTerm()`.
+    public private(set) var termSum = 0.0, termCount = 0
+
+    /// The mean term since the last call (nil when `loss` was not called), and starts counting anew.
+    public func takeMeanTerm() -> Double? {
+        defer { termSum = 0; termCount = 0 }
+        return termCount > 0 ? termSum / Double(termCount) : nil
+    }
+
     public var hasLoss: Bool { table.loss != nil }
     public var hasProximal: Bool { table.proximal != nil }
     public func wants(_ kind: RegularizerTarget.Kind) -> Bool { table.targets & (1 << UInt32(kind.rawValue)) != 0 }
@@ -84,18 +93,19 @@ public final class PluginRegularizer {
     }
 
     /// The term's value; its gradient is added into the targets' grads.
-    public func loss(_ targets: [RegularizerTarget], state: RunState = RunState()) throws -> Double {
+    public func loss(_ targets: [RegularizerTarget], state: RunState? = nil) throws -> Double {
         guard let fn = table.loss else { throw PluginLoadError("\(component.id) has no loss term") }
-        var st = state.c
+        var st = (state ?? context.runState()).c
         var out = 0.0
         try withTargets(targets) { p, n in try context.check("\(component.id): loss") { fn(instance, &st, p, n, &out) } }
+        if !context.accountant.isDryRun { termSum += out; termCount += 1 }
         return out
     }
 
     /// Runs the proximal step on the targets' values in place.
-    public func proximal(_ targets: [RegularizerTarget], learningRate: Double, state: RunState = RunState()) throws {
+    public func proximal(_ targets: [RegularizerTarget], learningRate: Double, state: RunState? = nil) throws {
         guard let fn = table.proximal else { throw PluginLoadError("\(component.id) has no proximal step") }
-        var st = state.c
+        var st = (state ?? context.runState()).c
         try withTargets(targets) { p, n in try context.check("\(component.id): proximal") { fn(instance, &st, p, n, learningRate) } }
     }
 

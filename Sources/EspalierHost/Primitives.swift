@@ -1,6 +1,8 @@
-// The host primitives a composed op may use (`graph_apply`), in one table: name → how to apply
-// it on the engine's Graph. The engine's ops do the differentiation and the memory accounting;
-// this file only maps names, inputs and attributes. Adding a primitive is appending a row.
+// The host primitives a composed op may use (`graph_apply`), in one table: name → the attributes
+// it reads and how to apply it on the engine's Graph. The engine's ops do the differentiation and
+// the memory accounting; this file only maps names, inputs and attributes. An attribute a
+// primitive does not read (a typo such as `strides`) is an error that lists the ones it does.
+// Adding a primitive is appending a row.
 
 import CEspalierSDK
 import EspalierCore
@@ -15,9 +17,17 @@ struct Attributes {
             if let fallback { return fallback }
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(primitive) needs attribute '\(name)'")
         }
-        guard let i = Int(exactly: v) else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(primitive): attribute '\(name)' = \(v) must be an integer") }
+        // Bounded, so that shape arithmetic on attributes (spans, products) cannot overflow.
+        guard let i = Int(exactly: v), abs(i) <= Attributes.intLimit else {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(primitive): attribute '\(name)' = \(v) must be an integer of at most \(Attributes.intLimit) in size")
+        }
         return i
     }
+
+    /// An optional integer attribute (nil when absent).
+    func optionalInt(_ name: String) throws -> Int? { values[name] == nil ? nil : try int(name) }
+
+    static let intLimit = 1 << 31
 
     func double(_ name: String, _ fallback: Double) -> Double { values[name] ?? fallback }
 }
@@ -31,58 +41,76 @@ enum Primitives {
         }
     }
 
-    static let table: [String: Apply] = [
-        "conv2d": { g, x, a in
+    /// A primitive: the attributes it reads, and how it applies.
+    struct Primitive {
+        let attributes: [String]
+        let apply: Apply
+        init(_ attributes: [String], _ apply: @escaping Apply) { self.attributes = attributes; self.apply = apply }
+    }
+
+    /// Applies primitive `name` after checking its attribute names.
+    static func apply(_ name: String, _ g: Graph, _ xs: [Variable], _ attributes: [String: Double]) throws -> Variable {
+        guard let p = table[name] else {
+            throw HostCallError(ES_ERROR_UNSUPPORTED, "unknown primitive '\(name)'; this host has: \(table.keys.sorted().joined(separator: ", "))")
+        }
+        for key in attributes.keys.sorted() where !p.attributes.contains(key) {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "primitive \(name) has no attribute '\(key)'; "
+                                + (p.attributes.isEmpty ? "it takes none" : "its attributes: \(p.attributes.sorted().joined(separator: ", "))"))
+        }
+        return try p.apply(g, xs, Attributes(primitive: name, values: attributes))
+    }
+
+    static let table: [String: Primitive] = [
+        "conv2d": Primitive(["stride", "padding", "dilation", "groups"]) { g, x, a in
             try arity("conv2d", x, 2...2)
             return try g.conv2d(x[0], x[1], stride: try a.int("stride", 1), padding: try a.int("padding", 0),
                                 dilation: try a.int("dilation", 1), groups: try a.int("groups", 1))
         },
-        "relu_conv2d": { g, x, a in
+        "relu_conv2d": Primitive(["stride", "padding", "dilation", "groups"]) { g, x, a in
             try arity("relu_conv2d", x, 2...2)
             return try g.conv2d(x[0], x[1], stride: try a.int("stride", 1), padding: try a.int("padding", 0),
                                 dilation: try a.int("dilation", 1), groups: try a.int("groups", 1), reluInput: true)
         },
-        "relu": { g, x, _ in try arity("relu", x, 1...1); return try g.relu(x[0]) },
-        "add": { g, x, _ in try arity("add", x, 2...2); return try g.add(x[0], x[1]) },
-        "sum": { g, x, _ in try arity("sum", x, 1...64); return try g.sum(x) },
-        "scale": { g, x, a in try arity("scale", x, 1...1); return try g.scale(x[0], by: Float(a.double("factor", 1))) },
-        "max_pool2d": { g, x, a in
+        "relu": Primitive([]) { g, x, _ in try arity("relu", x, 1...1); return try g.relu(x[0]) },
+        "add": Primitive([]) { g, x, _ in try arity("add", x, 2...2); return try g.add(x[0], x[1]) },
+        "sum": Primitive([]) { g, x, _ in try arity("sum", x, 1...64); return try g.sum(x) },
+        "scale": Primitive(["factor"]) { g, x, a in try arity("scale", x, 1...1); return try g.scale(x[0], by: Float(a.double("factor", 1))) },
+        "max_pool2d": Primitive(["kernel", "stride", "padding"]) { g, x, a in
             try arity("max_pool2d", x, 1...1)
             return try g.maxPool2d(x[0], kernel: try a.int("kernel"), stride: try a.int("stride", 1), padding: try a.int("padding", 0))
         },
-        "avg_pool2d": { g, x, a in
+        "avg_pool2d": Primitive(["kernel", "stride", "padding", "count_include_pad"]) { g, x, a in
             try arity("avg_pool2d", x, 1...1)
             return try g.avgPool2d(x[0], kernel: try a.int("kernel"), stride: try a.int("stride", 1), padding: try a.int("padding", 0),
                                    countIncludePad: try a.int("count_include_pad", 0) != 0)
         },
-        "global_avg_pool": { g, x, _ in try arity("global_avg_pool", x, 1...1); return try g.globalAvgPool(x[0]) },
-        "batch_norm": { g, x, a in
+        "global_avg_pool": Primitive([]) { g, x, _ in try arity("global_avg_pool", x, 1...1); return try g.globalAvgPool(x[0]) },
+        "batch_norm": Primitive(["momentum", "eps"]) { g, x, a in
             try arity("batch_norm", x, 3...5)
             guard x.count != 4 else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "batch_norm takes x, running_mean, running_var and optionally gamma and beta (both)") }
             return try g.batchNorm(x[0], gamma: x.count == 5 ? x[3] : nil, beta: x.count == 5 ? x[4] : nil,
                                    runningMean: x[1].value, runningVar: x[2].value,
                                    momentum: Float(a.double("momentum", 0.1)), eps: Float(a.double("eps", 1e-5)))
         },
-        "concat_channels": { g, x, _ in try arity("concat_channels", x, 1...64); return try g.concatChannels(x) },
-        "narrow_channels": { g, x, a in
+        "concat_channels": Primitive([]) { g, x, _ in try arity("concat_channels", x, 1...64); return try g.concatChannels(x) },
+        "narrow_channels": Primitive(["start", "length"]) { g, x, a in
             try arity("narrow_channels", x, 1...1)
             let start = try a.int("start"), length = try a.int("length")
             return try g.narrow(x[0], channels: start..<(start + length))
         },
-        "channel_shuffle": { g, x, a in try arity("channel_shuffle", x, 1...1); return try g.channelShuffle(x[0], groups: try a.int("groups")) },
-        "linear": { g, x, _ in try arity("linear", x, 2...3); return try g.linear(x[0], weight: x[1], bias: x.count == 3 ? x[2] : nil) },
-        "zeros_like": { g, x, a in try arity("zeros_like", x, 1...1); return try g.zeros(like: x[0], stride: try a.int("stride", 1)) },
-        "dropout": { g, x, a in try arity("dropout", x, 1...1); return try g.dropout(x[0], p: Float(a.double("p", 0))) },
-        "drop_path": { g, x, a in try arity("drop_path", x, 1...1); return try g.dropPath(x[0], p: Float(a.double("p", 0))) },
-        "weighted_sum": { g, x, _ in try arity("weighted_sum", x, 2...65); return try g.weightedSum(Array(x.dropLast()), weights: x.last!) },
-        "channel_scale": { g, x, _ in try arity("channel_scale", x, 2...2); return try g.channelScale(x[0], x[1]) },
-        "crop": { g, x, a in
+        "channel_shuffle": Primitive(["groups"]) { g, x, a in try arity("channel_shuffle", x, 1...1); return try g.channelShuffle(x[0], groups: try a.int("groups")) },
+        "linear": Primitive([]) { g, x, _ in try arity("linear", x, 2...3); return try g.linear(x[0], weight: x[1], bias: x.count == 3 ? x[2] : nil) },
+        "zeros_like": Primitive(["stride"]) { g, x, a in try arity("zeros_like", x, 1...1); return try g.zeros(like: x[0], stride: try a.int("stride", 1)) },
+        "dropout": Primitive(["p"]) { g, x, a in try arity("dropout", x, 1...1); return try g.dropout(x[0], p: Float(a.double("p", 0))) },
+        "drop_path": Primitive(["p"]) { g, x, a in try arity("drop_path", x, 1...1); return try g.dropPath(x[0], p: Float(a.double("p", 0))) },
+        "weighted_sum": Primitive([]) { g, x, _ in try arity("weighted_sum", x, 2...65); return try g.weightedSum(Array(x.dropLast()), weights: x.last!) },
+        "channel_scale": Primitive([]) { g, x, _ in try arity("channel_scale", x, 2...2); return try g.channelScale(x[0], x[1]) },
+        "crop": Primitive(["top", "left", "height", "width"]) { g, x, a in
             try arity("crop", x, 1...1)
-            let h = a.values["height"].map { Int($0) }, w = a.values["width"].map { Int($0) }
-            return try g.crop(x[0], top: try a.int("top", 0), left: try a.int("left", 0), height: h, width: w)
+            return try g.crop(x[0], top: try a.int("top", 0), left: try a.int("left", 0), height: try a.optionalInt("height"), width: try a.optionalInt("width"))
         },
-        "mean": { g, x, _ in try arity("mean", x, 1...1); return try g.mean(x[0]) },
-        "kernel_mask": { g, x, a in
+        "mean": Primitive([]) { g, x, _ in try arity("mean", x, 1...1); return try g.mean(x[0]) },
+        "kernel_mask": Primitive(["size", "dilation"]) { g, x, a in
             try arity("kernel_mask", x, 1...1)
             let keep = try KernelMask.keep(shape: x[0].shape, size: try a.int("size"), dilation: try a.int("dilation", 1))
             return try g.maskedFill(x[0], keep: keep, value: 0)

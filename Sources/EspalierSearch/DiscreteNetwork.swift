@@ -10,6 +10,8 @@
 // With the concat aggregator (`node_aggregator` "concat", FiGS §3.3) a node is
 // BN(conv1×1(concat of its ops' outputs)) back to C channels, and each op may have its own output
 // width (`out_channels` of a `per_cell` entry, e.g. FiGS's ⌊Σπ_out⌋).
+// Each op is built with the settings the search recorded for its id (the genotype's `settings`),
+// a `per_cell` entry's per-edge `op_settings` over them.
 // Shapes: (N, Cin, H, W) → logits (N, classes).
 
 import EspalierCore
@@ -120,7 +122,7 @@ final class DiscreteCell {
                 }
                 let stride = reduction && e.input < 2 ? 2 : 1
                 ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: widths[k], stride: stride, affine: true),
-                                        settings: gene.opSettings[k],
+                                        settings: genotype.opSettings(id: id, edge: gene.opSettings[k]),
                                         ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
@@ -195,6 +197,11 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     public private(set) var dropPathNow: Float = 0
     /// The owner path the network was built under; saved names are relative to it.
     let ownerPrefix: String
+    /// Where training is, as its ops' plugin calls see it (the context's `runState`): the epoch
+    /// from `epochStarted`, one step per training forward, `totalSteps` when `stepsPerEpoch` is set.
+    public private(set) var runState = RunState()
+    /// Training batches per epoch (for the run state's total steps; nil = unknown, 0).
+    public var stepsPerEpoch: Int? = nil
 
     public init(_ d: NetworkDescription, registry: PluginRegistry, context: HostContext, seed: UInt64) throws {
         try d.genotype.validate()
@@ -230,19 +237,31 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
         classifier = try Linear(f, name: "classifier", inFeatures: cPrev, outFeatures: d.classes)
     }
 
+    /// Makes `context` answer plugin calls with this network's training state (`espalier train`;
+    /// a child trained inside a search keeps the search's).
+    public func providesRunState(to context: HostContext) {
+        context.runState = { [weak self] in self?.runState ?? RunState() }
+    }
+
     public var parameters: [Parameter] {
         stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + (aux?.parameters ?? []) + classifier.parameters
     }
     public var buffers: [Tensor] { stemBN.buffers + cells.flatMap(\.buffers) + (aux?.buffers ?? []) }
     public var auxiliaryWeight: Float { description.auxiliaryWeight }
+    /// Every op of every cell, in order (each with the settings it was built with).
+    public var ops: [PluginOp] { cells.flatMap(\.ops) }
 
     public func epochStarted(_ epoch: Int, of total: Int) {
         dropPathNow = description.dropPath * Float(epoch) / Float(max(total, 1))
+        runState.epoch = epoch
+        runState.totalEpochs = total
+        runState.totalSteps = (stepsPerEpoch ?? 0) * total
     }
 
     public func logits(_ g: Graph, _ x: Variable) throws -> Variable { try logitsWithAuxiliary(g, x).logits }
 
     public func logitsWithAuxiliary(_ g: Graph, _ x: Variable) throws -> (logits: Variable, auxiliary: Variable?) {
+        defer { if g.training && g.computing { runState.step += 1 } }
         let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
         var s0 = stem, s1 = stem
         var auxLogits: Variable? = nil

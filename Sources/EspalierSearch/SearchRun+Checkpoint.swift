@@ -223,7 +223,7 @@ extension SearchRun {
     @discardableResult
     public func writeResults() throws -> [String] {
         guard let dir = outDirectory, !accountant.isDryRun else { return [] }
-        let genotype = try derive()
+        let genotype = try deriveWithSettings()   // with every component's settings, for `espalier train`
         let path = (dir as NSString).appendingPathComponent("genotype.json")
         try genotype.save(path: path)
         return [path] + (try genotype.writePictures(directory: dir)) + (try writePrunedArchitecture())

@@ -27,6 +27,11 @@ public struct SearchEpochLog: Codable, Sendable {
     public var alphaNormal: [[Float]], alphaReduce: [[Float]]
     public var weightsNormal: [[Float]], weightsReduce: [[Float]]
     public var genotype: Genotype
+    /// The mean architecture loss of the epoch's architecture steps (validation data loss plus the
+    /// regularizers' terms), and each regularizer's mean term by instance key (id; `id#2` for a
+    /// second selection); nil when the epoch had none, and in logs written before they existed.
+    public var archLoss: Double? = nil
+    public var regularizerTerms: [String: Double]? = nil
 }
 
 /// The log line of a search that diverged (`diverged` is always true; `loss` may be nan or inf,
@@ -107,6 +112,8 @@ public final class SearchRun {
     var stepInEpoch = 0
     var lossSum = 0.0, correct = 0, seen = 0
     var stepTimes: [Double] = []
+    /// The architecture loss of this epoch's architecture steps (SearchRun+Settings.swift).
+    var archLossTotal = (sum: 0.0, count: 0)
     /// True while every step of this epoch was ES_STEP_SKIP (random search, ETENAS): the supernet
     /// was not trained, so the epoch-end evaluation of it is skipped (its log shows 0).
     var onlySkippedThisEpoch = true
@@ -158,10 +165,12 @@ public final class SearchRun {
             throw EspalierError.config("\(config.strategy) runs only the chosen ops and needs a hard gate; \(config.gate) is soft, so every op would run")
         }
         let hasChannelMasks = !supernet.channelMaskedOps().isEmpty
-        regularizers = try config.regularizers.map { id in
+        // Settings by instance key (id, id#2 for a regularizer selected twice; Selection.instanceKeys).
+        regularizers = try zip(config.regularizers, Selection.instanceKeys(config.regularizers)).map { id, key in
             let c = try registry.require(id, kind: .regularizer)
             let r = try context.accountant.withOwner("regularizer") {
-                try PluginRegularizer(c, context: context, settings: config.regularizerSettings[id] ?? [:], ownerPath: "regularizer/" + c.shortName)
+                try PluginRegularizer(c, context: context, settings: config.regularizerSettings[key] ?? [:],
+                                      ownerPath: "regularizer/" + c.shortName + key.dropFirst(id.count))
             }
             // Without α the only gate weights are channel masks (FiGS ops), if the space has any.
             if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 && (r.wants(.arch) || (r.wants(.gateWeights) && !hasChannelMasks)) {
@@ -170,8 +179,8 @@ public final class SearchRun {
             if !r.hasLoss && !r.hasProximal { throw EspalierError.config("\(id) has neither a loss term nor a proximal step") }
             return r
         }
-        let owners = try zip(config.regularizers, regularizers).filter { id, r in
-            try SearchRun.ownsUpdate(r, settings: config.regularizerSettings[id] ?? [:])
+        let owners = try zip(Selection.instanceKeys(config.regularizers), regularizers).filter { key, r in
+            try SearchRun.ownsUpdate(r, settings: config.regularizerSettings[key] ?? [:])
         }
         guard owners.count <= 1 else {
             throw EspalierError.config("\(owners.map(\.0).joined(separator: " and ")) both own the weight update (owns_update=true); at most one regularizer may replace the SGD step")
@@ -213,6 +222,8 @@ public final class SearchRun {
         validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
         context.searchDelegate = self
         context.searchServices = UnsafePointer(SearchServicesTable.table)
+        // Plugin calls outside a step (logged and derived mixing weights, graph_gate) see the real epoch and step.
+        context.runState = { [weak self] in self?.state ?? RunState() }
     }
 
     /// Sets a candidate's state in every cell of its type; removing one also drops its parameters
@@ -278,6 +289,7 @@ public final class SearchRun {
             if backward { try graph.backward(loss) } else { graph.clearTape() }
             if regularize && backward { value += try applyArchRegularizers() }
             if backward { value += try applyChannelMaskRegularizers() }
+            if regularize && backward && graph.computing { archLossTotal.sum += value; archLossTotal.count += 1 }
             return (value, c)
         }
     }
@@ -409,6 +421,7 @@ public final class SearchRun {
                 accountant.resetPeak()
                 lossSum = 0; correct = 0; seen = 0; stepTimes = []
                 onlySkippedThisEpoch = true
+                _ = takeEpochTerms()
             }
             let started = DispatchTime.now().uptimeNanoseconds
             let steps = trainLoader.batchesPerEpoch
@@ -431,6 +444,7 @@ public final class SearchRun {
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
             let sorted = stepTimes.sorted()
+            let terms = takeEpochTerms()
             let log = SearchEpochLog(
                 epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
@@ -439,7 +453,7 @@ public final class SearchRun {
                 alphaNormal: supernet.logits(reduction: false), alphaReduce: supernet.logits(reduction: true),
                 weightsNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
-                genotype: try derive())
+                genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
             logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy

@@ -6,14 +6,26 @@ import EspalierCore
 import EspalierHost
 import Foundation
 
-/// Where to look for plugins, shared by every command that loads them.
+/// Where to look for plugins, and how much of their logging to show, shared by every command that loads them.
 struct PluginDirOptions: ParsableArguments {
     @Option(name: .customLong("plugin-dir"), help: "A folder with plugin libraries (repeatable); also ESPALIER_PLUGIN_PATH.")
     var pluginDirs: [String] = []
+    @Flag(help: "Also print the plugins' debug lines ([plugin debug]).") var verbose = false
 
-    func loadRegistry(context: HostContext = HostContext()) -> PluginRegistry {
-        PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: pluginDirs))
+    mutating func validate() throws { HostContext.verbose = verbose }
+
+    /// The registry of the standard search path and these folders; its warnings (skipped folders
+    /// and files, shadowed dynamic methods) go to standard error unless `quiet`.
+    func loadRegistry(context: HostContext = HostContext(), quiet: Bool = false) -> PluginRegistry {
+        let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: pluginDirs))
+        if !quiet { reportWarnings(registry) }
+        return registry
     }
+}
+
+/// Writes a registry's warnings to standard error, one line each.
+func reportWarnings(_ registry: PluginRegistry) {
+    for w in registry.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
 }
 
 struct PluginsCommand: ParsableCommand {
@@ -27,16 +39,19 @@ struct PluginsCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "List every component (the default).")
         @OptionGroup var dirs: PluginDirOptions
         @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Exit with status 1 when a library was refused.") var strict = false
 
         func run() throws {
-            let registry = dirs.loadRegistry()
+            let registry = dirs.loadRegistry(quiet: json)
             if json {
                 let out: [String: Any] = [
                     "components": registry.components.map { describeJSON($0, full: false) },
                     "failures": registry.failures.map { ["library": $0.path, "reason": $0.reason] },
+                    "warnings": registry.warnings,
                     "searched": PluginSearchPath.standard(extraDirectories: dirs.pluginDirs).directories,
                 ]
                 printJSON(out)
+                if strict && !registry.failures.isEmpty { throw ExitCode(1) }
                 return
             }
             if registry.components.isEmpty { print("no plugin components found") }
@@ -50,6 +65,10 @@ struct PluginsCommand: ParsableCommand {
             if !registry.failures.isEmpty {
                 print("\nfailed to load (\(registry.failures.count)):")
                 for f in registry.failures { print("  \(f.path): \(f.reason)") }
+                // The last line says it, so that a refused library is never missed at the end of a long list.
+                print("\(registry.failures.count) librar\(registry.failures.count == 1 ? "y was" : "ies were") refused (above)"
+                      + (strict ? "" : "; --strict makes this an error"))
+                if strict { throw ExitCode(1) }
             }
         }
     }
@@ -94,7 +113,7 @@ struct PluginsCommand: ParsableCommand {
         @Option(help: "Gate id.") var gate: String?
         @Option(name: .customLong("op"), help: "Op id (repeatable).") var ops: [String] = []
         @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable).") var regularizers: [String] = []
-        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
+        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2, org.vendor.regularizer.entropy/1.weight=0.1, entropy#2.weight=0.5 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
 
         func run() throws {
             let registry = dirs.loadRegistry()

@@ -19,7 +19,7 @@ struct SearchOptions: ParsableArguments {
     @Option(name: .customLong("op"), help: "Candidate op id (repeatable; default: the 8 DARTS ops).") var ops: [String] = []
     @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable), e.g. espalier.regularizer.beta-decay/1.") var regularizers: [String] = []
     @Option(name: .customLong("merged-op"), help: "An op standing for several candidates on every edge (MergeNAS), e.g. espalier.op.mergenas_conv/1.") var mergedOps: [String] = []
-    @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, OPNAME.PARAM=V, SLOT=METHOD (repeatable).") var sets: [String] = []
+    @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, NAME.PARAM=V, ID.PARAM=V (two components with one short name), NAME#2.PARAM=V (a component selected twice), SLOT=METHOD (repeatable).") var sets: [String] = []
 
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset: String?
     @Option(help: "Dataset folder.") var dataDir: String?
@@ -153,7 +153,8 @@ struct SearchOptions: ParsableArguments {
         c.space.mergedOps = s.ops.map(\.component.id).filter { merged.contains($0) }
         c.opSettings = Dictionary(uniqueKeysWithValues: s.ops.filter { !$0.settings.isEmpty }.map { ($0.component.id, $0.settings) })
         c.regularizers = s.regularizers.map(\.component.id)
-        c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.component.id, $0.settings) })
+        // By instance key: a regularizer selected twice keeps two sets of settings (id, id#2).
+        c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.instanceKey, $0.settings) })
         c.methods = s.methods.mapValues(\.name)
     }
 }
@@ -236,6 +237,7 @@ struct SearchCommand: ParsableCommand {
         }
         let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: config.pluginDirs))
         for f in registry.failures { FileHandle.standardError.write(Data("warning: plugin \(f)\n".utf8)) }
+        reportWarnings(registry)
         if resume == nil {
             do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         }
@@ -324,6 +326,7 @@ struct MemoryCommand: ParsableCommand {
         var config = try options.makeConfig(quickDefaults: false)
         let context = HostContext()
         let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: config.pluginDirs))
+        reportWarnings(registry)
         do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         try config.validate()
         let shape: (Int, Int, Int) = config.dataset.hasPrefix("cifar") ? (3, 32, 32) : (1, 28, 28)
@@ -353,8 +356,25 @@ final class SearchProgressBar: SearchProgress {
         print(String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  valid loss %.4f acc %.2f%%  lr %.4f  %.1fs (median step %.2fs)  peak %@",
                      l.epoch, epochs, l.trainLoss, l.trainAccuracy * 100, l.validLoss, l.validAccuracy * 100, l.learningRate, l.seconds,
                      l.medianStepSeconds, formatBytes(l.peakBytes) as NSString))
+        if let line = SearchProgressBar.termsLine(l) { print(line) }
         print("  genotype: normal \(l.genotype.normal.map(\.description).joined(separator: " ")) | reduce \(l.genotype.reduce.map(\.description).joined(separator: " "))")
         fflush(stdout)
+    }
+}
+
+extension SearchProgressBar {
+    /// "  arch loss 1.0986  terms: beta-decay 0.0123, …" (each regularizer by short name, #n when repeated), or nil.
+    static func termsLine(_ l: SearchEpochLog) -> String? {
+        let all = l.regularizerTerms ?? [:]
+        let terms = all.sorted { $0.key < $1.key }.map { key, v -> String in
+            let parts = key.split(separator: "#", maxSplits: 1).map(String.init)
+            // id → short name; a repeated one (id and id#2, …) with its occurrence.
+            let n = parts.count == 2 ? "#" + parts[1] : all[key + "#2"] != nil ? "#1" : ""
+            return Component.shortName(parts[0]) + n + " " + String(format: "%.4g", v)
+        }
+        guard l.archLoss != nil || !terms.isEmpty else { return nil }
+        return "  " + [l.archLoss.map { String(format: "arch loss %.4f", $0) }, terms.isEmpty ? nil : "terms: " + terms.joined(separator: ", ")]
+            .compactMap { $0 }.joined(separator: "  ")
     }
 }
 

@@ -1,6 +1,8 @@
-// `espalier train --genotype FILE`: builds the discrete network of a found genotype (with its
-// per-cell op settings when it has them: FiGS's exported widths), trains it from scratch and
-// saves model.safetensors; `espalier eval --model FILE`: evaluates a saved model.
+// `espalier train --genotype FILE`: builds the discrete network of a found genotype (each op with
+// the settings the search recorded for it, and per-cell op settings when it has them: FiGS's
+// exported widths; `--set OP.PARAM=V` and `--config FILE` override them), trains it from scratch
+// and saves model.safetensors (the settings used are in its metadata); `espalier eval --model
+// FILE`: evaluates a saved model.
 
 import ArgumentParser
 import EspalierCore
@@ -34,11 +36,29 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Memory budget, e.g. 1GiB.") var memoryBudget: String?
+    @Option(name: .customLong("set"), help: "OP.PARAM=VALUE: an op setting over the one the search recorded, e.g. swish.beta_init=0.5 or org.example.op.swish/1.beta_init=0.5 (repeatable).")
+    var sets: [String] = []
+    @Option(help: "A JSON or YAML file whose 'set' maps OP.PARAM to values (flags override it).") var config: String?
+
+    /// The `--config` file's and `--set` flags' op settings (flags win).
+    func settingOverrides() throws -> [String: String] {
+        var out: [String: String] = [:]
+        if let config {
+            let request = try SelectionRequest.load(file: config)
+            let extra = [("strategy", request.strategy != nil), ("gate", request.gate != nil), ("ops", request.ops != nil), ("regularizers", request.regularizers != nil)]
+                .filter(\.1).map(\.0)
+            guard extra.isEmpty else {
+                throw EspalierError.config("\(config): train builds the genotype's own ops; its config may only hold 'set' (found \(extra.joined(separator: ", ")))")
+            }
+            out = request.set ?? [:]
+        }
+        return out.merging(try SelectionRequest.settings(fromFlags: sets)) { _, flag in flag }
+    }
 
     func run() throws {
-        let g = try Genotype.load(path: genotype)
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
+        let g = try Genotype.load(path: genotype).overridingSettings(try settingOverrides(), registry: registry)
         var budget: Int? = nil
         if let text = memoryBudget {
             guard let b = parseBytes(text), b > 0 else { throw ValidationError("--memory-budget '\(text)' is not a size; write e.g. 1GiB") }
@@ -76,6 +96,13 @@ struct TrainCommand: ParsableCommand {
         let outDir = out ?? ((genotype as NSString).deletingLastPathComponent as NSString).appendingPathComponent("train-" + timestamp())
         try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         let flops = try DiscreteNetwork.forwardFlops(d, registry: registry)
+        let opSettings = g.usedOpIDs.sorted { $0.key < $1.key }.compactMap { name, id -> String? in
+            guard let s = net.ops.first(where: { $0.component.id == id })?.settings, !s.isEmpty else { return nil }
+            return "\(name) " + s.keys.sorted().map { "\($0)=\(s[$0]!)" }.joined(separator: " ")
+        }
+        if !opSettings.isEmpty {
+            print("op settings" + (g.settings == nil ? " (the genotype records none: defaults)" : "") + ": " + opSettings.joined(separator: "; "))
+        }
         print("network: C=\(channels), \(d.cells) cells\(auxiliary ? ", auxiliary head" : ""), \(net.parameterCount) parameters, "
               + String(format: "%.2f MFLOPs per image (forward); ", Double(flops) / 1e6)
               + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine; output \(outDir)")
@@ -83,6 +110,8 @@ struct TrainCommand: ParsableCommand {
         var trainView = train.all, testView = test.all
         if trainImages > 0 { trainView = trainView.prefix(trainImages) }
         if testImages > 0 { testView = testView.prefix(testImages) }
+        net.stepsPerEpoch = (trainView.count + batchSize - 1) / batchSize   // the trainer keeps the last partial batch
+        net.providesRunState(to: context)   // the ops' plugin calls see the real epoch and step
         let logPath = (outDir as NSString).appendingPathComponent("train_log.jsonl")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)

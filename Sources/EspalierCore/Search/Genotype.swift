@@ -20,6 +20,11 @@
 // node = BN(conv1×1(concat of the node's op outputs)) instead of their sum), and per cell
 // optional `out_channels` (parallel to `edges`: each op's output width, which only the concat
 // aggregator lets differ from the cell's C).
+// Optional `settings` (written by `espalier search`): every selected component's resolved
+// parameters, defaults included, by instance key — the component id, `id#2` for a component
+// selected a second time — e.g. {"org.example.op.swish/1": {"beta_init": "0.25"}}; `espalier
+// train` builds the ops with them (a `per_cell` entry's `op_settings` override them per edge).
+// Files without it load as before (the ops' defaults).
 // Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
 
 import Foundation
@@ -101,6 +106,14 @@ public struct Genotype: Codable, Equatable, Sendable {
     public var perCell: [CellGene]?
     /// How nodes combine their ops; nil = sum.
     public var aggregator: NodeAggregator?
+    /// The search's resolved component settings by instance key (id, `id#2`); nil in older files.
+    public var settings: [String: [String: String]]?
+
+    /// The settings an op of this genotype is built with: the search's for its id, then a
+    /// per-edge `op_settings` entry (which wins).
+    public func opSettings(id: String, edge: [String: String] = [:]) -> [String: String] {
+        (settings?[id] ?? [:]).merging(edge) { _, perEdge in perEdge }
+    }
     /// The aggregator in effect (nil reads as sum).
     public var nodeAggregator: NodeAggregator { aggregator ?? .sum }
 
@@ -114,6 +127,7 @@ public struct Genotype: Codable, Equatable, Sendable {
         case reduceNodeSizes = "reduce_node_sizes"
         case perCell = "per_cell"
         case aggregator = "node_aggregator"
+        case settings
     }
 
     public init(normal: [Edge], normalConcat: [Int], reduce: [Edge], reduceConcat: [Int], opIDs: [String: String]? = nil) {
@@ -334,10 +348,14 @@ public struct Genotype: Codable, Equatable, Sendable {
         if let n = normalNodeSizes { lines.append("  \"normal_node_sizes\": \(ints(n))") }
         if let r = reduceNodeSizes { lines.append("  \"reduce_node_sizes\": \(ints(r))") }
         if let a = aggregator { lines.append("  \"node_aggregator\": \(IOJSON.quoted(a.rawValue))") }
+        func settings(_ s: [String: String]) -> String {
+            "{" + s.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(s[$0]!))" }.joined(separator: ", ") + "}"
+        }
+        if let all = self.settings {
+            let body = all.keys.sorted().map { "    \(IOJSON.quoted($0)): \(settings(all[$0]!))" }
+            lines.append("  \"settings\": {" + (body.isEmpty ? "}" : "\n" + body.joined(separator: ",\n") + "\n  }"))
+        }
         if let cells = perCell {
-            func settings(_ s: [String: String]) -> String {
-                "{" + s.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(s[$0]!))" }.joined(separator: ", ") + "}"
-            }
             let body = cells.map { c in
                 "    {\"reduction\": \(c.reduction), \"channels\": \(c.channels), \"edges\": \(edges(c.edges)), \"node_sizes\": \(ints(c.nodeSizes)), "
                     + "\"concat\": \(ints(c.concat)), \"op_settings\": [\(c.opSettings.map(settings).joined(separator: ", "))]"
