@@ -174,11 +174,7 @@ final class SearchTests: XCTestCase {
 
     func testShortSearchThenTrain_OnFashionMNISTSubset() throws {
         let acc = MemoryAccountant()
-        let train: Dataset, test: Dataset
-        do {
-            train = try Dataset.fashionMNIST(split: .train, accountant: acc)
-            test = try Dataset.fashionMNIST(split: .test, accountant: acc)
-        } catch { throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)") }
+        let train = try Prerequisite.fashionMNIST(.train, accountant: acc), test = try Prerequisite.fashionMNIST(.test, accountant: acc)
         var c = SearchConfig.quick
         c.space.channels = 4
         c.space.cells = 3
