@@ -1,6 +1,6 @@
-// GDAS's hard gate on the forward-only (no-tape) path — the forward of a `.forwardOnly` step,
-// batch-norm recalibration, evaluation, scoring — runs the sampled candidate of each edge and no
-// other, as the taped path does (GdasProxylessSearchTests): with α forcing a different op on each
+// GDAS's hard gate on the forward-only (no-tape) path — a `.forwardOnly` step and batch-norm
+// recalibration (training mode under noGrad), and evaluation — runs the sampled candidate of each
+// edge and no other, as the taped path does (GdasProxylessSearchTests): with α forcing a different op on each
 // edge, exactly that op allocates (the accountant's per-owner table), in training mode (a Gumbel
 // draw) and in evaluation mode (argmax); and the logits equal those of the same supernet with
 // every other op masked.
