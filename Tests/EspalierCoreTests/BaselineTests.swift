@@ -63,13 +63,7 @@ final class BaselineTests: XCTestCase {
 
     func testBaseline_FashionMNISTSubset_LearnsWellAboveChance() throws {
         let acc = MemoryAccountant()
-        let train: Dataset, test: Dataset
-        do {
-            train = try Dataset.fashionMNIST(split: .train, accountant: acc)
-            test = try Dataset.fashionMNIST(split: .test, accountant: acc)
-        } catch {
-            throw XCTSkip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): \(error)")
-        }
+        let train = try Prerequisite.fashionMNIST(.train, accountant: acc), test = try Prerequisite.fashionMNIST(.test, accountant: acc)
         var config = TrainConfig()
         config.epochs = 2
         config.batchSize = 64

@@ -139,7 +139,7 @@ final class DataTests: TemporaryDirectoryTestCase {
     func testFashionMNIST_RealFilesIfInstalled() throws {
         let folder = Dataset.fashionMNISTFolder
         guard FileManager.default.fileExists(atPath: folder) else {
-            throw XCTSkip("\(folder) absent (apt-get install dataset-fashion-mnist)")
+            throw Prerequisite.missing("\(folder) absent (apt-get install dataset-fashion-mnist)")
         }
         let acc = MemoryAccountant()
         for (split, n) in [(Dataset.Split.train, 60000), (.test, 10000)] {

@@ -128,7 +128,7 @@ final class LoaderTests: XCTestCase {
     }
 
     func testSwiftSample_BuildsAsItsOwnPackageFromTheSDKAlone() throws {
-        guard (try? PluginFixtures.run(["swift", "--version"]))?.0 == 0 else { throw XCTSkip("no swift toolchain on PATH") }
+        guard (try? PluginFixtures.run(["swift", "--version"]))?.0 == 0 else { throw Prerequisite.missing("no swift toolchain on PATH") }
         let sample = PluginFixtures.repoRoot.appendingPathComponent("Samples/swift-sparsemax-gate").path
         let manifest = try String(contentsOfFile: sample + "/Package.swift", encoding: .utf8)
         XCTAssertTrue(manifest.contains(".package(path: \"../../SDK\")"))
@@ -144,8 +144,7 @@ final class LoaderTests: XCTestCase {
         // Loaded in a process of its own (the tree's copy is already loaded in this one), through --plugin-dir.
         let dir = try PluginFixtures.tempDir("sparsemax-plugin")
         try FileManager.default.copyItem(atPath: lib, toPath: dir + "/libespalier-sample-sparsemax.so")
-        let espalier = PluginFixtures.builtPluginDir + "/espalier"
-        guard FileManager.default.isExecutableFile(atPath: espalier) else { return }
+        let espalier = try Prerequisite.espalierBinary()
         let (_, listing) = try PluginFixtures.run([espalier, "plugins", "--plugin-dir", dir, "--json"])
         // Beside the tree's own copy it is refused as a duplicate id: proof that it loaded, passed every other check, and was compared.
         XCTAssertTrue(listing.contains(dir + "/libespalier-sample-sparsemax.so") && listing.contains("duplicate id 'org.example.gate.sparsemax/1'"), listing)

@@ -2,6 +2,7 @@
 // a checkpoint and exits cleanly, `--resume` finishes it, and bad input gets a clear error.
 
 import EspalierHost
+import EspalierTestSupport
 import Foundation
 import XCTest
 
@@ -39,7 +40,7 @@ final class CLITests: XCTestCase {
     }
 
     func testCtrlC_WritesACheckpoint_AndResumeFinishesTheSearch() throws {
-        guard FileManager.default.isExecutableFile(atPath: binary) else { throw XCTSkip("espalier is not built beside the tests") }
+        _ = try Prerequisite.espalierBinary(in: (binary as NSString).deletingLastPathComponent)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-cli-\(UUID().uuidString)").path
         let args = ["search", "--dataset", "synthetic", "--train-images", "128", "--eval-images", "32", "--channels", "4",
                     "--cells", "3", "--batch-size", "16", "--epochs", "2", "--out", dir]
@@ -58,7 +59,7 @@ final class CLITests: XCTestCase {
     }
 
     func testBadInput_ClearErrors() throws {
-        guard FileManager.default.isExecutableFile(atPath: binary) else { throw XCTSkip("espalier is not built beside the tests") }
+        _ = try Prerequisite.espalierBinary(in: (binary as NSString).deletingLastPathComponent)
         let (s1, o1) = try run(["search", "--gate", "espalier.gate.nope/1", "--dataset", "synthetic", "--dry-run"])
         XCTAssertNotEqual(s1, 0)
         XCTAssertTrue(o1.contains("unknown gate 'espalier.gate.nope/1'; available: "), o1)

@@ -70,22 +70,15 @@ final class FamilyHostTests: XCTestCase {
         XCTAssertEqual(small.supernet.weightCount, 66_154)
     }
 
-    /// (Which channels the ops see is shown by the op weight shapes above and by PartialMixTests
-    /// against the naive narrow/pool/concat/shuffle reference.)
-    func testPCDarts_ShuffleIsAPermutation_AndAStepRunsWithEveryNormalOpMasked() throws {
+    /// (Which channels the ops see is shown by the op weight shapes above; where each channel of
+    /// an edge goes in the node, channel by channel on the supernet's own path, by PCDartsChannelTests.)
+    func testPCDarts_AStepRunsWithEveryNormalOpMasked() throws {
         var c = tinyConfig()
         c.strategy = "espalier.strategy.pcdarts/1"
         c.strategySettings = ["partial_channels": "4", "edge_normalization": "false"]
         c.space.ops = ["espalier.op.none/1", "espalier.op.skip_connect/1"]
         let run = try makeRun(c)
         for e in 0..<c.space.edgesPerCell { try run.supernet.setOpState(reduction: false, edge: e, op: 1, .masked) }
-        let g = Graph(accountant: run.accountant)
-        let x = try randomTensor([1, 8, 4, 4], run.accountant, seed: 3, bound: 1)
-        let shuffled = try g.channelShuffle(try g.concatChannels([try g.zeros([1, 2, 4, 4]), try g.narrow(g.constant(x), channels: 2..<8)]), groups: 4)
-        // The shuffle is a permutation of channels: every input channel appears exactly once.
-        var seen = Set<Float>()
-        for ch in 0..<8 { seen.insert(shuffled.value[ch * 16 + 5]) }
-        XCTAssertEqual(seen.count, 7, "6 bypassed channels + the zero block (2 channels, equal) = 7 distinct values")
         let (t, v) = try batches(run)
         try run.step(train: t, valid: v)   // runs with every op of the normal cell masked
     }

@@ -37,8 +37,11 @@ final class ResumeStateTests: TemporaryDirectoryTestCase {
 
     /// Runs `c` uninterrupted (A); interrupted after `stopAfter` steps (nil: after it finished) and
     /// resumed by a fresh run from the checkpoint (B); and resumed from a copy of B's checkpoint
-    /// without the plugin blobs (C, nil if C's run fails). Returns the three outcomes.
-    func compare(_ c: SearchConfig, stopAfter: Int?, images: Int = 32, budget: Int? = nil) throws -> (a: Outcome, b: Outcome, c: Outcome?) {
+    /// without the plugin blobs (C). C runs to the end, or — where `controlError` says how a
+    /// missing blob makes it fail — must fail with exactly that (C is then nil); any other failure
+    /// of C fails the test, so the control never passes by failing for an unrelated reason.
+    func compare(_ c: SearchConfig, stopAfter: Int?, images: Int = 32, budget: Int? = nil, controlError: String? = nil,
+                 file: StaticString = #filePath, line: UInt = #line) throws -> (a: Outcome, b: Outcome, c: Outcome?) {
         func make(_ out: String) throws -> SearchRun {
             let acc = MemoryAccountant()
             acc.budget = budget
@@ -61,16 +64,30 @@ final class ResumeStateTests: TemporaryDirectoryTestCase {
         try b.resume(from: dirB)
         try b.run()
         // C: the checkpoint as written before plugin blobs existed.
-        let file = dirC + "/checkpoint.safetensors"
-        var st = try SafeTensorsFile.read(path: file)
+        let checkpoint = dirC + "/checkpoint.safetensors"
+        var st = try SafeTensorsFile.read(path: checkpoint)
         var meta = try JSONSerialization.jsonObject(with: Data(st.metadata["espalier.search"]!.utf8)) as! [String: Any]
         XCTAssertNotNil(meta["pluginStates"], "the checkpoint holds plugin blobs")
         meta["pluginStates"] = nil
         st.metadata["espalier.search"] = String(decoding: try JSONSerialization.data(withJSONObject: meta), as: UTF8.self)
-        try st.write(path: file)
+        try st.write(path: checkpoint)
         let old = try make(dirC)
         try old.resume(from: dirC)   // an old checkpoint still resumes
-        let oc: Outcome? = (try? old.run()) == nil ? nil : try outcome(old)
+        var oc: Outcome? = nil
+        do {
+            try old.run()
+            oc = try outcome(old)
+            if let controlError {
+                XCTFail("without the plugin blobs the run should fail with '\(controlError)', but it ran to the end", file: file, line: line)
+            }
+        } catch {
+            if let controlError {
+                XCTAssertTrue("\(error)".contains(controlError), "without the plugin blobs the run should fail with '\(controlError)', not: \(error)",
+                              file: file, line: line)
+            } else {
+                XCTFail("without the plugin blobs the run should run to the end (an old checkpoint resumes), but: \(error)", file: file, line: line)
+            }
+        }
         return (try outcome(a), try outcome(b), oc)
     }
 
@@ -91,7 +108,8 @@ final class ResumeStateTests: TemporaryDirectoryTestCase {
                                  ops: ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }, epochs: 2)
         c.evalImages = 8
         // 4 steps per epoch: interrupted after epoch 2's samples (its first step).
-        let r = try compare(c, stopAfter: 5)
+        // Without its blob the resumed search has forgotten the samples it took before the interrupt: nothing to derive.
+        let r = try compare(c, stopAfter: 5, controlError: "no architecture has been sampled and trained yet")
         assertResumesExactly(r)
     }
 
@@ -132,7 +150,8 @@ final class ResumeStateTests: TemporaryDirectoryTestCase {
 
     func testEtenas_ResumedAfterItsSearchDoesNotSearchAgain() throws {
         let c = tinySearchConfig(strategy: "espalier.strategy.etenas/1", settings: ["batches": "1"], epochs: 1)
-        let r = try compare(c, stopAfter: 1)
+        // Without its blob ETENAS searches again, on the space it already pruned to one op per edge.
+        let r = try compare(c, stopAfter: 1, controlError: "an edge has no active candidate")
         assertResumesExactly(r)
     }
 
