@@ -10,9 +10,12 @@
 // as −∞, so Mix = Σ I(o) e^{α_o} o(x) / Σ I(o') e^{α_o'}, and masked ops never run, allocate
 // nothing and get no gradient. `partial_channels` and `edge_normalization` are the host's space
 // options (PC-DARTS, the paper's setup); a regularizer such as espalier.regularizer.beta-decay/1
-// joins through --regularizer. In a dry run (memory prediction; epoch_begin is not called, so
-// plan_step prunes) nothing is scored: each round removes the lowest-index op of every edge
-// (the cheapest in DARTS's order, so the prediction errs high).
+// joins through --regularizer. In a dry run (a memory prediction) one scoring pass of the whole
+// space is taken (the ranking phase's peak: every later pass scores a smaller network) and each
+// round removes one op of every edge without scores, as many as the real rounds remove; a
+// whole-run prediction lands those removals on each edge's cheapest ops (the host's choice),
+// so the training phase is predicted with the costliest ops kept (mode=random: every op, the
+// costliest draw).
 // Saved state (format 1): whether the pruning ran, what it pruned and the fraction left (a resumed
 // search must not prune again).
 
@@ -119,7 +122,9 @@ final class ZeroOneShotStrategy: StrategyComponent, StatefulComponent {
             removed.append(c)
         }
         let edges = ranker.info.edges
-        if random {
+        if random && dryRun {
+            // A prediction bounds every draw: the costliest keeps every op (each is kept with probability xi > 0).
+        } else if random {
             for t in 0..<2 {
                 for e in 0..<edges {
                     let here = ops[t * edges + e]
@@ -129,6 +134,7 @@ final class ZeroOneShotStrategy: StrategyComponent, StatefulComponent {
                 }
             }
         } else {
+            if dryRun { _ = try ranker.score(seed: 0) }   // the ranking phase's peak: the whole space scored once
             var round = 0
             while currentFraction() > xi {
                 let prunable = (0..<(2 * edges)).filter { ops[$0].count > 1 }

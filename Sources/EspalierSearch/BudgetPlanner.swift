@@ -1,8 +1,9 @@
 // What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
 // planner asks the accountant's dry run about smaller variants of the same run — a smaller batch,
 // partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
-// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of one
-// step of that configuration (shapes only; nothing is computed), never an extrapolation.
+// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of that
+// configuration's whole run (as the budget check makes it; shapes only, nothing is computed),
+// never an extrapolation.
 
 import EspalierCore
 import EspalierHost
@@ -21,7 +22,7 @@ public enum BudgetPlanner {
     public static func suggestions(for config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                    datasetBytes: Int, budget: Int) -> [BudgetSuggestion] {
         func need(_ c: SearchConfig) -> Int? {
-            (try? SearchRun.predictStep(config: c, registry: registry, imageShape: imageShape, classes: classes)).map { $0.stepPeak + datasetBytes }
+            (try? SearchRun.predictRun(config: c, registry: registry, imageShape: imageShape, classes: classes)).map { $0.stepPeak + datasetBytes }
         }
         var out: [BudgetSuggestion] = []
         // The largest batch that fits (the peak grows with the batch, so bisect).

@@ -27,6 +27,9 @@ public struct SearchEpochLog: Codable, Sendable {
     public var alphaNormal: [[Float]], alphaReduce: [[Float]]
     public var weightsNormal: [[Float]], weightsReduce: [[Float]]
     public var genotype: Genotype
+    /// The process's peak resident set in the epoch, and the part of it the accountant does not
+    /// count (peak RSS − peakBytes; outside --memory-budget). nil where /proc cannot be read.
+    public var rssPeakBytes: Int? = nil, unaccountedBytes: Int? = nil
 }
 
 /// Progress of a run (the CLI draws a bar; tests pass nil).
@@ -401,7 +404,7 @@ public final class SearchRun {
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
             let sorted = stepTimes.sorted()
-            let log = SearchEpochLog(
+            var log = SearchEpochLog(
                 epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
                 seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
@@ -410,6 +413,7 @@ public final class SearchRun {
                 weightsNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try derive())
+            recordResidentSet(&log)
             logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
@@ -428,7 +432,7 @@ public final class SearchRun {
             epoch += 1
             stepInEpoch = 0
             try appendLog(log)
-            try appendMemoryTimeline(epochPeak: log.peakBytes)
+            try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
             try checkpoint()
             progress?.epochDone(log)
             if stop { break }

@@ -111,7 +111,7 @@ private let searchArchView: @convention(c) (UnsafeMutableRawPointer?, Int32, Uns
 private let searchSetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, Int32, es_op_state) -> es_status = { host, type, edge, op, state in
     withSearch(host) { run, _ in
         guard let st = OpState(rawValue: state) else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "op state \(state): 0 active, 1 masked, 2 removed") }
-        try run.setOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op), st)
+        try run.strategySetOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op), st)
     }
 }
 
@@ -121,7 +121,7 @@ private let searchGetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, I
         guard let out, edge >= 0, Int(edge) < sp.edgesPerCell, op >= 0, Int(op) < sp.ops.count else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_op_state: edge \(edge) / op \(op) outside the space, or no out pointer")
         }
-        out.pointee = run.supernet.opState(slot: try slot(type, run), edge: Int(edge), op: Int(op)).rawValue
+        out.pointee = run.strategyOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op)).rawValue
     }
 }
 
@@ -284,6 +284,7 @@ extension SearchRun {
         }
         var c = config
         c.space = supernet.space
+        c.memoryBudget = accountant.budget ?? accountant.plannedBudget ?? config.memoryBudget
         for (k, v) in obj {
             guard let n = (v as? NSNumber)?.intValue, n > 0 else {
                 throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")

@@ -14,7 +14,7 @@ final class BudgetTests: XCTestCase {
         c.space.channels = 8; c.space.cells = 4; c.space.nodes = 2; c.space.multiplier = 2
         c.batchSize = 16
         let shape = (c: 1, h: 16, w: 16)
-        func need(_ x: SearchConfig) throws -> Int { try SearchRun.predictStep(config: x, registry: Self.registry, imageShape: shape, classes: 10).stepPeak }
+        func need(_ x: SearchConfig) throws -> Int { try SearchRun.predictRun(config: x, registry: Self.registry, imageShape: shape, classes: 10).stepPeak }
         let full = try need(c)
         let budget = full * 6 / 10
         let fits = BudgetPlanner.suggestions(for: c, registry: Self.registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: budget)
@@ -59,6 +59,7 @@ extension BudgetTests {
         let watcher = PeakWatcher(acc, budget: budget)
         try run.run(progress: watcher)
         XCTAssertGreaterThan(watcher.steps, 4)
+        XCTAssertNil(acc.invariantViolation())
         XCTAssertLessThanOrEqual(watcher.worst, budget, "accountant peak within the budget at every step")
         let csv = try String(contentsOfFile: out + "/memory.csv", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(csv.count, 3, "a header and one row per epoch: \(csv)")
@@ -95,5 +96,41 @@ extension BudgetTests {
         XCTAssertLessThan(masked, full, "the masked sep_conv on every normal edge is not predicted")
         try run.grow(cells: 3)
         XCTAssertGreaterThan(try run.predictPeak(change: "{}").stepPeak, masked, "three cells need more than two")
+    }
+}
+
+extension BudgetTests {
+    /// The budget is enforced: a step under a budget below its measured peak throws
+    /// MemoryBudgetExceeded naming an owner, and everything the step had allocated is freed, so the
+    /// accountant is back at what it held before the step (and its books balance).
+    func testABudgetBelowTheStepPeak_Throws_AndTheAccountantReturnsToItsBaseline() throws {
+        let c = tinySearchConfig()
+        let acc = MemoryAccountant()
+        let run = try syntheticSearchRun(c, registry: Self.registry, accountant: acc)
+        try run.firstStep()   // gradients and momentum exist from here on
+        let baseline = acc.currentTotal
+        let b = try acc.withOwner("batch") { try run.trainLoader.nextCycling(accountant: acc) }
+        let v = try acc.withOwner("batch") { try run.validLoader.nextCycling(accountant: acc) }
+        let withBatches = acc.currentTotal
+        acc.resetPeak()
+        try run.step(train: b, valid: v)
+        let stepPeak = acc.peakTotal
+        XCTAssertEqual(acc.currentTotal, withBatches, "a step gives back what it allocated")
+        XCTAssertNil(acc.invariantViolation())
+        for below in [1, 4096, (stepPeak - withBatches) / 2] {
+            acc.budget = stepPeak - below
+            XCTAssertThrowsError(try run.step(train: b, valid: v), "a budget \(below) B below the step's peak") {
+                guard let e = $0 as? MemoryBudgetExceeded else { return XCTFail("not a budget error: \($0)") }
+                XCTAssertEqual(e.budgetBytes, stepPeak - below)
+                XCTAssertFalse(e.owner.isEmpty, "the error names the owner")
+            }
+            XCTAssertEqual(acc.currentTotal, withBatches, "after the refused step (\(below) B short) the accountant is back where it was")
+            XCTAssertLessThanOrEqual(acc.peakTotal, stepPeak)
+            XCTAssertNil(acc.invariantViolation())
+        }
+        acc.budget = stepPeak
+        try run.step(train: b, valid: v)
+        XCTAssertEqual(acc.currentTotal, withBatches, "at exactly its peak the step runs")
+        XCTAssertGreaterThan(withBatches, baseline)
     }
 }
