@@ -14,8 +14,8 @@
 // space is taken (the ranking phase's peak: every later pass scores a smaller network) and each
 // round removes one op of every edge without scores, as many as the real rounds remove; a
 // whole-run prediction lands those removals on each edge's cheapest ops (the host's choice),
-// so the training phase is predicted with the costliest ops kept (mode=random: every op, the
-// costliest draw).
+// so the training phase is predicted with the costliest ops kept. mode=random draws in a dry run
+// as in the real run (the host RNG, seeded alike), so the prediction removes as many per edge.
 // Saved state (format 1): whether the pruning ran, what it pruned and the fraction left (a resumed
 // search must not prune again).
 
@@ -122,9 +122,7 @@ final class ZeroOneShotStrategy: StrategyComponent, StatefulComponent {
             removed.append(c)
         }
         let edges = ranker.info.edges
-        if random && dryRun {
-            // A prediction bounds every draw: the costliest keeps every op (each is kept with probability xi > 0).
-        } else if random {
+        if random {
             for t in 0..<2 {
                 for e in 0..<edges {
                     let here = ops[t * edges + e]

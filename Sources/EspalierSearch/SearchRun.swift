@@ -237,23 +237,29 @@ public final class SearchRun {
     /// `regularize`: an architecture step, so the regularizers' terms join the loss and α's gradient.
     @discardableResult
     public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true, regularize: Bool = false) throws -> (Double, Int) {
-        try accountant.withOwner("step") {
-            let logits = try supernet.logits(graph, graph.constant(images), state: state)
-            var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
-            // Auxiliary heads (training forwards only): + w·CE of each.
-            for aux in supernet.lastAuxLogits {
-                loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+        do {
+            return try accountant.withOwner("step") {
+                let logits = try supernet.logits(graph, graph.constant(images), state: state)
+                var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+                // Auxiliary heads (training forwards only): + w·CE of each.
+                for aux in supernet.lastAuxLogits {
+                    loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+                }
+                var value = graph.computing ? Double(loss.value[0]) : 0
+                let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+                if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
+                    loss = try graph.add(loss, term)
+                    value += v
+                }
+                if backward { try graph.backward(loss) } else { graph.clearTape() }
+                if regularize && backward { value += try applyArchRegularizers() }
+                if backward { value += try applyChannelMaskRegularizers() }
+                return (value, c)
             }
-            var value = graph.computing ? Double(loss.value[0]) : 0
-            let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
-            if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
-                loss = try graph.add(loss, term)
-                value += v
-            }
-            if backward { try graph.backward(loss) } else { graph.clearTape() }
-            if regularize && backward { value += try applyArchRegularizers() }
-            if backward { value += try applyChannelMaskRegularizers() }
-            return (value, c)
+        } catch {
+            // A failed forward (a refused allocation, a plugin's error) leaves nothing on the tape.
+            graph.clearTape()
+            throw error
         }
     }
 
