@@ -181,6 +181,15 @@ extension AllStrategiesBudgetTests {
         dartsWithout.space.ops = c.space.ops.filter { !$0.contains(".none/") }
         let trained = try SearchRun.predictRun(config: dartsWithout, registry: Self.registry, imageShape: shape, classes: 3)
         XCTAssertGreaterThanOrEqual(pruned.stepPeak, trained.stepPeak, "the costliest seven of eight ops train")
+        // A deeper pruning level (ξ = 0.001: two rounds, two ops per edge) predicts a smaller run,
+        // and the run meets it.
+        var deeper = c
+        deeper.strategySettings["xi"] = "0.001"
+        let deep = try SearchRun.predictRun(config: deeper, registry: Self.registry, imageShape: shape, classes: 3)
+        XCTAssertLessThan(deep.stepPeak, pruned.stepPeak, "two ops fewer per edge")
+        let (run, acc, predicted) = try budgetedRun(deeper, slack: 4096)
+        try run.run()
+        XCTAssertLessThanOrEqual(acc.lifetimePeak, predicted + 4096)
     }
 
     /// A whole-run prediction lands a strategy's removals on each edge's cheapest candidates: the
