@@ -303,3 +303,33 @@ extension AllStrategiesBudgetTests {
         }
     }
 }
+
+extension AllStrategiesBudgetTests {
+    /// The convolution paths a supernet runs (a full 3×3 conv as the stem's, a pointwise and a
+    /// dilated one) allocate their forward workspace in a dry run as in a real one: the same
+    /// allocations, the same transient peak, forward only and with the tape.
+    func testConvolutionForward_DryRunAllocatesItsWorkspace() throws {
+        let shapes: [(w: [Int], padding: Int, dilation: Int, groups: Int)] = [([8, 4, 3, 3], 1, 1, 1), ([8, 4, 1, 1], 0, 1, 1), ([4, 1, 3, 3], 2, 2, 4)]
+        for (ws, padding, dilation, groups) in shapes {
+            for recording in [false, true] {
+                var seen: [(count: Int, peak: Int, workspace: Int)] = []
+                for mode in [MemoryAccountant.Mode.real, .dryRun] {
+                    let acc = MemoryAccountant(mode: mode)
+                    let g = Graph(accountant: acc)
+                    let x = try g.leaf(Tensor(shape: [4, 4, 8, 8], category: .activations, accountant: acc))
+                    let w = try g.leaf(Tensor(shape: ws, category: .parameters, accountant: acc))
+                    let count = acc.allocationCount, base = acc.currentTotal
+                    acc.resetPeak()
+                    let body = { _ = try g.conv2d(x, w, padding: padding, dilation: dilation, groups: groups) }
+                    if recording { try body() } else { try g.noGrad(body) }
+                    seen.append((acc.allocationCount - count, acc.peakTotal - base, acc.peakTotal - base - 4 * 4 * ws[0] * 8 * 8))
+                    g.clearTape()
+                }
+                let what = "w \(ws) dilation \(dilation) groups \(groups)\(recording ? " taped" : "")"
+                XCTAssertEqual(seen[1].count, seen[0].count, "\(what): as many allocations dry as real")
+                XCTAssertEqual(seen[1].peak, seen[0].peak, "\(what): the same peak (output + workspace)")
+                if ws[2] == 3 && groups == 1 { XCTAssertGreaterThan(seen[0].workspace, 0, "\(what): a full 3×3 conv has a forward workspace") }
+            }
+        }
+    }
+}
