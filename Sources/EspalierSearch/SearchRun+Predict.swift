@@ -25,10 +25,12 @@ extension SearchRun {
     /// Builds `config`'s run in a dry-run accountant and takes one step. `opStates` (normal,
     /// reduce; edges × ops, as `opStates(reduction:)` gives them) carries a live run's masked and
     /// removed candidates into the prediction, so they are not counted; `slotStates` does the same
-    /// per slot (a hyper-connected space's cells) and `inputStates` for inter-cell inputs.
+    /// per slot (a hyper-connected space's cells) and `inputStates` for inter-cell inputs;
+    /// `values` (a live run's named values: skip_dropout, gate.tau, …) are set before the step,
+    /// so what they change (P-DARTS's dropout masks) is in it.
     public static func predictStep(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                    opStates: (normal: [Int32], reduce: [Int32])? = nil, slotStates: [[Int32]]? = nil,
-                                   inputStates: [[Int32]]? = nil) throws -> StepPrediction {
+                                   inputStates: [[Int32]]? = nil, values: [String: Double] = [:]) throws -> StepPrediction {
         try predict(config: config, registry: registry, imageShape: imageShape, classes: classes) { run in
             let k = run.config.space.ops.count
             if let opStates, opStates.normal.count == run.config.space.edgesPerCell * k, opStates.reduce.count == opStates.normal.count {
@@ -45,6 +47,7 @@ extension SearchRun {
                 }
             }
             try run.applyInputStates(inputStates ?? [])
+            for (name, v) in values.sorted(by: { $0.key < $1.key }) { try run.setValue(name, v) }
             try run.firstStep()
         }
     }

@@ -277,7 +277,7 @@ extension SearchRun {
     }
 
     /// The predicted step peak of this run as it is now (its current depth, masked and removed
-    /// candidates left out) after `change` ({"cells": n, "batch": b, "channels": c}).
+    /// candidates left out, its named values such as skip_dropout set) after `change` ({"cells": n, "batch": b, "channels": c}).
     public func predictPeak(change: String) throws -> StepPrediction {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(change.utf8)) as? [String: Any] else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(change)' is not a JSON object")
@@ -302,6 +302,6 @@ extension SearchRun {
         return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
                                          opStates: supernet.hyperConnected ? nil : (opStates(reduction: false), opStates(reduction: true)),
                                          slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
-                                         inputStates: inputStatesByCell())
+                                         inputStates: inputStatesByCell(), values: values)
     }
 }

@@ -333,3 +333,20 @@ extension AllStrategiesBudgetTests {
         }
     }
 }
+
+extension AllStrategiesBudgetTests {
+    /// A live run's prediction (predict_peak, the memory timeline's per-epoch figure) carries the
+    /// run's named values: with P-DARTS's skip-connect dropout set, the dropout masks are in it,
+    /// and it equals the measured step.
+    func testPredictPeak_OfALiveRun_CarriesItsSkipDropout() throws {
+        var c = try config("pdarts")
+        c.strategySettings = ["stage_cells": "2", "stage_ops": "1", "skip_dropout": "0.3", "skip_dropout_schedule": "constant"]
+        let run = try syntheticSearchRun(c, registry: Self.registry)
+        let without = try run.predictPeak(change: "{}").stepPeak
+        try run.setValue("skip_dropout", 0.3)
+        let with = try run.predictPeak(change: "{}").stepPeak
+        XCTAssertGreaterThan(with, without, "the dropout masks are predicted")
+        try run.firstStep()
+        XCTAssertEqual(with, run.accountant.peakTotal - run.trainLoader.view.dataset.byteCount, "the prediction is the measured step")
+    }
+}
