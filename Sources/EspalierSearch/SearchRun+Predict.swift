@@ -18,6 +18,8 @@ public struct StepPrediction {
     public let accountant: MemoryAccountant
     /// Bytes of the stand-in dataset, to subtract: the prediction covers model, optimiser, batches and the step.
     public let datasetBytes: Int
+    /// A whole-run prediction: the first epoch (0-based) at which the peak was reached.
+    public var peakEpoch: Int? = nil
     public var stepPeak: Int { accountant.peakTotal - datasetBytes }
 }
 
@@ -58,10 +60,16 @@ extension SearchRun {
     /// as it is built included). Masks and removals a strategy makes land on the cheapest
     /// candidates of each edge (`strategySetOpState`), so the prediction bounds every choice the
     /// real run may make. One step per epoch: the steps of an epoch allocate alike.
-    public static func predictRun(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int) throws -> StepPrediction {
-        try predict(config: config, registry: registry, imageShape: imageShape, classes: classes) { run in
-            try run.simulateEpochs()
+    /// `throughEpoch`: simulate epochs 0…that one only (the budget planner's variants of a run
+    /// whose full prediction peaked there; the knobs it turns do not move a schedule).
+    public static func predictRun(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
+                                  throughEpoch: Int? = nil) throws -> StepPrediction {
+        var peakEpoch = 0
+        var p = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes) { run in
+            peakEpoch = try run.simulateEpochs(through: throughEpoch)
         }
+        p.peakEpoch = peakEpoch
+        return p
     }
 
     /// A dry-run accountant, a context of its own (closed afterwards, so both are freed with the
@@ -97,10 +105,12 @@ extension SearchRun {
 
     /// The loop of `run()` in a dry run, one step per epoch: the strategy's epoch_begin, a step,
     /// the validation pass and mixing weights the loop makes, epoch_end (and the evaluation of a
-    /// network that epoch_end pruned), to the last epoch.
-    func simulateEpochs() throws {
+    /// network that epoch_end pruned), to the last epoch (or `through`). Returns the first epoch
+    /// at which the peak was reached.
+    func simulateEpochs(through last: Int? = nil) throws -> Int {
         precondition(accountant.isDryRun, "simulateEpochs is a prediction: a dry run only")
-        while epoch < config.epochs {
+        var peak = accountant.peakTotal, peakEpoch = 0
+        while epoch < config.epochs && epoch <= (last ?? Int.max) {
             weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
             try withSectionValues { try strategy.epochBegin(state) }
             onlySkippedThisEpoch = true
@@ -116,8 +126,10 @@ extension SearchRun {
             // the prediction goes on to the last epoch: more epochs can only raise the bound.
             _ = try withSectionValues { try strategy.epochEnd(state, metrics: EpochMetrics()) }
             if supernet.space.sumOps && removedCount() > removedBefore { _ = try evaluate(validEvalView) }
+            if accountant.peakTotal > peak { peak = accountant.peakTotal; peakEpoch = epoch }
             epoch += 1
         }
+        return peakEpoch
     }
 
     /// Forgets a prediction's bookkeeping (called when its dry run ends).

@@ -4,7 +4,9 @@
 // least 2 epochs; P-DARTS its three stages) under a budget of its whole-run prediction + 4 KiB
 // and must finish; the accountant's books balance afterwards. The measured / predicted ratio of
 // each is printed (GDAS, ProxylessNAS and PARSEC bound a sampled choice by its costliest draw, so
-// they over-predict). Also: the causes of the under-predictions the issue found, one test each.
+// they over-predict). Also: the causes of the under-predictions the issue found, one test each;
+// dry runs allocate as real ones (counts, not only peaks: a convolution's forward workspace);
+// predictions are freed after use; a live run's prediction carries its named values.
 
 import EspalierCore
 import EspalierHost
@@ -100,6 +102,13 @@ extension AllStrategiesBudgetTests {
         let whole = try SearchRun.predictRun(config: c, registry: Self.registry, imageShape: shape, classes: 3)
         XCTAssertGreaterThan(whole.stepPeak, firstStep.stepPeak, "three stages with dropout need more than the first step without")
         XCTAssertGreaterThan(whole.accountant.allocationCount, firstStep.accountant.allocationCount)
+        // Simulated through the epoch at which it peaked (as the budget planner does): the same peak.
+        let peakEpoch = try XCTUnwrap(whole.peakEpoch)
+        XCTAssertGreaterThan(peakEpoch, 0, "a later stage peaks")
+        XCTAssertEqual(try SearchRun.predictRun(config: c, registry: Self.registry, imageShape: shape, classes: 3, throughEpoch: peakEpoch).stepPeak,
+                       whole.stepPeak)
+        XCTAssertLessThan(try SearchRun.predictRun(config: c, registry: Self.registry, imageShape: shape, classes: 3, throughEpoch: 0).stepPeak,
+                          whole.stepPeak)
         // Without dropout and with one stage the whole run is its first step, repeated.
         var plain = c
         plain.strategySettings = ["stage_cells": "2", "stage_ops": "1", "skip_dropout": "0"]
