@@ -4,10 +4,12 @@
 // `predictRun` predicts a whole run before it starts: the dry run goes through every epoch as the
 // loop does (epoch_begin, a step, the epoch's evaluation, epoch_end), so whatever a strategy
 // changes on a schedule — stages that grow the network, skip-connect dropout, children it
-// trains, ops it prunes before training — is in the peak, the maximum over the run. Where a
-// strategy's choice depends on values a dry run does not have (α, scores, norms), the host
-// takes the costliest outcome: an edge on which the strategy masks or removes n candidates
-// loses its n cheapest ones (as a sampled gate's prediction runs the costliest draw per edge).
+// trains, ops it prunes before training — is in the peak, the maximum over the run. In every
+// prediction, where a strategy's choice depends on values a dry run does not have (α, scores,
+// norms), the host takes the costliest outcome: an edge on which the strategy masks or removes n
+// candidates loses its n cheapest ones (as a sampled gate's prediction runs the costliest draw
+// per edge); the strategy's own dry-run choices (DropNAS: drop nothing; random search: the
+// uniform children) are in its plugin.
 
 import EspalierCore
 import EspalierHost
@@ -58,8 +60,8 @@ extension SearchRun {
     /// checked against): the dry run goes through every epoch as the loop does — epoch_begin, one
     /// step, the epoch's evaluation, epoch_end — and the peak is the largest of them (the network
     /// as it is built included). Masks and removals a strategy makes land on the cheapest
-    /// candidates of each edge (`strategySetOpState`), so the prediction bounds every choice the
-    /// real run may make. One step per epoch: the steps of an epoch allocate alike.
+    /// candidates of each edge (`strategySetOpState`), so which candidates the real run drops
+    /// cannot take it higher. One step per epoch: the steps of an epoch allocate alike.
     /// `throughEpoch`: simulate epochs 0…that one only (the budget planner's variants of a run
     /// whose full prediction peaked there; the knobs it turns do not move a schedule).
     public static func predictRun(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
