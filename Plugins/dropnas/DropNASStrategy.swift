@@ -16,6 +16,7 @@
 // optimiser's momentum or weight decay cannot move an op that was off), and k reduces to
 // log(Σ_kept e^α_old / Σ_kept e^α_new): the kept ops' total mass, hence the dropped ones', is what
 // it was before the step. Warm-up epochs (drop rate 0, α frozen in the code) are weight-only steps.
+// In a dry run (a memory prediction) nothing is dropped: the prediction is the costliest draw.
 
 #if canImport(Glibc)
 import Glibc
@@ -75,6 +76,9 @@ final class DropNASStrategy: StrategyComponent {
 
     func planStep(state: RunState) throws -> StepPlan {
         if state.epoch < warmupEpochs { return StepPlan(.weightsOnly) }
+        // A prediction (dry run) bounds every draw: the costliest draw drops nothing (each op is
+        // kept with probability > 0), so a dry step runs every candidate.
+        if state.isDryRun { return StepPlan(.singleLevel) }
         let search = try services()
         guard masks.isEmpty else {
             throw PluginError.internalError("\(Self.id): plan_step called again before after_step lifted the previous masks")

@@ -65,12 +65,13 @@ final class ProxSGDRegularizer: ProximalRegularizer, StatefulComponent {
     }
 
     /// Fresh zero buffers of `counts` elements for target `name` (replacing and freeing its old ones).
-    private func allocateBuffers(_ name: String, counts: [Int]) throws -> [(buffer: UnsafeMutablePointer<Float>, count: Int)] {
+    /// `zeroed` false: only allocated (a dry run's blocks hold no data).
+    private func allocateBuffers(_ name: String, counts: [Int], zeroed: Bool = true) throws -> [(buffer: UnsafeMutablePointer<Float>, count: Int)] {
         freeBuffers(name)
         let fresh = try counts.map { n -> (buffer: UnsafeMutablePointer<Float>, count: Int) in
             let raw = try host.allocate(bytes: max(n, 1) * 4, category: .optimizerState, owner: "regularizer/proxsgd/" + name)
             let p = raw.bindMemory(to: Float.self, capacity: max(n, 1))
-            p.initialize(repeating: 0, count: max(n, 1))
+            if zeroed { p.initialize(repeating: 0, count: max(n, 1)) }
             return (p, n)
         }
         momentum[name] = fresh
@@ -115,11 +116,20 @@ final class ProxSGDRegularizer: ProximalRegularizer, StatefulComponent {
     }
 
     func proximal(state: RunState, targets: [RegularizerTarget], lr hostLR: Double) throws {
-        if state.isDryRun { return }
         let step = lr > 0 ? lr : hostLR
         // Buffers of targets that are gone (removed groups) are freed.
         let names = Set(targets.map(\.name))
         for name in Array(momentum.keys) where !names.contains(name) { freeBuffers(name) }
+        // A dry run (a memory prediction): the momentum buffers a real step allocates, untouched
+        // (the host's dry-run blocks are tokens without room for data); nothing is computed.
+        if state.isDryRun {
+            if ownsUpdate {
+                for t in targets where t.kind == .weightGroup && momentum[t.name]?.map(\.count) != t.values.map(\.count) {
+                    _ = try allocateBuffers(t.name, counts: t.values.map(\.count), zeroed: false)
+                }
+            }
+            return
+        }
         for t in targets where t.kind == .weightGroup {
             for (v, g) in zip(t.values, t.grads) where g.raw.data != nil {
                 try v.requireSameShape(as: g, "\(Self.id): gradient of '\(t.name)'")

@@ -6,7 +6,9 @@
 // the best validation accuracy (the first on a tie). Every step is ES_STEP_SKIP, so the host's
 // trainer does no supernet work; `derive` returns the best architecture. The work is done in
 // plan_step rather than epoch_begin so that the children's memory counts in the epoch's peak and
-// in the dry-run prediction (one child, one step). The best architecture and its accuracy are the
+// in the dry-run prediction, which trains one step of every child that may cost the most: every
+// edge with the same op, for each op, with each node's two first or two last inputs (a child's
+// memory is its edges' ops, and a uniform child of the costliest op keeps the most). The best architecture and its accuracy are the
 // instance's saved state (format 1), so a resumed search keeps comparing against them. Not here:
 // any weight sharing.
 
@@ -39,15 +41,19 @@ final class RandomSearchStrategy: DerivingStrategy, StatefulComponent {
         return StepPlan(.skip)
     }
 
-    /// The epoch's samples; in a dry run one child and one step (its memory is what counts).
+    /// The epoch's samples; in a dry run (a memory prediction) one step of each costliest-kind
+    /// child instead (`CellSpace.boundingGenotypes`), so the prediction bounds every sample.
     func sampleAndTrain(state: RunState) throws {
         guard let search = host.search else { throw PluginError.unsupported("\(Self.id): no search is running") }
         let space = try CellSpace(search)
-        let count = state.isDryRun ? 1 : samplesPerEpoch
+        if state.isDryRun {
+            for json in try space.boundingGenotypes() { _ = try search.trainChild(arch: json, steps: 1) }
+            return
+        }
+        let count = samplesPerEpoch
         for k in 0..<count {
             let json = try space.sampleGenotype(host)
-            let accuracy = try search.trainChild(arch: json, steps: state.isDryRun ? 1 : childSteps)
-            if state.isDryRun { return }
+            let accuracy = try search.trainChild(arch: json, steps: childSteps)
             if best == nil || accuracy > best!.accuracy { best = (json, accuracy) }
             host.log("\(Self.id): epoch \(state.epoch + 1) sample \(k + 1)/\(count): valid accuracy \(accuracy), architecture \(json)")
         }
@@ -143,15 +149,47 @@ struct CellSpace {
         return edges
     }
 
+    /// The children a prediction trains (one step each) to bound any sample: for every op, the
+    /// child with that op on every edge (where the op is allowed; else the edge's first allowed),
+    /// once with each node's two first inputs and once with its two last.
+    func boundingGenotypes() throws -> [String] {
+        let ops = Set(allowed.flatMap { $0.flatMap { $0 } }).sorted()
+        var out: [String] = []
+        for o in ops {
+            for lastInputs in [false, true] {
+                let cells = try (0..<2).map { t -> [(op: Int, input: Int)] in
+                    var edges: [(op: Int, input: Int)] = []
+                    for i in 0..<nodes {
+                        let inputs = (0..<(2 + i)).filter { !allowed[t][Self.edge(node: i, input: $0)].isEmpty }
+                        guard inputs.count >= 2 else {
+                            throw PluginError.invalidArgument("random search: node \(i) of the \(t == 0 ? "normal" : "reduce") cell has \(inputs.count) incoming edge(s) with a candidate other than none left; it needs 2")
+                        }
+                        for j in lastInputs ? Array(inputs.suffix(2)) : Array(inputs.prefix(2)) {
+                            let here = allowed[t][Self.edge(node: i, input: j)]
+                            edges.append((here.contains(o) ? o : here[0], j))
+                        }
+                    }
+                    return edges
+                }
+                out.append(json(normal: cells[0], reduce: cells[1]))
+            }
+        }
+        return out
+    }
+
     /// A uniformly sampled architecture as genotype JSON (one line), with the ops' component ids.
     func sampleGenotype(_ host: PluginHost) throws -> String {
+        json(normal: try sampleCell(type: 0, host), reduce: try sampleCell(type: 1, host))
+    }
+
+    /// Genotype JSON (one line) of two cells' edges, with the ops' component ids.
+    func json(normal: [(op: Int, input: Int)], reduce: [(op: Int, input: Int)]) -> String {
         func quoted(_ s: String) -> String {
             "\"" + s.map { $0 == "\"" || $0 == "\\" ? "\\\($0)" : String($0) }.joined() + "\""
         }
         func cell(_ edges: [(op: Int, input: Int)]) -> String {
             "[" + edges.map { "[\(quoted(names[$0.op])), \($0.input)]" }.joined(separator: ", ") + "]"
         }
-        let normal = try sampleCell(type: 0, host), reduce = try sampleCell(type: 1, host)
         let concat = "[" + (2..<(2 + nodes)).map(String.init).joined(separator: ", ") + "]"
         let used = Set((normal + reduce).map(\.op)).sorted()
         let opIDs = used.map { "\(quoted(names[$0])): \(quoted(ids[$0]))" }.joined(separator: ", ")

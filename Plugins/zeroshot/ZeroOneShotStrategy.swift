@@ -10,9 +10,12 @@
 // as −∞, so Mix = Σ I(o) e^{α_o} o(x) / Σ I(o') e^{α_o'}, and masked ops never run, allocate
 // nothing and get no gradient. `partial_channels` and `edge_normalization` are the host's space
 // options (PC-DARTS, the paper's setup); a regularizer such as espalier.regularizer.beta-decay/1
-// joins through --regularizer. In a dry run (memory prediction; epoch_begin is not called, so
-// plan_step prunes) nothing is scored: each round removes the lowest-index op of every edge
-// (the cheapest in DARTS's order, so the prediction errs high).
+// joins through --regularizer. In a dry run (a memory prediction) one scoring pass of the whole
+// space is taken (the ranking phase's peak: every later pass scores a smaller network) and each
+// round removes one op of every edge without scores, as many as the real rounds remove; a
+// whole-run prediction lands those removals on each edge's cheapest ops (the host's choice),
+// so the training phase is predicted with the costliest ops kept. mode=random draws in a dry run
+// as in the real run (the host RNG, seeded alike), so the prediction removes as many per edge.
 // Saved state (format 1): whether the pruning ran, what it pruned and the fraction left (a resumed
 // search must not prune again).
 
@@ -129,6 +132,7 @@ final class ZeroOneShotStrategy: StrategyComponent, StatefulComponent {
                 }
             }
         } else {
+            if dryRun { _ = try ranker.score(seed: 0) }   // the ranking phase's peak: the whole space scored once
             var round = 0
             while currentFraction() > xi {
                 let prunable = (0..<(2 * edges)).filter { ops[$0].count > 1 }

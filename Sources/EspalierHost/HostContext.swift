@@ -102,7 +102,8 @@ public final class HostContext {
         self.accountant = accountant
         self.rng = RNG(seed: seed)
         self.factory = ParameterFactory(accountant: accountant, seed: seed &+ 1)
-        services = .allocate(capacity: 1)
+        // A table given back by a closed context is reused (plugins may still hold it; it stays valid).
+        services = HostContext.closedTables.popLast() ?? .allocate(capacity: 1)
         UnsafeMutableRawPointer(services).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<es_host_services>.size)
         var s = es_host_services()
         s.struct_size = UInt32(MemoryLayout<es_host_services>.size)
@@ -127,6 +128,28 @@ public final class HostContext {
         // The context lives as long as the table: plugins may hold either for the process's life.
         services.pointee.host = Unmanaged.passRetained(self).toOpaque()
     }
+
+    /// Ends a context made for one run (a prediction's dry run): calls through its table fail from
+    /// now on (its `host` is NULL), the gates it keeps go, and the retain that kept it alive for
+    /// the table is given back, so the context and its accountant are freed once the run that uses
+    /// it is. Its table is kept for the next context (a plugin may still hold the pointer).
+    /// Call it only after every plugin instance made with it is destroyed or about to be.
+    public func close() {
+        guard let host = services.pointee.host else { return }
+        services.pointee.host = nil
+        services.pointee.search = nil
+        gatesByRole = [:]
+        gateMakersByRole = [:]
+        Unmanaged<HostContext>.fromOpaque(host).release()
+    }
+
+    deinit {
+        for (p, _) in allocations { free(p) }
+        HostContext.closedTables.append(services)
+    }
+
+    /// Tables of closed contexts, reused by new ones (host thread only).
+    private nonisolated(unsafe) static var closedTables: [UnsafeMutablePointer<es_host_services>] = []
 
     /// Points the context at a run's accountant and seed.
     public func begin(accountant: MemoryAccountant, seed: UInt64) {
@@ -414,7 +437,7 @@ private let hostMemoryReport: @convention(c) (UnsafeMutableRawPointer?, UnsafePo
         withUnsafeMutableBytes(of: &r.at_peak) { raw in for c in 0..<Int(ES_MEM_CATEGORY_COUNT) { raw.storeBytes(of: UInt64(peak.bytes[c]), toByteOffset: c * 8, as: UInt64.self) } }
         r.current_total = UInt64(cur.total)
         r.peak_total = UInt64(peak.total)
-        r.budget = UInt64(ctx.accountant.budget ?? 0)
+        r.budget = UInt64(ctx.accountant.budget ?? ctx.accountant.plannedBudget ?? 0)
         out.pointee = r
     }
 }

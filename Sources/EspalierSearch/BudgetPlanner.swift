@@ -1,8 +1,9 @@
 // What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
 // planner asks the accountant's dry run about smaller variants of the same run — a smaller batch,
 // partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
-// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of one
-// step of that configuration (shapes only; nothing is computed), never an extrapolation.
+// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of that
+// configuration's run (as the budget check makes it, through the epoch at which the run's own
+// prediction peaked; shapes only, nothing is computed), never an extrapolation.
 
 import EspalierCore
 import EspalierHost
@@ -20,8 +21,12 @@ public enum BudgetPlanner {
     /// Suggestions that fit `budget` (bytes, including `datasetBytes`), each changing one knob.
     public static func suggestions(for config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                    datasetBytes: Int, budget: Int) -> [BudgetSuggestion] {
+        // The variants keep the run's schedule (stages, warm-up, pruning), so each is simulated up
+        // to the epoch at which the run's own prediction peaked, not through every epoch.
+        let through = (try? SearchRun.predictRun(config: config, registry: registry, imageShape: imageShape, classes: classes))?.peakEpoch
         func need(_ c: SearchConfig) -> Int? {
-            (try? SearchRun.predictStep(config: c, registry: registry, imageShape: imageShape, classes: classes)).map { $0.stepPeak + datasetBytes }
+            (try? SearchRun.predictRun(config: c, registry: registry, imageShape: imageShape, classes: classes, throughEpoch: through))
+                .map { $0.stepPeak + datasetBytes }
         }
         var out: [BudgetSuggestion] = []
         // The largest batch that fits (the peak grows with the batch, so bisect).

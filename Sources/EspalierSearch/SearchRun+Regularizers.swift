@@ -141,7 +141,8 @@ extension SearchRun {
 
     /// The weight update of an update-owning regularizer (instead of SGD).
     func applyOwnedUpdate() throws {
-        guard let r = updateOwner, !accountant.isDryRun else { return }
+        // A dry run calls it too: the owner's own buffers (ProxSGD's momentum) are part of the peak.
+        guard let r = updateOwner else { return }
         try r.proximal(try ownedUpdateTargets(), learningRate: Double(weightOptimizer.learningRate), state: state)
     }
 

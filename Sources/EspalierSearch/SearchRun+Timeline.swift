@@ -1,7 +1,10 @@
 // The memory timeline of a search: after every epoch a row of OUT/memory.csv (epoch, the cells
 // it trained, the accountant's measured peak of the epoch, the dry-run prediction for that
-// network made at the epoch's start, the budget) and OUT/memory.svg redrawn from it — measured against predicted against the
-// budget, with a marker wherever the cell count changed (P-DARTS stages, Bonsai-Net sections).
+// network made at the epoch's start, the budget, the process's peak resident set in the epoch
+// and what of it the accountant does not count: peak RSS − accounted peak, i.e. code, libraries,
+// the allocator, the buffer pool's idle buffers, thread stacks) and OUT/memory.svg redrawn from
+// it — measured against predicted against the budget, with a marker wherever the cell count
+// changed (P-DARTS stages, Bonsai-Net sections). The budget covers accounted bytes only.
 
 import EspalierCore
 import Foundation
@@ -12,20 +15,53 @@ public struct MemoryTimelineRow: Sendable, Equatable {
     public var measured: Int
     public var predicted: Int?
     public var budget: Int?
+    /// The process's peak resident set in the epoch (Linux; nil where it cannot be read).
+    public var rssPeak: Int? = nil
+    /// rssPeak − measured: bytes outside the accountant (and so outside the budget).
+    public var unaccounted: Int? { rssPeak.map { $0 - measured } }
 
-    var csv: String { "\(epoch),\(cells),\(measured),\(predicted.map(String.init) ?? ""),\(budget.map(String.init) ?? "")" }
-    static let header = "epoch,cells,measured_peak_bytes,predicted_peak_bytes,budget_bytes"
+    var csv: String {
+        func text(_ v: Int?) -> String { v.map { String($0) } ?? "" }
+        let fields: [String] = [String(epoch), String(cells), String(measured), text(predicted), text(budget), text(rssPeak), text(unaccounted)]
+        return fields.joined(separator: ",")
+    }
+    static let header = "epoch,cells,measured_peak_bytes,predicted_peak_bytes,budget_bytes,rss_peak_bytes,unaccounted_bytes"
+}
+
+/// The process's resident set from /proc/self/status (Linux): now (VmRSS) and its high-water
+/// mark (VmHWM); nil where it cannot be read.
+public func residentSetBytes() -> (current: Int, peak: Int)? {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    func field(_ name: String) -> Int? {
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
+        let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard parts.count >= 2, let kib = Int(parts[1]) else { return nil }
+        return kib * 1024
+    }
+    guard let now = field("VmRSS"), let peak = field("VmHWM") else { return nil }
+    return (now, peak)
+}
+
+/// Starts a new high-water mark of the resident set at what is resident now (Linux: "5" to
+/// /proc/self/clear_refs); false where it cannot, and the mark stays the process's lifetime peak.
+@discardableResult
+public func resetResidentSetPeak() -> Bool {
+    guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+    defer { try? h.close() }
+    do { try h.write(contentsOf: Data("5".utf8)); return true } catch { return false }
 }
 
 extension SearchRun {
     /// Appends the row of the epoch just finished (the loop has advanced `epoch` past it) and
     /// redraws the plot (no output folder or a dry run: nothing).
-    func appendMemoryTimeline(epochPeak: Int) throws {
+    /// `rssPeak`: the process's peak resident set in the epoch (the log line's), if known.
+    func appendMemoryTimeline(epochPeak: Int, rssPeak: Int? = nil) throws {
         guard let dir = outDirectory, !accountant.isDryRun else { return }
         // The network the epoch trained and its prediction from the epoch's start (after
         // epoch_begin; a growth at the epoch's end shows in the next row).
         let start = epochStart ?? (supernet.space.cells, predictedNow())
-        let row = MemoryTimelineRow(epoch: epoch, cells: start.cells, measured: epochPeak, predicted: start.predicted, budget: accountant.budget)
+        let row = MemoryTimelineRow(epoch: epoch, cells: start.cells, measured: epochPeak, predicted: start.predicted, budget: accountant.budget,
+                                    rssPeak: rssPeak)
         let path = (dir as NSString).appendingPathComponent("memory.csv")
         var rows = (try? Self.readMemoryTimeline(path)) ?? []
         rows.removeAll { $0.epoch >= row.epoch }   // a resumed run rewrites the epochs it repeats
@@ -40,17 +76,28 @@ extension SearchRun {
         (try? predictPeak(change: "{}")).map { $0.stepPeak + trainLoader.view.dataset.byteCount }
     }
 
-    /// Called after epoch_begin: the epoch's cells and prediction for its timeline row.
+    /// Called after epoch_begin: the epoch's cells and prediction for its timeline row; the
+    /// resident set's high-water mark starts again (so the epoch's peak RSS is its own).
     func noteEpochStart() {
         epochStart = outDirectory == nil || accountant.isDryRun ? nil : (supernet.space.cells, predictedNow())
+        if !accountant.isDryRun { resetResidentSetPeak() }
+    }
+
+    /// The epoch's peak resident set and its unaccounted part (peak RSS − the accountant's epoch
+    /// peak) into its log line (nil where /proc cannot be read).
+    func recordResidentSet(_ log: inout SearchEpochLog) {
+        guard !accountant.isDryRun, let rss = residentSetBytes() else { return }
+        log.rssPeakBytes = rss.peak
+        log.unaccountedBytes = rss.peak - log.peakBytes
     }
 
     static func readMemoryTimeline(_ path: String) throws -> [MemoryTimelineRow] {
         let text = try String(contentsOfFile: path, encoding: .utf8)
         return text.split(separator: "\n").dropFirst().compactMap { line in
             let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            guard f.count == 5, let e = Int(f[0]), let c = Int(f[1]), let m = Int(f[2]) else { return nil }
-            return MemoryTimelineRow(epoch: e, cells: c, measured: m, predicted: Int(f[3]), budget: Int(f[4]))
+            // Five columns before the resident set was logged, seven since.
+            guard f.count == 5 || f.count == 7, let e = Int(f[0]), let c = Int(f[1]), let m = Int(f[2]) else { return nil }
+            return MemoryTimelineRow(epoch: e, cells: c, measured: m, predicted: Int(f[3]), budget: Int(f[4]), rssPeak: f.count == 7 ? Int(f[5]) : nil)
         }
     }
 

@@ -32,6 +32,9 @@ public struct SearchEpochLog: Codable, Sendable {
     /// second selection); nil when the epoch had none, and in logs written before they existed.
     public var archLoss: Double? = nil
     public var regularizerTerms: [String: Double]? = nil
+    /// The process's peak resident set in the epoch, and the part of it the accountant does not
+    /// count (peak RSS − peakBytes; outside --memory-budget). nil where /proc cannot be read.
+    public var rssPeakBytes: Int? = nil, unaccountedBytes: Int? = nil
 }
 
 /// The log line of a search that diverged (`diverged` is always true; `loss` may be nan or inf,
@@ -273,24 +276,30 @@ public final class SearchRun {
     /// `regularize`: an architecture step, so the regularizers' terms join the loss and α's gradient.
     @discardableResult
     public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true, regularize: Bool = false) throws -> (Double, Int) {
-        try accountant.withOwner("step") {
-            let logits = try supernet.logits(graph, graph.constant(images), state: state)
-            var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
-            // Auxiliary heads (training forwards only): + w·CE of each.
-            for aux in supernet.lastAuxLogits {
-                loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+        do {
+            return try accountant.withOwner("step") {
+                let logits = try supernet.logits(graph, graph.constant(images), state: state)
+                var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+                // Auxiliary heads (training forwards only): + w·CE of each.
+                for aux in supernet.lastAuxLogits {
+                    loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+                }
+                var value = graph.computing ? Double(loss.value[0]) : 0
+                let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+                if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
+                    loss = try graph.add(loss, term)
+                    value += v
+                }
+                if backward { try graph.backward(loss) } else { graph.clearTape() }
+                if regularize && backward { value += try applyArchRegularizers() }
+                if backward { value += try applyChannelMaskRegularizers() }
+                if regularize && backward && graph.computing { archLossTotal.sum += value; archLossTotal.count += 1 }
+                return (value, c)
             }
-            var value = graph.computing ? Double(loss.value[0]) : 0
-            let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
-            if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
-                loss = try graph.add(loss, term)
-                value += v
-            }
-            if backward { try graph.backward(loss) } else { graph.clearTape() }
-            if regularize && backward { value += try applyArchRegularizers() }
-            if backward { value += try applyChannelMaskRegularizers() }
-            if regularize && backward && graph.computing { archLossTotal.sum += value; archLossTotal.count += 1 }
-            return (value, c)
+        } catch {
+            // A failed forward (a refused allocation, a plugin's error) leaves nothing on the tape.
+            graph.clearTape()
+            throw error
         }
     }
 
@@ -445,7 +454,7 @@ public final class SearchRun {
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
             let sorted = stepTimes.sorted()
             let terms = takeEpochTerms()
-            let log = SearchEpochLog(
+            var log = SearchEpochLog(
                 epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
                 seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
@@ -454,6 +463,7 @@ public final class SearchRun {
                 weightsNormal: try supernet.mixingWeights(reduction: false, accountant: accountant),
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
+            recordResidentSet(&log)
             logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
@@ -472,7 +482,7 @@ public final class SearchRun {
             epoch += 1
             stepInEpoch = 0
             try appendLog(log)
-            try appendMemoryTimeline(epochPeak: log.peakBytes)
+            try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
             try checkpoint()
             progress?.epochDone(log)
             if stop { break }

@@ -111,7 +111,7 @@ private let searchArchView: @convention(c) (UnsafeMutableRawPointer?, Int32, Uns
 private let searchSetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, Int32, Int32, es_op_state) -> es_status = { host, type, edge, op, state in
     withSearch(host) { run, _ in
         guard let st = OpState(rawValue: state) else { throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "op state \(state): 0 active, 1 masked, 2 removed") }
-        try run.setOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op), st)
+        try run.strategySetOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op), st)
     }
 }
 
@@ -121,7 +121,7 @@ private let searchGetOpState: @convention(c) (UnsafeMutableRawPointer?, Int32, I
         guard let out, edge >= 0, Int(edge) < sp.edgesPerCell, op >= 0, Int(op) < sp.ops.count else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "get_op_state: edge \(edge) / op \(op) outside the space, or no out pointer")
         }
-        out.pointee = run.supernet.opState(slot: try slot(type, run), edge: Int(edge), op: Int(op)).rawValue
+        out.pointee = run.strategyOpState(slot: try slot(type, run), edge: Int(edge), op: Int(op)).rawValue
     }
 }
 
@@ -277,13 +277,14 @@ extension SearchRun {
     }
 
     /// The predicted step peak of this run as it is now (its current depth, masked and removed
-    /// candidates left out) after `change` ({"cells": n, "batch": b, "channels": c}).
+    /// candidates left out, its named values such as skip_dropout set) after `change` ({"cells": n, "batch": b, "channels": c}).
     public func predictPeak(change: String) throws -> StepPrediction {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(change.utf8)) as? [String: Any] else {
             throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(change)' is not a JSON object")
         }
         var c = config
         c.space = supernet.space
+        c.memoryBudget = accountant.budget ?? accountant.plannedBudget ?? config.memoryBudget
         for (k, v) in obj {
             guard let n = (v as? NSNumber)?.intValue, n > 0 else {
                 throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")
@@ -301,6 +302,6 @@ extension SearchRun {
         return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
                                          opStates: supernet.hyperConnected ? nil : (opStates(reduction: false), opStates(reduction: true)),
                                          slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
-                                         inputStates: inputStatesByCell())
+                                         inputStates: inputStatesByCell(), values: values)
     }
 }

@@ -183,7 +183,7 @@ func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split
 }
 
 func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?) {
-    print("predicted peak of one search step (batch \(c.batchSize), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
+    print("predicted peak of the search, its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
           + formatBytes(p.stepPeak) + (datasetBytes.map { " + dataset \(formatBytes($0))" } ?? ""))
     for cat in MemoryCategory.allCases where p.accountant.peakByCategory[cat] > 0 {
         var v = p.accountant.peakByCategory[cat]
@@ -247,8 +247,8 @@ struct SearchCommand: ParsableCommand {
         let train = try loadTrainingData(config, accountant: acc)
         var view = train.all
         if let n = config.trainImages { view = view.prefix(n) }
-        let prediction = try SearchRun.predictStep(config: config, registry: registry, imageShape: (train.channels, train.height, train.width),
-                                                   classes: train.numClasses)
+        let prediction = try SearchRun.predictRun(config: config, registry: registry, imageShape: (train.channels, train.height, train.width),
+                                                  classes: train.numClasses)
         printPrediction(prediction, config: config, datasetBytes: train.byteCount)
         if let budget = config.memoryBudget {
             let need = prediction.stepPeak + train.byteCount
@@ -330,7 +330,7 @@ struct MemoryCommand: ParsableCommand {
         do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         try config.validate()
         let shape: (Int, Int, Int) = config.dataset.hasPrefix("cifar") ? (3, 32, 32) : (1, 28, 28)
-        let p = try SearchRun.predictStep(config: config, registry: registry, imageShape: shape, classes: 10)
+        let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: 10)
         printPrediction(p, config: config, datasetBytes: nil)
         if let b = config.memoryBudget {
             print(p.stepPeak <= b ? "fits --memory-budget \(formatBytes(b)) with \(formatBytes(b - p.stepPeak)) to spare (plus the dataset)"

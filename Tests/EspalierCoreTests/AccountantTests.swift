@@ -35,6 +35,8 @@ final class AccountantTests: XCTestCase {
         XCTAssertEqual(predicted.peak, measured.peak, "dry-run peak must equal the real peak")
         XCTAssertEqual(predicted.allocations, measured.allocations)
         XCTAssertEqual(dry.peakByCategory, real.peakByCategory)
+        XCTAssertNil(dry.invariantViolation())
+        XCTAssertNil(real.invariantViolation())
     }
 
     func testEverythingFreed_AfterStepExceptPersistentState() throws {
@@ -42,6 +44,7 @@ final class AccountantTests: XCTestCase {
         _ = try step(on: acc)
         // Everything the step made is gone once its objects are: nothing leaks into later steps.
         XCTAssertEqual(acc.currentTotal, 0)
+        XCTAssertNoThrow(try acc.checkInvariants(), "every owner and category back at 0")
     }
 
     func testBudgetViolation_NamesOwnerSizeAndBudget_AndLeavesNoPartialState() throws {
@@ -59,6 +62,7 @@ final class AccountantTests: XCTestCase {
             XCTAssertTrue(text.contains("cell3/edge7/sep_conv_5x5") && text.contains("7.81 KiB") && text.contains("9.77 KiB"), text)
         }
         XCTAssertEqual(acc.currentTotal, 4000, "a refused allocation records nothing")
+        XCTAssertNil(acc.invariantViolation())
         _ = a
     }
 
@@ -68,6 +72,7 @@ final class AccountantTests: XCTestCase {
         let tight = MemoryAccountant(budget: need - 1)
         XCTAssertThrowsError(try step(on: tight)) { XCTAssertTrue($0 is MemoryBudgetExceeded) }
         XCTAssertEqual(tight.currentTotal, 0, "a failed step releases everything it took")
+        XCTAssertNil(tight.invariantViolation())
         let exact = MemoryAccountant(budget: need)
         XCTAssertNoThrow(try step(on: exact))
     }
@@ -86,6 +91,7 @@ final class AccountantTests: XCTestCase {
         _ = (t1, t2, t3)
         let peak = acc.peakTotal
         XCTAssertEqual(peak, 88)
+        XCTAssertNil(acc.invariantViolation(), "Σ per owner = current, per category")
     }
 
     func testPeakByCategory_IsTheBreakdownAtThePeakMoment() throws {
@@ -101,6 +107,7 @@ final class AccountantTests: XCTestCase {
         XCTAssertEqual(acc.peakByCategory[.workspace], 200)
         XCTAssertEqual(acc.peakByCategory[.parameters], 0)
         XCTAssertEqual(acc.peakBytes(ownerPrefix: "").total, 600)
+        XCTAssertNil(acc.invariantViolation())
         _ = p
     }
 

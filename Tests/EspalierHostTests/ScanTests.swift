@@ -127,7 +127,7 @@ final class ScanTests: XCTestCase {
                 for path in expected.keys { XCTAssertTrue(out.contains(path), "\(path) named in: \(out)") }
                 XCTAssertTrue(out.contains("SIGSEGV") && out.contains("SIGABRT") && out.contains("did not finish within"), out)
             }
-            if args[0] == "search" { XCTAssertTrue(out.contains("predicted peak of one search step"), out) }
+            if args[0] == "search" { XCTAssertTrue(out.contains("predicted peak of the search"), out) }
         }
     }
 }

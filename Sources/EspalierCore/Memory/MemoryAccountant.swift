@@ -51,6 +51,11 @@ public struct MemoryBudgetExceeded: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// The accountant's books do not balance (a bug in the engine, never a user's mistake).
+public struct AccountantInvariantViolation: Error, CustomStringConvertible {
+    public let description: String
+}
+
 /// Byte counts per category, indexed by `MemoryCategory.rawValue`.
 public struct CategoryBytes: Equatable, Codable, Sendable {
     public var bytes: [Int] = Array(repeating: 0, count: MemoryCategory.allCases.count)
@@ -78,6 +83,10 @@ public final class MemoryAccountant {
     public let mode: Mode
     /// Bytes that may be in use at once; nil means unlimited.
     public var budget: Int?
+    /// A prediction's budget: the one the predicted run will have (`--memory-budget`), reported to
+    /// plugins that plan inside it (memory_report) but never enforced, since a prediction measures
+    /// what is needed. nil outside predictions.
+    public var plannedBudget: Int?
     public var isDryRun: Bool { mode == .dryRun }
 
     public private(set) var current = CategoryBytes()
@@ -212,6 +221,39 @@ public final class MemoryAccountant {
         peakByCategory = current
         for i in 0..<ownerPeak.count { ownerPeak[i] = ownerCurrentTotal[i] }
         peakSnapshotStale = true
+    }
+
+    // MARK: Invariants
+
+    /// What is wrong with the books, or nil when they balance: per category, the owners' bytes
+    /// sum to `current`; each owner's total is the sum of its categories; `currentTotal` is
+    /// `current.total`; nothing is negative; the peaks are at least what is in use now. Tests call
+    /// it after runs (a release that names the wrong owner or category shows up here).
+    public func invariantViolation() -> String? {
+        var problems: [String] = []
+        var sums = CategoryBytes()
+        for (i, row) in ownerCurrent.enumerated() {
+            for c in 0..<sums.bytes.count {
+                sums.bytes[c] += row.bytes[c]
+                if row.bytes[c] < 0 { problems.append("owner '\(ownerNames[i])' holds \(row.bytes[c]) B of \(MemoryCategory.allCases[c].name)") }
+            }
+            if row.total != ownerCurrentTotal[i] {
+                problems.append("owner '\(ownerNames[i])': categories sum to \(row.total) B but its total is \(ownerCurrentTotal[i]) B")
+            }
+        }
+        for c in MemoryCategory.allCases where sums[c] != current[c] {
+            problems.append("\(c.name): owners hold \(sums[c]) B but the category holds \(current[c]) B")
+        }
+        if current.total != currentTotal { problems.append("categories sum to \(current.total) B but the current total is \(currentTotal) B") }
+        if currentTotal < 0 { problems.append("current total \(currentTotal) B") }
+        if peakTotal < currentTotal { problems.append("peak \(peakTotal) B below the current \(currentTotal) B") }
+        if lifetimePeak < peakTotal { problems.append("lifetime peak \(lifetimePeak) B below the peak \(peakTotal) B") }
+        return problems.isEmpty ? nil : "memory accountant out of balance: " + problems.joined(separator: "; ")
+    }
+
+    /// Throws `AccountantInvariantViolation` naming what is off (see `invariantViolation`).
+    public func checkInvariants() throws {
+        if let why = invariantViolation() { throw AccountantInvariantViolation(description: why) }
     }
 
     // MARK: Reports
