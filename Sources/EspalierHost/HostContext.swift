@@ -168,7 +168,15 @@ public final class HostContext {
     /// Swift error carrying the plugin's message and what the host was doing.
     func check(_ what: @autoclosure () -> String, _ call: () -> es_status) throws {
         clearError()
+        // A supervised worker records the call first, so its supervisor can name it if the call
+        // crashes or hangs (CallRecorder.swift).
+        let recorder = CallRecorder.active
+        if let recorder {
+            let st = runState()
+            recorder.enter(what(), owner: accountant.currentOwnerPath, epoch: st.epoch, step: st.step)
+        }
         let status = call()
+        recorder?.leave()
         if status != ES_OK {
             throw PluginCallError(status: status, context: what(), message: takeError() ?? "no message")
         }

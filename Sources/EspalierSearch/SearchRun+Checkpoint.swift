@@ -251,6 +251,16 @@ extension SearchRun {
         try AtomicFile.write(try enc.encode(config), to: (dir as NSString).appendingPathComponent("config.json"))
     }
 
+    /// Where the checkpoint in `dir` stands (it is read whole, so its checksum is verified): the
+    /// epochs it has finished and its global step. Throws if there is none or it is damaged.
+    public static func checkpointPosition(in dir: String) throws -> (epochsDone: Int, globalStep: Int) {
+        let path = (dir as NSString).appendingPathComponent(checkpointName)
+        let file = try SafeTensorsFile.read(path: path)
+        guard let meta = file.metadata["espalier.search"] else { throw EspalierError.data(file: path, problem: "not a search checkpoint") }
+        let st = try JSONDecoder().decode(CheckpointState.self, from: Data(meta.utf8))
+        return (st.epoch, st.globalStep)
+    }
+
     /// The config of the run in `dir`.
     public static func loadConfig(_ dir: String) throws -> SearchConfig {
         let path = (dir as NSString).appendingPathComponent("config.json")

@@ -209,8 +209,17 @@ struct SearchCommand: ParsableCommand {
     @Flag(help: "With --resume: start the search in that folder over from its config.json when it holds no checkpoint yet.") var restart = false
     @Flag(help: "Only predict the peak memory of one step, then exit.") var dryRun = false
 
+    @Flag(help: "Run the search in this process instead of a supervised worker process (also ESPALIER_SUPERVISE=0).") var noSupervise = false
+
     func run() throws {
         try options.applyThreads()
+        // Supervised: the work runs in a worker process that a crashing plugin may take down; this
+        // process reports it (Supervisor.swift). The worker gets the output folder chosen here.
+        if Supervisor.enabled && !noSupervise && !dryRun {
+            let folder = resume ?? out ?? "runs/search-" + timestamp()
+            try Supervisor.run(extraArguments: resume == nil && out == nil ? ["--out", folder] : [], outDir: folder)
+        }
+        if Supervisor.isWorker { Supervisor.attachWorker() }
         let context = HostContext()
         var config: SearchConfig
         let outDir: String

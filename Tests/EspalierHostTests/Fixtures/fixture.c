@@ -13,6 +13,8 @@
  *   -DFIX_BAD_DEFAULT      a parameter whose default does not parse
  *   -DFIX_BAD_SIGNATURE    a dynamic method with a malformed signature
  *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
+ *   -DFIX_GATE_CRASH_STEP=n the gate writes through a null pointer in its forward at training step n
+ *   -DFIX_GATE_HANG_STEP=n  the gate's forward never returns at training step n
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
  *                          to, not including, save_state); build with FIX_MINOR=2
  * The warm-up strategy keeps state (ABI 1.3): the epochs it has ended, saved as 9 bytes, format 1.
@@ -133,6 +135,16 @@ static es_status gate_create(const es_component_desc *component, const es_host_s
 }
 static void gate_destroy(void *inst) { free(inst); }
 static es_status gate_forward(void *inst, const es_run_state *st, const es_tensor_view *l, es_tensor_view *w, uint8_t *active) {
+#if defined(FIX_GATE_CRASH_STEP) || defined(FIX_GATE_HANG_STEP)
+    if (st->training && !st->dry_run) {
+#ifdef FIX_GATE_CRASH_STEP
+        if (st->step == FIX_GATE_CRASH_STEP) { volatile int *volatile p = NULL; *p = 1; }
+#endif
+#ifdef FIX_GATE_HANG_STEP
+        if (st->step == FIX_GATE_HANG_STEP) { for (volatile unsigned long i = 0;; i++) {} }
+#endif
+    }
+#endif
     (void)st;
     lin_gate *g = inst;
     int64_t n = l->shape[0] * l->shape[1];
