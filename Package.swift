@@ -21,6 +21,8 @@ let package = Package(
     products: [
         .executable(name: "espalier", targets: ["espalier"]),
         .library(name: "EspalierCore", targets: ["EspalierCore"]),
+        .library(name: "EspalierHost", targets: ["EspalierHost"]),
+        .library(name: "EspalierSearch", targets: ["EspalierSearch"]),
         // Plugins: one shared library per method family, loaded by the host with dlopen.
         .library(name: "espalier-gates", type: .dynamic, targets: ["EspalierGatesPlugin"]),
         .library(name: "espalier-darts", type: .dynamic, targets: ["EspalierDartsPlugin"]),

@@ -171,7 +171,27 @@ public final class PluginLoader {
         guard let descPointer = entry(&abi) else {
             throw PluginLoadError("refused the host's ABI \(hostABI.major).\(hostABI.minor) (its entry returned NULL)")
         }
-        let raw = UnsafeRawPointer(descPointer)
+        let (library, desc) = try PluginLoader.validate(description: UnsafeRawPointer(descPointer), path: file, handle: handle,
+                                                        hostABI: hostABI, minimumMinor: minimumMinor, registry: registry)
+        // Init last: only a library that passed every other check gets to run code.
+        if let initFn = desc.`init` {
+            context.clearError()
+            let status = initFn(context.services)
+            if status != ES_OK {
+                throw PluginLoadError("init failed (\(statusName(status))): \(context.takeError() ?? "the plugin gave no message")")
+            }
+        }
+        return library
+    }
+
+    /// Checks a plugin description (what a library's entry returned, at `raw`) without running any
+    /// of the plugin's code: the ABI, every struct size, the name, each component (kind, id,
+    /// parameters, dynamic methods, vtable) and ids not already in `registry`. Returns the library it
+    /// describes and the description as read. `admit` calls it after dlopen; the fuzz tests
+    /// (Tests/FuzzTesting) call it on descriptions built from bytes. `handle` is only stored.
+    public static func validate(description raw: UnsafeRawPointer, path: String, handle: UnsafeMutableRawPointer,
+                                hostABI: es_version = es_version(major: UInt32(ESPALIER_ABI_MAJOR), minor: UInt32(ESPALIER_ABI_MINOR)),
+                                minimumMinor: UInt32 = 0, registry: PluginRegistry) throws -> (library: LoadedLibrary, description: es_plugin_desc) {
         // struct_size and abi are the first fields in every version: safe to read before the size check.
         let declaredSize = raw.load(as: UInt32.self)
         let pluginABI = raw.load(fromByteOffset: MemoryLayout<es_plugin_desc>.offset(of: \.abi)!, as: es_version.self)
@@ -188,7 +208,7 @@ public final class PluginLoader {
         guard desc.component_count <= 4096 else { throw PluginLoadError("malformed description: \(desc.component_count) components") }
         if desc.component_count > 0 && desc.components == nil { throw PluginLoadError("malformed description: component_count \(desc.component_count) but components is NULL") }
 
-        let library = LoadedLibrary(path: file, handle: handle, name: name, version: optionalString(desc.version) ?? "",
+        let library = LoadedLibrary(path: path, handle: handle, name: name, version: optionalString(desc.version) ?? "",
                                     summary: optionalString(desc.summary) ?? "", abi: pluginABI)
         var ids = Set<String>()
         for i in 0..<Int(desc.component_count) {
@@ -202,15 +222,7 @@ public final class PluginLoader {
             }
             library.components.append(component)
         }
-        // Init last: only a library that passed every other check gets to run code.
-        if let initFn = desc.`init` {
-            context.clearError()
-            let status = initFn(context.services)
-            if status != ES_OK {
-                throw PluginLoadError("init failed (\(statusName(status))): \(context.takeError() ?? "the plugin gave no message")")
-            }
-        }
-        return library
+        return (library, desc)
     }
 }
 

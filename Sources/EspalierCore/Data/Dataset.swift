@@ -165,6 +165,48 @@ extension Dataset {
     public static let cifar10RecordBytes = 1 + 3 * 32 * 32
     public static let cifar10RecordsPerFile = 10000
 
+    /// Parses one CIFAR-10 binary batch held in memory: exactly `records` records of
+    /// `cifar10RecordBytes` (a label 0…9, then the 3×32×32 pixels), followed by `trailingBytes` more
+    /// bytes that were not read (an error unless 0). Returns the pixels (records, 3, 32, 32) and the
+    /// labels; errors name `file` and end with `hint`. `cifar10(folder:split:accountant:)` reads each
+    /// batch file through it (the fuzz tests in Tests/FuzzTesting feed it bytes).
+    public static func cifar10Batch(_ bytes: [UInt8], trailingBytes: Int = 0, records: Int = cifar10RecordsPerFile,
+                                    file: String, hint: String = "") throws -> (pixels: [UInt8], labels: [Int32]) {
+        let rec = cifar10RecordBytes, pix = rec - 1
+        guard records >= 0, records <= Int.max / rec else {
+            throw EspalierError.invalidArgument("CIFAR-10 batch: \(records) records is not a possible count")
+        }
+        let (total, overflow) = bytes.count.addingReportingOverflow(max(0, trailingBytes))
+        guard !overflow, total == records * rec, bytes.count == total else {
+            var problem = "holds \(overflow ? "more than \(Int.max)" : "\(total)") bytes, expected \(records * rec) (\(records) records of \(rec) bytes: 1 label + 3×32×32 pixels)"
+            if overflow || total % rec != 0 {
+                problem += "; \(total) is not a multiple of \(rec), so this is not the CIFAR-10 binary version "
+                    + "(the python and matlab versions and CIFAR-100 do not work) or the file is truncated"
+            } else {
+                problem += "; it has \(total / rec) records, so it is truncated or not a CIFAR-10 batch"
+            }
+            throw EspalierError.data(file: file, problem: problem + (hint.isEmpty ? "" : ". \(hint)"))
+        }
+        var pixels = [UInt8](repeating: 0, count: records * pix)  // (records, 3, 32, 32)
+        var labels = [Int32](repeating: 0, count: records)
+        for r in 0..<records {
+            let l = bytes[r * rec]
+            guard l < 10 else {
+                throw EspalierError.data(file: file, problem: "record \(r) has label \(l); CIFAR-10 labels are 0…9, "
+                                         + "so this is not a CIFAR-10 binary batch")
+            }
+            labels[r] = Int32(l)
+        }
+        bytes.withUnsafeBufferPointer { src in
+            pixels.withUnsafeMutableBufferPointer { dst in
+                for r in 0..<records {
+                    dst.baseAddress!.advanced(by: r * pix).update(from: src.baseAddress!.advanced(by: r * rec + 1), count: pix)
+                }
+            }
+        }
+        return (pixels, labels)
+    }
+
     /// CIFAR-10, binary version (`cifar-10-binary.tar.gz`): `data_batch_1.bin`…`data_batch_5.bin` for
     /// train, `test_batch.bin` for test, in `folder` or in `folder/cifar-10-batches-bin`. `.bin.gz` is read too.
     public static func cifar10(folder: String, split: Split, accountant: MemoryAccountant) throws -> Dataset {
@@ -192,33 +234,14 @@ extension Dataset {
             let path = try locate(name)
             let reader = try ZReader(path: path)
             let bytes = try reader.read(count: per * rec)
-            let total = bytes.count + (bytes.count == per * rec ? try reader.countRemaining() : 0)
-            guard total == per * rec else {
-                var problem = "holds \(total) bytes, expected \(per * rec) (\(per) records of \(rec) bytes: 1 label + 3×32×32 pixels)"
-                if total % rec != 0 {
-                    problem += "; \(total) is not a multiple of \(rec), so this is not the CIFAR-10 binary version "
-                        + "(the python and matlab versions and CIFAR-100 do not work) or the file is truncated"
-                } else {
-                    problem += "; it has \(total / rec) records, so it is truncated or not a CIFAR-10 batch"
-                }
-                throw EspalierError.data(file: path, problem: problem + ". \(install)")
-            }
-            bytes.withUnsafeBufferPointer { src in
-                images.withUnsafeMutableBufferPointer { dst in
-                    for r in 0..<per {
-                        dst.baseAddress!.advanced(by: (f * per + r) * pix)
-                            .update(from: src.baseAddress!.advanced(by: r * rec + 1), count: pix)
-                    }
+            let trailing = bytes.count == per * rec ? try reader.countRemaining() : 0
+            let batch = try cifar10Batch(bytes, trailingBytes: trailing, records: per, file: path, hint: install)
+            images.withUnsafeMutableBufferPointer { dst in
+                batch.pixels.withUnsafeBufferPointer { src in
+                    dst.baseAddress!.advanced(by: f * per * pix).update(from: src.baseAddress!, count: per * pix)
                 }
             }
-            for r in 0..<per {
-                let l = bytes[r * rec]
-                guard l < 10 else {
-                    throw EspalierError.data(file: path, problem: "record \(r) has label \(l); CIFAR-10 labels are 0…9, "
-                                             + "so this is not a CIFAR-10 binary batch")
-                }
-                labels[f * per + r] = Int32(l)
-            }
+            for r in 0..<per { labels[f * per + r] = batch.labels[r] }
         }
         return try Dataset(name: "cifar10 \(split.rawValue)", images: images, labels: labels, channels: 3, height: 32, width: 32,
                            numClasses: 10, mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616],
