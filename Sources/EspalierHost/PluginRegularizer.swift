@@ -52,6 +52,8 @@ public final class PluginRegularizer {
 
     /// The terms `loss` returned (outside dry runs) since the last `takeMeanTerm()`.
     public private(set) var termSum = 0.0, termCount = 0
+    /// Restores the running sum of the epoch's terms (a checkpoint taken mid-epoch).
+    public func restoreTermSum(_ sum: Double, count: Int) { termSum = sum; termCount = count }
 
     /// The mean term since the last call (nil when `loss` was not called), and starts counting anew.
     public func takeMeanTerm() -> Double? {

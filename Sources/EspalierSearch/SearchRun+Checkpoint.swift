@@ -39,6 +39,10 @@ struct CheckpointState: Codable {
     /// The plugins' own state (ABI 1.3 save_state), base64, by `pluginStateKey`; nil in older
     /// checkpoints and for plugins that keep none.
     var pluginStates: [String: String]? = nil
+    /// The epoch's running sums for its log line (architecture loss; each regularizer's term, in
+    /// selection order), so a mid-epoch resume logs the whole epoch's means; nil in older checkpoints.
+    var archLossSum: Double? = nil, archLossCount: Int? = nil
+    var regularizerTermSums: [Double]? = nil, regularizerTermCounts: [Int]? = nil
 }
 
 extension SearchRun {
@@ -72,7 +76,9 @@ extension SearchRun {
                                  slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
                                  inputStates: supernet.hyperConnected ? inputStatesByCell() : nil,
                                  auxiliaryCells: supernet.hyperConnected ? supernet.space.auxiliaryCells : nil,
-                                 pluginStates: try savePluginStates())
+                                 pluginStates: try savePluginStates(),
+                                 archLossSum: archLossTotal.sum, archLossCount: archLossTotal.count,
+                                 regularizerTermSums: regularizers.map(\.termSum), regularizerTermCounts: regularizers.map(\.termCount))
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
         try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path, checksum: true)
@@ -128,6 +134,10 @@ extension SearchRun {
         weightOptimizer.stepCount = st.sgdSteps
         archOptimizer.stepCount = st.adamSteps
         weightOptimizer.learningRate = st.learningRate
+        if let sum = st.archLossSum, let count = st.archLossCount { archLossTotal = (sum, count) }
+        if let sums = st.regularizerTermSums, let counts = st.regularizerTermCounts, sums.count == regularizers.count, counts.count == sums.count {
+            for (i, r) in regularizers.enumerated() { r.restoreTermSum(sums[i], count: counts[i]) }
+        }
         // Last: a plugin's state may refer to what the host restored above (cells, op states, values).
         try loadPluginStates(st.pluginStates ?? [:], checkpoint: path)
     }

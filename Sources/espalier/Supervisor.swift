@@ -1,4 +1,4 @@
-// A supervised search: `espalier search` runs the search in a worker process (itself, re-run
+// A supervised search (and training): `espalier search` / `train` run the work in a worker process (itself, re-run
 // with ESPALIER_WORKER set) and survives the worker's death. The worker records each plugin call
 // in a shared page (EspalierHost/CallRecorder.swift); if it dies by a signal, the supervisor says
 // which plugin, which call, the owner, epoch and step, the signal, the last intact checkpoint and
@@ -36,7 +36,7 @@ enum Supervisor {
 
     /// Runs this command line again as the worker (with `extraArguments`) and waits; returns only
     /// by throwing the exit code to leave with.
-    static func run(extraArguments: [String], outDir: String) throws -> Never {
+    static func run(extraArguments: [String], outDir: String?) throws -> Never {
         let page = try CallRecorder.create()
         defer { page.remove() }
         var env = ProcessInfo.processInfo.environment
@@ -74,6 +74,9 @@ enum Supervisor {
             usleep(20_000)
         }
         signal(SIGINT, SIG_DFL)
+        if ProcessInfo.processInfo.environment["ESPALIER_SUPERVISE_STATS"] != nil, let r = page.read() {
+            FileHandle.standardError.write(Data("espalier: the worker recorded \(r.calls) plugin calls\n".utf8))
+        }
         let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
         let sig = status & 0x7f
         let code = (status >> 8) & 0xff
@@ -83,14 +86,14 @@ enum Supervisor {
             throw ExitCode(130)
         }
         if signalled {
-            report(page.read(), headline: "the search's worker process died with \(PluginScanner.signalName(sig))", hanging: false, outDir: outDir)
+            report(page.read(), headline: "the worker process died with \(PluginScanner.signalName(sig))", hanging: false, outDir: outDir)
             throw ExitCode(pluginCrashExit)
         }
         throw ExitCode(code)
     }
 
     /// One paragraph: what died or hung, where, and how to continue.
-    static func report(_ r: CallRecorder.Record?, headline: String, hanging: Bool, outDir: String) {
+    static func report(_ r: CallRecorder.Record?, headline: String, hanging: Bool, outDir: String?) {
         var text = "\nespalier: \(headline)"
         if let r, r.inCall {
             let plugin = r.what.split(separator: ":").first.map(String.init) ?? r.what
@@ -100,6 +103,10 @@ enum Supervisor {
             text += ", outside any plugin call (the last one, \(r.what), had returned; epoch \(r.epoch + 1), step \(r.step + 1))."
         } else {
             text += " before any plugin call."
+        }
+        guard let outDir else {   // `train`: no checkpoint to continue from
+            FileHandle.standardError.write(Data((text + " Fix or remove the plugin and train again.\n").utf8))
+            return
         }
         if let p = try? SearchRun.checkpointPosition(in: outDir) {
             text += " The last checkpoint, \((outDir as NSString).appendingPathComponent("checkpoint.safetensors")) (\(p.epochsDone) epoch(s) done, step \(p.globalStep)), is intact."

@@ -55,7 +55,12 @@ struct TrainCommand: ParsableCommand {
         return out.merging(try SelectionRequest.settings(fromFlags: sets)) { _, flag in flag }
     }
 
+    @Flag(help: "Train in this process instead of a supervised worker process (also ESPALIER_SUPERVISE=0).") var noSupervise = false
+
     func run() throws {
+        // Supervised as a search is: a plugin that crashes the worker is named (Supervisor.swift).
+        if Supervisor.enabled && !noSupervise { try Supervisor.run(extraArguments: [], outDir: nil) }
+        if Supervisor.isWorker { Supervisor.attachWorker() }
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
         let g = try Genotype.load(path: genotype).overridingSettings(try settingOverrides(), registry: registry)

@@ -103,6 +103,25 @@ final class RunFolderTests: TemporaryDirectoryTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/.log.jsonl.tmp-1-2"))
     }
 
+    func testResumeMidEpoch_LogsTheWholeEpochsLossTerms() throws {
+        var c = tinySearchConfig(epochs: 1)
+        c.regularizers = ["espalier.regularizer.beta-decay/1"]
+        let whole = path("whole"), split = path("split")
+        try SearchRun.prepareOutput(whole, config: c)
+        try SearchRun.prepareOutput(split, config: c)
+        try makeRun(c, out: whole).run()
+        let first = try makeRun(c, out: split)
+        first.stopAfterSteps = 1   // mid-epoch: one of its two steps done
+        XCTAssertThrowsError(try first.run())
+        let second = try makeRun(c, out: split)
+        try second.resume(from: split)
+        try second.run()
+        let a = try XCTUnwrap(logLines(whole).last), b = try XCTUnwrap(logLines(split).last)
+        XCTAssertNotNil(a["arch_loss"])
+        XCTAssertEqual(a["arch_loss"] as? Double, b["arch_loss"] as? Double, "the epoch's mean architecture loss over both steps")
+        XCTAssertEqual(a["regularizer_terms"] as? [String: Double], b["regularizer_terms"] as? [String: Double])
+    }
+
     // MARK: - Checkpoint integrity
 
     func interruptedCheckpoint() throws -> (out: String, file: String, c: SearchConfig) {
