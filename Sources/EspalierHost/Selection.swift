@@ -270,12 +270,36 @@ public enum ConfigFile {
                 throw EspalierError.config("\(file) is not valid JSON: \(error)")
             }
             // JSONSerialization keeps the last of two equal keys; JSON is YAML, so look again.
+            try checkDepth(text, file: file)
             if let root = try? Yams.compose(yaml: text), let (key, path, line) = duplicateKey(root) {
                 throw duplicate(file, key, path, line)
             }
             return value
         }
         return try yaml(text, file: file)
+    }
+
+    /// The deepest nesting read: Yams composes nodes recursively, so a file of a few hundred
+    /// thousand `[` (or `- - - …`) would overflow the stack. Counted before Yams sees the text:
+    /// open flow brackets, and the columns of indentation and `-`/`?`/`:` indicators that start a line.
+    public static let maxDepth = 256
+
+    static func checkDepth(_ text: String, file: String) throws {
+        var depth = 0, line = 1, column = 0, leading = true
+        for b in text.utf8 {
+            if b == UInt8(ascii: "\n") { line += 1; column = 0; leading = true; continue }
+            if b == UInt8(ascii: "[") || b == UInt8(ascii: "{") { depth += 1 }
+            if b == UInt8(ascii: "]") || b == UInt8(ascii: "}") { depth = Swift.max(0, depth - 1) }
+            if leading {
+                if b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") || b == UInt8(ascii: "-") || b == UInt8(ascii: "?") || b == UInt8(ascii: ":") {
+                    column += 1
+                } else { leading = false }
+            }
+            guard depth <= maxDepth, column <= 2 * maxDepth else {
+                throw EspalierError.config("\(file) nests deeper than \(maxDepth) levels (line \(line)); a config needs two or three: "
+                                           + "write it flat")
+            }
+        }
     }
 
     static func duplicate(_ file: String, _ key: String, _ path: String, _ line: Int) -> EspalierError {
@@ -304,6 +328,7 @@ public enum ConfigFile {
     /// YAML text → Foundation values, expanding aliases against a budget of `maxValues` values
     /// (Yams composes aliases as shared nodes, so only the expansion below can blow up).
     public static func yaml(_ text: String, file: String) throws -> Any? {
+        try checkDepth(text, file: file)
         let root: Yams.Node?
         do { root = try Yams.compose(yaml: text) } catch {
             throw EspalierError.config("\(file) is not valid YAML: \(error)")

@@ -85,7 +85,7 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     /// Which cells reduce. Hyper-connected: positions past the current depth are left out (a
     /// growing network keeps its reductions where the full depth has them).
     public var reductions: [Int] {
-        let r = reductionCells ?? [cells / 3, 2 * cells / 3]
+        let r = reductionCells ?? [cells / 3, 2 * (cells / 3) + 2 * (cells % 3) / 3]  // ⌊2·cells/3⌋ without overflow
         return hyperConnected ? r.filter { $0 < cells } : r
     }
 

@@ -221,8 +221,10 @@ public struct Genotype: Codable, Equatable, Sendable {
             if let sizes {
                 if sizes.isEmpty { out.append("\"\(key)_node_sizes\" is empty; give the number of edges of each intermediate node") }
                 if sizes.contains(where: { $0 < 0 }) { out.append("\"\(key)_node_sizes\" \(sizes) has a negative size") }
-                if sizes.reduce(0, +) != edges.count {
-                    out.append("\"\(key)_node_sizes\" \(sizes) adds up to \(sizes.reduce(0, +)) edges, but \"\(key)\" has \(edges.count)")
+                if let sum = Genotype.checkedSum(sizes), sum != edges.count {
+                    out.append("\"\(key)_node_sizes\" \(sizes) adds up to \(sum) edges, but \"\(key)\" has \(edges.count)")
+                } else if Genotype.checkedSum(sizes) == nil, !sizes.contains(where: { $0 < 0 }) {
+                    out.append("\"\(key)_node_sizes\" \(sizes) adds up to more edges than can exist, but \"\(key)\" has \(edges.count)")
                 }
             } else if edges.isEmpty {
                 out.append("\"\(key)\" has no edges (a cell needs 2 per intermediate node)")
@@ -230,7 +232,9 @@ public struct Genotype: Codable, Equatable, Sendable {
                 out.append("\"\(key)\" has \(edges.count) edges; a cell has exactly 2 per intermediate node, so the count must be even")
             }
             let nodes = self.nodes(cell)
-            let nodeOf = nodeIndices(cell)
+            // Node sizes that do not add up to the edges (negative, past Int.max, or huge) would trap
+            // or allocate their sum below.
+            let nodeOf = sizes == nil || Genotype.checkedSum(sizes!) == edges.count ? nodeIndices(cell) : []
             for (k, e) in edges.enumerated() {
                 let node = k < nodeOf.count ? nodeOf[k] : k / 2
                 if e.op.trimmingCharacters(in: .whitespaces).isEmpty {
@@ -254,13 +258,14 @@ public struct Genotype: Codable, Equatable, Sendable {
             if cell.channels < 1 { out.append("\(key) has channels \(cell.channels); C must be ≥ 1") }
             if cell.nodeSizes.isEmpty { out.append("\(key) has no \"node_sizes\"; give the number of edges of each intermediate node") }
             if cell.nodeSizes.contains(where: { $0 < 0 }) { out.append("\(key) \"node_sizes\" \(cell.nodeSizes) has a negative size") }
-            if cell.nodeSizes.reduce(0, +) != cell.edges.count {
-                out.append("\(key) \"node_sizes\" \(cell.nodeSizes) adds up to \(cell.nodeSizes.reduce(0, +)) edges, but it has \(cell.edges.count)")
+            let sum = Genotype.checkedSum(cell.nodeSizes)
+            if sum != cell.edges.count, !cell.nodeSizes.contains(where: { $0 < 0 }) {
+                out.append("\(key) \"node_sizes\" \(cell.nodeSizes) adds up to \(sum.map(String.init) ?? "more than can exist") edges, but it has \(cell.edges.count)")
             }
             if cell.opSettings.count != cell.edges.count {
                 out.append("\(key) has \(cell.opSettings.count) \"op_settings\" for \(cell.edges.count) edges; give one object (possibly {}) per edge")
             }
-            let nodeOf = cell.nodeIndices
+            let nodeOf = sum == cell.edges.count ? cell.nodeIndices : []
             for (k, e) in cell.edges.enumerated() {
                 let node = k < nodeOf.count ? nodeOf[k] : 0
                 if e.op.trimmingCharacters(in: .whitespaces).isEmpty { out.append("\(key) edge \(k) has an empty op name") }
@@ -292,6 +297,18 @@ public struct Genotype: Codable, Equatable, Sendable {
             }
         }
         return out
+    }
+
+    /// The sum of node sizes, or nil if one is negative or the sum overflows.
+    static func checkedSum(_ sizes: [Int]) -> Int? {
+        var total = 0
+        for n in sizes {
+            guard n >= 0 else { return nil }
+            let (t, overflow) = total.addingReportingOverflow(n)
+            if overflow { return nil }
+            total = t
+        }
+        return total
     }
 
     /// Throws `invalidArgument` listing every problem (see `problems()`).
