@@ -260,7 +260,7 @@ public struct Genotype: Codable, Equatable, Sendable {
             if cell.nodeSizes.contains(where: { $0 < 0 }) { out.append("\(key) \"node_sizes\" \(cell.nodeSizes) has a negative size") }
             let sum = Genotype.checkedSum(cell.nodeSizes)
             if sum != cell.edges.count, !cell.nodeSizes.contains(where: { $0 < 0 }) {
-                out.append("\(key) \"node_sizes\" \(cell.nodeSizes) adds up to \(sum.map(String.init) ?? "more than can exist") edges, but it has \(cell.edges.count)")
+                out.append("\(key) \"node_sizes\" \(cell.nodeSizes) adds up to \(sum.map { "\($0) edges" } ?? "more edges than can exist"), but it has \(cell.edges.count)")
             }
             if cell.opSettings.count != cell.edges.count {
                 out.append("\(key) has \(cell.opSettings.count) \"op_settings\" for \(cell.edges.count) edges; give one object (possibly {}) per edge")
