@@ -101,8 +101,9 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
 
     public func validate() throws {
         guard channels >= 2 else { throw EspalierError.config("--channels must be at least 2 (got \(channels)): reduction cells halve the channels on their factorized skip path") }
-        guard cells >= 1 else { throw EspalierError.config("--cells must be at least 1 (got \(cells))") }
-        guard nodes >= 1 else { throw EspalierError.config("--nodes must be at least 1 (got \(nodes))") }
+        guard channels <= 65536 else { throw EspalierError.config("--channels \(channels) is past the 65536 this host builds") }
+        guard cells >= 1, cells <= 1024 else { throw EspalierError.config("--cells must be between 1 and 1024 (got \(cells))") }
+        guard nodes >= 1, nodes <= 64 else { throw EspalierError.config("--nodes must be between 1 and 64 (got \(nodes))") }
         guard multiplier >= 1, multiplier <= nodes else { throw EspalierError.config("search space: the cell's output concatenates \(multiplier) nodes; it must be between 1 and --nodes \(nodes)") }
         guard stemMultiplier >= 1 else { throw EspalierError.config("search space: the stem multiplier must be at least 1 (got \(stemMultiplier))") }
         guard !ops.isEmpty else { throw EspalierError.config("search space: no candidate ops; give at least one --op (default: the 8 DARTS ops)") }

@@ -229,6 +229,17 @@ final class RunFolderTests: TemporaryDirectoryTestCase {
         refused({ $0.trainImages = -5 }, "--train-images must be a positive")
         refused({ $0.evalImages = -3 }, "--eval-images must be a positive")
         refused({ $0.space.channels = 1 }, "--channels must be at least 2 (got 1)")
+        refused({ $0.space.cells = Int.max }, "--cells must be between 1 and 1024")
+        refused({ $0.space.nodes = 1 << 40 }, "--nodes must be between 1 and 64")
+        refused({ $0.space.channels = 1 << 40 }, "--channels")
+        // The fuzz target's fail case: a config.json with cells near Int.max loads (no trap in its reductions) and is refused.
+        let failCase = PluginFixtures.repoRoot.appendingPathComponent("Tests/FuzzTesting/FailCases/FuzzSearchConfig/cells-int-max.json").path
+        let dir = path("fuzz-config")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: failCase, toPath: dir + "/config.json")
+        let loaded = try SearchRun.loadConfig(dir)
+        XCTAssertEqual(loaded.space.reductions.count, 2)
+        XCTAssertThrowsError(try loaded.validate())
         var c = tinySearchConfig()
         c.space.channels = 1
         XCTAssertThrowsError(try c.validate()) { XCTAssertFalse("\($0)".contains("SearchSpaceDescription"), "no struct dump: \($0)") }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CI run of the fuzz targets: builds them (build.sh), then for each target
 #   1. regressions: every file of Corpus/<T>/ and FailCases/<T>/ once (-runs=0 over the files);
-#   2. a short fresh run of FUZZ_SECONDS seconds (default 10) from that corpus, in a scratch copy
+#   2. a short fresh run of FUZZ_SECONDS seconds (default 30) from that corpus, in a scratch copy
 #      (the committed corpus is not changed; campaign.sh merges new inputs into it).
 # Prints one line per target (executions, coverage cov/ft from libFuzzer's last stats line,
 # crashes) and exits 1 if any target crashed, trapped, leaked, hung (-timeout=10 s per input) or
@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 HERE=$(pwd)
 source ./targets.sh
-SECONDS_EACH=${FUZZ_SECONDS:-10}
+SECONDS_EACH=${FUZZ_SECONDS:-30}
 OUT=${FUZZ_OUT:-$(mktemp -d /tmp/espalier-fuzz-check.XXXXXX)}
 mkdir -p "$OUT"
 export LSAN_OPTIONS="suppressions=$HERE/lsan.supp:print_suppressions=0"
@@ -24,6 +24,7 @@ start=$(date +%s)
 echo "built in $(( $(date +%s) - start )) s; fresh runs of $SECONDS_EACH s per target; logs and crashes in $OUT"
 
 failed=0
+npassed=0; nfailed=0
 for t in "${FUZZ_TARGETS[@]}"; do
     bin=.build/debug/$t
     mkdir -p "$OUT/$t/work" "$OUT/$t/artifacts"
@@ -46,11 +47,12 @@ for t in "${FUZZ_TARGETS[@]}"; do
     [[ -z "$execs" ]] && execs=$(sed -E 's/^#([0-9]+).*/\1/' <<<"$last")
     cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*'); ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*')
     crashes=$(find "$OUT/$t/artifacts" -type f | wc -l)
-    if (( rc != 0 || crashes > 0 )); then failed=1; fi
+    if (( rc != 0 || crashes > 0 )) || [[ "$reg" != ok ]]; then failed=1; nfailed=$((nfailed + 1)); else npassed=$((npassed + 1)); fi
     printf '%-17s regressions %-3s (%d inputs); fresh %s s: %s executions, cov %s ft %s, %d crashes%s\n' \
         "$t" "$reg" "${#inputs[@]}" "$SECONDS_EACH" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes" \
         "$( (( rc != 0 || crashes > 0 )) && echo " -> FAILED (exit $rc; log $OUT/$t/fresh.log; inputs in $OUT/$t/artifacts: copy each to FailCases/$t/ and fix)")"
 done
 echo "check.sh: $(( $(date +%s) - start )) s in all"
+echo "fuzz: $npassed passed, $nfailed failed"
 if (( failed )); then echo "check.sh: FAILED"; exit 1; fi
 echo "check.sh: every fuzz target passed"
