@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CI run of the fuzz targets: builds them (build.sh), then for each target
 #   1. regressions: every file of Corpus/<T>/ and FailCases/<T>/ once (-runs=0 over the files);
-#   2. a short fresh run of FUZZ_SECONDS seconds (default 30) from that corpus, in a scratch copy
+#   2. a short fresh run of FUZZ_SECONDS seconds (default 20) from that corpus, in a scratch copy
 #      (the committed corpus is not changed; campaign.sh merges new inputs into it).
 # Prints one line per target (executions, coverage cov/ft from libFuzzer's last stats line,
 # crashes) and exits 1 if any target crashed, trapped, leaked, hung (-timeout=10 s per input) or
@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 HERE=$(pwd)
 source ./targets.sh
-SECONDS_EACH=${FUZZ_SECONDS:-30}
+SECONDS_EACH=${FUZZ_SECONDS:-20}
 OUT=${FUZZ_OUT:-$(mktemp -d /tmp/espalier-fuzz-check.XXXXXX)}
 mkdir -p "$OUT"
 export LSAN_OPTIONS="suppressions=$HERE/lsan.supp:print_suppressions=0"
