@@ -249,9 +249,7 @@ extension SearchRun {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw EspalierError.config("cannot create the output folder \(dir) (\(error.localizedDescription)); choose another --out")
         }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try enc.encode(config), to: (dir as NSString).appendingPathComponent("config.json"))
+        try saveConfig(config, in: dir)
     }
 
     /// Rewrites config.json of the run in `dir` (after `--resume` changed what may change).

@@ -55,7 +55,7 @@ enum Supervisor {
         signal(SIGINT) { _ in supervisorInterrupts += 1 }
         var seen: Int32 = 0, firstPress: Date?
         var status: Int32 = 0
-        var killedHanging: CallRecorder.Record?? = nil
+        var killedWhileRunning = false, hung: CallRecorder.Record? = nil
         while true {
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid { break }
@@ -64,7 +64,8 @@ enum Supervisor {
                 seen = supervisorInterrupts
                 if let t = firstPress, Date().timeIntervalSince(t) <= 5 {
                     // The second Ctrl-C: the worker did not stop after its step; end it.
-                    killedHanging = .some(page.read())
+                    killedWhileRunning = true
+                    hung = page.read()
                     kill(pid, SIGKILL)
                 } else {
                     firstPress = Date()
@@ -80,8 +81,8 @@ enum Supervisor {
         let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
         let sig = status & 0x7f
         let code = (status >> 8) & 0xff
-        if let hung = killedHanging, signalled {
-            report(hung.flatMap { $0.inCall ? $0 : nil }, headline: "stopped by a second Ctrl-C while the worker was still running",
+        if killedWhileRunning && signalled {
+            report(hung?.inCall == true ? hung : nil, headline: "stopped by a second Ctrl-C while the worker was still running",
                    hanging: true, outDir: outDir)
             throw ExitCode(130)
         }

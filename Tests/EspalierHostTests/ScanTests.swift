@@ -41,7 +41,7 @@ final class ScanTests: XCTestCase {
     }
 
     func scanner(cache: String) throws -> PluginScanner {
-        let exe = PluginFixtures.builtPluginDir + "/espalier"
+        let exe = EspalierProcess.binary
         XCTAssertTrue(FileManager.default.isExecutableFile(atPath: exe), "espalier is built beside the tests")
         return PluginScanner(executable: exe, timeout: Self.timeout, cachePath: cache)
     }
@@ -99,28 +99,14 @@ final class ScanTests: XCTestCase {
 
     func testCommands_SurviveAHostileFolder() throws {
         let (dir, expected) = try hostileFolder()
-        let exe = PluginFixtures.builtPluginDir + "/espalier"
         let cache = try PluginFixtures.tempDir("scan-cache") + "/scan.json"
         for args in [["plugins", "--plugin-dir", dir],
                      ["plugins", "describe", "espalier.gate.softmax/1", "--plugin-dir", dir],
                      ["search", "--dry-run", "--dataset", "synthetic", "--channels", "4", "--cells", "2", "--plugin-dir", dir]] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: exe)
-            p.arguments = args
-            var env = ProcessInfo.processInfo.environment
-            env["ESPALIER_SCAN_TIMEOUT"] = String(Self.timeout)
-            env["ESPALIER_SCAN_CACHE"] = cache
-            p.environment = env
-            let outFile = try PluginFixtures.tempDir("scan-out") + "/out.txt"
-            _ = FileManager.default.createFile(atPath: outFile, contents: nil)
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: outFile))
-            p.standardOutput = h; p.standardError = h
             let t0 = Date()
-            try p.run()
-            p.waitUntilExit()
-            try h.close()
-            let out = try String(contentsOfFile: outFile, encoding: .utf8)
-            XCTAssertEqual(p.terminationStatus, 0, "\(args): \(out)")
+            let (status, out) = try EspalierProcess.run(args, cwd: NSTemporaryDirectory(),
+                                                        environment: ["ESPALIER_SCAN_TIMEOUT": String(Self.timeout), "ESPALIER_SCAN_CACHE": cache])
+            XCTAssertEqual(status, 0, "\(args): \(out)")
             XCTAssertLessThan(Date().timeIntervalSince(t0), Self.timeout + 10, "\(args)")
             if args[0] == "plugins" && args.count == 3 {
                 XCTAssertTrue(out.contains("espalier.strategy.darts/1") && out.contains("org.good.gate.linear/1"), out)

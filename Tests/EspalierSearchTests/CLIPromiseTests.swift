@@ -11,24 +11,9 @@ import Foundation
 import XCTest
 
 final class CLIPromiseTests: TemporaryDirectoryTestCase {
-    static var binary: String { (PluginSearchPath.executableDirectory() ?? ".") + "/espalier" }
-
     /// Runs espalier with `args` in `cwd` (default: the test's folder); status and stdout + stderr.
     func espalier(_ args: [String], cwd: String? = nil) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary)
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: cwd ?? dir)
-        let outFile = path(".out-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: outFile, contents: nil)
-        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: outFile))
-        p.standardOutput = h
-        p.standardError = h
-        try p.run()
-        p.waitUntilExit()
-        try h.close()
-        defer { try? FileManager.default.removeItem(atPath: outFile) }
-        return (p.terminationStatus, try String(contentsOfFile: outFile, encoding: .utf8))
+        try EspalierProcess.run(args, cwd: cwd ?? dir)
     }
 
     let tiny = ["--dataset", "synthetic", "--train-images", "64", "--eval-images", "16", "--channels", "4", "--cells", "2",
@@ -36,7 +21,7 @@ final class CLIPromiseTests: TemporaryDirectoryTestCase {
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: Self.binary), "espalier is built beside the tests (swift build)")
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: EspalierProcess.binary), "espalier is built beside the tests (swift build)")
     }
 
     /// One clear line: non-zero exit, the expected words, no usage, no raw error, nothing created.

@@ -147,8 +147,8 @@ final class RunFolderTests: TemporaryDirectoryTestCase {
             XCTAssertTrue("\(e)".contains("checksum does not match"), "\(e)")
         }
         // A flipped data byte too (the last byte of the file is tensor data).
-        let (out2, file2, _) = try { () throws -> (String, String, SearchConfig) in
-            try FileManager.default.removeItem(atPath: out); return try interruptedCheckpoint() }()
+        try FileManager.default.removeItem(atPath: out)
+        let (out2, file2, _) = try interruptedCheckpoint()
         var data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file2)))
         data[data.count - 1] ^= 0x01
         try Data(data).write(to: URL(fileURLWithPath: file2))

@@ -11,40 +11,11 @@ import Foundation
 import XCTest
 
 final class SupervisorTests: TemporaryDirectoryTestCase {
-    static var binary: String { PluginFixtures.builtPluginDir + "/espalier" }
-
     /// Two steps per epoch (64 images, half for weights, batch 16), the fixture's linear gate.
     let args = ["search", "--dataset", "synthetic", "--train-images", "64", "--eval-images", "16", "--channels", "4", "--cells", "2",
                 "--nodes", "2", "--batch-size", "16", "--epochs", "2", "--gate", "org.fixture.gate.linear/1"]
 
-    /// Starts espalier; its output goes to a file that `output()` reads while it runs.
-    final class Running {
-        let process = Process(), file: String
-        init(_ args: [String], cwd: String, file: String) throws {
-            self.file = file
-            _ = FileManager.default.createFile(atPath: file, contents: nil)
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
-            process.executableURL = URL(fileURLWithPath: SupervisorTests.binary)
-            process.arguments = args
-            process.currentDirectoryURL = URL(fileURLWithPath: cwd)
-            process.standardOutput = h; process.standardError = h
-            try process.run()
-            try h.close()
-        }
-        func output() -> String { (try? String(contentsOfFile: file, encoding: .utf8)) ?? "" }
-        func wait(timeout: Double = 120) -> Int32 {
-            let end = Date().addingTimeInterval(timeout)
-            while process.isRunning && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
-    }
-
-    func espalier(_ extra: [String]) throws -> (Int32, String) {
-        let r = try Running(extra, cwd: dir, file: path(".out-\(UUID().uuidString)"))
-        return (r.wait(), r.output())
-    }
+    func espalier(_ extra: [String]) throws -> (Int32, String) { try EspalierProcess.run(extra, cwd: dir) }
 
     func tensors(_ file: String) throws -> [String: [Float]] {
         try SafeTensorsFile.read(path: file).tensors.mapValues(\.values)
@@ -76,17 +47,17 @@ final class SupervisorTests: TemporaryDirectoryTestCase {
     func testAHangingGate_ADoubleCtrlCEndsItAndNamesTheCall() throws {
         let hanging = try PluginFixtures.tempDir("hanging")
         try PluginFixtures.build("libespalier-fixture.so", in: hanging, defines: ["FIX_GATE_HANG_STEP=3"])
-        let r = try Running(args + ["--plugin-dir", hanging, "--out", "run"], cwd: dir, file: path("out.txt"))
+        let r = try EspalierProcess(args + ["--plugin-dir", hanging, "--out", "run"], cwd: dir)
         let end = Date().addingTimeInterval(120)
-        while r.process.isRunning && !r.output().contains("epoch 1/2") && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
+        while r.process.isRunning && !r.output.contains("epoch 1/2") && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
         Thread.sleep(forTimeInterval: 1.5)   // into step 4, where the gate hangs
-        XCTAssertTrue(r.process.isRunning, r.output())
+        XCTAssertTrue(r.process.isRunning, r.output)
         kill(r.process.processIdentifier, SIGINT)
         Thread.sleep(forTimeInterval: 0.5)
-        XCTAssertTrue(r.process.isRunning, "the first Ctrl-C waits for the step to end: \(r.output())")
+        XCTAssertTrue(r.process.isRunning, "the first Ctrl-C waits for the step to end: \(r.output)")
         kill(r.process.processIdentifier, SIGINT)
         let status = r.wait(timeout: 20)
-        let out = r.output()
+        let out = r.output
         XCTAssertEqual(status, 130, out)
         for part in ["second Ctrl-C", "hung in a call of plugin org.fixture.gate.linear/1", "org.fixture.gate.linear/1: forward",
                      "epoch 2, step 4", "is intact", "espalier search --resume run"] {
