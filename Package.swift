@@ -23,6 +23,9 @@ let package = Package(
         .library(name: "EspalierCore", targets: ["EspalierCore"]),
         .library(name: "EspalierHost", targets: ["EspalierHost"]),
         .library(name: "EspalierSearch", targets: ["EspalierSearch"]),
+        // The communication layer of a search on several ranks: loaded with dlopen under mpirun only,
+        // so the executable never links MPI (Sources/EspalierMPI).
+        .library(name: "EspalierMPI", type: .dynamic, targets: ["EspalierMPI"]),
         // Plugins: one shared library per method family, loaded by the host with dlopen.
         .library(name: "espalier-gates", type: .dynamic, targets: ["EspalierGatesPlugin"]),
         .library(name: "espalier-darts", type: .dynamic, targets: ["EspalierDartsPlugin"]),
@@ -55,6 +58,11 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CFFI", pkgConfig: "libffi", providers: [.apt(["libffi-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Debian: libopenmpi-dev (and openmpi-bin for mpirun); only the communication layer links it.
+        .systemLibrary(name: "COpenMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .target(name: "EspalierMPI", dependencies: ["COpenMPI"], path: "Sources/EspalierMPI"),
+        // Linux calls the supervisor needs (prctl); headers only.
+        .systemLibrary(name: "CEspalierSystem"),
 
         // MARK: The engine: tensors, kernels, autodiff, memory accountant, optimisers, data
         .target(
@@ -195,6 +203,7 @@ let package = Package(
         .executableTarget(
             name: "espalier",
             dependencies: [
+                "CEspalierSystem",
                 "EspalierCore",
                 "EspalierHost",
                 "EspalierSearch",

@@ -64,6 +64,8 @@ public struct PluginSearchPath {
             for name in names.sorted() {
                 if Self.isPluginFileName(name) {
                     files.append(URL(fileURLWithPath: dir).appendingPathComponent(name).path)
+                } else if name == "libEspalierMPI.so" {
+                    continue   // the host's own communication layer (a search on several ranks), not a plugin
                 } else if name.hasSuffix(".so") || name.contains(".so.") || name.hasSuffix(".dylib") {
                     warnings.append("\(URL(fileURLWithPath: dir).appendingPathComponent(name).path): skipped, not named libespalier-NAME.so; "
                                     + "rename it if it is a plugin")

@@ -1,7 +1,8 @@
 // What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
 // planner asks the accountant's dry run about smaller variants of the same run — a smaller batch,
 // partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
-// each knob alone, the largest setting that fits. Each answer is a real dry-run prediction of that
+// each knob alone, the largest setting that fits — and the smallest number of ranks (mpirun -np N,
+// each rank holding its share of every batch) whose per-rank peak fits. Each answer is a real dry-run prediction of that
 // configuration's run (as the budget check makes it, through the epoch at which the run's own
 // prediction peaked; shapes only, nothing is computed), never an extrapolation.
 
@@ -19,13 +20,17 @@ public struct BudgetSuggestion: Sendable, CustomStringConvertible {
 
 public enum BudgetPlanner {
     /// Suggestions that fit `budget` (bytes, including `datasetBytes`), each changing one knob.
+    /// `ranks`: the rank count the run has now (the other knobs keep it; the ranks knob goes above it).
     public static func suggestions(for config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                   datasetBytes: Int, budget: Int) -> [BudgetSuggestion] {
+                                   datasetBytes: Int, budget: Int, ranks: Int = 1) -> [BudgetSuggestion] {
         // The variants keep the run's schedule (stages, warm-up, pruning), so each is simulated up
         // to the epoch at which the run's own prediction peaked, not through every epoch.
-        let through = (try? SearchRun.predictRun(config: config, registry: registry, imageShape: imageShape, classes: classes))?.peakEpoch
-        func need(_ c: SearchConfig) -> Int? {
-            (try? SearchRun.predictRun(config: c, registry: registry, imageShape: imageShape, classes: classes, throughEpoch: through))
+        let through = (try? SearchRun.predictRun(config: config, registry: registry, imageShape: imageShape, classes: classes,
+                                                 ranks: (ranks - 1, ranks)))?.peakEpoch
+        // The last rank holds the largest share of every batch (⌈B/N⌉), so its peak bounds every rank's.
+        func need(_ c: SearchConfig, ranks n: Int = ranks) -> Int? {
+            (try? SearchRun.predictRun(config: c, registry: registry, imageShape: imageShape, classes: classes, throughEpoch: through,
+                                       ranks: (n - 1, n)))
                 .map { $0.stepPeak + datasetBytes }
         }
         var out: [BudgetSuggestion] = []
@@ -66,6 +71,16 @@ public enum BudgetPlanner {
                 out.append(BudgetSuggestion(change: "--channels \(ch)", predicted: n))
                 break
             }
+        }
+        // The fewest ranks whose per-rank peak fits (each rank needs one sample of the batch; at most 256).
+        let most = min(config.batchSize / max(config.bnGroups ?? 1, 1), 256)
+        if most > ranks, let n = need(config, ranks: most), n <= budget {
+            var lo = ranks, hi = most, best = (most, n)   // lo does not fit, hi fits
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2
+                if let m = need(config, ranks: mid), m <= budget { hi = mid; best = (mid, m) } else { lo = mid }
+            }
+            out.append(BudgetSuggestion(change: "mpirun -np \(best.0) (run on \(best.0) ranks, the batch shared)", predicted: best.1))
         }
         return out
     }

@@ -48,6 +48,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     /// Before each evaluation, recompute batch norm's running statistics over this many training
     /// batches (0 = off); nil = the strategy's `bn_recalibration` parameter (GSparsity's: 20), else 0.
     public var bnRecalibrationBatches: Int? = nil
+    /// Ghost batch norm (`--bn-groups N`): training-mode batch norm normalises each batch in N
+    /// slices, as N ranks normalise their shares (Graph.batchNormGroups); nil = 1.
+    public var bnGroups: Int? = nil
     public var pluginDirs: [String] = []
 
     public init() {}
@@ -149,6 +152,11 @@ public struct SearchConfig: Codable, Equatable, Sendable {
                                        + (name.contains("β") || name == "the momentum" ? " and < 1" : "") + " (e.g. --lr 0.025, --arch-lr 3e-4)")
         }
         if let b = bnRecalibrationBatches, b < 0 { throw EspalierError.config("--bn-recalibration must be ≥ 0 batches (got \(b))") }
+        if let g = bnGroups {
+            guard g >= 1, g <= batchSize else {
+                throw EspalierError.config("--bn-groups \(g) must be between 1 and the batch size \(batchSize) (each group normalises at least one sample)")
+            }
+        }
     }
 
 }
@@ -158,7 +166,7 @@ extension SearchConfig {
         case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
              momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
-             bnRecalibrationBatches
+             bnRecalibrationBatches, bnGroups
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -184,5 +192,6 @@ extension SearchConfig {
         memoryBudget = try c.decodeIfPresent(Int.self, forKey: .memoryBudget)
         try read(.pluginDirs, &pluginDirs)
         bnRecalibrationBatches = try c.decodeIfPresent(Int.self, forKey: .bnRecalibrationBatches)
+        bnGroups = try c.decodeIfPresent(Int.self, forKey: .bnGroups)
     }
 }

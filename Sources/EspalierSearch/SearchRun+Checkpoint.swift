@@ -65,8 +65,13 @@ extension SearchRun {
 
     /// Writes the checkpoint atomically; returns its path (nil without an output folder).
     @discardableResult
+    /// On several ranks every rank calls it (it is collective: the statistics are averaged and the
+    /// states compared first, `agreeOnState`); rank 0 alone writes.
     public func checkpoint() throws -> String? {
-        guard let dir = outDirectory, !accountant.isDryRun else { return nil }
+        guard !accountant.isDryRun else { return nil }
+        try agreeOnState()
+        let askedForRankFiles = ProcessInfo.processInfo.environment["ESPALIER_RANK_CHECKPOINTS"] != nil
+        guard outDirectory != nil || askedForRankFiles else { return nil }
         let st = CheckpointState(epoch: epoch, globalStep: globalStep, stepInEpoch: stepInEpoch, lossSum: lossSum, correct: correct, seen: seen,
                                  stepTimes: stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
@@ -80,14 +85,21 @@ extension SearchRun {
                                  archLossSum: archLossTotal.sum, archLossCount: archLossTotal.count,
                                  regularizerTermSums: regularizers.map(\.termSum), regularizerTermCounts: regularizers.map(\.termCount))
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
+        let file = try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta])
+        try writeRankCheckpointIfAsked(file)
+        guard let dir = outDirectory else { return nil }
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
-        try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta]).write(path: path, checksum: true)
+        try file.write(path: path, checksum: true)
         return path
     }
 
     /// Restores a checkpoint written by `checkpoint()` of a run with the same config.
     public func restore(checkpoint path: String) throws {
-        let file = try SafeTensorsFile.read(path: path)   // verifies the checksum
+        try restore(file: try SafeTensorsFile.read(path: path), path: path)   // read verifies the checksum
+    }
+
+    /// Restores a checkpoint already read (`path` names it in errors).
+    func restore(file: SafeTensorsFile, path: String) throws {
         guard let meta = file.metadata["espalier.search"] else {
             throw EspalierError.data(file: path, problem: "not a search checkpoint (no espalier.search metadata)")
         }
@@ -223,7 +235,7 @@ extension SearchRun {
     @discardableResult
     static func removeStaleTemporaries(in dir: String) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        let ours = [checkpointName, "config.json", "log.jsonl", "genotype.json", "memory.csv", "memory.svg", "pruned.json"]
+        let ours = [checkpointName, "config.json", "log.jsonl", "genotype.json", "memory.csv", "memory.svg", "pruned.json", "ranks.json"]
         let stale = names.filter { n in ours.contains { n.hasPrefix(".\($0).tmp-") } }
         for n in stale { try? FileManager.default.removeItem(atPath: (dir as NSString).appendingPathComponent(n)) }
         return stale
@@ -291,22 +303,53 @@ extension SearchRun {
     /// Restores the checkpoint in `dir` and trims the log to it, after removing the temporary
     /// files an interrupted write left. A folder without a checkpoint (stopped before its first
     /// epoch ended) is an error unless `restart` says to start it over from its config.json.
+    /// On several ranks every rank calls it: rank 0 reads the folder and sends the checkpoint's
+    /// bytes to the others (which need no access to the folder), so every rank restores the same
+    /// state, whatever the rank count that wrote it.
     public func resume(from dir: String, restart: Bool = false) throws {
+        if ranks.isDistributed {
+            struct Outcome: Codable { var error: String?; var found: Bool }
+            var bytes: [UInt8] = []
+            var outcome = Outcome(error: nil, found: false)
+            if ranks.isRoot {
+                do {
+                    Self.removeStaleTemporaries(in: dir)
+                    let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
+                    outcome.found = FileManager.default.fileExists(atPath: path)
+                    try Self.checkResumeRequest(dir: dir, found: outcome.found, restart: restart)
+                    if outcome.found { bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) } else { try Self.trimLog(in: dir, toEpochs: 0) }
+                } catch { outcome.error = "\(error)" }
+            }
+            outcome = try ranks.broadcast(ranks.isRoot ? outcome : nil)
+            if let e = outcome.error { throw EspalierError.config(e) }
+            guard outcome.found else { return }
+            try ranks.broadcast(&bytes, root: 0)
+            let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
+            try restore(file: try SafeTensorsFile.decode(Data(bytes), file: path), path: path)
+            if ranks.isRoot { try Self.trimLog(in: dir, toEpochs: epoch) }
+            return
+        }
         Self.removeStaleTemporaries(in: dir)
         let path = (dir as NSString).appendingPathComponent(Self.checkpointName)
-        guard FileManager.default.fileExists(atPath: path) else {
-            guard restart else {
-                throw EspalierError.config("\(dir) holds no checkpoint (the search stopped before its first epoch ended), so there is nothing to "
-                                           + "resume; start it over with its own config: espalier search --resume \(dir) --restart")
-            }
+        let found = FileManager.default.fileExists(atPath: path)
+        try Self.checkResumeRequest(dir: dir, found: found, restart: restart)
+        guard found else {
             try Self.trimLog(in: dir, toEpochs: 0)
             return
         }
-        guard !restart else {
+        try restore(checkpoint: path)
+        try Self.trimLog(in: dir, toEpochs: epoch)
+    }
+
+    /// --restart goes with a folder without a checkpoint, and only with one.
+    static func checkResumeRequest(dir: String, found: Bool, restart: Bool) throws {
+        if !found && !restart {
+            throw EspalierError.config("\(dir) holds no checkpoint (the search stopped before its first epoch ended), so there is nothing to "
+                                       + "resume; start it over with its own config: espalier search --resume \(dir) --restart")
+        }
+        if found && restart {
             throw EspalierError.config("\(dir) holds a checkpoint, so --restart (which starts over a search stopped before its first checkpoint) "
                                        + "would throw it away; resume it without --restart, or start a new search with another --out")
         }
-        try restore(checkpoint: path)
-        try Self.trimLog(in: dir, toEpochs: epoch)
     }
 }

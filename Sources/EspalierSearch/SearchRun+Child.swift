@@ -45,11 +45,11 @@ extension SearchRun {
         train(weights: backward, arch: false)
         let loss: Double
         if backward {
-            loss = try lossAndGradients(batch.images, batch.labels).0
+            loss = try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize).0
         } else {
-            loss = try graph.noGrad { try lossAndGradients(batch.images, batch.labels, backward: false).0 }
+            loss = try graph.noGrad { try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize, backward: false).0 }
         }
-        return (loss, batch.size)
+        return (loss, batch.globalSize)
     }
 
     /// Trains the architecture in `json` (genotype JSON, as `derive` writes it) from scratch for

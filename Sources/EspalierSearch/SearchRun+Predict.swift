@@ -34,8 +34,9 @@ extension SearchRun {
     /// so what they change (P-DARTS's dropout masks) is in it.
     public static func predictStep(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                    opStates: (normal: [Int32], reduce: [Int32])? = nil, slotStates: [[Int32]]? = nil,
-                                   inputStates: [[Int32]]? = nil, values: [String: Double] = [:]) throws -> StepPrediction {
-        try predict(config: config, registry: registry, imageShape: imageShape, classes: classes) { run in
+                                   inputStates: [[Int32]]? = nil, values: [String: Double] = [:],
+                                   ranks: (rank: Int, size: Int) = (0, 1)) throws -> StepPrediction {
+        try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks) { run in
             let k = run.config.space.ops.count
             if let opStates, opStates.normal.count == run.config.space.edgesPerCell * k, opStates.reduce.count == opStates.normal.count {
                 for (reduction, states) in [(false, opStates.normal), (true, opStates.reduce)] {
@@ -64,10 +65,12 @@ extension SearchRun {
     /// cannot take it higher. One step per epoch: the steps of an epoch allocate alike.
     /// `throughEpoch`: simulate epochs 0…that one only (the budget planner's variants of a run
     /// whose full prediction peaked there; the knobs it turns do not move a schedule).
+    /// `ranks`: the peak of rank `rank` of a search on `size` ranks (its share of every batch, the
+    /// exchange buffers), which is what `--memory-budget` bounds on every rank.
     public static func predictRun(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                  throughEpoch: Int? = nil) throws -> StepPrediction {
+                                  throughEpoch: Int? = nil, ranks: (rank: Int, size: Int) = (0, 1)) throws -> StepPrediction {
         var peakEpoch = 0
-        var p = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes) { run in
+        var p = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks) { run in
             peakEpoch = try run.simulateEpochs(through: throughEpoch)
         }
         p.peakEpoch = peakEpoch
@@ -77,7 +80,7 @@ extension SearchRun {
     /// A dry-run accountant, a context of its own (closed afterwards, so both are freed with the
     /// prediction), the stand-in dataset (two batches) and the run; `body` takes its steps.
     private static func predict(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                _ body: (SearchRun) throws -> Void) throws -> StepPrediction {
+                                ranks: (rank: Int, size: Int) = (0, 1), _ body: (SearchRun) throws -> Void) throws -> StepPrediction {
         let dry = MemoryAccountant(mode: .dryRun)
         dry.plannedBudget = config.memoryBudget   // what a strategy that grows inside the budget plans with
         let context = HostContext(accountant: dry, seed: config.seed)
@@ -88,7 +91,8 @@ extension SearchRun {
         }
         var cfg = config
         cfg.trainImages = nil
-        let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil)
+        let comm: Communicator = ranks.size > 1 ? SimulatedRanks(rank: ranks.rank, size: ranks.size) : SingleProcess()
+        let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil, ranks: comm)
         predictionChoices[ObjectIdentifier(run)] = PredictionChoices()
         defer { run.endPrediction() }
         try body(run)

@@ -103,6 +103,8 @@ public final class SearchRun {
     let validEvalView: DataView
     public let outDirectory: String?
     let registry: PluginRegistry
+    /// The ranks this search runs on (one process: SingleProcess); SearchRun+Ranks.swift.
+    public let ranks: Communicator
     /// Named scalars set through the search services (checkpointed).
     var values: [String: Double] = [:]
     /// Read-only values the host publishes for strategies (group norms, section memory figures):
@@ -124,12 +126,17 @@ public final class SearchRun {
     /// The network this epoch trains (its cells) and its predicted peak with the dataset, taken
     /// after epoch_begin (the memory timeline's row; SearchRun+Timeline.swift).
     var epochStart: (cells: Int, predicted: Int?)? = nil
+    /// The largest epoch peak of this process (the accountant's, dataset included).
+    public internal(set) var runPeakBytes = 0
     /// Stop (as if interrupted) after this many steps of this process; for tests.
     public var stopAfterSteps: Int? = nil
     private var stepsThisProcess = 0
 
     /// Builds a run on `train` (split 50/50 into weight-train and arch-validation halves).
-    public init(config requested: SearchConfig, registry: PluginRegistry, context: HostContext, train: DataView, outDirectory: String?) throws {
+    /// On several ranks (`ranks`), every rank builds the same run; only rank 0 writes files (pass
+    /// the output folder on rank 0 only), and each rank trains on its share of every batch.
+    public init(config requested: SearchConfig, registry: PluginRegistry, context: HostContext, train: DataView, outDirectory: String?,
+                ranks: Communicator = SingleProcess()) throws {
         let strategyComponent = try registry.require(requested.strategy, kind: .strategy)
         let config = try requested.withStrategySpace(strategyComponent)
         try config.validate()
@@ -138,6 +145,14 @@ public final class SearchRun {
         self.accountant = context.accountant
         self.outDirectory = outDirectory
         self.registry = registry
+        self.ranks = ranks
+        // --batch-size is the global batch: every rank needs a sample of it, and every batch-norm group one.
+        let groups = config.bnGroups ?? 1
+        guard config.batchSize >= ranks.size * groups else {
+            throw EspalierError.config("--batch-size \(config.batchSize) is the global batch, shared by \(ranks.size) rank\(ranks.size == 1 ? "" : "s")"
+                                       + (groups > 1 ? " in \(groups) batch-norm groups each" : "") + ": it needs at least \(ranks.size * groups); "
+                                       + "raise --batch-size or use fewer ranks" + (groups > 1 ? " or --bn-groups" : ""))
+        }
         var space = config.space
         space.inputChannels = train.dataset.channels
         space.classes = train.dataset.numClasses
@@ -213,6 +228,7 @@ public final class SearchRun {
         }
         schedule = CosineSchedule(maxLR: config.learningRate, minLR: config.minLearningRate, totalEpochs: config.epochs)
         graph = Graph(accountant: accountant, seed: config.seed &+ 101)
+        graph.batchNormGroups = groups
         let halves = try train.split(fraction: 0.5, seed: config.seed)
         // A search needs at least one batch in each half: with fewer images nothing would train,
         // and the run would "finish" with the untrained α.
@@ -222,6 +238,9 @@ public final class SearchRun {
         }
         trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
         validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
+        // One global order from the seed; each rank takes its slice of every global batch.
+        trainLoader.shard = (ranks.rank, ranks.size)
+        validLoader.shard = (ranks.rank, ranks.size)
         validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
         context.searchDelegate = self
         context.searchServices = UnsafePointer(SearchServicesTable.table)
@@ -274,23 +293,41 @@ public final class SearchRun {
 
     /// Forward + loss (+ backward when something requires a gradient). Returns (loss, correct).
     /// `regularize`: an architecture step, so the regularizers' terms join the loss and α's gradient.
+    /// On several ranks `images` is this rank's share of a batch of `globalSize` (nil: its own
+    /// size): its loss is scaled by the share before backward, and the gradients, the loss and the
+    /// correct count are summed over the ranks (`exchange`) before the regularizers add theirs, so
+    /// the returned loss and correct count are the global batch's on every rank.
     @discardableResult
-    public func lossAndGradients(_ images: Tensor, _ labels: [Int32], backward: Bool = true, regularize: Bool = false) throws -> (Double, Int) {
+    public func lossAndGradients(_ images: Tensor, _ labels: [Int32], globalSize: Int? = nil, backward: Bool = true,
+                                 regularize: Bool = false) throws -> (Double, Int) {
         do {
             return try accountant.withOwner("step") {
-                let logits = try supernet.logits(graph, graph.constant(images), state: state)
-                var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
-                // Auxiliary heads (training forwards only): + w·CE of each.
-                for aux in supernet.lastAuxLogits {
-                    loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+                let share = Double(labels.count) / Double(max(globalSize ?? labels.count, 1))
+                var dataLoss = 0.0, c = 0, termValue = 0.0
+                if !labels.isEmpty {
+                    let logits = try supernet.logits(graph, graph.constant(images), state: state)
+                    var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
+                    // Auxiliary heads (training forwards only): + w·CE of each.
+                    for aux in supernet.lastAuxLogits {
+                        loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
+                    }
+                    dataLoss = graph.computing ? Double(loss.value[0]) : 0
+                    c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+                    if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
+                        loss = try graph.add(loss, term)
+                        termValue = v
+                    }
+                    // A rank's share of the batch: its gradient counts share/batch of the sum.
+                    if ranks.isDistributed { loss = try graph.scale(loss, by: Float(share)) }
+                    // What the gradients already hold is the same on every rank (an earlier exchange, the
+                    // regularizers): rank 0 keeps it, the others start from zero, so the sum counts it once.
+                    if backward && ranks.isDistributed && !ranks.isRoot && graph.computing { for p in exchangedParameters { p.zeroGrad() } }
+                    if backward { try graph.backward(loss) } else { graph.clearTape() }
                 }
-                var value = graph.computing ? Double(loss.value[0]) : 0
-                let c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
-                if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
-                    loss = try graph.add(loss, term)
-                    value += v
-                }
-                if backward { try graph.backward(loss) } else { graph.clearTape() }
+                let (globalLoss, globalCorrect) = try exchange(weightedLoss: ranks.isDistributed ? dataLoss * share : dataLoss,
+                                                               correct: c, gradients: backward)
+                c = globalCorrect
+                var value = globalLoss + termValue
                 if regularize && backward { value += try applyArchRegularizers() }
                 if backward { value += try applyChannelMaskRegularizers() }
                 if regularize && backward && graph.computing { archLossTotal.sum += value; archLossTotal.count += 1 }
@@ -307,7 +344,7 @@ public final class SearchRun {
     public func archGradientFirstOrder(valid: Batch) throws {
         train(weights: false, arch: true)
         archOptimizer.zeroGrad()
-        try lossAndGradients(valid.images, valid.labels, regularize: true)
+        try lossAndGradients(valid.images, valid.labels, globalSize: valid.globalSize, regularize: true)
     }
 
     /// Second-order (unrolled) architecture gradient, as DARTS's architect:
@@ -325,7 +362,7 @@ public final class SearchRun {
         // 1. ∇w L_train(w, α) → w'.
         train(weights: true, arch: false)
         weightOptimizer.zeroGrad()
-        try lossAndGradients(batch.images, batch.labels)
+        try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize)
         if computing {
             for (i, p) in weights.enumerated() {
                 let x = p.value.ptr, g = p.grad!.ptr, wd = p.decay ? weightOptimizer.weightDecay : 0
@@ -337,7 +374,7 @@ public final class SearchRun {
         train(weights: true, arch: true)
         weightOptimizer.zeroGrad()
         archOptimizer.zeroGrad()
-        try lossAndGradients(valid.images, valid.labels, regularize: true)
+        try lossAndGradients(valid.images, valid.labels, globalSize: valid.globalSize, regularize: true)
         let dAlpha = try accountant.withOwner("unrolled") { try supernet.archParameters.map { try $0.grad!.copy(category: .workspace) } }
         let dW = try accountant.withOwner("unrolled") { try weights.map { try $0.grad!.copy(category: .workspace) } }
         if computing { for (b, s) in zip(supernet.buffers, savedBuffers) { b.ptr.update(from: s.ptr, count: b.count) } }
@@ -352,7 +389,7 @@ public final class SearchRun {
             restoreWeights()
             if computing { for (p, d) in zip(weights, dW) { Kernels.axpy(sign * r, d.ptr, p.value.ptr, count: p.count) } }
             archOptimizer.zeroGrad()
-            try lossAndGradients(batch.images, batch.labels)
+            try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize)
             gradients.append(try accountant.withOwner("unrolled") { try supernet.archParameters.map { try $0.grad!.copy(category: .workspace) } })
         }
         restoreWeights()
@@ -372,6 +409,7 @@ public final class SearchRun {
         // The step's batches, for the `batch_loss` search service (PARSEC).
         stepBatches = StepBatches(train: batch, valid: valid)
         defer { stepBatches = nil }
+        reseedRandomForStep()
         try applySchedules()
         let plan = try strategy.planStep(state)
         if plan.mode != .skip { onlySkippedThisEpoch = false }
@@ -389,7 +427,7 @@ public final class SearchRun {
         case .weightsOnly:
             result = try weightStep(batch)
         case .forwardOnly:
-            result = try graph.noGrad { try lossAndGradients(batch.images, batch.labels, backward: false) }
+            result = try graph.noGrad { try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize, backward: false) }
         case .skip:
             break
         }
@@ -400,7 +438,7 @@ public final class SearchRun {
     public func weightStep(_ batch: Batch) throws -> (Double, Int) {
         train(weights: true, arch: false)
         weightOptimizer.zeroGrad()
-        let r = try lossAndGradients(batch.images, batch.labels)
+        let r = try lossAndGradients(batch.images, batch.labels, globalSize: batch.globalSize)
         clipGradNorm(clippedWeights, maxNorm: config.gradClip)
         if updateOwner != nil { try applyOwnedUpdate() } else { weightOptimizer.step() }
         try applyProximal()
@@ -440,10 +478,11 @@ public final class SearchRun {
                 let (loss, c) = try step(train: batch, valid: valid)
                 guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: stepInEpoch + 1) }
                 stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                lossSum += loss * Double(batch.size); correct += c; seen += batch.size
+                lossSum += loss * Double(batch.globalSize); correct += c; seen += batch.globalSize
                 stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
                 progress?.step(stepInEpoch, of: steps, loss: lossSum / Double(max(seen, 1)), accuracy: Double(correct) / Double(max(seen, 1)))
-                if searchInterruptRequested != 0 || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
+                if try interruptAgreed() || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
+                    runPeakBytes = max(runPeakBytes, accountant.peakTotal)
                     let path = try checkpoint()
                     throw SearchInterrupted(checkpoint: path ?? "(no output folder)")
                 }
@@ -464,6 +503,7 @@ public final class SearchRun {
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
             recordResidentSet(&log)
+            runPeakBytes = max(runPeakBytes, log.peakBytes)
             logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
@@ -517,13 +557,13 @@ public final class SearchRun {
     /// statistics otherwise lag behind and make evaluation-mode accuracy collapse.
     public func recalibrateBatchNorm(batches: Int) throws {
         guard batches > 0 else { return }
-        let loader = try DataLoader(trainLoader.view, batchSize: config.batchSize, shuffle: false, dropLast: true)
+        let loader = try shardedLoader(trainLoader.view, shuffle: false, dropLast: true)
         graph.batchNormRecalibration = [:]
         defer { graph.batchNormRecalibration = nil }
         try graph.noGrad {
             var n = 0
             while n < batches, let b = try accountant.withOwner("batch", { try loader.next(accountant: accountant) }) {
-                _ = try lossAndGradients(b.images, b.labels, backward: false)
+                _ = try lossAndGradients(b.images, b.labels, globalSize: b.globalSize, backward: false)
                 n += 1
             }
         }
@@ -534,14 +574,16 @@ public final class SearchRun {
     public func evaluate(_ view: DataView) throws -> (Double, Double) {
         guard view.count > 0 else { return (0, 0) }
         try recalibrateBatchNorm(batches: config.bnRecalibrationBatches ?? 0)
-        let loader = try DataLoader(view, batchSize: config.batchSize, shuffle: false)
+        // Every rank evaluates with the same statistics, its share of each batch; counts are summed.
+        try averageBuffersOverRanks()
+        let loader = try shardedLoader(view, shuffle: false, dropLast: false)
         graph.training = false
         defer { graph.training = true }
         var lossSum = 0.0, correct = 0, seen = 0
         try graph.noGrad {
             while let b = try accountant.withOwner("batch", { try loader.next(accountant: accountant) }) {
-                let (l, c) = try lossAndGradients(b.images, b.labels, backward: false)
-                lossSum += l * Double(b.size); correct += c; seen += b.size
+                let (l, c) = try lossAndGradients(b.images, b.labels, globalSize: b.globalSize, backward: false)
+                lossSum += l * Double(b.globalSize); correct += c; seen += b.globalSize
             }
         }
         return (lossSum / Double(max(seen, 1)), Double(correct) / Double(max(seen, 1)))

@@ -31,6 +31,8 @@ enum SearchServicesTable {
         s.input_view = searchInputView
         s.set_input_state = searchSetInputState
         s.get_input_state = searchGetInputState
+        s.ranks = searchRanks
+        s.sum_over_ranks = searchSumOverRanks
         t.initialize(to: s)
         return t
     }()
@@ -302,6 +304,25 @@ extension SearchRun {
         return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
                                          opStates: supernet.hyperConnected ? nil : (opStates(reduction: false), opStates(reduction: true)),
                                          slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
-                                         inputStates: inputStatesByCell(), values: values)
+                                         inputStates: inputStatesByCell(), values: values, ranks: (ranks.rank, ranks.size))
+    }
+}
+
+// MARK: - Ranks (ABI 1.4)
+
+private func searchRanks(_ host: UnsafeMutableRawPointer?, _ rank: UnsafeMutablePointer<Int32>?, _ size: UnsafeMutablePointer<Int32>?) -> es_status {
+    withSearch(host) { run, _ in
+        rank?.pointee = Int32(run.ranks.rank)
+        size?.pointee = Int32(run.ranks.size)
+    }
+}
+
+private func searchSumOverRanks(_ host: UnsafeMutableRawPointer?, _ values: UnsafeMutablePointer<Double>?, _ count: Int64) -> es_status {
+    withSearch(host) { run, _ in
+        guard count >= 0, count <= 1 << 24, count == 0 || values != nil else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "sum_over_ranks: \(count) values at \(values == nil ? "NULL" : "a pointer"); give 0 to 2^24 values")
+        }
+        guard count > 0, let values else { return }
+        try run.ranks.sum(UnsafeMutableBufferPointer(start: values, count: Int(count)))
     }
 }

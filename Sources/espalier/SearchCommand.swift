@@ -40,6 +40,10 @@ struct SearchOptions: ParsableArguments {
     @Option(help: "Recompute batch-norm statistics over N training batches before each evaluation (0 = off; GSparsity's default 20).")
     var bnRecalibration: Int?
     @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Ghost batch norm: normalise each batch in N slices, as N ranks normalise their shares (to check N ranks against one process; also for large batches).")
+    var bnGroups: Int?
+    @Option(help: "Predict the peak of one rank of a search on N ranks (dry run and `memory`, without mpirun; under mpirun the rank count is mpirun's).")
+    var ranks: Int?
     @Option(help: ArgumentHelp("Memory budget, e.g. 1.5GiB: refused before the run if the prediction exceeds it, never exceeded during it.",
                                discussion: "It covers every tensor the accountant counts (parameters, gradients, optimiser state, activations, "
                                    + "workspace, the dataset); the process's own code, libraries and allocator overhead are not in it, so the "
@@ -59,7 +63,7 @@ struct SearchOptions: ParsableArguments {
             ("--cells", cells != nil), ("--nodes", nodes != nil), ("--batch-size", batchSize != nil),
             ("--partial-channels", partialChannels != nil), ("--hyper-connected", hyperConnected), ("--aggregator", aggregator != nil),
             ("--epochs", epochs != nil), ("--lr", lr != nil), ("--arch-lr", archLr != nil), ("--arch-weight-decay", archWeightDecay != nil),
-            ("--bn-recalibration", bnRecalibration != nil), ("--seed", seed != nil),
+            ("--bn-recalibration", bnRecalibration != nil), ("--seed", seed != nil), ("--bn-groups", bnGroups != nil),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -123,6 +127,11 @@ struct SearchOptions: ParsableArguments {
             c.bnRecalibrationBatches = v
         }
         if let v = seed { c.seed = v }
+        if let v = bnGroups {
+            guard v >= 1 else { throw ValidationError("--bn-groups must be at least 1 (got \(v))") }
+            c.bnGroups = v
+        }
+        if let v = ranks, v < 1 { throw ValidationError("--ranks must be at least 1 (got \(v))") }
         if let b = try parsedBudget() { c.memoryBudget = b }
         c.pluginDirs = absolutePaths(dirs.pluginDirs)
         return c
@@ -182,8 +191,8 @@ func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split
     }
 }
 
-func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?) {
-    print("predicted peak of the search, its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
+func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?, ranks: Int = 1) {
+    print("predicted peak of the search\(ranks > 1 ? " per rank on \(ranks) ranks" : ""), its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize)\(ranks > 1 ? " shared by the ranks" : ""), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
           + formatBytes(p.stepPeak) + (datasetBytes.map { " + dataset \(formatBytes($0))" } ?? ""))
     for cat in MemoryCategory.allCases where p.accountant.peakByCategory[cat] > 0 {
         var v = p.accountant.peakByCategory[cat]
@@ -215,11 +224,24 @@ struct SearchCommand: ParsableCommand {
         try options.applyThreads()
         // Supervised: the work runs in a worker process that a crashing plugin may take down; this
         // process reports it (Supervisor.swift). The worker gets the output folder chosen here.
+        // Under mpirun the supervisor never starts MPI: the worker does (Ranks.swift).
         if Supervisor.enabled && !noSupervise && !dryRun {
             let folder = resume ?? out ?? "runs/search-" + timestamp()
             try Supervisor.run(extraArguments: resume == nil && out == nil ? ["--out", folder] : [], outDir: folder)
         }
         if Supervisor.isWorker { Supervisor.attachWorker() }
+        // A dry run only predicts: under mpirun each rank predicts its own peak, without MPI.
+        let ranks: Communicator = dryRun ? SingleProcess() : try RankRuntime.start()
+        try RankRuntime.run(ranks) { try search(ranks: ranks) }
+    }
+
+    /// The search on `ranks` (every rank runs this; rank 0 alone touches the output folder).
+    func search(ranks: Communicator) throws {
+        let place: (rank: Int, size: Int) = dryRun ? (RankRuntime.place ?? (0, 1)) : (ranks.rank, ranks.size)
+        if place.size > 1 && options.ranks != nil {
+            throw ValidationError("--ranks predicts a run on N ranks without mpirun; under mpirun the rank count is mpirun's (-np \(place.size))")
+        }
+        let rankCount = options.ranks ?? place.size
         let context = HostContext()
         var config: SearchConfig
         let outDir: String
@@ -230,9 +252,11 @@ struct SearchCommand: ParsableCommand {
                 throw ValidationError("--resume continues \(resume) with its own config.json, so \(refused.joined(separator: ", ")) cannot be given with it. "
                                       + "With --resume only --plugin-dir, --memory-budget and --threads may change; to change anything else, start a new search (--out NEW)")
             }
-            try RunFolder.checkResumable(resume)
-            resumeLock = try RunFolderLock.acquire(resume, create: false)
-            config = try SearchRun.loadConfig(resume)
+            config = try ranks.onRoot {
+                try RunFolder.checkResumable(resume)
+                resumeLock = try RunFolderLock.acquire(resume, create: false)
+                return try SearchRun.loadConfig(resume)
+            }
             if !options.dirs.pluginDirs.isEmpty { config.pluginDirs = absolutePaths(options.dirs.pluginDirs) }
             if let b = try options.parsedBudget() { config.memoryBudget = b }
             outDir = resume
@@ -242,11 +266,13 @@ struct SearchCommand: ParsableCommand {
                 || options.config != nil
             config = try options.makeConfig(quickDefaults: !shaped)
             outDir = out ?? "runs/search-" + timestamp()
-            if !dryRun { try RunFolder.checkNew(outDir) }
+            if !dryRun { try ranks.onRoot { try RunFolder.checkNew(outDir); return true } }
         }
         let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: config.pluginDirs))
-        for f in registry.failures { FileHandle.standardError.write(Data("warning: plugin \(f)\n".utf8)) }
-        reportWarnings(registry)
+        if ranks.isRoot {
+            for f in registry.failures { FileHandle.standardError.write(Data("warning: plugin \(f)\n".utf8)) }
+            reportWarnings(registry)
+        }
         if resume == nil {
             do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         }
@@ -256,16 +282,22 @@ struct SearchCommand: ParsableCommand {
         let train = try loadTrainingData(config, accountant: acc)
         var view = train.all
         if let n = config.trainImages { view = view.prefix(n) }
-        let prediction = try SearchRun.predictRun(config: config, registry: registry, imageShape: (train.channels, train.height, train.width),
-                                                  classes: train.numClasses)
-        printPrediction(prediction, config: config, datasetBytes: train.byteCount)
+        let shape = (train.channels, train.height, train.width)
+        // Per rank: the last rank holds the largest share of every batch, so its peak bounds every rank's.
+        let prediction = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
+                                                  ranks: (rankCount - 1, rankCount))
+        printPrediction(prediction, config: config, datasetBytes: train.byteCount, ranks: rankCount)
+        if rankCount > 1 && ranks.isRoot {
+            try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
+                                        datasetBytes: train.byteCount, ranks: rankCount)
+        }
         if let budget = config.memoryBudget {
             let need = prediction.stepPeak + train.byteCount
             if need > budget {
-                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: (train.channels, train.height, train.width),
-                                                     classes: train.numClasses, datasetBytes: train.byteCount, budget: budget)
-                throw ValidationError("the predicted peak \(formatBytes(need)) exceeds --memory-budget \(formatBytes(budget)) by \(formatBytes(need - budget)). "
-                                      + (fits.isEmpty ? "Nothing that changes one of --batch-size, --partial-channels, --cells or --channels alone fits; raise the budget"
+                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: train.numClasses,
+                                                     datasetBytes: train.byteCount, budget: budget, ranks: rankCount)
+                throw ValidationError("the predicted peak \(formatBytes(need))\(rankCount > 1 ? " per rank" : "") exceeds --memory-budget \(formatBytes(budget)) by \(formatBytes(need - budget)). "
+                                      + (fits.isEmpty ? "Nothing that changes one of --batch-size, --partial-channels, --cells, --channels or the rank count alone fits; raise the budget"
                                                       : "Each of these fits: " + fits.map(\.description).joined(separator: "; ")))
             }
             acc.budget = budget
@@ -273,15 +305,20 @@ struct SearchCommand: ParsableCommand {
         if dryRun { return }
 
         // The folder's lock for the rest of the process: no second search writes into it meanwhile.
-        let lock = try resumeLock ?? RunFolderLock.acquire(outDir, create: true)
+        let lock: RunFolderLock? = try ranks.isRoot ? (resumeLock ?? RunFolderLock.acquire(outDir, create: true)) : nil
         defer { withExtendedLifetime(lock) {} }
-        if resume == nil {
-            do { try SearchRun.prepareOutput(outDir, config: config) } catch { lock.release(remove: true); throw error }
-        } else {
-            try SearchRun.saveConfig(config, in: outDir)   // the plugin folders and budget it now runs with
+        try ranks.onRoot { () -> Bool in
+            if resume == nil {
+                do { try SearchRun.prepareOutput(outDir, config: config) } catch { lock?.release(remove: true); throw error }
+            } else {
+                try SearchRun.saveConfig(config, in: outDir)   // the plugin folders and budget it now runs with
+            }
+            return true
         }
         context.begin(accountant: acc, seed: config.seed)
-        let run = try SearchRun(config: config, registry: registry, context: context, train: view, outDirectory: outDir)
+        let run = try SearchRun(config: config, registry: registry, context: context, train: view,
+                                outDirectory: ranks.isRoot ? outDir : nil, ranks: ranks)
+        if let k = ProcessInfo.processInfo.environment["ESPALIER_STOP_AFTER_STEPS"].flatMap(Int.init), k > 0 { run.stopAfterSteps = k }
         if resume != nil {
             try run.resume(from: outDir, restart: restart)
             print(run.globalStep == 0 ? "starting \(outDir) over from its config.json" : "resuming \(outDir) at epoch \(run.epoch + 1), step \(run.globalStep)")
@@ -291,17 +328,28 @@ struct SearchCommand: ParsableCommand {
               + (run.config.space.mergedOps.isEmpty ? "" : ", merged \(run.config.space.mergedOps.joined(separator: ", "))") + "; \(config.space.ops.count) ops per edge, C=\(config.space.channels), "
               + "\(config.space.cells) cells, \(view.count) images (half for weights, half for α), batch \(config.batchSize), "
               + "\(config.epochs) epochs, \(run.supernet.weightCount) weights; output \(outDir)")
+        if ranks.isDistributed {
+            print("ranks: \(ranks.size) (\(ranks.transport)); each holds its share of every batch of \(config.batchSize) "
+                  + "(\(Shards.range(part: 0, of: ranks.size, count: config.batchSize).count) to \(Shards.range(part: ranks.size - 1, of: ranks.size, count: config.batchSize).count) images)"
+                  + ((config.bnGroups ?? 1) > 1 ? ", in \(config.bnGroups!) batch-norm groups" : "")
+                  + "; \(run.exchangeFloats) floats summed per gradient exchange; rank 0 writes \(outDir)")
+        }
+        // SIGUSR1 too: mpirun passes it on to every rank (a Ctrl-C at mpirun ends the job at once).
         signal(SIGINT) { _ in searchInterruptRequested = 1 }
+        signal(SIGUSR1) { _ in searchInterruptRequested = 1 }
         let bar = SearchProgressBar(epochs: config.epochs)
-        do { try run.run(progress: bar) } catch let e as SearchInterrupted {
+        do { try run.run(progress: ranks.isRoot ? bar : nil) } catch let e as SearchInterrupted {
+            try run.writeRankReport(predictedPeak: rankReportPrediction(run, registry: registry, shape: shape, classes: train.numClasses))
             print("\n\(e)")
             print("resume with: espalier search --resume \(outDir)")
             throw ExitCode(130)
         } catch let e as SearchDiverged {
             print("")
-            FileHandle.standardError.write(Data("Error: \(e)\n".utf8))
+            if ranks.isRoot { FileHandle.standardError.write(Data("Error: \(e)\n".utf8)) }
             throw ExitCode(65)
         }
+        try run.writeRankReport(predictedPeak: rankReportPrediction(run, registry: registry, shape: shape, classes: train.numClasses))
+        guard ranks.isRoot else { return }
         let genotype = try run.derive()
         print("genotype: \(genotype.jsonText())")
         var network = NetworkDescription(genotype: genotype)
@@ -324,6 +372,34 @@ struct SearchCommand: ParsableCommand {
             print("written: \(path); train it: espalier train-pruned --pruned \(path)")
         }
     }
+
+    /// This rank's own predicted peak (with the dataset) for ranks.json; nil in one process.
+    func rankReportPrediction(_ run: SearchRun, registry: PluginRegistry, shape: (Int, Int, Int), classes: Int) -> Int? {
+        guard run.ranks.isDistributed else { return nil }
+        return (try? SearchRun.predictRun(config: run.config, registry: registry, imageShape: shape, classes: classes,
+                                          ranks: (run.ranks.rank, run.ranks.size))).map { $0.stepPeak + run.trainLoader.view.dataset.byteCount }
+    }
+}
+
+/// Each rank's predicted peak when the ranks' shares differ (⌊B/N⌋ or ⌈B/N⌉ of a batch of B).
+func printPerRankPredictions(config: SearchConfig, registry: PluginRegistry, imageShape: (Int, Int, Int), classes: Int,
+                             datasetBytes: Int, ranks n: Int) throws {
+    var byShare: [Int: Int] = [:]
+    var lines: [String] = []
+    for r in 0..<n {
+        let share = Shards.range(part: r, of: n, count: config.batchSize).count
+        if byShare[share] == nil {
+            byShare[share] = try SearchRun.predictRun(config: config, registry: registry, imageShape: imageShape, classes: classes,
+                                                      ranks: (r, n)).stepPeak + datasetBytes
+        }
+    }
+    for (share, bytes) in byShare.sorted(by: { $0.key < $1.key }) {
+        let which = (0..<n).filter { Shards.range(part: $0, of: n, count: config.batchSize).count == share }
+        lines.append("  rank\(which.count == 1 ? "" : "s") \(which.count > 4 ? "\(which.first!)…\(which.last!) (\(which.count))" : which.map(String.init).joined(separator: ", ")): "
+                     + "\(share) images of each batch, peak \(formatBytes(bytes)) with the dataset")
+    }
+    print("per rank (the budget applies to each rank; each rank loads the whole dataset):")
+    lines.forEach { print($0) }
 }
 
 struct MemoryCommand: ParsableCommand {
@@ -339,14 +415,16 @@ struct MemoryCommand: ParsableCommand {
         do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         try config.validate()
         let shape: (Int, Int, Int) = config.dataset.hasPrefix("cifar") ? (3, 32, 32) : (1, 28, 28)
-        let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: 10)
-        printPrediction(p, config: config, datasetBytes: nil)
+        let n = options.ranks ?? 1
+        let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: 10, ranks: (n - 1, n))
+        printPrediction(p, config: config, datasetBytes: nil, ranks: n)
+        if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, ranks: n) }
         if let b = config.memoryBudget {
             print(p.stepPeak <= b ? "fits --memory-budget \(formatBytes(b)) with \(formatBytes(b - p.stepPeak)) to spare (plus the dataset)"
                                   : "does NOT fit --memory-budget \(formatBytes(b)): over by \(formatBytes(p.stepPeak - b))")
             if p.stepPeak > b {
-                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: b)
-                print(fits.isEmpty ? "  nothing that changes one of --batch-size, --partial-channels, --cells or --channels alone fits"
+                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: b, ranks: n)
+                print(fits.isEmpty ? "  nothing that changes one of --batch-size, --partial-channels, --cells, --channels or the rank count alone fits"
                                    : "  each of these fits: " + fits.map(\.description).joined(separator: "; "))
             }
         }

@@ -8,6 +8,7 @@
 // everything in one process (debugging).
 
 import ArgumentParser
+import CEspalierSystem
 import EspalierCore
 import EspalierHost
 import EspalierSearch
@@ -19,6 +20,8 @@ import Glibc
 
 /// Ctrl-C presses seen by the supervisor (set from the signal handler).
 nonisolated(unsafe) var supervisorInterrupts: Int32 = 0
+/// SIGUSR1s seen by the supervisor (mpirun passes them on to every rank: a graceful stop).
+nonisolated(unsafe) var supervisorStopRequests: Int32 = 0
 
 enum Supervisor {
     /// The exit status of a search whose worker died by a signal (a crashed plugin or host).
@@ -30,6 +33,12 @@ enum Supervisor {
 
     /// In the worker: start recording plugin calls into the supervisor's page.
     static func attachWorker() {
+        // A worker whose supervisor is gone (killed by mpirun when another rank failed) must not
+        // linger, e.g. in an exchange with ranks that no longer exist.
+        if let parent = ProcessInfo.processInfo.environment["ESPALIER_SUPERVISOR_PID"].flatMap(Int32.init),
+           espalier_die_with_parent(parent) != 0 {
+            exit(pluginCrashExit)
+        }
         guard let path = ProcessInfo.processInfo.environment["ESPALIER_CALL_RECORD"] else { return }
         CallRecorder.active = CallRecorder.attach(path: path)
     }
@@ -42,6 +51,7 @@ enum Supervisor {
         var env = ProcessInfo.processInfo.environment
         env["ESPALIER_WORKER"] = "1"
         env["ESPALIER_CALL_RECORD"] = page.path
+        env["ESPALIER_SUPERVISOR_PID"] = String(getpid())
         if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }   // the report below says what matters
         let args = CommandLine.arguments + extraArguments
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -53,13 +63,18 @@ enum Supervisor {
         guard rc == 0 else { throw ValidationError("cannot start the search's worker process (\(String(cString: strerror(rc)))); set ESPALIER_SUPERVISE=0 to run in one process") }
 
         signal(SIGINT) { _ in supervisorInterrupts += 1 }
-        var seen: Int32 = 0, firstPress: Date?
+        signal(SIGUSR1) { _ in supervisorStopRequests += 1 }
+        var seen: Int32 = 0, firstPress: Date?, stopsSeen: Int32 = 0
         var status: Int32 = 0
         var killedWhileRunning = false, hung: CallRecorder.Record? = nil
         while true {
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid { break }
             if r < 0 && errno != EINTR { break }
+            if supervisorStopRequests != stopsSeen {
+                stopsSeen = supervisorStopRequests
+                kill(pid, SIGUSR1)
+            }
             if supervisorInterrupts != seen {
                 seen = supervisorInterrupts
                 if let t = firstPress, Date().timeIntervalSince(t) <= 5 {
@@ -95,7 +110,7 @@ enum Supervisor {
 
     /// One paragraph: what died or hung, where, and how to continue.
     static func report(_ r: CallRecorder.Record?, headline: String, hanging: Bool, outDir: String?) {
-        var text = "\nespalier: \(headline)"
+        var text = "\nespalier: \(RankRuntime.prefix)\(headline)"
         if let r, r.inCall {
             let plugin = r.what.split(separator: ":").first.map(String.init) ?? r.what
             text += hanging ? ", hung in a call of plugin \(plugin)" : " in a call of plugin \(plugin)"

@@ -250,6 +250,30 @@ public struct SearchServices: @unchecked Sendable {
             && table.pointee.input_view != nil && table.pointee.set_input_state != nil && table.pointee.get_input_state != nil
     }
 
+    /// True if the host's table has the ABI 1.4 rank services (a data-parallel search).
+    public var hasRankServices: Bool {
+        structSize >= MemoryLayout<es_search_services>.offset(of: \es_search_services.sum_over_ranks)! + MemoryLayout<UnsafeRawPointer>.size
+            && table.pointee.ranks != nil && table.pointee.sum_over_ranks != nil
+    }
+
+    /// ABI 1.4: this process's rank and the rank count (0 and 1 in one process, and from a host
+    /// older than 1.4).
+    public func ranks() throws -> (rank: Int, worldSize: Int) {
+        guard hasRankServices, let fn = table.pointee.ranks else { return (0, 1) }
+        var r: Int32 = 0, n: Int32 = 1
+        try check(fn(context, &r, &n), "ranks")
+        return (Int(r), Int(n))
+    }
+
+    /// ABI 1.4: `values` summed over every rank (collective: every rank calls it with as many
+    /// values at the same point). One process, or a host older than 1.4: the values themselves.
+    public func sumOverRanks(_ values: [Double]) throws -> [Double] {
+        guard hasRankServices, let fn = table.pointee.sum_over_ranks else { return values }
+        var v = values
+        try v.withUnsafeMutableBufferPointer { try check(fn(context, $0.baseAddress, Int64($0.count)), "sum_over_ranks") }
+        return v
+    }
+
     /// Op states (`ES_OP_*`).
     public enum OpState: Int32, Sendable {
         case active = 0, masked = 1, removed = 2

@@ -24,7 +24,7 @@ extern "C" {
 /* ---- Versions --------------------------------------------------------------------------- */
 
 #define ESPALIER_ABI_MAJOR 1
-#define ESPALIER_ABI_MINOR 3  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint) */
+#define ESPALIER_ABI_MINOR 4  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint); 1.4: search services ranks and sum_over_ranks (a data-parallel search on several ranks) */
 
 /** The ABI a plugin was compiled against, or the host speaks. Majors must match exactly; a
  *  plugin's minor must not be older than the host's minimum supported minor. */

@@ -124,6 +124,20 @@ typedef struct es_search_services {
     /** Masks, restores or removes (frees its preprocessing) inter-cell input `input` of `cell`. */
     es_status (*set_input_state)(void *host, int32_t cell, int32_t input, es_op_state state);
     es_status (*get_input_state)(void *host, int32_t cell, int32_t input, es_op_state *state);
+
+    /* ---- Since ABI 1.4: call only if struct_size covers the field ---- */
+
+    /** This process's rank and the number of ranks of a data-parallel search (mpirun -np N): 0
+     *  and 1 in one process. Every rank runs the same plugin calls with the same inputs (its share
+     *  of each batch aside), so a strategy never needs them for correctness; one that does work
+     *  of its own outside the trainer (training children, scoring samples) may split that work
+     *  over the ranks and combine the results with sum_over_ranks.
+     *  Why 1.3 lacked it: searches ran in one process. */
+    es_status (*ranks)(void *host, int32_t *rank, int32_t *world_size);
+    /** Sums `count` doubles over every rank, in place. Collective: every rank must call it, with
+     *  the same count, at the same point of the run (a rank that skips it stalls the others). In
+     *  one process it returns the values unchanged. */
+    es_status (*sum_over_ranks)(void *host, double *values, int64_t count);
 } es_search_services;
 
 /* ---- The strategy component ---- */

@@ -123,6 +123,11 @@ public final class Graph {
     /// average of the batches seen since (counted per running-mean buffer) instead of the momentum
     /// update: statistics recomputed for the current weights (`SearchRun.recalibrateBatchNorm`).
     public var batchNormRecalibration: [ObjectIdentifier: Int]? = nil
+    /// Ghost batch norm: in training mode every batch norm normalises the batch in this many
+    /// contiguous slices of samples [g·N/G, (g+1)·N/G), each with its own statistics, exactly as
+    /// that many ranks of a data-parallel run normalise their shares; the running statistics move
+    /// by the mean of the slices' statistics (what averaging them over the ranks gives). 1 = off.
+    public var batchNormGroups = 1
 
     public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
         self.accountant = accountant

@@ -26,35 +26,60 @@ extension Graph {
             throw EspalierError.invalidArgument("batchNorm with batch statistics needs more than one value per channel; got \(shape)")
         }
 
+        // Ghost batch norm (batchNormGroups): slices of samples, each normalised with its own statistics.
+        let groups = batchStatistics ? batchNormGroups : 1
+        if groups > 1 && n < groups {
+            throw EspalierError.invalidArgument("batch norm in \(groups) groups (--bn-groups) needs at least \(groups) samples; got \(n)")
+        }
+        let slices = (0..<groups).map { Shards.range(part: $0, of: groups, count: n) }
         let y = try output(shape)
-        let mean = try Tensor(shape: [c], category: .activations, accountant: accountant)
-        let invStd = try Tensor(shape: [c], category: .activations, accountant: accountant)
+        // mean, invStd: (G, C), the statistics of each slice
+        let mean = try Tensor(shape: [groups * c], category: .activations, accountant: accountant)
+        let invStd = try Tensor(shape: [groups * c], category: .activations, accountant: accountant)
         if computing {
             if batchStatistics {
                 // The variance goes into invStd first, and is converted in place.
-                Kernels.batchNormStatistics(x.value.ptr, n: n, c: c, hw: hw, mean: mean.ptr, variance: invStd.ptr)
+                for (g, r) in slices.enumerated() {
+                    Kernels.batchNormStatistics(x.value.ptr + r.lowerBound * c * hw, n: r.count, c: c, hw: hw,
+                                                mean: mean.ptr + g * c, variance: invStd.ptr + g * c)
+                }
                 if training, let rm = runningMean, let rv = runningVar {
-                    let unbias = Float(n * hw) / Float(n * hw - 1)
                     var momentum = momentum
                     if batchNormRecalibration != nil {
                         let key = ObjectIdentifier(rm.storage), seen = batchNormRecalibration![key, default: 0]
                         momentum = 1 / Float(seen + 1)   // the first batch replaces, the k-th weighs 1/k
                         batchNormRecalibration![key] = seen + 1
                     }
-                    for ch in 0..<c {
-                        rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
-                        rv[ch] = (1 - momentum) * rv[ch] + momentum * invStd[ch] * unbias
+                    if groups == 1 {
+                        let unbias = Float(n * hw) / Float(n * hw - 1)
+                        for ch in 0..<c {
+                            rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
+                            rv[ch] = (1 - momentum) * rv[ch] + momentum * invStd[ch] * unbias
+                        }
+                    } else {
+                        for ch in 0..<c {
+                            var m: Float = 0, v: Float = 0
+                            for (g, r) in slices.enumerated() {
+                                m += mean[g * c + ch]
+                                v += invStd[g * c + ch] * Float(r.count * hw) / Float(max(r.count * hw - 1, 1))
+                            }
+                            rm[ch] = (1 - momentum) * rm[ch] + momentum * (m / Float(groups))
+                            rv[ch] = (1 - momentum) * rv[ch] + momentum * (v / Float(groups))
+                        }
                     }
                 }
-                for ch in 0..<c { invStd[ch] = 1 / (invStd[ch] + eps).squareRoot() }
+                for i in 0..<(groups * c) { invStd[i] = 1 / (invStd[i] + eps).squareRoot() }
             } else if let rm = runningMean, let rv = runningVar {
                 for ch in 0..<c {
                     mean[ch] = rm[ch]
                     invStd[ch] = 1 / (rv[ch] + eps).squareRoot()
                 }
             }
-            Kernels.batchNormApply(x.value.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
-                                   gamma: gamma?.value.ptr, beta: beta?.value.ptr, y: y.ptr)
+            for (g, r) in slices.enumerated() {
+                Kernels.batchNormApply(x.value.ptr + r.lowerBound * c * hw, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
+                                       invStd: invStd.ptr + g * c, gamma: gamma?.value.ptr, beta: beta?.value.ptr,
+                                       y: y.ptr + r.lowerBound * c * hw)
+            }
         }
         let count = n * c * hw
         flops += count * (batchStatistics ? 5 : 2)
@@ -81,9 +106,12 @@ extension Graph {
             let dX = ctx.needs(0) ? try self.gradTensor(shape) : nil
             if ctx.computing {
                 // With nothing saved (evaluation, no affine) the kernel reads dY in place of x: only dX = invStd·dY is computed.
-                Kernels.batchNormBackward((saved ?? dY).ptr, dY: dY.ptr, n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr,
-                                          gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
-                                          dX: dX?.ptr, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput)
+                for (g, r) in slices.enumerated() {
+                    let at = r.lowerBound * c * hw
+                    Kernels.batchNormBackward((saved ?? dY).ptr + at, dY: dY.ptr + at, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
+                                              invStd: invStd.ptr + g * c, gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
+                                              dX: dX.map { $0.ptr + at }, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput)
+                }
             }
             self.flops += count * (batchStatistics ? 7 : 4)
             if let dX { try ctx.accumulate(0, dX) }

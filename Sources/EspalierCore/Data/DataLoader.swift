@@ -87,7 +87,17 @@ public struct Batch {
     public let labels: [Int32]
     /// indices: (B), the dataset index of each sample
     public let indices: [Int]
+    /// The batch all ranks hold together (its own size in one process): this rank's share of the
+    /// gradient is size / globalSize.
+    public var globalSize: Int
     public var size: Int { labels.count }
+
+    public init(images: Tensor, labels: [Int32], indices: [Int], globalSize: Int? = nil) {
+        self.images = images
+        self.labels = labels
+        self.indices = indices
+        self.globalSize = globalSize ?? labels.count
+    }
 }
 
 public final class DataLoader {
@@ -119,6 +129,12 @@ public final class DataLoader {
     private var order: [Int] = []
     /// luts: (C, 256) normalised value of each byte per channel
     private let luts: [Float]
+    /// This rank's part of every batch (data-parallel search): `next` draws the order and the
+    /// augmentation of the whole batch, exactly as one process does, and materialises only the
+    /// samples [part·B/parts, (part+1)·B/parts). (0, 1): the whole batch.
+    public var shard: (part: Int, parts: Int) = (0, 1) {
+        didSet { precondition(shard.parts >= 1 && shard.part >= 0 && shard.part < shard.parts, "shard \(shard)") }
+    }
 
     /// - Parameters:
     ///   - shuffle: a new random order every epoch (from `seed` and the epoch number).
@@ -186,8 +202,8 @@ public final class DataLoader {
     /// (virtual) tensor is allocated, while order and RNG advance exactly as in a real run.
     public func next(accountant: MemoryAccountant) throws -> Batch? {
         let remaining = view.count - position
-        let b = min(batchSize, remaining)
-        if b <= 0 || (dropLast && b < batchSize) {
+        let whole = min(batchSize, remaining)
+        if whole <= 0 || (dropLast && whole < batchSize) {
             epoch += 1
             position = 0
             order = makeOrder(epoch: epoch)
@@ -195,12 +211,12 @@ public final class DataLoader {
         }
         let ds = view.dataset
         let (C, H, W) = (ds.channels, ds.height, ds.width)
-        let picked = Array(order[position ..< position + b])
+        let pickedAll = Array(order[position ..< position + whole])
         // Draw every random number first, in a fixed order per sample, so dry and real runs agree.
         let aug = augmentation
-        var params = [(oy: Int, ox: Int, flip: Bool, cy: Int, cx: Int)]()
-        params.reserveCapacity(b)
-        for _ in 0..<b {
+        var paramsAll = [(oy: Int, ox: Int, flip: Bool, cy: Int, cx: Int)]()
+        paramsAll.reserveCapacity(whole)
+        for _ in 0..<whole {
             var p = (oy: aug.cropPadding, ox: aug.cropPadding, flip: false, cy: 0, cx: 0)
             if aug.cropPadding > 0 {
                 p.oy = rng.int(2 * aug.cropPadding + 1)
@@ -211,10 +227,13 @@ public final class DataLoader {
                 p.cy = rng.int(H)
                 p.cx = rng.int(W)
             }
-            params.append(p)
+            paramsAll.append(p)
         }
+        // This rank's samples of the batch (all of them in one process).
+        let mine = Shards.range(part: shard.part, of: shard.parts, count: whole)
+        let picked = Array(pickedAll[mine]), params = Array(paramsAll[mine]), b = mine.count
         let images = try Tensor(shape: [b, C, H, W], category: .data, accountant: accountant)  // (B, C, H, W)
-        if !images.isVirtual {
+        if !images.isVirtual && b > 0 {
             let out = images.ptr
             let pad = aug.cropPadding
             ds.images.withUnsafeBufferPointer { srcAll in
@@ -250,8 +269,8 @@ public final class DataLoader {
                 }
             }
         }
-        position += b
-        return Batch(images: images, labels: picked.map { ds.labels[$0] }, indices: picked)
+        position += whole
+        return Batch(images: images, labels: picked.map { ds.labels[$0] }, indices: picked, globalSize: whole)
     }
 
     /// Like `next`, but rolls straight into the next epoch instead of returning nil (for a
