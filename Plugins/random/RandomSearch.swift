@@ -3,7 +3,8 @@
 // cell, each node takes 2 distinct inputs among its predecessors, each through an op drawn
 // uniformly among the candidates that are not `none` and not removed — from the host's RNG,
 // trains each from scratch for `child_steps` steps through the `train_child` service and keeps
-// the best validation accuracy (the first on a tie). Every step is ES_STEP_SKIP, so the host's
+// the best validation accuracy (the first on a tie); on several ranks each rank trains its share
+// of the samples (ABI 1.4 ranks and sum_over_ranks). Every step is ES_STEP_SKIP, so the host's
 // trainer does no supernet work; `derive` returns the best architecture. The work is done in
 // plan_step rather than epoch_begin so that the children's memory counts in the epoch's peak and
 // in the dry-run prediction, which trains one step of every child that may cost the most: every
@@ -50,12 +51,23 @@ final class RandomSearchStrategy: DerivingStrategy, StatefulComponent {
             for json in try space.boundingGenotypes() { _ = try search.trainChild(arch: json, steps: 1) }
             return
         }
+        // Every rank draws every sample (the same draws); on several ranks (ABI 1.4) sample k is
+        // trained by rank k mod N alone and the accuracies are summed, so the result is the same
+        // on any number of ranks (a child's training depends on its architecture and the seed only).
         let count = samplesPerEpoch
-        for k in 0..<count {
-            let json = try space.sampleGenotype(host)
-            let accuracy = try search.trainChild(arch: json, steps: childSteps)
+        let samples = try (0..<count).map { _ in try space.sampleGenotype(host) }
+        let (rank, ranks) = try search.ranks()
+        var accuracies = [Double](repeating: 0, count: count)
+        for k in 0..<count where k % ranks == rank {
+            accuracies[k] = try search.trainChild(arch: samples[k], steps: childSteps)
+        }
+        accuracies = try search.sumOverRanks(accuracies)
+        for (k, (json, accuracy)) in zip(samples, accuracies).enumerated() {
             if best == nil || accuracy > best!.accuracy { best = (json, accuracy) }
-            host.log("\(Self.id): epoch \(state.epoch + 1) sample \(k + 1)/\(count): valid accuracy \(accuracy), architecture \(json)")
+            if rank == 0 {
+                host.log("\(Self.id): epoch \(state.epoch + 1) sample \(k + 1)/\(count): valid accuracy \(accuracy)"
+                         + (ranks > 1 ? " (trained on rank \(k % ranks))" : "") + ", architecture \(json)")
+            }
         }
     }
 

@@ -4,8 +4,10 @@
 // fusion), every gradient that backward filled plus the loss, the correct count and the
 // interrupt flag, so every rank applies the same optimiser step to the same sums. Regularizers,
 // gates and strategies run on every rank on those identical inputs. Batch norm normalises each
-// share with its own statistics; the running statistics are averaged over the ranks before every
-// evaluation and checkpoint. At every checkpoint the ranks compare a checksum of their whole
+// share with its own statistics; the running statistics a training forward moved ride in the same
+// exchange and are averaged, so every rank holds the same ones after every step (and thus before
+// every evaluation and checkpoint, where they are averaged once more, a no-op on equal values),
+// and a run stopped and resumed anywhere takes the same path as one that was not. At every checkpoint the ranks compare a checksum of their whole
 // state (weights, α, statistics, optimiser state, plugin state, op states), and stop with an
 // error naming the ranks if it differs. In one process every function here returns at once.
 
@@ -49,8 +51,10 @@ extension SearchRun {
     /// the rest, so the sum keeps a double's precision), the correct count, the interrupt flag.
     static let exchangeExtras = 4
 
-    /// Floats the exchange of a weight step sends (every weight's gradient, and the extras).
-    public var exchangeFloats: Int { supernet.weights.reduce(0) { $0 + $1.count } + Self.exchangeExtras }
+    /// Floats the exchange of a weight step sends (every weight's gradient, the running statistics, the extras).
+    public var exchangeFloats: Int {
+        (supernet.weights.reduce(0) { $0 + $1.count }) + (supernet.buffers.reduce(0) { $0 + $1.count }) + Self.exchangeExtras
+    }
 
     /// Sums this rank's share of the loss (`weightedLoss` = its mean loss × share), its correct
     /// count and, with `gradients`, every gradient the backward filled, over the ranks: one
@@ -59,13 +63,17 @@ extension SearchRun {
     func exchange(weightedLoss: Double, correct: Int, gradients: Bool) throws -> (Double, Int) {
         guard ranks.isDistributed else { return (weightedLoss, correct) }
         let params = gradients ? exchangedParameters : []
-        let total = params.reduce(0) { $0 + $1.count } + Self.exchangeExtras
+        // A training-mode forward moved the running statistics: they are averaged in the same exchange.
+        let buffers = graph.training ? supernet.buffers : []
+        let statistics = buffers.reduce(0) { $0 + $1.count }
+        let total = params.reduce(0) { $0 + $1.count } + statistics + Self.exchangeExtras
         let buffer = try accountant.withOwner("allreduce") { try Tensor(shape: [total], category: .workspace, accountant: accountant) }
         exchangeState.exchangesThisStep += 1
         guard !buffer.isVirtual else { return (0, 0) }
         let p = buffer.ptr
         var at = 0
         for q in params { p.advanced(by: at).update(from: q.grad!.ptr, count: q.count); at += q.count }
+        for b in buffers { p.advanced(by: at).update(from: b.ptr, count: b.count); at += b.count }
         let high = Float(weightedLoss)
         p[at] = high
         p[at + 1] = Float(weightedLoss - Double(high))
@@ -74,6 +82,11 @@ extension SearchRun {
         try ranks.sum(UnsafeMutableBufferPointer(start: p, count: total))
         at = 0
         for q in params { q.grad!.ptr.update(from: p.advanced(by: at), count: q.count); at += q.count }
+        let size = Float(ranks.size)
+        for b in buffers {
+            for i in 0..<b.count { b.ptr[i] = p[at + i] / size }
+            at += b.count
+        }
         exchangeState.interruptAgreed = p[at + 3] > 0
         return (Double(p[at]) + Double(p[at + 1]), Int(p[at + 2].rounded()))
     }

@@ -193,7 +193,7 @@ func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split
 
 func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?, ranks: Int = 1) {
     print("predicted peak of the search\(ranks > 1 ? " per rank on \(ranks) ranks" : ""), its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize)\(ranks > 1 ? " shared by the ranks" : ""), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
-          + formatBytes(p.stepPeak) + (datasetBytes.map { " + dataset \(formatBytes($0))" } ?? ""))
+          + formatBytes(p.stepPeak) + (datasetBytes.map { " + dataset \(formatBytes($0))" } ?? "") + " (\(p.stepPeak + (datasetBytes ?? 0)) bytes in all)")
     for cat in MemoryCategory.allCases where p.accountant.peakByCategory[cat] > 0 {
         var v = p.accountant.peakByCategory[cat]
         if cat == .data { v -= p.datasetBytes }

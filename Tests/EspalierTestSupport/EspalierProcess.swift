@@ -11,13 +11,13 @@ public final class EspalierProcess {
     public let process = Process()
     private let outputFile: String
 
-    /// Starts `espalier args…` in `cwd`, with `environment` added to this process's.
-    public init(_ args: [String], cwd: String, environment: [String: String] = [:]) throws {
+    /// Starts `espalier args…` (or `executable args…`) in `cwd`, with `environment` added to this process's.
+    public init(_ args: [String], cwd: String, environment: [String: String] = [:], executable: String? = nil) throws {
         outputFile = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-out-\(UUID().uuidString)").path
         _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: outputFile))
         defer { try? h.close() }
-        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.executableURL = URL(fileURLWithPath: executable ?? Self.binary)
         process.arguments = args
         process.currentDirectoryURL = URL(fileURLWithPath: cwd)
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
