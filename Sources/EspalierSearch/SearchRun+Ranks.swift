@@ -25,23 +25,19 @@ public struct RanksDiverged: Error, CustomStringConvertible {
     }
 }
 
-/// Per-process side table (an extension cannot add stored properties): what the last exchange
-/// agreed about interrupting, and how many exchanges this step made. Host thread only.
+/// What the exchanges of a run agreed (interrupting) and counted, and how its random services were
+/// last seeded (`SearchRun.exchangeState`). Host thread only.
 final class RankExchangeState {
     var interruptAgreed = false
     var exchangesThisStep = 0
+    /// Floats summed over the ranks by this process's exchanges, and the steps it took (ranks.json).
+    var floatsExchanged = 0, steps = 0
+    /// The step the random services were last seeded for, and how many times (a caller that takes
+    /// several steps without advancing `globalStep`, as some tests do, gets new draws each time).
+    var seeded: (step: Int, count: Int) = (-1, 0)
 }
 
-nonisolated(unsafe) private var exchangeStates: [ObjectIdentifier: RankExchangeState] = [:]
-
 extension SearchRun {
-    var exchangeState: RankExchangeState {
-        if let s = exchangeStates[ObjectIdentifier(self)] { return s }
-        let s = RankExchangeState()
-        exchangeStates[ObjectIdentifier(self)] = s
-        return s
-    }
-
     /// The parameters whose gradients the ranks sum: those the next backward fills.
     var exchangedParameters: [Parameter] {
         (supernet.weights + supernet.archParameters).filter { $0.requiresGrad && $0.grad != nil }
@@ -70,6 +66,7 @@ extension SearchRun {
         let buffer = try accountant.withOwner("allreduce") { try Tensor(shape: [total], category: .workspace, accountant: accountant) }
         exchangeState.exchangesThisStep += 1
         guard !buffer.isVirtual else { return (0, 0) }
+        if graph.training { exchangeState.floatsExchanged += total }
         let p = buffer.ptr
         var at = 0
         for q in params { p.advanced(by: at).update(from: q.grad!.ptr, count: q.count); at += q.count }
@@ -96,7 +93,7 @@ extension SearchRun {
     /// the flag itself.
     func interruptAgreed() throws -> Bool {
         guard ranks.isDistributed else { return searchInterruptRequested != 0 }
-        defer { exchangeState.exchangesThisStep = 0 }
+        defer { exchangeState.exchangesThisStep = 0; exchangeState.steps += 1 }
         if exchangeState.exchangesThisStep == 0 || accountant.isDryRun {
             exchangeState.interruptAgreed = try ranks.any(searchInterruptRequested != 0)
         }
@@ -161,9 +158,12 @@ extension SearchRun {
 
     /// The host's random services (the strategy's and the gates' draws) and the graph's, seeded
     /// anew before every step from (seed, step) alone: the same on every rank, whatever the rank
-    /// count, and whatever any rank drew before.
+    /// count, and whatever any rank drew before. (A step taken again at the same `globalStep`
+    /// without the loop, k times, is keyed by k too, so it draws anew.)
     func reseedRandomForStep() {
-        var mix = RNG(seed: config.seed ^ (UInt64(globalStep) &* 0x9E37_79B9_7F4A_7C15))
+        let st = exchangeState
+        st.seeded = st.seeded.step == globalStep ? (globalStep, st.seeded.count + 1) : (globalStep, 0)
+        var mix = RNG(seed: config.seed ^ (UInt64(globalStep) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(st.seeded.count) &* 0xD1B5_4A32_D192_ED03))
         context.rng = RNG(seed: mix.next())
         graph.rng = RNG(seed: mix.next())
     }
@@ -190,8 +190,11 @@ public struct RankReport: Codable, Sendable {
     public var ranks: Int
     public var transport: String
     public var batchSize: Int
-    /// Floats in one gradient exchange of a weight step (gradients, loss, count, flag).
+    /// Floats in one gradient exchange of a weight step (gradients, running statistics, loss, count, flag).
     public var floatsPerExchange: Int
+    /// Bytes this search summed over the ranks per training step, measured (every exchange of the
+    /// steps: α's and the weights' gradients, batch_loss calls; evaluations excluded).
+    public var exchangedBytesPerStep: Int?
     public var perRank: [Rank]
 }
 
@@ -205,7 +208,9 @@ extension SearchRun {
         mine[2 * ranks.rank + 1] = Double(predictedPeak ?? -1)
         let all = try ranks.sum(mine)
         guard ranks.isRoot, let dir = outDirectory else { return }
+        let st = exchangeState
         let report = RankReport(ranks: ranks.size, transport: ranks.transport, batchSize: config.batchSize, floatsPerExchange: exchangeFloats,
+                                exchangedBytesPerStep: st.steps > 0 ? 4 * st.floatsExchanged / st.steps : nil,
                                 perRank: (0..<ranks.size).map { r in
                                     RankReport.Rank(rank: r, batchShare: Shards.range(part: r, of: ranks.size, count: config.batchSize).count,
                                                     peakBytes: Int(all[2 * r]), predictedPeakBytes: all[2 * r + 1] < 0 ? nil : Int(all[2 * r + 1]))

@@ -105,6 +105,8 @@ public final class SearchRun {
     let registry: PluginRegistry
     /// The ranks this search runs on (one process: SingleProcess); SearchRun+Ranks.swift.
     public let ranks: Communicator
+    /// What its exchanges agreed and counted, and how the random services were last seeded.
+    let exchangeState = RankExchangeState()
     /// Named scalars set through the search services (checkpointed).
     var values: [String: Double] = [:]
     /// Read-only values the host publishes for strategies (group norms, section memory figures):

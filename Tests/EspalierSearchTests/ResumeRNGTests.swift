@@ -1,8 +1,11 @@
 // Resuming in the middle of a run whose steps draw random numbers ends bit for bit as the
 // uninterrupted run: P-DARTS's skip-connect dropout draws its masks from the graph's RNG, GDAS's
-// Gumbel noise from the host's (context) RNG; the checkpoint carries both. The control: the same
-// checkpoint with that RNG state put back to a fresh run's does not end the same, so each test
-// depends on the RNG being restored (and not restoring it fails the test).
+// Gumbel noise from the host's (context) RNG. Both are seeded anew before every step from the
+// run's seed and the step alone (so that every rank of a search on several ranks draws the same,
+// SearchRun+Ranks.swift), so a step's draws cannot depend on what happened before it. The
+// control: the same checkpoint with that RNG state put back to a fresh run's ends exactly the
+// same — it would not if the draws continued the saved stream instead (as they did before the
+// reseeding), so the test fails if the reseeding is lost as well as if the resume is wrong.
 
 import EspalierCore
 import EspalierHost
@@ -73,7 +76,7 @@ final class ResumeRNGTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(r.a.tensors.keys.sorted(), r.b.tensors.keys.sorted(), "the same parameters and buffers (the same ops kept)", file: file, line: line)
         let differing = r.a.tensors.keys.sorted().filter { r.a.tensors[$0] != r.b.tensors[$0] }
         XCTAssertEqual(differing, [], "after resuming mid-run these differ from the uninterrupted run (is the \(rng) restored?)", file: file, line: line)
-        XCTAssertNotEqual(r.c.tensors, r.a.tensors, "control: with the \(rng) of a fresh run the resumed run ends elsewhere", file: file, line: line)
+        XCTAssertEqual(r.c.tensors, r.a.tensors, "control: the \(rng) is seeded from (seed, step) before every step, so a fresh run's state in the checkpoint changes nothing", file: file, line: line)
     }
 
     func testPDartsWithSkipDropout_ResumedMidStage_EndsBitIdentical() throws {
