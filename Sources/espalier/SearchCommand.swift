@@ -238,6 +238,9 @@ struct SearchCommand: ParsableCommand {
     /// The search on `ranks` (every rank runs this; rank 0 alone touches the output folder).
     func search(ranks: Communicator) throws {
         let place: (rank: Int, size: Int) = dryRun ? (RankRuntime.place ?? (0, 1)) : (ranks.rank, ranks.size)
+        if !dryRun && options.ranks != nil {
+            throw ValidationError("--ranks N only predicts (with --dry-run, or espalier memory); to search on N ranks, start it with mpirun -np N espalier search …")
+        }
         if place.size > 1 && options.ranks != nil {
             throw ValidationError("--ranks predicts a run on N ranks without mpirun; under mpirun the rank count is mpirun's (-np \(place.size))")
         }

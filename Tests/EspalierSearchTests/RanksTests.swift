@@ -271,6 +271,28 @@ final class RanksTests: TemporaryDirectoryTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/perturbed/checkpoint.safetensors"), "no checkpoint of a state out of step")
     }
 
+    /// Without mpirun nothing changes: the executable does not link MPI (the communication layer
+    /// is loaded only under mpirun), a search says nothing of ranks, and --ranks only predicts.
+    func testOneProcessNeverLoadsMPI() throws {
+        let ldd = Process()
+        ldd.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
+        ldd.arguments = [try Prerequisite.espalierBinary()]
+        let pipe = Pipe()
+        ldd.standardOutput = pipe
+        try ldd.run()
+        let linked = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        ldd.waitUntilExit()
+        XCTAssertTrue(linked.contains("libopenblas"), linked)
+        XCTAssertFalse(linked.contains("libmpi"), "the executable links MPI:\n\(linked)")
+        let r = try EspalierProcess.run(Self.shape + ["--epochs", "1", "--out", dir + "/one"], cwd: dir)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertFalse(r.output.contains("ranks:"), r.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/one/ranks.json"))
+        let refused = try EspalierProcess.run(Self.shape + ["--ranks", "2", "--out", dir + "/two"], cwd: dir)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("--ranks N only predicts"), refused.output)
+    }
+
     // MARK: - Processes
 
     /// Processes whose environment holds every `entries` item (as a prefix of one of its variables).
