@@ -99,7 +99,9 @@ typedef struct es_host_services {
     /** Frees what `alloc` returned (NULL is ignored). */
     void (*free)(void *host, void *ptr);
 
-    /* ---- Randomness from the run's seed (reproducible, checkpointed with the run) ---- */
+    /* ---- Randomness from the run's seed (reproducible, checkpointed with the run). In a search the
+     *      stream is seeded anew before every step from the run's seed and the step alone, so every
+     *      rank of a search on several ranks draws the same numbers (ABI 1.4; draw only here). ---- */
 
     uint64_t (*random_u64)(void *host);
     /** Uniform in [0, 1). */
