@@ -232,6 +232,7 @@ struct SearchCommand: ParsableCommand {
         if Supervisor.isWorker { Supervisor.attachWorker() }
         // A dry run only predicts: under mpirun each rank predicts its own peak, without MPI.
         let ranks: Communicator = dryRun ? SingleProcess() : try RankRuntime.start()
+        if dryRun, let p = RankRuntime.place, p.rank > 0 { _ = freopen("/dev/null", "w", stdout) }   // one copy of the prediction
         try RankRuntime.run(ranks) { try search(ranks: ranks) }
     }
 
