@@ -66,8 +66,9 @@ struct PluginsCommand: ParsableCommand {
             let methods = registry.searchMethods.sorted { $0.name < $1.name }
             if !methods.isEmpty {
                 print("\nMETHODS (espalier search --method NAME; any flag overrides what it brings)")
-                print(pad("name", 16) + pad("brings", 72) + "summary")
-                for m in methods { print(pad(m.name, 16) + pad(m.brings, 72) + m.summary) }
+                let width = (methods.map(\.brings.count).max() ?? 0) + 2
+                print(pad("name", 16) + pad("brings", width) + "summary")
+                for m in methods { print(pad(m.name, 16) + pad(m.brings, width) + m.summary) }
             }
             if !registry.failures.isEmpty {
                 print("\nfailed to load (\(registry.failures.count)):")
