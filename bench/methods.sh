@@ -9,6 +9,8 @@
 #   FiGS with the concat aggregator: bench/methods.sh "figs-cat-lam0.01 figs-cat-lam0.05"
 #   (the details table beside it, DETAILS, adds the trained network's parameters, forward FLOPs and
 #   predicted step peak, and GSparsity's pruning: groups pruned, validation accuracy before/after)
+# Each method is `--method NAME` (what it brings: `espalier plugins`), with flags over it where a run
+# varies something (P-DARTS's stages, GSparsity's μ, FiGS's λ, the mode of a zero-shot pruner).
 # Setup (override by environment): C=8, 5 cells, 4000 training images (half for weights, half for
 # the architecture), batch 32, 3 epochs; training: 2 epochs on 10000 images, all 10000 test images.
 set -uo pipefail
@@ -29,22 +31,22 @@ ESP=$OUT/bin/espalier
 
 args_for() {
   case "$1" in
-    darts)     echo "--strategy espalier.strategy.darts/1" ;;
-    pcdarts)   echo "--strategy espalier.strategy.pcdarts/1" ;;
-    gdas)      echo "--strategy espalier.strategy.gdas/1 --gate espalier.gate.gdas/1" ;;
-    proxyless) echo "--strategy espalier.strategy.proxyless/1 --gate espalier.gate.binary/1 --regularizer espalier.regularizer.expected-cost/1" ;;
-    pdarts)    echo "--strategy espalier.strategy.pdarts/1 --set strategy.stage_cells=3,4,$CELLS" ;;
-    dropnas)   echo "--strategy espalier.strategy.dropnas/1" ;;
-    mergenas)  echo "--strategy espalier.strategy.darts/1 --merged-op espalier.op.mergenas_conv/1" ;;
-    parsec)    echo "--strategy espalier.strategy.parsec/1" ;;
-    betadarts) echo "--strategy espalier.strategy.darts/1 --regularizer espalier.regularizer.beta-decay/1" ;;
-    random)    echo "--strategy espalier.strategy.random/1" ;;
-    etenas)    echo "--strategy espalier.strategy.etenas/1" ;;
-    darts-rnd) echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.mode=random" ;;
-    zero-one-shot) echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.partial_channels=4 --regularizer espalier.regularizer.beta-decay/1" ;;
-    zos-rnd)   echo "--strategy espalier.strategy.zero-one-shot/1 --set strategy.mode=random --set strategy.partial_channels=4 --regularizer espalier.regularizer.beta-decay/1" ;;
-    gsparsity-mu10) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=10" ;;
-    gsparsity-mu30) echo "--strategy espalier.strategy.gsparsity/1 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=30" ;;
+    darts)     echo "--method darts" ;;
+    pcdarts)   echo "--method pcdarts" ;;
+    gdas)      echo "--method gdas" ;;
+    proxyless) echo "--method proxyless" ;;
+    pdarts)    echo "--method pdarts --set strategy.stage_cells=3,4,$CELLS" ;;
+    dropnas)   echo "--method dropnas" ;;
+    mergenas)  echo "--method mergenas" ;;
+    parsec)    echo "--method parsec" ;;
+    betadarts) echo "--method betadarts" ;;
+    random)    echo "--method random" ;;
+    etenas)    echo "--method etenas" ;;
+    darts-rnd) echo "--strategy zero-one-shot --set strategy.mode=random" ;;
+    zero-one-shot) echo "--method zero-one-shot" ;;
+    zos-rnd)   echo "--method zero-one-shot --set strategy.mode=random" ;;
+    gsparsity-mu10) echo "--method gsparsity --set strategy.threshold=1e-6 --set proxsgd.mu=10" ;;
+    gsparsity-mu30) echo "--method gsparsity --set strategy.threshold=1e-6 --set proxsgd.mu=30" ;;
     # ProxSGD moves x by lr·(x̂ − x): a group inside the dead zone shrinks by (1 − lr) per step and
     # never reaches exactly 0; in 3 epochs at lr 0.05 it falls by 0.95^186 ≈ 7e-5, above the 1e-6
     # threshold (mu10/mu30 pruned nothing), so these runs prune at ‖θ_g‖ ≤ 1e-3. Known problem: from
@@ -52,12 +54,12 @@ args_for() {
     # epoch (≈ 19 % at μ = 20 with 77 % in training mode); at μ = 150 training itself collapses.
     # gsparsity-muM: μ = M (e.g. gsparsity-mu20, gsparsity-mu60, gsparsity-mu150).
     # gsparsity-muM-lrL: ProxSGD's lr L (default 0.05).
-    gsparsity-mu*-lr*) m=${1#gsparsity-mu}; echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=${m#*-lr} --set proxsgd.mu=${m%-lr*}" ;;
-    gsparsity-mu*) echo "--strategy espalier.strategy.gsparsity/1 --set strategy.threshold=1e-3 --regularizer espalier.regularizer.proxsgd/1 --set proxsgd.lr=0.05 --set proxsgd.mu=${1#gsparsity-mu}" ;;
+    gsparsity-mu*-lr*) m=${1#gsparsity-mu}; echo "--method gsparsity --set proxsgd.lr=${m#*-lr} --set proxsgd.mu=${m%-lr*}" ;;
+    gsparsity-mu*) echo "--method gsparsity --set proxsgd.mu=${1#gsparsity-mu}" ;;
     # FiGS: no α, the four masked convolutions summed on every edge, parameter cost.
-    figs-lam*) echo "--strategy espalier.strategy.figs/1 --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
+    figs-lam*) echo "--method figs --set figs-cost.lambda=${1#figs-lam}" ;;
     # FiGS with the concat aggregator (§3.3): each node concatenates its ops into a 1×1 conv + BN.
-    figs-cat-lam*) echo "--strategy espalier.strategy.figs/1 --aggregator concat --channel-gate espalier.gate.figs/1 --regularizer espalier.regularizer.figs-cost/1 --set figs-cost.cost=params --set figs-cost.lambda=${1#figs-cat-lam} --op espalier.op.figs_sep_conv_3x3/1 --op espalier.op.figs_sep_conv_5x5/1 --op espalier.op.figs_dil_conv_3x3/1 --op espalier.op.figs_dil_conv_5x5/1" ;;
+    figs-cat-lam*) echo "--method figs --aggregator concat --set figs-cost.lambda=${1#figs-cat-lam}" ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }

@@ -24,7 +24,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                                        doc: "β-DARTS ramp by step: λ = 25 · step / total (the authors' 50·epoch/100 over their 50-epoch search, continuous in steps)",
                                        function: { step, total in betaLinearLambda(step, total) }),
                      ],
-                     targets: .arch),
+                     targets: .arch)
+            .bringing(SearchMethod(name: "betadarts", summary: "beta-DARTS (Ye et al. 2022): DARTS with the beta-decay regularizer on the architecture logits",
+                                   strategy: "espalier.strategy.darts/1",
+                                   regularizers: ["espalier.regularizer.beta-decay/1"])),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

@@ -27,7 +27,11 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
               flags: [.hard],
               granularities: [.ops, .inputs]),
         BonsaiComponents.compression,
-        BonsaiComponents.strategy,
+        BonsaiComponents.strategy
+            .bringing(SearchMethod(name: "bonsai", summary: "Bonsai-Net (Geada et al.): saw-wave pruners on the hyper-connected space, grown section by section inside --memory-budget",
+                                   gate: "espalier.gate.sawwave/1",
+                                   regularizers: ["espalier.regularizer.compression/1"],
+                                   settings: ["strategy.hyper_connected=true"])),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

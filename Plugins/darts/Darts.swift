@@ -34,7 +34,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                               doc: "first: architecture gradient at the current weights; second: through one unrolled weight step"),
                       .int("warmup_epochs", default: 0, doc: "weight-only steps for this many epochs before the bilevel search", min: 0),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "darts", summary: "DARTS (Liu et al. 2019): softmax-relaxed cells, bilevel architecture and weight steps (first order; strategy.order=second)")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

@@ -23,7 +23,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                             doc: "true: dropped ops' α are reset to their pre-step values before the shift; false: as the authors' code, "
                                 + "they keep what the optimiser did (momentum, decay) and the kept share of probability is restored"),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "dropnas", summary: "DropNAS (Hong et al. 2020): grouped op dropout, single-level steps, alpha shift keeping the dropped ops mass")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

@@ -51,7 +51,12 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                                + "(the masks move the ops' outputs; stale running statistics made the concat supernet's evaluation-mode accuracy collapse); 0 = off",
                            min: 0),
                   ],
-                  requires: .noArchParams),
+                  requires: .noArchParams)
+            .bringing(SearchMethod(name: "figs", summary: "FiGS (Soni et al.): channel masks on the four DARTS convolutions, summed on every edge, parameter cost",
+                                   channelGate: "espalier.gate.figs/1",
+                                   regularizers: ["espalier.regularizer.figs-cost/1"],
+                                   ops: ["espalier.op.figs_sep_conv_3x3/1", "espalier.op.figs_sep_conv_5x5/1", "espalier.op.figs_dil_conv_3x3/1", "espalier.op.figs_dil_conv_5x5/1"],
+                                   settings: ["figs-cost.cost=params"])),
         .regularizer(FigsCostRegularizer.self, id: FigsCostRegularizer.id,
                      summary: "FiGS expected cost: λ·Σ_t Π_parts Σ_i c_i σ(ν_i) over channel-mask targets (parameters per conv: π_out·Σπ_in; FLOPs and bytes per op from the accountant)",
                      params: [

@@ -29,7 +29,9 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                   params: [
                       .int("warmup_epochs", default: 0, doc: "weight-only steps for this many epochs before the bilevel search", min: 0),
                   ],
-                  requires: [.archParams, .sampledGate, .hardGate]),
+                  requires: [.archParams, .sampledGate, .hardGate])
+            .bringing(SearchMethod(name: "gdas", summary: "GDAS (Dong and Yang 2019): one Gumbel-sampled op per edge runs, straight-through gradient, tau 10 to 0.1",
+                                   gate: "espalier.gate.gdas/1")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

@@ -32,7 +32,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                                + "(ProxSGD moves whole groups fast; stale running statistics make evaluation-mode accuracy collapse); 0 = off",
                            min: 0),
                   ],
-                  requires: .noArchParams),
+                  requires: .noArchParams)
+            .bringing(SearchMethod(name: "gsparsity", summary: "GSparsity (Yang et al. 2022): ops summed, ProxSGD group sparsity (lr 0.05; set proxsgd.mu), groups pruned at 1e-3",
+                                   regularizers: ["espalier.regularizer.proxsgd/1"],
+                                   settings: ["strategy.threshold=1e-3", "proxsgd.lr=0.05"])),
         .regularizer(ProxSGDRegularizer.self, id: ProxSGDRegularizer.id,
                      summary: "ProxSGD with group sparsity: v ← (1−ρ)v + ρg, b = x − v, x̂ = max(0, 1 − μ_g/‖b‖)·b with μ_g = μ/√|g|, x ← x + lr(x̂ − x); "
                          + "owns the weight update (the host runs no SGD), μ_g = 0 for ungrouped weights",

@@ -19,7 +19,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                 .int("blocks", default: 1,
                      doc: "1: one ReLU-dw-1x1-BN block (the authors' search setting); 2: a second block with its own shared kernel, like DARTS's sep_conv",
                      min: 1, max: 2),
-            ]),
+            ])
+            .bringing(SearchMethod(name: "mergenas", summary: "MergeNAS (Wang et al.): DARTS with the four convolutions of an edge merged into one masked 9x9 depthwise kernel",
+                                   strategy: "espalier.strategy.darts/1",
+                                   mergedOps: ["espalier.op.mergenas_conv/1"])),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

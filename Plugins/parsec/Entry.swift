@@ -18,7 +18,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                       .double("temperature", default: 1, doc: "importance weights w_s ~ exp(-N*L_s/temperature); 1 = the batch likelihood of the paper", min: 1e-6),
                       .bool("sample_none", default: true, doc: "children may choose `none` on an edge (the edge then contributes nothing); false: never"),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "parsec", summary: "PARSEC (Casale et al. 2019): a prior over op choices, sampled children scored per batch, importance-weighted gradient")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

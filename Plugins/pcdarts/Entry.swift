@@ -15,7 +15,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                       .bool("edge_normalization", default: true, doc: "β per edge, softmax over each node's incoming edges; the genotype ranks edges by op weight × β̃"),
                       .int("warmup_epochs", default: 0, doc: "weight-only epochs before the architecture is trained (the paper: 15 of 50)", min: 0),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "pcdarts", summary: "PC-DARTS (Xu et al. 2020): partial channels K=4 per edge and beta edge normalisation, bilevel first order")),
     ])
 
 @_cdecl("espalier_plugin_entry_v1")

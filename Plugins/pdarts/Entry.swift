@@ -26,7 +26,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                       .choice("order", default: "first", choices: ["first", "second"],
                               doc: "first: architecture gradient at the current weights (P-DARTS); second: through one unrolled weight step"),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "pdarts", summary: "P-DARTS (Chen et al. 2019): stages of growing depth, ops pruned 8 to 5 to 3 to 1, skip-connect dropout and limit")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

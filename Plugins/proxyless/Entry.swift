@@ -22,7 +22,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                       .int("warmup_epochs", default: 0, doc: "weight-only steps for this many epochs before the architecture search", min: 0),
                       .bool("keep_unsampled", default: true, doc: "also undo the optimiser's change to unsampled α (Adam momentum, weight decay), so their probabilities stay exactly"),
                   ],
-                  requires: [.archParams, .sampledGate, .hardGate]),
+                  requires: [.archParams, .sampledGate, .hardGate])
+            .bringing(SearchMethod(name: "proxyless", summary: "ProxylessNAS (Cai et al. 2019): binary gates (two sampled paths), alpha rescaling, expected-cost regularizer",
+                                   gate: "espalier.gate.binary/1",
+                                   regularizers: ["espalier.regularizer.expected-cost/1"])),
         .regularizer(ExpectedCostRegularizer.self, id: ExpectedCostRegularizer.id,
                      summary: "ProxylessNAS expected cost: λ(E − ref)/ref with E = Σ gate weight × cost (accountant bytes or FLOPs per candidate)",
                      params: [

@@ -15,7 +15,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                   params: [
                       .int("samples_per_epoch", default: 4, doc: "architectures sampled and trained at the start of each epoch", min: 1),
                       .int("child_steps", default: 100, doc: "SGD steps each sampled architecture is trained from scratch for (train_child)", min: 1),
-                  ]),
+                  ])
+            .bringing(SearchMethod(name: "random", summary: "random search: uniform architectures, each trained from scratch, the best by validation accuracy")),
     ])
 
 /// The plugin's entry: the library's description, or NULL for a host of another ABI major.

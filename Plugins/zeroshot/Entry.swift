@@ -28,7 +28,8 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                                     doc: "‖K‖_F of the sample correlation matrix of a row-major float logits matrix (rows, classes); NaN for NULL or a non-positive shape",
                                     function: nngpScoreMethod),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "etenas", summary: "ETENAS-style zero-shot: NNGP kernel ranking on re-initialised forward passes, pruned to one op per edge, no training")),
         .strategy(ZeroOneShotStrategy.self, id: ZeroOneShotStrategy.id,
                   summary: "Zero-One-Shot: Algorithm 1 (remove the lowest-NNGP-importance op per edge until the remaining fraction of architectures ≤ xi) or a random mask, then DARTS bilevel first-order steps on the masked space",
                   params: rankingParams + [
@@ -39,7 +40,10 @@ nonisolated(unsafe) private let descriptor = Plugin.describe(
                       .int("partial_channels", default: 1, doc: "K: each edge's ops see C/K channels (PC-DARTS; the paper's setup is 4); a space option the host applies", min: 1, max: 64),
                       .bool("edge_normalization", default: false, doc: "PC-DARTS β edge normalisation (a space option the host applies)"),
                   ],
-                  requires: .archParams),
+                  requires: .archParams)
+            .bringing(SearchMethod(name: "zero-one-shot", summary: "Zero-One-Shot: zero-shot pruning of the space, then a one-shot search with partial channels K=4 and beta-decay",
+                                   regularizers: ["espalier.regularizer.beta-decay/1"],
+                                   settings: ["strategy.partial_channels=4"])),
     ])
 
 @_cdecl("espalier_plugin_entry_v1")

@@ -75,6 +75,8 @@ public final class Component {
     let gateTable: es_gate_vtable?
     let regularizerTable: es_regularizer_vtable?
     let strategyTable: es_strategy_vtable?
+    /// The search method this component brings (ABI 1.5 `es_component_desc.method`), or nil.
+    public let method: SearchMethod?
 
     /// `vendor.kind.name/revision`: lower-case words, dots, a slash and a number.
     static func isValidID(_ id: String) -> Bool {
@@ -100,7 +102,10 @@ public final class Component {
     public var hasMixed: Bool { opTable?.build_mixed != nil }
 
     init(describing p: UnsafePointer<es_component_desc>, library: LoadedLibrary, index: Int) throws {
-        let d: es_component_desc = try readSized(UnsafeRawPointer(p), what: "component #\(index)")
+        // `method` (ABI 1.5) exists only in descriptions of plugins built for 1.5 or later; an older
+        // plugin's description ends before it (readSized zero-fills what it did not declare).
+        let d: es_component_desc = try readSized(UnsafeRawPointer(p), minimumSize: MemoryLayout<es_component_desc>.offset(of: \.method)!,
+                                                 what: "component #\(index)")
         let where_ = "component #\(index)"
         guard let kind = ComponentKind(raw: d.kind) else {
             throw PluginLoadError("malformed description: \(where_) has unknown kind \(d.kind) (1 op, 2 gate, 3 regularizer, 4 strategy)")
@@ -213,6 +218,11 @@ public final class Component {
             strat = t
         }
         opTable = op; gateTable = gate; regularizerTable = reg; strategyTable = strat
+        if library.abi.minor >= 5, let m = d.method {
+            method = try SearchMethod(describing: m, by: id, kind: kind)
+        } else {
+            method = nil
+        }
     }
 
     /// For listings.

@@ -257,6 +257,11 @@ public final class PluginRegistry {
     public init() {}
 
     func add(_ library: LoadedLibrary) {
+        for c in library.components {
+            if let m = c.method, let other = components.first(where: { $0.method?.name == m.name }) {
+                warnings.append("method '\(m.name)' of \(c.id) (\(library.path)) is ignored: \(other.id) (\(other.library.path)) already brings a method of that name")
+            }
+        }
         libraries.append(library)
         for c in library.components { byID[c.id] = c }
     }
@@ -264,14 +269,12 @@ public final class PluginRegistry {
     public var components: [Component] { libraries.flatMap(\.components) }
     public func component(id: String) -> Component? { byID[id] }
 
-    /// The component `id` of `kind`, or an error listing what is available.
+    /// The component `id` of `kind` — or the one of that kind whose short name (`gdas`) or id
+    /// without revision is `id`, where only one has it — or an error naming the candidates of an
+    /// ambiguous short name, the nearest name ("did you mean") and what is available.
     public func require(_ id: String, kind: ComponentKind? = nil) throws -> Component {
         if let c = byID[id], kind == nil || c.kind == kind! { return c }
-        let pool = components.filter { kind == nil || $0.kind == kind! }.map(\.id).sorted()
-        let what = kind.map { "\($0.rawValue)" } ?? "component"
-        var message = "unknown \(what) '\(id)'"
-        if let c = byID[id] { message = "'\(id)' is a \(c.kind.rawValue), not a \(what)" }
-        throw PluginLoadError(message + (pool.isEmpty ? "; no \(what)s are loaded (see `espalier plugins`)" : "; available: \(pool.joined(separator: ", "))"))
+        return try named(id, kind: kind)
     }
 
     /// The dynamic methods that can fill `slot`, across all components.

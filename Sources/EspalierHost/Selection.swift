@@ -18,17 +18,24 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
     public var regularizers: [String]?
     /// key → value, e.g. "gate.tau" → "2", "tau.schedule" → "linear-decay".
     public var set: [String: String]?
+    /// A search method by name ("gdas"): its defaults stand wherever this request says nothing
+    /// (`PluginRegistry.applyMethod`).
+    public var method: String?
+    /// Ops added to the others (`--add-op`; the file's `add_ops`), where `ops` replaces them.
+    public var addOps: [String]?
 
-    public init(strategy: String? = nil, gate: String? = nil, ops: [String]? = nil, regularizers: [String]? = nil, set: [String: String]? = nil) {
+    public init(strategy: String? = nil, gate: String? = nil, ops: [String]? = nil, regularizers: [String]? = nil, set: [String: String]? = nil,
+                method: String? = nil, addOps: [String]? = nil) {
         self.strategy = strategy; self.gate = gate; self.ops = ops; self.regularizers = regularizers; self.set = set
+        self.method = method; self.addOps = addOps
     }
 
     /// Reads a config file (`.json`, or YAML for anything else). Values under `set` may be
     /// numbers or booleans; they are kept as text.
     public static func load(file: String) throws -> SelectionRequest {
         let any = try ConfigFile.read(file)
-        guard let dict = any as? [String: Any] else { throw EspalierError.config("\(file): the top level must be a mapping (strategy, gate, ops, regularizers, set)") }
-        let known: Set<String> = ["strategy", "gate", "ops", "regularizers", "set"]
+        guard let dict = any as? [String: Any] else { throw EspalierError.config("\(file): the top level must be a mapping (method, strategy, gate, ops, add_ops, regularizers, set)") }
+        let known: Set<String> = ["method", "strategy", "gate", "ops", "add_ops", "regularizers", "set"]
         for key in dict.keys.sorted() where !known.contains(key) {
             throw EspalierError.config("\(file): unknown field '\(key)'; the fields are \(known.sorted().joined(separator: ", "))")
         }
@@ -52,7 +59,7 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
             }
         }
         return SelectionRequest(strategy: try string("strategy"), gate: try string("gate"), ops: try list("ops"),
-                                regularizers: try list("regularizers"), set: set)
+                                regularizers: try list("regularizers"), set: set, method: try string("method"), addOps: try list("add_ops"))
     }
 
     /// `other` wins wherever it says something.
@@ -63,6 +70,8 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
         if let o = other.ops { r.ops = o }
         if let x = other.regularizers { r.regularizers = x }
         if let s = other.set { r.set = (r.set ?? [:]).merging(s) { _, new in new } }
+        if let m = other.method { r.method = m }
+        if let a = other.addOps { r.addOps = a }
         return r
     }
 
@@ -148,8 +157,10 @@ public struct Selection {
         return (String(head), nil, String(param))
     }
 
-    /// Checks `request` against `registry`.
-    public static func resolve(_ request: SelectionRequest, registry: PluginRegistry) throws -> Selection {
+    /// Checks `request` against `registry`. `defaultSettings` (a method's) go under the request's
+    /// own: each applies unless the request sets the same key, and only when a selected component
+    /// is called what its key names (a method's setting of a regularizer the user replaced is dropped).
+    public static func resolve(_ request: SelectionRequest, registry: PluginRegistry, defaultSettings: [String: String] = [:]) throws -> Selection {
         var s = Selection()
         var counts: [String: Int] = [:]
         func choice(_ c: Component, role: String?) -> Choice {
@@ -177,7 +188,9 @@ public struct Selection {
         s.ops = s.ops.map(rekey); s.regularizers = s.regularizers.map(rekey)
 
         let slots = Set(registry.allMethods.map(\.slot))
-        for (key, value) in (request.set ?? [:]).sorted(by: { $0.key < $1.key }) {
+        let given = request.set ?? [:]
+        let defaults = defaultSettings.filter { given[$0.key] == nil && (slots.contains($0.key) || s.names($0.key)) }
+        for (key, value) in defaults.sorted(by: { $0.key < $1.key }) + given.sorted(by: { $0.key < $1.key }) {
             if slots.contains(key) {
                 let candidates = registry.methods(slot: key)
                 guard let m = candidates.first(where: { $0.name == value }) else {
@@ -198,6 +211,22 @@ public struct Selection {
         return s
     }
 
+    /// Whether a selected component is called what the settings key `key` names.
+    private func names(_ key: String) -> Bool {
+        guard let (name, _, _) = Selection.splitKey(key) else { return false }
+        return !matching(name).isEmpty
+    }
+
+    /// The indices in `all` of the components called `name` (role, id or short name).
+    private func matching(_ name: String) -> [Int] {
+        let all = self.all
+        return all.indices.filter { i in
+            let c = all[i]
+            return c.component.id == name || (c.key == name && (name == "strategy" || name == "gate"))
+                || (c.component.shortName == name && c.component.kind != .strategy && c.component.kind != .gate)
+        }
+    }
+
     /// The index in `all` of the component a settings key names, and the parameter name.
     private func target(of key: String, slots: Set<String>) throws -> (Int, String) {
         let keys = all.map { "\($0.key).PARAM" } + slots.sorted()
@@ -206,11 +235,7 @@ public struct Selection {
             throw EspalierError.config("--set \(key): not of the form COMPONENT.PARAM=VALUE; \(listing)")
         }
         let all = self.all
-        var matches = all.indices.filter { i in
-            let c = all[i]
-            return c.component.id == name || (c.key == name && (name == "strategy" || name == "gate"))
-                || (c.component.shortName == name && c.component.kind != .strategy && c.component.kind != .gate)
-        }
+        var matches = matching(name)
         guard !matches.isEmpty else {
             throw EspalierError.config("--set \(key): no selected component is called '\(name)'; \(listing)")
         }

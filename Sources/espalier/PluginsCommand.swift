@@ -46,6 +46,7 @@ struct PluginsCommand: ParsableCommand {
             if json {
                 let out: [String: Any] = [
                     "components": registry.components.map { describeJSON($0, full: false) },
+                    "methods": registry.searchMethods.map(methodJSON),
                     "failures": registry.failures.map { ["library": $0.path, "reason": $0.reason] },
                     "warnings": registry.warnings,
                     "searched": PluginSearchPath.standard(extraDirectories: dirs.pluginDirs).directories,
@@ -61,6 +62,13 @@ struct PluginsCommand: ParsableCommand {
                 for c in rows {
                     print(pad(c.kind.rawValue, 12) + pad(c.id, 40) + pad("\(c.library.fileName) \(c.library.version)", 42) + c.summary)
                 }
+            }
+            let methods = registry.searchMethods.sorted { $0.name < $1.name }
+            if !methods.isEmpty {
+                print("\nMETHODS (espalier search --method NAME; any flag overrides what it brings)")
+                let width = (methods.map(\.brings.count).max() ?? 0) + 2
+                print(pad("name", 16) + pad("brings", width) + "summary")
+                for m in methods { print(pad(m.name, 16) + pad(m.brings, width) + m.summary) }
             }
             if !registry.failures.isEmpty {
                 print("\nfailed to load (\(registry.failures.count)):")
@@ -87,6 +95,7 @@ struct PluginsCommand: ParsableCommand {
             print("\(c.id)  (\(c.kind.rawValue), \(c.form))")
             print("  \(c.summary)")
             print("  library: \(c.library.path)  \(c.library.name) \(c.library.version), ABI \(c.library.abi.major).\(c.library.abi.minor)")
+            if let m = c.method { print("  brings the method '\(m.name)' (--method \(m.name)): \(m.brings)") }
             if c.params.isEmpty { print("  parameters: none") } else {
                 print("  parameters (--set \(shortKey(c)).NAME=VALUE):")
                 for p in c.params {
@@ -106,28 +115,21 @@ struct PluginsCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "check",
-            abstract: "Resolve a selection of components and settings (config file, then flags) and print it, or say what is wrong.")
+            abstract: "Resolve a selection of components and settings (a method's defaults, the config file, then flags) and print it, or say what is wrong.")
         @OptionGroup var dirs: PluginDirOptions
-        @Option(help: "A JSON or YAML config: strategy, gate, ops, regularizers, set.") var config: String?
-        @Option(help: "Strategy id.") var strategy: String?
-        @Option(help: "Gate id.") var gate: String?
-        @Option(name: .customLong("op"), help: "Op id (repeatable).") var ops: [String] = []
-        @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable).") var regularizers: [String] = []
-        @Option(name: .customLong("set"), help: "KEY=VALUE, e.g. gate.tau=2, org.vendor.regularizer.entropy/1.weight=0.1, entropy#2.weight=0.5 or tau.schedule=linear-decay (repeatable).") var sets: [String] = []
+        @OptionGroup var flags: SelectionFlags
 
         func run() throws {
             let registry = dirs.loadRegistry()
-            let selection: Selection
-            do {
-                var request = try config.map { try SelectionRequest.load(file: $0) } ?? SelectionRequest()
-                request = request.overridden(by: SelectionRequest(strategy: strategy, gate: gate, ops: ops.isEmpty ? nil : ops,
-                                                                  regularizers: regularizers.isEmpty ? nil : regularizers,
-                                                                  set: try SelectionRequest.settings(fromFlags: sets)))
-                selection = try Selection.resolve(request, registry: registry)
-            } catch { throw ValidationError("\(error)") }
+            let selection: Selection, resolution: MethodResolution
+            do { (resolution, selection) = try flags.resolve(registry) } catch { throw ValidationError("\(error)") }
+            if let m = resolution.method { print(pad("--method", 12) + pad(m.name, 40) + m.summary) }
+            if let g = resolution.channelGate { print(pad("channel", 12) + g) }
+            let merged = Set(resolution.mergedOps)
             for choice in selection.all {
+                let kind = merged.contains(choice.component.id) ? "merged-op" : choice.component.kind.rawValue
                 let settings = choice.component.params.map { p in "\(p.name)=\(choice.settings[p.name] ?? p.defaultValue)" }
-                print(pad(choice.component.kind.rawValue, 12) + pad(choice.component.id, 40) + settings.joined(separator: " "))
+                print(pad(kind, 12) + pad(choice.component.id, 40) + settings.joined(separator: " "))
             }
             for (slot, m) in selection.methods.sorted(by: { $0.key < $1.key }) { print(pad("method", 12) + pad(slot, 40) + m.name + " " + m.signature.description) }
             if selection.all.isEmpty && selection.methods.isEmpty { print("nothing selected") }
@@ -157,8 +159,17 @@ private func describeJSON(_ c: Component, full: Bool) -> [String: Any] {
             if let hi = p.max { x["max"] = hi }
             return x
         }
+        if let m = c.method { d["method"] = methodJSON(m) }
         d["dynamic_methods"] = c.methods.map { ["slot": $0.slot, "name": $0.name, "signature": $0.signature.description, "doc": $0.doc] }
     }
+    return d
+}
+
+private func methodJSON(_ m: SearchMethod) -> [String: Any] {
+    var d: [String: Any] = ["name": m.name, "summary": m.summary, "component": m.describedBy, "strategy": m.strategy,
+                            "regularizers": m.regularizers, "ops": m.ops, "merged_ops": m.mergedOps, "settings": m.settings]
+    if let g = m.gate { d["gate"] = g }
+    if let g = m.channelGate { d["channel_gate"] = g }
     return d
 }
 

@@ -11,15 +11,8 @@ import Foundation
 /// The options shared by `search` and `memory`.
 struct SearchOptions: ParsableArguments {
     @OptionGroup var dirs: PluginDirOptions
-    @Option(help: "A JSON or YAML config (strategy, gate, ops, regularizers, set); flags override it.") var config: String?
-    @Option(help: "Strategy id.") var strategy: String?
-    @Option(help: "Gate id.") var gate: String?
-    @Option(help: "Gate for per-channel masks (role 'channel'), e.g. espalier.gate.figs/1 for the FiGS ops.") var channelGate: String?
+    @OptionGroup var selection: SelectionFlags
     @Option(name: .customLong("channel-gate-set"), help: "KEY=VALUE setting of the channel gate, e.g. tau=0.001 (repeatable).") var channelGateSets: [String] = []
-    @Option(name: .customLong("op"), help: "Candidate op id (repeatable; default: the 8 DARTS ops).") var ops: [String] = []
-    @Option(name: .customLong("regularizer"), help: "Regularizer id (repeatable), e.g. espalier.regularizer.beta-decay/1.") var regularizers: [String] = []
-    @Option(name: .customLong("merged-op"), help: "An op standing for several candidates on every edge (MergeNAS), e.g. espalier.op.mergenas_conv/1.") var mergedOps: [String] = []
-    @Option(name: .customLong("set"), help: "KEY=VALUE: strategy.order=second, gate.tau=2, NAME.PARAM=V, ID.PARAM=V (two components with one short name), NAME#2.PARAM=V (a component selected twice), SLOT=METHOD (repeatable).") var sets: [String] = []
 
     @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset: String?
     @Option(help: "Dataset folder.") var dataDir: String?
@@ -55,10 +48,8 @@ struct SearchOptions: ParsableArguments {
     /// plugin folders, the budget and threads): `--resume` refuses them, since the run continues
     /// with its own config.json.
     var searchDefiningFlags: [String] {
-        let given: [(String, Bool)] = [
-            ("--config", config != nil), ("--strategy", strategy != nil), ("--gate", gate != nil), ("--channel-gate", channelGate != nil),
-            ("--channel-gate-set", !channelGateSets.isEmpty), ("--op", !ops.isEmpty), ("--regularizer", !regularizers.isEmpty),
-            ("--merged-op", !mergedOps.isEmpty), ("--set", !sets.isEmpty), ("--dataset", dataset != nil), ("--data-dir", dataDir != nil),
+        let given: [(String, Bool)] = selection.given + [
+            ("--channel-gate-set", !channelGateSets.isEmpty), ("--dataset", dataset != nil), ("--data-dir", dataDir != nil),
             ("--train-images", trainImages != nil), ("--eval-images", evalImages != nil), ("--channels", channels != nil),
             ("--cells", cells != nil), ("--nodes", nodes != nil), ("--batch-size", batchSize != nil),
             ("--partial-channels", partialChannels != nil), ("--hyper-connected", hyperConnected), ("--aggregator", aggregator != nil),
@@ -107,7 +98,6 @@ struct SearchOptions: ParsableArguments {
             }
             c.space.aggregator = a
         }
-        if let v = channelGate { c.channelGate = v }
         if !channelGateSets.isEmpty {
             var s = c.channelGateSettings ?? [:]
             for kv in channelGateSets {
@@ -139,17 +129,9 @@ struct SearchOptions: ParsableArguments {
 
     /// Checks the components against the loaded plugins and folds their settings into the config.
     func resolveComponents(_ c: inout SearchConfig, registry: PluginRegistry) throws {
-        var request = try config.map { try SelectionRequest.load(file: $0) } ?? SelectionRequest()
-        request = request.overridden(by: SelectionRequest(strategy: strategy, gate: gate, ops: ops.isEmpty ? nil : ops,
-                                                          regularizers: regularizers.isEmpty ? nil : regularizers,
-                                                          set: try SelectionRequest.settings(fromFlags: sets)))
-        if request.strategy == nil { request.strategy = c.strategy }
-        if request.gate == nil { request.gate = c.gate }
-        if request.ops == nil { request.ops = c.space.ops }
-        // Merged ops are selected like ops (so `--set NAME.covers=…` reaches them), then kept apart.
-        let merged = Set(mergedOps)
-        request.ops = (request.ops ?? []) + mergedOps
-        let s = try Selection.resolve(request, registry: registry)
+        let (resolution, s) = try selection.resolve(registry, defaults: (c.strategy, c.gate, c.space.ops), channelGate: c.channelGate)
+        let merged = Set(resolution.mergedOps)
+        c.channelGate = resolution.channelGate
         c.strategy = s.strategy!.component.id
         c.strategySettings = s.strategy!.settings
         // --partial-channels and a strategy's own partial_channels parameter must agree.
@@ -166,6 +148,22 @@ struct SearchOptions: ParsableArguments {
         c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.instanceKey, $0.settings) })
         c.methods = s.methods.mapValues(\.name)
     }
+}
+
+/// The components and settings a search resolved to, on one line (a dry run prints it first).
+func selectionLine(_ c: SearchConfig) -> String {
+    func settings(_ s: [String: String]?) -> String {
+        guard let s, !s.isEmpty else { return "" }
+        return " {" + s.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ") + "}"
+    }
+    var parts = ["strategy \(c.strategy)\(settings(c.strategySettings))", "gate \(c.gate)\(settings(c.gateSettings))"]
+    if let g = c.channelGate { parts.append("channel gate \(g)\(settings(c.channelGateSettings))") }
+    parts.append("ops " + c.space.ops.map { $0 + settings(c.opSettings[$0]) }.joined(separator: " "))
+    if !c.space.mergedOps.isEmpty { parts.append("merged ops " + c.space.mergedOps.map { $0 + settings(c.opSettings[$0]) }.joined(separator: " ")) }
+    let keys = Selection.instanceKeys(c.regularizers)
+    if !keys.isEmpty { parts.append("regularizers " + keys.map { $0 + settings(c.regularizerSettings[$0]) }.joined(separator: " ")) }
+    if !c.methods.isEmpty { parts.append("methods " + c.methods.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) }
+    return "selection: " + parts.joined(separator: "; ")
 }
 
 /// Paths made absolute against the current folder, so a run resumed from elsewhere finds them.
@@ -267,7 +265,7 @@ struct SearchCommand: ParsableCommand {
         } else {
             guard !restart else { throw ValidationError("--restart goes with --resume DIR (it starts that search over from its config.json)") }
             let shaped = [options.channels, options.cells, options.batchSize, options.epochs, options.trainImages].contains { $0 != nil }
-                || options.config != nil
+                || options.selection.config != nil
             config = try options.makeConfig(quickDefaults: !shaped)
             outDir = out ?? "runs/search-" + timestamp()
             if !dryRun { try ranks.onRoot { try RunFolder.checkNew(outDir); return true } }
@@ -281,6 +279,7 @@ struct SearchCommand: ParsableCommand {
             do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         }
         try config.validate()
+        if dryRun && ranks.isRoot { print(selectionLine(config)) }
 
         let acc = MemoryAccountant()
         let train = try loadTrainingData(config, accountant: acc)
@@ -418,6 +417,7 @@ struct MemoryCommand: ParsableCommand {
         reportWarnings(registry)
         do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         try config.validate()
+        print(selectionLine(config))
         let shape: (Int, Int, Int) = config.dataset.hasPrefix("cifar") ? (3, 32, 32) : (1, 28, 28)
         let n = options.ranks ?? 1
         let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: 10, ranks: (n - 1, n))

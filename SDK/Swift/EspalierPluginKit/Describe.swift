@@ -154,6 +154,8 @@ public struct Component {
     public let params: [ParamSpec]
     /// Its dynamic methods.
     public let methods: [DynamicMethod]
+    /// The search method this component brings (ABI 1.5), set with `bringing(_:)`.
+    public private(set) var method: SearchMethod?
     /// Allocates the kind's vtable (shared thunks, this component's flags).
     let makeVTable: () -> UnsafeRawPointer
     /// What `create` instantiates; stored, retained forever, in `user_data`.
@@ -163,6 +165,13 @@ public struct Component {
          factory: ComponentFactory, makeVTable: @escaping () -> UnsafeRawPointer) {
         self.kind = kind; self.id = id; self.summary = summary; self.params = params; self.methods = methods
         self.factory = factory; self.makeVTable = makeVTable
+    }
+
+    /// This component, bringing the search method `method` (`espalier search --method NAME`).
+    public func bringing(_ method: SearchMethod) -> Component {
+        var c = self
+        c.method = method
+        return c
     }
 
     /// The C descriptor and everything it points to, allocated once and never freed.
@@ -186,6 +195,62 @@ public struct Component {
         d.method_count = UInt32(methods.count)
         d.vtable = makeVTable()
         d.user_data = Unmanaged.passRetained(factory).toOpaque()
+        d.method = method.map { UnsafePointer(immortalTable($0.c).assumingMemoryBound(to: es_method_desc.self)) }
+        return d
+    }
+}
+
+/// A search method as users know it ("gdas", "betadarts"), brought by one component
+/// (`Component.bringing(_:)`; ABI 1.5 `es_method_desc`): `espalier search --method NAME` selects
+/// its strategy, gates, ops, regularizers and settings; any flag the user gives overrides one.
+public struct SearchMethod: Sendable {
+    /// [a-z0-9-]+, e.g. "gdas".
+    public let name: String
+    /// One line.
+    public let summary: String
+    /// Its strategy's id; nil = the component that brings it (a strategy).
+    public let strategy: String?
+    /// Default gate id; nil = the host's default.
+    public let gate: String?
+    /// Default gate of per-channel masks (`--channel-gate`).
+    public let channelGate: String?
+    /// Default regularizer ids, in order.
+    public let regularizers: [String]
+    /// Candidate ops replacing the eight DARTS ops (empty: keep them).
+    public let ops: [String]
+    /// `--merged-op` ids.
+    public let mergedOps: [String]
+    /// "KEY=VALUE", keys as in `--set` (strategy.NAME, gate.NAME, SHORT.NAME, SLOT).
+    public let settings: [String]
+
+    public init(name: String, summary: String, strategy: String? = nil, gate: String? = nil, channelGate: String? = nil,
+                regularizers: [String] = [], ops: [String] = [], mergedOps: [String] = [], settings: [String] = []) {
+        self.name = name; self.summary = summary; self.strategy = strategy; self.gate = gate; self.channelGate = channelGate
+        self.regularizers = regularizers; self.ops = ops; self.mergedOps = mergedOps; self.settings = settings
+    }
+
+    var c: es_method_desc {
+        func list(_ items: [String]) -> UnsafePointer<UnsafePointer<CChar>?>? {
+            guard !items.isEmpty else { return nil }
+            let p = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: items.count)
+            for (i, item) in items.enumerated() { (p + i).initialize(to: immortalCString(item)) }
+            return UnsafePointer(p)
+        }
+        var d = es_method_desc()
+        d.struct_size = UInt32(MemoryLayout<es_method_desc>.size)
+        d.name = immortalCString(name)
+        d.summary = immortalCString(summary)
+        d.strategy = strategy.map(immortalCString)
+        d.gate = gate.map(immortalCString)
+        d.channel_gate = channelGate.map(immortalCString)
+        d.regularizers = list(regularizers)
+        d.regularizer_count = UInt32(regularizers.count)
+        d.ops = list(ops)
+        d.op_count = UInt32(ops.count)
+        d.merged_ops = list(mergedOps)
+        d.merged_op_count = UInt32(mergedOps.count)
+        d.settings = list(settings)
+        d.setting_count = UInt32(settings.count)
         return d
     }
 }

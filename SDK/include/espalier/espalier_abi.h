@@ -24,7 +24,7 @@ extern "C" {
 /* ---- Versions --------------------------------------------------------------------------- */
 
 #define ESPALIER_ABI_MAJOR 1
-#define ESPALIER_ABI_MINOR 4  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint); 1.4: search services ranks and sum_over_ranks (a data-parallel search on several ranks) */
+#define ESPALIER_ABI_MINOR 5  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint); 1.4: search services ranks and sum_over_ranks (a data-parallel search on several ranks); 1.5: es_component_desc.method, an es_method_desc naming a search method (`espalier search --method NAME`) and its default strategy, gates, ops, regularizers and settings */
 
 /** The ABI a plugin was compiled against, or the host speaks. Majors must match exactly; a
  *  plugin's minor must not be older than the host's minimum supported minor. */
@@ -128,6 +128,29 @@ typedef struct es_dynamic_method_desc {
     void (*function)(void);  /* cast to the declared signature; called on the host thread */
 } es_dynamic_method_desc;
 
+/** Since ABI 1.5: a search method as users know it ("gdas", "betadarts"), named by one component
+ *  of the library that brings it (`es_component_desc.method`), so that `espalier search --method
+ *  NAME` selects the whole method. Every field but `struct_size` and `name` may be NULL / 0.
+ *  Ids are full component ids; flags the user gives (`--strategy`, `--gate`, `--op`, `--set`, …)
+ *  override these defaults one by one. Static storage. */
+typedef struct es_method_desc {
+    uint32_t struct_size;
+    uint32_t reserved;
+    const char *name;                 /* [a-z0-9-]+, unique among loaded methods, e.g. "gdas" */
+    const char *summary;              /* one line, e.g. "GDAS: one Gumbel-sampled op per edge" */
+    const char *strategy;             /* its strategy's id; NULL = the describing component (a strategy) */
+    const char *gate;                 /* default gate id; NULL = the host's (espalier.gate.softmax/1) */
+    const char *channel_gate;         /* default gate of per-channel masks (`--channel-gate`); NULL = none */
+    const char *const *regularizers;  /* default regularizer ids (`--regularizer`), in order */
+    uint32_t regularizer_count;
+    uint32_t op_count;
+    const char *const *ops;           /* candidate op ids replacing the eight DARTS ops (`--op`); 0 = keep them */
+    const char *const *merged_ops;    /* `--merged-op` ids (MergeNAS) */
+    uint32_t merged_op_count;
+    uint32_t setting_count;
+    const char *const *settings;      /* "KEY=VALUE", keys as in `--set` (strategy.NAME, gate.NAME, SHORT.NAME, SLOT) */
+} es_method_desc;
+
 /** One component. `vtable` points to the kind's table (es_op_vtable, es_gate_vtable,
  *  es_regularizer_vtable or es_strategy_vtable), which starts with its own struct_size. */
 typedef struct es_component_desc {
@@ -142,6 +165,9 @@ typedef struct es_component_desc {
     const void *vtable;
     /** Anything the plugin wants back: every `create` receives this descriptor as `component`. */
     void *user_data;
+    /* ---- Since ABI 1.5 (read only if the plugin's minor is 5 or later and struct_size covers it) ---- */
+    /** The search method this component brings (see es_method_desc), or NULL. */
+    const es_method_desc *method;
 } es_component_desc;
 
 struct es_host_services;

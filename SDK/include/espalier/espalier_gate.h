@@ -32,7 +32,7 @@ typedef struct es_gate_config {
     es_gate_granularity granularity;
     int64_t rows;
     int64_t cols;
-    const char *owner;  /* e.g. "arch/normal" */
+    const char *owner;  /* e.g. "arch/normal/gate" for the normal cell's op gate; "arch/cell3/inputs/gate" for inputs; "gate/channel/N" for channel masks of length N */
 } es_gate_config;
 
 typedef struct es_gate_vtable {

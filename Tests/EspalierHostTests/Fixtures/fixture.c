@@ -17,7 +17,10 @@
  *   -DFIX_GATE_HANG_STEP=n  the gate's forward never returns at training step n
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
  *                          to, not including, save_state); build with FIX_MINOR=2
- * The warm-up strategy keeps state (ABI 1.3): the epochs it has ended, saved as 9 bytes, format 1.
+ *   -DFIX_DESC_1_4         component descriptions as ABI 1.4 laid them out (struct_size up to, not
+ *                          including, method); build with FIX_MINOR=4
+ * The warm-up strategy keeps state (ABI 1.3): the epochs it has ended, saved as 9 bytes, format 1,
+ * and brings the search method "fixture-warmup" (ABI 1.5): its gate, its regularizer and settings.
  */
 #include <espalier/espalier.h>
 #include <stdio.h>
@@ -39,6 +42,11 @@
 #else
 #define FIX_STRATEGY_TABLE_SIZE sizeof(es_strategy_vtable)
 #define FIX_REGULARIZER_TABLE_SIZE sizeof(es_regularizer_vtable)
+#endif
+#ifdef FIX_DESC_1_4
+#define FIX_DESC_SIZE offsetof(es_component_desc, method)
+#else
+#define FIX_DESC_SIZE sizeof(es_component_desc)
 #endif
 
 /* ---- composed op: y = conv1x1(relu(x), w) ---- */
@@ -366,19 +374,26 @@ static const es_param_desc strat_params[] = {
     { sizeof(es_param_desc), ES_PARAM_CHOICE, "order", "first", "arch gradient order", "first|second", 1, 0 },
 };
 
+static const char *const method_regularizers[] = { FIX_ID ".regularizer.l2/1" };
+static const char *const method_settings[] = { "strategy.warmup=5", "l2.lambda=0.25" };
+static const es_method_desc warmup_method = {
+    sizeof(es_method_desc), 0, "fixture-warmup", "warm-up then bilevel with the linear gate and L2",
+    NULL, FIX_ID ".gate.linear/1", NULL, method_regularizers, 1, 0, NULL, NULL, 0, 2, method_settings,
+};
+
 static const es_component_desc components[] = {
-    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.relu-conv/1", "composed ReLU then 1x1 conv", NULL, 0, NULL, 0, &op_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.masked-relu/1", "ReLU with a per-channel gate", NULL, 0, NULL, 0, &masked_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_OP, FIX_ID ".op.merged/1", "identity and ReLU merged, weights applied by the op", NULL, 0, NULL, 0, &merged_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_GATE, FIX_ID ".gate.linear/1", "scaled identity gate", gate_params, 1, methods, sizeof methods / sizeof methods[0], &gate_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_REGULARIZER, FIX_ID ".regularizer.l2/1", "L2 with proximal shrink", reg_params, 1, NULL, 0, &reg_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_STRATEGY, FIX_ID ".strategy.warmup/1", "warm-up then bilevel", strat_params, 3, NULL, 0, &strat_table, NULL },
-    { sizeof(es_component_desc), ES_KIND_STRATEGY, FIX_ID ".strategy.pruner/1", "acts through the search services", pruner_params, 1, NULL, 0, &pruner_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.relu-conv/1", "composed ReLU then 1x1 conv", NULL, 0, NULL, 0, &op_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.masked-relu/1", "ReLU with a per-channel gate", NULL, 0, NULL, 0, &masked_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.merged/1", "identity and ReLU merged, weights applied by the op", NULL, 0, NULL, 0, &merged_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_GATE, FIX_ID ".gate.linear/1", "scaled identity gate", gate_params, 1, methods, sizeof methods / sizeof methods[0], &gate_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_REGULARIZER, FIX_ID ".regularizer.l2/1", "L2 with proximal shrink", reg_params, 1, NULL, 0, &reg_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_STRATEGY, FIX_ID ".strategy.warmup/1", "warm-up then bilevel", strat_params, 3, NULL, 0, &strat_table, NULL, &warmup_method },
+    { FIX_DESC_SIZE, ES_KIND_STRATEGY, FIX_ID ".strategy.pruner/1", "acts through the search services", pruner_params, 1, NULL, 0, &pruner_table, NULL },
 #ifdef FIX_BAD_KIND
-    { sizeof(es_component_desc), 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
+    { FIX_DESC_SIZE, 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
 #endif
 #ifdef FIX_NULL_ID
-    { sizeof(es_component_desc), ES_KIND_OP, NULL, "no id", NULL, 0, NULL, 0, &op_table, NULL },
+    { FIX_DESC_SIZE, ES_KIND_OP, NULL, "no id", NULL, 0, NULL, 0, &op_table, NULL },
 #endif
 #ifdef FIX_SMALL_STRUCT
     { 0, ES_KIND_OP, FIX_ID ".op.small/1", "struct_size 0", NULL, 0, NULL, 0, &op_table, NULL },
