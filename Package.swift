@@ -54,10 +54,13 @@ let package = Package(
         .package(path: "SDK"),
     ],
     targets: [
-        // MARK: System libraries (Debian: libopenblas-dev, libffi-dev, zlib1g-dev)
+        // MARK: System libraries (Debian: libopenblas-dev, libffi-dev, zlib1g-dev, libpng-dev, libturbojpeg0-dev)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CFFI", pkgConfig: "libffi", providers: [.apt(["libffi-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Image decoding for `--dataset folder` (Debian: libpng-dev, libturbojpeg0-dev).
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng16", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
         // Debian: libopenmpi-dev (and openmpi-bin for mpirun); only the communication layer links it.
         .systemLibrary(name: "COpenMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "EspalierMPI", dependencies: ["COpenMPI"], path: "Sources/EspalierMPI"),
@@ -67,7 +70,7 @@ let package = Package(
         // MARK: The engine: tensors, kernels, autodiff, memory accountant, optimisers, data
         .target(
             name: "EspalierCore",
-            dependencies: ["COpenBLAS", "CZlib", "CFFI"],
+            dependencies: ["COpenBLAS", "CZlib", "CFFI", "CPNG", "CTurboJPEG"],
             swiftSettings: fast
         ),
 
@@ -215,7 +218,7 @@ let package = Package(
         // MARK: Tests (helpers shared by the test targets are a target of their own)
         .target(
             name: "EspalierTestSupport",
-            dependencies: ["EspalierCore"],
+            dependencies: ["EspalierCore", "CZlib", "CPNG", "CTurboJPEG"],
             path: "Tests/EspalierTestSupport"
         ),
         .testTarget(

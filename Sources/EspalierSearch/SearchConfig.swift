@@ -26,6 +26,17 @@ public struct SearchConfig: Codable, Equatable, Sendable {
 
     public var dataset = "fashion-mnist"
     public var dataDir: String? = nil
+    /// `--dataset folder` without train/ and test/: the share of each class held out as test; nil = 0.2.
+    public var testFraction: Double? = nil
+    /// `--dataset folder`: the side images are resized to; nil = the first training image's size.
+    public var imageSize: Int? = nil
+    /// `--dataset folder`: skip (and count) files that cannot be decoded instead of stopping; nil = false.
+    public var skipBadImages: Bool? = nil
+    /// The training data's class names, in label order, as the run found them (written by the run).
+    public var classNames: [String]? = nil
+    /// The per-channel statistics the run normalised with, measured on (or published for) the
+    /// training data (written by the run; a test split is normalised with them).
+    public var normalization: DataStatistics? = nil
     /// Use only the first N training images (before the 50/50 split); nil = all.
     public var trainImages: Int? = nil
     /// Validation images scored at the end of each epoch; nil = the whole validation half.
@@ -151,6 +162,10 @@ public struct SearchConfig: Codable, Equatable, Sendable {
                                        + (name.hasPrefix("--lr") || name.hasPrefix("the gradient") ? " > 0" : " ≥ 0")
                                        + (name.contains("β") || name == "the momentum" ? " and < 1" : "") + " (e.g. --lr 0.025, --arch-lr 3e-4)")
         }
+        if let f = testFraction, !(f >= 0 && f < 1) {
+            throw EspalierError.config("--test-fraction must be at least 0 and below 1 (got \(f)), e.g. 0.2")
+        }
+        if let n = imageSize, n < 1 || n > 4096 { throw EspalierError.config("--image-size must be between 1 and 4096 pixels (got \(n))") }
         if let b = bnRecalibrationBatches, b < 0 { throw EspalierError.config("--bn-recalibration must be ≥ 0 batches (got \(b))") }
         if let g = bnGroups {
             guard g >= 1, g <= batchSize else {
@@ -166,7 +181,7 @@ extension SearchConfig {
         case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
              momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
-             bnRecalibrationBatches, bnGroups
+             bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -193,5 +208,18 @@ extension SearchConfig {
         try read(.pluginDirs, &pluginDirs)
         bnRecalibrationBatches = try c.decodeIfPresent(Int.self, forKey: .bnRecalibrationBatches)
         bnGroups = try c.decodeIfPresent(Int.self, forKey: .bnGroups)
+        testFraction = try c.decodeIfPresent(Double.self, forKey: .testFraction)
+        imageSize = try c.decodeIfPresent(Int.self, forKey: .imageSize)
+        skipBadImages = try c.decodeIfPresent(Bool.self, forKey: .skipBadImages)
+        classNames = try c.decodeIfPresent([String].self, forKey: .classNames)
+        normalization = try c.decodeIfPresent(DataStatistics.self, forKey: .normalization)
     }
+}
+
+/// Per-channel mean and standard deviation of pixel/255 that a dataset is normalised with.
+public struct DataStatistics: Codable, Equatable, Sendable {
+    public var mean: [Float]
+    public var std: [Float]
+    public init(mean: [Float], std: [Float]) { self.mean = mean; self.std = std }
+    public init(of dataset: Dataset) { self.init(mean: dataset.mean, std: dataset.std) }
 }

@@ -14,8 +14,9 @@ struct SearchOptions: ParsableArguments {
     @OptionGroup var selection: SelectionFlags
     @Option(name: .customLong("channel-gate-set"), help: "KEY=VALUE setting of the channel gate, e.g. tau=0.001 (repeatable).") var channelGateSets: [String] = []
 
-    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset: String?
-    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: ArgumentHelp(datasetHelp)) var dataset: String?
+    @Option(help: "Dataset folder (an .npz file for --dataset npz).") var dataDir: String?
+    @OptionGroup var data: DataOptions
     @Option(help: "Use the first N training images (split 50/50 into weight and architecture halves).") var trainImages: Int?
     @Option(help: "Validation images scored after each epoch.") var evalImages: Int?
     @Option(help: "Initial channels C.") var channels: Int?
@@ -56,7 +57,7 @@ struct SearchOptions: ParsableArguments {
             ("--epochs", epochs != nil), ("--lr", lr != nil), ("--arch-lr", archLr != nil), ("--arch-weight-decay", archWeightDecay != nil),
             ("--bn-recalibration", bnRecalibration != nil), ("--seed", seed != nil), ("--bn-groups", bnGroups != nil),
         ]
-        return given.filter(\.1).map(\.0)
+        return given.filter(\.1).map(\.0) + data.givenFlags
     }
 
     /// `--memory-budget` in bytes (nil when not given).
@@ -78,6 +79,7 @@ struct SearchOptions: ParsableArguments {
         var c = quickDefaults ? SearchConfig.quick : SearchConfig()
         if let v = dataset { c.dataset = v }
         if let v = dataDir { c.dataDir = v }
+        try data.apply(to: &c)
         if let v = trainImages {
             guard v > 0 else { throw ValidationError("--train-images must be a positive number of images (got \(v)); leave it out to use them all") }
             c.trainImages = v
@@ -170,23 +172,6 @@ func selectionLine(_ c: SearchConfig) -> String {
 func absolutePaths(_ paths: [String]) -> [String] {
     let cwd = FileManager.default.currentDirectoryPath
     return paths.map { $0.hasPrefix("/") ? $0 : URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: cwd, isDirectory: true)).standardizedFileURL.path }
-}
-
-func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split: Dataset.Split = .train) throws -> Dataset {
-    try acc.withOwner("dataset") {
-        switch c.dataset {
-        case "fashion-mnist", "fmnist":
-            return try Dataset.fashionMNIST(folder: c.dataDir ?? Dataset.fashionMNISTFolder, split: split, accountant: acc)
-        case "cifar10", "cifar-10":
-            guard let dir = c.dataDir else { throw ValidationError("cifar10 needs --data-dir with the data_batch_*.bin files") }
-            return try Dataset.cifar10(folder: dir, split: split, accountant: acc)
-        case "synthetic":
-            return try Dataset.synthetic(count: split == .train ? 4000 : 1000, channels: 1, height: 28, width: 28, classes: 10,
-                                         seed: c.seed, split: split, accountant: acc)
-        default:
-            throw ValidationError("unknown dataset '\(c.dataset)'; choose fashion-mnist, cifar10 or synthetic")
-        }
-    }
 }
 
 func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?, ranks: Int = 1) {
@@ -283,6 +268,9 @@ struct SearchCommand: ParsableCommand {
 
         let acc = MemoryAccountant()
         let train = try loadTrainingData(config, accountant: acc)
+        // Recorded in config.json: what the labels mean and the statistics batches are normalised with.
+        config.classNames = train.classNames
+        config.normalization = DataStatistics(of: train)
         var view = train.all
         if let n = config.trainImages { view = view.prefix(n) }
         let shape = (train.channels, train.height, train.width)
@@ -418,16 +406,16 @@ struct MemoryCommand: ParsableCommand {
         do { try options.resolveComponents(&config, registry: registry) } catch { throw ValidationError("\(error)") }
         try config.validate()
         print(selectionLine(config))
-        let shape: (Int, Int, Int) = config.dataset.hasPrefix("cifar") ? (3, 32, 32) : (1, 28, 28)
+        let (shape, classes) = try predictionShape(config)
         let n = options.ranks ?? 1
-        let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: 10, ranks: (n - 1, n))
+        let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: classes, ranks: (n - 1, n))
         printPrediction(p, config: config, datasetBytes: nil, ranks: n)
-        if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, ranks: n) }
+        if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: n) }
         if let b = config.memoryBudget {
             print(p.stepPeak <= b ? "fits --memory-budget \(formatBytes(b)) with \(formatBytes(b - p.stepPeak)) to spare (plus the dataset)"
                                   : "does NOT fit --memory-budget \(formatBytes(b)): over by \(formatBytes(p.stepPeak - b))")
             if p.stepPeak > b {
-                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: 10, datasetBytes: 0, budget: b, ranks: n)
+                let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, budget: b, ranks: n)
                 print(fits.isEmpty ? "  nothing that changes one of --batch-size, --partial-channels, --cells, --channels or the rank count alone fits"
                                    : "  each of these fits: " + fits.map(\.description).joined(separator: "; "))
             }

@@ -17,8 +17,9 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var dirs: PluginDirOptions
     @Option(help: "genotype.json written by `espalier search`.") var genotype: String
     @Option(help: "Output folder (default: beside the genotype, train-<time>).") var out: String?
-    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
-    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: ArgumentHelp(datasetHelp)) var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder (an .npz file for --dataset npz).") var dataDir: String?
+    @OptionGroup var data: DataOptions
     // Defaults: the measured CPU setting (C=8, 5 cells, 8 epochs: 27 min on 2 cores, 93.1 % on
     // Fashion-MNIST with a searched genotype); DARTS's CIFAR setting is C=36, 20 cells, 600 epochs.
     @Option(help: "Initial channels C.") var channels = 8
@@ -73,7 +74,9 @@ struct TrainCommand: ParsableCommand {
         context.begin(accountant: acc, seed: seed)
         var c = SearchConfig()
         c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
+        try data.apply(to: &c)
         let train = try loadTrainingData(c, accountant: acc, split: .train)
+        c.classNames = train.classNames; c.normalization = DataStatistics(of: train)   // the test split is scored with the training numbers
         let test = try loadTrainingData(c, accountant: acc, split: .test)
         var d = NetworkDescription(genotype: g)
         d.inputChannels = train.channels; d.classes = train.numClasses; d.imageSize = train.height
@@ -131,7 +134,8 @@ struct TrainCommand: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let modelPath = (outDir as NSString).appendingPathComponent("model.safetensors")
         let acc1 = reports.last?.testAccuracy ?? 0
-        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype])
+        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype]
+                        .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs", acc1 * 100, testView.count, epochs, seconds))
         print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")
     }
@@ -141,8 +145,9 @@ struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a model saved by `espalier train` or `espalier train-pruned` on the test set.")
     @OptionGroup var dirs: PluginDirOptions
     @Option(help: "model.safetensors (or the folder holding it).") var model: String
-    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
-    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: ArgumentHelp(datasetHelp)) var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder (an .npz file for --dataset npz).") var dataDir: String?
+    @OptionGroup var data: DataOptions
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Batch size.") var batchSize = 256
 
@@ -159,9 +164,11 @@ struct EvalCommand: ParsableCommand {
         let registry = dirs.loadRegistry(context: context)
         let acc = MemoryAccountant()
         context.begin(accountant: acc, seed: 0)
-        let (net, _) = try loadClassifier(path: path, registry: registry, context: context)
+        let (net, meta) = try loadClassifier(path: path, registry: registry, context: context)
         var c = SearchConfig()
         c.dataset = dataset; c.dataDir = dataDir
+        try data.apply(to: &c)
+        try ModelDataMetadata.apply(meta, file: path, to: &c)   // the class names and normalisation it was trained with
         let test = try loadTrainingData(c, accountant: acc, split: .test)
         var view = test.all
         if testImages > 0 { view = view.prefix(testImages) }

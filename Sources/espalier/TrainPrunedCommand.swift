@@ -14,8 +14,9 @@ struct TrainPrunedCommand: ParsableCommand {
 
     @OptionGroup var dirs: PluginDirOptions
     @Option(help: "pruned.json written by a hyper-connected `espalier search`.") var pruned: String
-    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
-    @Option(help: "Dataset folder.") var dataDir: String?
+    @Option(help: ArgumentHelp(datasetHelp)) var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder (an .npz file for --dataset npz).") var dataDir: String?
+    @OptionGroup var data: DataOptions
     @Option(help: "Initial channels C (default: the search's).") var channels: Int?
     @Option(help: "Epochs.") var epochs = 4
     @Option(help: "Batch size.") var batchSize = 64
@@ -34,7 +35,9 @@ struct TrainPrunedCommand: ParsableCommand {
         context.begin(accountant: acc, seed: seed)
         var c = SearchConfig()
         c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
+        try data.apply(to: &c)
         let train = try loadTrainingData(c, accountant: acc, split: .train)
+        c.classNames = train.classNames; c.normalization = DataStatistics(of: train)   // the test split is scored with the training numbers
         let test = try loadTrainingData(c, accountant: acc, split: .test)
         arch.space.inputChannels = train.channels; arch.space.classes = train.numClasses
         var config = TrainConfig()
@@ -57,7 +60,8 @@ struct TrainPrunedCommand: ParsableCommand {
         let outDir = out ?? (pruned as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: outDir.isEmpty ? "." : outDir, withIntermediateDirectories: true)
         let modelPath = (outDir as NSString).appendingPathComponent("pruned-model.safetensors")
-        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned])
+        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned]
+                        .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs; %d parameters",
                      accuracy * 100, testView.count, epochs, seconds, net.parameterCount))
         print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")

@@ -7,7 +7,7 @@
 import PackageDescription
 
 /// The targets, one folder each under Sources/ (and Corpus/ and FailCases/).
-let fuzzTargets = ["FuzzIDX", "FuzzCIFAR", "FuzzSafeTensors", "FuzzSearchConfig", "FuzzSelection", "FuzzGenotype", "FuzzPluginDesc"]
+let fuzzTargets = ["FuzzIDX", "FuzzCIFAR", "FuzzNPZ", "FuzzSafeTensors", "FuzzSearchConfig", "FuzzSelection", "FuzzGenotype", "FuzzPluginDesc"]
 
 let package = Package(
     name: "FuzzTesting",

@@ -231,6 +231,37 @@ def plugin_seeds():
     put("FuzzPluginDesc", "four-kinds", plugin([op, gate, reg, strat]))
     put("FuzzPluginDesc", "empty", plugin([]))
 
+# ---- NumPy .npz: the four arrays, stored and deflated, uint8 NHWC / float32 NCHW / gray ----------
+def npy(descr, shape, data, fortran=False):
+    dims = ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "")
+    header = "{'descr': '%s', 'fortran_order': %s, 'shape': (%s), }" % (descr, "True" if fortran else "False", dims)
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+
+
+def npz(members, deflate):
+    import io, zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def npz_seeds():
+    x = npy("|u1", (3, 2, 2, 3), bytes(range(36)))
+    y = npy("<i8", (3,), struct.pack("<3q", 0, 1, 2))
+    put("FuzzNPZ", "uint8-nhwc-stored", npz([("x_train", x), ("y_train", y), ("x_test", x), ("y_test", y)], False))
+    put("FuzzNPZ", "uint8-nhwc-deflated", npz([("x_train", x), ("y_train", y), ("x_test", x), ("y_test", y)], True))
+    xf = npy("<f4", (2, 1, 2, 2), struct.pack("<8f", *[0.5, 1, 0, 0.25] * 2))
+    yb = npy(">i4", (2, 1), struct.pack(">2i", 1, 0))
+    xg = npy("|u1", (2, 2, 2), bytes(range(8)))
+    yu = npy("|u1", (2,), bytes([0, 1]))
+    put("FuzzNPZ", "float-nchw-gray", npz([("x_train", xf), ("y_train", yb), ("x_test", xg), ("y_test", yu)], True))
+    put("FuzzNPZ", "missing-member", npz([("x_train", x), ("y_train", y)], False))
+
 
 if __name__ == "__main__":
-    idx_seeds(); cifar_seeds(); safetensors_seeds(); config_seeds(); selection_seeds(); genotype_seeds(); plugin_seeds()
+    idx_seeds(); cifar_seeds(); npz_seeds(); safetensors_seeds(); config_seeds(); selection_seeds(); genotype_seeds(); plugin_seeds()

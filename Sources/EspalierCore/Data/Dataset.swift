@@ -1,6 +1,7 @@
 // Datasets held in memory as raw uint8 images (N, C, H, W) with int32 labels, counted in the
 // memory accountant (category `.data`) for as long as the dataset lives. Loaders for
-// Fashion-MNIST (IDX), CIFAR-10 (binary version) and a deterministic, learnable synthetic set.
+// Fashion-MNIST (IDX), CIFAR-10 and CIFAR-100 (binary versions) and a deterministic, learnable
+// synthetic set; image folders are in ImageFolder.swift, NumPy .npz files in NPZ.swift.
 // Not here: batching, shuffling, augmentation and normalisation (DataLoader.swift), downloads.
 
 import Foundation
@@ -18,9 +19,12 @@ public final class Dataset: CustomStringConvertible {
     public let images: [UInt8]
     /// labels: (count), each in 0..<numClasses
     public let labels: [Int32]
-    /// Per-channel mean and standard deviation of pixel/255, used to normalise batches.
-    public let mean: [Float]
-    public let std: [Float]
+    /// Per-channel mean and standard deviation of pixel/255, used to normalise batches. Fashion-MNIST
+    /// and CIFAR-10 carry the published statistics of their training sets; the other datasets measure
+    /// the split they hold (`channelStatistics`), so a test split is given its training split's numbers
+    /// with `useStatistics` (what `espalier train` does, and `espalier eval` from the saved model).
+    public private(set) var mean: [Float]
+    public private(set) var std: [Float]
     public let classNames: [String]
     /// Keeps the raw bytes counted in the accountant while the dataset lives.
     public let ticket: MemoryTicket
@@ -64,6 +68,45 @@ public final class Dataset: CustomStringConvertible {
         self.classNames = classNames ?? (0..<numClasses).map { "class \($0)" }
         self.ticket = try MemoryTicket(bytes: images.count + labels.count * MemoryLayout<Int32>.stride,
                                        category: .data, accountant: accountant)
+    }
+
+    /// Normalises with `mean` and `std` from now on (a test split with its training split's statistics).
+    public func useStatistics(mean: [Float], std: [Float]) throws {
+        guard mean.count == channels, std.count == channels, std.allSatisfy({ $0 > 0 && $0.isFinite }), mean.allSatisfy(\.isFinite) else {
+            throw EspalierError.invalidArgument("dataset \(name) has \(channels) channel(s): it needs \(channels) finite means and \(channels) "
+                                                + "positive stds, got \(mean) and \(std); were they measured on a dataset of another channel count?")
+        }
+        self.mean = mean
+        self.std = std
+    }
+
+    /// Per-channel mean and standard deviation of pixel/255 over `images` (count, channels, pixelsPerChannel);
+    /// a std below 1e-3 (a constant channel) is raised to 1e-3 so that normalising never divides by 0.
+    public static func channelStatistics(_ images: [UInt8], channels: Int, pixelsPerChannel: Int) -> (mean: [Float], std: [Float]) {
+        var histogram = [Int](repeating: 0, count: channels * 256)  // (channels, 256): exact sums from counts
+        let plane = channels * pixelsPerChannel
+        images.withUnsafeBufferPointer { px in
+            histogram.withUnsafeMutableBufferPointer { h in
+                for i in 0..<(plane == 0 ? 0 : px.count / plane) {
+                    for c in 0..<channels {
+                        let base = i * plane + c * pixelsPerChannel
+                        for k in 0..<pixelsPerChannel { h[c * 256 + Int(px[base + k])] += 1 }
+                    }
+                }
+            }
+        }
+        var mean = [Float](), std = [Float]()
+        for c in 0..<channels {
+            var n = 0.0, sum = 0.0, sumSq = 0.0
+            for v in 0..<256 {
+                let k = Double(histogram[c * 256 + v]), f = Double(v) / 255
+                n += k; sum += k * f; sumSq += k * f * f
+            }
+            let m = sum / max(1, n)
+            mean.append(Float(m))
+            std.append(Float(max(1e-3, max(0, sumSq / max(1, n) - m * m).squareRoot())))
+        }
+        return (mean, std)
     }
 
     public var description: String {
@@ -156,51 +199,73 @@ extension Dataset {
     }
 }
 
-// MARK: - CIFAR-10
+// MARK: - CIFAR-10 and CIFAR-100
+
+/// The record layout of a CIFAR binary file: `labelBytes` label bytes (the label used is byte
+/// `labelIndex`), then 3×32×32 pixels, channel-major (R plane, G plane, B plane).
+public struct CIFARFormat: Sendable {
+    public let name: String
+    public let labelBytes: Int
+    public let labelIndex: Int
+    public let classes: Int
+    public var recordBytes: Int { labelBytes + 3 * 32 * 32 }
+
+    /// CIFAR-10: 1 label byte (0…9).
+    public static let cifar10 = CIFARFormat(name: "CIFAR-10", labelBytes: 1, labelIndex: 0, classes: 10)
+    /// CIFAR-100: a coarse label byte (0…19) then the fine label byte (0…99), which is the one used.
+    public static let cifar100 = CIFARFormat(name: "CIFAR-100", labelBytes: 2, labelIndex: 1, classes: 100)
+}
 
 extension Dataset {
     public static let cifar10ClassNames = ["airplane", "automobile", "bird", "cat", "deer",
                                            "dog", "frog", "horse", "ship", "truck"]
     /// One record: 1 label byte, then 3×32×32 pixels, channel-major (R plane, G plane, B plane).
-    public static let cifar10RecordBytes = 1 + 3 * 32 * 32
+    public static let cifar10RecordBytes = CIFARFormat.cifar10.recordBytes
+    /// The records of each file of the CIFAR-10 download; files of any record count are read.
     public static let cifar10RecordsPerFile = 10000
 
-    /// Parses one CIFAR-10 binary batch held in memory: exactly `records` records of
-    /// `cifar10RecordBytes` (a label 0…9, then the 3×32×32 pixels), followed by `trailingBytes` more
-    /// bytes that were not read (an error unless 0). Returns the pixels (records, 3, 32, 32) and the
-    /// labels; errors name `file` and end with `hint`. `cifar10(folder:split:accountant:)` reads each
-    /// batch file through it (the fuzz tests in Tests/FuzzTesting feed it bytes).
+    /// Parses one CIFAR-10 binary batch held in memory; see `cifarBatch`.
     public static func cifar10Batch(_ bytes: [UInt8], trailingBytes: Int = 0, records: Int = cifar10RecordsPerFile,
                                     file: String, hint: String = "") throws -> (pixels: [UInt8], labels: [Int32]) {
-        let rec = cifar10RecordBytes, pix = rec - 1
+        try cifarBatch(bytes, format: .cifar10, trailingBytes: trailingBytes, records: records, file: file, hint: hint)
+    }
+
+    /// Parses one CIFAR binary file held in memory: exactly `records` records of `format.recordBytes`,
+    /// followed by `trailingBytes` more bytes that were not read (an error unless 0). Returns the
+    /// pixels (records, 3, 32, 32) and the labels; errors name `file` and end with `hint`. The CIFAR
+    /// loaders read each file through it (the fuzz tests in Tests/FuzzTesting feed it bytes).
+    public static func cifarBatch(_ bytes: [UInt8], format: CIFARFormat, trailingBytes: Int = 0, records: Int,
+                                  file: String, hint: String = "") throws -> (pixels: [UInt8], labels: [Int32]) {
+        let rec = format.recordBytes, pix = 3 * 32 * 32
         guard records >= 0, records <= Int.max / rec else {
-            throw EspalierError.invalidArgument("CIFAR-10 batch: \(records) records is not a possible count")
+            throw EspalierError.invalidArgument("\(format.name) batch: \(records) records is not a possible count")
         }
         let (total, overflow) = bytes.count.addingReportingOverflow(max(0, trailingBytes))
         guard !overflow, total == records * rec, bytes.count == total else {
-            var problem = "holds \(overflow ? "more than \(Int.max)" : "\(total)") bytes, expected \(records * rec) (\(records) records of \(rec) bytes: 1 label + 3×32×32 pixels)"
+            var problem = "holds \(overflow ? "more than \(Int.max)" : "\(total)") bytes, expected \(records * rec) (\(records) records of \(rec) bytes: "
+                + "\(format.labelBytes == 1 ? "1 label" : "\(format.labelBytes) labels") + 3×32×32 pixels)"
             if overflow || total % rec != 0 {
-                problem += "; \(total) is not a multiple of \(rec), so this is not the CIFAR-10 binary version "
-                    + "(the python and matlab versions and CIFAR-100 do not work) or the file is truncated"
+                problem += "; \(total) is not a multiple of \(rec), so this is not the \(format.name) binary version "
+                    + "(the python and matlab versions do not work\(format.labelBytes == 1 ? ", nor CIFAR-100: use --dataset cifar100" : ", nor CIFAR-10: use --dataset cifar10")) or the file is truncated"
             } else {
-                problem += "; it has \(total / rec) records, so it is truncated or not a CIFAR-10 batch"
+                problem += "; it has \(total / rec) records, so it is truncated or not a \(format.name) batch"
             }
             throw EspalierError.data(file: file, problem: problem + (hint.isEmpty ? "" : ". \(hint)"))
         }
         var pixels = [UInt8](repeating: 0, count: records * pix)  // (records, 3, 32, 32)
         var labels = [Int32](repeating: 0, count: records)
         for r in 0..<records {
-            let l = bytes[r * rec]
-            guard l < 10 else {
-                throw EspalierError.data(file: file, problem: "record \(r) has label \(l); CIFAR-10 labels are 0…9, "
-                                         + "so this is not a CIFAR-10 binary batch")
+            let l = bytes[r * rec + format.labelIndex]
+            guard Int(l) < format.classes else {
+                throw EspalierError.data(file: file, problem: "record \(r) has label \(l); \(format.name) labels are 0…\(format.classes - 1), "
+                                         + "so this is not a \(format.name) binary file")
             }
             labels[r] = Int32(l)
         }
         bytes.withUnsafeBufferPointer { src in
             pixels.withUnsafeMutableBufferPointer { dst in
                 for r in 0..<records {
-                    dst.baseAddress!.advanced(by: r * pix).update(from: src.baseAddress!.advanced(by: r * rec + 1), count: pix)
+                    dst.baseAddress!.advanced(by: r * pix).update(from: src.baseAddress!.advanced(by: r * rec + format.labelBytes), count: pix)
                 }
             }
         }
@@ -208,44 +273,74 @@ extension Dataset {
     }
 
     /// CIFAR-10, binary version (`cifar-10-binary.tar.gz`): `data_batch_1.bin`…`data_batch_5.bin` for
-    /// train, `test_batch.bin` for test, in `folder` or in `folder/cifar-10-batches-bin`. `.bin.gz` is read too.
+    /// train, `test_batch.bin` for test, in `folder` or in `folder/cifar-10-batches-bin`. `.bin.gz` is
+    /// read too, and files of any record count (a subset written in the same layout).
     public static func cifar10(folder: String, split: Split, accountant: MemoryAccountant) throws -> Dataset {
         let install = "download the binary version (cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html, "
             + "extract it, and pass --data-dir with the folder holding data_batch_1.bin … test_batch.bin"
+        let names = split == .train ? (1...5).map { "data_batch_\($0).bin" } : ["test_batch.bin"]
+        let (images, labels) = try readCIFAR(format: .cifar10, folder: folder, names: names, nested: "cifar-10-batches-bin", install: install)
+        return try Dataset(name: "cifar10 \(split.rawValue)", images: images, labels: labels, channels: 3, height: 32, width: 32,
+                           numClasses: 10, mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616],
+                           classNames: cifar10ClassNames, accountant: accountant)
+    }
+
+    /// CIFAR-100, binary version (`cifar-100-binary.tar.gz`): `train.bin` and `test.bin` (`.gz` too, any
+    /// record count) in `folder` or `folder/cifar-100-binary`, with the 100 fine labels; class names
+    /// from `fine_label_names.txt` beside them when it is there. Mean and std are measured on the split read.
+    public static func cifar100(folder: String, split: Split, accountant: MemoryAccountant) throws -> Dataset {
+        let install = "download the binary version (cifar-100-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html, "
+            + "extract it, and pass --data-dir with the folder holding train.bin and test.bin"
+        let (images, labels) = try readCIFAR(format: .cifar100, folder: folder, names: [split == .train ? "train.bin" : "test.bin"],
+                                             nested: "cifar-100-binary", install: install)
+        var names: [String]? = nil
+        for dir in [folder, (folder as NSString).appendingPathComponent("cifar-100-binary")] {
+            let p = (dir as NSString).appendingPathComponent("fine_label_names.txt")
+            guard let text = try? String(contentsOfFile: p, encoding: .utf8) else { continue }
+            let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard lines.count == 100 else {
+                throw EspalierError.data(file: p, problem: "holds \(lines.count) class names, CIFAR-100 has 100 (one per line); restore it from the archive or remove it")
+            }
+            names = lines
+            break
+        }
+        let (mean, std) = channelStatistics(images, channels: 3, pixelsPerChannel: 32 * 32)
+        return try Dataset(name: "cifar100 \(split.rawValue)", images: images, labels: labels, channels: 3, height: 32, width: 32,
+                           numClasses: 100, mean: mean, std: std, classNames: names, accountant: accountant)
+    }
+
+    /// The records of the files `names` (each in `folder` or `folder/nested`, `.gz` allowed), in order:
+    /// pixels (N, 3, 32, 32) and labels (N). Each file holds any positive number of whole records.
+    static func readCIFAR(format: CIFARFormat, folder: String, names: [String], nested: String,
+                          install: String) throws -> (images: [UInt8], labels: [Int32]) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
-            throw EspalierError.data(file: folder, problem: "CIFAR-10 folder not found; \(install)")
+            throw EspalierError.data(file: folder, problem: "\(format.name) folder not found; \(install)")
         }
-        let names = split == .train ? (1...5).map { "data_batch_\($0).bin" } : ["test_batch.bin"]
-        let nested = (folder as NSString).appendingPathComponent("cifar-10-batches-bin")
+        let nestedDir = (folder as NSString).appendingPathComponent(nested)
         func locate(_ name: String) throws -> String {
-            for dir in [folder, nested] {
+            for dir in [folder, nestedDir] {
                 for candidate in [name, name + ".gz"] {
                     let p = (dir as NSString).appendingPathComponent(candidate)
                     if FileManager.default.fileExists(atPath: p) { return p }
                 }
             }
-            throw EspalierError.data(file: (folder as NSString).appendingPathComponent(name), problem: "CIFAR-10 file not found; \(install)")
+            throw EspalierError.data(file: (folder as NSString).appendingPathComponent(name), problem: "\(format.name) file not found; \(install)")
         }
-        let rec = cifar10RecordBytes, per = cifar10RecordsPerFile, pix = rec - 1
-        var images = [UInt8](repeating: 0, count: names.count * per * pix)  // (N, 3, 32, 32)
-        var labels = [Int32](repeating: 0, count: names.count * per)
-        for (f, name) in names.enumerated() {
+        var images = [UInt8](), labels = [Int32]()  // (N, 3, 32, 32), (N)
+        for name in names {
             let path = try locate(name)
             let reader = try ZReader(path: path)
-            let bytes = try reader.read(count: per * rec)
-            let trailing = bytes.count == per * rec ? try reader.countRemaining() : 0
-            let batch = try cifar10Batch(bytes, trailingBytes: trailing, records: per, file: path, hint: install)
-            images.withUnsafeMutableBufferPointer { dst in
-                batch.pixels.withUnsafeBufferPointer { src in
-                    dst.baseAddress!.advanced(by: f * per * pix).update(from: src.baseAddress!, count: per * pix)
-                }
+            let bytes = try reader.read(count: Int.max)
+            _ = try reader.countRemaining()   // a damaged gzip stream is reported here
+            guard !bytes.isEmpty else {
+                throw EspalierError.data(file: path, problem: "is empty; a \(format.name) file holds records of \(format.recordBytes) bytes. \(install)")
             }
-            for r in 0..<per { labels[f * per + r] = batch.labels[r] }
+            let batch = try cifarBatch(bytes, format: format, records: bytes.count / format.recordBytes, file: path, hint: install)
+            images += batch.pixels
+            labels += batch.labels
         }
-        return try Dataset(name: "cifar10 \(split.rawValue)", images: images, labels: labels, channels: 3, height: 32, width: 32,
-                           numClasses: 10, mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616],
-                           classNames: cifar10ClassNames, accountant: accountant)
+        return (images, labels)
     }
 }
 
@@ -278,7 +373,6 @@ extension Dataset {
         let size = channels * height * width
         var images = [UInt8](repeating: 0, count: count * size)  // (count, C, H, W)
         var labels = [Int32](repeating: 0, count: count)
-        var sum = [Double](repeating: 0, count: channels), sumSq = [Double](repeating: 0, count: channels)
         for i in 0..<count {
             let k = i % classes
             let look = looks[k]
@@ -291,21 +385,12 @@ extension Dataset {
                     for x in 0..<width {
                         let t = look.freq * (Float(x) * look.cosA + Float(y) * look.sinA) + phase
                         let v = look.base[c] + sign * look.amp * sin(t) + 0.08 * rng.normal()
-                        let b = UInt8(max(0, min(255, (v * 255).rounded())))
-                        images[i * size + (c * height + y) * width + x] = b
-                        let f = Double(b) / 255
-                        sum[c] += f
-                        sumSq[c] += f * f
+                        images[i * size + (c * height + y) * width + x] = UInt8(max(0, min(255, (v * 255).rounded())))
                     }
                 }
             }
         }
-        let n = Double(max(1, count * height * width))
-        let mean = (0..<channels).map { Float(sum[$0] / n) }
-        let std = (0..<channels).map { c -> Float in
-            let m = sum[c] / n
-            return Float(max(1e-3, (max(0, sumSq[c] / n - m * m)).squareRoot()))
-        }
+        let (mean, std) = channelStatistics(images, channels: channels, pixelsPerChannel: height * width)
         return try Dataset(name: "synthetic \(split.rawValue) (seed \(seed))", images: images, labels: labels,
                            channels: channels, height: height, width: width, numClasses: classes,
                            mean: mean, std: std, accountant: accountant)
