@@ -97,6 +97,7 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
         _ = try Prerequisite.espalierBinary()
         let r = try EspalierProcess.run(Self.searchArguments(out, epochs: epochs) + ["--no-supervise"], cwd: dir, environment: environment, timeout: 300)
         XCTAssertEqual(r.status, status, r.output)
+        if status == 0 { XCTAssertTrue(r.output.contains("watch it: tensorboard --logdir \(out)/tb\n"), r.output) }
     }
 
     static func searchArguments(_ out: String, epochs: Int) -> [String] {
@@ -106,6 +107,7 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
     }
 
     func testSearchOnTwoRanks_RankZeroAloneWritesTheEvents() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
         let out = path("run")
         let r = try MPIRun.run(ranks: 2, Self.searchArguments(out, epochs: 2), cwd: dir)
         XCTAssertEqual(r.status, 0, r.output)
@@ -118,6 +120,7 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
     }
 
     func testResumedSearch_ANewFile_TensorBoardDropsWhatTheStoppedRunWroteAfterItsCheckpoint() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
         let out = path("run")
         // Stopped in epoch 2 (after step 6): epoch 1 logged, the checkpoint mid-epoch 2.
         try search(out, epochs: 3, environment: ["ESPALIER_STOP_AFTER_STEPS": "6"], status: 130)
@@ -155,6 +158,7 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
     }
 
     func testSearch_WritesScalarsHistogramsAndCellImages_TensorBoardReadsThem() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
         let out = path("run")
         try search(out, epochs: 2)
         let tb = out + "/tb"
@@ -205,6 +209,7 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
     }
 
     func testTrain_WritesEpochScalarsAndTheCells_TensorBoardReadsThem() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
         let searched = path("search")
         try search(searched, epochs: 1)
         let out = path("train")
