@@ -55,8 +55,10 @@ extension SearchRun {
     /// Appends the row of the epoch just finished (the loop has advanced `epoch` past it) and
     /// redraws the plot (no output folder or a dry run: nothing).
     /// `rssPeak`: the process's peak resident set in the epoch (the log line's), if known.
-    func appendMemoryTimeline(epochPeak: Int, rssPeak: Int? = nil) throws {
-        guard let dir = outDirectory, !accountant.isDryRun else { return }
+    /// Returns the row's prediction (nil when it has none or nothing was written).
+    @discardableResult
+    func appendMemoryTimeline(epochPeak: Int, rssPeak: Int? = nil) throws -> Int? {
+        guard let dir = outDirectory, !accountant.isDryRun else { return nil }
         // The network the epoch trained and its prediction from the epoch's start (after
         // epoch_begin; a growth at the epoch's end shows in the next row).
         let start = epochStart ?? (supernet.space.cells, predictedNow())
@@ -68,6 +70,7 @@ extension SearchRun {
         rows.append(row)
         try AtomicFile.write(([MemoryTimelineRow.header] + rows.map(\.csv)).joined(separator: "\n") + "\n", to: path)
         try AtomicFile.write(Self.memorySVG(rows), to: (dir as NSString).appendingPathComponent("memory.svg"))
+        return row.predicted
     }
 
     /// The dry-run prediction for the network as it is now, plus the dataset, so it compares with

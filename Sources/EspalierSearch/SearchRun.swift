@@ -128,6 +128,8 @@ public final class SearchRun {
     /// The network this epoch trains (its cells) and its predicted peak with the dataset, taken
     /// after epoch_begin (the memory timeline's row; SearchRun+Timeline.swift).
     var epochStart: (cells: Int, predicted: Int?)? = nil
+    /// The event file of OUT/tb, opened at the first epoch's end (SearchRun+TensorBoard.swift).
+    var tensorBoard: TensorBoardWriter? = nil
     /// The largest epoch peak of this process (the accountant's, dataset included).
     public internal(set) var runPeakBytes = 0
     /// Stop (as if interrupted) after this many steps of this process; for tests.
@@ -505,6 +507,7 @@ public final class SearchRun {
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
             recordResidentSet(&log)
+            let named = values.merging(published) { own, _ in own }   // as get_value answers
             runPeakBytes = max(runPeakBytes, log.peakBytes)
             logs.append(log)
             var metrics = EpochMetrics()
@@ -524,7 +527,8 @@ public final class SearchRun {
             epoch += 1
             stepInEpoch = 0
             try appendLog(log)
-            try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
+            let predicted = try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
+            try writeTensorBoard(log, named: named, predicted: predicted)
             try checkpoint()
             progress?.epochDone(log)
             if stop { break }

@@ -355,6 +355,7 @@ struct SearchCommand: ParsableCommand {
                   return FileManager.default.fileExists(atPath: svg) ? svg : (outDir as NSString).appendingPathComponent(name + ".dot")
               }.joined(separator: ", "))
         print("train it: espalier train --genotype \((outDir as NSString).appendingPathComponent("genotype.json"))")
+        print("watch it: tensorboard --logdir \((outDir as NSString).appendingPathComponent(SearchRun.tensorBoardFolder))")
         if run.supernet.hyperConnected {
             // The genotype above is the DARTS rule on the first cell of each type; the searched network is the pruned one.
             let pruned = try run.prunedArchitecture(), path = (outDir as NSString).appendingPathComponent("pruned.json")

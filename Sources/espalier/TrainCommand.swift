@@ -1,8 +1,8 @@
 // `espalier train --genotype FILE`: builds the discrete network of a found genotype (each op with
 // the settings the search recorded for it, and per-cell op settings when it has them: FiGS's
 // exported widths; `--set OP.PARAM=V` and `--config FILE` override them), trains it from scratch
-// and saves model.safetensors (the settings used are in its metadata); `espalier eval --model
-// FILE`: evaluates a saved model.
+// and saves model.safetensors (the settings used are in its metadata), train_log.jsonl and
+// TensorBoard event files in OUT/tb; `espalier eval --model FILE`: evaluates a saved model.
 
 import ArgumentParser
 import EspalierCore
@@ -123,8 +123,16 @@ struct TrainCommand: ParsableCommand {
         let logPath = (outDir as NSString).appendingPathComponent("train_log.jsonl")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)
+        // TensorBoard (OUT/tb): the cells trained as images at step 0, each epoch's scalars at step = the epoch.
+        let tensorBoard = try TensorBoardWriter(directory: (outDir as NSString).appendingPathComponent("tb"))
+        let cellImages = Genotype.CellType.allCases.compactMap { c in g.png(cell: c).map { TensorBoardValue.image("cell/" + c.rawValue, png: $0) } }
+        if !cellImages.isEmpty { try tensorBoard.write(step: 0, values: cellImages) }
+        let predictedPeak = predicted.peakTotal + train.byteCount + test.byteCount
         let bar = ProgressBar(label: "train") { r in
             if let line = try? JSONEncoder().encode(r) { log?.write(line + Data("\n".utf8)) }
+            do { try tensorBoard.write(step: r.epoch, values: r.tensorBoardValues(predictedPeak: predictedPeak)) } catch {
+                FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
+            }
             return String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
                           r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100, r.seconds,
                           formatBytes(r.peakBytes) as NSString)

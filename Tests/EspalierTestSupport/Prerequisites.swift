@@ -65,3 +65,32 @@ public struct CheckFailed: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
+
+extension Prerequisite {
+    /// A Python that can import TensorBoard's event reader: $ESPALIER_TEST_PYTHON (.ci/run sets it
+    /// to its virtual environment's python), else python3 on PATH; `missing` when neither can.
+    public static func tensorBoardPython(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
+        let fix = "python3 -m venv .venv-ci && .venv-ci/bin/pip install tensorboard, then ESPALIER_TEST_PYTHON=$PWD/.venv-ci/bin/python (.ci/run does this)"
+        let python: String
+        if let p = environment["ESPALIER_TEST_PYTHON"], !p.isEmpty {
+            python = p
+        } else if let p = (environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").map({ "\($0)/python3" })
+                    .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) {
+            python = p
+        } else {
+            throw missing("no Python to read TensorBoard event files with: \(fix)")
+        }
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw missing("ESPALIER_TEST_PYTHON=\(python) is not an executable: \(fix)")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw missing("\(python) cannot import the tensorboard package: \(fix)") }
+        return python
+    }
+}

@@ -460,19 +460,28 @@ public struct Genotype: Codable, Equatable, Sendable {
         return nil
     }
 
-    /// `dot -Tsvg` of the DOT file at `path` (read from the file, so no stdin pipe can break), or nil if the program fails.
-    static func render(dotFile path: String, program: String) -> Data? {
+    /// The picture of `cell` as a PNG (`dot -Tpng`), or nil when Graphviz's `dot` is missing or fails.
+    public func png(cell: CellType) -> [UInt8]? {
+        guard let program = Genotype.graphvizDot() else { return nil }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-cell-\(UUID().uuidString).dot").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        guard (try? AtomicFile.write(dot(cell: cell), to: path)) != nil else { return nil }
+        return Genotype.render(dotFile: path, program: program, format: "png").map { Array($0) }
+    }
+
+    /// `dot -T<format>` of the DOT file at `path` (read from the file, so no stdin pipe can break), or nil if the program fails.
+    static func render(dotFile path: String, program: String, format: String = "svg") -> Data? {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: program)
-        p.arguments = ["-Tsvg", path]
+        p.arguments = ["-T" + format, path]
         let output = Pipe()
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = output
         p.standardError = FileHandle.nullDevice
         do { try p.run() } catch { return nil }
-        let svg = output.fileHandleForReading.readDataToEndOfFile()
+        let rendered = output.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        guard p.terminationReason == .exit, p.terminationStatus == 0, !svg.isEmpty else { return nil }
-        return svg
+        guard p.terminationReason == .exit, p.terminationStatus == 0, !rendered.isEmpty else { return nil }
+        return rendered
     }
 }

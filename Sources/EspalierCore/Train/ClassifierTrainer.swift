@@ -165,3 +165,21 @@ public final class ClassifierTrainer {
         return dry
     }
 }
+
+extension EpochReport {
+    /// The epoch as TensorBoard scalars (`espalier train` writes them to OUT/tb at step = the epoch):
+    /// loss/{train,test}, accuracy/{train,test}, learning_rate, memory/peak_bytes,
+    /// memory/peak/<category>, memory/predicted_peak_bytes (the dry run's step peak with the
+    /// datasets, when given) and time/epoch_seconds.
+    public func tensorBoardValues(predictedPeak: Int?) -> [TensorBoardValue] {
+        var v: [TensorBoardValue] = [
+            .scalar("loss/train", Float(trainLoss)), .scalar("loss/test", Float(testLoss)),
+            .scalar("accuracy/train", Float(trainAccuracy)), .scalar("accuracy/test", Float(testAccuracy)),
+            .scalar("learning_rate", learningRate), .scalar("memory/peak_bytes", Float(peakBytes)),
+            .scalar("time/epoch_seconds", Float(seconds)),
+        ]
+        if let p = predictedPeak { v.append(.scalar("memory/predicted_peak_bytes", Float(p))) }
+        for (c, bytes) in peakByCategory.sorted(by: { $0.key < $1.key }) { v.append(.scalar("memory/peak/" + c, Float(bytes))) }
+        return v
+    }
+}
