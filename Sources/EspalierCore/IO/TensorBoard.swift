@@ -55,7 +55,9 @@ public enum TFRecord {
             (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[at + $1]) << (8 * $1) }
         }
         while i < bytes.count {
-            guard i + 12 <= bytes.count else { return nil }
+            // A record is at least 16 bytes: length (8), its CRC (4), the data's CRC (4). Checked
+            // before any subtraction: a negative remainder would wrap in an unchecked build.
+            guard bytes.count - i >= 16 else { return nil }
             let length = uint(i, UInt64.self)
             guard uint(i + 8, UInt32.self) == CRC32C.masked(bytes[i..<i + 8]), length <= UInt64(bytes.count - i - 16) else { return nil }
             let start = i + 12, end = start + Int(length)
