@@ -141,7 +141,7 @@ struct Shim {
         let (params, paramCount) = list(es_param_desc.self, max: 6) { $0.param() }
         let (methods, methodCount) = list(es_dynamic_method_desc.self, max: 3) { $0.method() }
         return es_component_desc(struct_size: size, kind: kind, id: id, summary: summary, params: params, param_count: paramCount,
-                                 methods: methods, method_count: methodCount, vtable: vtable(kind: kind), user_data: nil)
+                                 methods: methods, method_count: methodCount, vtable: vtable(kind: kind), user_data: nil, method: nil)
     }
 
     mutating func plugin() -> UnsafeRawPointer {
