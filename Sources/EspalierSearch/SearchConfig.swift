@@ -23,6 +23,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     public var regularizerSettings: [String: [String: String]] = [:]
     /// Chosen dynamic methods, slot → method name (e.g. "tau.schedule" → "linear-decay").
     public var methods: [String: String] = [:]
+    /// The search method by name (`--method`, or the strategy's own method), e.g. "gdas"; nil when
+    /// the components were chosen one by one.
+    public var method: String? = nil
 
     public var dataset = "fashion-mnist"
     public var dataDir: String? = nil
@@ -34,7 +37,7 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     public var skipBadImages: Bool? = nil
     /// The training data's class names, in label order, as the run found them (written by the run).
     public var classNames: [String]? = nil
-    /// The per-channel statistics the run normalised with, measured on (or published for) the
+    /// The per-channel statistics the run normalised with, measured on the
     /// training data (written by the run; a test split is normalised with them).
     public var normalization: DataStatistics? = nil
     /// Use only the first N training images (before the 50/50 split); nil = all.
@@ -181,7 +184,7 @@ extension SearchConfig {
         case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
              momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
-             bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization
+             bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization, method
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -213,6 +216,7 @@ extension SearchConfig {
         skipBadImages = try c.decodeIfPresent(Bool.self, forKey: .skipBadImages)
         classNames = try c.decodeIfPresent([String].self, forKey: .classNames)
         normalization = try c.decodeIfPresent(DataStatistics.self, forKey: .normalization)
+        method = try c.decodeIfPresent(String.self, forKey: .method)
     }
 }
 

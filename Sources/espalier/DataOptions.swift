@@ -36,10 +36,29 @@ struct DataOptions: ParsableArguments {
     }
 }
 
-/// The `split` of the dataset `c` names. A test split is normalised with `c.normalization` when the
-/// run or the saved model recorded it (the training data's numbers), and must have `c.classNames`
-/// when those are recorded.
+extension DataOptions {
+    /// The training and test splits of `dataset` for a training command; the test split is scored
+    /// with the training split's statistics and must have its classes.
+    func trainAndTest(dataset: String, dataDir: String?, seed: UInt64, accountant acc: MemoryAccountant) throws -> (train: Dataset, test: Dataset) {
+        var c = SearchConfig()
+        c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
+        try apply(to: &c)
+        let train = try loadTrainingData(c, accountant: acc, split: .train)
+        c.classNames = train.classNames; c.normalization = DataStatistics(of: train)
+        return (train, try loadTrainingData(c, accountant: acc, split: .test))
+    }
+}
+
+/// The `split` of the dataset `c` names. A test split is always normalised with the training data's
+/// statistics: `c.normalization` when the run or the saved model recorded them, else measured on the
+/// training split now (a model saved before they were recorded); it must have `c.classNames` when
+/// those are recorded.
 func loadTrainingData(_ c: SearchConfig, accountant acc: MemoryAccountant, split: Dataset.Split = .train) throws -> Dataset {
+    if split == .test && c.normalization == nil {
+        var measured = c
+        measured.normalization = DataStatistics(of: try loadTrainingData(c, accountant: acc, split: .train))   // freed on return
+        return try loadTrainingData(measured, accountant: acc, split: .test)
+    }
     let ds: Dataset = try acc.withOwner("dataset") {
         switch c.dataset {
         case "fashion-mnist", "fmnist":

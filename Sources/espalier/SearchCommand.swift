@@ -149,6 +149,7 @@ struct SearchOptions: ParsableArguments {
         // By instance key: a regularizer selected twice keeps two sets of settings (id, id#2).
         c.regularizerSettings = Dictionary(uniqueKeysWithValues: s.regularizers.filter { !$0.settings.isEmpty }.map { ($0.instanceKey, $0.settings) })
         c.methods = s.methods.mapValues(\.name)
+        c.method = resolution.method?.name
     }
 }
 
@@ -158,7 +159,8 @@ func selectionLine(_ c: SearchConfig) -> String {
         guard let s, !s.isEmpty else { return "" }
         return " {" + s.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ") + "}"
     }
-    var parts = ["strategy \(c.strategy)\(settings(c.strategySettings))", "gate \(c.gate)\(settings(c.gateSettings))"]
+    var parts = c.method.map { ["method \($0)"] } ?? []
+    parts += ["strategy \(c.strategy)\(settings(c.strategySettings))", "gate \(c.gate)\(settings(c.gateSettings))"]
     if let g = c.channelGate { parts.append("channel gate \(g)\(settings(c.channelGateSettings))") }
     parts.append("ops " + c.space.ops.map { $0 + settings(c.opSettings[$0]) }.joined(separator: " "))
     if !c.space.mergedOps.isEmpty { parts.append("merged ops " + c.space.mergedOps.map { $0 + settings(c.opSettings[$0]) }.joined(separator: " ")) }

@@ -1,8 +1,10 @@
-// `espalier train-baseline`: trains the fixed baseline CNN on Fashion-MNIST (or CIFAR-10, or
-// synthetic data) — the engine's first real job, before search exists.
+// `espalier train-baseline`: trains the fixed baseline CNN on any dataset a search reads (Fashion-MNIST,
+// CIFAR-10/100, an image folder, an .npz, synthetic data) — the engine's first real job, before
+// search exists; its epochs in OUT/train_log.jsonl and TensorBoard's OUT/tb.
 
 import ArgumentParser
 import EspalierCore
+import EspalierSearch
 import Foundation
 
 struct TrainBaselineCommand: ParsableCommand {
@@ -10,8 +12,9 @@ struct TrainBaselineCommand: ParsableCommand {
         commandName: "train-baseline",
         abstract: "Train a small fixed CNN and report test accuracy (proves the engine on real data).")
 
-    @Option(help: "Dataset: fashion-mnist, cifar10 or synthetic.") var dataset = "fashion-mnist"
-    @Option(help: "Dataset folder (default: /usr/share/datasets/fashion-mnist for fashion-mnist).") var dataDir: String?
+    @Option(help: ArgumentHelp(datasetHelp)) var dataset = "fashion-mnist"
+    @Option(help: "Dataset folder (default: /usr/share/datasets/fashion-mnist for fashion-mnist; an .npz file for --dataset npz).") var dataDir: String?
+    @OptionGroup var data: DataOptions
     @Option(help: "Epochs.") var epochs = 4
     @Option(help: "Batch size.") var batchSize = 128
     @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
@@ -22,7 +25,8 @@ struct TrainBaselineCommand: ParsableCommand {
     @Option(help: "Memory budget, e.g. 512MiB; the run stops with an error rather than exceed it.") var memoryBudget: String?
     @Flag(help: "Random horizontal flips and 2-pixel crops.") var augment = false
     @Flag(help: "Only predict the peak memory of one training step, then exit.") var dryRun = false
-    @Option(help: "Write one JSON line per epoch to this file.") var log: String?
+    @Option(help: "Output folder for train_log.jsonl and TensorBoard's tb/ (default runs/baseline-<time>).") var out: String?
+    @Option(help: "Write the JSON lines to this file instead of OUT/train_log.jsonl.") var log: String?
 
     func run() throws {
         var config = TrainConfig()
@@ -61,13 +65,14 @@ struct TrainBaselineCommand: ParsableCommand {
         let model = try acc.withOwner("model") { try make(factory) }
         print("model: baseline CNN, \(model.parameterCount) parameters; \(epochs) epochs, batch \(batchSize), lr \(lr) cosine, SGD momentum 0.9, threads \(Parallel.workers)")
         let trainer = try ClassifierTrainer(model: model, accountant: acc, config: config)
-        var logHandle: FileHandle? = nil
-        if let log {
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            logHandle = FileHandle(forWritingAtPath: log)
-        }
+        let outDir = out ?? "runs/baseline-" + timestamp()
+        try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+        let records = try TrainingRecords(jsonl: log ?? (outDir as NSString).appendingPathComponent("train_log.jsonl"),
+                                          tensorBoardFolder: (outDir as NSString).appendingPathComponent("tb"),
+                                          predictedPeak: predicted.peakTotal + ds.byteCount + test.dataset.byteCount)
+        print("output \(outDir); watch it: tensorboard --logdir \(outDir)/tb")
         let bar = ProgressBar(label: "train") { r in
-            if let h = logHandle, let line = try? JSONEncoder().encode(r) { h.write(line + Data("\n".utf8)) }
+            records.record(r)
             return String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4f  %.1fs  peak %@",
                           r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100,
                           r.learningRate, r.seconds, formatBytes(r.peakBytes) as NSString)
@@ -80,22 +85,7 @@ struct TrainBaselineCommand: ParsableCommand {
     }
 
     func loadData(_ acc: MemoryAccountant) throws -> (DataView, DataView) {
-        let train: Dataset, test: Dataset
-        switch dataset {
-        case "fashion-mnist", "fmnist":
-            let dir = dataDir ?? Dataset.fashionMNISTFolder
-            train = try acc.withOwner("data/train") { try Dataset.fashionMNIST(folder: dir, split: .train, accountant: acc) }
-            test = try acc.withOwner("data/test") { try Dataset.fashionMNIST(folder: dir, split: .test, accountant: acc) }
-        case "cifar10", "cifar-10":
-            guard let dir = dataDir else { throw ValidationError("cifar10 needs --data-dir pointing at the folder of data_batch_*.bin") }
-            train = try acc.withOwner("data/train") { try Dataset.cifar10(folder: dir, split: .train, accountant: acc) }
-            test = try acc.withOwner("data/test") { try Dataset.cifar10(folder: dir, split: .test, accountant: acc) }
-        case "synthetic":
-            train = try acc.withOwner("data/train") { try Dataset.synthetic(count: 2000, channels: 1, height: 28, width: 28, classes: 10, seed: seed, accountant: acc) }
-            test = try acc.withOwner("data/test") { try Dataset.synthetic(count: 500, channels: 1, height: 28, width: 28, classes: 10, seed: seed, split: .test, accountant: acc) }
-        default:
-            throw ValidationError("unknown --dataset '\(dataset)'; choose fashion-mnist, cifar10 or synthetic")
-        }
+        let (train, test) = try data.trainAndTest(dataset: dataset, dataDir: dataDir, seed: seed, accountant: acc)
         var trainView = train.all, testView = test.all
         if subset > 0 { trainView = trainView.prefix(subset) }
         if testSubset > 0 { testView = testView.prefix(testSubset) }

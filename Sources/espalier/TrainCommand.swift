@@ -72,12 +72,7 @@ struct TrainCommand: ParsableCommand {
         }
         let acc = MemoryAccountant(budget: budget)
         context.begin(accountant: acc, seed: seed)
-        var c = SearchConfig()
-        c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
-        try data.apply(to: &c)
-        let train = try loadTrainingData(c, accountant: acc, split: .train)
-        c.classNames = train.classNames; c.normalization = DataStatistics(of: train)   // the test split is scored with the training numbers
-        let test = try loadTrainingData(c, accountant: acc, split: .test)
+        let (train, test) = try data.trainAndTest(dataset: dataset, dataDir: dataDir, seed: seed, accountant: acc)
         var d = NetworkDescription(genotype: g)
         d.inputChannels = train.channels; d.classes = train.numClasses; d.imageSize = train.height
         d.channels = channels; d.cells = cells ?? g.perCell?.count ?? 5
@@ -120,19 +115,13 @@ struct TrainCommand: ParsableCommand {
         if testImages > 0 { testView = testView.prefix(testImages) }
         net.stepsPerEpoch = (trainView.count + batchSize - 1) / batchSize   // the trainer keeps the last partial batch
         net.providesRunState(to: context)   // the ops' plugin calls see the real epoch and step
-        let logPath = (outDir as NSString).appendingPathComponent("train_log.jsonl")
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
         // TensorBoard (OUT/tb): the cells trained as images at step 0, each epoch's scalars at step = the epoch.
-        let tensorBoard = try TensorBoardWriter(directory: (outDir as NSString).appendingPathComponent("tb"))
         let cellImages = Genotype.CellType.allCases.compactMap { c in g.png(cell: c).map { TensorBoardValue.image("cell/" + c.rawValue, png: $0) } }
-        if !cellImages.isEmpty { try tensorBoard.write(step: 0, values: cellImages) }
-        let predictedPeak = predicted.peakTotal + train.byteCount + test.byteCount
+        let records = try TrainingRecords(jsonl: (outDir as NSString).appendingPathComponent("train_log.jsonl"),
+                                          tensorBoardFolder: (outDir as NSString).appendingPathComponent("tb"),
+                                          predictedPeak: predicted.peakTotal + train.byteCount + test.byteCount, images: cellImages)
         let bar = ProgressBar(label: "train") { r in
-            if let line = try? JSONEncoder().encode(r) { log?.write(line + Data("\n".utf8)) }
-            do { try tensorBoard.write(step: r.epoch, values: r.tensorBoardValues(predictedPeak: predictedPeak)) } catch {
-                FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
-            }
+            records.record(r)
             return String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
                           r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100, r.seconds,
                           formatBytes(r.peakBytes) as NSString)

@@ -1,6 +1,7 @@
 // `espalier train-pruned --pruned OUT/pruned.json`: Bonsai-Net's derived network (the
 // hyper-connected network as the search pruned it: surviving ops per edge and inter-cell inputs
-// per cell, each summed with weight 1) trained from scratch, then its test accuracy.
+// per cell, each summed with weight 1) trained from scratch, then its test accuracy; its epochs in
+// train_pruned_log.jsonl and in TensorBoard's OUT/tb/train-pruned (beside the search's own OUT/tb).
 
 import ArgumentParser
 import EspalierCore
@@ -24,7 +25,7 @@ struct TrainPrunedCommand: ParsableCommand {
     @Option(help: "Use only the first N training images (0 = all).") var trainImages = 0
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Random seed.") var seed: UInt64 = 0
-    @Option(help: "Folder for pruned-model.safetensors (default: the folder of --pruned).") var out: String?
+    @Option(help: "Folder for pruned-model.safetensors, train_pruned_log.jsonl and tb/train-pruned (default: the folder of --pruned).") var out: String?
 
     func run() throws {
         var arch = try PrunedArchitecture.load(path: pruned)
@@ -33,15 +34,14 @@ struct TrainPrunedCommand: ParsableCommand {
         let registry = dirs.loadRegistry(context: context)
         let acc = MemoryAccountant()
         context.begin(accountant: acc, seed: seed)
-        var c = SearchConfig()
-        c.dataset = dataset; c.dataDir = dataDir; c.seed = seed
-        try data.apply(to: &c)
-        let train = try loadTrainingData(c, accountant: acc, split: .train)
-        c.classNames = train.classNames; c.normalization = DataStatistics(of: train)   // the test split is scored with the training numbers
-        let test = try loadTrainingData(c, accountant: acc, split: .test)
+        let (train, test) = try data.trainAndTest(dataset: dataset, dataDir: dataDir, seed: seed, accountant: acc)
         arch.space.inputChannels = train.channels; arch.space.classes = train.numClasses
         var config = TrainConfig()
         config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.seed = seed
+        let predicted = try ClassifierTrainer.predictStepPeak(config: config, inputShape: [batchSize, train.channels, train.height, train.width]) { f in
+            try PrunedNetwork(arch, registry: registry, context: HostContext(accountant: f.accountant, seed: seed), seed: seed)
+        }
+        print("predicted peak of one training step: \(formatBytes(predicted.peakTotal)) + datasets \(formatBytes(train.byteCount + test.byteCount))")
         let net = try acc.withOwner("model") { try PrunedNetwork(arch, registry: registry, context: context, seed: seed) }
         print("pruned network: \(arch.space.cells) cells, \(arch.opCount) ops on edges, \(arch.inputCount) inter-cell inputs, \(net.parameterCount) parameters; "
               + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine")
@@ -49,16 +49,20 @@ struct TrainPrunedCommand: ParsableCommand {
         var trainView = train.all, testView = test.all
         if trainImages > 0 { trainView = trainView.prefix(trainImages) }
         if testImages > 0 { testView = testView.prefix(testImages) }
+        let outDir = out ?? (pruned as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: outDir.isEmpty ? "." : outDir, withIntermediateDirectories: true)
+        let records = try TrainingRecords(jsonl: (outDir as NSString).appendingPathComponent("train_pruned_log.jsonl"),
+                                          tensorBoardFolder: (outDir as NSString).appendingPathComponent("tb/train-pruned"),
+                                          predictedPeak: predicted.peakTotal + train.byteCount + test.byteCount)
         let bar = ProgressBar(label: "train") { r in
-            String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
+            records.record(r)
+            return String(format: "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1fs  peak %@",
                    r.epoch, self.epochs, r.trainLoss, r.trainAccuracy * 100, r.testLoss, r.testAccuracy * 100, r.seconds, formatBytes(r.peakBytes) as NSString)
         }
         let started = DispatchTime.now().uptimeNanoseconds
         let reports = try trainer.fit(train: trainView, test: testView, progress: bar)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let accuracy = reports.last?.testAccuracy ?? 0
-        let outDir = out ?? (pruned as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: outDir.isEmpty ? "." : outDir, withIntermediateDirectories: true)
         let modelPath = (outDir as NSString).appendingPathComponent("pruned-model.safetensors")
         try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned]
                         .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })

@@ -42,7 +42,8 @@ final class DataSourcesCLITests: TemporaryDirectoryTestCase {
         try DataFixtures.cifar10(at: path("c10"), perBatch: 60, test: 300)
         let c10 = try search(["--dataset", "cifar10", "--data-dir", path("c10")], out: "run-c10")
         XCTAssertEqual(c10.classNames, Dataset.cifar10ClassNames)
-        XCTAssertEqual(c10.normalization?.mean, [0.4914, 0.4822, 0.4465])
+        XCTAssertEqual(c10.normalization, DataStatistics(of: try Dataset.cifar10(folder: path("c10"), split: .train, accountant: MemoryAccountant())))
+        XCTAssertNotEqual(c10.normalization?.mean, [0.4914, 0.4822, 0.4465], "measured, not CIFAR-10's published numbers")
 
         try DataFixtures.cifar100(at: path("c100"), train: 64, test: 16)
         let c100 = try search(["--dataset", "cifar100", "--data-dir", path("c100")], out: "run-c100")
@@ -68,6 +69,15 @@ final class DataSourcesCLITests: TemporaryDirectoryTestCase {
         // The same accuracy line as training's last test score: the same test images, normalised alike.
         let trained = try XCTUnwrap(file.metadata["espalier.test_accuracy"].flatMap(Double.init))
         XCTAssertTrue(o2.contains(String(format: "accuracy %.2f%%", trained * 100)), "train said \(trained): \(o2)")
+        // A model saved before the statistics were recorded is scored with the training split's, measured now:
+        // the same accuracy, not the test split's own numbers.
+        var old = file
+        old.metadata["espalier.normalization"] = nil
+        try FileManager.default.createDirectory(atPath: path("old"), withIntermediateDirectories: true)
+        try old.write(path: path("old/model.safetensors"))
+        let (s4, o4) = try EspalierProcess.run(["eval", "--model", path("old")] + data, cwd: dir)
+        XCTAssertEqual(s4, 0, o4)
+        XCTAssertTrue(o4.contains(String(format: "accuracy %.2f%%", trained * 100)), "train said \(trained): \(o4)")
         // Another dataset's classes are refused by name.
         let (s3, o3) = try EspalierProcess.run(["eval", "--model", path("model"), "--dataset", "synthetic"], cwd: dir)
         XCTAssertNotEqual(s3, 0, o3)

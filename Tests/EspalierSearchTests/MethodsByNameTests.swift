@@ -4,6 +4,7 @@
 // an explicit flag overrides one default; short names; "did you mean" on a typo; `--add-op`; the
 // METHODS table of `espalier plugins`; and the search's own path (`espalier memory`).
 
+import EspalierSearch
 import EspalierTestSupport
 import Foundation
 import XCTest
@@ -168,14 +169,27 @@ final class MethodsByNameTests: TemporaryDirectoryTestCase {
     func testSearchPath_UsesTheMethod_WithFlagsOverIt() throws {
         let gdas = try espalier(["memory", "--method", "gdas", "--channels", "4", "--cells", "3", "--batch-size", "4"])
         XCTAssertEqual(gdas.status, 0, gdas.output)
-        XCTAssertTrue(gdas.output.contains("selection: strategy espalier.strategy.gdas/1; gate espalier.gate.gdas/1; ops espalier.op.none/1 "), gdas.output)
+        XCTAssertTrue(gdas.output.contains("selection: method gdas; strategy espalier.strategy.gdas/1; gate espalier.gate.gdas/1; ops espalier.op.none/1 "), gdas.output)
         let beta = try espalier(["memory", "--method", "betadarts", "--set", "beta-decay.lambda=3", "--channels", "4", "--cells", "3", "--batch-size", "4"])
         XCTAssertEqual(beta.status, 0, beta.output)
         XCTAssertTrue(beta.output.contains("; regularizers espalier.regularizer.beta-decay/1 {lambda=3}"), beta.output)
-        XCTAssertTrue(beta.output.contains("selection: strategy espalier.strategy.darts/1;"), beta.output)
+        XCTAssertTrue(beta.output.contains("selection: method betadarts; strategy espalier.strategy.darts/1;"), beta.output)
         let merged = try espalier(["memory", "--method", "mergenas", "--channels", "4", "--cells", "3", "--batch-size", "4"])
         XCTAssertEqual(merged.status, 0, merged.output)
         XCTAssertTrue(merged.output.contains("; merged ops espalier.op.mergenas_conv/1"), merged.output)
+    }
+
+    func testSearch_RecordsTheMethodInConfigJSON() throws {
+        let dir = NSTemporaryDirectory() + "espalier-method-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (args, method) in [(["--method", "gdas"], "gdas"), (["--strategy", "darts"], nil as String?)] {
+            let out = dir + "/" + (method ?? "none")
+            let r = try espalier(["search", "--dataset", "synthetic", "--train-images", "32", "--eval-images", "16", "--channels", "4", "--cells", "2",
+                                  "--nodes", "2", "--batch-size", "8", "--epochs", "1", "--no-supervise", "--out", out] + args)
+            XCTAssertEqual(r.status, 0, r.output)
+            let config = try JSONDecoder().decode(SearchConfig.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/config.json")))
+            XCTAssertEqual(config.method, method, "--method is recorded with the run")
+        }
     }
 
     func testPluginsListsAMethodsTable() throws {

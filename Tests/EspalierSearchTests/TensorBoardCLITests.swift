@@ -1,10 +1,12 @@
-// `espalier search` and `espalier train` write TensorBoard event files in OUT/tb, read back here
+// `espalier search`, `train`, `train-pruned` and `train-baseline` write TensorBoard event files
+// (OUT/tb; train-pruned beside its search's, in OUT/tb/train-pruned), read back here
 // with TensorBoard's own reader (EventAccumulator, in a Python subprocess that prints JSON): the
 // scalars equal log.jsonl's / train_log.jsonl's (as float32), step = the epoch; α's histograms
 // count the logged α; the cell pictures are PNGs of the size `dot -Tpng` renders. Without Python
 // or the tensorboard package the test is a Prerequisite (a failure under CI, which installs it).
 
 import EspalierCore
+import EspalierSearch
 import EspalierTestSupport
 import Foundation
 import XCTest
@@ -234,5 +236,48 @@ final class TensorBoardCLITests: TemporaryDirectoryTestCase {
             XCTAssertEqual(images.first.map { [$0.width, $0.height] }, try dotPNGSize(searched + "/genotype_\(cell).dot"))
         }
         XCTAssertTrue(e.histograms.isEmpty)
+    }
+
+    /// Each epoch of a training command's JSON lines is in TensorBoard, with the prediction every epoch.
+    func assertTrainingEpochs(_ events: String, _ jsonl: String, epochs: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let e = try readEvents(events)
+        let log = try jsonLines(jsonl)
+        XCTAssertEqual(log.count, epochs, file: file, line: line)
+        assertLogged(e, log, ["loss/train": "trainLoss", "loss/test": "testLoss", "accuracy/train": "trainAccuracy",
+                              "accuracy/test": "testAccuracy", "learning_rate": "learningRate", "memory/peak_bytes": "peakBytes"],
+                     maps: ["memory/peak/": "peakByCategory"], file: file, line: line)
+        let predicted = e.series("memory/predicted_peak_bytes")
+        XCTAssertEqual(predicted.map(\.step), Array(1...epochs), file: file, line: line)
+        XCTAssertGreaterThan(predicted.first?.value ?? 0, 0, file: file, line: line)
+    }
+
+    func testTrainPruned_WritesItsEpochsBesideTheSearch_TensorBoardReadsThem() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
+        // A pruned hyper-connected network as a Bonsai search leaves it: one op per edge, each cell fed by its first source.
+        var space = SearchConfig().space
+        space.channels = 4; space.nodes = 2; space.multiplier = 2; space.stemMultiplier = 1; space.cells = 3
+        space.ops = ["max_pool_3x3", "skip_connect", "sep_conv_3x3"].map { "espalier.op.\($0)/1" }
+        space.hyperConnected = true
+        let arch = PrunedArchitecture(space: space, ops: (0..<3).map { _ in Array(repeating: ["sep_conv_3x3"], count: space.edgesPerCell) },
+                                      inputs: [[0], [0], [0]])
+        try FileManager.default.createDirectory(atPath: path("search/tb"), withIntermediateDirectories: true)
+        try arch.save(path: path("search/pruned.json"))
+        let r = try EspalierProcess.run(["train-pruned", "--pruned", path("search/pruned.json"), "--dataset", "synthetic", "--epochs", "2",
+                                         "--batch-size", "16", "--train-images", "64", "--test-images", "32"], cwd: dir, timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("predicted peak of one training step: "), r.output)
+        try assertTrainingEpochs(path("search/tb/train-pruned"), path("search/train_pruned_log.jsonl"), epochs: 2)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("search/tb")), ["train-pruned"], "a run of its own, the search's files untouched")
+    }
+
+    func testTrainBaseline_OnAnNPZ_WritesItsEpochs_TensorBoardReadsThem() throws {
+        _ = try Prerequisite.tensorBoardPython()   // before the runs, so a missing reader is said at once
+        try Data(try DataFixtures.npz(train: 48, test: 16, classes: 3)).write(to: URL(fileURLWithPath: path("d.npz")))
+        let r = try EspalierProcess.run(["train-baseline", "--dataset", "npz", "--data-dir", path("d.npz"), "--epochs", "2", "--batch-size", "16",
+                                         "--width", "4", "--out", path("baseline")], cwd: dir, timeout: 300)
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("48 training and 16 test images of 3×8×8, 3 classes"), r.output)
+        XCTAssertTrue(r.output.contains("watch it: tensorboard --logdir \(path("baseline"))/tb"), r.output)
+        try assertTrainingEpochs(path("baseline/tb"), path("baseline/train_log.jsonl"), epochs: 2)
     }
 }

@@ -19,10 +19,10 @@ public final class Dataset: CustomStringConvertible {
     public let images: [UInt8]
     /// labels: (count), each in 0..<numClasses
     public let labels: [Int32]
-    /// Per-channel mean and standard deviation of pixel/255, used to normalise batches. Fashion-MNIST
-    /// and CIFAR-10 carry the published statistics of their training sets; the other datasets measure
-    /// the split they hold (`channelStatistics`), so a test split is given its training split's numbers
-    /// with `useStatistics` (what `espalier train` does, and `espalier eval` from the saved model).
+    /// Per-channel mean and standard deviation of pixel/255, used to normalise batches. Every loader
+    /// measures the split it holds (`channelStatistics`), none assumes published numbers; a test split
+    /// is given its training split's numbers with `useStatistics` (what `espalier train` does, and
+    /// `espalier eval` from the saved model).
     public private(set) var mean: [Float]
     public private(set) var std: [Float]
     public let classNames: [String]
@@ -193,8 +193,9 @@ extension Dataset {
         if let bad = lab.firstIndex(where: { $0 >= 10 }) {
             throw EspalierError.data(file: labelsPath, problem: "label \(lab[bad]) at index \(bad); Fashion-MNIST labels are 0…9")
         }
+        let (mean, std) = channelStatistics(img.pixels, channels: 1, pixelsPerChannel: 28 * 28)
         return try Dataset(name: "fashion-mnist \(split.rawValue)", images: img.pixels, labels: lab.map { Int32($0) },
-                           channels: 1, height: 28, width: 28, numClasses: 10, mean: [0.2860], std: [0.3530],
+                           channels: 1, height: 28, width: 28, numClasses: 10, mean: mean, std: std,
                            classNames: fashionMNISTClassNames, accountant: accountant)
     }
 }
@@ -280,8 +281,9 @@ extension Dataset {
             + "extract it, and pass --data-dir with the folder holding data_batch_1.bin … test_batch.bin"
         let names = split == .train ? (1...5).map { "data_batch_\($0).bin" } : ["test_batch.bin"]
         let (images, labels) = try readCIFAR(format: .cifar10, folder: folder, names: names, nested: "cifar-10-batches-bin", install: install)
+        let (mean, std) = channelStatistics(images, channels: 3, pixelsPerChannel: 32 * 32)
         return try Dataset(name: "cifar10 \(split.rawValue)", images: images, labels: labels, channels: 3, height: 32, width: 32,
-                           numClasses: 10, mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616],
+                           numClasses: 10, mean: mean, std: std,
                            classNames: cifar10ClassNames, accountant: accountant)
     }
 
