@@ -19,21 +19,37 @@ final class ParamHandle {
     }
 }
 
-/// A graph being built by a composed op: values are indices into `values`.
+/// A graph being built by a composed op: values are indices into `values`; `recorder` traces the
+/// build into the op's IR with the same numbering (OpIR.swift).
 final class GraphBuild {
     let graph: Graph
+    /// The op's owner path: its parameters' names below it are the IR's leaf names.
+    let ownerPath: String
+    /// A trace only (`PluginOp.ir`): a gate the run lacks stands in as a value of the logits' shape.
+    let traceOnly: Bool
     var values: [Variable] = []
+    let recorder = OpIRRecorder()
     /// The first primitive that failed in this build (an op must not continue past it).
     var failure: String?
-    init(graph: Graph) { self.graph = graph }
+    init(graph: Graph, ownerPath: String = "", traceOnly: Bool = false) { self.graph = graph; self.ownerPath = ownerPath; self.traceOnly = traceOnly }
     var opaque: es_graph { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
-    func handle(_ v: Variable) -> es_value { values.append(v); return OpaquePointer(bitPattern: values.count)! }
-    func value(_ h: es_value?) throws -> Variable {
+    private func handle(_ v: Variable) -> es_value { values.append(v); return OpaquePointer(bitPattern: values.count)! }
+    /// A leaf of the IR (the input, the mixing weights, a parameter or buffer).
+    func leaf(_ v: Variable, _ source: OpIR.Source) -> es_value { recorder.leaf(source, shape: v.shape); return handle(v) }
+    /// A node of the IR: primitive applied to `inputs` (handles), giving `v`.
+    func node(_ v: Variable, _ primitive: String, role: String? = nil, inputs: [es_value?], attributes: [String: Double] = [:],
+              flops: Int, keptBytes: Int) throws -> es_value {
+        let indices = try inputs.map { try index($0) }
+        recorder.node(primitive, role: role, inputs: indices, attributes: attributes, output: v.value, flops: flops, keptBytes: keptBytes)
+        return handle(v)
+    }
+    func index(_ h: es_value?) throws -> Int {
         guard let h, case let i = Int(bitPattern: UnsafeRawPointer(h)) - 1, i >= 0, i < values.count else {
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "not a value of this graph")
         }
-        return values[i]
+        return i
     }
+    func value(_ h: es_value?) throws -> Variable { values[try index(h)] }
 }
 
 struct HostCallError: Error {
@@ -386,7 +402,11 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             a[String(cString: n)] = attrs![i].value
         }
         do {
-            out.pointee = build.handle(try Primitives.apply(name, build.graph, xs, a))
+            let before = build.graph.accountant.currentTotal
+            let y = try Primitives.apply(name, build.graph, xs, a)
+            let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
+            out.pointee = try build.node(y, name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, flops: flops,
+                                         keptBytes: build.graph.accountant.currentTotal - before)
         } catch let e as EspalierError {
             build.failure = build.failure ?? "\(name): \(e)"
             throw HostCallError(ES_ERROR_SHAPE, "\(name): \(e)")
@@ -404,7 +424,9 @@ private let hostGraphParam: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
         guard let graph, let h = ParamHandle.from(param), let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_param needs a graph, a parameter and an out pointer") }
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let v = h.isBuffer ? build.graph.constant(h.parameter.value) : build.graph.param(h.parameter)
-        out.pointee = build.handle(v)
+        let prefix = build.ownerPath + "/"
+        let name = h.parameter.name.hasPrefix(prefix) ? String(h.parameter.name.dropFirst(prefix.count)) : h.parameter.name
+        out.pointee = build.leaf(v, h.isBuffer ? .buffer(name) : .parameter(name))
     }
 }
 
@@ -423,14 +445,22 @@ private let hostGraphGate: @convention(c) (UnsafeMutableRawPointer?, es_graph?, 
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: role)
         let l = try build.value(logits)
+        let before = build.graph.accountant.currentTotal, flopsBefore = build.graph.flops
         guard let gate = try ctx.gate(role: name, count: l.value.count) else {
+            if build.traceOnly {
+                // Traced without a run: the gate's weights stand in as a value of the logits' shape.
+                let w = build.graph.constant(try Tensor(shape: l.shape, category: .activations, accountant: build.graph.accountant))
+                out.pointee = try build.node(w, "gate", role: name, inputs: [logits], flops: 0, keptBytes: build.graph.accountant.currentTotal - before)
+                return
+            }
             let roles = Set(ctx.gatesByRole.keys).union(ctx.gateMakersByRole.keys).sorted()
             throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(name)'" + (roles.isEmpty ? "" : "; roles: \(roles.joined(separator: ", "))"))
         }
         // The gate's (rows, cols) weights in the logits' own shape.
         var w = try gate(build.graph, l).weights
         if w.shape != l.shape { w = try build.graph.reshape(w, l.shape) }
-        out.pointee = build.handle(w)
+        out.pointee = try build.node(w, "gate", role: name, inputs: [logits], flops: build.graph.flops - flopsBefore,
+                                     keptBytes: build.graph.accountant.currentTotal - before)
     }
 }
 

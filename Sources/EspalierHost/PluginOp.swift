@@ -2,7 +2,8 @@
 // (destroyed in deinit), its declared parameters, and `callAsFunction`, which applies the op in
 // a Graph. Composed ops are built from host primitives (the engine differentiates them); raw ops
 // get host-allocated buffers, run only outside dry runs, and are differentiated by their own
-// backward kernel, wired into the tape here.
+// backward kernel, wired into the tape here. Every composed build is traced into the op's IR
+// (OpIR.swift): the first per input shape is kept, every later one must have its structure.
 
 import CEspalierSDK
 import EspalierCore
@@ -28,6 +29,21 @@ public final class PluginOp {
     let owner: Int32
     /// Every parameter with the text it was created with (defaults included).
     public let settings: [String: String]
+    /// The channels and stride it was created with (the stride is part of its IR's key).
+    public let config: OpConfig
+    public var stride: Int { config.stride }
+    /// The IR of its latest build in a run (nil before one).
+    public private(set) var latestIR: OpIR?
+    /// The IR of each build so far, by (input shape, training, mixed): later builds are checked against it.
+    private var builds: [IRKey: OpIR] = [:]
+    /// IRs traced on their own (`ir(inputShape:training:)`), by the same key.
+    private var traces: [IRKey: OpIR] = [:]
+
+    private struct IRKey: Hashable {
+        let shape: [Int]
+        let training: Bool
+        let mixed: Bool
+    }
 
     /// Makes an instance under owner path `ownerPath` (e.g. "cell0/edge3/swish").
     public init(_ component: Component, context: HostContext, config: OpConfig, settings: [String: String] = [:], ownerPath: String) throws {
@@ -36,6 +52,7 @@ public final class PluginOp {
         self.context = context
         self.table = table
         self.ownerPath = ownerPath
+        self.config = config
         let params = try ResolvedParams(component: component, settings: settings)
         self.settings = params.texts
         let acc = context.accountant
@@ -82,7 +99,7 @@ public final class PluginOp {
     public func callAsFunction(_ g: Graph, _ x: Variable, mixingWeights w: Variable) throws -> Variable {
         guard let fn = table.build_mixed else { throw PluginLoadError("\(component.id) does not take mixing weights (no build_mixed)") }
         return try g.accountant.withOwnerID(owner) {
-            try buildComposed(g, x, extra: w) { build, input, extra, out in fn(instance, build, input, extra, out) }
+            try buildComposed(g, x, extra: w) { [instance] build, input, extra, out in fn(instance, build, input, extra, out) }
         }
     }
 
@@ -90,11 +107,30 @@ public final class PluginOp {
         try buildComposed(g, x, extra: nil) { [table, instance] build, input, _, out in table.build!(instance, build, input, out) }
     }
 
+    /// Builds the op in `g` and checks the build against the first one on this input shape.
     private func buildComposed(_ g: Graph, _ x: Variable, extra: Variable?,
                                _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> Variable {
-        let build = GraphBuild(graph: g)
-        let input = build.handle(x)
-        let extraHandle = extra.map { build.handle($0) }
+        let (y, ir) = try traceBuild(g, x, extra: extra, traceOnly: false, call)
+        latestIR = ir
+        let key = IRKey(shape: x.shape, training: g.training, mixed: extra != nil)
+        if let known = builds[key] {
+            guard known.sameStructure(as: ir) else {
+                throw PluginCallError(status: ES_ERROR_INVALID_ARGUMENT, context: "\(component.id): build at \(ownerPath)",
+                                      message: "the build on input \(PluginShape.text(x.shape)) differs from its first: \(known.difference(from: ir)); "
+                                      + "a composed op must build the same primitives for the same input shape (read settings in create, not in build)")
+            }
+        } else {
+            builds[key] = ir
+        }
+        return y
+    }
+
+    /// Runs the plugin's build in `g`, recording its IR.
+    private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool,
+                            _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIR) {
+        let build = GraphBuild(graph: g, ownerPath: ownerPath, traceOnly: traceOnly)
+        let input = build.leaf(x, .input)
+        let extraHandle = extra.map { build.leaf($0, .mixingWeights) }
         var out: es_value? = nil
         let previous = GraphBuild.current
         GraphBuild.current = build
@@ -104,7 +140,52 @@ public final class PluginOp {
             throw PluginCallError(status: ES_ERROR_INVALID_ARGUMENT, context: "\(component.id): build at \(ownerPath)",
                                   message: failure + " (the op went on after this error)")
         }
-        return try build.value(out)
+        let y = try build.value(out), index = try build.index(out)
+        build.values.removeAll()   // what the tape does not keep is freed now, before the IR counts what stays
+        return (y, build.recorder.ir(op: component.id, stride: stride, training: g.training, output: index))
+    }
+
+    /// The IR of its latest build, else traced on a small input of its channels (2, C, 8, 8).
+    public func currentIR() throws -> OpIR { try latestIR ?? ir(inputShape: [2, config.inChannels, 8, 8]) }
+
+    /// The op's IR on an input of `inputShape` (N, C, H, W), traced once in a dry run of its own
+    /// (nothing computed or allocated; a gate the run lacks stands in as a value). A raw op is one
+    /// opaque node with its declared output shape and `saves`.
+    public func ir(inputShape: [Int], training: Bool = true) throws -> OpIR {
+        let key = IRKey(shape: inputShape, training: training, mixed: false)
+        if let hit = traces[key] { return hit }
+        guard inputShape.count == 4, PluginShape.problem(inputShape) == nil, inputShape.allSatisfy({ $0 > 0 }) else {
+            throw PluginLoadError("an op's IR needs an input shape N,C,H,W of positive sizes; got \(PluginShape.text(inputShape))")
+        }
+        let dry = MemoryAccountant(mode: .dryRun)
+        let g = Graph(accountant: dry)
+        g.training = training
+        let x = try g.leaf(Tensor(shape: inputShape, category: .activations, accountant: dry))
+        let ir: OpIR = try dry.withOwner(ownerPath) {
+            guard isComposed else { return try rawIR(g, x) }
+            guard let build = table.build else {
+                throw PluginLoadError("\(component.id) builds only with an edge's mixing weights (build_mixed): it has no IR of its own")
+            }
+            let instance = self.instance
+            return try traceBuild(g, x, extra: nil, traceOnly: true) { b, input, _, out in build(instance, b, input, out) }.1
+        }
+        traces[key] = ir
+        return ir
+    }
+
+    /// A raw op as one opaque node: its parameters and buffers as leaves, its declared output.
+    private func rawIR(_ g: Graph, _ x: Variable) throws -> OpIR {
+        let recorder = OpIRRecorder()
+        recorder.leaf(.input, shape: x.shape)
+        let prefix = ownerPath + "/"
+        for d in declared {
+            let name = d.parameter.name.hasPrefix(prefix) ? String(d.parameter.name.dropFirst(prefix.count)) : d.parameter.name
+            recorder.leaf(d.isBuffer ? .buffer(name) : .parameter(name), shape: d.parameter.shape)
+        }
+        let before = g.accountant.currentTotal
+        let y = try applyRaw(g, x, state: context.runState())
+        recorder.node("raw", inputs: Array(0...declared.count), attributes: [:], output: y.value, flops: 0, keptBytes: g.accountant.currentTotal - before)
+        return recorder.ir(op: component.id, stride: stride, training: g.training, output: declared.count + 1, rawSaves: table.saves)
     }
 
     private func applyRaw(_ g: Graph, _ x: Variable, state: RunState) throws -> Variable {

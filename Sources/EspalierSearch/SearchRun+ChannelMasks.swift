@@ -1,13 +1,16 @@
-// Channel masks (FiGS) in the common trainer: cost targets for the expected-cost regularizer and
-// the export of the found network. Ops that gate their own channels (the FiGS ops of
-// Plugins/figs) declare mask logits named "mask_mid.logits" (M) and "mask_out.logits" (C); their
-// convolutions are found by the names the FiGS ops give them.
+// Channel masks in the common trainer: cost targets for the expected-cost regularizer and the
+// export of the found network. An op gates its own channels when its IR has a channel mask (a
+// gate on a parameter scaling a value's channels: OpIR+ChannelMasks.swift); any such op, FiGS's or
+// a third party's, gets parameter targets for its masked convolutions, read from the IR. The
+// FLOPs and memory targets and the export still know FiGS's ops by their masks' names
+// ("mask_mid.logits" (M) and "mask_out.logits" (C)) and their `mid_channels` setting.
 //
 // Targets. After every backward the host hands each gate-weight regularizer targets
 // (ES_TARGET_GATE_WEIGHTS; parts = the logits ν of masks, costs = per-channel unit costs of the
 // same shapes, grads = the logits' gradients, which the weight step then applies). The
 // regularizer's expected cost of a target is Π_parts Σ_i c_i·σ(ν_i).
-//   Parameters, per masked convolution ("channels/OP_PATH/CONV/params"):
+//   Parameters, per masked convolution ("channels/OP_PATH/CONV/params", CONV its weight's name),
+//   from the IR (`MaskedConvolution.parameterCostParts`); for FiGS's ops:
 //   figs_sep_conv   pw1 (C → M, in unmasked):  parts [ν_mid], cost C·k_h·k_w each      → C·Σπ_mid
 //                   dw2 (depthwise on M):      parts [ν_mid], cost k_h·k_w each        → k²·Σπ_mid
 //                   pw2 (M → C):               parts [ν_mid, ν_out], costs 1, 1        → Σπ_mid·Σπ_out
@@ -42,6 +45,7 @@ import Foundation
 
 /// One op with channel masks: its owner path and parameters by the op's own names, and where it sits.
 struct ChannelMaskedOp {
+    let op: PluginOp
     let path: String
     let id: String
     let params: [String: Parameter]
@@ -51,16 +55,14 @@ struct ChannelMaskedOp {
 }
 
 extension Supernet {
-    /// Every op in the supernet that declares "mask_out.logits".
+    /// Every op in the supernet whose IR has a channel mask (a gate on a parameter scaling a value's channels).
     func channelMaskedOps() -> [ChannelMaskedOp] {
         var out: [ChannelMaskedOp] = []
         for cell in cells {
             for (e, edge) in cell.edges.enumerated() {
                 for case let (o, op?) in edge.ops.enumerated() {
-                    let byName = Self.maskParameters(op)
-                    if byName["mask_out.logits"] != nil {
-                        out.append(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: byName, cell: cell, edge: e, column: o))
-                    }
+                    guard let ir = try? op.currentIR(), !ir.channelMasks.isEmpty else { continue }
+                    out.append(ChannelMaskedOp(op: op, path: op.ownerPath, id: op.component.id, params: Self.maskParameters(op), cell: cell, edge: e, column: o))
                 }
             }
         }
@@ -122,21 +124,22 @@ extension SearchRun {
             try Tensor.from([Float](repeating: value, count: p.count), shape: p.shape, category: .workspace, accountant: accountant)
         }
         for op in supernet.channelMaskedOps() {
-            let out = op.params["mask_out.logits"]!
-            let mid = op.params["mask_mid.logits"]
-            if let mid, let pw1 = op.params["pw1.weight"], let dw2 = op.params["dw2.weight"], op.params["pw2.weight"] != nil {
-                let cIn = Float(pw1.shape[1] * pw1.shape[2] * pw1.shape[3]), k2 = Float(dw2.shape[2] * dw2.shape[3])
-                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw1/params", values: [mid.value],
-                                                 grads: [try grad(mid)], costs: [try constant(cIn, like: mid)]))
-                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/dw2/params", values: [mid.value],
-                                                 grads: [try grad(mid)], costs: [try constant(k2, like: mid)]))
-                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw2/params", values: [mid.value, out.value],
-                                                 grads: [try grad(mid), try grad(out)], costs: [try constant(1, like: mid), try constant(1, like: out)]))
-            } else if let pw = op.params["pw.weight"] {
-                let cIn = Float(pw.shape[1] * pw.shape[2] * pw.shape[3])
-                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/pw/params", values: [out.value],
-                                                 grads: [try grad(out)], costs: [try constant(cIn, like: out)]))
+            // Parameters: every convolution with masked input or output channels, read from the op's IR.
+            for conv in try op.op.currentIR().maskedConvolutions {
+                let parts = try conv.parameterCostParts.map { part -> (Parameter, Float) in
+                    guard let p = op.params[part.mask.logits] else {
+                        throw EspalierError.invalidArgument("\(op.path): the IR's mask \(part.mask.logits) is not a parameter of the op")
+                    }
+                    return (p, Float(part.cost))
+                }
+                guard !parts.isEmpty else { continue }
+                let name = conv.weight.hasSuffix(".weight") ? String(conv.weight.dropLast(".weight".count)) : conv.weight
+                targets.append(RegularizerTarget(kind: .gateWeights, name: "channels/\(op.path)/\(name)/params", values: parts.map(\.0.value),
+                                                 grads: try parts.map { try grad($0.0) }, costs: try parts.map { try constant($0.1, like: $0.0) }))
             }
+            // FLOPs, memory and the concat block: FiGS's ops (their masks' names), until the IR prices them too.
+            guard let out = op.params["mask_out.logits"] else { continue }
+            let mid = op.params["mask_mid.logits"]
             // Concat aggregator: the op's block of its node's 1×1 conv, C_node weights per kept output channel.
             let column = op.cell.edges[op.edge].concatColumns[op.column]
             if let column {
@@ -198,9 +201,9 @@ extension SearchRun {
     /// logits. Their gradients (the data loss through the gate plus the cost regularizer, one per
     /// channel of every op) would otherwise dominate the norm, so the clip would cap how far any
     /// mask can move in a run and shrink the other weights' steps with it.
-    var clippedWeights: [Parameter] {
+    public var clippedWeights: [Parameter] {
         let masks = Set(supernet.channelMaskedOps().flatMap { op in
-            op.params.filter { $0.key.hasPrefix("mask_") && $0.key.hasSuffix(".logits") }.values.map(ObjectIdentifier.init)
+            ((try? op.op.currentIR().channelMasks) ?? []).compactMap { op.params[$0.logits].map(ObjectIdentifier.init) }
         })
         return masks.isEmpty ? supernet.weights : supernet.weights.filter { !masks.contains(ObjectIdentifier($0)) }
     }
@@ -235,7 +238,7 @@ public struct ChannelMaskExport: Equatable, Sendable {
 extension SearchRun {
     /// FiGS's export: for every op with channel masks, ⌊Σ_i σ(ν_i)⌋ channels per mask.
     public func channelMaskExport() -> [ChannelMaskExport] {
-        supernet.channelMaskedOps().map { exportEntry($0) }.sorted { $0.path < $1.path }
+        supernet.channelMaskedOps().filter { $0.params["mask_out.logits"] != nil }.map { exportEntry($0) }.sorted { $0.path < $1.path }
     }
 
     func exportEntry(_ op: ChannelMaskedOp) -> ChannelMaskExport {
@@ -275,7 +278,7 @@ extension SearchRun {
                         let params = Supernet.maskParameters(op)
                         var s: [String: String] = [:], width = c
                         if params["mask_out.logits"] != nil {
-                            let entry = exportEntry(ChannelMaskedOp(path: op.ownerPath, id: op.component.id, params: params, cell: cell, edge: e, column: o))
+                            let entry = exportEntry(ChannelMaskedOp(op: op, path: op.ownerPath, id: op.component.id, params: params, cell: cell, edge: e, column: o))
                             guard entry.kept else { continue }
                             s = entry.settings
                             if concatNodes, let kept = entry.channels["mask_out"] { width = kept }

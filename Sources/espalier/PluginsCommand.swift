@@ -86,11 +86,20 @@ struct PluginsCommand: ParsableCommand {
         @Argument(help: "Component id, e.g. espalier.gate.softmax/1.") var id: String
         @OptionGroup var dirs: PluginDirOptions
         @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "An op: print its IR, the graph of host primitives its build makes (nodes, shapes, FLOPs, kept bytes).") var graph = false
+        @Option(help: "With --graph: the input shape N,C,H,W.") var inputShape = "2,16,32,32"
+        @Option(help: "With --graph: the op's stride.") var stride = 1
+        @Option(help: "With --graph: the op's output channels (default: its input's).") var outChannels: Int?
+        @Option(name: .customLong("set"), help: "With --graph: NAME=VALUE, one of the op's parameters (repeatable).") var sets: [String] = []
+        @Flag(help: "With --graph: Graphviz DOT instead of text (render with `dot -Tsvg`).") var dot = false
+        @Flag(help: "With --graph: the evaluation build (batch norm with running statistics).") var evaluation = false
 
         func run() throws {
-            let registry = dirs.loadRegistry()
+            let context = HostContext(accountant: MemoryAccountant(mode: .dryRun), seed: 0)
+            let registry = dirs.loadRegistry(context: context)
             let c: Component
             do { c = try registry.require(id) } catch { throw ValidationError("\(error)") }
+            if graph { return try printGraph(c, context: context) }
             if json { printJSON(describeJSON(c, full: true)); return }
             print("\(c.id)  (\(c.kind.rawValue), \(c.form))")
             print("  \(c.summary)")
@@ -109,6 +118,33 @@ struct PluginsCommand: ParsableCommand {
                 print("  dynamic methods (--set SLOT=NAME):")
                 for m in c.methods { print("    " + pad(m.selector, 32) + pad(m.signature.description, 24) + m.doc) }
             }
+        }
+
+        /// `--graph`: the op built on a shape-only input of --input-shape, traced into its IR.
+        func printGraph(_ c: Component, context: HostContext) throws {
+            guard c.kind == .op else { throw ValidationError("--graph shows an op's IR; \(c.id) is a \(c.kind.rawValue)") }
+            let dims = inputShape.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            let shape = dims.compactMap { $0 }
+            guard dims.count == 4, shape.count == 4, shape.allSatisfy({ $0 > 0 && $0 <= 1 << 20 }) else {
+                throw ValidationError("--input-shape '\(inputShape)' is not N,C,H,W of positive sizes, e.g. 2,16,32,32")
+            }
+            guard stride >= 1, stride <= 64 else { throw ValidationError("--stride must be between 1 and 64 (got \(stride))") }
+            var settings: [String: String] = [:]
+            for s in sets {
+                let kv = s.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2, !kv[0].isEmpty else { throw ValidationError("--set '\(s)' is not NAME=VALUE, e.g. beta_init=0.5") }
+                settings[kv[0]] = kv[1]
+            }
+            let op: PluginOp
+            do {
+                op = try PluginOp(c, context: context, config: OpConfig(inChannels: shape[1], outChannels: outChannels ?? shape[1], stride: stride),
+                                  settings: settings, ownerPath: c.shortName)
+            } catch { throw ValidationError("\(c.id) cannot be made with \(shape[1]) channels and stride \(stride): \(error)") }
+            let ir: OpIR
+            do { ir = try op.ir(inputShape: shape, training: !evaluation) } catch {
+                throw ValidationError("\(c.id) cannot be built on an input of \(inputShape): \(error)")
+            }
+            print(dot ? ir.dot : ir.text + (ir.isRaw ? "\n  (a raw op: its own kernels, opaque to the host; export and fusion refuse it)" : ""), terminator: dot ? "" : "\n")
         }
     }
 

@@ -15,6 +15,9 @@
  *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
  *   -DFIX_GATE_CRASH_STEP=n the gate writes through a null pointer in its forward at training step n
  *   -DFIX_GATE_HANG_STEP=n  the gate's forward never returns at training step n
+ *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = mask(bn(conv1x1 stride s(x, proj.weight))), a channel-masked op
+ *                          of a third party (its own names: proj.weight, keep.logits)
+ *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
  *                          to, not including, save_state); build with FIX_MINOR=2
  *   -DFIX_DESC_1_4         component descriptions as ABI 1.4 laid them out (struct_size up to, not
@@ -130,6 +133,67 @@ static es_status merged_build_mixed(void *inst, es_graph g, es_value x, es_value
 }
 static const es_op_vtable merged_table = { .struct_size = sizeof(es_op_vtable), .create = merged_create, .destroy = op_destroy,
     .build = merged_build, .build_mixed = merged_build_mixed };
+
+#ifdef FIX_MASKED_CONV
+/* ---- a third party's channel-masked op: y = channel_scale(bn(conv1x1(x)), gate("channel", keep.logits)) ---- */
+typedef struct { const es_host_services *host; es_param w, mean, var, logits; int stride; } masked_conv_op;
+static es_status masked_conv_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                                    const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    masked_conv_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    o->stride = cfg->stride;
+    int64_t w[4] = { cfg->out_channels, cfg->in_channels, 1, 1 }, c[1] = { cfg->out_channels }, l[2] = { cfg->out_channels, 1 };
+    es_status st = host->declare_param(host->host, "proj.weight", w, 4, ES_INIT_UNIFORM_FAN_IN, (double)cfg->in_channels, 0, &o->w);
+    if (st == ES_OK) st = host->declare_param(host->host, "norm.running_mean", c, 1, ES_INIT_ZEROS, 0, ES_PARAM_FLAG_BUFFER, &o->mean);
+    if (st == ES_OK) st = host->declare_param(host->host, "norm.running_var", c, 1, ES_INIT_ONES, 0, ES_PARAM_FLAG_BUFFER, &o->var);
+    if (st == ES_OK) st = host->declare_param(host->host, "keep.logits", l, 2, ES_INIT_CONSTANT, 2.0, ES_PARAM_FLAG_ARCH, &o->logits);
+    if (st != ES_OK) { free(o); return st; }
+    *inst = o;
+    return ES_OK;
+}
+static es_status masked_conv_build(void *inst, es_graph g, es_value x, es_value *out) {
+    masked_conv_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value w, y, m, v, bn, l, gw, in[3];
+    es_status st;
+    es_attr attrs[1] = { { "stride", o->stride } };
+    if ((st = h->graph_param(h->host, g, o->w, &w)) != ES_OK) return st;
+    in[0] = x; in[1] = w;
+    if ((st = h->graph_apply(h->host, g, "conv2d", in, 2, attrs, 1, &y)) != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->mean, &m)) != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->var, &v)) != ES_OK) return st;
+    in[0] = y; in[1] = m; in[2] = v;
+    if ((st = h->graph_apply(h->host, g, "batch_norm", in, 3, NULL, 0, &bn)) != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->logits, &l)) != ES_OK) return st;
+    if ((st = h->graph_gate(h->host, g, "channel", l, &gw)) != ES_OK) return st;
+    in[0] = bn; in[1] = gw;
+    return h->graph_apply(h->host, g, "channel_scale", in, 2, NULL, 0, out);
+}
+static const es_op_vtable masked_conv_table = { .struct_size = sizeof(es_op_vtable), .create = masked_conv_create, .destroy = op_destroy, .build = masked_conv_build };
+#endif
+
+#ifdef FIX_UNSTABLE_BUILD
+/* ---- composed op whose build depends on how often it was built: relu, then relu(relu(x)) ---- */
+typedef struct { const es_host_services *host; int builds; } unstable_op;
+static es_status unstable_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                                 const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)cfg; (void)params; (void)n;
+    unstable_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    *inst = o;
+    return ES_OK;
+}
+static es_status unstable_build(void *inst, es_graph g, es_value x, es_value *out) {
+    unstable_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value r;
+    es_status st = h->graph_apply(h->host, g, "relu", &x, 1, NULL, 0, &r);
+    if (st != ES_OK || o->builds++ == 0) { *out = r; return st; }
+    return h->graph_apply(h->host, g, "scale", &r, 1, NULL, 0, out);
+}
+static const es_op_vtable unstable_table = { .struct_size = sizeof(es_op_vtable), .create = unstable_create, .destroy = op_destroy, .build = unstable_build };
+#endif
 
 /* ---- gate: weights = scale · logits; backward d_logits += scale · d_weights ---- */
 typedef struct { double scale; } lin_gate;
@@ -389,6 +453,12 @@ static const es_component_desc components[] = {
     { FIX_DESC_SIZE, ES_KIND_REGULARIZER, FIX_ID ".regularizer.l2/1", "L2 with proximal shrink", reg_params, 1, NULL, 0, &reg_table, NULL },
     { FIX_DESC_SIZE, ES_KIND_STRATEGY, FIX_ID ".strategy.warmup/1", "warm-up then bilevel", strat_params, 3, NULL, 0, &strat_table, NULL, &warmup_method },
     { FIX_DESC_SIZE, ES_KIND_STRATEGY, FIX_ID ".strategy.pruner/1", "acts through the search services", pruner_params, 1, NULL, 0, &pruner_table, NULL },
+#ifdef FIX_MASKED_CONV
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.masked-conv/1", "1x1 conv, BN, a channel mask of its own", NULL, 0, NULL, 0, &masked_conv_table, NULL },
+#endif
+#ifdef FIX_UNSTABLE_BUILD
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.unstable/1", "a build that changes after its first", NULL, 0, NULL, 0, &unstable_table, NULL },
+#endif
 #ifdef FIX_BAD_KIND
     { FIX_DESC_SIZE, 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
 #endif
