@@ -668,6 +668,11 @@ public final class Supernet {
     public var alphaReduce: Parameter { alphas[slot(reduction: true)] }
     public var gateNormal: PluginGate { gates[slot(reduction: false)] }
     public var gateReduce: PluginGate { gates[slot(reduction: true)] }
+    /// Every instance of the run's gate: one per slot (per cell type, or per cell when
+    /// hyper-connected), then each cell's inter-cell input gate. `set_value("gate.NAME")` reaches
+    /// all of them. Not the channel gates (`--channel-gate`, HostContext's gates by role): another
+    /// component with its own settings, made lazily per logits length, so not one namespace with these.
+    public var archGates: [PluginGate] { gates + inputGates }
 
     /// Network weights (everything but α), in a stable order.
     public var weights: [Parameter] {
