@@ -81,60 +81,24 @@ public struct SearchConfig: Codable, Equatable, Sendable {
         return c
     }
 
-    /// The config with the space options a strategy declares as parameters copied into the space:
-    /// `partial_channels` (int) and `edge_normalization` (bool) — PC-DARTS's — and
-    /// `scale_parameter_free` and `affine_ops` (bools, GSparsity's), `aggregator` (sum or concat, FiGS's), `hyper_connected` (bool) and `auxiliary_weight`
-    /// (double; Bonsai-Net's), `reduction_cells` (comma-separated cell indices), and the run option
-    /// `bn_recalibration` (batches; GSparsity's) from the user's
-    /// setting or the parameter's default. A strategy that needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS)
-    /// makes the space sum its ops (`sumOps`).
+    /// The config with the space options (`SpaceOption.all`) a strategy declares as parameters
+    /// applied, each from the user's setting or the parameter's default: parsed in the strategy's
+    /// order (the first bad value is the error, naming the strategy and the option), applied in
+    /// that order, those that read the others' result (`section_cells`) last. A strategy that
+    /// needs no architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS) makes the space sum its ops (`sumOps`).
     public func withStrategySpace(_ strategy: Component) throws -> SearchConfig {
         var c = self
         c.space.sumOps = strategy.strategyRequirements & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0
+        var changes: [SpaceOption.Change] = [], last: [SpaceOption.Change] = []
         for spec in strategy.params {
-            let text = strategySettings[spec.name] ?? spec.defaultValue
-            switch spec.name {
-            case "partial_channels":
-                guard let k = Int(text), k >= 1 else { throw EspalierError.config("\(strategy.id): partial_channels must be an integer ≥ 1 (got '\(text)')") }
-                c.space.partialChannels = k
-            case "edge_normalization":
-                c.space.edgeNormalization = ["1", "true", "yes", "on"].contains(text.lowercased())
-            case "scale_parameter_free":
-                c.space.scaleParameterFree = ["1", "true", "yes", "on"].contains(text.lowercased())
-            case "affine_ops":
-                c.space.affineOps = ["1", "true", "yes", "on"].contains(text.lowercased())
-            case "aggregator":
-                // FiGS's concat aggregator; --aggregator concat sets it for any strategy.
-                guard let a = NodeAggregator(rawValue: text.lowercased()) else {
-                    throw EspalierError.config("\(strategy.id): aggregator must be one of \(NodeAggregator.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(text)')")
-                }
-                if a == .concat { c.space.aggregator = .concat }
-            case "hyper_connected":
-                // Bonsai-Net's relaxed space; --hyper-connected sets it for any strategy.
-                c.space.hyperConnected = c.space.hyperConnected || ["1", "true", "yes", "on"].contains(text.lowercased())
-            case "auxiliary_weight":
-                guard let w = Double(text), w >= 0, w.isFinite else { throw EspalierError.config("\(strategy.id): auxiliary_weight must be a number ≥ 0 (got '\(text)')") }
-                c.space.auxiliaryWeight = w
-            case "bn_recalibration":
-                guard let k = Int(text), k >= 0 else { throw EspalierError.config("\(strategy.id): bn_recalibration must be a batch count ≥ 0 (got '\(text)')") }
-                if c.bnRecalibrationBatches == nil { c.bnRecalibrationBatches = k }   // --bn-recalibration wins
-            case "reduction_cells":
-                let items = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-                guard !items.isEmpty else { continue }
-                c.space.reductionCells = try items.map {
-                    guard let i = Int($0), i >= 0 else { throw EspalierError.config("\(strategy.id): reduction_cells '\(text)': '\($0)' is not a cell index") }
-                    return i
-                }
-            default: continue
+            guard let option = SpaceOption.named(spec.name) else { continue }
+            let change: SpaceOption.Change
+            do { change = try option.parse(strategySettings[spec.name] ?? spec.defaultValue) } catch let e as SpaceOption.InvalidValue {
+                throw EspalierError.config("\(strategy.id): \(e.message)")
             }
+            if option.appliesLast { last.append(change) } else { changes.append(change) }
         }
-        // A hyper-connected space grown in sections keeps its reductions where the last section's
-        // depth has them (Bonsai-Net: sections [N N] [R] [N N] [R] [N N] for 2, 3, 5, 6, 8 cells).
-        if c.space.hyperConnected && c.space.reductionCells == nil, let spec = strategy.params.first(where: { $0.name == "section_cells" }),
-           let last = (strategySettings["section_cells"] ?? spec.defaultValue).split(separator: ",").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }),
-           last > c.space.cells {
-            c.space.reductionCells = [last / 3, 2 * last / 3]
-        }
+        for change in changes + last { change(&c) }
         return c
     }
 

@@ -228,13 +228,12 @@ private let searchBatchLoss: @convention(c) (UnsafeMutableRawPointer?, Int32, In
 }
 
 extension SearchRun {
-    /// Named scalars a strategy may set: `gate.NAME` (the gate's own values, e.g. gate.tau),
-    /// `arch.lr`, `lr` (weights, this epoch).
+    /// Named scalars a strategy may set: `gate.NAME` (the gate's own values, e.g. gate.tau, set
+    /// on every instance of the run's gate: `Supernet.archGates`), `arch.lr`, `lr` (weights, this epoch).
     public func setValue(_ name: String, _ value: Double) throws {
         if name.hasPrefix("gate.") {
             let key = String(name.dropFirst(5))
-            try supernet.gateNormal.setValue(key, value)
-            try supernet.gateReduce.setValue(key, value)
+            for gate in supernet.archGates { try gate.setValue(key, value) }
             values[name] = value
             return
         }

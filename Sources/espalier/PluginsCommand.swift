@@ -4,6 +4,7 @@
 import ArgumentParser
 import EspalierCore
 import EspalierHost
+import EspalierSearch
 import Foundation
 
 /// Where to look for plugins, and how much of their logging to show, shared by every command that loads them.
@@ -112,6 +113,7 @@ struct PluginsCommand: ParsableCommand {
                     if let ch = p.choices { t += " {\(ch.joined(separator: "|"))}" }
                     if let lo = p.min, let hi = p.max { t += hi > 1e15 ? " [\(fmt(lo)), ∞)" : " [\(fmt(lo)), \(fmt(hi))]" }
                     print("    " + pad(p.name, 20) + pad(t, 28) + pad("default \(p.defaultValue)", 18) + p.doc)
+                    if let o = spaceOption(c, p) { print("    " + pad("", 66) + "space option: \(o.doc) (sets \(o.sets))") }
                 }
             }
             if !c.methods.isEmpty {
@@ -181,6 +183,9 @@ private func shortKey(_ c: Component) -> String {
     }
 }
 
+/// The space option a strategy's parameter is (the host applies it to the space), or nil.
+private func spaceOption(_ c: Component, _ p: ParamSpec) -> SpaceOption? { c.kind == .strategy ? SpaceOption.named(p.name) : nil }
+
 private func fmt(_ d: Double) -> String { d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d) }
 
 private func describeJSON(_ c: Component, full: Bool) -> [String: Any] {
@@ -193,6 +198,7 @@ private func describeJSON(_ c: Component, full: Bool) -> [String: Any] {
             if let ch = p.choices { x["choices"] = ch }
             if let lo = p.min { x["min"] = lo }
             if let hi = p.max { x["max"] = hi }
+            if let o = spaceOption(c, p) { x["space_option"] = ["doc": o.doc, "sets": o.sets, "accepts": o.accepts] }
             return x
         }
         if let m = c.method { d["method"] = methodJSON(m) }

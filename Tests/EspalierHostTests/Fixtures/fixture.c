@@ -18,6 +18,8 @@
  *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = mask(bn(conv1x1 stride s(x, proj.weight))), a channel-masked op
  *                          of a third party (its own names: proj.weight, keep.logits)
  *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
+ *   -DFIX_GATE_INPUTS      the gate also gates inter-cell inputs (ES_GATE_INPUTS), so it can
+ *                          serve the hyper-connected space
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
  *                          to, not including, save_state); build with FIX_MINOR=2
  *   -DFIX_DESC_1_4         component descriptions as ABI 1.4 laid them out (struct_size up to, not
@@ -236,8 +238,13 @@ static es_status gate_set(void *inst, const char *name, double value) {
     ((lin_gate *)inst)->scale = value;
     return ES_OK;
 }
+#ifdef FIX_GATE_INPUTS
+#define FIX_GATE_GRANULARITIES ((1u << ES_GATE_OPS) | (1u << ES_GATE_CHANNELS) | (1u << ES_GATE_INPUTS))
+#else
+#define FIX_GATE_GRANULARITIES ((1u << ES_GATE_OPS) | (1u << ES_GATE_CHANNELS))
+#endif
 static const es_gate_vtable gate_table = { .struct_size = sizeof(es_gate_vtable), .flags = ES_GATE_HARD,
-    .granularities = (1u << ES_GATE_OPS) | (1u << ES_GATE_CHANNELS), .create = gate_create, .destroy = gate_destroy,
+    .granularities = FIX_GATE_GRANULARITIES, .create = gate_create, .destroy = gate_destroy,
     .forward = gate_forward, .backward = gate_backward, .set_value = gate_set };
 
 /* ---- regularizer: λ/2 Σ v² (loss) and v ← v/(1+λ·lr) (proximal) ---- */
