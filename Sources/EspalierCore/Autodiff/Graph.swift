@@ -114,14 +114,14 @@ public final class Graph {
     /// FLOPs counted by kernels run through this graph (multiply-add = 2).
     public var flops: Int = 0
     private(set) var tape: [Node] = []
-    /// ReLU of the same value, computed once per tape: in a supernet every op on every edge
-    /// leaving a node starts with ReLU of that node (DARTS ops), so this keeps one copy instead
-    /// of one per op. Only while recording, where the output is kept for backward anyway.
-    /// The input is held weakly: the cache must not keep a value alive that nothing else needs.
+    /// ReLU of the same value, computed once per tape (a common subexpression): any consumers that
+    /// apply ReLU to one value share one output, e.g. the ops on the edges leaving one node of a
+    /// supernet. Only while recording, where the output is kept for backward anyway. The input is
+    /// held weakly: the cache must not keep a value alive that nothing else needs.
     var reluCache: [ObjectIdentifier: (input: WeakVariable, output: Variable)] = [:]
     /// While non-nil, training-mode batch norm sets its running statistics to the cumulative
     /// average of the batches seen since (counted per running-mean buffer) instead of the momentum
-    /// update: statistics recomputed for the current weights (`SearchRun.recalibrateBatchNorm`).
+    /// update: statistics recomputed for the current weights by whoever runs those batches.
     public var batchNormRecalibration: [ObjectIdentifier: Int]? = nil
     /// Ghost batch norm: in training mode every batch norm normalises the batch in this many
     /// contiguous slices of samples [g·N/G, (g+1)·N/G), each with its own statistics, exactly as
