@@ -258,9 +258,6 @@ public final class HostContext {
         }
         free(p)
     }
-
-    /// Bytes plugins hold through `alloc` right now.
-    public var pluginAllocationCount: Int { allocations.count }
 }
 
 /// A plugin call that returned an error.

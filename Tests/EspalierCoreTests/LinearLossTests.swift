@@ -146,7 +146,7 @@ final class LinearLossTests: XCTestCase {
         XCTAssertEqual(logits.argmaxRows(), [1, 0, 2])
         // Row 0's label 2 ties with the earlier index 1, so it is a top-2 hit but not a top-1 hit.
         XCTAssertEqual(logits.correctCount(labels: [2, 0, 1]), 1)
-        XCTAssertEqual(Kernels.countCorrect(logits, labels: [2, 0, 1], topK: 2), 2)
+        XCTAssertEqual(logits.correctCount(labels: [2, 0, 1], topK: 2), 2)
         XCTAssertEqual(logits.correctCount(labels: [1, 0, 2]), 3)
         XCTAssertEqual(logits.correctCount(labels: [1, 0, 1], topK: 3), 3)
     }

@@ -5,6 +5,7 @@
 
 import EspalierCore
 import EspalierHost
+import EspalierSearch
 import EspalierTestSupport
 import Foundation
 import XCTest

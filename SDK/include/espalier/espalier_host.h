@@ -2,7 +2,9 @@
  *
  * The host passes one `es_host_services` to the plugin's `init` and to every `create`. The
  * plugin never links the host: everything it needs from the host goes through these pointers.
- * Always pass `services->host` back as the first argument.
+ * Always pass `services->host` back as the first argument, read from the table at each call
+ * (do not copy it: it becomes NULL when a context made for one run, such as a memory
+ * prediction, is closed, and every call through the table then fails or does nothing).
  *
  * Thread rule for the whole table: call only from the thread that called into the plugin
  * (the host's main thread), during that call, unless a function says otherwise. A plugin may
@@ -103,8 +105,17 @@ typedef struct es_host_services {
      *      stream is seeded anew before every step from the run's seed and the step alone, so every
      *      rank of a search on several ranks draws the same numbers (ABI 1.4; draw only here). ---- */
 
+    /** The next 64 uniformly distributed bits of the run's stream (xoshiro256**). Any component may
+     *  call it, from any of its calls (create included), on the host thread only: the stream is not
+     *  thread-safe, so a kernel's own threads must not draw (draw on the host thread and hand the
+     *  numbers over). One stream serves every component of the run, in call order: the same seed and
+     *  the same calls give the same numbers, and the stream's state is saved in the search checkpoint
+     *  and restored on resume. A memory prediction has its own stream, so its draws never shift the
+     *  real run's. Never fails; returns 0 when `host` is not a live context (NULL, or a run's context
+     *  that has ended). Use it, not rand() or the clock, for anything random: only its numbers are
+     *  reproducible and the same on every rank. */
     uint64_t (*random_u64)(void *host);
-    /** Uniform in [0, 1). */
+    /** Uniform in [0, 1), 53 bits: one draw of the random_u64 stream (same rules). */
     double (*random_uniform)(void *host);
 
     /* ---- Parameters (call from `create`) ---- */

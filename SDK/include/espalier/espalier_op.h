@@ -8,6 +8,13 @@
  *             alive for backward, and never calls `forward`/`backward` in a dry run.
  * Parameters of either form are declared with `host->declare_param` in `create`.
  * Thread rule: every function is called on the host thread, one call at a time per instance.
+ *
+ * Gradient convention (raw ops): `backward` OVERWRITES d_input — the host hands it uninitialised
+ * memory, so write every element, zeros included — and ADDS into each d_params[i], which is the
+ * parameter's own gradient buffer, accumulating over every use of the parameter in the step.
+ * This differs from gates and regularizers, which ADD into all their gradients
+ * (espalier_gate.h, espalier_regularizer.h). Composed ops write no backward: the host
+ * differentiates the primitives they build.
  */
 #ifndef ESPALIER_OP_H
 #define ESPALIER_OP_H
@@ -42,7 +49,11 @@ typedef struct es_op_vtable {
      *  On error set the message and return non-OK; `*instance` is then ignored. */
     es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_op_config *config,
                         const es_param_value *params, uint32_t param_count, void **instance);
-    /** Frees the instance (never called with NULL). */
+    /** Required. Frees the instance: called exactly once for each create that returned ES_OK, with the
+     *  pointer it wrote to *instance (NULL only if create wrote NULL), on the host thread, when the
+     *  host drops the op: at the end of the run that made it, or when a strategy removes the candidate
+     *  (ES_OP_REMOVED). Never called after a failed create. No call on the instance follows. The
+     *  parameters it declared are the host's: do not free them. */
     void (*destroy)(void *instance);
 
     /* ---- composed form ---- */
@@ -58,8 +69,9 @@ typedef struct es_op_vtable {
     /** output = op(input). `params` are views of the declared parameters in declaration order. */
     es_status (*forward)(void *instance, const es_run_state *state, const es_tensor_view *input,
                          const es_tensor_view *params, uint32_t param_count, es_tensor_view *output);
-    /** Overwrites d_input (skip if its data is NULL) and ADDS into each d_params[i] (skip those
-     *  with NULL data). `input`/`output` have data only if `saves` asked for them. */
+    /** OVERWRITES d_input (skip if its data is NULL) and ADDS into each d_params[i] (skip those
+     *  with NULL data): see the gradient convention above. `input`/`output` have data only if
+     *  `saves` asked for them. Never called in a dry run. */
     es_status (*backward)(void *instance, const es_run_state *state, const es_tensor_view *input,
                           const es_tensor_view *output, const es_tensor_view *d_output,
                           const es_tensor_view *params, uint32_t param_count,
@@ -71,7 +83,9 @@ typedef struct es_op_vtable {
     /** Optional, composed ops that stand for several candidates at once (MergeNAS's merged
      *  convolution): like `build`, but also receives the edge's mixing weights for the candidates
      *  this op covers (`weights`, a value of shape (k), differentiable) and applies them itself;
-     *  the host then does not scale the op's output. */
+     *  the host then does not scale the op's output. First user: MergeNAS. Beyond it: any op whose
+     *  candidates share weights or work (kernel sizes cut from one superkernel, widths as slices
+     *  of one convolution) can mix them inside one computation instead of running k ops. */
     es_status (*build_mixed)(void *instance, es_graph graph, es_value input, es_value weights, es_value *output);
 } es_op_vtable;
 

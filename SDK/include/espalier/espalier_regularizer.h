@@ -16,6 +16,12 @@
  * stem, cell preprocessing, classifier), each with its gradients in `grads`, and `lr` = the
  * host's learning rate of the step. At most one regularizer of a run may own the update.
  * Thread rule: host thread, one call at a time per instance.
+ *
+ * Gradient convention: `loss` ADDS into targets[i].grads (as a gate's backward adds into
+ * d_logits). This differs from an op's raw backward, which OVERWRITES d_input (espalier_op.h).
+ * The grads are the parameters' own gradient buffers, already holding the step's other terms,
+ * and several targets may share one (a gate's "memory" and "flops" targets): writing instead of
+ * adding would erase them.
  */
 #ifndef ESPALIER_REGULARIZER_H
 #define ESPALIER_REGULARIZER_H
@@ -46,11 +52,33 @@ typedef struct es_regularizer_vtable {
     uint32_t struct_size;
     uint32_t targets;  /* bit (1 << kind) for each target kind wanted */
 
+    /** Required. Makes one regularizer instance. Called by the host on the host thread when a search
+     *  starts, before its first step and before any other call on the instance: one instance per
+     *  `--regularizer` entry (a component selected twice gets two, each with its own settings). A
+     *  memory prediction (a dry run) makes its own instances beside those of the real run, so keep no
+     *  state outside the instance. `component`: this component's static descriptor (its `user_data` is
+     *  yours). `host`: the services table, valid until `destroy`; keep the pointer and read
+     *  `host->host` at each call. Do not use `host->search` here: the search services are set up after
+     *  every component is created. `params` (the component's parameters in declaration order, resolved
+     *  and checked by the host): owned by the host, valid during this call only. `*instance` is NULL on
+     *  entry. Memory from `host->alloc` here is counted under the regularizer's owner. Do not call
+     *  `declare_param`: only an op's parameters are kept, trained and checkpointed; keep your own state
+     *  in the instance and save it with save_state. Returns ES_OK with `*instance` set to the new
+     *  instance (the host passes it, even NULL, to every later call), or an error with
+     *  `host->set_error` called: then the host ignores `*instance` and never calls `destroy`, so free
+     *  what you made before returning. */
     es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_param_value *params,
                         uint32_t param_count, void **instance);
+    /** Required. Frees an instance: called exactly once for each create that returned ES_OK, with
+     *  the pointer it wrote (which may be NULL), on the host thread, when the host drops the
+     *  regularizer (the end of the search or prediction that made it). No call on the instance
+     *  follows. Release what the instance holds: `host->free` what it allocated through
+     *  `host->alloc`, then its own memory. A process that is killed never calls it, and an
+     *  interrupted search is resumed from the checkpoint: keep nothing here but freeing. */
     void (*destroy)(void *instance);
 
-    /** Optional: *loss = the term's value; ADDS its gradient into targets[i].grads. */
+    /** Optional: *loss = the term's value (λ·R); ADDS its gradient into targets[i].grads (see the
+     *  gradient convention above; skip parts whose grad data is NULL). */
     es_status (*loss)(void *instance, const es_run_state *state, es_reg_target *targets,
                       uint32_t target_count, double *loss);
     /** Optional: after the optimiser step with learning rate `lr`, updates values in place. */

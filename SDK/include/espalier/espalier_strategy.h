@@ -46,33 +46,65 @@ typedef struct es_epoch_metrics {
 
 /* ---- The search services (host->search) ---- */
 
+/** The shape of the search space now, as `space_info` writes it. The indices the other services
+ *  take range over these counts: cell_type in [0, cell_types), edge in [0, edges), op in
+ *  [0, ops) (op i is `op_name(i)`). They change only when the strategy calls `grow` (cells, and
+ *  cell_types in the hyper-connected space): ask again after growing. */
 typedef struct es_space_info {
     uint32_t struct_size;
-    int32_t cell_types;      /* 1 or 2 (normal, reduce); one per cell if hyper_connected */
+    int32_t cell_types;      /* 2: type 0 normal, 1 reduce (even with no reduction cell); = cells if hyper_connected */
     int32_t edges;           /* per cell */
     int32_t ops;             /* candidates per edge */
     int32_t nodes;           /* intermediate nodes per cell */
     int32_t cells;           /* cells in the network now */
-    /* Since ABI 1.2 (read only if struct_size covers it): 1 = Bonsai-Net's hyper-connected space.
+    /* Since ABI 1.2 (read only if struct_size covers it): 1 = the hyper-connected space.
      * Then every cell is distinct: cell_types = cells, cell type t IS cell t (its own logits, op
      * states), and cell t sums its inter-cell inputs (stem and cells 0..t-2; cell 0: the stem),
-     * each gated by its own logit (input_view, set_input_state). */
+     * each gated by its own logit (input_view, set_input_state). First user: Bonsai-Net. Beyond
+     * it: any strategy that handles cell_types > 2 searches each cell's ops on its own there, and
+     * any method that weights or prunes the connections between cells uses the input services. */
     int32_t hyper_connected;
 } es_space_info;
 
+/** A candidate's state (set_op_state) or an inter-cell input's (set_input_state). */
 typedef int32_t es_op_state;
-#define ES_OP_ACTIVE   0
-#define ES_OP_MASKED   1  /* not run, no memory; may be restored */
-#define ES_OP_REMOVED  2  /* gone for good (its parameters are freed) */
+#define ES_OP_ACTIVE   0  /* runs, mixed by the gate */
+#define ES_OP_MASKED   1  /* not run, no activations; logit −∞ at the gate (weight 0, no gradient); may be made active again */
+#define ES_OP_REMOVED  2  /* gone for good: its op instances are dropped (destroy), its parameters and optimiser state freed */
 
+/** The search services: `host->search`, set up after every component of the search is created
+ *  (never use it in `create`). Every function takes `host->host` first and is called on the host
+ *  thread from a component's call during the search (a strategy's hooks above all); once the
+ *  search is over they return ES_ERROR_UNSUPPORTED with a message (op_name: NULL). Check
+ *  `struct_size` before calling a field added after 1.0. */
 typedef struct es_search_services {
     uint32_t struct_size;
+    /** Writes the space's current shape into `*out` (the caller's struct; NULL:
+     *  ES_ERROR_INVALID_ARGUMENT). Set out->struct_size = sizeof(es_space_info) before the call.
+     *  This host writes its whole es_space_info (this header's, with hyper_connected) and its
+     *  struct_size, whatever the caller set. With a non-NULL `out` it does not fail during a
+     *  search; it is cheap: call it whenever you need the counts rather than keep them across
+     *  `grow`. */
     es_status (*space_info)(void *host, es_space_info *out);
     /** The id of candidate op `index` (static string, valid for the process). */
     const char *(*op_name)(void *host, int32_t index);
     /** Architecture logits of a cell type, (edges, ops), and their gradient; writable. */
     es_status (*arch_view)(void *host, int32_t cell_type, es_tensor_view *logits, es_tensor_view *grad);
+    /** Sets candidate `op` of edge `edge` to `state` in every cell of type `cell_type` (indices as
+     *  in es_space_info). It takes effect from the next forward pass on (the current step's, when
+     *  called from plan_step). ES_OP_MASKED and back to ES_OP_ACTIVE may alternate freely;
+     *  ES_OP_REMOVED is final: the host drops the candidate's op instances (destroy) and frees
+     *  their parameters and optimiser state, and any later state but ES_OP_REMOVED is refused. Returns
+     *  ES_ERROR_INVALID_ARGUMENT, with a message, for an index out of range, an unknown state, or
+     *  a removed candidate made masked or active. In a memory prediction (state->dry_run = 1) the
+     *  choice rests on values a dry run does not have, so the host records what was set (that is
+     *  what get_op_state answers) but applies the same counts per edge to the candidates whose
+     *  loss saves the least memory: the prediction bounds whichever candidates the real run drops. */
     es_status (*set_op_state)(void *host, int32_t cell_type, int32_t edge, int32_t op, es_op_state state);
+    /** Writes the state of candidate `op` of edge `edge` of cell type `cell_type` into `*state`:
+     *  ES_OP_ACTIVE unless set_op_state (or the checkpoint a search resumed from) changed it; in a
+     *  memory prediction, what set_op_state recorded.
+     *  ES_ERROR_INVALID_ARGUMENT for an index out of range or a NULL `state`. */
     es_status (*get_op_state)(void *host, int32_t cell_type, int32_t edge, int32_t op, es_op_state *state);
     /** Named scalars of the run's components: "gate.tau", "regularizer.lambda", "drop_path", … */
     es_status (*set_value)(void *host, const char *name, double value);
@@ -153,8 +185,30 @@ typedef struct es_strategy_vtable {
     uint32_t struct_size;
     uint32_t requires;
 
+    /** Required. Makes the search's strategy instance. Called by the host on the host thread once per
+     *  search, after the network and its gates are made and before the first step and any other call on
+     *  the instance. A memory prediction (a dry run: `espalier search` predicts its peak before it
+     *  starts, and `predict_peak` predicts during a search) makes its own instance beside the real
+     *  run's, so keep no state outside the instance. `component`: this component's static descriptor
+     *  (its `user_data` is yours). `host`: the services table, valid until `destroy`; keep the pointer
+     *  and read `host->host` at each call. Do not use `host->search` here: the search services are set
+     *  up after every component is created, for the hooks (epoch_begin, plan_step, …). `params` (the
+     *  component's parameters in declaration order, resolved and checked by the host): owned by the
+     *  host, valid during this call only. `*instance` is NULL on entry. Memory from `host->alloc` here
+     *  is counted under the owner "strategy". Do not call `declare_param`: only an op's parameters are
+     *  kept, trained and checkpointed; keep your own state in the instance and save it with save_state.
+     *  Returns ES_OK with `*instance` set to the new instance (the host passes it, even NULL, to every
+     *  later call), or an error with `host->set_error` called (the search does not start): then the
+     *  host ignores `*instance` and never calls `destroy`, so free what you made before returning. */
     es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_param_value *params,
                         uint32_t param_count, void **instance);
+    /** Required. Frees the instance: called exactly once for each create that returned ES_OK, with
+     *  the pointer it wrote (which may be NULL), on the host thread, when the host drops the
+     *  search or prediction that made it (after `derive`, for a search that ends). No call on the
+     *  instance follows. Release what the instance holds: `host->free` what it allocated through
+     *  `host->alloc`, then its own memory. A process that is killed never calls it, and an
+     *  interrupted search is resumed from the checkpoint (save_state): keep nothing here but
+     *  freeing — write results in epoch_end or derive. */
     void (*destroy)(void *instance);
 
     /** Required: fills `plan` for the step described by `state`. */

@@ -38,8 +38,6 @@ public final class Parameter {
     }
 
     public func zeroGrad() { grad?.fill(0) }
-    /// Frees the gradient (e.g. before a forward-only phase).
-    public func dropGrad() { grad = nil }
 }
 
 /// One recorded op: the gradient flowing into its output, and how to pass it on to its inputs.

@@ -170,8 +170,6 @@ public final class DataLoader {
 
     public var sampleCount: Int { view.count }
     public var batchesPerEpoch: Int { dropLast ? view.count / batchSize : (view.count + batchSize - 1) / batchSize }
-    /// The shape of a full batch: (batchSize, C, H, W).
-    public var batchShape: [Int] { [batchSize, view.dataset.channels, view.dataset.height, view.dataset.width] }
 
     public var state: State { State(epoch: epoch, position: position, rng: rng, seed: seed, sampleCount: view.count) }
 

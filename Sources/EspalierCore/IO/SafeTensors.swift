@@ -426,10 +426,10 @@ fileprivate enum JSONValue: Decodable {
     }
 }
 
-/// JSON text helpers shared by the IO and search files.
-enum IOJSON {
+/// JSON text helpers shared by the IO files and the search's genotypes (EspalierSearch).
+public enum IOJSON {
     /// A JSON string literal for `s` (quotes, backslashes and control characters escaped; other text as UTF-8).
-    static func quoted(_ s: String) -> String {
+    public static func quoted(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
@@ -450,7 +450,7 @@ enum IOJSON {
     }
 
     /// A one-line account of a JSON decoding error: where and what.
-    static func describe(_ error: Error) -> String {
+    public static func describe(_ error: Error) -> String {
         guard let e = error as? DecodingError else { return "\(error)" }
         func path(_ p: [CodingKey]) -> String {
             p.isEmpty ? "top level" : p.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()

@@ -1,6 +1,6 @@
 // Parallel loops over the machine's cores, and the BLAS thread policy.
 // Policy: OpenBLAS runs single-threaded; the engine splits work (usually the batch) into one
-// chunk per core and calls sgemm inside each chunk. This keeps both cores busy for the many
+// chunk per core and calls sgemm (Gemm.swift) inside each chunk. This keeps both cores busy for the many
 // small GEMMs of a supernet, where OpenBLAS's own threading would pay start-up per call.
 // The chunks run on `WorkerPool`: workers − 1 persistent threads that, between loops, spin a
 // few microseconds, then yield, then park on a condition (a search step runs thousands of small
@@ -172,30 +172,4 @@ func spinPause() {
     #else
     sched_yield()
     #endif
-}
-
-/// Row-major sgemm: C(M×N) = alpha·op(A)·op(B) + beta·C.
-@inline(__always)
-public func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-}
-
-/// Naive reference GEMM (row-major), used by tests to check sgemm-based kernels.
-public func naiveGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    for i in 0..<m {
-        for j in 0..<n {
-            var s: Float = 0
-            for p in 0..<k {
-                let av = transA ? a[p * lda + i] : a[i * lda + p]
-                let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
-                s += av * bv
-            }
-            c[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * c[i * ldc + j])
-        }
-    }
 }

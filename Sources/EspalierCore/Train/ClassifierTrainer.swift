@@ -90,7 +90,7 @@ public final class ClassifierTrainer {
                 loss = try graph.softmaxCrossEntropy(logits, labels: labels)
             }
             let value = graph.computing ? Double(loss.value[0]) : 0
-            let correct = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+            let correct = graph.computing ? logits.value.correctCount(labels: labels) : 0
             try graph.backward(loss)
             return (value, correct)
         }
@@ -110,7 +110,7 @@ public final class ClassifierTrainer {
                 let logits = try accountant.withOwner("eval") { try model.logits(graph, graph.constant(batch.images)) }
                 let loss = try graph.softmaxCrossEntropy(logits, labels: batch.labels)
                 lossSum += Double(loss.value[0]) * Double(batch.size)
-                correct += Kernels.countCorrect(logits.value, labels: batch.labels)
+                correct += logits.value.correctCount(labels: batch.labels)
                 seen += batch.size
             }
         }

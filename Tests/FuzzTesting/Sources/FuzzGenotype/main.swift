@@ -2,6 +2,7 @@
 // that reads must write back (jsonText) to JSON that reads to the same genotype, and draw (dot).
 
 import EspalierCore
+import EspalierSearch
 import Foundation
 import FuzzCommon
 

@@ -4,6 +4,7 @@
 // published, op ids); load errors naming the file; DOT text; pictures (SVG when `dot` exists).
 
 import EspalierCore
+import EspalierSearch
 import EspalierTestSupport
 import Foundation
 import XCTest

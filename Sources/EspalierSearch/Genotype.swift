@@ -27,6 +27,7 @@
 // Files without it load as before (the ops' defaults).
 // Not here: Python-repr genotypes (`Genotype(normal=[(…)], normal_concat=range(2, 6), …)`).
 
+import EspalierCore
 import Foundation
 
 /// How an intermediate node combines the outputs of its ops: their sum (DARTS), or FiGS's concat
