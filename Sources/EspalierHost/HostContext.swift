@@ -344,7 +344,7 @@ private let hostDeclareParam: @convention(c) (UnsafeMutableRawPointer?, UnsafePo
         guard let name, let out, rank >= 0, rank <= ESPALIER_MAX_RANK, rank == 0 || shape != nil else {
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param needs a name, a shape of rank 0…\(ESPALIER_MAX_RANK) and an out pointer")
         }
-        guard ctx.declaring != nil else { throw HostCallError(ES_ERROR_UNSUPPORTED, "declare_param is only allowed inside create") }
+        guard ctx.declaring != nil else { throw HostCallError(ES_ERROR_UNSUPPORTED, "declare_param is only allowed inside an op's create (a gate, regularizer or strategy keeps its own state in its instance)") }
         let dims = (0..<Int(rank)).map { Int(shape![$0]) }
         if let problem = PluginShape.problem(dims, scalarAllowed: true) {
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "declare_param '\(String(cString: name))': shape \(PluginShape.text(dims)) has \(problem)")

@@ -30,8 +30,6 @@ public final class PluginGate {
         cfg.granularity = granularity.rawValue
         cfg.rows = Int64(rows); cfg.cols = Int64(cols)
         var inst: UnsafeMutableRawPointer? = nil
-        context.declaring = []
-        defer { context.declaring = nil }
         try context.accountant.withOwner(ownerPath) {
             try ownerPath.withCString { o in
                 cfg.owner = o

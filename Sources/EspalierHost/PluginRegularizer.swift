@@ -32,8 +32,6 @@ public final class PluginRegularizer {
         self.component = component; self.context = context; self.table = table
         let params = try ResolvedParams(component: component, settings: settings)
         var inst: UnsafeMutableRawPointer? = nil
-        context.declaring = []
-        defer { context.declaring = nil }
         try context.accountant.withOwner(ownerPath) {
             try context.check("\(component.id): create") { table.create!(component.descriptor, context.services, params.values, UInt32(params.count), &inst) }
         }

@@ -31,8 +31,6 @@ public final class PluginStrategy {
         self.component = component; self.context = context; self.table = table
         let params = try ResolvedParams(component: component, settings: settings)
         var inst: UnsafeMutableRawPointer? = nil
-        context.declaring = []
-        defer { context.declaring = nil }
         try context.accountant.withOwner("strategy") {
             try context.check("\(component.id): create") { table.create!(component.descriptor, context.services, params.values, UInt32(params.count), &inst) }
         }

@@ -6,6 +6,7 @@ import CEspalierSDK
 import EspalierCore
 import EspalierHost
 import EspalierTestSupport
+import Foundation
 import XCTest
 
 final class AdapterTests: XCTestCase {
@@ -63,6 +64,22 @@ final class AdapterTests: XCTestCase {
         for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = 0.4 }
         try GradCheck().check("relu-conv dX", inputs: [x]) { g, v in try op(g, v[0]) }
         try checkParameterGradient("relu-conv dW", parameter: op.parameters[0], acc: acc) { g in try op(g, g.constant(x)) }
+    }
+
+    func testDeclareParam_OutsideAnOpsCreate_IsRefused_NotKeptAsADanglingHandle() throws {
+        // Before: a gate's declare_param returned ES_OK and the host dropped the parameter when create returned.
+        let dir = try PluginFixtures.tempDir("declares")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try PluginFixtures.build("libespalier-declares.so", in: dir, defines: ["FIX_GATE_DECLARES"])
+        let context = HostContext(accountant: MemoryAccountant())
+        let reg = PluginLoader(context: context).load(PluginSearchPath(directories: [dir]))
+        XCTAssertThrowsError(try PluginGate(try reg.require("org.fixture.gate.linear/1"), context: context, granularity: .channels,
+                                            rows: 2, cols: 1, settings: [:], ownerPath: "gate/channel")) { e in
+            XCTAssertTrue("\(e)".contains("declare_param is only allowed inside an op's create"), "\(e)")
+        }
+        // An op's create still declares its parameters.
+        let op = try PluginOp(try reg.require("org.fixture.op.relu-conv/1"), context: context, config: OpConfig(inChannels: 2, outChannels: 2), ownerPath: "o")
+        XCTAssertEqual(op.parameters.count, 1)
     }
 
     func testComposedOp_UsesTheRunsChannelGate_AndMergedOpAppliesMixingWeights() throws {

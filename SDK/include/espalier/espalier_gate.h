@@ -77,7 +77,7 @@ typedef struct es_gate_vtable {
      *  by the host): owned by the host, valid during this call only. `*instance` is NULL on entry.
      *  Memory from `host->alloc` here is counted under `config->owner`. Do not call `declare_param`: a
      *  gate learns nothing of its own (its logits are the host's architecture parameters) and the host
-     *  keeps no parameter a gate declares. Returns ES_OK with `*instance` set to the new instance (the
+     *  keeps no parameter a gate declares: it returns ES_ERROR_UNSUPPORTED. Returns ES_OK with `*instance` set to the new instance (the
      *  host passes it, even NULL, to every later call), or an error with `host->set_error` called: then
      *  the host ignores `*instance` and never calls `destroy`, so free what you made before returning. */
     es_status (*create)(const es_component_desc *component, const es_host_services *host, const es_gate_config *config,

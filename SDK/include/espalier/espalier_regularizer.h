@@ -62,7 +62,8 @@ typedef struct es_regularizer_vtable {
      *  every component is created. `params` (the component's parameters in declaration order, resolved
      *  and checked by the host): owned by the host, valid during this call only. `*instance` is NULL on
      *  entry. Memory from `host->alloc` here is counted under the regularizer's owner. Do not call
-     *  `declare_param`: only an op's parameters are kept, trained and checkpointed; keep your own state
+     *  `declare_param` (it returns ES_ERROR_UNSUPPORTED): only an op's parameters are kept, trained and
+     *  checkpointed; keep your own state
      *  in the instance and save it with save_state. Returns ES_OK with `*instance` set to the new
      *  instance (the host passes it, even NULL, to every later call), or an error with
      *  `host->set_error` called: then the host ignores `*instance` and never calls `destroy`, so free

@@ -195,8 +195,8 @@ typedef struct es_strategy_vtable {
      *  up after every component is created, for the hooks (epoch_begin, plan_step, …). `params` (the
      *  component's parameters in declaration order, resolved and checked by the host): owned by the
      *  host, valid during this call only. `*instance` is NULL on entry. Memory from `host->alloc` here
-     *  is counted under the owner "strategy". Do not call `declare_param`: only an op's parameters are
-     *  kept, trained and checkpointed; keep your own state in the instance and save it with save_state.
+     *  is counted under the owner "strategy". Do not call `declare_param` (it returns ES_ERROR_UNSUPPORTED): only
+     *  an op's parameters are kept, trained and checkpointed; keep your own state in the instance and save it with save_state.
      *  Returns ES_OK with `*instance` set to the new instance (the host passes it, even NULL, to every
      *  later call), or an error with `host->set_error` called (the search does not start): then the
      *  host ignores `*instance` and never calls `destroy`, so free what you made before returning. */

@@ -17,6 +17,7 @@
  *   -DFIX_GATE_HANG_STEP=n  the gate's forward never returns at training step n
  *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = mask(bn(conv1x1 stride s(x, proj.weight))), a channel-masked op
  *                          of a third party (its own names: proj.weight, keep.logits)
+ *   -DFIX_GATE_DECLARES    the gate's create declares a parameter (refused: only an op's create may) and fails with that status
  *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
  *   -DFIX_GATE_INPUTS      the gate also gates inter-cell inputs (ES_GATE_INPUTS), so it can
  *                          serve the hyper-connected space
@@ -202,6 +203,12 @@ typedef struct { double scale; } lin_gate;
 static es_status gate_create(const es_component_desc *component, const es_host_services *host, const es_gate_config *cfg,
                              const es_param_value *params, uint32_t n, void **inst) {
     (void)component; (void)host; (void)cfg; (void)n;
+#ifdef FIX_GATE_DECLARES
+    es_param p;
+    int64_t shape[1] = { 1 };
+    es_status st = host->declare_param(host->host, "temperature", shape, 1, ES_INIT_ONES, 0, 0, &p);
+    if (st != ES_OK) return st;
+#endif
     lin_gate *g = calloc(1, sizeof *g);
     g->scale = params[0].double_value;
     *inst = g;
