@@ -279,15 +279,4 @@ func requiredString(_ p: UnsafePointer<CChar>?, _ what: String) throws -> String
     return s
 }
 
-func statusName(_ s: es_status) -> String {
-    switch s {
-    case ES_OK: return "ok"
-    case ES_ERROR_INVALID_ARGUMENT: return "invalid argument"
-    case ES_ERROR_OUT_OF_MEMORY: return "out of memory"
-    case ES_ERROR_BUDGET: return "memory budget"
-    case ES_ERROR_UNSUPPORTED: return "unsupported"
-    case ES_ERROR_INTERNAL: return "internal error"
-    case ES_ERROR_SHAPE: return "shape error"
-    default: return "status \(s)"
-    }
-}
+func statusName(_ s: es_status) -> String { es_status_name(s).map { String(cString: $0) } ?? "status \(s)" }

@@ -42,16 +42,7 @@ public struct PluginError: Error, CustomStringConvertible, Sendable {
 
     /// A short name for a status code ("invalid argument", "shape error", …).
     public static func statusName(_ status: es_status) -> String {
-        switch status {
-        case ES_OK: return "ok"
-        case ES_ERROR_INVALID_ARGUMENT: return "invalid argument"
-        case ES_ERROR_OUT_OF_MEMORY: return "out of memory"
-        case ES_ERROR_BUDGET: return "memory budget"
-        case ES_ERROR_UNSUPPORTED: return "unsupported"
-        case ES_ERROR_INTERNAL: return "internal error"
-        case ES_ERROR_SHAPE: return "shape error"
-        default: return "status \(status)"
-        }
+        es_status_name(status).map { String(cString: $0) } ?? "status \(status)"
     }
 }
 

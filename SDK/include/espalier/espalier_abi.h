@@ -46,6 +46,21 @@ typedef int32_t es_status;
 #define ES_ERROR_INTERNAL          5  /* a bug: the message says where */
 #define ES_ERROR_SHAPE             6  /* tensor shapes do not fit */
 
+/** A short name for a status code ("invalid argument", "shape error", …), or NULL for a code
+ *  this header does not know. Header-only: the host and plugins share it, no symbol is added. */
+static inline const char *es_status_name(es_status status) {
+    switch (status) {
+    case ES_OK: return "ok";
+    case ES_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case ES_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case ES_ERROR_BUDGET: return "memory budget";
+    case ES_ERROR_UNSUPPORTED: return "unsupported";
+    case ES_ERROR_INTERNAL: return "internal error";
+    case ES_ERROR_SHAPE: return "shape error";
+    default: return 0;
+    }
+}
+
 /* ---- Component kinds -------------------------------------------------------------------- */
 
 typedef int32_t es_kind;
