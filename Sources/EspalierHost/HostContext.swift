@@ -103,11 +103,10 @@ public final class HostContext {
     /// mixing weights that are logged and derived from, `graph_gate`). A search points it at its
     /// own step and epoch; outside a run it is the zero state.
     public var runState: () -> RunState = { RunState() }
-    /// The search that `searchServices` act on (weak: the search owns the context's use).
-    public weak var searchDelegate: AnyObject?
-    /// The search services, set while a search runs.
-    public var searchServices: UnsafePointer<es_search_services>? {
-        didSet { services.pointee.search = searchServices }
+    /// The search services a strategy reaches through `host->search`, set while a search runs
+    /// (weak: the search owns them). Setting them publishes the services table; nil withdraws it.
+    public weak var searchServices: (any SearchServiceProvider)? {
+        didSet { services.pointee.search = searchServices == nil ? nil : UnsafePointer(SearchServicesTable.table) }
     }
 
     private var lastError: String?
@@ -297,7 +296,8 @@ extension es_tensor_view {
 
 // MARK: - C thunks (non-capturing; the context comes from `host`)
 
-private func withContext(_ host: UnsafeMutableRawPointer?, _ body: (HostContext) throws -> Void) -> es_status {
+/// Runs `body` with the context of `host`; errors become a status and the context's message.
+func withContext(_ host: UnsafeMutableRawPointer?, _ body: (HostContext) throws -> Void) -> es_status {
     guard let ctx = HostContext.from(host) else { return ES_ERROR_INVALID_ARGUMENT }
     do { try body(ctx); return ES_OK } catch let e as HostCallError {
         ctx.setError(e.message); return e.status

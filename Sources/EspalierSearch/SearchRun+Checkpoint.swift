@@ -76,7 +76,7 @@ extension SearchRun {
                                  stepTimes: stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
                                  adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal,
-                                 values: values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true),
+                                 values: services.values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true),
                                  cells: supernet.space.cells,
                                  slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
                                  inputStates: supernet.hyperConnected ? inputStatesByCell() : nil,
@@ -135,7 +135,7 @@ extension SearchRun {
                 try setOpState(reduction: reduction, edge: i / sp.ops.count, op: i % sp.ops.count, OpState(rawValue: raw) ?? .active)
             }
         }
-        for (name, v) in st.values.sorted(by: { $0.key < $1.key }) { try setValue(name, v) }
+        for (name, v) in st.values.sorted(by: { $0.key < $1.key }) { try services.setValue(name, v) }
         try file.load(into: stateTensors, strict: true)
         epoch = st.epoch; globalStep = st.globalStep; stepInEpoch = st.stepInEpoch
         lossSum = st.lossSum; correct = st.correct; seen = st.seen; stepTimes = st.stepTimes

@@ -1,10 +1,10 @@
 // What the search services do for strategies that score or train children (random search,
-// PARSEC): the batches of the step being taken (published by the trainer for `batch_loss`), the
-// loss of the supernet in its current op states on one of them, and `trainChild`: a genotype
+// PARSEC): the loss of the supernet in its current op states on one of the batches of the step
+// being taken (the services hold them while the trainer takes it), and `trainChild`: a genotype
 // built as a DiscreteNetwork at the run's channels and cells, trained from scratch for a number of
 // SGD steps on the weight-training half, scored on the validation half and freed, all counted by
-// the accountant under owner "child". Not here: the C thunks (SearchServices.swift) and any
-// strategy logic (Plugins/random, Plugins/parsec).
+// the accountant under owner "child". Not here: the services (SearchServices.swift), their C
+// thunks (EspalierHost) and any strategy logic (Plugins/random, Plugins/parsec).
 
 import CEspalierSDK
 import EspalierCore
@@ -19,25 +19,13 @@ public struct StepBatches {
     public init(train: Batch, valid: Batch?) { self.train = train; self.valid = valid }
 }
 
-/// Side table for `SearchRun.stepBatches` (an extension cannot add stored properties).
-/// Host thread only, like every search service.
-private nonisolated(unsafe) var stepBatchTable: [ObjectIdentifier: StepBatches] = [:]
-
 extension SearchRun {
-    /// The batches of the step being taken, set by `step(train:valid:)` for the step's duration
-    /// (plan_step, the step, after_step) so that strategies can score children on them; nil
-    /// between steps.
-    public var stepBatches: StepBatches? {
-        get { stepBatchTable[ObjectIdentifier(self)] }
-        set { stepBatchTable[ObjectIdentifier(self)] = newValue }
-    }
-
     /// Mean cross-entropy of the supernet as its op states are now (masked and removed ops do not
     /// run) on the step's training (`validation` false) or validation batch, and the batch size.
     /// `backward`: also accumulates ∂L/∂w into the weight gradients; otherwise forward only with
     /// no tape, so the memory is one forward pass of the active ops. Dry run: loss 0.
     public func batchLoss(validation: Bool, backward: Bool) throws -> (loss: Double, samples: Int) {
-        guard let b = stepBatches else {
+        guard let b = services.stepBatches else {
             throw SearchServiceError(status: ES_ERROR_UNSUPPORTED,
                                      message: "batch_loss: no step is being taken, so there is no step batch; call it from plan_step or after_step")
         }

@@ -11,6 +11,7 @@
 // per edge); the strategy's own dry-run choices (DropNAS: drop nothing; random search: the
 // uniform children) are in its plugin.
 
+import CEspalierSDK
 import EspalierCore
 import EspalierHost
 import Foundation
@@ -52,7 +53,7 @@ extension SearchRun {
                 }
             }
             try run.applyInputStates(inputStates ?? [])
-            for (name, v) in values.sorted(by: { $0.key < $1.key }) { try run.setValue(name, v) }
+            for (name, v) in values.sorted(by: { $0.key < $1.key }) { try run.services.setValue(name, v) }
             try run.firstStep()
         }
     }
@@ -61,7 +62,7 @@ extension SearchRun {
     /// checked against): the dry run goes through every epoch as the loop does — epoch_begin, one
     /// step, the epoch's evaluation, epoch_end — and the peak is the largest of them (the network
     /// as it is built included). Masks and removals a strategy makes land on the cheapest
-    /// candidates of each edge (`strategySetOpState`), so which candidates the real run drops
+    /// candidates of each edge (`SearchServices.setOpState(slot:…)`), so which candidates the real run drops
     /// cannot take it higher. One step per epoch: the steps of an epoch allocate alike.
     /// `throughEpoch`: simulate epochs 0…that one only (the budget planner's variants of a run
     /// whose full prediction peaked there; the knobs it turns do not move a schedule).
@@ -93,8 +94,7 @@ extension SearchRun {
         cfg.trainImages = nil
         let comm: Communicator = ranks.size > 1 ? SimulatedRanks(rank: ranks.rank, size: ranks.size) : SingleProcess()
         let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil, ranks: comm)
-        predictionChoices[ObjectIdentifier(run)] = PredictionChoices()
-        defer { run.endPrediction() }
+        run.services.predictionView = PredictionChoices()
         try body(run)
         return StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
     }
@@ -138,56 +138,33 @@ extension SearchRun {
         return peakEpoch
     }
 
-    /// Forgets a prediction's bookkeeping (called when its dry run ends).
-    func endPrediction() { predictionChoices[ObjectIdentifier(self)] = nil }
-
-    // MARK: The strategy's op states in a prediction
-
-    /// A candidate's state as the strategy set it (`get_op_state`): in a prediction the
-    /// strategy's own view, which may name other candidates than the supernet's (see below).
-    func strategyOpState(slot: Int, edge: Int, op: Int) -> OpState {
-        let k = supernet.space.ops.count
-        if let view = predictionChoices[ObjectIdentifier(self)]?.view[slot], edge * k + op < view.count {
-            return OpState(rawValue: view[edge * k + op]) ?? .active
+    /// The predicted step peak of this run as it is now (its current depth, masked and removed
+    /// candidates left out, its named values such as skip_dropout set) after `change` ({"cells": n, "batch": b, "channels": c}).
+    public func predictPeak(change: String) throws -> StepPrediction {
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(change.utf8)) as? [String: Any] else {
+            throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(change)' is not a JSON object")
         }
-        return supernet.opState(slot: slot, edge: edge, op: op)
-    }
-
-    /// `set_op_state` from a strategy. In a prediction the strategy's choice rests on
-    /// values a dry run does not have (α, scores, norms), so the host keeps the strategy's view
-    /// (what `get_op_state` answers) and applies its counts instead: an edge on which the view has
-    /// r removed and m masked candidates loses its r cheapest for good and masks the next m
-    /// cheapest (bytes each keeps, measured once per candidate and shape), so the prediction
-    /// bounds whichever candidates the real run drops. Elsewhere: the state as asked.
-    func strategySetOpState(slot: Int, edge: Int, op: Int, _ state: OpState) throws {
-        guard let choices = predictionChoices[ObjectIdentifier(self)] else {
-            return try setOpState(slot: slot, edge: edge, op: op, state)
+        var c = config
+        c.space = supernet.space
+        c.memoryBudget = accountant.budget ?? accountant.plannedBudget ?? config.memoryBudget
+        for (k, v) in obj {
+            guard let n = (v as? NSNumber)?.intValue, n > 0 else {
+                throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: '\(k)' must be a positive integer")
+            }
+            switch k {
+            case "cells": c.space = c.space.hyperConnected ? c.space.hyperGrown(to: n) : { var s = c.space; s.cells = n; return s }()
+            case "batch": c.batchSize = n
+            case "channels": c.space.channels = n
+            case "nodes": c.space.nodes = n; c.space.multiplier = min(c.space.multiplier, n)
+            default: throw SearchServiceError(status: ES_ERROR_INVALID_ARGUMENT, message: "predict_peak: unknown change '\(k)'; known: cells, batch, channels, nodes")
+            }
         }
-        let k = supernet.space.ops.count
-        guard slot >= 0, slot < supernet.slotCount, edge >= 0, edge < supernet.space.edgesPerCell, op >= 0, op < k else {
-            return try setOpState(slot: slot, edge: edge, op: op, state)   // the supernet names the mistake
-        }
-        var view = choices.view[slot] ?? opStates(slot: slot)
-        if view.count != supernet.space.edgesPerCell * k { view = opStates(slot: slot) }
-        if view[edge * k + op] == OpState.removed.rawValue && state != .removed {
-            throw EspalierError.invalidArgument("candidate \(supernet.space.opNames[op]) on edge \(edge) was removed for good")
-        }
-        view[edge * k + op] = state.rawValue
-        choices.view[slot] = view
-        let row = Array(view[(edge * k)..<(edge * k + k)])
-        let removed = row.filter { $0 == OpState.removed.rawValue }.count
-        let masked = row.filter { $0 == OpState.masked.rawValue }.count
-        let bytes = try candidateBytes(slot: slot, edge: edge)
-        let cheapestFirst = (0..<k).sorted { bytes[$0] != bytes[$1] ? bytes[$0] < bytes[$1] : $0 < $1 }
-        var gone = Set((0..<k).filter { supernet.opState(slot: slot, edge: edge, op: $0) == .removed })
-        for o in cheapestFirst where gone.count < removed && !gone.contains(o) {
-            try setOpState(slot: slot, edge: edge, op: o, .removed)
-            gone.insert(o)
-        }
-        for (i, o) in cheapestFirst.filter({ !gone.contains($0) }).enumerated() {
-            let want: OpState = i < masked ? .masked : .active
-            if supernet.opState(slot: slot, edge: edge, op: o) != want { try setOpState(slot: slot, edge: edge, op: o, want) }
-        }
+        let ds = trainLoader.view.dataset
+        // The live run's masked and removed candidates stay out of the prediction (same space shape only).
+        return try SearchRun.predictStep(config: c, registry: registry, imageShape: (ds.channels, ds.height, ds.width), classes: ds.numClasses,
+                                         opStates: supernet.hyperConnected ? nil : (opStates(reduction: false), opStates(reduction: true)),
+                                         slotStates: supernet.hyperConnected ? (0..<supernet.slotCount).map { opStates(slot: $0) } : nil,
+                                         inputStates: inputStatesByCell(), values: services.values, ranks: (ranks.rank, ranks.size))
     }
 
     /// Bytes each candidate of `edge` keeps in the cells of `slot` (parameters, gradients and
@@ -206,13 +183,3 @@ extension SearchRun {
         return Array(cache.slots[slot].memory[(edge * k)..<(edge * k + k)])
     }
 }
-
-/// What a prediction keeps about a strategy's op states: per slot, (edges·ops) as the strategy
-/// set them.
-final class PredictionChoices {
-    var view: [Int: [Int32]] = [:]
-}
-
-/// Side table: the prediction a run is (an extension cannot add stored properties).
-/// Host thread only; the entry is removed when the prediction ends.
-nonisolated(unsafe) var predictionChoices: [ObjectIdentifier: PredictionChoices] = [:]

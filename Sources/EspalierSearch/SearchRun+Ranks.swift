@@ -124,7 +124,7 @@ extension SearchRun {
     func stateChecksum() throws -> String {
         var meta: [String: String] = [:]
         for (k, v) in try savePluginStates() ?? [:] { meta["plugin/" + k] = v }
-        meta["values"] = values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.bitPattern)" }.joined(separator: ",")
+        meta["values"] = services.values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.bitPattern)" }.joined(separator: ",")
         meta["ops"] = (opStates(reduction: false) + opStates(reduction: true)).map(String.init).joined(separator: ",")
         meta["position"] = "\(epoch)/\(globalStep)/\(stepInEpoch)"
         return try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: meta).contentChecksum()

@@ -172,8 +172,8 @@ extension SearchRun {
     /// group's value is dropped.
     func publishGroupNorms() {
         guard let norms = try? groupNorms(), !norms.isEmpty else { return }
-        for key in published.keys where key.hasPrefix("group_norm/") { published[key] = nil }
-        for (name, v) in norms { published["group_norm/" + name.dropFirst("group/".count)] = v }
+        for key in services.published.keys where key.hasPrefix("group_norm/") { services.published[key] = nil }
+        for (name, v) in norms { services.published["group_norm/" + name.dropFirst("group/".count)] = v }
     }
 
     /// Costs of every candidate (bytes: parameters, gradients and momentum, plus the activations

@@ -25,7 +25,7 @@ extension SearchRun {
     }
 
     public func publishSectionValues() throws {
-        published["memory.dataset_bytes"] = Double(trainLoader.view.dataset.byteCount)
+        services.published["memory.dataset_bytes"] = Double(trainLoader.view.dataset.byteCount)
         // Only for runs that regularize gate weights (they measure the costs anyway).
         guard regularizers.contains(where: { $0.wants(.gateWeights) }), !supernet.space.sumOps, !accountant.isDryRun,
               supernet.cells.contains(where: { $0.lastInputShape != nil }) else { return }
@@ -44,8 +44,8 @@ extension SearchRun {
                 num += Double(s) * Double(g)
                 den += Double(s)
             }
-            published["candidate_bytes/\(name)"] = den
-            published["compression/\(name)"] = den > 0 ? num / den : 1
+            services.published["candidate_bytes/\(name)"] = den
+            services.published["compression/\(name)"] = den > 0 ? num / den : 1
         }
     }
 }

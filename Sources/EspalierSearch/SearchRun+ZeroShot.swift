@@ -6,8 +6,8 @@
 // are masked), the run's op states are copied onto it (masked and removed ops do not run), the
 // first batches·batch images of the weight-training half (in their stored order, the same images
 // every call) go through it, and it is freed before returning. Everything it allocates is counted
-// under owner "zeroshot". Not here: the C thunk (SearchServices.swift) and any scoring or pruning
-// logic (Plugins/zeroshot).
+// under owner "zeroshot". Not here: the services (SearchServices.swift), their C thunk
+// (EspalierHost) and any scoring or pruning logic (Plugins/zeroshot).
 
 import CEspalierSDK
 import EspalierCore

@@ -107,11 +107,9 @@ public final class SearchRun {
     public let ranks: Communicator
     /// What its exchanges agreed and counted, and how the random services were last seeded.
     let exchangeState = RankExchangeState()
-    /// Named scalars set through the search services (checkpointed).
-    var values: [String: Double] = [:]
-    /// Read-only values the host publishes for strategies (group norms, section memory figures):
-    /// answered by get_value, never checkpointed (they are recomputed from the run's state).
-    var published: [String: Double] = [:]
+    /// What strategy plugins act through (`host->search`), with the state that serves them alone:
+    /// named and published values, the step's batches, a prediction's op-state view.
+    public private(set) lazy var services = SearchServices(run: self)
 
     // Where the run is (checkpointed).
     public internal(set) var epoch = 0
@@ -246,8 +244,7 @@ public final class SearchRun {
         trainLoader.shard = (ranks.rank, ranks.size)
         validLoader.shard = (ranks.rank, ranks.size)
         validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
-        context.searchDelegate = self
-        context.searchServices = UnsafePointer(SearchServicesTable.table)
+        context.searchServices = services
         // Plugin calls outside a step (logged and derived mixing weights, graph_gate) see the real epoch and step.
         context.runState = { [weak self] in self?.state ?? RunState() }
     }
@@ -411,8 +408,8 @@ public final class SearchRun {
     @discardableResult
     public func step(train batch: Batch, valid: Batch?) throws -> (Double, Int) {
         // The step's batches, for the `batch_loss` search service (PARSEC).
-        stepBatches = StepBatches(train: batch, valid: valid)
-        defer { stepBatches = nil }
+        services.stepBatches = StepBatches(train: batch, valid: valid)
+        defer { services.stepBatches = nil }
         reseedRandomForStep()
         try applySchedules()
         let plan = try strategy.planStep(state)
@@ -455,7 +452,7 @@ public final class SearchRun {
         let s = state
         for (slot, m) in schedules {
             let v = try m.schedule(step: s.step, total: s.totalSteps)
-            try setValue(slot == "tau.schedule" ? "gate.tau" : "regularizer.lambda", v)
+            try services.setValue(slot == "tau.schedule" ? "gate.tau" : "regularizer.lambda", v)
         }
     }
 
@@ -507,7 +504,7 @@ public final class SearchRun {
                 weightsReduce: try supernet.mixingWeights(reduction: true, accountant: accountant),
                 genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
             recordResidentSet(&log)
-            let named = values.merging(published) { own, _ in own }   // as get_value answers
+            let named = services.namedValues
             runPeakBytes = max(runPeakBytes, log.peakBytes)
             logs.append(log)
             var metrics = EpochMetrics()

@@ -352,7 +352,7 @@ extension AllStrategiesBudgetTests {
         c.strategySettings = ["stage_cells": "2", "stage_ops": "1", "skip_dropout": "0.3", "skip_dropout_schedule": "constant"]
         let run = try syntheticSearchRun(c, registry: Self.registry)
         let without = try run.predictPeak(change: "{}").stepPeak
-        try run.setValue("skip_dropout", 0.3)
+        try run.services.setValue("skip_dropout", 0.3)
         let with = try run.predictPeak(change: "{}").stepPeak
         XCTAssertGreaterThan(with, without, "the dropout masks are predicted")
         try run.firstStep()

@@ -173,7 +173,7 @@ final class BonsaiHyperTests: XCTestCase {
         assertSections(log, cells: ["2", "3", "4"], budget: budget)
         XCTAssertEqual(log.sections.last?["target"], "none", "the last section trains without the compression term")
         // Compression values per cell, inter-cell inputs included.
-        XCTAssertNoThrow(try run.value("candidate_bytes/cell3"))
+        XCTAssertNoThrow(try run.services.value("candidate_bytes/cell3"))
     }
 
     func testBonsai_DeadheadsInterCellInputs_AndExportsAPrunedNetworkThatTrains() throws {
@@ -244,8 +244,8 @@ final class BonsaiHyperTests: XCTestCase {
         XCTAssertTrue(costs.inputs.allSatisfy { $0.memory.allSatisfy { $0 > 0 } }, "every inter-cell input has the accountant's bytes")
         let ops = costs.slots[3].memory.reduce(0) { $0 + Double($1) }, inputs = costs.inputs[3].memory.map(Double.init)
         let all = ops + inputs.reduce(0, +), kept = ops + inputs[0] + inputs[1]
-        XCTAssertEqual(try run.value("candidate_bytes/cell3"), all, accuracy: 1)
-        XCTAssertEqual(try run.value("compression/cell3"), kept / all, accuracy: 1e-6)
+        XCTAssertEqual(try run.services.value("candidate_bytes/cell3"), all, accuracy: 1)
+        XCTAssertEqual(try run.services.value("compression/cell3"), kept / all, accuracy: 1e-6)
         // The regularizer on the host's two targets of cell 3 (ops, inputs): one c for the cell. λ = 1, target 0 → its value is c.
         let r = try PluginRegularizer(try Self.registry.require(compression, kind: .regularizer), context: HostContext(accountant: acc),
                                       settings: ["target": "0", "lambda": "1"])

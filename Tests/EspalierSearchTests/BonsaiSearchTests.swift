@@ -110,8 +110,8 @@ final class BonsaiSearchTests: XCTestCase {
             }
             let hand = kept / all
             XCTAssertGreaterThan(hand, 0.1); XCTAssertLessThan(hand, 0.9)
-            XCTAssertEqual(try run.value("compression/\(type)"), hand, accuracy: 1e-9, type)
-            XCTAssertEqual(try run.value("candidate_bytes/\(type)"), all, accuracy: 1e-3, type)
+            XCTAssertEqual(try run.services.value("compression/\(type)"), hand, accuracy: 1e-9, type)
+            XCTAssertEqual(try run.services.value("candidate_bytes/\(type)"), all, accuracy: 1e-3, type)
             // The regularizer on the same gate weights and sizes: λ = 1, target 0 → its value is c.
             let r = try PluginRegularizer(try Self.registry.require(compression, kind: .regularizer), context: HostContext(accountant: acc),
                                           settings: ["target": "0", "lambda": "1"])
@@ -133,7 +133,7 @@ final class BonsaiSearchTests: XCTestCase {
         XCTAssertLessThanOrEqual(watcher.worst, budget, "the accountant's peak stays inside the budget at every step")
         assertSections(log, cells: ["2", "3", "4"], budget: budget)
         // The last section trains without the compression term.
-        XCTAssertEqual(try run.value("regularizer.lambda"), 0)
+        XCTAssertEqual(try run.services.value("regularizer.lambda"), 0)
     }
 
     func testABudgetThatCannotHoldOneSection_FailsBeforeTraining_NamingTheShortfall() throws {

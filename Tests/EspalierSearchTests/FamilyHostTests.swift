@@ -167,12 +167,12 @@ final class FamilyHostTests: XCTestCase {
         let run = try makeRun(c)
         let (t, v) = try batches(run)
         try run.step(train: t, valid: v)
-        XCTAssertEqual(try run.value("gate.tau"), 10, accuracy: 1e-9, "step 0 of linear-decay")
+        XCTAssertEqual(try run.services.value("gate.tau"), 10, accuracy: 1e-9, "step 0 of linear-decay")
         let fresh = try makeRun(c)
         try fresh.run()
         let total = Double(fresh.config.epochs * fresh.trainLoader.batchesPerEpoch)
         XCTAssertEqual(total, 2)
-        XCTAssertEqual(try fresh.value("gate.tau"), 10 - 9.9 / total, accuracy: 1e-9, "set before the last step (step 1 of 2)")
+        XCTAssertEqual(try fresh.services.value("gate.tau"), 10 - 9.9 / total, accuracy: 1e-9, "set before the last step (step 1 of 2)")
     }
 
     // MARK: Grow and skip dropout (P-DARTS)
@@ -198,7 +198,7 @@ final class FamilyHostTests: XCTestCase {
         for cell in [0, 2, 4] { XCTAssertFalse(names.contains { $0.hasPrefix("model/cell\(cell)/edge1/sep_conv_3x3") }, "removed op rebuilt in cell \(cell)") }
         XCTAssertTrue(names.contains { $0.hasPrefix("model/cell3/edge1/sep_conv_3x3") })
         XCTAssertEqual(run.weightOptimizer.parameters.count, run.supernet.weights.count, "the optimiser holds the new weights")
-        try run.setValue("skip_dropout", 0.4)
+        try run.services.setValue("skip_dropout", 0.4)
         let (t, v) = try batches(run)
         try run.step(train: t, valid: v)
         try run.checkpoint()
@@ -207,8 +207,8 @@ final class FamilyHostTests: XCTestCase {
         try again.restore(checkpoint: out + "/checkpoint.safetensors")
         XCTAssertEqual(again.supernet.space.cells, 5)
         XCTAssertEqual(again.supernet.weights.map(\.value.array), run.supernet.weights.map(\.value.array))
-        XCTAssertEqual(try again.value("skip_dropout"), 0.4, accuracy: 1e-6)
-        XCTAssertThrowsError(try run.setValue("skip_dropout", 1.5))
+        XCTAssertEqual(try again.services.value("skip_dropout"), 0.4, accuracy: 1e-6)
+        XCTAssertThrowsError(try run.services.setValue("skip_dropout", 1.5))
     }
 }
 

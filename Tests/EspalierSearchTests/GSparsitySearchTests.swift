@@ -203,7 +203,7 @@ final class GSparsitySearchTests: TemporaryDirectoryTestCase {
         c.epochs = 3
         let run = try makeRun(c)
         try run.run()
-        XCTAssertEqual(try run.value("regularizer.mu"), 4)
+        XCTAssertEqual(try run.services.value("regularizer.mu"), 4)
     }
 
     func testShortSearch_PrunesZeroGroups_GenotypeMatchesOpStates() throws {

@@ -32,7 +32,7 @@ final class GateValuesTests: XCTestCase {
         for a in net.alphas + net.inputAlphas { for i in 0..<a.count { a.value[i] = 0.25 } }
 
         // A strategy sets the value through its search services, as a plugin calls set_value.
-        let search = try XCTUnwrap(context.searchServices).pointee
+        let search = try XCTUnwrap(context.services.pointee.search).pointee
         XCTAssertEqual(search.set_value(context.services.pointee.host, "gate.scale", 3), ES_OK)
 
         for s in 0..<net.slotCount {
@@ -43,6 +43,6 @@ final class GateValuesTests: XCTestCase {
             let w = try net.inputWeights(cell: i, accountant: acc)
             XCTAssertEqual(w, Array(repeating: 0.75, count: max(i, 1)), "cell \(i)'s input gate has scale 3")
         }
-        XCTAssertEqual(try run.value("gate.scale"), 3)
+        XCTAssertEqual(try run.services.value("gate.scale"), 3)
     }
 }

@@ -188,7 +188,7 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
         }
         XCTAssertEqual(run.supernet.space.cells, 4, "grown 2 → 3 → 4 cells")
         XCTAssertTrue(logged.contains { $0.contains("growing to 3 cells") } && logged.contains { $0.contains("growing to 4 cells") }, "\(logged)")
-        XCTAssertEqual(try run.value("skip_dropout"), 0.7, accuracy: 1e-6, "stage 3's skip dropout (decay schedule, first epoch after warm-up)")
+        XCTAssertEqual(try run.services.value("skip_dropout"), 0.7, accuracy: 1e-6, "stage 3's skip dropout (decay schedule, first epoch after warm-up)")
         let g = try run.derive()
         let left = [false, true].map { r in states(run, reduction: r).map { row in self.names[row.firstIndex { $0 != .removed }!] } }
         XCTAssertTrue(g.normal.allSatisfy { $0.op != "none" } && g.reduce.allSatisfy { $0.op != "none" })
@@ -278,7 +278,7 @@ final class PDartsDropNASBetaSearchTests: XCTestCase {
         XCTAssertTrue(run.logs.allSatisfy { $0.validLoss.isFinite })
         XCTAssertEqual(run.supernet.space.cells, 3)
         // The schedule set λ before every step: 25·step/total, at the last step 25·7/8 (64 images, batch 16: 4 steps × 2 epochs).
-        XCTAssertEqual(try run.value("regularizer.lambda"), 25.0 * 7 / 8, accuracy: 1e-9)
+        XCTAssertEqual(try run.services.value("regularizer.lambda"), 25.0 * 7 / 8, accuracy: 1e-9)
         let g = try run.derive()
         XCTAssertTrue(g.problems().isEmpty, "\(g.problems())")
         XCTAssertLessThanOrEqual(g.normal.filter { $0.op == "skip_connect" }.count, 2)

@@ -106,8 +106,8 @@ final class RandomParsecTests: XCTestCase {
         XCTAssertEqual(s.batch_loss!(host, 1, 0, &loss, &n), ES_ERROR_UNSUPPORTED)
         XCTAssertThrowsError(try run.batchLoss(validation: true, backward: false)) { XCTAssertTrue("\($0)".contains("no step is being taken"), "\($0)") }
         let b = try batches(run)
-        run.stepBatches = b
-        defer { run.stepBatches = nil }
+        run.services.stepBatches = b
+        defer { run.services.stepBatches = nil }
         XCTAssertEqual(s.batch_loss!(host, 2, 0, &loss, &n), ES_ERROR_INVALID_ARGUMENT)
         XCTAssertEqual(s.batch_loss!(host, 1, 0, &loss, &n), ES_OK)
         XCTAssertEqual(n, 4)
@@ -240,8 +240,8 @@ final class RandomParsecTests: XCTestCase {
         let alpha = run.supernet.alphaNormal
         let pi: [Float] = [0.6, -0.4, 0.1, -0.2, 0.5, 0.0]   // (2 edges, 3 ops)
         for i in 0..<6 { alpha.value[i] = pi[i] }
-        run.stepBatches = try batches(run)
-        defer { run.stepBatches = nil }
+        run.services.stepBatches = try batches(run)
+        defer { run.services.stepBatches = nil }
         let n = Double(run.config.batchSize)
 
         // Exact: ∇π log Σ_a p(a|π)·exp(−N·L(a)/T) = Σ_a w(a)·(onehot(a_e) − p_e), w ∝ p(a)·exp(−N·L(a)/T).
@@ -288,9 +288,9 @@ final class RandomParsecTests: XCTestCase {
         // Train the shared weights a little with every op active, so the children differ clearly.
         for _ in 0..<20 { _ = try run.weightStep(try run.trainLoader.nextCycling(accountant: run.accountant)) }
         let b = try batches(run)
-        run.stepBatches = b
+        run.services.stepBatches = b
         let L = try childLosses(run, ops: 3)
-        run.stepBatches = nil
+        run.services.stepBatches = nil
         let flat = L.flatMap { $0 }
         let best = flat.firstIndex(of: flat.min()!)!
         func pBest() -> Double {

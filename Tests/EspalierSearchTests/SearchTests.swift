@@ -239,7 +239,7 @@ final class SearchTests: XCTestCase {
             XCTAssertEqual(run.supernet.opState(reduction: false, edge: e, op: 3), .masked)
             XCTAssertEqual(run.supernet.opState(reduction: true, edge: e, op: 3), .active)
         }
-        XCTAssertEqual(try run.value("gate.tau"), 2)
+        XCTAssertEqual(try run.services.value("gate.tau"), 2)
         XCTAssertEqual(try run.supernet.mixingWeights(reduction: false, accountant: acc)[0][3], 0, "a masked op gets weight 0")
         XCTAssertTrue(logged.contains { $0.hasPrefix("predicted peak ") && $0.hasSuffix("named espalier.op.none/1") }, "\(logged)")
         XCTAssertTrue(try run.derive().normal.allSatisfy { $0.op != "sep_conv_3x3" }, "the masked op is never chosen")
@@ -248,7 +248,7 @@ final class SearchTests: XCTestCase {
         let run2 = try SearchRun(config: c, registry: registry, context: context2, train: ds.all, outDirectory: out)
         try run2.resume(from: out)
         XCTAssertEqual(run2.supernet.opState(reduction: false, edge: 0, op: 3), .masked)
-        XCTAssertEqual(try run2.value("gate.tau"), 2)
+        XCTAssertEqual(try run2.services.value("gate.tau"), 2)
     }
 
     func tempDir() throws -> String {

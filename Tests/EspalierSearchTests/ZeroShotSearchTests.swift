@@ -307,7 +307,7 @@ final class ZeroShotSearchTests: XCTestCase {
         c.regularizers = ["espalier.regularizer.beta-decay/1"]
         let run = try SearchRun(config: c, registry: Self.registry, context: HostContext(accountant: acc, seed: c.seed),
                                 train: train.all.prefix(128), outDirectory: nil)
-        XCTAssertEqual(try run.value("space.partial_channels"), 4)
+        XCTAssertEqual(try run.services.value("space.partial_channels"), 4)
         let before = run.supernet.alphaNormal.value.array
         try run.run()
         XCTAssertEqual(run.logs.count, 2)
