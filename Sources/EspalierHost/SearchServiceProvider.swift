@@ -95,7 +95,17 @@ private func invalid(_ message: String) -> SearchServiceError { SearchServiceErr
 private let searchSpaceInfo: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<es_space_info>?) -> es_status = { host, out in
     withSearch(host) { search in
         guard let out else { throw invalid("space_info needs an out pointer") }
-        out.pointee = try search.spaceInfo()
+        // No more than the caller's struct holds: a plugin built for ABI 1.0 or 1.1 has no
+        // hyper_connected. struct_size 0 (never set) is read as the 1.0 layout.
+        let oldest = MemoryLayout<es_space_info>.offset(of: \es_space_info.hyper_connected)!, full = MemoryLayout<es_space_info>.size
+        let given = Int(out.pointee.struct_size)
+        guard given == 0 || given >= oldest else {
+            throw invalid("space_info: struct_size \(given) is smaller than any es_space_info (\(oldest) bytes); set it to sizeof(es_space_info)")
+        }
+        var info = try search.spaceInfo()
+        let n = given == 0 ? oldest : min(given, full)
+        info.struct_size = UInt32(n)
+        withUnsafeBytes(of: &info) { UnsafeMutableRawPointer(out).copyMemory(from: $0.baseAddress!, byteCount: n) }
     }
 }
 

@@ -313,7 +313,7 @@ public final class SearchRun {
                         loss = try graph.add(loss, try graph.scale(try graph.softmaxCrossEntropy(aux, labels: labels), by: Float(supernet.space.auxiliaryWeight)))
                     }
                     dataLoss = graph.computing ? Double(loss.value[0]) : 0
-                    c = graph.computing ? Kernels.countCorrect(logits.value, labels: labels) : 0
+                    c = graph.computing ? logits.value.correctCount(labels: labels) : 0
                     if regularize, let (term, v) = try accountant.withOwner("regularizer", { try gateWeightTerm(graph) }) {
                         loss = try graph.add(loss, term)
                         termValue = v

@@ -251,6 +251,23 @@ final class SearchTests: XCTestCase {
         XCTAssertEqual(try run2.services.value("gate.tau"), 2)
     }
 
+    func testSpaceInfo_WritesNoMoreThanAnOlderPluginsStruct() throws {
+        // Before: the host wrote its whole 28-byte es_space_info into a 1.1 plugin's 24-byte struct.
+        let dir = try PluginFixtures.tempDir()
+        try PluginFixtures.build("libespalier-fixture.so", in: dir, defines: ["FIX_SPACE_INFO_1_1"])
+        let acc = MemoryAccountant()
+        let context = HostContext(accountant: acc, seed: 5)
+        let registry = PluginLoader(context: context).load(PluginSearchPath.standard(extraDirectories: [dir], environment: [:]))
+        var c = tinyConfig()
+        c.strategy = "org.fixture.strategy.pruner/1"
+        c.strategySettings = ["mask_op": "3"]
+        c.epochs = 1
+        let ds = try Dataset.synthetic(count: 16, channels: 1, height: 8, width: 8, classes: 3, seed: 1, accountant: acc)
+        let run = try SearchRun(config: c, registry: registry, context: context, train: ds.all, outDirectory: nil)
+        XCTAssertNoThrow(try run.run())   // the fixture fails the run if its canary after the struct changed
+        XCTAssertEqual(run.supernet.opState(reduction: false, edge: 0, op: 3), .masked, "it read the counts it asked for")
+    }
+
     func tempDir() throws -> String {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("espalier-search-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)

@@ -81,8 +81,9 @@ typedef struct es_search_services {
     uint32_t struct_size;
     /** Writes the space's current shape into `*out` (the caller's struct; NULL:
      *  ES_ERROR_INVALID_ARGUMENT). Set out->struct_size = sizeof(es_space_info) before the call.
-     *  This host writes its whole es_space_info (this header's, with hyper_connected) and its
-     *  struct_size, whatever the caller set. With a non-NULL `out` it does not fail during a
+     *  The host writes no more than the caller's struct_size covers (a plugin built for 1.0 or
+     *  1.1 gets no hyper_connected; 0 is read as the 1.0 size; a size below that is
+     *  ES_ERROR_INVALID_ARGUMENT) and sets struct_size to what it wrote. With a non-NULL `out` it does not fail during a
      *  search; it is cheap: call it whenever you need the counts rather than keep them across
      *  `grow`. */
     es_status (*space_info)(void *host, es_space_info *out);

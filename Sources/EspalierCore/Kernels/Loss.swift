@@ -71,13 +71,6 @@ extension Kernels {
         }
         return hits
     }
-
-    /// Rows of the logits tensor (N, K) whose label is among the top `topK`; 0 in dry-run.
-    /// The count's one name is `correctCount` (`Tensor.correctCount`, above on pointers): this old
-    /// spelling remains only for SearchRun.swift's caller, which is being reworked elsewhere; it goes with it.
-    public static func countCorrect(_ logits: Tensor, labels: [Int32], topK: Int = 1) -> Int {
-        logits.correctCount(labels: labels, topK: topK)
-    }
 }
 
 extension Tensor {

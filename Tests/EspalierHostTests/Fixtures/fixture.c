@@ -18,6 +18,8 @@
  *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = mask(bn(conv1x1 stride s(x, proj.weight))), a channel-masked op
  *                          of a third party (its own names: proj.weight, keep.logits)
  *   -DFIX_GATE_DECLARES    the gate's create declares a parameter (refused: only an op's create may) and fails with that status
+ *   -DFIX_SPACE_INFO_1_1   the pruner asks space_info with a struct laid out as ABI 1.1 (no hyper_connected)
+ *                          and a canary right after it; the run fails if the host writes past the struct
  *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
  *   -DFIX_GATE_INPUTS      the gate also gates inter-cell inputs (ES_GATE_INPUTS), so it can
  *                          serve the hyper-connected space
@@ -29,6 +31,7 @@
  * and brings the search method "fixture-warmup" (ABI 1.5): its gate, its regularizer and settings.
  */
 #include <espalier/espalier.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,9 +382,21 @@ static es_status pruner_epoch_begin(void *inst, const es_run_state *st) {
     const es_search_services *q = h->search;
     (void)st;
     if (!q) { h->set_error(h->host, "no search services"); return ES_ERROR_UNSUPPORTED; }
+#ifdef FIX_SPACE_INFO_1_1
+    struct { uint32_t struct_size; int32_t cell_types, edges, ops, nodes, cells; int32_t canary; } old =
+        { (uint32_t)offsetof(es_space_info, hyper_connected), 0, 0, 0, 0, 0, 0x5eed };
+    es_status r = q->space_info(h->host, (es_space_info *)(void *)&old);
+    if (r != ES_OK) return r;
+    if (old.canary != 0x5eed || old.struct_size != offsetof(es_space_info, hyper_connected)) {
+        h->set_error(h->host, "space_info wrote past a struct of ABI 1.1's size");
+        return ES_ERROR_INTERNAL;
+    }
+    es_space_info info = { sizeof(es_space_info), old.cell_types, old.edges, old.ops, old.nodes, old.cells, 0 };
+#else
     es_space_info info = { sizeof(es_space_info), 0, 0, 0, 0, 0 };
     es_status r = q->space_info(h->host, &info);
     if (r != ES_OK) return r;
+#endif
     es_tensor_view alpha, grad;
     if ((r = q->arch_view(h->host, 0, &alpha, &grad)) != ES_OK) return r;
     if (alpha.rank != 2 || alpha.shape[0] != info.edges || alpha.shape[1] != info.ops) {
