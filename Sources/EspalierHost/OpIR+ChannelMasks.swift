@@ -10,7 +10,7 @@ import Foundation
 extension OpIR {
     /// A mask on the channels of one value.
     public struct ChannelMask: Equatable, Sendable {
-        /// The logits' leaf name ("mask_mid.logits") and the gate's role.
+        /// The logits' leaf name ("keep.logits") and the gate's role.
         public let logits: String
         public let role: String
         /// The value whose channels it scales, and the `channel_scale` node that does.
@@ -21,7 +21,7 @@ extension OpIR {
     /// A convolution and the masks on its input and output channels.
     public struct MaskedConvolution: Equatable, Sendable {
         public let node: Int
-        /// The weight's leaf name ("pw1.weight").
+        /// The weight's leaf name ("proj.weight").
         public let weight: String
         /// (Cout, Cin/groups, KH, KW)
         public let weightShape: [Int]

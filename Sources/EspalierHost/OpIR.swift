@@ -21,7 +21,7 @@ public struct OpIR: Equatable, Sendable {
         case input
         /// The mixing weights handed to `build_mixed` (MergeNAS).
         case mixingWeights
-        /// A declared parameter or buffer, by its name under the op's owner path ("pw1.weight").
+        /// A declared parameter or buffer, by its name under the op's owner path ("proj.weight").
         case parameter(String)
         case buffer(String)
         /// The output of node i.
@@ -111,7 +111,7 @@ public struct OpIR: Equatable, Sendable {
 
     static func number(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : String(v) }
 
-    /// One line per leaf and per node, e.g. `%4 = conv2d(%3, @pw1.weight) {padding=0} : 2×8×16×16  flops 32768  kept 8192`.
+    /// One line per leaf and per node, e.g. `%4 = conv2d(%3, @proj.weight) {padding=0} : 2×8×16×16  flops 32768  kept 8192`.
     public var text: String {
         var lines = ["op \(op) stride \(stride)\(training ? "" : " (evaluation)"): \(Self.shapeText(inputShape)) → \(Self.shapeText(outputShape))"]
         for (i, v) in values.enumerated() {
