@@ -119,12 +119,12 @@ extension SearchRun {
         while epoch < config.epochs && epoch <= (last ?? Int.max) {
             weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
             try withSectionValues { try strategy.epochBegin(state) }
-            onlySkippedThisEpoch = true
+            tally.onlySkippedThisEpoch = true
             let batch = try accountant.withOwner("batch") { try trainLoader.nextCycling(accountant: accountant) }
             let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
             try step(train: batch, valid: valid)
             globalStep += 1
-            if !onlySkippedThisEpoch { _ = try evaluate(validEvalView) }
+            if !tally.onlySkippedThisEpoch { _ = try evaluate(validEvalView) }
             _ = try supernet.mixingWeights(reduction: false, accountant: accountant)
             _ = try supernet.mixingWeights(reduction: true, accountant: accountant)
             let removedBefore = supernet.space.sumOps ? removedCount() : 0

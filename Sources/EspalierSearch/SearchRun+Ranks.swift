@@ -126,7 +126,7 @@ extension SearchRun {
         for (k, v) in try savePluginStates() ?? [:] { meta["plugin/" + k] = v }
         meta["values"] = services.values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.bitPattern)" }.joined(separator: ",")
         meta["ops"] = (opStates(reduction: false) + opStates(reduction: true)).map(String.init).joined(separator: ",")
-        meta["position"] = "\(epoch)/\(globalStep)/\(stepInEpoch)"
+        meta["position"] = "\(epoch)/\(globalStep)/\(tally.stepInEpoch)"
         return try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: meta).contentChecksum()
     }
 

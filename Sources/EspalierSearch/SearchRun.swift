@@ -114,18 +114,9 @@ public final class SearchRun {
     // Where the run is (checkpointed).
     public internal(set) var epoch = 0
     public internal(set) var globalStep = 0
-    var stepInEpoch = 0
-    var lossSum = 0.0, correct = 0, seen = 0
-    var stepTimes: [Double] = []
-    /// The architecture loss of this epoch's architecture steps (SearchRun+Settings.swift).
-    var archLossTotal = (sum: 0.0, count: 0)
-    /// True while every step of this epoch was ES_STEP_SKIP (random search, ETENAS): the supernet
-    /// was not trained, so the epoch-end evaluation of it is skipped (its log shows 0).
-    var onlySkippedThisEpoch = true
+    /// What this epoch has counted so far (EpochTally.swift).
+    var tally = EpochTally()
     public private(set) var logs: [SearchEpochLog] = []
-    /// The network this epoch trains (its cells) and its predicted peak with the dataset, taken
-    /// after epoch_begin (the memory timeline's row; SearchRun+Timeline.swift).
-    var epochStart: (cells: Int, predicted: Int?)? = nil
     /// The event file of OUT/tb, opened at the first epoch's end (SearchRun+TensorBoard.swift).
     var tensorBoard: TensorBoardWriter? = nil
     /// The largest epoch peak of this process (the accountant's, dataset included).
@@ -331,7 +322,7 @@ public final class SearchRun {
                 var value = globalLoss + termValue
                 if regularize && backward { value += try applyArchRegularizers() }
                 if backward { value += try applyChannelMaskRegularizers() }
-                if regularize && backward && graph.computing { archLossTotal.sum += value; archLossTotal.count += 1 }
+                if regularize && backward && graph.computing { tally.archLossTotal.sum += value; tally.archLossTotal.count += 1 }
                 return (value, c)
             }
         } catch {
@@ -413,7 +404,7 @@ public final class SearchRun {
         reseedRandomForStep()
         try applySchedules()
         let plan = try strategy.planStep(state)
-        if plan.mode != .skip { onlySkippedThisEpoch = false }
+        if plan.mode != .skip { tally.onlySkippedThisEpoch = false }
         var result = (0.0, 0)
         switch plan.mode {
         case .bilevel, .singleLevel:
@@ -462,13 +453,13 @@ public final class SearchRun {
     /// checkpointing when interrupted.
     public func run(progress: SearchProgress? = nil) throws {
         while epoch < config.epochs {
-            if stepInEpoch == 0 {
+            if tally.stepInEpoch == 0 {
                 weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
                 try withSectionValues { try strategy.epochBegin(state) }
                 noteEpochStart()
                 accountant.resetPeak()
-                lossSum = 0; correct = 0; seen = 0; stepTimes = []
-                onlySkippedThisEpoch = true
+                tally.lossSum = 0; tally.correct = 0; tally.seen = 0; tally.stepTimes = []
+                tally.onlySkippedThisEpoch = true
                 _ = takeEpochTerms()
             }
             let started = DispatchTime.now().uptimeNanoseconds
@@ -477,25 +468,25 @@ public final class SearchRun {
                 let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 let (loss, c) = try step(train: batch, valid: valid)
-                guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: stepInEpoch + 1) }
-                stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                lossSum += loss * Double(batch.globalSize); correct += c; seen += batch.globalSize
-                stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
-                progress?.step(stepInEpoch, of: steps, loss: lossSum / Double(max(seen, 1)), accuracy: Double(correct) / Double(max(seen, 1)))
+                guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: tally.stepInEpoch + 1) }
+                tally.stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                tally.lossSum += loss * Double(batch.globalSize); tally.correct += c; tally.seen += batch.globalSize
+                tally.stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
+                progress?.step(tally.stepInEpoch, of: steps, loss: tally.lossSum / Double(max(tally.seen, 1)), accuracy: Double(tally.correct) / Double(max(tally.seen, 1)))
                 if try interruptAgreed() || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
                     runPeakBytes = max(runPeakBytes, accountant.peakTotal)
                     let path = try checkpoint()
                     throw SearchInterrupted(checkpoint: path ?? "(no output folder)")
                 }
             }
-            let (validLoss, validAcc) = onlySkippedThisEpoch ? (0, 0) : try evaluate(validEvalView)
-            guard validLoss.isFinite else { throw try diverged(loss: validLoss, which: "validation", stepInEpoch: stepInEpoch) }
+            let (validLoss, validAcc) = tally.onlySkippedThisEpoch ? (0, 0) : try evaluate(validEvalView)
+            guard validLoss.isFinite else { throw try diverged(loss: validLoss, which: "validation", stepInEpoch: tally.stepInEpoch) }
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
-            let sorted = stepTimes.sorted()
+            let sorted = tally.stepTimes.sorted()
             let terms = takeEpochTerms()
             var log = SearchEpochLog(
-                epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)), trainAccuracy: Double(correct) / Double(max(seen, 1)),
+                epoch: epoch + 1, trainLoss: tally.lossSum / Double(max(tally.seen, 1)), trainAccuracy: Double(tally.correct) / Double(max(tally.seen, 1)),
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
                 seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
                 medianStepSeconds: sorted.isEmpty ? 0 : sorted[sorted.count / 2], peakBytes: accountant.peakTotal, peakByCategory: peaks,
@@ -522,7 +513,7 @@ public final class SearchRun {
                 FileHandle.standardError.write(Data("espalier: \(line)\n".utf8))
             }
             epoch += 1
-            stepInEpoch = 0
+            tally.stepInEpoch = 0
             try appendLog(log)
             let predicted = try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
             try writeTensorBoard(log, named: named, predicted: predicted)
