@@ -28,10 +28,12 @@ final class GraphBuild {
     /// A trace only (`PluginOp.ir`): a gate the run lacks stands in as a value of the logits' shape.
     let traceOnly: Bool
     var values: [Variable] = []
-    let recorder = OpIRRecorder()
+    let recorder: OpIRRecorder
     /// The first primitive that failed in this build (an op must not continue past it).
     var failure: String?
-    init(graph: Graph, ownerPath: String = "", traceOnly: Bool = false) { self.graph = graph; self.ownerPath = ownerPath; self.traceOnly = traceOnly }
+    init(graph: Graph, ownerPath: String = "", traceOnly: Bool = false, trackKept: Bool = true) {
+        self.graph = graph; self.ownerPath = ownerPath; self.traceOnly = traceOnly; recorder = OpIRRecorder(trackKept: trackKept)
+    }
     var opaque: es_graph { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
     private func handle(_ v: Variable) -> es_value { values.append(v); return OpaquePointer(bitPattern: values.count)! }
     /// A leaf of the IR (the input, the mixing weights, a parameter or buffer).

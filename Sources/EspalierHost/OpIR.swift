@@ -75,13 +75,6 @@ public struct OpIR: Equatable, Sendable {
     /// The primitive of every node, in order (gates as "gate:ROLE").
     public var kinds: [String] { nodes.map { $0.role.map { "gate:" + $0 } ?? $0.primitive } }
 
-    /// Same primitives, wiring and shapes (attribute values may differ: a rate set by a schedule).
-    public func sameStructure(as other: OpIR) -> Bool {
-        values.map(\.shape) == other.values.map(\.shape) && values.map(\.source) == other.values.map(\.source)
-            && nodes.map { [$0.primitive, $0.role ?? ""] } == other.nodes.map { [$0.primitive, $0.role ?? ""] }
-            && nodes.map(\.inputs) == other.nodes.map(\.inputs) && output == other.output
-    }
-
     /// The first difference from `other`, in words (for the error when a build changes).
     public func difference(from other: OpIR) -> String {
         if values.count != other.values.count || nodes.count != other.nodes.count {
@@ -164,8 +157,12 @@ public struct OpIR: Equatable, Sendable {
 final class OpIRRecorder {
     private(set) var values: [OpIR.Value] = []
     private(set) var nodes: [OpIR.Node] = []
-    /// Per node: its output's storage (weak) when the node allocated it.
+    /// Per node: its output's storage (weak) when the node allocated it; empty unless `trackKept`.
     private var allocated: [(storage: Weak<Storage>, bytes: Int)?] = []
+    /// Whether kept bytes are made exact (a build checked against a known IR needs none).
+    let trackKept: Bool
+
+    init(trackKept: Bool = true) { self.trackKept = trackKept }
 
     final class Weak<T: AnyObject> { weak var object: T?; init(_ o: T) { object = o } }
 
@@ -175,13 +172,20 @@ final class OpIRRecorder {
         nodes.append(OpIR.Node(primitive: primitive, role: role, inputs: inputs, attributes: attributes, output: values.count,
                                flops: flops, keptBytes: keptBytes))
         values.append(OpIR.Value(source: .node(nodes.count - 1), shape: output.shape))
-        allocated.append(keptBytes >= output.storage.byteCount ? (Weak(output.storage), output.storage.byteCount) : nil)
+        if trackKept { allocated.append(keptBytes >= output.storage.byteCount ? (Weak(output.storage), output.storage.byteCount) : nil) }
+    }
+
+    /// Whether this build has `ir`'s structure: the same primitives, wiring and shapes (attribute
+    /// values may differ: a rate set by a schedule), checked without making an IR of it.
+    func matches(_ ir: OpIR, output: Int) -> Bool {
+        values == ir.values && output == ir.output && nodes.count == ir.nodes.count
+            && zip(nodes, ir.nodes).allSatisfy { $0.primitive == $1.primitive && $0.role == $1.role && $0.inputs == $1.inputs }
     }
 
     /// The IR; call it after the build's own references to its values are gone.
     func ir(op: String, stride: Int, training: Bool, output: Int, rawSaves: UInt32? = nil) -> OpIR {
         let kept = nodes.enumerated().map { k, n -> OpIR.Node in
-            guard let a = allocated[k], a.storage.object == nil else { return n }
+            guard k < allocated.count, let a = allocated[k], a.storage.object == nil else { return n }
             return OpIR.Node(primitive: n.primitive, role: n.role, inputs: n.inputs, attributes: n.attributes, output: n.output,
                              flops: n.flops, keptBytes: n.keptBytes - a.bytes)
         }

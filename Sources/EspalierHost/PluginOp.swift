@@ -32,7 +32,7 @@ public final class PluginOp {
     /// The channels and stride it was created with (the stride is part of its IR's key).
     public let config: OpConfig
     public var stride: Int { config.stride }
-    /// The IR of its latest build in a run (nil before one).
+    /// The IR of its latest build on a new input shape in a run (nil before one).
     public private(set) var latestIR: OpIR?
     /// The IR of each build so far, by (input shape, training, mixed): later builds are checked against it.
     private var builds: [IRKey: OpIR] = [:]
@@ -110,25 +110,29 @@ public final class PluginOp {
     /// Builds the op in `g` and checks the build against the first one on this input shape.
     private func buildComposed(_ g: Graph, _ x: Variable, extra: Variable?,
                                _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> Variable {
-        let (y, ir) = try traceBuild(g, x, extra: extra, traceOnly: false, call)
-        latestIR = ir
         let key = IRKey(shape: x.shape, training: g.training, mixed: extra != nil)
-        if let known = builds[key] {
-            guard known.sameStructure(as: ir) else {
+        let known = builds[key]
+        // A shape seen before is only compared (no IR made, no kept bytes tracked): this runs every step.
+        let (y, recorder, output) = try traceBuild(g, x, extra: extra, traceOnly: false, trackKept: known == nil, call)
+        if let known {
+            guard recorder.matches(known, output: output) else {
+                let ir = recorder.ir(op: component.id, stride: stride, training: g.training, output: output)
                 throw PluginCallError(status: ES_ERROR_INVALID_ARGUMENT, context: "\(component.id): build at \(ownerPath)",
                                       message: "the build on input \(PluginShape.text(x.shape)) differs from its first: \(known.difference(from: ir)); "
                                       + "a composed op must build the same primitives for the same input shape (read settings in create, not in build)")
             }
         } else {
+            let ir = recorder.ir(op: component.id, stride: stride, training: g.training, output: output)
             builds[key] = ir
+            latestIR = ir
         }
         return y
     }
 
-    /// Runs the plugin's build in `g`, recording its IR.
-    private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool,
-                            _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIR) {
-        let build = GraphBuild(graph: g, ownerPath: ownerPath, traceOnly: traceOnly)
+    /// Runs the plugin's build in `g`, recording it; returns the output, the record and the output's value index.
+    private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool, trackKept: Bool = true,
+                            _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIRRecorder, Int) {
+        let build = GraphBuild(graph: g, ownerPath: ownerPath, traceOnly: traceOnly, trackKept: trackKept)
         let input = build.leaf(x, .input)
         let extraHandle = extra.map { build.leaf($0, .mixingWeights) }
         var out: es_value? = nil
@@ -142,7 +146,7 @@ public final class PluginOp {
         }
         let y = try build.value(out), index = try build.index(out)
         build.values.removeAll()   // what the tape does not keep is freed now, before the IR counts what stays
-        return (y, build.recorder.ir(op: component.id, stride: stride, training: g.training, output: index))
+        return (y, build.recorder, index)
     }
 
     /// The IR of its latest build, else traced on a small input of its channels (2, C, 8, 8).
@@ -167,7 +171,8 @@ public final class PluginOp {
                 throw PluginLoadError("\(component.id) builds only with an edge's mixing weights (build_mixed): it has no IR of its own")
             }
             let instance = self.instance
-            return try traceBuild(g, x, extra: nil, traceOnly: true) { b, input, _, out in build(instance, b, input, out) }.1
+            let (y, recorder, output) = try traceBuild(g, x, extra: nil, traceOnly: true) { b, input, _, out in build(instance, b, input, out) }
+            return withExtendedLifetime(y) { recorder.ir(op: component.id, stride: stride, training: g.training, output: output) }   // its output stays
         }
         traces[key] = ir
         return ir

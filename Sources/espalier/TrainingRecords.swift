@@ -6,7 +6,7 @@ import EspalierCore
 import Foundation
 
 final class TrainingRecords {
-    let log: FileHandle?
+    let log: FileHandle
     let tensorBoard: TensorBoardWriter
     /// The dry run's step peak plus the datasets, logged every epoch as memory/predicted_peak_bytes.
     let predictedPeak: Int?
@@ -25,7 +25,7 @@ final class TrainingRecords {
 
     /// Appends the epoch to both; a failed event write is a warning (the JSON line still stands).
     func record(_ r: EpochReport) {
-        if let line = try? JSONEncoder().encode(r) { log?.write(line + Data("\n".utf8)) }
+        if let line = try? JSONEncoder().encode(r) { log.write(line + Data("\n".utf8)) }
         do { try tensorBoard.write(step: r.epoch, values: r.tensorBoardValues(predictedPeak: predictedPeak)) } catch {
             FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
         }

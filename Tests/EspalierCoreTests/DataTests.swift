@@ -36,15 +36,6 @@ final class DataTests: TemporaryDirectoryTestCase {
         return p
     }
 
-    func assertDataError(_ body: @autoclosure () throws -> Any, contains parts: [String],
-                         file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try body(), file: file, line: line) { error in
-            guard case EspalierError.data = error else { return XCTFail("not a data error: \(error)", file: file, line: line) }
-            let text = "\(error)"
-            for p in parts { XCTAssertTrue(text.contains(p), "'\(text)' does not mention '\(p)'", file: file, line: line) }
-        }
-    }
-
     /// Writes a Fashion-MNIST-shaped folder with `n` train and `n` test images.
     func writeFakeFMNIST(n: Int = 5, gz: Bool = true) throws {
         let ext = gz ? ".gz" : ""

@@ -16,15 +16,6 @@ final class IOTests: TemporaryDirectoryTestCase {
 
     func listing() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).sorted() }
 
-    func assertDataError(_ body: @autoclosure () throws -> Any, contains parts: [String],
-                         file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try body(), file: file, line: line) { error in
-            guard case EspalierError.data = error else { return XCTFail("not a data error: \(error)", file: file, line: line) }
-            let text = "\(error)"
-            for p in parts { XCTAssertTrue(text.contains(p), "'\(text)' does not mention '\(p)'", file: file, line: line) }
-        }
-    }
-
     // MARK: Fixtures
 
     /// Values that a text format would mangle: NaN payloads, signed zero, infinities, subnormals.

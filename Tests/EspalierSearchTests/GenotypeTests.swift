@@ -26,15 +26,6 @@ final class GenotypeTests: XCTestCase {
 
     func path(_ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
 
-    func assertDataError(_ body: @autoclosure () throws -> Any, contains parts: [String],
-                         file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try body(), file: file, line: line) { error in
-            guard case EspalierError.data = error else { return XCTFail("not a data error: \(error)", file: file, line: line) }
-            let text = "\(error)"
-            for p in parts { XCTAssertTrue(text.contains(p), "'\(text)' does not mention '\(p)'", file: file, line: line) }
-        }
-    }
-
     /// DARTS_V2 from DARTS's genotypes.py.
     let dartsV2 = Genotype(
         normal: [Edge("sep_conv_3x3", 0), Edge("sep_conv_3x3", 1), Edge("sep_conv_3x3", 0), Edge("sep_conv_3x3", 1),
