@@ -8,10 +8,10 @@ import EspalierPluginKit
 
 let opParams: [ParamSpec] = [
     .double("logit_init", default: 2.5, doc: "initial mask logit ν of every channel (2.5: π = σ(ν) ≈ 0.92, FiGS's init)"),
-    .bool("masks", default: true, doc: "apply the channel masks (search); false = the plain op at its exported widths, no mask logits (the exported network)"),
+    .bool("masks", default: true, doc: "apply the channel masks; false = the plain op at the widths these settings give, no mask logits (an exported network gets its widths from the host instead)"),
 ]
 let sepParams: [ParamSpec] = opParams + [
-    .int("mid_channels", default: 0, doc: "channels of the intermediate layer (0 = C); the exported network sets ⌊Σπ_mid⌋", min: 0),
+    .int("mid_channels", default: 0, doc: "channels of the intermediate layer (0 = C); in a network built from a search's export the host gives ⌊Σπ_mid⌋ instead", min: 0),
 ]
 
 /// Built once, on the first call of the entry, and never freed.

@@ -1,16 +1,18 @@
 // FiGS's fine-grained ops: the DARTS separable and dilated convolutions with per-channel masks on
 // their intermediate convolution and on their output (FiGS §3.2), as COMPOSED ops. Each mask is a
 // vector of logits ν (ES_PARAM_FLAG_ARCH, no weight decay, init `logit_init` = 2.5, π = σ(ν) ≈ 0.92)
-// turned into a mask by the run's gate for role "channel" (`graph_gate`, e.g. espalier.gate.figs/1)
-// and applied with `channel_scale`:
+// applied with the host's `channel_mask` primitive (ABI 1.6: the run's gate for role "channel",
+// e.g. espalier.gate.figs/1, then x · m[c]):
 //   figs_sep_conv_k   ReLU → dw k×k (stride s) → 1×1 (C → M) → BN → ·m_mid  →  ReLU → dw k×k → 1×1 (M → C_out) → BN → ·m_out
 //   figs_dil_conv_k   ReLU → dw k×k dilation 2 (stride s) → 1×1 (C → C_out) → BN → ·m_out
-// M = `mid_channels` (0 = C): the exported network builds the sep conv with M = ⌊Σ π_mid⌋ (FiGS's
-// export, with `masks` false: no mask logits, no gate); m_mid then has M logits. Each ReLU is fused into the
-// depthwise conv after it (`relu_conv2d`, ABI 1.2: relu(x) is never stored). The output has
-// the host's C_out channels: C in the supernet and wherever nodes sum their ops; a network whose
-// nodes concatenate (FiGS's concat aggregator) builds each op with C_out = ⌊Σ π_out⌋. Parameter
-// names (the cost regularizer and the export read them): "mask_mid.logits" (M), "mask_out.logits" (C_out).
+// The host reads the masks from the op's IR and derives the cost targets and the export from
+// them; the op only asks the host how wide to build each mask's channels (`channel_width`): in a
+// network built from the export the sep conv gets M = ⌊Σ π_mid⌋ and no masks (no logits, no gate).
+// `mid_channels` (0 = C) sets M by hand; `masks` false builds the plain op at the settings' widths.
+// Each ReLU is fused into the depthwise conv after it (`relu_conv2d`, ABI 1.2: relu(x) is never
+// stored). The output has the host's C_out channels: C in the supernet and wherever nodes sum
+// their ops; a network whose nodes concatenate (FiGS's concat aggregator) builds each op with
+// C_out = ⌊Σ π_out⌋.
 
 import EspalierPluginKit
 
@@ -61,19 +63,26 @@ struct FigsBatchNorm {
     }
 }
 
-/// A per-channel mask: logits ν (C) → gate(role "channel") → x · m[c]. Without masks (`masks`
-/// false: the exported network) it declares nothing and passes x through.
+/// A per-channel mask: logits ν (C) → `channel_mask` (the run's gate for role "channel", then
+/// x · m[c]). Its width comes from the host first (`channel_width`): in a search the searched
+/// width, with logits; in an exported network the width the search kept, with no logits (x passes
+/// through). `masks` false builds the plain op at the widths the settings give.
 struct ChannelMask {
+    typealias Width = (width: Int, searched: Bool)
     let logits: es_param?
 
-    init(_ host: PluginHost, _ name: String, channels: Int, initialLogit: Double, enabled: Bool) throws {
-        logits = enabled ? try host.declareParam(name, shape: [channels], initializer: .constant(initialLogit), flags: [.arch, .noDecay]) : nil
+    /// How wide the host builds what mask `name` gates (asked before any parameter is declared).
+    static func width(_ host: PluginHost, _ name: String, channels: Int, enabled: Bool) throws -> Width {
+        enabled ? try host.channelWidth(name, channels: channels) : (channels, false)
+    }
+
+    init(_ host: PluginHost, _ name: String, _ width: Width, initialLogit: Double) throws {
+        logits = width.searched ? try host.declareParam(name, shape: [width.width], initializer: .constant(initialLogit), flags: [.arch, .noDecay]) : nil
     }
 
     func apply(_ host: PluginHost, _ graph: es_graph, _ x: es_value) throws -> es_value {
         guard let logits else { return x }
-        let m = try host.gate(graph, role: "channel", logits: try host.param(graph, logits))
-        return try host.apply(graph, "channel_scale", [x, m])
+        return try host.channelMask(graph, x, logits: logits)
     }
 }
 
@@ -115,15 +124,18 @@ class FigsSepConvOp {
         let c = shape.channels, cOut = shape.outChannels, p = kernel / 2
         let m = try params.int("mid_channels")
         guard m >= 0, m <= c else { throw PluginError.invalidArgument("\(id): mid_channels must be in 0…\(c) (0 = C = \(c)); got \(m)") }
-        let mid = m == 0 ? c : m
+        // The host says how wide to build what the masks gate (the output mask's width is C_out).
+        let midWidth = try ChannelMask.width(host, "mask_mid.logits", channels: m == 0 ? c : m, enabled: shape.masks)
+        let outWidth = try ChannelMask.width(host, "mask_out.logits", channels: cOut, enabled: shape.masks)
+        let mid = midWidth.width
         dw1 = try FigsConv(host, "dw1.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: p, groups: c)
         pw1 = try FigsConv(host, "pw1.weight", cIn: c, cOut: mid, kernel: 1)
         bn1 = try FigsBatchNorm(host, "bn1", channels: mid, affine: shape.affine)
-        maskMid = try ChannelMask(host, "mask_mid.logits", channels: mid, initialLogit: shape.initialLogit, enabled: shape.masks)
+        maskMid = try ChannelMask(host, "mask_mid.logits", midWidth, initialLogit: shape.initialLogit)
         dw2 = try FigsConv(host, "dw2.weight", cIn: mid, cOut: mid, kernel: kernel, padding: p, groups: mid)
         pw2 = try FigsConv(host, "pw2.weight", cIn: mid, cOut: cOut, kernel: 1)
         bn2 = try FigsBatchNorm(host, "bn2", channels: cOut, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: cOut, initialLogit: shape.initialLogit, enabled: shape.masks)
+        maskOut = try ChannelMask(host, "mask_out.logits", outWidth, initialLogit: shape.initialLogit)
     }
 
     func buildSep(graph: es_graph, input: es_value) throws -> es_value {
@@ -161,10 +173,11 @@ class FigsDilConvOp {
         self.host = host; self.id = id
         shape = try FigsShape(config, params, id: id)
         let c = shape.channels, cOut = shape.outChannels
+        let outWidth = try ChannelMask.width(host, "mask_out.logits", channels: cOut, enabled: shape.masks)
         dw = try FigsConv(host, "dw.weight", cIn: c, cOut: c, kernel: kernel, stride: shape.stride, padding: kernel - 1, dilation: 2, groups: c)
         pw = try FigsConv(host, "pw.weight", cIn: c, cOut: cOut, kernel: 1)
         bn = try FigsBatchNorm(host, "bn", channels: cOut, affine: shape.affine)
-        maskOut = try ChannelMask(host, "mask_out.logits", channels: cOut, initialLogit: shape.initialLogit, enabled: shape.masks)
+        maskOut = try ChannelMask(host, "mask_out.logits", outWidth, initialLogit: shape.initialLogit)
     }
 
     func buildDil(graph: es_graph, input: es_value) throws -> es_value {
@@ -187,16 +200,4 @@ final class FigsDilConv5x5Op: FigsDilConvOp, ComposedOp {
         try super.init(host: host, config: config, params: params, id: Self.id, kernel: 5)
     }
     func build(graph: es_graph, input: es_value) throws -> es_value { try buildDil(graph: graph, input: input) }
-}
-
-extension PluginHost {
-    /// `graph_gate`: the run's gate for `role` applied to `logits` (differentiable through the gate).
-    func gate(_ graph: es_graph, role: String, logits: es_value) throws -> es_value {
-        guard let fn = services.pointee.graph_gate else { throw PluginError.unsupported("the host provides no 'graph_gate' service") }
-        var out: es_value? = nil
-        let status = role.withCString { fn(services.pointee.host, graph, $0, logits, &out) }
-        guard status == ES_OK else { throw PluginError(status, "host service 'graph_gate(\(role))' failed", reportedByHost: true) }
-        guard let out else { throw PluginError.internalError("host service 'graph_gate' returned no value") }
-        return out
-    }
 }

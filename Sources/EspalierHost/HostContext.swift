@@ -113,6 +113,9 @@ public final class HostContext {
 
     private var lastError: String?
     var declaring: [ParamHandle]? = nil
+    /// While an op is created: the widths its channel masks are built at (nil = as searched), and
+    /// each mask the op asked about (`channel_width`) with its searched width.
+    var creating: (exportedWidths: [String: Int]?, asked: [String: Int])? = nil
     private var allocations: [UnsafeMutableRawPointer: MemoryTicket] = [:]
 
     public init(accountant: MemoryAccountant = MemoryAccountant(), seed: UInt64 = 0) {
@@ -141,6 +144,7 @@ public final class HostContext {
         s.graph_gate = hostGraphGate
         s.memory_report = hostMemoryReport
         s.search = nil
+        s.channel_width = hostChannelWidth
         services.pointee = s
         // The context lives as long as the table: plugins may hold either for the process's life.
         services.pointee.host = Unmanaged.passRetained(self).toOpaque()
@@ -384,12 +388,39 @@ private let hostParamView: @convention(c) (UnsafeMutableRawPointer?, es_param?, 
 
 private let hostHasPrimitive: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?) -> Int32 = { _, name in
     guard let name else { return 0 }
-    return Primitives.table[String(cString: name)] != nil ? 1 : 0
+    let n = String(cString: name)
+    return Primitives.table[n] != nil || n == ChannelMaskPrimitive.name ? 1 : 0
+}
+
+private let hostChannelWidth: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, Int64, UnsafeMutablePointer<Int64>?, UnsafeMutablePointer<Int32>?) -> es_status = {
+    host, mask, channels, width, searched in
+    withContext(host) { ctx in
+        guard let mask, let width, let searched else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "channel_width needs a mask name and two out pointers") }
+        let name = String(cString: mask)
+        guard channels >= 1 else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "channel_width '\(name)': the searched width must be ≥ 1; got \(channels)") }
+        guard var creating = ctx.creating else { throw HostCallError(ES_ERROR_UNSUPPORTED, "channel_width is only answered inside an op's create") }
+        if let widths = creating.exportedWidths {
+            guard let w = widths[name] else {
+                throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "the exported network records no width for the channel mask '\(name)' of this op (it records "
+                                    + (widths.isEmpty ? "none" : widths.keys.sorted().joined(separator: ", ")) + "); export the search again with this version of the op")
+            }
+            guard w >= 1, w <= channels else {
+                throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "the exported width \(w) of the channel mask '\(name)' is outside 1…\(channels), the width the op asks for")
+            }
+            width.pointee = Int64(w)
+            searched.pointee = 0
+        } else {
+            width.pointee = channels
+            searched.pointee = 1
+        }
+        creating.asked[name] = Int(channels)
+        ctx.creating = creating
+    }
 }
 
 private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?, UnsafePointer<CChar>?, UnsafePointer<es_value?>?, UInt32, UnsafePointer<es_attr>?, UInt32, UnsafeMutablePointer<es_value?>?) -> es_status = {
     host, graph, primitive, inputs, inputCount, attrs, attrCount, out in
-    withContext(host) { _ in
+    withContext(host) { ctx in
         guard let graph, let primitive, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_apply needs a graph, a primitive name and an out pointer") }
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: primitive)
@@ -401,6 +432,10 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             a[String(cString: n)] = attrs![i].value
         }
         do {
+            if name == ChannelMaskPrimitive.name {
+                out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a)
+                return
+            }
             let before = build.graph.accountant.currentTotal
             let y = try Primitives.apply(name, build.graph, xs, a)
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
@@ -443,23 +478,47 @@ private let hostGraphGate: @convention(c) (UnsafeMutableRawPointer?, es_graph?, 
         guard let graph, let role, let out else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "graph_gate needs a graph, a role and an out pointer") }
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: role)
-        let l = try build.value(logits)
         let before = build.graph.accountant.currentTotal, flopsBefore = build.graph.flops
-        guard let gate = try ctx.gate(role: name, count: l.value.count) else {
-            if build.traceOnly {
-                // Traced without a run: the gate's weights stand in as a value of the logits' shape.
-                let w = build.graph.constant(try Tensor(shape: l.shape, category: .activations, accountant: build.graph.accountant))
-                out.pointee = try build.node(w, "gate", role: name, inputs: [logits], flops: 0, keptBytes: build.graph.accountant.currentTotal - before)
-                return
-            }
-            let roles = Set(ctx.gatesByRole.keys).union(ctx.gateMakersByRole.keys).sorted()
-            throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(name)'" + (roles.isEmpty ? "" : "; roles: \(roles.joined(separator: ", "))"))
-        }
-        // The gate's (rows, cols) weights in the logits' own shape.
-        var w = try gate(build.graph, l).weights
-        if w.shape != l.shape { w = try build.graph.reshape(w, l.shape) }
+        let w = try ctx.gateWeights(build, role: name, logits: try build.value(logits))
         out.pointee = try build.node(w, "gate", role: name, inputs: [logits], flops: build.graph.flops - flopsBefore,
                                      keptBytes: build.graph.accountant.currentTotal - before)
+    }
+}
+
+extension HostContext {
+    /// The run's gate for `role` applied to `l` in `build`, as weights in the logits' own shape. In
+    /// a trace only, a gate the run lacks stands in as a value of the logits' shape.
+    func gateWeights(_ build: GraphBuild, role: String, logits l: Variable) throws -> Variable {
+        guard let gate = try gate(role: role, count: l.value.count) else {
+            if build.traceOnly { return build.graph.constant(try Tensor(shape: l.shape, category: .activations, accountant: build.graph.accountant)) }
+            let roles = Set(gatesByRole.keys).union(gateMakersByRole.keys).sorted()
+            throw HostCallError(ES_ERROR_UNSUPPORTED, "this run has no gate for role '\(role)'" + (roles.isEmpty ? "" : "; roles: \(roles.joined(separator: ", "))"))
+        }
+        // The gate's (rows, cols) weights in the logits' own shape.
+        let w = try gate(build.graph, l).weights
+        return w.shape == l.shape ? w : try build.graph.reshape(w, l.shape)
+    }
+}
+
+/// `channel_mask(x, logits)` (ABI 1.6): x's channels scaled by the run's "channel" gate on the
+/// logits, recorded in the op's IR as one node, the one form of a channel mask the host reads
+/// (OpIR+ChannelMasks.swift).
+enum ChannelMaskPrimitive {
+    static let name = "channel_mask"
+    static let role = "channel"
+
+    static func apply(_ ctx: HostContext, _ build: GraphBuild, inputs: [es_value?], attributes: [String: Double]) throws -> es_value {
+        guard inputs.count == 2 else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "channel_mask takes (x, logits); got \(inputs.count) inputs") }
+        guard attributes.isEmpty else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "channel_mask takes no attributes; got \(attributes.keys.sorted().joined(separator: ", "))") }
+        let x = try build.value(inputs[0]), l = try build.value(inputs[1])
+        guard x.shape.count >= 2, l.value.count == x.shape[1] else {
+            throw HostCallError(ES_ERROR_SHAPE, "channel_mask: the logits have \(l.value.count) values for x of shape \(PluginShape.text(x.shape)); give one per channel (\(x.shape.count >= 2 ? x.shape[1] : 0))")
+        }
+        let before = build.graph.accountant.currentTotal, flopsBefore = build.graph.flops
+        let m = try ctx.gateWeights(build, role: role, logits: l)
+        let y = try Primitives.apply("channel_scale", build.graph, [x, m.shape == [x.shape[1]] ? m : try build.graph.reshape(m, [x.shape[1]])], [:])
+        return try build.node(y, name, inputs: inputs, flops: build.graph.flops - flopsBefore,
+                              keptBytes: build.graph.accountant.currentTotal - before)
     }
 }
 

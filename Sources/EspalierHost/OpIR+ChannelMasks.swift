@@ -1,19 +1,20 @@
-// Channel masks read from the op IR, for any op: a mask is a `gate` node on a parameter leaf (the
-// mask's logits) whose weights scale the channels of a value through `channel_scale`. Masks reach
-// a convolution's input through primitives that keep channels apart (ReLU, batch norm, scaling,
-// dropout, a depthwise convolution), and a convolution's output reaches a mask through the same.
-// From that, a convolution's parameter count as a function of its kept channels follows with no
-// op-specific names: Cout·(Cin/groups)·KH·KW, each masked side counting Σπ instead of its width.
+// Channel masks read from the op IR, for any op: a mask is a `channel_mask` node (ABI 1.6) whose
+// logits are a parameter leaf of the op; it scales the channels of its input value by the run's
+// "channel" gate on the logits. Masks reach a convolution's input through primitives that keep
+// channels apart (ReLU, batch norm, scaling, dropout, a depthwise convolution), and a
+// convolution's output reaches a mask through the same. From that, a convolution's parameter count
+// as a function of its kept channels follows with no op-specific names: Cout·(Cin/groups)·KH·KW,
+// each masked side counting Σπ instead of its width. A mask whose output reaches the op's output
+// the same way is the op's output mask: the exported op keeps its C_out there (SearchRun+ChannelMasks.swift).
 
 import Foundation
 
 extension OpIR {
     /// A mask on the channels of one value.
     public struct ChannelMask: Equatable, Sendable {
-        /// The logits' leaf name ("keep.logits") and the gate's role.
+        /// The logits' leaf name ("keep.logits"): the mask's name in targets and exports.
         public let logits: String
-        public let role: String
-        /// The value whose channels it scales, and the `channel_scale` node that does.
+        /// The value whose channels it scales, and the `channel_mask` node that does.
         public let value: Int
         public let node: Int
     }
@@ -47,13 +48,29 @@ extension OpIR {
     /// Primitives through which a value's channels stay the same channels.
     static let channelKeeping: Set<String> = ["relu", "batch_norm", "scale", "dropout", "drop_path"]
 
-    /// Every channel mask, in node order.
+    /// Every channel mask on a parameter's logits, in node order.
     public var channelMasks: [ChannelMask] {
         nodes.enumerated().compactMap { k, n in
-            guard n.primitive == "channel_scale", n.inputs.count == 2, case .node(let g) = values[n.inputs[1]].source,
-                  nodes[g].primitive == "gate", let role = nodes[g].role, let leaf = nodes[g].inputs.first,
-                  case .parameter(let logits) = values[leaf].source else { return nil }
-            return ChannelMask(logits: logits, role: role, value: n.inputs[0], node: k)
+            guard n.primitive == "channel_mask", n.inputs.count == 2, case .parameter(let logits) = values[n.inputs[1]].source else { return nil }
+            return ChannelMask(logits: logits, value: n.inputs[0], node: k)
+        }
+    }
+
+    /// The mask on the op's output channels (through channel-keeping primitives), if any.
+    public var outputMask: ChannelMask? { mask(on: output, channelMasks) }
+
+    /// One line per channel mask: what it scales, whether it is the output mask, and the
+    /// convolutions whose input or output channels it gates (e.g. for `describe --graph`).
+    public var channelMaskLines: [String] {
+        let convs = maskedConvolutions, out = outputMask
+        return channelMasks.map { m in
+            let gated = convs.compactMap { c -> String? in
+                let sides = [c.inputMask == m ? "in" : nil, c.outputMask == m ? "out" : nil].compactMap { $0 }
+                guard !sides.isEmpty else { return nil }
+                return "@\(c.weight) (\(c.depthwise ? "depthwise" : sides.joined(separator: ", ")))"
+            }
+            return "channel mask @\(m.logits) on \(name(m.value))" + (m == out ? ", the op's output" : "")
+                + (gated.isEmpty ? "; gates no convolution" : "; gates " + gated.joined(separator: ", "))
         }
     }
 

@@ -32,6 +32,11 @@ public final class PluginOp {
     /// The channels and stride it was created with (the stride is part of its IR's key).
     public let config: OpConfig
     public var stride: Int { config.stride }
+    /// The widths its channel masks were built at, by mask (nil: as searched, masks applied).
+    public let exportedWidths: [String: Int]?
+    /// Each channel mask the op asked its width for in create (`channel_width`), with its searched
+    /// width: the masks whose exported form the host can build at other widths.
+    public let maskWidths: [String: Int]
     /// The IR of its latest build on a new input shape in a run (nil before one).
     public private(set) var latestIR: OpIR?
     /// The IR of each build so far, by (input shape, training, mixed): later builds are checked against it.
@@ -45,14 +50,17 @@ public final class PluginOp {
         let mixed: Bool
     }
 
-    /// Makes an instance under owner path `ownerPath` (e.g. "cell0/edge3/swish").
-    public init(_ component: Component, context: HostContext, config: OpConfig, settings: [String: String] = [:], ownerPath: String) throws {
+    /// Makes an instance under owner path `ownerPath` (e.g. "cell0/edge3/swish"); with
+    /// `exportedWidths`, its channel masks are built at those widths (by mask; `channel_width`).
+    public init(_ component: Component, context: HostContext, config: OpConfig, settings: [String: String] = [:], ownerPath: String,
+                exportedWidths: [String: Int]? = nil) throws {
         guard component.kind == .op, let table = component.opTable else { throw PluginLoadError("\(component.id) is a \(component.kind.rawValue), not an op") }
         self.component = component
         self.context = context
         self.table = table
         self.ownerPath = ownerPath
         self.config = config
+        self.exportedWidths = exportedWidths
         let params = try ResolvedParams(component: component, settings: settings)
         self.settings = params.texts
         let acc = context.accountant
@@ -65,7 +73,8 @@ public final class PluginOp {
         cfg.affine = config.affine ? 1 : 0
         var inst: UnsafeMutableRawPointer? = nil
         context.declaring = []
-        defer { context.declaring = nil }
+        context.creating = (exportedWidths, [:])
+        defer { context.declaring = nil; context.creating = nil }
         try acc.withOwnerID(owner) {
             try ownerPath.withCString { o in
                 cfg.owner = o
@@ -76,6 +85,7 @@ public final class PluginOp {
         }
         instance = inst
         declared = context.declaring ?? []
+        maskWidths = context.creating?.asked ?? [:]
     }
 
     deinit { table.destroy?(instance) }

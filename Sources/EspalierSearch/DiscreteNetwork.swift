@@ -3,8 +3,9 @@
 // number, possibly none, with the genotype's node sizes) (plugin ops, affine
 // batch norm), drop-path on every op but identities, an optional auxiliary head after the second
 // reduction, global pooling and a classifier. Saved as safetensors with its description.
-// A genotype with `per_cell` (FiGS's export) gives every cell its own edges and op settings (e.g.
-// `mid_channels`, the learned width of an op's intermediate layer); the network then has exactly
+// A genotype with `per_cell` (a channel-mask export, FiGS's) gives every cell its own edges, op
+// settings and the learned widths of its ops' channel masks (`channel_widths`, handed to each op
+// through `channel_width` as it is created); the network then has exactly
 // those cells, reduces where they say, and must be built with the channel count C they were
 // searched at (checked per cell).
 // With the concat aggregator (`node_aggregator` "concat", FiGS §3.3) a node is
@@ -123,7 +124,8 @@ final class DiscreteCell {
                 let stride = reduction && e.input < 2 ? 2 : 1
                 ops.append(try PluginOp(comp, context: context, config: OpConfig(inChannels: c, outChannels: widths[k], stride: stride, affine: true),
                                         settings: genotype.opSettings(id: id, edge: gene.opSettings[k]),
-                                        ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))"))
+                                        ownerPath: acc.currentOwnerPath + "/node\(nodeOf[k])/\(e.op)\(k - (nodeOf.firstIndex(of: nodeOf[k]) ?? k))",
+                                        exportedWidths: gene.channelWidths.flatMap { $0[k].isEmpty ? nil : $0[k] }))
                 identity.append(e.op == "skip_connect" && stride == 1)
             }
             let aggregators: [(conv: Conv2d, bn: BatchNorm2d)?] = try concatNodes ? (0..<gene.nodeSizes.count).map { i in

@@ -12,8 +12,10 @@
 // absent = 2 per node (DARTS). A node with no edge is zero.
 // Optional `per_cell` (FiGS, whose cells are searched independently and whose ops keep learned
 // widths): one entry per cell of the network, in order, each with its own edges, node sizes,
-// concat list and per-edge op settings (`op_settings`, parallel to `edges`, e.g.
-// {"mid_channels": "5"}), the cell's channel count C at search time and whether it reduces. A
+// concat list and per-edge op settings (`op_settings`, parallel to `edges`; {} = the search's),
+// the cell's channel count C at search time and whether it reduces, and optionally per edge the
+// widths of the op's channel masks (`channel_widths`, parallel to `edges`, by the mask's logits
+// name, e.g. {"keep.logits": 5}: the op is built at those widths with no masks). A
 // network built from it has exactly these cells; `normal`/`reduce` then describe the first cell
 // of each type (pictures, older readers). Files without it load as before.
 // Optional `node_aggregator` ("sum", the default, or "concat": FiGS §3.3's concat aggregator,
@@ -76,12 +78,17 @@ public struct Genotype: Codable, Equatable, Sendable {
         /// Each edge's op output width (parallel to `edges`); nil = C for every op. Widths other
         /// than C need the concat aggregator.
         public var outChannels: [Int]? = nil
+        /// Each edge's op's channel-mask widths (parallel to `edges`; by the mask's logits name, {}
+        /// for an op without masks): the op is built at them (`channel_width`) with no masks.
+        /// nil = every op as searched.
+        public var channelWidths: [[String: Int]]? = nil
 
         enum CodingKeys: String, CodingKey {
             case reduction, channels, edges, concat
             case nodeSizes = "node_sizes"
             case opSettings = "op_settings"
             case outChannels = "out_channels"
+            case channelWidths = "channel_widths"
         }
 
         public init(reduction: Bool, channels: Int, edges: [Edge], nodeSizes: [Int], concat: [Int], opSettings: [[String: String]]) {
@@ -279,6 +286,16 @@ public struct Genotype: Codable, Equatable, Sendable {
                 out.append("\(key) \"concat\" names state \(c), but the cell has states 0..<\(2 + cell.nodeSizes.count)")
             }
             if Set(cell.concat).count != cell.concat.count { out.append("\(key) \"concat\" \(cell.concat) repeats a state") }
+            if let widths = cell.channelWidths {
+                if widths.count != cell.edges.count {
+                    out.append("\(key) has \(widths.count) \"channel_widths\" for \(cell.edges.count) edges; give one object (possibly {}) per edge")
+                }
+                for (k, w) in widths.enumerated() {
+                    for mask in w.keys.sorted() where w[mask]! < 1 {
+                        out.append("\(key) edge \(k) \"channel_widths\" gives the mask '\(mask)' the width \(w[mask]!); a kept mask keeps at least 1 channel")
+                    }
+                }
+            }
             if let widths = cell.outChannels {
                 if widths.count != cell.edges.count {
                     out.append("\(key) has \(widths.count) \"out_channels\" for \(cell.edges.count) edges; give one width per edge")
@@ -366,6 +383,9 @@ public struct Genotype: Codable, Equatable, Sendable {
         if let n = normalNodeSizes { lines.append("  \"normal_node_sizes\": \(ints(n))") }
         if let r = reduceNodeSizes { lines.append("  \"reduce_node_sizes\": \(ints(r))") }
         if let a = aggregator { lines.append("  \"node_aggregator\": \(IOJSON.quoted(a.rawValue))") }
+        func widths(_ w: [String: Int]) -> String {
+            "{" + w.keys.sorted().map { "\(IOJSON.quoted($0)): \(w[$0]!)" }.joined(separator: ", ") + "}"
+        }
         func settings(_ s: [String: String]) -> String {
             "{" + s.keys.sorted().map { "\(IOJSON.quoted($0)): \(IOJSON.quoted(s[$0]!))" }.joined(separator: ", ") + "}"
         }
@@ -377,7 +397,8 @@ public struct Genotype: Codable, Equatable, Sendable {
             let body = cells.map { c in
                 "    {\"reduction\": \(c.reduction), \"channels\": \(c.channels), \"edges\": \(edges(c.edges)), \"node_sizes\": \(ints(c.nodeSizes)), "
                     + "\"concat\": \(ints(c.concat)), \"op_settings\": [\(c.opSettings.map(settings).joined(separator: ", "))]"
-                    + (c.outChannels.map { ", \"out_channels\": \(ints($0))" } ?? "") + "}"
+                    + (c.outChannels.map { ", \"out_channels\": \(ints($0))" } ?? "")
+                    + (c.channelWidths.map { ", \"channel_widths\": [\($0.map(widths).joined(separator: ", "))]" } ?? "") + "}"
             }
             lines.append("  \"per_cell\": [\n" + body.joined(separator: ",\n") + "\n  ]")
         }

@@ -146,7 +146,13 @@ struct PluginsCommand: ParsableCommand {
             do { ir = try op.ir(inputShape: shape, training: !evaluation) } catch {
                 throw ValidationError("\(c.id) cannot be built on an input of \(inputShape): \(error)")
             }
-            print(dot ? ir.dot : ir.text + (ir.isRaw ? "\n  (a raw op: its own kernels, opaque to the host; export and fusion refuse it)" : ""), terminator: dot ? "" : "\n")
+            guard !dot else { print(ir.dot, terminator: ""); return }
+            var lines = [ir.text]
+            if ir.isRaw { lines.append("  (a raw op: its own kernels, opaque to the host; export and fusion refuse it)") }
+            for (m, line) in zip(ir.channelMasks, ir.channelMaskLines) {
+                lines.append("  " + line + (op.maskWidths[m.logits] == nil ? "; its width was never asked (channel_width): no FLOPs or memory targets, no export" : ""))
+            }
+            print(lines.joined(separator: "\n"))
         }
     }
 

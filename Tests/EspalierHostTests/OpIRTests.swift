@@ -21,10 +21,10 @@ final class OpIRTests: XCTestCase {
     }
 
     static func op(_ name: String, channels: Int = 8, stride: Int = 1, affine: Bool = false, settings: [String: String] = [:],
-                   context: HostContext = HostContext(accountant: MemoryAccountant(mode: .dryRun))) throws -> PluginOp {
+                   context: HostContext = HostContext(accountant: MemoryAccountant(mode: .dryRun)), exportedWidths: [String: Int]? = nil) throws -> PluginOp {
         try PluginOp(try Self.registry.require(name, kind: .op), context: context,
                      config: OpConfig(inChannels: channels, outChannels: channels, stride: stride, affine: affine),
-                     settings: settings, ownerPath: "cell0/edge0/" + name)
+                     settings: settings, ownerPath: "cell0/edge0/" + name, exportedWidths: exportedWidths)
     }
 
     /// (primitive, output shape) per node, for an input of 2×8×16×16 (stride 2: 8×8 outputs).
@@ -42,9 +42,8 @@ final class OpIRTests: XCTestCase {
             return [("relu_conv2d", o), ("conv2d", o), bn, ("relu_conv2d", o), ("conv2d", o), bn]
         case "dil_conv_3x3", "dil_conv_5x5": return [("relu_conv2d", o), ("conv2d", o), bn]
         case "figs_sep_conv_3x3", "figs_sep_conv_5x5":
-            return [("relu_conv2d", o), ("conv2d", o), bn, ("gate:channel", [8]), ("channel_scale", o),
-                    ("relu_conv2d", o), ("conv2d", o), bn, ("gate:channel", [8]), ("channel_scale", o)]
-        case "figs_dil_conv_3x3", "figs_dil_conv_5x5": return [("relu_conv2d", o), ("conv2d", o), bn, ("gate:channel", [8]), ("channel_scale", o)]
+            return [("relu_conv2d", o), ("conv2d", o), bn, ("channel_mask", o), ("relu_conv2d", o), ("conv2d", o), bn, ("channel_mask", o)]
+        case "figs_dil_conv_3x3", "figs_dil_conv_5x5": return [("relu_conv2d", o), ("conv2d", o), bn, ("channel_mask", o)]
         case "mergenas_conv":
             let k = [8, 1, 9, 9]
             return Array(repeating: ("kernel_mask", k), count: 4) + Array(repeating: ("scale", k), count: 4)
@@ -88,7 +87,7 @@ final class OpIRTests: XCTestCase {
     }
 
     /// FLOPs and bytes of running `op` in a dry graph, as the accountant and the engine count them.
-    func measured(_ op: PluginOp, _ shape: [Int], training: Bool) throws -> (flops: Int, bytes: Int) {
+    static func measured(_ op: PluginOp, _ shape: [Int], training: Bool) throws -> (flops: Int, bytes: Int) {
         let dry = MemoryAccountant(mode: .dryRun)
         let g = Graph(accountant: dry)
         g.training = training
@@ -107,7 +106,7 @@ final class OpIRTests: XCTestCase {
                 let context = HostContext(accountant: MemoryAccountant(mode: .dryRun))
                 let o = try op(name, stride: s, affine: affine, settings: plain[name] ?? [:], context: context)
                 let ir = try o.ir(inputShape: shape, training: training)
-                let m = try measured(o, shape, training: training)
+                let m = try Self.measured(o, shape, training: training)
                 XCTAssertEqual(ir.forwardFlops, m.flops, "\(name) stride \(s) affine \(affine) training \(training): FLOPs")
                 XCTAssertEqual(ir.keptBytes, m.bytes, "\(name) stride \(s) affine \(affine) training \(training): kept bytes")
                 XCTAssertEqual(ir.parameterCount, o.parameters.reduce(0) { $0 + $1.count }, "\(name): parameters")
@@ -194,6 +193,11 @@ final class OpIRTests: XCTestCase {
         XCTAssertEqual(dot.status, 0, dot.output)
         XCTAssertTrue(dot.output.hasPrefix("digraph op {"), dot.output)
         XCTAssertEqual(dot.output.components(separatedBy: "shape=box").count - 1, 6, dot.output)
+        let masked = try EspalierProcess.run(["plugins", "describe", "figs_sep_conv_3x3", "--graph", "--input-shape", "2,8,16,16"], cwd: NSTemporaryDirectory())
+        XCTAssertEqual(masked.status, 0, masked.output)
+        XCTAssertTrue(masked.output.contains("channel mask @mask_mid.logits on %2; gates @pw1.weight (out), @dw2.weight (depthwise), @pw2.weight (in)"), masked.output)
+        XCTAssertTrue(masked.output.contains("channel mask @mask_out.logits on %6, the op's output; gates @pw2.weight (out)"), masked.output)
+        XCTAssertFalse(masked.output.contains("never asked"), masked.output)
         let raw = try EspalierProcess.run(["plugins", "describe", "swish", "--graph"], cwd: NSTemporaryDirectory())
         XCTAssertTrue(raw.output.contains("raw(%x, @beta)") && raw.output.contains("a raw op"), raw.output)
         let gate = try EspalierProcess.run(["plugins", "describe", "espalier.gate.softmax/1", "--graph"], cwd: NSTemporaryDirectory())
@@ -244,8 +248,44 @@ final class OpIRChannelMaskTests: XCTestCase {
         let o = try PluginOp(try registry.require("org.fixture.op.masked-conv/1", kind: .op), context: HostContext(accountant: MemoryAccountant(mode: .dryRun)),
                              config: OpConfig(inChannels: 6, outChannels: 5), ownerPath: "cell0/edge1/masked-conv")
         let ir = try o.ir(inputShape: [2, 6, 8, 8])
-        XCTAssertEqual(ir.kinds, ["conv2d", "batch_norm", "gate:channel", "channel_scale"])
+        XCTAssertEqual(ir.kinds, ["conv2d", "batch_norm", "channel_mask", "relu", "conv2d"])
         XCTAssertEqual(ir.channelMasks.map(\.logits), ["keep.logits"])
-        XCTAssertEqual(parts(ir), ["proj.weight": ["keep.logits×6"]], "a 1×1 conv 6 → 5 with its 5 outputs masked: 6 weights per kept channel")
+        XCTAssertNil(ir.outputMask, "the mask is inside the op: a convolution follows it")
+        XCTAssertEqual(parts(ir), ["proj.weight": ["keep.logits×6"], "out.weight": ["keep.logits×5"]],
+                       "1×1 convs 6 → M → 5 with M masked: 6 weights per kept channel before the mask, 5 after it")
+        XCTAssertEqual(o.maskWidths, ["keep.logits": 5], "the op asked its mask's width in create")
+    }
+
+    func testChannelMask_IsOneNodeOfTheIR_TheExportedFormHasNone_AndBadWidthsAreClearErrors() throws {
+        // With a real channel gate: one IR node, with its FLOPs and kept bytes as the engine and the accountant count them.
+        let context = HostContext(accountant: MemoryAccountant(mode: .dryRun), seed: 3)
+        let registry = PluginLoader(context: context).load(PluginSearchPath.standard(environment: [:]))
+        context.selectChannelGate(try registry.require("espalier.gate.figs/1", kind: .gate), settings: ["tau": "0.001"])
+        let o = try OpIRTests.op("figs_dil_conv_3x3", context: context)
+        XCTAssertEqual(o.maskWidths, ["mask_out.logits": 8])
+        let ir = try o.ir(inputShape: [2, 8, 6, 6])
+        let mask = try XCTUnwrap(ir.nodes.last)
+        XCTAssertEqual(mask.primitive, "channel_mask")
+        XCTAssertEqual(ir.outputMask?.logits, "mask_out.logits", "the op's last node masks its output")
+        XCTAssertEqual(ir.values[mask.inputs[1]].source, .parameter("mask_out.logits"))
+        for training in [true, false] {
+            let m = try OpIRTests.measured(o, [2, 8, 6, 6], training: training)
+            let traced = try o.ir(inputShape: [2, 8, 6, 6], training: training)
+            XCTAssertEqual(traced.forwardFlops, m.flops, "training \(training)")
+            XCTAssertEqual(traced.keptBytes, m.bytes, "training \(training)")
+        }
+        // Exported: the host gives the widths, the op declares no logits and applies no mask.
+        let exported = try OpIRTests.op("figs_sep_conv_3x3", context: HostContext(accountant: MemoryAccountant(mode: .dryRun)),
+                                        exportedWidths: ["mask_mid.logits": 3, "mask_out.logits": 8])
+        XCTAssertFalse(exported.parameters.contains { $0.name.hasSuffix(".logits") })
+        XCTAssertEqual(exported.parameters.first { $0.name.hasSuffix("pw1.weight") }?.shape, [3, 8, 1, 1])
+        XCTAssertFalse(try exported.ir(inputShape: [2, 8, 6, 6]).kinds.contains("channel_mask"))
+        // A width the export lacks, or one wider than the searched op: clear errors.
+        XCTAssertThrowsError(try OpIRTests.op("figs_sep_conv_3x3", context: HostContext(), exportedWidths: ["mask_out.logits": 8])) {
+            XCTAssertTrue("\($0)".contains("no width for the channel mask 'mask_mid.logits'"), "\($0)")
+        }
+        XCTAssertThrowsError(try OpIRTests.op("figs_sep_conv_3x3", context: HostContext(), exportedWidths: ["mask_mid.logits": 9, "mask_out.logits": 8])) {
+            XCTAssertTrue("\($0)".contains("9") && "\($0)".contains("1…8"), "\($0)")
+        }
     }
 }

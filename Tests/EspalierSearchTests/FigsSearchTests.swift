@@ -47,7 +47,7 @@ final class FigsSearchTests: XCTestCase {
             try run.run()
             XCTAssertTrue(run.supernet.weights.allSatisfy { p in (0..<p.count).allSatisfy { p.value[$0].isFinite } })
             means.append(meanLogit(run))
-            exported = run.channelMaskExport()
+            exported = try run.channelMaskExport()
             last = run
         }
         XCTAssertLessThan(means[1], means[0] - 0.01, "λ = 2 pulls the mask logits below the λ = 0 run's (\(means))")
@@ -58,20 +58,22 @@ final class FigsSearchTests: XCTestCase {
         for e in exported {
             let prefix = e.path + "/"
             for (mask, count) in e.channels {
-                let p = run.supernet.weights.first { $0.name == prefix + mask + ".logits" }!
+                let p = run.supernet.weights.first { $0.name == prefix + mask }!
                 let sum = (0..<p.count).reduce(0.0) { $0 + 1 / (1 + exp(-Double(p.value[$1]))) }
                 XCTAssertEqual(count, Int(sum.rounded(.down)), "\(e.path) \(mask)")
                 XCTAssertLessThanOrEqual(count, p.count)
             }
-            XCTAssertEqual(e.settings["mid_channels"].map { Int($0)! }, e.op.contains("sep_conv") && e.kept ? e.channels["mask_mid"] : nil)
-            XCTAssertEqual(e.settings["masks"], e.kept ? "false" : nil)
+            // The widths to build at: ⌊Σπ_mid⌋ inside the op, C_out (summed at the width C) on its output.
+            XCTAssertEqual(e.widths["mask_mid.logits"], e.op.contains("sep_conv") && e.kept ? e.channels["mask_mid.logits"] : nil)
+            XCTAssertEqual(e.widths["mask_out.logits"], e.kept ? e.outChannels : nil)
+            XCTAssertEqual(e.outChannels, run.supernet.weights.first { $0.name == prefix + "mask_out.logits" }!.count)
         }
-        // The exported op built with those settings has the mask's channel count in its intermediate layer.
+        // The exported op built at those widths has the mask's channel count in its intermediate layer.
         let sep = exported.first { $0.op.contains("sep_conv") && $0.path.contains("cell0/") }!
         let c = run.supernet.weights.first { $0.name == sep.path + "/mask_out.logits" }!.count
         let op = try PluginOp(try Self.registry.require(sep.op, kind: .op), context: HostContext(), config: OpConfig(inChannels: c, outChannels: c, affine: true),
-                              settings: sep.settings, ownerPath: "exported")
-        let m = sep.channels["mask_mid"]!
+                              ownerPath: "exported", exportedWidths: sep.widths)
+        let m = sep.channels["mask_mid.logits"]!
         XCTAssertEqual(op.parameters.first { $0.name == "exported/pw1.weight" }!.shape, [m, c, 1, 1])
         XCTAssertFalse(op.parameters.contains { $0.name.hasSuffix(".logits") }, "the exported op has no masks")
     }
@@ -130,7 +132,7 @@ final class FigsSearchTests: XCTestCase {
         XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/dw2.weight"), [2, 1, 3, 3])
         XCTAssertEqual(shape("cell0/node0/figs_sep_conv_3x3" + "1/pw2.weight"), [4, 2, 1, 1])
         XCTAssertFalse(net.parameters.contains { $0.name.hasSuffix(".logits") })
-        let sepMid = cells[0].opSettings.compactMap { $0["mid_channels"] }
+        let sepMid = try XCTUnwrap(cells[0].channelWidths).compactMap { $0["mask_mid.logits"].map(String.init) }
         XCTAssertEqual(sepMid.filter { $0 == "2" }.count, 1, "one sep conv at width 2; the others at ⌊4·σ(2.5)⌋ = 3")
         XCTAssertTrue(sepMid.allSatisfy { $0 == "2" || $0 == "3" }, "\(sepMid)")
         let before = net.parameterCount

@@ -47,12 +47,19 @@ public struct PluginHost: @unchecked Sendable {
     /// The C table.
     public let services: UnsafePointer<es_host_services>
 
+    /// The size of ABI 1.0's table: everything up to `search`. A host of an older minor hands a
+    /// smaller table than this kit's; later fields are read only when `struct_size` covers them.
+    static let sizeV1_0 = MemoryLayout<es_host_services>.offset(of: \es_host_services.channel_width)!
+
     /// Wraps a table; nil if it is NULL or smaller than ABI 1.0's.
     public init?(_ services: UnsafePointer<es_host_services>?) {
         guard let services,
-              Int(UnsafeRawPointer(services).load(as: UInt32.self)) >= MemoryLayout<es_host_services>.size else { return nil }
+              Int(UnsafeRawPointer(services).load(as: UInt32.self)) >= PluginHost.sizeV1_0 else { return nil }
         self.services = services
     }
+
+    /// The table's declared size (the host's `sizeof`).
+    public var structSize: Int { Int(UnsafeRawPointer(services).load(as: UInt32.self)) }
 
     private var context: UnsafeMutableRawPointer? { services.pointee.host }
 
@@ -139,6 +146,19 @@ public struct PluginHost: @unchecked Sendable {
         return out
     }
 
+    /// ABI 1.6, from `init(host:…)` only, once per channel mask before declaring it: how wide to
+    /// build what the mask `mask` (its logits' name) gates, `channels` wide in the searched op.
+    /// `searched` true: declare the logits and apply them with `channelMask`; false (a network
+    /// built from a search's export): build at `width` and declare and apply no mask. A host older
+    /// than 1.6 always answers (channels, true).
+    public func channelWidth(_ mask: String, channels: Int) throws -> (width: Int, searched: Bool) {
+        guard structSize >= MemoryLayout<es_host_services>.offset(of: \es_host_services.channel_width)! + MemoryLayout<UnsafeRawPointer>.size,
+              let fn = services.pointee.channel_width else { return (channels, true) }
+        var width: Int64 = 0, searched: Int32 = 0
+        try check(mask.withCString { fn(context, $0, Int64(channels), &width, &searched) }, "channel_width(\(mask))")
+        return (Int(width), searched != 0)
+    }
+
     /// Views of a parameter's value and gradient (the gradient has no data for buffers and
     /// frozen parameters). Valid during the current call.
     public func paramView(_ param: es_param) throws -> (value: TensorView, grad: TensorView) {
@@ -179,6 +199,12 @@ public struct PluginHost: @unchecked Sendable {
         try check(status, "graph_apply(\(primitive))")
         guard let out else { throw PluginError.internalError("host service 'graph_apply(\(primitive))' returned no value") }
         return out
+    }
+
+    /// ABI 1.6: `channel_mask(x, logits)`, x's channels scaled by the run's "channel" gate on the
+    /// logits, the form of a channel mask the host reads from the op's IR (cost targets, export).
+    public func channelMask(_ graph: es_graph, _ x: es_value, logits: es_param) throws -> es_value {
+        try apply(graph, "channel_mask", [x, try param(graph, logits)])
     }
 
     /// A declared parameter as a value in `graph` (buffers become constants).

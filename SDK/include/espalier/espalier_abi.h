@@ -24,7 +24,7 @@ extern "C" {
 /* ---- Versions --------------------------------------------------------------------------- */
 
 #define ESPALIER_ABI_MAJOR 1
-#define ESPALIER_ABI_MINOR 5  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint); 1.4: search services ranks and sum_over_ranks (a data-parallel search on several ranks); 1.5: es_component_desc.method, an es_method_desc naming a search method (`espalier search --method NAME`) and its default strategy, gates, ops, regularizers and settings */
+#define ESPALIER_ABI_MINOR 6  /* 1.1: es_search_services.batch_loss; 1.2: primitive relu_conv2d; search services input_view, set_input_state, get_input_state and es_space_info.hyper_connected (Bonsai-Net); 1.3: save_state and load_state at the end of es_strategy_vtable and es_regularizer_vtable (a plugin instance's own state in the search checkpoint); 1.4: search services ranks and sum_over_ranks (a data-parallel search on several ranks); 1.5: es_component_desc.method, an es_method_desc naming a search method (`espalier search --method NAME`) and its default strategy, gates, ops, regularizers and settings; 1.6: primitive channel_mask and host service channel_width (channel masks the host reads from an op's IR, and the widths a search exports for them) */
 
 /** The ABI a plugin was compiled against, or the host speaks. Majors must match exactly; a
  *  plugin's minor must not be older than the host's minimum supported minor. */

@@ -146,6 +146,13 @@ typedef struct es_host_services {
      *   mean(x)  → (1)
      *   kernel_mask(w)        size [, dilation]: keeps the taps of a centred size x size window at
      *                         that dilation in w's last two dims (…, KH, KW), zeroes the rest
+     *   channel_mask(x, logits)  (ABI 1.6)  y[n,c,…] = x[n,c,…]·m[c], m = the run's gate for role
+     *                         "channel" applied to `logits` (an ES_PARAM_FLAG_ARCH parameter of the
+     *                         op with C values, any shape): a channel mask the host knows as one.
+     *                         The host reads it from the op's IR and gives the op cost targets for
+     *                         what the mask gates (parameters, FLOPs, memory) and an exported width
+     *                         (see `channel_width`). graph_gate("channel") then channel_scale
+     *                         computes the same, but only this form is recognised as a mask.
      *  Later minors add primitives; ask with this function before using a newer one. */
     int32_t (*has_primitive)(void *host, const char *primitive);
     /** Applies a primitive to values; `*out` receives a new value owned by the graph. */
@@ -169,6 +176,25 @@ typedef struct es_host_services {
 
     /* ---- Search control: non-NULL only while a search runs (see espalier_strategy.h) ---- */
     const struct es_search_services *search;
+
+    /* ---- Since ABI 1.6 (read only when struct_size covers it) ---- */
+
+    /** Call from an op's `create` only, once per channel mask of the op, before declaring it:
+     *  how wide to build the channels the mask `mask` gates (`mask` is the name its logits
+     *  parameter has, e.g. "keep.logits"; `channels` its width in the searched op).
+     *  - In a search (and anywhere else the op is built as it was searched): *width = channels
+     *    and *searched = 1. Declare the logits and apply them with `channel_mask`.
+     *  - In a network built from a search's export: *searched = 0 and *width is the width to
+     *    build (1 … channels): what the search kept, ⌊Σσ(ν)⌋, for a mask inside the op; C_out of
+     *    the config for a mask on the op's output (the host sets C_out to the kept width where a
+     *    network's nodes concatenate). Build the gated layers at that width, and declare and apply
+     *    no mask.
+     *  The host also builds the exported form at other widths in a dry run to price one channel
+     *  of each mask (the FLOPs and memory targets), so what the op builds must follow from the
+     *  widths and the config alone. ES_ERROR_INVALID_ARGUMENT if the exported network records no width
+     *  for `mask` (an export of another version of the op); ES_ERROR_UNSUPPORTED outside an op's
+     *  create. */
+    es_status (*channel_width)(void *host, const char *mask, int64_t channels, int64_t *width, int32_t *searched);
 } es_host_services;
 
 #ifdef __cplusplus

@@ -15,7 +15,7 @@
  *   -DFIX_SMALL_STRUCT     a component whose struct_size is 0
  *   -DFIX_GATE_CRASH_STEP=n the gate writes through a null pointer in its forward at training step n
  *   -DFIX_GATE_HANG_STEP=n  the gate's forward never returns at training step n
- *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = mask(bn(conv1x1 stride s(x, proj.weight))), a channel-masked op
+ *   -DFIX_MASKED_CONV      adds op .op.masked-conv/1: y = conv1x1(relu(channel_mask(bn(conv1x1 stride s(x, proj.weight))))), a channel-masked op
  *                          of a third party (its own names: proj.weight, keep.logits)
  *   -DFIX_GATE_DECLARES    the gate's create declares a parameter (refused: only an op's create may) and fails with that status
  *   -DFIX_SPACE_INFO_1_1   the pruner asks space_info with a struct laid out as ABI 1.1 (no hyper_connected)
@@ -141,19 +141,30 @@ static const es_op_vtable merged_table = { .struct_size = sizeof(es_op_vtable), 
     .build = merged_build, .build_mixed = merged_build_mixed };
 
 #ifdef FIX_MASKED_CONV
-/* ---- a third party's channel-masked op: y = channel_scale(bn(conv1x1(x)), gate("channel", keep.logits)) ---- */
-typedef struct { const es_host_services *host; es_param w, mean, var, logits; int stride; } masked_conv_op;
+/* ---- a third party's channel-masked op, written from SDK/ alone (ABI 1.6):
+ *      y = conv1x1(relu(channel_mask(bn(conv1x1 stride s(x, proj.weight)), keep.logits)), out.weight)
+ *      proj: C_in → M, out: M → C_out, M = the width the host gives the mask "keep.logits" (C_out
+ *      when searched; in an exported network the kept width, and then no mask) ---- */
+typedef struct { const es_host_services *host; es_param w, mean, var, logits, w2; int stride, masked; } masked_conv_op;
 static es_status masked_conv_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
                                     const es_param_value *params, uint32_t n, void **inst) {
     (void)component; (void)params; (void)n;
+    int64_t m = cfg->out_channels;
+    int32_t searched = 1;
+    es_status st = ES_OK;
+    if (host->struct_size >= offsetof(es_host_services, channel_width) + sizeof host->channel_width && host->channel_width)
+        st = host->channel_width(host->host, "keep.logits", cfg->out_channels, &m, &searched);
+    if (st != ES_OK) return st;
     masked_conv_op *o = calloc(1, sizeof *o);
     o->host = host;
     o->stride = cfg->stride;
-    int64_t w[4] = { cfg->out_channels, cfg->in_channels, 1, 1 }, c[1] = { cfg->out_channels }, l[2] = { cfg->out_channels, 1 };
-    es_status st = host->declare_param(host->host, "proj.weight", w, 4, ES_INIT_UNIFORM_FAN_IN, (double)cfg->in_channels, 0, &o->w);
+    o->masked = searched;
+    int64_t w[4] = { m, cfg->in_channels, 1, 1 }, c[1] = { m }, l[2] = { m, 1 }, w2[4] = { cfg->out_channels, m, 1, 1 };
+    st = host->declare_param(host->host, "proj.weight", w, 4, ES_INIT_UNIFORM_FAN_IN, (double)cfg->in_channels, 0, &o->w);
     if (st == ES_OK) st = host->declare_param(host->host, "norm.running_mean", c, 1, ES_INIT_ZEROS, 0, ES_PARAM_FLAG_BUFFER, &o->mean);
     if (st == ES_OK) st = host->declare_param(host->host, "norm.running_var", c, 1, ES_INIT_ONES, 0, ES_PARAM_FLAG_BUFFER, &o->var);
-    if (st == ES_OK) st = host->declare_param(host->host, "keep.logits", l, 2, ES_INIT_CONSTANT, 2.0, ES_PARAM_FLAG_ARCH, &o->logits);
+    if (st == ES_OK && searched) st = host->declare_param(host->host, "keep.logits", l, 2, ES_INIT_CONSTANT, 2.0, ES_PARAM_FLAG_ARCH, &o->logits);
+    if (st == ES_OK) st = host->declare_param(host->host, "out.weight", w2, 4, ES_INIT_UNIFORM_FAN_IN, (double)m, 0, &o->w2);
     if (st != ES_OK) { free(o); return st; }
     *inst = o;
     return ES_OK;
@@ -161,7 +172,7 @@ static es_status masked_conv_create(const es_component_desc *component, const es
 static es_status masked_conv_build(void *inst, es_graph g, es_value x, es_value *out) {
     masked_conv_op *o = inst;
     const es_host_services *h = o->host;
-    es_value w, y, m, v, bn, l, gw, in[3];
+    es_value w, y, m, v, bn, l, r, w2, in[3];
     es_status st;
     es_attr attrs[1] = { { "stride", o->stride } };
     if ((st = h->graph_param(h->host, g, o->w, &w)) != ES_OK) return st;
@@ -171,10 +182,15 @@ static es_status masked_conv_build(void *inst, es_graph g, es_value x, es_value 
     if ((st = h->graph_param(h->host, g, o->var, &v)) != ES_OK) return st;
     in[0] = y; in[1] = m; in[2] = v;
     if ((st = h->graph_apply(h->host, g, "batch_norm", in, 3, NULL, 0, &bn)) != ES_OK) return st;
-    if ((st = h->graph_param(h->host, g, o->logits, &l)) != ES_OK) return st;
-    if ((st = h->graph_gate(h->host, g, "channel", l, &gw)) != ES_OK) return st;
-    in[0] = bn; in[1] = gw;
-    return h->graph_apply(h->host, g, "channel_scale", in, 2, NULL, 0, out);
+    if (o->masked) {
+        if ((st = h->graph_param(h->host, g, o->logits, &l)) != ES_OK) return st;
+        in[0] = bn; in[1] = l;
+        if ((st = h->graph_apply(h->host, g, "channel_mask", in, 2, NULL, 0, &bn)) != ES_OK) return st;
+    }
+    if ((st = h->graph_apply(h->host, g, "relu", &bn, 1, NULL, 0, &r)) != ES_OK) return st;
+    if ((st = h->graph_param(h->host, g, o->w2, &w2)) != ES_OK) return st;
+    in[0] = r; in[1] = w2;
+    return h->graph_apply(h->host, g, "conv2d", in, 2, NULL, 0, out);
 }
 static const es_op_vtable masked_conv_table = { .struct_size = sizeof(es_op_vtable), .create = masked_conv_create, .destroy = op_destroy, .build = masked_conv_build };
 #endif
