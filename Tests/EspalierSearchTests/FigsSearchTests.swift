@@ -161,6 +161,18 @@ final class FigsSearchTests: XCTestCase {
         XCTAssertFalse(g.jsonText().contains("per_cell"))
         let bad = #"{"normal": [["sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0]], "reduce_concat": [2], "normal_node_sizes": [1], "reduce_node_sizes": [1], "per_cell": [{"reduction": false, "channels": 4, "edges": [["figs_sep_conv_3x3", 0]], "node_sizes": [1], "concat": [2], "op_settings": []}]}"#
         XCTAssertThrowsError(try Genotype.decode(Data(bad.utf8), file: "bad.json")) { XCTAssertTrue("\($0)".contains("op_settings"), "\($0)") }
+        // channel_widths: one object per edge, every width ≥ 1.
+        func cell(_ widths: String) -> String {
+            #"{"normal": [["figs_sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [["figs_sep_conv_3x3", 0]], "reduce_concat": [2], "normal_node_sizes": [1], "reduce_node_sizes": [1], "per_cell": [{"reduction": false, "channels": 4, "edges": [["figs_sep_conv_3x3", 0]], "node_sizes": [1], "concat": [2], "op_settings": [{}], "channel_widths": "#
+                + widths + "}]}"
+        }
+        XCTAssertNoThrow(try Genotype.decode(Data(cell(#"[{"mask_mid.logits": 2, "mask_out.logits": 4}]"#).utf8), file: "ok.json"))
+        XCTAssertThrowsError(try Genotype.decode(Data(cell("[{}, {}]").utf8), file: "two.json")) {
+            XCTAssertTrue("\($0)".contains("2 \"channel_widths\" for 1 edges"), "\($0)")
+        }
+        XCTAssertThrowsError(try Genotype.decode(Data(cell(#"[{"mask_mid.logits": 0}]"#).utf8), file: "zero.json")) {
+            XCTAssertTrue("\($0)".contains("'mask_mid.logits' the width 0"), "\($0)")
+        }
     }
 
     func testDeadEnd_LastCellOrTwoCellsInARowWithoutOps() throws {
