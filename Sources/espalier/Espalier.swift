@@ -9,7 +9,13 @@ struct Espalier: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "espalier",
         abstract: "Neural architecture search inside a memory budget.",
-        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self, ScanPluginCommand.self])
+        version: version,
+        subcommands: [SearchCommand.self, MemoryCommand.self, TrainCommand.self, TrainPrunedCommand.self, EvalCommand.self, ExportCommand.self,
+                      TrainBaselineCommand.self, PluginsCommand.self, BenchCommand.self, KernelBenchCommand.self, ScanPluginCommand.self])
+
+    /// Espalier's version (`espalier --version`, and the metadata of the ONNX models it writes);
+    /// its minor follows the plugin ABI's.
+    static let version = "0.6.0"
 
     /// Parses, then runs. A mistake found while parsing the command line gets the usage; an error
     /// while running (a bad config, data or plugin, even one reported as a ValidationError) is one

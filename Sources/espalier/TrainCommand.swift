@@ -40,6 +40,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("set"), help: "OP.PARAM=VALUE: an op setting over the one the search recorded, e.g. swish.beta_init=0.5 or org.example.op.swish/1.beta_init=0.5 (repeatable).")
     var sets: [String] = []
     @Option(help: "A JSON or YAML file whose 'set' maps OP.PARAM to values (flags override it).") var config: String?
+    @Flag(help: "Also write OUT/model.onnx after training (as `espalier export` does).") var onnx = false
 
     /// The `--config` file's and `--set` flags' op settings (flags win).
     func settingOverrides() throws -> [String: String] {
@@ -131,10 +132,17 @@ struct TrainCommand: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let modelPath = (outDir as NSString).appendingPathComponent("model.safetensors")
         let acc1 = reports.last?.testAccuracy ?? 0
-        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype]
-                        .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })
+        let metadata = ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype]
+            .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a }
+        try net.save(path: modelPath, extraMetadata: metadata)
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs", acc1 * 100, testView.count, epochs, seconds))
         print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")
+        if onnx {
+            let target = (outDir as NSString).appendingPathComponent("model.onnx")
+            print(ONNXExport.summary(target, try ONNXExport.write(net, modelMetadata: metadata, to: target, accountant: acc)))
+        } else {
+            print("export it: espalier export --model \(modelPath)")
+        }
     }
 }
 

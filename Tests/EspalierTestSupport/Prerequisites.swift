@@ -70,7 +70,18 @@ extension Prerequisite {
     /// A Python that can import TensorBoard's event reader: $ESPALIER_TEST_PYTHON (.ci/run sets it
     /// to its virtual environment's python), else python3 on PATH; `missing` when neither can.
     public static func tensorBoardPython(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
-        let fix = "python3 -m venv .venv-ci && .venv-ci/bin/pip install tensorboard, then ESPALIER_TEST_PYTHON=$PWD/.venv-ci/bin/python (.ci/run does this)"
+        try python(importing: "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator", packages: "tensorboard",
+                   purpose: "read TensorBoard event files with", environment: environment)
+    }
+
+    /// A Python with the onnx package and ONNX Runtime (the same venv as above).
+    public static func onnxPython(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
+        try python(importing: "import onnx, onnxruntime", packages: "onnx onnxruntime", purpose: "check ONNX models with", environment: environment)
+    }
+
+    /// $ESPALIER_TEST_PYTHON, else python3 on PATH, if it runs `statement`; `missing` otherwise.
+    static func python(importing statement: String, packages: String, purpose: String, environment: [String: String]) throws -> String {
+        let fix = "python3 -m venv .venv-ci && .venv-ci/bin/pip install \(packages), then ESPALIER_TEST_PYTHON=$PWD/.venv-ci/bin/python (.ci/run does this)"
         let python: String
         if let p = environment["ESPALIER_TEST_PYTHON"], !p.isEmpty {
             python = p
@@ -78,19 +89,19 @@ extension Prerequisite {
                     .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) {
             python = p
         } else {
-            throw missing("no Python to read TensorBoard event files with: \(fix)")
+            throw missing("no Python to \(purpose): \(fix)")
         }
         guard FileManager.default.isExecutableFile(atPath: python) else {
             throw missing("ESPALIER_TEST_PYTHON=\(python) is not an executable: \(fix)")
         }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator"]
+        p.arguments = ["-c", statement]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw missing("\(python) cannot import the tensorboard package: \(fix)") }
+        guard p.terminationStatus == 0 else { throw missing("\(python) cannot run '\(statement)': \(fix)") }
         return python
     }
 }
