@@ -8,7 +8,7 @@ import EspalierCore
 /// the logs) and for the files it writes (log.jsonl, tb/, ranks.json). Not checkpointed: they
 /// cover this process (OUT/log.jsonl holds every epoch of the run).
 struct SearchRecords {
-    /// Where the run writes its files (rank 0 only); nil writes nothing.
+    /// The run folder its files go to (passed on rank 0 only); nil: none.
     let outDirectory: String?
     /// What the run decided about its setup, in words (also written to standard error).
     var notes: [String] = []

@@ -1,7 +1,9 @@
-// The common search trainer. It owns the data (a 50/50 split of the training set), the
-// supernet, the optimisers (SGD on weights, Adam on α) and the accountant, and asks the strategy
-// plugin what each step does: bilevel (α step on a validation batch, first or second order, then
-// a weight step on a training batch), single-level, weights only, forward only, or nothing.
+// The common search trainer. It owns the data (a 50/50 split of the training set; SearchData),
+// the supernet, the optimisers (SGD on weights, Adam on α; SearchUpdates), what it records and
+// where it is (SearchRecords, SearchPosition), counts memory with its context's accountant, and
+// asks the strategy plugin what each step does: bilevel (α step on a validation batch, first or
+// second order, then a weight step on a training batch), single-level, weights only, forward
+// only, or nothing.
 // A strategy without architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS, GSparsity) gets a
 // supernet whose edges sum their ops (no gate, no α step); a proximal regularizer with
 // `owns_update=true` replaces the SGD step itself (see SearchRun+Regularizers.swift).

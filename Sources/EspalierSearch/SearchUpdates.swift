@@ -12,7 +12,7 @@ import EspalierHost
 struct SearchUpdates {
     var weightOptimizer: SGD
     var archOptimizer: Adam
-    /// The weights' learning rate per epoch (`--lr` down to `--min-lr` over `--epochs`).
+    /// The weights' learning rate per epoch (cosine, from `--lr` down to the config's minimum).
     let schedule: CosineSchedule
     /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
     let schedules: [(slot: String, method: DynamicMethod)]
