@@ -72,8 +72,9 @@ extension SearchRun {
         try agreeOnState()
         let askedForRankFiles = ProcessInfo.processInfo.environment["ESPALIER_RANK_CHECKPOINTS"] != nil
         guard outDirectory != nil || askedForRankFiles else { return nil }
-        let st = CheckpointState(epoch: epoch, globalStep: globalStep, stepInEpoch: tally.stepInEpoch, lossSum: tally.lossSum, correct: tally.correct, seen: tally.seen,
-                                 stepTimes: tally.stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
+        let st = CheckpointState(epoch: epoch, globalStep: globalStep, stepInEpoch: position.tally.stepInEpoch, lossSum: position.tally.lossSum,
+                                 correct: position.tally.correct, seen: position.tally.seen,
+                                 stepTimes: position.tally.stepTimes, trainLoader: trainLoader.state, validLoader: validLoader.state,
                                  graphRNG: graph.rng, contextRNG: context.rng, sgdSteps: weightOptimizer.stepCount,
                                  adamSteps: archOptimizer.stepCount, learningRate: weightOptimizer.learningRate, peakBytes: accountant.peakTotal,
                                  values: services.values, opStatesNormal: opStates(reduction: false), opStatesReduce: opStates(reduction: true),
@@ -82,7 +83,7 @@ extension SearchRun {
                                  inputStates: supernet.hyperConnected ? inputStatesByCell() : nil,
                                  auxiliaryCells: supernet.hyperConnected ? supernet.space.auxiliaryCells : nil,
                                  pluginStates: try savePluginStates(),
-                                 archLossSum: tally.archLossTotal.sum, archLossCount: tally.archLossTotal.count,
+                                 archLossSum: position.tally.archLossTotal.sum, archLossCount: position.tally.archLossTotal.count,
                                  regularizerTermSums: regularizers.map(\.termSum), regularizerTermCounts: regularizers.map(\.termCount))
         let meta = String(decoding: try JSONEncoder().encode(st), as: UTF8.self)
         let file = try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: ["espalier.search": meta])
@@ -137,8 +138,9 @@ extension SearchRun {
         }
         for (name, v) in st.values.sorted(by: { $0.key < $1.key }) { try services.setValue(name, v) }
         try file.load(into: stateTensors, strict: true)
-        epoch = st.epoch; globalStep = st.globalStep; tally.stepInEpoch = st.stepInEpoch
-        tally.lossSum = st.lossSum; tally.correct = st.correct; tally.seen = st.seen; tally.stepTimes = st.stepTimes
+        epoch = st.epoch; globalStep = st.globalStep; position.tally.stepInEpoch = st.stepInEpoch
+        position.tally.lossSum = st.lossSum; position.tally.correct = st.correct; position.tally.seen = st.seen
+        position.tally.stepTimes = st.stepTimes
         try trainLoader.restore(st.trainLoader)
         try validLoader.restore(st.validLoader)
         graph.rng = st.graphRNG
@@ -146,7 +148,7 @@ extension SearchRun {
         weightOptimizer.stepCount = st.sgdSteps
         archOptimizer.stepCount = st.adamSteps
         weightOptimizer.learningRate = st.learningRate
-        if let sum = st.archLossSum, let count = st.archLossCount { tally.archLossTotal = (sum, count) }
+        if let sum = st.archLossSum, let count = st.archLossCount { position.tally.archLossTotal = (sum, count) }
         if let sums = st.regularizerTermSums, let counts = st.regularizerTermCounts, sums.count == regularizers.count, counts.count == sums.count {
             for (i, r) in regularizers.enumerated() { r.restoreTermSum(sums[i], count: counts[i]) }
         }

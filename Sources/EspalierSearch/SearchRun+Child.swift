@@ -102,7 +102,7 @@ extension SearchRun {
                 try trainer.trainStep(images: batch.images, labels: batch.labels)
                 if accountant.isDryRun { return 0 }
             }
-            return try trainer.evaluate(validEvalView).accuracy
+            return try trainer.evaluate(self.data.validEvalView).accuracy
         }
     }
 }

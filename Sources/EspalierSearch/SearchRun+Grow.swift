@@ -90,7 +90,7 @@ extension SearchRun {
              try Adam(parameters: net.archParameters, learningRate: archOptimizer.learningRate, beta1: config.archBeta1,
                       beta2: config.archBeta2, weightDecay: config.archWeightDecay))
         }
-        costCache = nil
+        updates.costCache = nil
     }
 
     /// Candidate states of a slot, (edges × ops) flattened.

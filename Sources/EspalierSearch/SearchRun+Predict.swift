@@ -101,7 +101,7 @@ extension SearchRun {
 
     /// Takes the first step of epoch 0 outside the loop (the same allocations as the loop's first step).
     public func firstStep() throws {
-        weightOptimizer.learningRate = schedule.learningRate(epoch: 0)
+        weightOptimizer.learningRate = updates.schedule.learningRate(epoch: 0)
         guard let batch = try accountant.withOwner("batch", { try trainLoader.next(accountant: accountant) }) else {
             throw EspalierError.config("no training batch: the training half holds fewer images than one batch")
         }
@@ -117,21 +117,21 @@ extension SearchRun {
         precondition(accountant.isDryRun, "simulateEpochs is a prediction: a dry run only")
         var peak = accountant.peakTotal, peakEpoch = 0
         while epoch < config.epochs && epoch <= (last ?? Int.max) {
-            weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
+            weightOptimizer.learningRate = updates.schedule.learningRate(epoch: epoch)
             try withSectionValues { try strategy.epochBegin(state) }
-            tally.onlySkippedThisEpoch = true
+            position.tally.onlySkippedThisEpoch = true
             let batch = try accountant.withOwner("batch") { try trainLoader.nextCycling(accountant: accountant) }
             let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
             try step(train: batch, valid: valid)
             globalStep += 1
-            if !tally.onlySkippedThisEpoch { _ = try evaluate(validEvalView) }
+            if !position.tally.onlySkippedThisEpoch { _ = try evaluate(data.validEvalView) }
             _ = try supernet.mixingWeights(reduction: false, accountant: accountant)
             _ = try supernet.mixingWeights(reduction: true, accountant: accountant)
             let removedBefore = supernet.space.sumOps ? removedCount() : 0
             // A stop may rest on values a dry run does not have (a patience on the accuracy), so
             // the prediction goes on to the last epoch: more epochs can only raise the bound.
             _ = try withSectionValues { try strategy.epochEnd(state, metrics: EpochMetrics()) }
-            if supernet.space.sumOps && removedCount() > removedBefore { _ = try evaluate(validEvalView) }
+            if supernet.space.sumOps && removedCount() > removedBefore { _ = try evaluate(data.validEvalView) }
             if accountant.peakTotal > peak { peak = accountant.peakTotal; peakEpoch = epoch }
             epoch += 1
         }
@@ -173,13 +173,13 @@ extension SearchRun {
     /// `grow`) one forward pass without gradients is taken first, as a real run's first step does.
     func candidateBytes(slot: Int, edge: Int) throws -> [Float] {
         let k = supernet.space.ops.count
-        if costCache == nil && supernet.cells.contains(where: { $0.lastInputShape == nil }) {
+        if updates.costCache == nil && supernet.cells.contains(where: { $0.lastInputShape == nil }) {
             let loader = try DataLoader(trainLoader.view, batchSize: config.batchSize, shuffle: false, dropLast: true)
             let b = try accountant.withOwner("batch") { try loader.nextCycling(accountant: accountant) }
             try graph.noGrad { _ = try lossAndGradients(b.images, b.labels, backward: false) }
         }
         _ = try slotCosts()   // fills the cache: every candidate not removed, masked ones included
-        guard let cache = costCache, slot < cache.slots.count else { return Array(repeating: 0, count: k) }
+        guard let cache = updates.costCache, slot < cache.slots.count else { return Array(repeating: 0, count: k) }
         return Array(cache.slots[slot].memory[(edge * k)..<(edge * k + k)])
     }
 }

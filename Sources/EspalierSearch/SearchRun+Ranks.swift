@@ -25,18 +25,6 @@ public struct RanksDiverged: Error, CustomStringConvertible {
     }
 }
 
-/// What the exchanges of a run agreed (interrupting) and counted, and how its random services were
-/// last seeded (`SearchRun.exchangeState`). Host thread only.
-final class RankExchangeState {
-    var interruptAgreed = false
-    var exchangesThisStep = 0
-    /// Floats summed over the ranks by this process's exchanges, and the steps it took (ranks.json).
-    var floatsExchanged = 0, steps = 0
-    /// The step the random services were last seeded for, and how many times (a caller that takes
-    /// several steps without advancing `globalStep`, as some tests do, gets new draws each time).
-    var seeded: (step: Int, count: Int) = (-1, 0)
-}
-
 extension SearchRun {
     /// The parameters whose gradients the ranks sum: those the next backward fills.
     var exchangedParameters: [Parameter] {
@@ -64,9 +52,9 @@ extension SearchRun {
         let statistics = buffers.reduce(0) { $0 + $1.count }
         let total = params.reduce(0) { $0 + $1.count } + statistics + Self.exchangeExtras
         let buffer = try accountant.withOwner("allreduce") { try Tensor(shape: [total], category: .workspace, accountant: accountant) }
-        exchangeState.exchangesThisStep += 1
+        rankState.exchangesThisStep += 1
         guard !buffer.isVirtual else { return (0, 0) }
-        if graph.training { exchangeState.floatsExchanged += total }
+        if graph.training { rankState.floatsExchanged += total }
         let p = buffer.ptr
         var at = 0
         for q in params { p.advanced(by: at).update(from: q.grad!.ptr, count: q.count); at += q.count }
@@ -84,7 +72,7 @@ extension SearchRun {
             for i in 0..<b.count { b.ptr[i] = p[at + i] / size }
             at += b.count
         }
-        exchangeState.interruptAgreed = p[at + 3] > 0
+        rankState.interruptAgreed = p[at + 3] > 0
         return (Double(p[at]) + Double(p[at + 1]), Int(p[at + 2].rounded()))
     }
 
@@ -93,11 +81,11 @@ extension SearchRun {
     /// the flag itself.
     func interruptAgreed() throws -> Bool {
         guard ranks.isDistributed else { return searchInterruptRequested != 0 }
-        defer { exchangeState.exchangesThisStep = 0; exchangeState.steps += 1 }
-        if exchangeState.exchangesThisStep == 0 || accountant.isDryRun {
-            exchangeState.interruptAgreed = try ranks.any(searchInterruptRequested != 0)
+        defer { rankState.exchangesThisStep = 0; rankState.steps += 1 }
+        if rankState.exchangesThisStep == 0 || accountant.isDryRun {
+            rankState.interruptAgreed = try ranks.any(searchInterruptRequested != 0)
         }
-        return exchangeState.interruptAgreed
+        return rankState.interruptAgreed
     }
 
     /// Every batch norm's running statistics (and any other buffer) averaged over the ranks, in
@@ -126,7 +114,7 @@ extension SearchRun {
         for (k, v) in try savePluginStates() ?? [:] { meta["plugin/" + k] = v }
         meta["values"] = services.values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.bitPattern)" }.joined(separator: ",")
         meta["ops"] = (opStates(reduction: false) + opStates(reduction: true)).map(String.init).joined(separator: ",")
-        meta["position"] = "\(epoch)/\(globalStep)/\(tally.stepInEpoch)"
+        meta["position"] = "\(epoch)/\(globalStep)/\(position.tally.stepInEpoch)"
         return try SafeTensorsFile(named: Dictionary(uniqueKeysWithValues: stateTensors), metadata: meta).contentChecksum()
     }
 
@@ -161,7 +149,7 @@ extension SearchRun {
     /// count, and whatever any rank drew before. (A step taken again at the same `globalStep`
     /// without the loop, k times, is keyed by k too, so it draws anew.)
     func reseedRandomForStep() {
-        let st = exchangeState
+        let st = rankState
         st.seeded = st.seeded.step == globalStep ? (globalStep, st.seeded.count + 1) : (globalStep, 0)
         var mix = RNG(seed: config.seed ^ (UInt64(globalStep) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(st.seeded.count) &* 0xD1B5_4A32_D192_ED03))
         context.rng = RNG(seed: mix.next())
@@ -208,7 +196,7 @@ extension SearchRun {
         mine[2 * ranks.rank + 1] = Double(predictedPeak ?? -1)
         let all = try ranks.sum(mine)
         guard ranks.isRoot, let dir = outDirectory else { return }
-        let st = exchangeState
+        let st = rankState
         let report = RankReport(ranks: ranks.size, transport: ranks.transport, batchSize: config.batchSize, floatsPerExchange: exchangeFloats,
                                 exchangedBytesPerStep: st.steps > 0 ? 4 * st.floatsExchanged / st.steps : nil,
                                 perRank: (0..<ranks.size).map { r in

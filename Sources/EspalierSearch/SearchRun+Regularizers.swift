@@ -191,7 +191,7 @@ extension SearchRun {
     /// candidates and inputs cost 0.
     public func slotCosts() throws -> (slots: [CandidateCosts], inputs: [CandidateCosts]) {
         let k = supernet.space.ops.count, edges = supernet.space.edgesPerCell
-        if costCache == nil {
+        if updates.costCache == nil {
             let zero = CandidateCosts(memory: Array(repeating: 0, count: edges * k), flops: Array(repeating: 0, count: edges * k))
             var slots = Array(repeating: zero, count: supernet.slotCount)
             var inputs: [CandidateCosts] = []
@@ -221,9 +221,9 @@ extension SearchRun {
                     }
                 }
             }
-            costCache = (slots, inputs)
+            updates.costCache = (slots, inputs)
         }
-        var (slots, inputs) = costCache!
+        var (slots, inputs) = updates.costCache!
         for s in slots.indices {
             for i in 0..<(edges * k) where supernet.opState(slot: s, edge: i / k, op: i % k) != .active {
                 slots[s].memory[i] = 0; slots[s].flops[i] = 0

@@ -39,8 +39,8 @@ extension SearchRun {
     /// This epoch's mean architecture loss and each regularizer's mean term (by instance key), for
     /// the epoch log; starts counting anew.
     func takeEpochTerms() -> (arch: Double?, regularizers: [String: Double]?) {
-        let arch = tally.archLossTotal.count > 0 ? tally.archLossTotal.sum / Double(tally.archLossTotal.count) : nil
-        tally.archLossTotal = (0, 0)
+        let arch = position.tally.archLossTotal.count > 0 ? position.tally.archLossTotal.sum / Double(position.tally.archLossTotal.count) : nil
+        position.tally.archLossTotal = (0, 0)
         var terms: [String: Double] = [:]
         for (key, r) in zip(Selection.instanceKeys(config.regularizers), regularizers) {
             if let t = r.takeMeanTerm() { terms[key] = t }

@@ -57,12 +57,12 @@ extension SearchRun {
     /// memory timeline row's prediction.
     func writeTensorBoard(_ log: SearchEpochLog, named: [String: Double], predicted: Int?) throws {
         guard let dir = outDirectory, !accountant.isDryRun else { return }
-        if tensorBoard == nil {
+        if records.tensorBoard == nil {
             // A session start at the first epoch this process logs: TensorBoard drops what an
             // earlier process (stopped after its last checkpoint) wrote from there on.
-            tensorBoard = try TensorBoardWriter(directory: (dir as NSString).appendingPathComponent(Self.tensorBoardFolder), restartAt: log.epoch)
+            records.tensorBoard = try TensorBoardWriter(directory: (dir as NSString).appendingPathComponent(Self.tensorBoardFolder), restartAt: log.epoch)
         }
-        try tensorBoard?.write(step: log.epoch, values: Self.tensorBoardValues(log, named: named, predicted: predicted,
+        try records.tensorBoard?.write(step: log.epoch, values: Self.tensorBoardValues(log, named: named, predicted: predicted,
                                                                               budget: accountant.budget,
                                                                               archLearningRate: archOptimizer.learningRate))
     }

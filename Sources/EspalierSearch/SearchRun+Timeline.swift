@@ -61,7 +61,7 @@ extension SearchRun {
         guard let dir = outDirectory, !accountant.isDryRun else { return nil }
         // The network the epoch trained and its prediction from the epoch's start (after
         // epoch_begin; a growth at the epoch's end shows in the next row).
-        let start = tally.epochStart ?? (supernet.space.cells, predictedNow())
+        let start = position.tally.epochStart ?? (supernet.space.cells, predictedNow())
         let row = MemoryTimelineRow(epoch: epoch, cells: start.cells, measured: epochPeak, predicted: start.predicted, budget: accountant.budget,
                                     rssPeak: rssPeak)
         let path = (dir as NSString).appendingPathComponent("memory.csv")
@@ -82,7 +82,7 @@ extension SearchRun {
     /// Called after epoch_begin: the epoch's cells and prediction for its timeline row; the
     /// resident set's high-water mark starts again (so the epoch's peak RSS is its own).
     func noteEpochStart() {
-        tally.epochStart = outDirectory == nil || accountant.isDryRun ? nil : (supernet.space.cells, predictedNow())
+        position.tally.epochStart = outDirectory == nil || accountant.isDryRun ? nil : (supernet.space.cells, predictedNow())
         if !accountant.isDryRun { resetResidentSetPeak() }
     }
 

@@ -1,7 +1,9 @@
-// The common search trainer. It owns the data (a 50/50 split of the training set), the
-// supernet, the optimisers (SGD on weights, Adam on α) and the accountant, and asks the strategy
-// plugin what each step does: bilevel (α step on a validation batch, first or second order, then
-// a weight step on a training batch), single-level, weights only, forward only, or nothing.
+// The common search trainer. It owns the data (a 50/50 split of the training set; SearchData),
+// the supernet, the optimisers (SGD on weights, Adam on α; SearchUpdates), what it records and
+// where it is (SearchRecords, SearchPosition), counts memory with its context's accountant, and
+// asks the strategy plugin what each step does: bilevel (α step on a validation batch, first or
+// second order, then a weight step on a training batch), single-level, weights only, forward
+// only, or nothing.
 // A strategy without architecture parameters (ES_REQUIRES_NO_ARCH_PARAMS, GSparsity) gets a
 // supernet whose edges sum their ops (no gate, no α step); a proximal regularizer with
 // `owns_update=true` replaces the SGD step itself (see SearchRun+Regularizers.swift).
@@ -76,54 +78,53 @@ public struct SearchInterrupted: Error, CustomStringConvertible {
 public final class SearchRun {
     public let config: SearchConfig
     public let context: HostContext
-    public let accountant: MemoryAccountant
     public internal(set) var supernet: Supernet
     public let strategy: PluginStrategy
-    public internal(set) var weightOptimizer: SGD
-    public internal(set) var archOptimizer: Adam
-    /// Regularizer plugins, called in every architecture step (and after weight steps, proximal).
-    public let regularizers: [PluginRegularizer]
-    /// The regularizer whose `proximal` IS the weight update (`owns_update=true`, ProxSGD): the
-    /// host then runs no SGD step and hands it every weight with its gradient. nil = SGD.
-    public let updateOwner: PluginRegularizer?
-    /// What the run decided about its setup, in words (also written to standard error).
-    public private(set) var notes: [String] = []
-    /// Without α (GSparsity): validation accuracy before and after the ops the strategy removed
-    /// at its last epoch end (nil until an epoch end removes something).
-    public private(set) var pruning: (before: Double, after: Double, removed: Int)? = nil
-    /// Chosen schedules: slot ("tau.schedule", "lambda.schedule") → method, called before every step.
-    let schedules: [(slot: String, method: DynamicMethod)]
-    /// Per-candidate costs for gate-weight regularizers (measured once).
-    /// Per slot (edges, ops), and per cell's inter-cell inputs (hyper-connected), unmasked.
-    internal var costCache: (slots: [CandidateCosts], inputs: [CandidateCosts])? = nil
     public let graph: Graph
-    let schedule: CosineSchedule
-    public let trainLoader: DataLoader
-    public let validLoader: DataLoader
-    let validEvalView: DataView
-    public let outDirectory: String?
     let registry: PluginRegistry
-    /// The ranks this search runs on (one process: SingleProcess); SearchRun+Ranks.swift.
-    public let ranks: Communicator
-    /// What its exchanges agreed and counted, and how the random services were last seeded.
-    let exchangeState = RankExchangeState()
+    /// The two halves of the training split and the evaluation's view (SearchData.swift).
+    let data: SearchData
+    /// The optimisers, schedules and regularizers of every step (SearchUpdates.swift).
+    var updates: SearchUpdates
+    /// What the run writes and remembers: notes, logs, its folder (SearchRecords.swift).
+    var records: SearchRecords
+    /// Where the run is (checkpointed; SearchPosition.swift).
+    var position = SearchPosition()
+    /// The ranks and what their exchanges agreed and counted (SearchRanks.swift, SearchRun+Ranks.swift).
+    let rankState: SearchRanks
     /// What strategy plugins act through (`host->search`), with the state that serves them alone:
     /// named and published values, the step's batches, a prediction's op-state view.
     public private(set) lazy var services = SearchServices(run: self)
 
-    // Where the run is (checkpointed).
-    public internal(set) var epoch = 0
-    public internal(set) var globalStep = 0
-    /// What this epoch has counted so far (EpochTally.swift).
-    var tally = EpochTally()
-    public private(set) var logs: [SearchEpochLog] = []
-    /// The event file of OUT/tb, opened at the first epoch's end (SearchRun+TensorBoard.swift).
-    var tensorBoard: TensorBoardWriter? = nil
+    // What callers (the CLI, tests) and the extensions read and set, forwarded to the parts above.
+
+    /// The context's accountant (a context is begun with its run's accountant before the run is built).
+    public var accountant: MemoryAccountant { context.accountant }
+    public var trainLoader: DataLoader { data.trainLoader }
+    public var validLoader: DataLoader { data.validLoader }
+    public internal(set) var weightOptimizer: SGD { get { updates.weightOptimizer } set { updates.weightOptimizer = newValue } }
+    public internal(set) var archOptimizer: Adam { get { updates.archOptimizer } set { updates.archOptimizer = newValue } }
+    /// Regularizer plugins, called in every architecture step (and after weight steps, proximal).
+    public var regularizers: [PluginRegularizer] { updates.regularizers }
+    /// The regularizer whose `proximal` IS the weight update (`owns_update=true`, ProxSGD); nil = SGD.
+    public var updateOwner: PluginRegularizer? { updates.updateOwner }
+    public var outDirectory: String? { records.outDirectory }
+    /// What the run decided about its setup, in words (also written to standard error).
+    public var notes: [String] { records.notes }
+    /// Without α (GSparsity): validation accuracy before and after the ops the strategy removed
+    /// at its last epoch end (nil until an epoch end removes something).
+    public var pruning: (before: Double, after: Double, removed: Int)? { records.pruning }
+    /// The log line of every epoch this process finished.
+    public var logs: [SearchEpochLog] { records.logs }
     /// The largest epoch peak of this process (the accountant's, dataset included).
-    public internal(set) var runPeakBytes = 0
+    public var runPeakBytes: Int { records.runPeakBytes }
+    /// Epochs finished, and steps taken over the whole run (both checkpointed).
+    public internal(set) var epoch: Int { get { position.epoch } set { position.epoch = newValue } }
+    public internal(set) var globalStep: Int { get { position.globalStep } set { position.globalStep = newValue } }
     /// Stop (as if interrupted) after this many steps of this process; for tests.
-    public var stopAfterSteps: Int? = nil
-    private var stepsThisProcess = 0
+    public var stopAfterSteps: Int? { get { position.stopAfterSteps } set { position.stopAfterSteps = newValue } }
+    /// The ranks this search runs on (one process: SingleProcess); SearchRun+Ranks.swift.
+    public var ranks: Communicator { rankState.communicator }
 
     /// Builds a run on `train` (split 50/50 into weight-train and arch-validation halves).
     /// On several ranks (`ranks`), every rank builds the same run; only rank 0 writes files (pass
@@ -135,10 +136,10 @@ public final class SearchRun {
         try config.validate()
         self.config = config
         self.context = context
-        self.accountant = context.accountant
-        self.outDirectory = outDirectory
+        let accountant = context.accountant
+        records = SearchRecords(outDirectory: outDirectory)
         self.registry = registry
-        self.ranks = ranks
+        rankState = SearchRanks(communicator: ranks)
         // --batch-size is the global batch: every rank needs a sample of it, and every batch-norm group one.
         let groups = config.bnGroups ?? 1
         guard config.batchSize >= ranks.size * groups else {
@@ -164,10 +165,10 @@ public final class SearchRun {
             guard supernet.space.sumOps else {
                 throw EspalierError.config("\(config.strategy) works without architecture parameters, but this supernet mixes ops with \(config.gate)")
             }
-            notes.append("\(config.strategy) has no architecture parameters: every edge sums its ops with weight 1; the gate \(config.gate) is unused and α is not trained")
+            records.notes.append("\(config.strategy) has no architecture parameters: every edge sums its ops with weight 1; the gate \(config.gate) is unused and α is not trained")
         }
         if supernet.space.scaleParameterFree {
-            notes.append("parameter-free ops carry a learnable output scale (\(supernet.opScales.count) scalars, init 1, clamped to [0, 1] after each step)")
+            records.notes.append("parameter-free ops carry a learnable output scale (\(supernet.opScales.count) scalars, init 1, clamped to [0, 1] after each step)")
         }
         if needs & UInt32(ES_REQUIRES_SAMPLED_GATE) != 0 && !supernet.gateNormal.isSampled {
             throw EspalierError.config("\(config.strategy) samples one architecture per step and needs a sampled gate; \(config.gate) is deterministic (try espalier.gate.gdas/1)")
@@ -177,7 +178,7 @@ public final class SearchRun {
         }
         let hasChannelMasks = !supernet.channelMaskedOps().isEmpty
         // Settings by instance key (id, id#2 for a regularizer selected twice; Selection.instanceKeys).
-        regularizers = try zip(config.regularizers, Selection.instanceKeys(config.regularizers)).map { id, key in
+        let regularizers = try zip(config.regularizers, Selection.instanceKeys(config.regularizers)).map { id, key in
             let c = try registry.require(id, kind: .regularizer)
             let r = try context.accountant.withOwner("regularizer") {
                 try PluginRegularizer(c, context: context, settings: config.regularizerSettings[key] ?? [:],
@@ -196,13 +197,13 @@ public final class SearchRun {
         guard owners.count <= 1 else {
             throw EspalierError.config("\(owners.map(\.0).joined(separator: " and ")) both own the weight update (owns_update=true); at most one regularizer may replace the SGD step")
         }
-        updateOwner = owners.first?.1
+        let updateOwner = owners.first?.1
         if let (id, _) = owners.first {
-            notes.append("\(id) owns the weight update: no SGD step; its proximal step updates every weight (groups and the rest)")
+            records.notes.append("\(id) owns the weight update: no SGD step; its proximal step updates every weight (groups and the rest)")
         }
         // Said once, by the real run (not by the dry runs that predict its memory).
-        if !accountant.isDryRun { for n in notes { FileHandle.standardError.write(Data("espalier: \(n)\n".utf8)) } }
-        schedules = try config.methods.sorted { $0.key < $1.key }.map { slot, name in
+        if !accountant.isDryRun { for n in records.notes { FileHandle.standardError.write(Data("espalier: \(n)\n".utf8)) } }
+        let schedules = try config.methods.sorted { $0.key < $1.key }.map { slot, name in
             guard ["tau.schedule", "lambda.schedule"].contains(slot) else {
                 throw EspalierError.config("no value follows the schedule slot '\(slot)' in a search; the search schedules tau.schedule (gate.tau) and lambda.schedule (regularizer.lambda)")
             }
@@ -212,14 +213,16 @@ public final class SearchRun {
             return (slot, m)
         }
         let net = supernet
-        (weightOptimizer, archOptimizer) = try context.accountant.withOwner("optimizer") {
+        let (weightOptimizer, archOptimizer) = try context.accountant.withOwner("optimizer") {
             // With an update-owning regularizer the SGD optimiser only carries the learning rate (no momentum buffers).
             (try SGD(parameters: net.weights, learningRate: config.learningRate, momentum: owners.isEmpty ? config.momentum : 0,
                      weightDecay: config.weightDecay),
              try Adam(parameters: net.archParameters, learningRate: config.archLearningRate, beta1: config.archBeta1,
                       beta2: config.archBeta2, weightDecay: config.archWeightDecay))
         }
-        schedule = CosineSchedule(maxLR: config.learningRate, minLR: config.minLearningRate, totalEpochs: config.epochs)
+        let schedule = CosineSchedule(maxLR: config.learningRate, minLR: config.minLearningRate, totalEpochs: config.epochs)
+        updates = SearchUpdates(weightOptimizer: weightOptimizer, archOptimizer: archOptimizer, schedule: schedule, schedules: schedules,
+                                regularizers: regularizers, updateOwner: updateOwner)
         graph = Graph(accountant: accountant, seed: config.seed &+ 101)
         graph.batchNormGroups = groups
         let halves = try train.split(fraction: 0.5, seed: config.seed)
@@ -229,12 +232,13 @@ public final class SearchRun {
             throw EspalierError.config("\(train.count) training image\(train.count == 1 ? "" : "s") (from \(train.dataset.name)) leave fewer than one batch of "
                                        + "\(config.batchSize) in each half (weights, α); use at least \(2 * config.batchSize) images or a smaller --batch-size")
         }
-        trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
-        validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
+        let trainLoader = try DataLoader(halves.train, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 1)
+        let validLoader = try DataLoader(halves.validation, batchSize: config.batchSize, shuffle: true, dropLast: true, seed: config.seed &+ 2)
         // One global order from the seed; each rank takes its slice of every global batch.
         trainLoader.shard = (ranks.rank, ranks.size)
         validLoader.shard = (ranks.rank, ranks.size)
-        validEvalView = config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation
+        data = SearchData(trainLoader: trainLoader, validLoader: validLoader,
+                          validEvalView: config.evalImages.map { halves.validation.prefix($0) } ?? halves.validation)
         context.searchServices = services
         // Plugin calls outside a step (logged and derived mixing weights, graph_gate) see the real epoch and step.
         context.runState = { [weak self] in self?.state ?? RunState() }
@@ -322,7 +326,7 @@ public final class SearchRun {
                 var value = globalLoss + termValue
                 if regularize && backward { value += try applyArchRegularizers() }
                 if backward { value += try applyChannelMaskRegularizers() }
-                if regularize && backward && graph.computing { tally.archLossTotal.sum += value; tally.archLossTotal.count += 1 }
+                if regularize && backward && graph.computing { position.tally.archLossTotal.sum += value; position.tally.archLossTotal.count += 1 }
                 return (value, c)
             }
         } catch {
@@ -404,7 +408,7 @@ public final class SearchRun {
         reseedRandomForStep()
         try applySchedules()
         let plan = try strategy.planStep(state)
-        if plan.mode != .skip { tally.onlySkippedThisEpoch = false }
+        if plan.mode != .skip { position.tally.onlySkippedThisEpoch = false }
         var result = (0.0, 0)
         switch plan.mode {
         case .bilevel, .singleLevel:
@@ -441,7 +445,7 @@ public final class SearchRun {
     /// Calls the chosen schedules (`--set tau.schedule=NAME`) and sets what they drive.
     func applySchedules() throws {
         let s = state
-        for (slot, m) in schedules {
+        for (slot, m) in updates.schedules {
             let v = try m.schedule(step: s.step, total: s.totalSteps)
             try services.setValue(slot == "tau.schedule" ? "gate.tau" : "regularizer.lambda", v)
         }
@@ -453,13 +457,13 @@ public final class SearchRun {
     /// checkpointing when interrupted.
     public func run(progress: SearchProgress? = nil) throws {
         while epoch < config.epochs {
-            if tally.stepInEpoch == 0 {
-                weightOptimizer.learningRate = schedule.learningRate(epoch: epoch)
+            if position.tally.stepInEpoch == 0 {
+                weightOptimizer.learningRate = updates.schedule.learningRate(epoch: epoch)
                 try withSectionValues { try strategy.epochBegin(state) }
                 noteEpochStart()
                 accountant.resetPeak()
-                tally.lossSum = 0; tally.correct = 0; tally.seen = 0; tally.stepTimes = []
-                tally.onlySkippedThisEpoch = true
+                position.tally.lossSum = 0; position.tally.correct = 0; position.tally.seen = 0; position.tally.stepTimes = []
+                position.tally.onlySkippedThisEpoch = true
                 _ = takeEpochTerms()
             }
             let started = DispatchTime.now().uptimeNanoseconds
@@ -468,25 +472,27 @@ public final class SearchRun {
                 let valid = try accountant.withOwner("batch") { try validLoader.nextCycling(accountant: accountant) }
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 let (loss, c) = try step(train: batch, valid: valid)
-                guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: tally.stepInEpoch + 1) }
-                tally.stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                tally.lossSum += loss * Double(batch.globalSize); tally.correct += c; tally.seen += batch.globalSize
-                tally.stepInEpoch += 1; globalStep += 1; stepsThisProcess += 1
-                progress?.step(tally.stepInEpoch, of: steps, loss: tally.lossSum / Double(max(tally.seen, 1)), accuracy: Double(tally.correct) / Double(max(tally.seen, 1)))
-                if try interruptAgreed() || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
-                    runPeakBytes = max(runPeakBytes, accountant.peakTotal)
+                guard loss.isFinite else { throw try diverged(loss: loss, which: "training", stepInEpoch: position.tally.stepInEpoch + 1) }
+                position.tally.stepTimes.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                position.tally.lossSum += loss * Double(batch.globalSize); position.tally.correct += c; position.tally.seen += batch.globalSize
+                position.tally.stepInEpoch += 1; globalStep += 1; position.stepsThisProcess += 1
+                progress?.step(position.tally.stepInEpoch, of: steps, loss: position.tally.lossSum / Double(max(position.tally.seen, 1)),
+                               accuracy: Double(position.tally.correct) / Double(max(position.tally.seen, 1)))
+                if try interruptAgreed() || (position.stopAfterSteps.map { position.stepsThisProcess >= $0 } ?? false) {
+                    records.runPeakBytes = max(records.runPeakBytes, accountant.peakTotal)
                     let path = try checkpoint()
                     throw SearchInterrupted(checkpoint: path ?? "(no output folder)")
                 }
             }
-            let (validLoss, validAcc) = tally.onlySkippedThisEpoch ? (0, 0) : try evaluate(validEvalView)
-            guard validLoss.isFinite else { throw try diverged(loss: validLoss, which: "validation", stepInEpoch: tally.stepInEpoch) }
+            let (validLoss, validAcc) = position.tally.onlySkippedThisEpoch ? (0, 0) : try evaluate(data.validEvalView)
+            guard validLoss.isFinite else { throw try diverged(loss: validLoss, which: "validation", stepInEpoch: position.tally.stepInEpoch) }
             var peaks: [String: Int] = [:]
             for c in MemoryCategory.allCases { peaks[c.name] = accountant.peakByCategory[c] }
-            let sorted = tally.stepTimes.sorted()
+            let sorted = position.tally.stepTimes.sorted()
             let terms = takeEpochTerms()
             var log = SearchEpochLog(
-                epoch: epoch + 1, trainLoss: tally.lossSum / Double(max(tally.seen, 1)), trainAccuracy: Double(tally.correct) / Double(max(tally.seen, 1)),
+                epoch: epoch + 1, trainLoss: position.tally.lossSum / Double(max(position.tally.seen, 1)),
+                trainAccuracy: Double(position.tally.correct) / Double(max(position.tally.seen, 1)),
                 validLoss: validLoss, validAccuracy: validAcc, learningRate: weightOptimizer.learningRate,
                 seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9,
                 medianStepSeconds: sorted.isEmpty ? 0 : sorted[sorted.count / 2], peakBytes: accountant.peakTotal, peakByCategory: peaks,
@@ -496,8 +502,8 @@ public final class SearchRun {
                 genotype: try derive(), archLoss: terms.arch, regularizerTerms: terms.regularizers)
             recordResidentSet(&log)
             let named = services.namedValues
-            runPeakBytes = max(runPeakBytes, log.peakBytes)
-            logs.append(log)
+            records.runPeakBytes = max(records.runPeakBytes, log.peakBytes)
+            records.logs.append(log)
             var metrics = EpochMetrics()
             metrics.trainLoss = log.trainLoss; metrics.trainAccuracy = log.trainAccuracy
             metrics.validLoss = validLoss; metrics.validAccuracy = validAcc
@@ -506,14 +512,14 @@ public final class SearchRun {
             let stop = try withSectionValues { try strategy.epochEnd(state, metrics: metrics) }
             if supernet.space.sumOps, case let removed = removedCount() - removedBefore, removed > 0 {
                 // The pruned network on the same validation images: no discretisation gap expected.
-                let (_, after) = try evaluate(validEvalView)
-                pruning = (validAcc, after, removed)
+                let (_, after) = try evaluate(data.validEvalView)
+                records.pruning = (validAcc, after, removed)
                 let line = "pruned \(removed) ops: validation accuracy \(validAcc) before, \(after) after"
-                notes.append(line)
+                records.notes.append(line)
                 FileHandle.standardError.write(Data("espalier: \(line)\n".utf8))
             }
             epoch += 1
-            tally.stepInEpoch = 0
+            position.tally.stepInEpoch = 0
             try appendLog(log)
             let predicted = try appendMemoryTimeline(epochPeak: log.peakBytes, rssPeak: log.rssPeakBytes)
             try writeTensorBoard(log, named: named, predicted: predicted)
