@@ -306,7 +306,7 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
             throw EspalierError.data(file: path, problem: "damaged network description: \(error)")
         }
         let net = try context.accountant.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: 0) }
-        try file.load(into: net.namedTensors, strict: true)
+        try net.loadTensors(from: file)
         return (net, file.metadata)
     }
 }

@@ -136,7 +136,7 @@ public final class PrunedNetwork: Classifier, SavedModel {
             throw EspalierError.data(file: path, problem: "damaged pruned-network description: \(error)")
         }
         let net = try context.accountant.withOwner("model") { try PrunedNetwork(arch, registry: registry, context: context, seed: 0) }
-        try file.load(into: net.namedTensors, strict: true)
+        try net.loadTensors(from: file)
         return (net, file.metadata)
     }
 }

@@ -4,8 +4,8 @@
 // 1e-4 with the same predicted classes. Kinds: a hand-made genotype with every DARTS op (both
 // pools, separable and dilated convs, skip_connect at stride 2 and none) with random batch-norm
 // statistics; FiGS's per-cell exports from real short searches, with summed and with concatenated
-// nodes (their channel widths); a GSparsity-style per-cell network with an empty node; a third
-// party's composed op (the fixture's relu-conv, written only from SDK/). The raw swish sample is
+// nodes (their channel widths); a GSparsity search's network; a per-cell network with an empty
+// node and a third party's composed op (the fixture's relu-conv, written only from SDK/). The raw swish sample is
 // refused with the op, its place and the way out. Python with onnx and onnxruntime comes from
 // .ci/run's virtual environment (ESPALIER_TEST_PYTHON); without it the tests skip with the fix.
 
@@ -145,6 +145,19 @@ final class ONNXExportTests: XCTestCase {
         try assertRuntimeAgrees(net, acc, "per-cell-third-party")
     }
 
+    func testAGSparsitySearchsNetwork_ExportsAndONNXRuntimeAgrees() throws {
+        let registry = try registry()
+        var c = tinySearchConfig(strategy: "espalier.strategy.gsparsity/1", settings: ["threshold": "0.02"])
+        c.regularizers = ["espalier.regularizer.proxsgd/1"]
+        c.regularizerSettings = ["espalier.regularizer.proxsgd/1": ["mu": "0.5"]]
+        let run = try syntheticSearchRun(c, registry: registry)
+        try run.run()
+        let g = try run.derive()
+        XCTAssertNotNil(g.normalNodeSizes, "GSparsity's genotype: any number of ops per node")
+        let (net, acc) = try network(g, cells: 3, registry: registry)
+        try assertRuntimeAgrees(net, acc, "gsparsity")
+    }
+
     func testARawOp_IsRefusedByName_WithItsPlaceAndTheWayOut() throws {
         var g = Genotype(normal: [.init("swish", 0), .init("skip_connect", 1)], normalConcat: [2],
                          reduce: [.init("max_pool_3x3", 0), .init("skip_connect", 1)], reduceConcat: [2], opIDs: ["swish": "org.example.op.swish/1"])
@@ -198,6 +211,38 @@ final class ONNXExportTests: XCTestCase {
         let missing = try EspalierProcess.run(["export", "--model", dir + "/genotype.json"], cwd: dir)
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.output.contains("genotype.json"), missing.output)
+    }
+
+    func testSavedModel_NamesEveryBuffer_AsTheONNXModelDoes_AndFilesWithNumberedBuffersStillLoad() throws {
+        var g = Genotype(normal: [.init("sep_conv_3x3", 0), .init("skip_connect", 1)], normalConcat: [2],
+                         reduce: [.init("max_pool_3x3", 0), .init("skip_connect", 1)], reduceConcat: [2])
+        g.normalNodeSizes = [2]; g.reduceNodeSizes = [2]
+        let registry = try registry()
+        let (net, acc) = try network(g, cells: 3, registry: registry)
+        let dir = try PluginFixtures.tempDir("named-buffers")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try net.save(path: dir + "/model.safetensors")
+        let names = try SafeTensorsFile.read(path: dir + "/model.safetensors").names
+        XCTAssertFalse(names.contains { $0.hasPrefix("buffers/") }, "\(names)")
+        for expected in ["stem/bn/running_mean", "stem/bn/running_var", "cell0/pre0/bn/running_var", "cell1/pre0/bn/running_mean",
+                         "cell0/node0/sep_conv_3x30/bn1.running_mean"] {
+            XCTAssertTrue(names.contains(expected), "\(expected) in \(names)")
+        }
+        XCTAssertEqual(names.count, net.parameters.count + net.buffers.count, "one name per tensor")
+        // The ONNX model's initializers carry the same names.
+        let initializers = Set(try net.onnxModel(accountant: acc).graph.initializers.map(\.name))
+        XCTAssertTrue(Set(names).isSubset(of: initializers), "\(Set(names).subtracting(initializers))")
+        // A file written before buffers had names ("buffers/00000", …) loads with the same values.
+        let old = try SafeTensorsFile.read(path: dir + "/model.safetensors")
+        var legacy: [String: Tensor] = [:]
+        for p in net.parameters { legacy[String(p.name.dropFirst("model/".count))] = p.value }
+        for (i, t) in net.buffers.enumerated() { legacy[String(format: "buffers/%05d", i)] = t }
+        try SafeTensorsFile(named: legacy, metadata: old.metadata).write(path: dir + "/old.safetensors")
+        let context = HostContext(accountant: MemoryAccountant(), seed: 0)
+        let (loaded, _) = try DiscreteNetwork.load(path: dir + "/old.safetensors", registry: registry, context: context)
+        XCTAssertEqual(loaded.buffers.map(\.array), net.buffers.map(\.array))
+        let (again, _) = try DiscreteNetwork.load(path: dir + "/model.safetensors", registry: registry, context: context)
+        XCTAssertEqual(again.buffers.map(\.array), net.buffers.map(\.array))
     }
 
     func testTheONNXWireFormat_OfASmallModel_IsTheBytesProtobufWrites() {

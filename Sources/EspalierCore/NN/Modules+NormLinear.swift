@@ -18,8 +18,9 @@ public final class BatchNorm2d: Module {
         (gamma, beta, runningMean, runningVar, owner) = try f.scope(name) {
             let gm = affine ? try f.make("weight", [channels], .ones, decay: true) : nil
             let bt = affine ? try f.make("bias", [channels], .zeros, decay: true) : nil
-            let rm = try Tensor.zeros([channels], category: .parameters, accountant: f.accountant)
-            let rv = try Tensor.filled([channels], value: 1, category: .parameters, accountant: f.accountant)
+            // Each statistic under an owner of its own ("…/bn/running_mean"): its name in saved models.
+            let rm = try f.scope("running_mean") { try Tensor.zeros([channels], category: .parameters, accountant: f.accountant) }
+            let rv = try f.scope("running_var") { try Tensor.filled([channels], value: 1, category: .parameters, accountant: f.accountant) }
             return (gm, bt, rm, rv, f.accountant.currentOwner)
         }
     }
