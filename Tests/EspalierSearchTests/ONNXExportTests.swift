@@ -2,7 +2,7 @@
 // written as an ONNX model, onnx.checker.check_model(full_check) accepts it, and ONNX Runtime's
 // CPU logits on 16 real Fashion-MNIST test images equal Espalier's own evaluation-mode logits to
 // 1e-4 with the same predicted classes. Kinds: a hand-made genotype with every DARTS op (both
-// pools, separable and dilated convs, skip_connect at stride 2 and none) with random batch-norm
+// pools, separable and dilated convs, skip_connect at stride 2 and none) and MergeNAS's conv, with random batch-norm
 // statistics; FiGS's per-cell exports from real short searches, with summed and with concatenated
 // nodes (their channel widths); a GSparsity search's network; a per-cell network with an empty
 // node and a third party's composed op (the fixture's relu-conv, written only from SDK/). The raw swish sample is
@@ -97,8 +97,9 @@ final class ONNXExportTests: XCTestCase {
     }
 
     func testEveryDartsOp_ExportsAndONNXRuntimeAgrees() throws {
-        // Normal cell: every stride-1 op; reduction cell: the ops on its inputs at stride 2 (skip_connect is FactorizedReduce's kin).
-        let normal: [Genotype.Edge] = [.init("sep_conv_3x3", 0), .init("dil_conv_3x3", 1), .init("sep_conv_5x5", 0), .init("dil_conv_5x5", 2),
+        // Normal cell: stride-1 ops (MergeNAS's conv among them: kernel masks on its weights); reduction cell: the ops on its
+        // inputs at stride 2 (skip_connect is FactorizedReduce's kin) and `none`.
+        let normal: [Genotype.Edge] = [.init("sep_conv_3x3", 0), .init("dil_conv_3x3", 1), .init("sep_conv_5x5", 0), .init("mergenas_conv", 2),
                                        .init("max_pool_3x3", 1), .init("avg_pool_3x3", 2)]
         let reduce: [Genotype.Edge] = [.init("skip_connect", 0), .init("max_pool_3x3", 1), .init("avg_pool_3x3", 0), .init("sep_conv_3x3", 2),
                                        .init("dil_conv_5x5", 1), .init("none", 3)]
