@@ -6,7 +6,8 @@
 // statistics; FiGS's per-cell exports from real short searches, with summed and with concatenated
 // nodes (their channel widths); a GSparsity search's network; a per-cell network with an empty
 // node and a third party's composed op (the fixture's relu-conv, written only from SDK/). The raw swish sample is
-// refused with the op, its place and the way out. Python with onnx and onnxruntime comes from
+// refused with the op, its place and the way out. Saved models name every tensor (the
+// safetensors library reads them back). Python with onnx, onnxruntime and safetensors comes from
 // .ci/run's virtual environment (ESPALIER_TEST_PYTHON); without it the tests skip with the fix.
 
 import EspalierCore
@@ -230,6 +231,18 @@ final class ONNXExportTests: XCTestCase {
             XCTAssertTrue(names.contains(expected), "\(expected) in \(names)")
         }
         XCTAssertEqual(names.count, net.parameters.count + net.buffers.count, "one name per tensor")
+        // The official safetensors library reads the same names.
+        let python = try Prerequisite.onnxPython()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", "import json, sys; from safetensors.numpy import load_file; print(json.dumps(sorted(load_file(sys.argv[1]).keys())))",
+                       dir + "/model.safetensors"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let listed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(try JSONSerialization.jsonObject(with: Data(listed.utf8)) as? [String], names.sorted(), listed)
         // The ONNX model's initializers carry the same names.
         let initializers = Set(try net.onnxModel(accountant: acc).graph.initializers.map(\.name))
         XCTAssertTrue(Set(names).isSubset(of: initializers), "\(Set(names).subtracting(initializers))")

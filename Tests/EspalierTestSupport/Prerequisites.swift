@@ -74,9 +74,10 @@ extension Prerequisite {
                    purpose: "read TensorBoard event files with", environment: environment)
     }
 
-    /// A Python with the onnx package and ONNX Runtime (the same venv as above).
+    /// A Python with the onnx package, ONNX Runtime and safetensors (the same venv as above).
     public static func onnxPython(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
-        try python(importing: "import onnx, onnxruntime", packages: "onnx onnxruntime", purpose: "check ONNX models with", environment: environment)
+        try python(importing: "import onnx, onnxruntime, safetensors", packages: "onnx onnxruntime safetensors",
+                   purpose: "check ONNX and safetensors models with", environment: environment)
     }
 
     /// $ESPALIER_TEST_PYTHON, else python3 on PATH, if it runs `statement`; `missing` otherwise.
