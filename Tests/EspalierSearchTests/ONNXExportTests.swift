@@ -46,6 +46,21 @@ final class ONNXExportTests: XCTestCase {
         return (net, acc)
     }
 
+    /// Runs `script` with `python -c`, one argument; its exit status, standard output and standard error.
+    static func runPython(_ python: String, _ script: String, _ argument: String) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", script, argument]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text, errText)
+    }
+
     /// Writes the model, runs the checker and ONNX Runtime on 16 Fashion-MNIST test images, and
     /// compares with Espalier's evaluation logits.
     func assertRuntimeAgrees(_ net: DiscreteNetwork, _ acc: MemoryAccountant, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
@@ -75,17 +90,8 @@ final class ONNXExportTests: XCTestCase {
                           "scale": float(np.abs(want).max()), "test": meta.get("espalier.test"), "inputs": [i.name for i in m.graph.input],
                           "batch": m.graph.input[0].type.tensor_type.shape.dim[0].dim_param}))
         """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", script, dir]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, "\(what): \(errText)", file: file, line: line)
+        let (status, text, errText) = try Self.runPython(python, script, dir)
+        XCTAssertEqual(status, 0, "\(what): \(errText)", file: file, line: line)
         guard let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
             return XCTFail("\(what): no result from the runtime: \(text) \(errText)", file: file, line: line)
         }
@@ -189,15 +195,8 @@ final class ONNXExportTests: XCTestCase {
         XCTAssertEqual(export.status, 0, export.output)
         XCTAssertEqual(FileManager.default.contents(atPath: dir + "/again.onnx"), FileManager.default.contents(atPath: dir + "/train/model.onnx"),
                        "the same model, from the network in memory and from its file")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", "import json, onnx, sys; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m); print(json.dumps({p.key: p.value for p in m.metadata_props}))",
-                       dir + "/again.onnx"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
+        let text = try Self.runPython(python, "import json, onnx, sys; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m); "
+                                      + "print(json.dumps({p.key: p.value for p in m.metadata_props}))", dir + "/again.onnx").out
         let meta = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: String], text)
         XCTAssertEqual(meta["espalier.input_shape"], "[1, 28, 28]")
         XCTAssertEqual(meta["espalier.class_count"], "10")
@@ -233,15 +232,8 @@ final class ONNXExportTests: XCTestCase {
         XCTAssertEqual(names.count, net.parameters.count + net.buffers.count, "one name per tensor")
         // The official safetensors library reads the same names.
         let python = try Prerequisite.onnxPython()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", "import json, sys; from safetensors.numpy import load_file; print(json.dumps(sorted(load_file(sys.argv[1]).keys())))",
-                       dir + "/model.safetensors"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let listed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
+        let listed = try Self.runPython(python, "import json, sys; from safetensors.numpy import load_file; print(json.dumps(sorted(load_file(sys.argv[1]).keys())))",
+                                        dir + "/model.safetensors").out
         XCTAssertEqual(try JSONSerialization.jsonObject(with: Data(listed.utf8)) as? [String], names.sorted(), listed)
         // The ONNX model's initializers carry the same names.
         let initializers = Set(try net.onnxModel(accountant: acc).graph.initializers.map(\.name))
