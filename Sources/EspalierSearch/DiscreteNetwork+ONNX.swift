@@ -26,10 +26,7 @@ extension DiscreteNetwork {
             let out = try cell.onnx(w, s0, s1, index: i)
             s0 = s1; s1 = out
         }
-        let pooled = b.node("Flatten", name: "classifier/flatten", [b.node("GlobalAveragePool", name: "classifier/pool", [s1.name])], [.int("axis", 1)])
-        let logits = b.node("Gemm", name: "logits", [pooled, b.initializer(b.savedName(classifier.weight.name), classifier.weight.value)]
-                                + (classifier.bias.map { [b.initializer(b.savedName($0.name), $0.value)] } ?? []), [.int("transB", 1)])
-        b.addOutput(logits, dims: [.symbol("N"), .size(d.classes)])
+        b.addOutput(w.classifier(classifier, s1), dims: [.symbol("N"), .size(d.classes)])
         var model = ONNX.Model(graph: b.graph)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -64,6 +61,14 @@ struct ONNXLayers {
         let y = b.node("BatchNormalization", name: scope, [x.name, gamma, beta, b.initializer(scope + "/running_mean", m.runningMean),
                                                          b.initializer(scope + "/running_var", m.runningVar)], [.float("epsilon", m.eps)])
         return (y, x.shape)
+    }
+
+    /// Global average pooling, flattened, then the linear layer: the output `logits`.
+    func classifier(_ m: Linear, _ x: Value) -> String {
+        let b = builder
+        let pooled = b.node("Flatten", name: "classifier/flatten", [b.node("GlobalAveragePool", name: "classifier/pool", [x.name])], [.int("axis", 1)])
+        return b.node("Gemm", name: "logits", [pooled, b.initializer(b.savedName(m.weight.name), m.weight.value)]
+                          + (m.bias.map { [b.initializer(b.savedName($0.name), $0.value)] } ?? []), [.int("transB", 1)])
     }
 
     func relu(_ x: Value, scope: String) -> Value { (builder.node("Relu", name: scope + "/relu", [x.name]), x.shape) }

@@ -1,4 +1,5 @@
-// `espalier export`: a trained network as an ONNX model (DiscreteNetwork+ONNX.swift), with the
+// `espalier export`: a trained network as an ONNX model (DiscreteNetwork+ONNX.swift for `train`'s
+// networks, PrunedNetwork+ONNX.swift for `train-pruned`'s), with the
 // normalisation, input shape, class count, genotype and Espalier's version in its metadata, so
 // the file alone says how to feed it.
 
@@ -11,25 +12,29 @@ import Foundation
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Write a network saved by `espalier train` as an ONNX model (opset 13) that ONNX Runtime and other runtimes run.")
+        abstract: "Write a network saved by `espalier train` or `espalier train-pruned` as an ONNX model (opset 13) that ONNX Runtime and other runtimes run.")
     @OptionGroup var dirs: PluginDirOptions
-    @Option(help: "model.safetensors written by `espalier train` (or the folder holding it).") var model: String
+    @Option(help: "model.safetensors written by `espalier train`, pruned-model.safetensors written by `espalier train-pruned`, or the folder holding it.") var model: String
     @Option(help: "The .onnx file to write (default: model.onnx beside the model).") var out: String?
     @Option(help: "ONNX opset; 13 is the one written.") var opset = 13
+    @Option(help: "The input's height and width, for a pruned network saved before `train-pruned` recorded it.") var imageSize: Int?
 
     func run() throws {
         guard opset == Int(ONNX.opset) else { throw ValidationError("--opset \(opset): Espalier writes opset \(ONNX.opset) (IR \(ONNX.irVersion)); leave --opset out") }
         var path = model
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            path = (path as NSString).appendingPathComponent("model.safetensors")
+            // `espalier train` writes model.safetensors, `espalier train-pruned` pruned-model.safetensors.
+            let plain = (path as NSString).appendingPathComponent("model.safetensors")
+            let pruned = (path as NSString).appendingPathComponent("pruned-model.safetensors")
+            path = FileManager.default.fileExists(atPath: plain) || !FileManager.default.fileExists(atPath: pruned) ? plain : pruned
         }
         let target = out ?? ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("model.onnx")
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
         let acc = MemoryAccountant()
         context.begin(accountant: acc, seed: 0)
-        let written = try ONNXExport.write(modelAt: path, to: target, registry: registry, context: context)
+        let written = try ONNXExport.write(modelAt: path, to: target, registry: registry, context: context, imageSize: imageSize)
         print(ONNXExport.summary(target, written))
     }
 }
@@ -38,26 +43,44 @@ struct ExportCommand: ParsableCommand {
 enum ONNXExport {
     typealias Written = (nodes: Int, initializers: Int, bytes: Int, inputShape: String)
 
-    static func write(modelAt path: String, to target: String, registry: PluginRegistry, context: HostContext) throws -> Written {
+    /// Where `espalier train-pruned` records the input's height and width.
+    static let imageSizeKey = "espalier.image_size"
+
+    static func write(modelAt path: String, to target: String, registry: PluginRegistry, context: HostContext, imageSize: Int? = nil) throws -> Written {
         let file = try SafeTensorsFile.read(path: path)
         if file.metadata["espalier.pruned"] != nil {
-            throw EspalierError.config("\(path) is a pruned hyper-connected network (`espalier train-pruned`); ONNX export covers the networks `espalier train` writes")
+            guard let size = imageSize ?? file.metadata[imageSizeKey].flatMap({ Int($0) }), size > 0 else {
+                throw EspalierError.config("\(path) does not record its input size (saved before `train-pruned` did); give it: --image-size N (28 for Fashion-MNIST, 32 for CIFAR)")
+            }
+            let (net, meta) = try context.accountant.withOwner("export") { try loadClassifier(path: path, registry: registry, context: context) }
+            guard let pruned = net as? PrunedNetwork else { throw EspalierError.config("\(path): not a pruned network") }
+            let model = try pruned.onnxModel(accountant: context.accountant, imageSize: size, metadata: dataMetadata(meta))
+            return try write(model, to: target, inputShape: "(N, \(pruned.architecture.space.inputChannels), \(size), \(size))")
         }
         let (net, meta) = try context.accountant.withOwner("export") { try DiscreteNetwork.load(path: path, registry: registry, context: context) }
         return try write(net, modelMetadata: meta, to: target, accountant: context.accountant)
     }
 
-    /// Writes `net`, with the data metadata its model file has (normalisation, class names, dataset).
-    static func write(_ net: DiscreteNetwork, modelMetadata meta: [String: String], to target: String, accountant: MemoryAccountant) throws -> Written {
+    /// Espalier's version, and the data metadata of a model file (normalisation, class names, dataset).
+    static func dataMetadata(_ meta: [String: String]) -> [(key: String, value: String)] {
         var metadata: [(key: String, value: String)] = [("espalier.version", Espalier.version)]
         for key in [ModelDataMetadata.normalizationKey, ModelDataMetadata.classesKey, ModelDataMetadata.datasetKey] {
             if let v = meta[key] { metadata.append((key, v)) }
         }
-        let model = try net.onnxModel(accountant: accountant, metadata: metadata)
+        return metadata
+    }
+
+    static func write(_ model: ONNX.Model, to target: String, inputShape: String) throws -> Written {
         let bytes = model.serialized
         try AtomicFile.write(Data(bytes), to: target)
+        return (model.graph.nodes.count, model.graph.initializers.count, bytes.count, inputShape)
+    }
+
+    /// Writes `net`, with the data metadata its model file has (normalisation, class names, dataset).
+    static func write(_ net: DiscreteNetwork, modelMetadata meta: [String: String], to target: String, accountant: MemoryAccountant) throws -> Written {
         let d = net.description
-        return (model.graph.nodes.count, model.graph.initializers.count, bytes.count, "(N, \(d.inputChannels), \(d.imageSize), \(d.imageSize))")
+        return try write(try net.onnxModel(accountant: accountant, metadata: dataMetadata(meta)), to: target,
+                         inputShape: "(N, \(d.inputChannels), \(d.imageSize), \(d.imageSize))")
     }
 
     static func summary(_ target: String, _ w: Written) -> String {

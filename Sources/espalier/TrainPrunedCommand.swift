@@ -64,7 +64,9 @@ struct TrainPrunedCommand: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let accuracy = reports.last?.testAccuracy ?? 0
         let modelPath = (outDir as NSString).appendingPathComponent("pruned-model.safetensors")
-        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned]
+        // The image size too: the pruned network's description (its search space) does not hold it, and an ONNX export needs it.
+        try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned,
+                                                      ONNXExport.imageSizeKey: String(train.height)]
                         .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs; %d parameters",
                      accuracy * 100, testView.count, epochs, seconds, net.parameterCount))

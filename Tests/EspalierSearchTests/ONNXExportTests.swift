@@ -4,7 +4,8 @@
 // 1e-4 with the same predicted classes. Kinds: a hand-made genotype with every DARTS op (both
 // pools, separable and dilated convs, skip_connect at stride 2 and none) and MergeNAS's conv, with random batch-norm
 // statistics; FiGS's per-cell exports from real short searches, with summed and with concatenated
-// nodes (their channel widths); a GSparsity search's network; a per-cell network with an empty
+// nodes (their channel widths); a GSparsity search's network; Bonsai-Net's pruned hyper-connected
+// network from a real short search (pruned inputs, a zero node); a per-cell network with an empty
 // node and a third party's composed op (the fixture's relu-conv, written only from SDK/). The raw swish sample is
 // refused with the op, its place and the way out. Saved models name every tensor (the
 // safetensors library reads them back). Python with onnx, onnxruntime and safetensors comes from
@@ -64,6 +65,11 @@ final class ONNXExportTests: XCTestCase {
     /// Writes the model, runs the checker and ONNX Runtime on 16 Fashion-MNIST test images, and
     /// compares with Espalier's evaluation logits.
     func assertRuntimeAgrees(_ net: DiscreteNetwork, _ acc: MemoryAccountant, _ what: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        try assertRuntimeAgrees(net, acc, what, file: file, line: line) { try net.onnxModel(accountant: acc, metadata: $0) }
+    }
+
+    func assertRuntimeAgrees(_ net: Classifier, _ acc: MemoryAccountant, _ what: String, file: StaticString = #filePath, line: UInt = #line,
+                             model makeModel: ([(key: String, value: String)]) throws -> ONNX.Model) throws {
         let python = try Prerequisite.onnxPython()
         let test = try Prerequisite.fashionMNIST(.test, accountant: acc)
         let images = try XCTUnwrap(try DataLoader(test.all.prefix(16), batchSize: 16, shuffle: false).next(accountant: acc)).images
@@ -72,7 +78,7 @@ final class ONNXExportTests: XCTestCase {
         let logits = try g.noGrad { try net.logits(g, g.constant(images)) }.value.array
         let dir = try PluginFixtures.tempDir("onnx")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let model = try net.onnxModel(accountant: acc, metadata: [("espalier.test", what)])
+        let model = try makeModel([("espalier.test", what)])
         try Data(model.serialized).write(to: URL(fileURLWithPath: dir + "/model.onnx"))
         try Data(images.array.withUnsafeBufferPointer { Data(buffer: $0) }).write(to: URL(fileURLWithPath: dir + "/images.f32"))
         try Data(logits.withUnsafeBufferPointer { Data(buffer: $0) }).write(to: URL(fileURLWithPath: dir + "/logits.f32"))
@@ -164,6 +170,47 @@ final class ONNXExportTests: XCTestCase {
         XCTAssertNotNil(g.normalNodeSizes, "GSparsity's genotype: any number of ops per node")
         let (net, acc) = try network(g, cells: 3, registry: registry)
         try assertRuntimeAgrees(net, acc, "gsparsity")
+    }
+
+    func testABonsaiSearchsPrunedNetwork_ExportsAndONNXRuntimeAgrees() throws {
+        let registry = try registry()
+        var c = SearchConfig()
+        c.space.channels = 4; c.space.nodes = 2; c.space.multiplier = 2; c.space.stemMultiplier = 1
+        c.space.ops = ["max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"].map { "espalier.op.\($0)/1" }
+        c.space.cells = 3
+        c.space.hyperConnected = true
+        c.batchSize = 4; c.epochs = 1; c.seed = 3
+        c.strategy = "espalier.strategy.bonsai/1"; c.gate = "espalier.gate.sawwave/1"; c.regularizers = ["espalier.regularizer.compression/1"]
+        c.strategySettings = ["section_cells": "3", "margin": "0", "budget": "1GiB"]
+        let run = try syntheticSearchRun(c, registry: registry)
+        try run.run()
+        var arch = try run.prunedArchitecture()
+        // Pruned as a longer search would: cell 2 loses the stem's input, cell 1's node 1 every op (a zero node).
+        arch.inputs[2] = arch.inputs[2].filter { $0 != 0 }
+        for e in 2..<c.space.edgesPerCell { arch.ops[1][e] = [] }
+        arch.ops[0][0] = ["sep_conv_3x3", "max_pool_3x3"]
+        arch.space.inputChannels = 1; arch.space.classes = 10
+        let acc = MemoryAccountant()
+        let net = try acc.withOwner("model") { try PrunedNetwork(arch, registry: registry, context: HostContext(accountant: acc, seed: 1), seed: 3) }
+        var rng = RNG(seed: 11)
+        for (k, t) in net.buffers.enumerated() {
+            for i in 0..<t.count { t[i] = k % 2 == 0 ? Float(rng.uniformDouble() - 0.5) : Float(0.5 + rng.uniformDouble()) }
+        }
+        try assertRuntimeAgrees(net, acc, "bonsai-pruned") { try net.onnxModel(accountant: acc, imageSize: 28, metadata: $0) }
+        // `espalier export` of a saved pruned network: the image size from its metadata (train-pruned records it), or --image-size.
+        let dir = try PluginFixtures.tempDir("onnx-pruned")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try net.save(path: dir + "/pruned-model.safetensors", extraMetadata: ["espalier.image_size": "28"])
+        let ok = try EspalierProcess.run(["export", "--model", dir, "--out", dir + "/a.onnx"], cwd: dir)
+        XCTAssertEqual(ok.status, 0, ok.output)
+        XCTAssertTrue(ok.output.contains("input 'image' (N, 1, 28, 28)"), ok.output)
+        try net.save(path: dir + "/old-model.safetensors")
+        let old = try EspalierProcess.run(["export", "--model", dir + "/old-model.safetensors", "--out", dir + "/b.onnx"], cwd: dir)
+        XCTAssertNotEqual(old.status, 0)
+        XCTAssertTrue(old.output.contains("--image-size"), old.output)
+        let given = try EspalierProcess.run(["export", "--model", dir + "/old-model.safetensors", "--image-size", "28", "--out", dir + "/b.onnx"], cwd: dir)
+        XCTAssertEqual(given.status, 0, given.output)
+        XCTAssertEqual(FileManager.default.contents(atPath: dir + "/a.onnx"), FileManager.default.contents(atPath: dir + "/b.onnx"))
     }
 
     func testARawOp_IsRefusedByName_WithItsPlaceAndTheWayOut() throws {
