@@ -32,8 +32,6 @@ public final class PluginOp {
     /// The channels and stride it was created with (the stride is part of its IR's key).
     public let config: OpConfig
     public var stride: Int { config.stride }
-    /// The widths its channel masks were built at, by mask (nil: as searched, masks applied).
-    public let exportedWidths: [String: Int]?
     /// Each channel mask the op asked its width for in create (`channel_width`), with its searched
     /// width: the masks whose exported form the host can build at other widths.
     public let maskWidths: [String: Int]
@@ -60,7 +58,6 @@ public final class PluginOp {
         self.table = table
         self.ownerPath = ownerPath
         self.config = config
-        self.exportedWidths = exportedWidths
         let params = try ResolvedParams(component: component, settings: settings)
         self.settings = params.texts
         let acc = context.accountant

@@ -24,10 +24,10 @@ extension Primitives {
         return [.ints("kernel_shape", [k, k]), .ints("strides", [s, s]), .ints("pads", [p, p, p, p])]
     }
 
-    static func slice(_ b: ONNXBuilder, _ a: ONNXArgs, _ x: String, starts: [Int], ends: [Int], axes: [Int], steps: [Int]? = nil) -> String {
-        var inputs = [x, b.ints(a.name + "/starts", starts), b.ints(a.name + "/ends", ends), b.ints(a.name + "/axes", axes)]
-        if let steps { inputs.append(b.ints(a.name + "/steps", steps)) }
-        return b.node("Slice", name: a.name, inputs)
+    static func slice(_ b: ONNXBuilder, name: String, _ x: String, starts: [Int], ends: [Int], axes: [Int], steps: [Int]? = nil) -> String {
+        var inputs = [x, b.ints(name + "/starts", starts), b.ints(name + "/ends", ends), b.ints(name + "/axes", axes)]
+        if let steps { inputs.append(b.ints(name + "/steps", steps)) }
+        return b.node("Slice", name: name, inputs)
     }
 
     public static let onnx: [String: ONNXForm] = [
@@ -60,7 +60,7 @@ extension Primitives {
         "concat_channels": { b, a in b.node(a.inputs.count == 1 ? "Identity" : "Concat", name: a.name, a.inputs, a.inputs.count == 1 ? [] : [.int("axis", 1)]) },
         "narrow_channels": { b, a in
             let start = a.int("start", 0)
-            return slice(b, a, a.inputs[0], starts: [start], ends: [start + a.int("length", 0)], axes: [1])
+            return slice(b, name: a.name, a.inputs[0], starts: [start], ends: [start + a.int("length", 0)], axes: [1])
         },
         "channel_shuffle": { b, a in
             // y[i·g + k] = x[k·(C/g) + i]: (N, g, C/g, H, W) → transpose the group axes → (N, C, H, W).
@@ -73,7 +73,7 @@ extension Primitives {
         "linear": { b, a in b.node("Gemm", name: a.name, a.inputs, [.int("transB", 1)]) },
         "zeros_like": { b, a in
             let s = a.int("stride", 1)
-            let sub = s == 1 ? a.inputs[0] : slice(b, a, a.inputs[0], starts: [0, 0], ends: [sliceEnd, sliceEnd], axes: [2, 3], steps: [s, s])
+            let sub = s == 1 ? a.inputs[0] : slice(b, name: a.name, a.inputs[0], starts: [0, 0], ends: [sliceEnd, sliceEnd], axes: [2, 3], steps: [s, s])
             let shape = b.node("Shape", name: a.name + "/shape", [sub])
             return b.node("ConstantOfShape", name: a.name, [shape], [.tensor("value", ONNX.Tensor(name: "zero", dims: [1], floats: [0]))])
         },
@@ -84,7 +84,7 @@ extension Primitives {
             // Σ_i w[i]·x_i, w the last input (a vector).
             let w = a.inputs.last!
             let terms = a.inputs.dropLast().enumerated().map { i, x -> String in
-                let wi = slice(b, ONNXArgs(name: a.name + "/w\(i)", inputs: [], shapes: [], output: [], attributes: [:]), w, starts: [i], ends: [i + 1], axes: [0])
+                let wi = slice(b, name: a.name + "/w\(i)", w, starts: [i], ends: [i + 1], axes: [0])
                 return b.node("Mul", name: a.name + "/term\(i)", [x, wi])
             }
             return b.node(terms.count == 1 ? "Identity" : "Sum", name: a.name, terms)
@@ -97,7 +97,7 @@ extension Primitives {
         "crop": { b, a in
             let top = a.int("top", 0), left = a.int("left", 0)
             let h = a.attributes["height"].map { top + Int($0) } ?? sliceEnd, w = a.attributes["width"].map { left + Int($0) } ?? sliceEnd
-            return slice(b, a, a.inputs[0], starts: [top, left], ends: [h, w], axes: [2, 3])
+            return slice(b, name: a.name, a.inputs[0], starts: [top, left], ends: [h, w], axes: [2, 3])
         },
         "mean": { b, a in
             let m = b.node("ReduceMean", name: a.name + "/reduce", a.inputs, [.int("keepdims", 0)])

@@ -28,8 +28,6 @@ extension DiscreteNetwork {
         }
         b.addOutput(w.classifier(classifier, s1), dims: [.symbol("N"), .size(d.classes)])
         var model = ONNX.Model(graph: b.graph)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
         model.metadata = [("espalier.genotype", d.genotype.jsonText()),
                           ("espalier.input_shape", "[\(d.inputChannels), \(d.imageSize), \(d.imageSize)]"),
                           ("espalier.class_count", String(d.classes))] + metadata

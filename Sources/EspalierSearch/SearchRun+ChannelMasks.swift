@@ -75,12 +75,9 @@ struct ChannelMaskedOp {
         return channels
     }
 
-    /// The masks the op asked its widths for in create, but not every mask of its IR: its exported
-    /// form cannot be built (nil when it can).
-    var unaskedMasks: [String]? {
-        let missing = ir.channelMasks.map(\.logits).filter { op.maskWidths[$0] == nil }
-        return missing.isEmpty ? nil : missing
-    }
+    /// The masks of its IR whose width the op never asked in create: while any is left, its
+    /// exported form cannot be built.
+    var unaskedMasks: [String] { ir.channelMasks.map(\.logits).filter { op.maskWidths[$0] == nil } }
 }
 
 extension Supernet {
@@ -195,7 +192,7 @@ extension SearchRun {
     /// F = a + Σ_m b_m·M_m (FLOPs and bytes), from the accountant; nil before the first forward
     /// and for an op that does not ask its masks' widths (its exported form cannot be built).
     func exportedCostLine(_ op: ChannelMaskedOp) throws -> (a: (flops: Double, bytes: Double), b: [(OpIR.ChannelMask, (flops: Double, bytes: Double))])? {
-        guard var shape = op.cell.lastInputShape, op.unaskedMasks == nil else { return nil }
+        guard var shape = op.cell.lastInputShape, op.unaskedMasks.isEmpty else { return nil }
         shape[1] /= op.cell.partial
         let component = try registry.require(op.id, kind: .op)
         let settings = config.opSettings[op.id] ?? [:]
@@ -284,7 +281,8 @@ extension SearchRun {
         let outMask = op.ir.outputMask?.logits
         var e = ChannelMaskExport(path: op.path, op: op.id, channels: channels, widths: [:], outChannels: op.op.config.outChannels)
         guard e.kept else { return e }
-        if let missing = op.unaskedMasks {
+        let missing = op.unaskedMasks
+        if !missing.isEmpty {
             throw EspalierError.config("\(op.path): \(op.id) applies the channel mask\(missing.count == 1 ? "" : "s") \(missing.joined(separator: ", ")) "
                                        + "but never asked the host its width (host->channel_width in create, ABI 1.6), so its exported form cannot be built; "
                                        + "the op's author must ask it for every mask")

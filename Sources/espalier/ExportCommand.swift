@@ -21,14 +21,7 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         guard opset == Int(ONNX.opset) else { throw ValidationError("--opset \(opset): Espalier writes opset \(ONNX.opset) (IR \(ONNX.irVersion)); leave --opset out") }
-        var path = model
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            // `espalier train` writes model.safetensors, `espalier train-pruned` pruned-model.safetensors.
-            let plain = (path as NSString).appendingPathComponent("model.safetensors")
-            let pruned = (path as NSString).appendingPathComponent("pruned-model.safetensors")
-            path = FileManager.default.fileExists(atPath: plain) || !FileManager.default.fileExists(atPath: pruned) ? plain : pruned
-        }
+        let path = savedModelFile(model)
         let target = out ?? ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("model.onnx")
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
@@ -47,18 +40,14 @@ enum ONNXExport {
     static let imageSizeKey = "espalier.image_size"
 
     static func write(modelAt path: String, to target: String, registry: PluginRegistry, context: HostContext, imageSize: Int? = nil) throws -> Written {
-        let file = try SafeTensorsFile.read(path: path)
-        if file.metadata["espalier.pruned"] != nil {
-            guard let size = imageSize ?? file.metadata[imageSizeKey].flatMap({ Int($0) }), size > 0 else {
-                throw EspalierError.config("\(path) does not record its input size (saved before `train-pruned` did); give it: --image-size N (28 for Fashion-MNIST, 32 for CIFAR)")
-            }
-            let (net, meta) = try context.accountant.withOwner("export") { try loadClassifier(path: path, registry: registry, context: context) }
-            guard let pruned = net as? PrunedNetwork else { throw EspalierError.config("\(path): not a pruned network") }
-            let model = try pruned.onnxModel(accountant: context.accountant, imageSize: size, metadata: dataMetadata(meta))
-            return try write(model, to: target, inputShape: "(N, \(pruned.architecture.space.inputChannels), \(size), \(size))")
+        let (net, meta) = try context.accountant.withOwner("export") { try loadClassifier(path: path, registry: registry, context: context) }
+        if let network = net as? DiscreteNetwork { return try write(network, modelMetadata: meta, to: target, accountant: context.accountant) }
+        guard let pruned = net as? PrunedNetwork else { throw EspalierError.config("\(path): a \(type(of: net)) has no ONNX form") }
+        guard let size = imageSize ?? meta[imageSizeKey].flatMap({ Int($0) }), size > 0 else {
+            throw EspalierError.config("\(path) does not record its input size (saved before `train-pruned` did); give it: --image-size N (28 for Fashion-MNIST, 32 for CIFAR)")
         }
-        let (net, meta) = try context.accountant.withOwner("export") { try DiscreteNetwork.load(path: path, registry: registry, context: context) }
-        return try write(net, modelMetadata: meta, to: target, accountant: context.accountant)
+        let model = try pruned.onnxModel(accountant: context.accountant, imageSize: size, metadata: dataMetadata(meta))
+        return try write(model, to: target, inputShape: "(N, \(pruned.architecture.space.inputChannels), \(size), \(size))")
     }
 
     /// Espalier's version, and the data metadata of a model file (normalisation, class names, dataset).

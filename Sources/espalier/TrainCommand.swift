@@ -157,14 +157,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Batch size.") var batchSize = 256
 
     func run() throws {
-        var path = model
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            // `espalier train` writes model.safetensors, `espalier train-pruned` pruned-model.safetensors.
-            let plain = (path as NSString).appendingPathComponent("model.safetensors")
-            let pruned = (path as NSString).appendingPathComponent("pruned-model.safetensors")
-            path = FileManager.default.fileExists(atPath: plain) || !FileManager.default.fileExists(atPath: pruned) ? plain : pruned
-        }
+        let path = savedModelFile(model)
         let context = HostContext()
         let registry = dirs.loadRegistry(context: context)
         let acc = MemoryAccountant()
@@ -185,4 +178,14 @@ struct EvalCommand: ParsableCommand {
         print(String(format: "test loss %.4f  accuracy %.2f%% on %d images (%.1fs)", loss, accuracy * 100, view.count,
                      Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
     }
+}
+
+/// `--model` as a file: a folder stands for the model in it (`espalier train` writes
+/// model.safetensors, `espalier train-pruned` pruned-model.safetensors).
+func savedModelFile(_ given: String) -> String {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: given, isDirectory: &isDir), isDir.boolValue else { return given }
+    let plain = (given as NSString).appendingPathComponent("model.safetensors")
+    let pruned = (given as NSString).appendingPathComponent("pruned-model.safetensors")
+    return FileManager.default.fileExists(atPath: plain) || !FileManager.default.fileExists(atPath: pruned) ? plain : pruned
 }

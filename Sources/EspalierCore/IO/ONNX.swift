@@ -135,7 +135,7 @@ public enum ONNX {
         }
     }
 
-    public struct Model: Equatable, Sendable {
+    public struct Model: Sendable {
         public var graph: Graph
         public var producerName = "espalier"
         public var producerVersion = ""
@@ -143,11 +143,6 @@ public enum ONNX {
         /// metadata_props, in order.
         public var metadata: [(key: String, value: String)] = []
         public init(graph: Graph) { self.graph = graph }
-
-        public static func == (a: Model, b: Model) -> Bool {
-            a.graph == b.graph && a.producerName == b.producerName && a.producerVersion == b.producerVersion
-                && a.docString == b.docString && a.metadata.map(\.key) == b.metadata.map(\.key) && a.metadata.map(\.value) == b.metadata.map(\.value)
-        }
 
         /// The model as a .onnx file's bytes.
         public var serialized: [UInt8] {
