@@ -143,6 +143,9 @@ static const es_op_vtable swish_table = {
     .forward = swish_forward,
     .backward = swish_backward,
     .flops = swish_flops,
+    /* ABI 1.7: forward is a pure function of input, β and the step, so the host may run it again
+     * in backward (--recompute) instead of keeping the activations around it. */
+    .flags = ES_OP_RECOMPUTABLE,
 };
 
 static const es_param_desc swish_params[] = {

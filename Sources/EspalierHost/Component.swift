@@ -188,7 +188,9 @@ public final class Component {
         let stateFields = library.abi.minor >= 3
         switch kind {
         case .op:
-            let t: es_op_vtable = try readSized(vt, what: "\(id)'s op table")
+            // flags (ABI 1.7) ends the table: older plugins' tables stop before it and read as 0.
+            var t: es_op_vtable = try readSized(vt, minimumSize: MemoryLayout<es_op_vtable>.offset(of: \.flags)!, what: "\(id)'s op table")
+            if library.abi.minor < 7 { t.flags = 0 }
             guard t.create != nil, t.destroy != nil else { throw missing("create/destroy") }
             let raw = [t.output_shape != nil, t.forward != nil, t.backward != nil]
             guard t.build != nil || raw.allSatisfy({ $0 }) else { throw missing("build (composed) nor output_shape+forward+backward (raw)") }
@@ -225,10 +227,17 @@ public final class Component {
         }
     }
 
+    /// An op whose forward may run again in backward (`--recompute`): every composed op (the host
+    /// replays its primitives), a raw one only when it declares ES_OP_RECOMPUTABLE (ABI 1.7).
+    public var isRecomputableOp: Bool {
+        guard let t = opTable else { return false }
+        return t.build != nil || t.flags & UInt32(ES_OP_RECOMPUTABLE) != 0
+    }
+
     /// For listings.
     public var form: String {
         switch kind {
-        case .op: return opTable?.build != nil ? "composed" : "raw kernel"
+        case .op: return opTable?.build != nil ? "composed" : isRecomputableOp ? "raw kernel, recomputable" : "raw kernel"
         case .gate:
             let f = gateTable!.flags
             return [f & UInt32(ES_GATE_SAMPLED) != 0 ? "sampled" : "deterministic", f & UInt32(ES_GATE_HARD) != 0 ? "hard" : nil]

@@ -91,6 +91,10 @@ public final class PluginOp {
     public var parameters: [Parameter] { declared.filter { !$0.isBuffer }.map(\.parameter) }
     public var buffers: [Tensor] { declared.filter(\.isBuffer).map(\.parameter.value) }
     public var isComposed: Bool { table.build != nil }
+    /// May its forward run again in backward (recomputation)? Composed ops always (the host
+    /// replays their primitives); an op with its own kernels only when it declares
+    /// `ES_OP_RECOMPUTABLE` (ABI 1.7), else it is kept as stored.
+    public var isRecomputable: Bool { component.isRecomputableOp }
 
     /// y = op(x) in `g`; `state` nil: the context's current run state.
     public func callAsFunction(_ g: Graph, _ x: Variable, state: RunState? = nil) throws -> Variable {

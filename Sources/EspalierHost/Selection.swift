@@ -23,6 +23,9 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
     public var method: String?
     /// Ops added to the others (`--add-op`; the file's `add_ops`), where `ops` replaces them.
     public var addOps: [String]?
+    /// The file's `recompute` (none, ops, edges, cells, auto): what the run recomputes in backward
+    /// instead of keeping (`--recompute` overrides it). Checked by the command that reads it.
+    public var recompute: String?
 
     public init(strategy: String? = nil, gate: String? = nil, ops: [String]? = nil, regularizers: [String]? = nil, set: [String: String]? = nil,
                 method: String? = nil, addOps: [String]? = nil) {
@@ -34,8 +37,8 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
     /// numbers or booleans; they are kept as text.
     public static func load(file: String) throws -> SelectionRequest {
         let any = try ConfigFile.read(file)
-        guard let dict = any as? [String: Any] else { throw EspalierError.config("\(file): the top level must be a mapping (method, strategy, gate, ops, add_ops, regularizers, set)") }
-        let known: Set<String> = ["method", "strategy", "gate", "ops", "add_ops", "regularizers", "set"]
+        guard let dict = any as? [String: Any] else { throw EspalierError.config("\(file): the top level must be a mapping (method, strategy, gate, ops, add_ops, regularizers, set, recompute)") }
+        let known: Set<String> = ["method", "strategy", "gate", "ops", "add_ops", "regularizers", "set", "recompute"]
         for key in dict.keys.sorted() where !known.contains(key) {
             throw EspalierError.config("\(file): unknown field '\(key)'; the fields are \(known.sorted().joined(separator: ", "))")
         }
@@ -58,8 +61,13 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
                 return "\(value)"
             }
         }
-        return SelectionRequest(strategy: try string("strategy"), gate: try string("gate"), ops: try list("ops"),
-                                regularizers: try list("regularizers"), set: set, method: try string("method"), addOps: try list("add_ops"))
+        var request = SelectionRequest(strategy: try string("strategy"), gate: try string("gate"), ops: try list("ops"),
+                                       regularizers: try list("regularizers"), set: set, method: try string("method"), addOps: try list("add_ops"))
+        if let v = dict["recompute"] {
+            guard let s = v as? String else { throw EspalierError.config("\(file): 'recompute' must be one of none, ops, edges, cells, auto (text)") }
+            request.recompute = s
+        }
+        return request
     }
 
     /// `other` wins wherever it says something.
@@ -72,6 +80,7 @@ public struct SelectionRequest: Codable, Equatable, Sendable {
         if let s = other.set { r.set = (r.set ?? [:]).merging(s) { _, new in new } }
         if let m = other.method { r.method = m }
         if let a = other.addOps { r.addOps = a }
+        if let x = other.recompute { r.recompute = x }
         return r
     }
 

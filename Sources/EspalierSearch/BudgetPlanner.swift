@@ -1,5 +1,7 @@
 // What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
-// planner asks the accountant's dry run about smaller variants of the same run — a smaller batch,
+// planner asks the accountant's dry run about smaller variants of the same run — first the same
+// search with recomputation (`--recompute auto`: the fewest cells recomputed in backward, the
+// search itself unchanged, its price in extra compute), then those that change it: a smaller batch,
 // partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
 // each knob alone, the largest setting that fits — and the smallest number of ranks (mpirun -np N,
 // each rank holding its share of every batch) whose per-rank peak fits. Each answer is a real dry-run prediction of that
@@ -34,6 +36,15 @@ public enum BudgetPlanner {
                 .map { $0.stepPeak + datasetBytes }
         }
         var out: [BudgetSuggestion] = []
+        // Recomputation first: the same search, bit for bit, for one more forward of what it recomputes.
+        if config.recompute != .cells {
+            let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: imageShape, classes: classes,
+                                                   datasetBytes: datasetBytes, ranks: (ranks - 1, ranks))
+            if let choice = try? RecomputePlanner.chooseCells(problem, budget: budget), let cells = choice.cells, !cells.isEmpty {
+                out.append(BudgetSuggestion(change: "--recompute auto (recomputes cells \(cells.map(String.init).joined(separator: ", ")); "
+                                                + "about +\(Int((choice.extraShare * 100).rounded())) % compute, the search unchanged)", predicted: choice.predicted))
+            }
+        }
         // The largest batch that fits (the peak grows with the batch, so bisect).
         if config.batchSize > 1 {
             var lo = 0, hi = config.batchSize   // lo fits (0 = none found), hi does not

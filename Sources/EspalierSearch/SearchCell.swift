@@ -134,14 +134,16 @@ final class SearchCell {
         var terms: [Variable] = [], indices: [Int] = []
         for (o, op) in edge.ops.enumerated() {
             guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-            var y = try edge.output(g, o, x, state: state)
+            var y = try candidate(g, edge: e, o, x, state: state)
             if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
             terms.append(y)
             indices.append(e * k + o)
         }
         var mixed: Variable? = terms.isEmpty ? nil : try g.weightedSum(terms, weights: weights, indices: indices)
         for m in edge.merged where m.columns.contains(where: { edge.states[$0] == .active && active[e * k + $0] != 0 }) {
-            let y = try m.op(g, x, mixingWeights: try g.gather(weights, indices: m.columns.map { e * k + $0 }))
+            let w = try g.gather(weights, indices: m.columns.map { e * k + $0 })
+            let name = recomputeLevel == .ops && m.op.isRecomputable ? "cell\(index)/edge\(e)/\(m.op.component.id)" : nil
+            let y = try recomputed(g, name, inputs: [x, w]) { try m.op(g, x, mixingWeights: w) }
             mixed = try mixed.map { try g.add($0, y) } ?? y
         }
         guard partial > 1 else { return mixed }
@@ -189,77 +191,115 @@ final class SearchCell {
             var states: [Variable?] = [first, second]
             lastInputShape = second.shape
             if hyper { lastEarlierShapes = earlier.map(\.shape) }
-            let k = edges.first?.ops.count ?? 0
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
-            for n in 0..<nodes {
+            for _ in 0..<nodes {
                 if worstCase {
                     for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h) } }
                 }
-                if !nodeNorms.isEmpty {
-                    let incoming = states.count
-                    states.append(try concatNode(g, n, states: states, firstEdge: e, weights: weights, active: active, state: state, skipDropout: skipDropout))
-                    e += incoming
-                    continue
-                }
-                if !g.isRecording && plain {
-                    // Forward only (scoring, evaluation): add each candidate into the node as soon as
-                    // it is computed, so one candidate output is alive at a time, not all of them.
-                    var sum: Tensor? = nil
-                    for h in states {
-                        guard let h else { e += 1; continue }
-                        let edge = edges[e]
-                        for (o, op) in edge.ops.enumerated() {
-                            guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-                            let y = try op(g, h, state: state)
-                            if sum == nil { sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant) }
-                            if g.computing {
-                                let scale = edge.scales[o].map { $0.value[0] } ?? 1
-                                Kernels.axpy(weights.value[e * k + o] * scale, y.value.ptr, sum!.ptr, count: y.value.count)
-                            }
-                        }
-                        e += 1
-                    }
-                    if let sum { states.append(g.constant(sum)); continue }
-                    states.append(try zeroNode(g, states))
-                    continue
-                }
-                if plain {
-                    // The node is one weighted sum over every running candidate of every incoming edge.
-                    var terms: [Variable] = [], indices: [Int] = []
-                    for h in states {
-                        guard let h else { e += 1; continue }
-                        let edge = edges[e]
-                        for (o, op) in edge.ops.enumerated() {
-                            guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-                            terms.append(try edge.output(g, o, h, state: state))
-                            indices.append(e * k + o)
-                        }
-                        e += 1
-                    }
-                    // Every candidate of every incoming edge off: the node is zero.
-                    states.append(terms.isEmpty ? try zeroNode(g, states) : try g.weightedSum(terms, weights: weights, indices: indices))
-                    continue
-                }
-                // Per edge (partial channels, merged ops, skip dropout), then the node sums its edges,
-                // weighted by β̃ with edge normalisation.
-                var outs: [Variable] = [], idx: [Int] = [], inputs: [Variable] = [], strides: [Int] = []
-                for h in states {
-                    guard let h else { e += 1; continue }
-                    if let y = try edgeOutput(g, h, edge: e, weights: weights, active: active, state: state, skipDropout: skipDropout) {
-                        outs.append(y); idx.append(e); inputs.append(h); strides.append(reduction && isInputEdge(e) ? 2 : 1)
-                    }
-                    e += 1
-                }
-                if partial > 1 {
-                    // PC-DARTS: every edge has a bypass, so every edge contributes (edgeOutput never returns nil).
-                    states.append(try g.partialNode(heads: outs, xs: inputs, strides: strides, groups: partial, weights: edgeWeights, indices: idx))
-                } else if outs.isEmpty { states.append(try zeroNode(g, states)) }
-                else if let edgeWeights { states.append(try g.weightedSum(outs, weights: edgeWeights, indices: idx)) }
-                else { states.append(outs.count == 1 ? outs[0] : try g.sum(outs)) }
+                let (firstEdge, incoming, now) = (e, states, active)
+                let recompute = recomputeLevel == .edges && nodeIsRecomputable(firstEdge: firstEdge, count: incoming.count)
+                states.append(try recomputed(g, recompute ? "cell\(index)/node\(states.count - 2)" : nil, inputs: incoming.compactMap { $0 }) {
+                    try self.node(g, states: incoming, firstEdge: firstEdge, weights: weights, active: now, edgeWeights: edgeWeights, state: state,
+                                  skipDropout: skipDropout, plain: plain)
+                })
+                e += incoming.count
             }
             return try g.concatChannels(states.suffix(multiplier).map { $0! })
         }
+    }
+
+    /// Node `n` (the one after `states`): its incoming edges, which start at `firstEdge`, mixed.
+    private func node(_ g: Graph, states: [Variable?], firstEdge: Int, weights: Variable, active: [UInt8], edgeWeights: Variable?,
+                      state: RunState, skipDropout: Float, plain: Bool) throws -> Variable {
+        let n = states.count - 2, k = edges.first?.ops.count ?? 0
+        var e = firstEdge
+        if !nodeNorms.isEmpty {
+            return try concatNode(g, n, states: states, firstEdge: e, weights: weights, active: active, state: state, skipDropout: skipDropout)
+        }
+        if !g.isRecording && plain {
+            // Forward only (scoring, evaluation): add each candidate into the node as soon as
+            // it is computed, so one candidate output is alive at a time, not all of them.
+            var sum: Tensor? = nil
+            for h in states {
+                guard let h else { e += 1; continue }
+                let edge = edges[e]
+                for (o, op) in edge.ops.enumerated() {
+                    guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                    let y = try op(g, h, state: state)
+                    if sum == nil { sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant) }
+                    if g.computing {
+                        let scale = edge.scales[o].map { $0.value[0] } ?? 1
+                        Kernels.axpy(weights.value[e * k + o] * scale, y.value.ptr, sum!.ptr, count: y.value.count)
+                    }
+                }
+                e += 1
+            }
+            if let sum { return g.constant(sum) }
+            return try zeroNode(g, states)
+        }
+        if plain {
+            // The node is one weighted sum over every running candidate of every incoming edge.
+            var terms: [Variable] = [], indices: [Int] = []
+            for h in states {
+                guard let h else { e += 1; continue }
+                let edge = edges[e]
+                for (o, op) in edge.ops.enumerated() {
+                    guard op != nil, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
+                    terms.append(try candidate(g, edge: e, o, h, state: state))
+                    indices.append(e * k + o)
+                }
+                e += 1
+            }
+            // Every candidate of every incoming edge off: the node is zero.
+            return terms.isEmpty ? try zeroNode(g, states) : try g.weightedSum(terms, weights: weights, indices: indices)
+        }
+        // Per edge (partial channels, merged ops, skip dropout), then the node sums its edges,
+        // weighted by β̃ with edge normalisation.
+        var outs: [Variable] = [], idx: [Int] = [], inputs: [Variable] = [], strides: [Int] = []
+        for h in states {
+            guard let h else { e += 1; continue }
+            if let y = try edgeOutput(g, h, edge: e, weights: weights, active: active, state: state, skipDropout: skipDropout) {
+                outs.append(y); idx.append(e); inputs.append(h); strides.append(reduction && isInputEdge(e) ? 2 : 1)
+            }
+            e += 1
+        }
+        if partial > 1 {
+            // PC-DARTS: every edge has a bypass, so every edge contributes (edgeOutput never returns nil).
+            return try g.partialNode(heads: outs, xs: inputs, strides: strides, groups: partial, weights: edgeWeights, indices: idx)
+        }
+        if outs.isEmpty { return try zeroNode(g, states) }
+        if let edgeWeights { return try g.weightedSum(outs, weights: edgeWeights, indices: idx) }
+        return outs.count == 1 ? outs[0] : try g.sum(outs)
+    }
+
+    // MARK: Recomputation
+
+    /// The level this cell recomputes at inside itself (ops or edges; a whole cell is the
+    /// supernet's segment), nil to keep everything.
+    var recomputeLevel: RecomputeLevel? = nil
+
+    /// True when every op of the cell may be run again in backward (composed ops always; ops with
+    /// their own kernels when they declare it).
+    var isRecomputable: Bool {
+        edges.allSatisfy { e in e.ops.allSatisfy { $0?.isRecomputable ?? true } && e.merged.allSatisfy(\.op.isRecomputable) }
+    }
+
+    private func nodeIsRecomputable(firstEdge: Int, count: Int) -> Bool {
+        edges[firstEdge..<(firstEdge + count)].allSatisfy { e in e.ops.allSatisfy { $0?.isRecomputable ?? true } && e.merged.allSatisfy(\.op.isRecomputable) }
+    }
+
+    /// `body` as a recomputed segment named `name` (nil: not recomputed).
+    private func recomputed(_ g: Graph, _ name: String?, inputs: [Variable], _ body: @escaping () throws -> Variable) throws -> Variable {
+        guard let name else { return try body() }
+        return try g.recomputed(name, inputs: inputs, body)
+    }
+
+    /// Candidate o of edge e on h (its scale applied), a recomputed segment at the ops level.
+    private func candidate(_ g: Graph, edge e: Int, _ o: Int, _ h: Variable, state: RunState) throws -> Variable {
+        let edge = edges[e]
+        let name = recomputeLevel == .ops && edge.ops[o]!.isRecomputable ? "cell\(index)/edge\(e)/op\(o)" : nil
+        return try recomputed(g, name, inputs: [h]) { try edge.output(g, o, h, state: state) }
     }
 
     /// FiGS's concat aggregator for node n, whose edges start at `firstEdge`: BN(Σ_t w_t·(W_t ∗ y_t))
@@ -277,7 +317,7 @@ final class SearchCell {
             let e = firstEdge + j, edge = edges[e]
             for (o, op) in edge.ops.enumerated() {
                 guard op != nil, edge.states[o] == .active, active[e * k + o] != 0, let column = edge.concatColumns[o] else { continue }
-                var y = try edge.output(g, o, h, state: state)
+                var y = try candidate(g, edge: e, o, h, state: state)
                 if skipDropout > 0, g.training, skipColumns.contains(o) { y = try g.dropout(y, p: skipDropout) }
                 let z = try g.accountant.withOwnerID(nodeOwners[n]) { try g.conv2d(y, g.param(column), stride: 1, padding: 0, dilation: 1, groups: 1) }
                 if g.isRecording { terms.append(z); indices.append(e * k + o); continue }

@@ -66,6 +66,11 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     /// slices, as N ranks normalise their shares (Graph.batchNormGroups); nil = 1.
     public var bnGroups: Int? = nil
     public var pluginDirs: [String] = []
+    /// `--recompute` (RecomputePlan.swift); nil = none.
+    public var recompute: RecomputeMode? = nil
+    /// `--recompute auto`: the cells its planner chose to recompute whole (written before the run;
+    /// empty when the search fits as it is); nil before it chose.
+    public var recomputeCells: [Int]? = nil
 
     public init() {}
 
@@ -148,7 +153,8 @@ extension SearchConfig {
         case space, strategy, strategySettings, gate, gateSettings, channelGate, channelGateSettings, opSettings, regularizers,
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
              momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
-             bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization, method
+             bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization, method,
+             recompute, recomputeCells
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -181,6 +187,8 @@ extension SearchConfig {
         classNames = try c.decodeIfPresent([String].self, forKey: .classNames)
         normalization = try c.decodeIfPresent(DataStatistics.self, forKey: .normalization)
         method = try c.decodeIfPresent(String.self, forKey: .method)
+        recompute = try c.decodeIfPresent(RecomputeMode.self, forKey: .recompute)
+        recomputeCells = try c.decodeIfPresent([Int].self, forKey: .recomputeCells)
     }
 }
 

@@ -76,6 +76,7 @@ extension SearchRun {
         }
         try applyInputStates(inputStates)
         supernet.skipDropout = skipDropout
+        supernet.recompute = config.recomputePlan
         // Hyper-connected growth: the old classifier lives on as the new auxiliary head.
         let auxPrefix = "/aux\(oldCells - 1)/"
         for p in supernet.weights where !p.value.isVirtual {

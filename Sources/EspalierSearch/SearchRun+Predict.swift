@@ -23,6 +23,11 @@ public struct StepPrediction {
     public let datasetBytes: Int
     /// A whole-run prediction: the first epoch (0-based) at which the peak was reached.
     public var peakEpoch: Int? = nil
+    /// FLOPs the dry run counted (forward and backward, recomputed forwards included).
+    public var flops = 0
+    /// What each recomputed segment's forward measured, by segment (`cell3`, …), summed over the
+    /// dry run's forwards (Graph.segmentMeasures).
+    public var segments: [String: SegmentMeasure] = [:]
     public var stepPeak: Int { accountant.peakTotal - datasetBytes }
 }
 
@@ -95,8 +100,12 @@ extension SearchRun {
         let comm: Communicator = ranks.size > 1 ? SimulatedRanks(rank: ranks.rank, size: ranks.size) : SingleProcess()
         let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil, ranks: comm)
         run.services.predictionView = PredictionChoices()
+        run.graph.segmentMeasures = [:]
         try body(run)
-        return StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
+        var p = StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
+        p.flops = run.graph.flops
+        p.segments = run.graph.segmentMeasures ?? [:]
+        return p
     }
 
     /// Takes the first step of epoch 0 outside the loop (the same allocations as the loop's first step).

@@ -159,6 +159,7 @@ public final class SearchRun {
             try Supernet(space: space, registry: registry, context: context, gateID: config.gate, gateSettings: config.gateSettings,
                          opSettings: config.opSettings, seed: config.seed)
         }
+        supernet.recompute = config.recomputePlan
         strategy = try PluginStrategy(strategyComponent, context: context, settings: config.strategySettings)
         let needs = strategy.requirements
         if needs & UInt32(ES_REQUIRES_NO_ARCH_PARAMS) != 0 {
@@ -225,6 +226,8 @@ public final class SearchRun {
                                 regularizers: regularizers, updateOwner: updateOwner)
         graph = Graph(accountant: accountant, seed: config.seed &+ 101)
         graph.batchNormGroups = groups
+        // A recomputed segment's replay draws the plugins' randomness again from where its forward did.
+        graph.externalRandomness = (get: { [weak context] in context?.rng }, set: { [weak context] in context?.rng = $0 })
         let halves = try train.split(fraction: 0.5, seed: config.seed)
         // A search needs at least one batch in each half: with fewer images nothing would train,
         // and the run would "finish" with the untrained α.

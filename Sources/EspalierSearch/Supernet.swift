@@ -26,6 +26,8 @@ public final class Supernet {
     let inputGates: [PluginGate]
     /// P-DARTS: dropout on the outputs of `skip_connect` candidates in training (0 = off).
     public var skipDropout: Float = 0
+    /// What the forward recomputes in backward instead of keeping (RecomputePlan.swift).
+    public var recompute = RecomputePlan.none
     /// The gates' mixing weights of the last recorded forward (regularizers on gate weights).
     public private(set) var lastGateWeights: (normal: Variable, reduce: Variable)? = nil
     /// Per slot, and per cell's inter-cell inputs (hyper-connected), of the last recorded forward.
@@ -196,15 +198,23 @@ public final class Supernet {
             let (w, a) = slotWeights[slot(of: cell)]
             // A prediction with a sampled gate: the costliest candidates stand for the drawn ones.
             let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled
+            let level = recompute.level(ofCell: i)
+            cell.recomputeLevel = level == .cells ? nil : level
             let out: Variable
             if space.hyperConnected {
                 let iw = inputWeights.isEmpty ? nil : inputWeights[i]
-                out = try cell.forward(g, earlier: space.hyperSources(cell: i).map { outputs[$0 + 1] }, outputs[i], weights: w, active: a,
-                                       inputWeights: iw?.0, inputActive: iw?.1, state: state, skipDropout: skipDropout, worstCase: worstCase)
+                let earlier = space.hyperSources(cell: i).map { outputs[$0 + 1] }, previous = outputs[i]
+                out = try recomputed(g, cell: i, level == .cells && cell.isRecomputable, inputs: earlier + [previous]) {
+                    try cell.forward(g, earlier: earlier, previous, weights: w, active: a, inputWeights: iw?.0, inputActive: iw?.1, state: state,
+                                     skipDropout: self.skipDropout, worstCase: worstCase)
+                }
                 outputs.append(out)
             } else {
-                out = try cell.forward(g, s0, s1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state, skipDropout: skipDropout,
-                                       worstCase: worstCase)
+                let (c0, c1) = (s0, s1)
+                out = try recomputed(g, cell: i, level == .cells && cell.isRecomputable, inputs: [c0, c1]) {
+                    try cell.forward(g, c0, c1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state,
+                                     skipDropout: self.skipDropout, worstCase: worstCase)
+                }
             }
             s0 = s1
             s1 = out
@@ -214,6 +224,12 @@ public final class Supernet {
         }
         lastAuxLogits = aux
         return try g.accountant.withOwner("classifier") { try classifier(g, try g.globalAvgPool(s1)) }
+    }
+
+    /// `body` (cell i's forward), as one recomputed segment when `whole` (Graph.recomputed).
+    private func recomputed(_ g: Graph, cell i: Int, _ whole: Bool, inputs: [Variable], _ body: @escaping () throws -> Variable) throws -> Variable {
+        guard whole else { return try body() }
+        return try g.recomputed("cell\(i)", inputs: inputs, body)
     }
 
     // MARK: Op states (for strategies)

@@ -43,6 +43,11 @@ struct SearchOptions: ParsableArguments {
                                    + "workspace, the dataset); the process's own code, libraries and allocator overhead are not in it, so the "
                                    + "peak RSS is higher (the run's memory.csv reports that remainder)."))
     var memoryBudget: String?
+    @Option(help: ArgumentHelp("What backward recomputes instead of keeping: none, ops, edges, cells or auto (the fewest cells that make --memory-budget fit).",
+                               discussion: "ops: each candidate op keeps its input and output only; edges: the mixed edges into each node, with the node's sum; "
+                                   + "cells: each cell keeps its inputs and output only. Results are bit-identical to none; the price is one more forward of "
+                                   + "what is recomputed (`espalier memory` shows each level's peak and extra compute). Also `recompute` in a --config file."))
+    var recompute: String?
     @Option(help: "Worker threads for the kernels (default: the core count; also ESPALIER_THREADS).") var threads: Int?
 
     /// The flags given on this command line that set something of the search itself (all but
@@ -126,7 +131,18 @@ struct SearchOptions: ParsableArguments {
         if let v = ranks, v < 1 { throw ValidationError("--ranks must be at least 1 (got \(v))") }
         if let b = try parsedBudget() { c.memoryBudget = b }
         c.pluginDirs = absolutePaths(dirs.pluginDirs)
+        try applyRecompute(to: &c)
         return c
+    }
+
+    /// `--recompute`, else the config file's `recompute` (an `auto` choice is made anew: it depends on the budget).
+    func applyRecompute(to c: inout SearchConfig) throws {
+        if let text = try recompute ?? selection.fileRecompute() {
+            do { c.recompute = try RecomputeMode(parsing: text, what: recompute != nil ? "--recompute" : "the config file's recompute") } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        c.recomputeCells = nil
     }
 
     /// Checks the components against the loaded plugins and folds their settings into the config.
@@ -177,7 +193,7 @@ func absolutePaths(_ paths: [String]) -> [String] {
 }
 
 func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: Int?, ranks: Int = 1) {
-    print("predicted peak of the search\(ranks > 1 ? " per rank on \(ranks) ranks" : ""), its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize)\(ranks > 1 ? " shared by the ranks" : ""), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge): "
+    print("predicted peak of the search\(ranks > 1 ? " per rank on \(ranks) ranks" : ""), its costliest step over \(c.epochs) epoch(s) (batch \(c.batchSize)\(ranks > 1 ? " shared by the ranks" : ""), C=\(c.space.channels), \(c.space.cells) cells, \(c.space.ops.count) ops/edge\(c.recomputeText.map { ", " + $0 } ?? "")): "
           + formatBytes(p.stepPeak) + (datasetBytes.map { " + dataset \(formatBytes($0))" } ?? "") + " (\(p.stepPeak + (datasetBytes ?? 0)) bytes in all)")
     for cat in MemoryCategory.allCases where p.accountant.peakByCategory[cat] > 0 {
         var v = p.accountant.peakByCategory[cat]
@@ -197,8 +213,8 @@ struct SearchCommand: ParsableCommand {
     @Option(help: "Output folder (default runs/search-<time>): a new or empty folder; a folder holding anything else is refused, never touched.")
     var out: String?
     @Option(help: ArgumentHelp("Continue the search in this output folder from its checkpoint.",
-                               discussion: "The run continues with its own config.json; only --plugin-dir, --memory-budget and --threads may "
-                                   + "be given with it (they replace the saved ones); any other setting is refused."))
+                               discussion: "The run continues with its own config.json; only --plugin-dir, --memory-budget, --recompute and --threads may "
+                                   + "be given with it (they replace the saved ones; recomputation changes no result); any other setting is refused."))
     var resume: String?
     @Flag(help: "With --resume: start the search in that folder over from its config.json when it holds no checkpoint yet.") var restart = false
     @Flag(help: "Only predict the peak memory of one step, then exit.") var dryRun = false
@@ -239,7 +255,7 @@ struct SearchCommand: ParsableCommand {
             let refused = options.searchDefiningFlags + (out != nil ? ["--out"] : [])
             guard refused.isEmpty else {
                 throw ValidationError("--resume continues \(resume) with its own config.json, so \(refused.joined(separator: ", ")) cannot be given with it. "
-                                      + "With --resume only --plugin-dir, --memory-budget and --threads may change; to change anything else, start a new search (--out NEW)")
+                                      + "With --resume only --plugin-dir, --memory-budget, --recompute and --threads may change; to change anything else, start a new search (--out NEW)")
             }
             config = try ranks.onRoot {
                 try RunFolder.checkResumable(resume)
@@ -248,6 +264,8 @@ struct SearchCommand: ParsableCommand {
             }
             if !options.dirs.pluginDirs.isEmpty { config.pluginDirs = absolutePaths(options.dirs.pluginDirs) }
             if let b = try options.parsedBudget() { config.memoryBudget = b }
+            if options.recompute != nil { try options.applyRecompute(to: &config) }
+            if config.recompute == .auto { config.recomputeCells = nil }   // chosen anew for this budget
             outDir = resume
         } else {
             guard !restart else { throw ValidationError("--restart goes with --resume DIR (it starts that search over from its config.json)") }
@@ -276,6 +294,11 @@ struct SearchCommand: ParsableCommand {
         var view = train.all
         if let n = config.trainImages { view = view.prefix(n) }
         let shape = (train.channels, train.height, train.width)
+        if config.recompute == .auto {
+            let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
+                                                   datasetBytes: train.byteCount, ranks: (rankCount - 1, rankCount))
+            config.recomputeCells = try chooseRecomputedCells(problem, print: ranks.isRoot)
+        }
         // Per rank: the last rank holds the largest share of every batch, so its peak bounds every rank's.
         let prediction = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
                                                   ranks: (rankCount - 1, rankCount))
@@ -290,7 +313,7 @@ struct SearchCommand: ParsableCommand {
                 let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: train.numClasses,
                                                      datasetBytes: train.byteCount, budget: budget, ranks: rankCount)
                 throw ValidationError("the predicted peak \(formatBytes(need))\(rankCount > 1 ? " per rank" : "") exceeds --memory-budget \(formatBytes(budget)) by \(formatBytes(need - budget)). "
-                                      + (fits.isEmpty ? "Nothing that changes one of --batch-size, --partial-channels, --cells, --channels or the rank count alone fits; raise the budget"
+                                      + (fits.isEmpty ? "Nothing that changes one of --recompute, --batch-size, --partial-channels, --cells, --channels or the rank count alone fits; raise the budget"
                                                       : "Each of these fits: " + fits.map(\.description).joined(separator: "; ")))
             }
             acc.budget = budget
@@ -375,6 +398,30 @@ struct SearchCommand: ParsableCommand {
     }
 }
 
+/// `--recompute auto`: the cells the planner recomputes to fit `--memory-budget` (none without a
+/// budget, or when the search fits as it is), said on stdout; refused before anything runs when even
+/// the most recomputation does not fit, with the least it needs.
+func chooseRecomputedCells(_ p: RecomputePlanner.Problem, print say: Bool) throws -> [Int] {
+    guard let budget = p.config.memoryBudget else {
+        if say { print("recompute auto: no --memory-budget, so nothing is recomputed") }
+        return []
+    }
+    guard let choice = try RecomputePlanner.chooseCells(p, budget: budget) else {
+        let least = try RecomputePlanner.smallest(p)
+        let fits = BudgetPlanner.suggestions(for: p.config, registry: p.registry, imageShape: p.imageShape, classes: p.classes,
+                                             datasetBytes: p.datasetBytes, budget: budget, ranks: p.ranks.size)
+        throw ValidationError("--memory-budget \(formatBytes(budget)) is below what this search needs even with the most recomputation: "
+                              + "\(least.flag) predicts \(formatBytes(least.predicted)) (the least it can run in as it is). Raise --memory-budget to at least that"
+                              + (fits.isEmpty ? "." : ", or change the search; each of these fits: " + fits.map(\.description).joined(separator: "; ")))
+    }
+    if say {
+        print(choice.cells!.isEmpty ? "recompute auto: the search fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
+              : "recompute auto: cells \(choice.cells!.map(String.init).joined(separator: ", ")) recomputed in backward (the most bytes freed per FLOP first): "
+                + "predicted \(formatBytes(choice.predicted)) under --memory-budget \(formatBytes(budget)), about +\(Int((choice.extraShare * 100).rounded())) % compute")
+    }
+    return choice.cells!
+}
+
 /// Each rank's predicted peak when the ranks' shares differ (⌊B/N⌋ or ⌈B/N⌉ of a batch of B).
 func printPerRankPredictions(config: SearchConfig, registry: PluginRegistry, imageShape: (Int, Int, Int), classes: Int,
                              datasetBytes: Int, ranks n: Int) throws {
@@ -411,15 +458,28 @@ struct MemoryCommand: ParsableCommand {
         print(selectionLine(config))
         let (shape, classes) = try predictionShape(config)
         let n = options.ranks ?? 1
+        let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: (n - 1, n))
+        if config.recompute == .auto { config.recomputeCells = try chooseRecomputedCells(problem, print: true) }
         let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: classes, ranks: (n - 1, n))
         printPrediction(p, config: config, datasetBytes: nil, ranks: n)
+        print("with and without recomputation (--recompute; bit-identical results, the price is a forward more of what is recomputed):")
+        for f in try RecomputePlanner.levels(problem) {
+            print("  " + pad(f.mode.rawValue, 7) + pad(formatBytes(f.predicted), 12) + (f.mode == .none ? "" : "+\(Int((f.extraShare * 100).rounded())) % compute"))
+        }
+        if let b = config.memoryBudget, config.recompute != .auto {
+            let choice = try RecomputePlanner.chooseCells(problem, budget: b)
+            print("  auto under --memory-budget \(formatBytes(b)): " + (choice.map { c in
+                c.cells!.isEmpty ? "recomputes nothing (it fits as it is)"
+                    : "recomputes cells \(c.cells!.map(String.init).joined(separator: ", ")), predicted \(formatBytes(c.predicted)), +\(Int((c.extraShare * 100).rounded())) % compute"
+            } ?? "does not fit even recomputing every cell"))
+        }
         if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: n) }
         if let b = config.memoryBudget {
             print(p.stepPeak <= b ? "fits --memory-budget \(formatBytes(b)) with \(formatBytes(b - p.stepPeak)) to spare (plus the dataset)"
                                   : "does NOT fit --memory-budget \(formatBytes(b)): over by \(formatBytes(p.stepPeak - b))")
             if p.stepPeak > b {
                 let fits = BudgetPlanner.suggestions(for: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, budget: b, ranks: n)
-                print(fits.isEmpty ? "  nothing that changes one of --batch-size, --partial-channels, --cells, --channels or the rank count alone fits"
+                print(fits.isEmpty ? "  nothing that changes one of --recompute, --batch-size, --partial-channels, --cells, --channels or the rank count alone fits"
                                    : "  each of these fits: " + fits.map(\.description).joined(separator: "; "))
             }
         }

@@ -6,7 +6,7 @@ import ArgumentParser
 import EspalierHost
 
 struct SelectionFlags: ParsableArguments {
-    @Option(help: "A JSON or YAML config (method, strategy, gate, ops, add_ops, regularizers, set); flags override it.") var config: String?
+    @Option(help: "A JSON or YAML config (method, strategy, gate, ops, add_ops, regularizers, set, recompute); flags override it.") var config: String?
     @Option(help: "A search method by name (e.g. gdas, betadarts; `espalier plugins` lists them): its strategy, gates, ops, regularizers and settings; any other flag overrides one of them.") var method: String?
     @Option(help: "Strategy id, or its short name where unique (e.g. gdas).") var strategy: String?
     @Option(help: "Gate id, or its short name where unique.") var gate: String?
@@ -23,6 +23,9 @@ struct SelectionFlags: ParsableArguments {
          ("--channel-gate", channelGate != nil), ("--op", !ops.isEmpty), ("--add-op", !addOps.isEmpty), ("--regularizer", !regularizers.isEmpty),
          ("--merged-op", !mergedOps.isEmpty), ("--set", !sets.isEmpty)]
     }
+
+    /// The config file's `recompute`, or nil (no file, or none in it).
+    func fileRecompute() throws -> String? { try config.map { try SelectionRequest.load(file: $0) }?.recompute }
 
     /// The method's defaults under the file under the flags, checked against `registry`.
     /// `defaults` (a search's DARTS strategy, gate and ops) stand where nothing names them.

@@ -90,7 +90,7 @@ final class LoaderTests: XCTestCase {
         }
         let swish = try registry.require("org.example.op.swish/1", kind: .op)
         XCTAssertEqual(swish.params.map(\.name), ["beta_init"])
-        XCTAssertEqual(swish.form, "raw kernel")
+        XCTAssertEqual(swish.form, "raw kernel, recomputable")
         XCTAssertEqual(swish.methods.map(\.selector), ["beta.warmup=linear-ramp"])
         XCTAssertThrowsError(try registry.require("org.example.op.swish/1", kind: .gate)) { XCTAssertTrue("\($0)".contains("is a op, not a gate")) }
         XCTAssertThrowsError(try registry.require("espalier.gate.nope/1", kind: .gate)) { XCTAssertTrue("\($0)".contains("available: ")) }

@@ -104,22 +104,26 @@ extension Component {
 
     /// A raw op implemented by `type` (the table's `build` is NULL).
     /// - Parameter saves: what `backward` reads, so the host keeps it alive.
+    /// - Parameter recomputable: `forward` gives the same output bit for bit when run again on the
+    ///   same input and parameters in one step, so the host may recompute it in backward
+    ///   (`--recompute`, ABI 1.7 ES_OP_RECOMPUTABLE); false: it is never run twice.
     public static func op<O: RawOp>(_ type: O.Type, id: String, summary: String, params: [ParamSpec] = [],
-                                    methods: [DynamicMethod] = [], saves: OpSaves = []) -> Component {
+                                    methods: [DynamicMethod] = [], saves: OpSaves = [], recomputable: Bool = false) -> Component {
         let factory = OpFactory(id: id, params: params) { host, config, values in try O(host: host, config: config, params: values) }
         let flops = O.self is any FlopsCounting.Type
         return Component(kind: ES_KIND_OP, id: id, summary: summary, params: params, methods: methods, factory: factory) {
-            immortalTable(OpThunks.table(composed: false, saves: saves, flops: flops))
+            immortalTable(OpThunks.table(composed: false, saves: saves, flops: flops, recomputable: recomputable))
         }
     }
 }
 
 /// The C functions of every Swift op.
 enum OpThunks {
-    static func table(composed: Bool, saves: OpSaves, flops: Bool, mixed: Bool = false) -> es_op_vtable {
+    static func table(composed: Bool, saves: OpSaves, flops: Bool, mixed: Bool = false, recomputable: Bool = false) -> es_op_vtable {
         var t = es_op_vtable()
         t.struct_size = UInt32(MemoryLayout<es_op_vtable>.size)
         t.saves = saves.rawValue
+        t.flags = recomputable ? UInt32(ES_OP_RECOMPUTABLE) : 0
         t.create = { component, services, config, params, count, instance in
             createInstance(services, instance) { host -> OpInstance in
                 let factory = try ComponentFactory.from(component, as: OpFactory.self)

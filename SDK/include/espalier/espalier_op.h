@@ -40,6 +40,15 @@ typedef struct es_op_config {
 #define ES_OP_SAVES_INPUT   1u
 #define ES_OP_SAVES_OUTPUT  2u
 
+/** es_op_vtable.flags (ABI 1.7), bit flags. */
+/** Raw ops: `forward` may be called again on the same input, parameters and state during the
+ *  step, and gives the same output bit for bit (no randomness of its own, no state it changes):
+ *  the host may then drop the activations around it and recompute them in backward
+ *  (`--recompute`). An op that does not set it is never run twice; the segment holding it keeps
+ *  everything (the accountant counts it as stored). Composed ops are always recomputable: the
+ *  host replays their primitives. */
+#define ES_OP_RECOMPUTABLE  1u
+
 typedef struct es_op_vtable {
     uint32_t struct_size;
     uint32_t saves;  /* raw ops: ES_OP_SAVES_* */
@@ -87,6 +96,11 @@ typedef struct es_op_vtable {
      *  candidates share weights or work (kernel sizes cut from one superkernel, widths as slices
      *  of one convolution) can mix them inside one computation instead of running k ops. */
     es_status (*build_mixed)(void *instance, es_graph graph, es_value input, es_value weights, es_value *output);
+
+    /* ---- ABI 1.7 ---- */
+
+    /** ES_OP_* flags (ES_OP_RECOMPUTABLE); 0 from plugins built before 1.7. */
+    uint32_t flags;
 } es_op_vtable;
 
 #ifdef __cplusplus

@@ -111,7 +111,7 @@ public final class Graph {
     public var rng: RNG
     /// FLOPs counted by kernels run through this graph (multiply-add = 2).
     public var flops: Int = 0
-    private(set) var tape: [Node] = []
+    var tape: [Node] = []
     /// ReLU of the same value, computed once per tape (a common subexpression): any consumers that
     /// apply ReLU to one value share one output, e.g. the ops on the edges leaving one node of a
     /// supernet. Only while recording, where the output is kept for backward anyway. The input is
@@ -126,6 +126,18 @@ public final class Graph {
     /// that many ranks of a data-parallel run normalise their shares; the running statistics move
     /// by the mean of the slices' statistics (what averaging them over the ranks gives). 1 = off.
     public var batchNormGroups = 1
+    /// The recomputed segment being built or replayed (Recompute.swift), nil outside one.
+    var segment: RecomputeSegment? = nil
+    /// True while a recomputed segment's forward is replayed in backward: batch norm leaves its
+    /// running statistics alone (they moved once, in the forward).
+    public internal(set) var isReplaying = false
+    /// Randomness outside the graph that ops may draw from (a plugin host's generator): saved
+    /// before a recomputed segment's forward and set back for its replay, as `rng` is.
+    public var externalRandomness: (get: () -> RNG?, set: (RNG) -> Void)? = nil
+    /// When non-nil, each recomputed segment's forward adds what it measured here, by name:
+    /// the bytes its forward kept that recomputation frees, and its forward FLOPs (dry runs of
+    /// the recompute planner).
+    public var segmentMeasures: [String: SegmentMeasure]? = nil
 
     public init(accountant: MemoryAccountant, seed: UInt64 = 0) {
         self.accountant = accountant
@@ -225,7 +237,7 @@ public final class Graph {
         try runBackward()
     }
 
-    private func runBackward() throws {
+    func runBackward() throws {
         var i = tape.count - 1
         while i >= 0 {
             let node = tape[i]

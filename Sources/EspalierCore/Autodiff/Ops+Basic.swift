@@ -41,6 +41,11 @@ extension Graph {
     /// max(x, 0). Saves its output (the input can then be freed). While recording, the ReLU of
     /// a value is computed once and shared by every consumer (see `reluCache`).
     public func relu(_ x: Variable) throws -> Variable {
+        // A recomputed segment's input: its ReLU is recorded outside the segment and shared as usual.
+        if let segment {
+            if segment.isInput(x) { return try segment.onOuterTape(self) { try relu(x) } }
+            if let shared = segment.replayedReLU(self, of: x) { return shared }
+        }
         if isRecording, x.requiresGrad, let hit = reluCache[ObjectIdentifier(x)], hit.input.value === x { return hit.output }
         let out = try reluUncached(x)
         if isRecording, x.requiresGrad { reluCache[ObjectIdentifier(x)] = (WeakVariable(x), out) }

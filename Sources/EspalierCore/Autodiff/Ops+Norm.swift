@@ -43,7 +43,7 @@ extension Graph {
                     Kernels.batchNormStatistics(x.value.ptr + r.lowerBound * c * hw, n: r.count, c: c, hw: hw,
                                                 mean: mean.ptr + g * c, variance: invStd.ptr + g * c)
                 }
-                if training, let rm = runningMean, let rv = runningVar {
+                if training, !isReplaying, let rm = runningMean, let rv = runningVar {
                     var momentum = momentum
                     if batchNormRecalibration != nil {
                         let key = ObjectIdentifier(rm.storage), seen = batchNormRecalibration![key, default: 0]

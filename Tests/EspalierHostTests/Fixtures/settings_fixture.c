@@ -19,6 +19,7 @@
  *   -DFIX_HUGE_PARAM            the scaled op declares a parameter of shape (2^32, 2^32), whose
  *                               element count overflows 64 bits (to 0).
  *   -DFIX_ID=...                component id prefix.
+ *   -DFIX_STAMP_RECOMPUTABLE    the stamp op declares ES_OP_RECOMPUTABLE (ABI 1.7).
  */
 #include <espalier/espalier.h>
 #include <stdio.h>
@@ -164,7 +165,11 @@ static es_status stamp_backward(void *inst, const es_run_state *st, const es_ten
     return ES_OK;
 }
 static const es_op_vtable stamp_table = { .struct_size = sizeof(es_op_vtable), .create = stamp_create, .destroy = plain_destroy,
-    .output_shape = stamp_shape, .forward = stamp_forward, .backward = stamp_backward };
+    .output_shape = stamp_shape, .forward = stamp_forward, .backward = stamp_backward,
+#ifdef FIX_STAMP_RECOMPUTABLE
+    .flags = ES_OP_RECOMPUTABLE,
+#endif
+};
 
 /* ---- regularizer: a constant term `weight` ---- */
 typedef struct { double weight; } count_reg;
