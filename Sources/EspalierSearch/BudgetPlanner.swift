@@ -1,6 +1,6 @@
 // What fits a memory budget: when a search's predicted peak exceeds `--memory-budget`, the
 // planner asks the accountant's dry run about smaller variants of the same run — first the same
-// search with recomputation (`--recompute auto`: the fewest cells recomputed in backward, the
+// search with recomputation (`--recompute auto`: the fewest cells or nodes recomputed in backward, the
 // search itself unchanged, its price in extra compute), then those that change it: a smaller batch,
 // partial channels (PC-DARTS's C/K on every edge), fewer cells, fewer channels — and reports, for
 // each knob alone, the largest setting that fits — and the smallest number of ranks (mpirun -np N,
@@ -37,12 +37,12 @@ public enum BudgetPlanner {
         }
         var out: [BudgetSuggestion] = []
         // Recomputation first: the same search, bit for bit, for one more forward of what it recomputes.
-        if config.recompute != .cells {
+        if config.recompute != .auto {
             let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: imageShape, classes: classes,
                                                    datasetBytes: datasetBytes, ranks: (ranks - 1, ranks))
-            if let choice = try? RecomputePlanner.chooseCells(problem, budget: budget), let cells = choice.cells, !cells.isEmpty {
-                out.append(BudgetSuggestion(change: "--recompute auto (recomputes cells \(cells.map(String.init).joined(separator: ", ")); "
-                                                + "about +\(Int((choice.extraShare * 100).rounded())) % compute, the search unchanged)", predicted: choice.predicted))
+            if let choice = try? RecomputePlanner.choose(problem, budget: budget), let segments = choice.segments, !segments.isEmpty {
+                out.append(BudgetSuggestion(change: "--recompute auto (recomputes \(RecomputeFigure.list(segments)); about \(choice.extraPercent), "
+                                                + "the search unchanged)", predicted: choice.predicted))
             }
         }
         // The largest batch that fits (the peak grows with the batch, so bisect).

@@ -83,6 +83,7 @@ public struct NetworkDescription: Codable, Equatable, Sendable {
 final class DiscreteCell {
     let reduction: Bool
     let pre0: Module & CellInput, pre1: Module & CellInput
+    let index: Int
     let ops: [PluginOp]
     let identity: [Bool]
     let inputs: [Int]
@@ -97,6 +98,7 @@ final class DiscreteCell {
 
     init(_ f: ParameterFactory, index: Int, genotype: Genotype, gene: Genotype.CellGene, registry: PluginRegistry, context: HostContext,
          cPrevPrev: Int, cPrev: Int, c: Int, reduction: Bool, reductionPrev: Bool) throws {
+        self.index = index
         self.reduction = reduction
         let edges = gene.edges
         concat = gene.concat
@@ -142,27 +144,41 @@ final class DiscreteCell {
     }
     var buffers: [Tensor] { pre0.buffers + pre1.buffers + ops.flatMap(\.buffers) + aggregators.compactMap { $0 }.flatMap(\.bn.buffers) }
 
+    /// What this cell recomputes inside itself (ops, or each node's edges; set by the network).
+    var recompute = RecomputePlan.none
+    var isRecomputable: Bool { ops.allSatisfy(\.isRecomputable) }
+
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, dropPath p: Float) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
             var states = [try pre0.apply(g, s0), try pre1.apply(g, s1)]
             for i in 0..<nodes {
-                var hs: [Variable] = []
-                for k in ops.indices where nodeOf[k] == i {
-                    var h = try ops[k](g, states[inputs[k]])
-                    if g.training && p > 0 && !identity[k] { h = try g.dropPath(h, p: p) }
-                    hs.append(h)
-                }
-                // A node no op survived on (GSparsity) is zero, at the cell's output size.
-                if hs.isEmpty { states.append(try g.zeros(like: states[0], stride: reduction ? 2 : 1)); continue }
-                if let agg = aggregators.isEmpty ? nil : aggregators[i] {
-                    // Concat aggregator: BN(conv1×1(concat of the ops' outputs)).
-                    states.append(try g.accountant.withOwner("node\(i)/concat") { try agg.bn(g, try agg.conv(g, hs.count == 1 ? hs[0] : try g.concatChannels(hs))) })
-                    continue
-                }
-                states.append(hs.count == 2 ? try g.add(hs[0], hs[1]) : hs.count == 1 ? hs[0] : try g.sum(hs))
+                let incoming = ops.indices.filter { nodeOf[$0] == i }
+                let segment = "cell\(index)/node\(i)", now = states
+                let node = { try self.node(g, i, incoming, states: now, dropPath: p) }
+                let whole = recompute.recomputes(segment, at: .edges) && incoming.allSatisfy { ops[$0].isRecomputable }
+                states.append(whole ? try g.recomputed(segment, inputs: incoming.map { now[inputs[$0]] }, node) : try node())
             }
             return try g.concatChannels(concat.map { states[$0] })
         }
+    }
+
+    /// Node i from the ops `incoming` on `states`: their sum, or BN(conv1×1(concat)) (concat aggregator).
+    private func node(_ g: Graph, _ i: Int, _ incoming: [Int], states: [Variable], dropPath p: Float) throws -> Variable {
+        var hs: [Variable] = []
+        for k in incoming {
+            let x = states[inputs[k]], segment = "cell\(index)/node\(i)/op\(k)"
+            var h = recompute.recomputes(segment, at: .ops) && ops[k].isRecomputable
+                ? try g.recomputed(segment, inputs: [x]) { try self.ops[k](g, x) } : try ops[k](g, x)
+            if g.training && p > 0 && !identity[k] { h = try g.dropPath(h, p: p) }
+            hs.append(h)
+        }
+        // A node no op survived on (GSparsity) is zero, at the cell's output size.
+        if hs.isEmpty { return try g.zeros(like: states[0], stride: reduction ? 2 : 1) }
+        if let agg = aggregators.isEmpty ? nil : aggregators[i] {
+            // Concat aggregator: BN(conv1×1(concat of the ops' outputs)).
+            return try g.accountant.withOwner("node\(i)/concat") { try agg.bn(g, try agg.conv(g, hs.count == 1 ? hs[0] : try g.concatChannels(hs))) }
+        }
+        return hs.count == 2 ? try g.add(hs[0], hs[1]) : hs.count == 1 ? hs[0] : try g.sum(hs)
     }
 }
 
@@ -197,6 +213,8 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     let auxAfter: Int
     let classifier: Linear
     public private(set) var dropPathNow: Float = 0
+    /// What the forward recomputes in backward instead of keeping (`train --recompute`).
+    public var recompute = RecomputePlan.none
     /// The owner path the network was built under; saved names are relative to it.
     let ownerPrefix: String
     /// Where training is, as its ops' plugin calls see it (the context's `runState`): the epoch
@@ -268,7 +286,11 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
         var s0 = stem, s1 = stem
         var auxLogits: Variable? = nil
         for (i, cell) in cells.enumerated() {
-            let out = try cell.forward(g, s0, s1, dropPath: dropPathNow)
+            let (c0, c1, p) = (s0, s1, dropPathNow)
+            let whole = recompute.recomputes("cell\(i)", at: .cells) && cell.isRecomputable
+            cell.recompute = whole ? .none : recompute
+            let out = whole ? try g.recomputed("cell\(i)", inputs: [c0, c1]) { try cell.forward(g, c0, c1, dropPath: p) }
+                : try cell.forward(g, c0, c1, dropPath: p)
             s0 = s1; s1 = out
             if i == auxAfter, let aux, g.training { auxLogits = try g.accountant.withOwner("aux") { try aux(g, s1) } }
         }

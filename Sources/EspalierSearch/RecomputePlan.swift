@@ -25,46 +25,43 @@ public enum RecomputeMode: String, Codable, CaseIterable, Sendable {
 /// The granularity of the recomputed segments of a network.
 public enum RecomputeLevel: String, Codable, Sendable { case ops, edges, cells }
 
-/// What a network recomputes: the level, and which cells it applies to (nil = every cell).
+/// What a network recomputes: every segment of one level, or (auto) exactly the segments named —
+/// `cell3` (a whole cell), `cell3/node1` (the edges into a node, with its mix).
 public struct RecomputePlan: Equatable, Sendable {
     public var level: RecomputeLevel?
-    public var cells: Set<Int>?
-    public static let none = RecomputePlan(level: nil, cells: nil)
+    public var chosen: Set<String>?
+    public static let none = RecomputePlan(level: nil)
 
-    public init(level: RecomputeLevel?, cells: Set<Int>? = nil) {
-        self.level = level
-        self.cells = cells
-    }
+    public init(level: RecomputeLevel?) { self.level = level; chosen = nil }
+    public init(chosen: Set<String>) { level = nil; self.chosen = chosen }
 
-    /// The level cell i recomputes at, or nil when it keeps everything.
-    public func level(ofCell i: Int) -> RecomputeLevel? {
-        guard let level, cells?.contains(i) ?? true else { return nil }
-        return level
+    /// Is `segment` (of `level`) recomputed?
+    public func recomputes(_ segment: String, at level: RecomputeLevel) -> Bool {
+        if let chosen { return chosen.contains(segment) }
+        return self.level == level
     }
 }
 
 extension SearchConfig {
-    /// The plan a run of this config builds its network with. `auto` stands for the cells its
-    /// planner chose (`recomputeCells`), none before it chose.
+    /// The plan a run of this config builds its network with. `auto` stands for the segments its
+    /// planner chose (`recomputeSegments`), none before it chose.
     public var recomputePlan: RecomputePlan {
         switch recompute ?? .none {
         case .none: return .none
         case .ops: return RecomputePlan(level: .ops)
         case .edges: return RecomputePlan(level: .edges)
         case .cells: return RecomputePlan(level: .cells)
-        case .auto: return recomputeCells.map { RecomputePlan(level: .cells, cells: Set($0)) } ?? .none
+        case .auto: return recomputeSegments.map { RecomputePlan(chosen: Set($0)) } ?? .none
         }
     }
-}
 
-extension SearchConfig {
-    /// "recompute cells", "recompute auto: cells 0, 3", or nil when nothing is recomputed.
+    /// "recompute cells", "recompute auto: 5 segments (cell0/node1, …)", or nil when nothing is recomputed.
     public var recomputeText: String? {
         switch recompute ?? .none {
         case .none: return nil
         case .auto:
-            guard let cells = recomputeCells, !cells.isEmpty else { return nil }
-            return "recompute auto: cells " + cells.map(String.init).joined(separator: ", ")
+            guard let segments = recomputeSegments, !segments.isEmpty else { return nil }
+            return "recompute auto: \(RecomputeFigure.list(segments))"
         case let m: return "recompute \(m.rawValue)"
         }
     }

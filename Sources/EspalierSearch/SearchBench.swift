@@ -24,6 +24,10 @@ public struct BenchResult: Codable, Sendable {
     public var gflops: Double
     public var fmaPeakGflops: Double
     public var peakBytes: Int
+    /// The accountant's prediction of the same step (dataset included), as `espalier memory` makes it; nil for zeroshot.
+    public var predictedPeakBytes: Int? = nil
+    /// `--recompute` (none, ops, edges, cells).
+    public var recompute = "none"
     public var peakByCategory: [String: Int]
     public var rssAfterBuildMiB: Double, peakRSSMiB: Double
     public var peakMinusBuildMiB: Double { peakRSSMiB - rssAfterBuildMiB }
@@ -81,11 +85,14 @@ public enum SearchBench {
         return best
     }
 
-    /// Builds the supernet of `variant` at `shape` and times `steps` steps after 2 warm-ups.
-    public static func run(variant: String, shape: BenchShape, steps: Int, registry: PluginRegistry, seed: UInt64 = 0) throws -> BenchResult {
+    /// Builds the supernet of `variant` at `shape` and times `steps` steps after 2 warm-ups;
+    /// `recompute`: what backward recomputes (a fixed level; auto needs a budget, see `search`).
+    public static func run(variant: String, shape: BenchShape, steps: Int, registry: PluginRegistry, seed: UInt64 = 0,
+                           recompute: RecomputeMode = .none) throws -> BenchResult {
         guard variants.contains(variant) else {
             throw EspalierError.config("unknown bench variant '\(variant)'; the variants are \(variants.joined(separator: ", "))")
         }
+        guard recompute != .auto else { throw EspalierError.config("bench takes a fixed --recompute level (none, ops, edges, cells); auto needs --memory-budget: use espalier memory or search") }
         var config = SearchConfig()
         switch variant {
         case "pcdarts":   // K = 4, 2×2 max-pool bypass on reduction edges, channel shuffle, β edge normalisation
@@ -100,6 +107,7 @@ public enum SearchBench {
         config.batchSize = shape.batch
         config.seed = seed
         config.epochs = 1
+        config.recompute = recompute
         let acc = MemoryAccountant()
         let context = HostContext(accountant: acc, seed: seed)
         let data = try acc.withOwner("dataset") {
@@ -152,9 +160,13 @@ public enum SearchBench {
             else { kind = parts.prefix(2).joined(separator: "/") }
             kinds[kind, default: 0] += bytes.total
         }
+        let peakRSS = peakRSSMiB()   // before the prediction's dry run (it allocates nothing, but builds a network)
+        // The live run's own prediction (its masked candidates left out), the dataset added as the accountant counts it.
+        let predicted = variant == "zeroshot" ? nil : try run.predictPeak(change: "{}").stepPeak + data.byteCount
         return BenchResult(variant: variant, shape: shape.name, steps: steps, medianSeconds: median, minSeconds: times[0],
                            flopsPerStep: flops, gflops: Double(flops) / median / 1e9, fmaPeakGflops: 0,
-                           peakBytes: acc.peakTotal, peakByCategory: peaks, rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSSMiB(),
+                           peakBytes: acc.peakTotal, predictedPeakBytes: predicted, recompute: recompute.rawValue, peakByCategory: peaks,
+                           rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSS,
                            weights: run.supernet.weightCount, peakByOwnerKind: kinds,
                            poolHits: acc.poolCounters.hits - pool0.hits, poolMaps: acc.poolCounters.maps - pool0.maps,
                            poolUnmaps: acc.poolCounters.unmaps - pool0.unmaps)

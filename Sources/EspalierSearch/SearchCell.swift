@@ -142,7 +142,8 @@ final class SearchCell {
         var mixed: Variable? = terms.isEmpty ? nil : try g.weightedSum(terms, weights: weights, indices: indices)
         for m in edge.merged where m.columns.contains(where: { edge.states[$0] == .active && active[e * k + $0] != 0 }) {
             let w = try g.gather(weights, indices: m.columns.map { e * k + $0 })
-            let name = recomputeLevel == .ops && m.op.isRecomputable ? "cell\(index)/edge\(e)/\(m.op.component.id)" : nil
+            let segment = "cell\(index)/edge\(e)/\(Component.shortName(m.op.component.id))"
+            let name = recompute.recomputes(segment, at: .ops) && m.op.isRecomputable ? segment : nil
             let y = try recomputed(g, name, inputs: [x, w]) { try m.op(g, x, mixingWeights: w) }
             mixed = try mixed.map { try g.add($0, y) } ?? y
         }
@@ -198,8 +199,9 @@ final class SearchCell {
                     for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h) } }
                 }
                 let (firstEdge, incoming, now) = (e, states, active)
-                let recompute = recomputeLevel == .edges && nodeIsRecomputable(firstEdge: firstEdge, count: incoming.count)
-                states.append(try recomputed(g, recompute ? "cell\(index)/node\(states.count - 2)" : nil, inputs: incoming.compactMap { $0 }) {
+                let segment = "cell\(index)/node\(states.count - 2)"
+                let isRecomputed = recompute.recomputes(segment, at: .edges) && nodeIsRecomputable(firstEdge: firstEdge, count: incoming.count)
+                states.append(try recomputed(g, isRecomputed ? segment : nil, inputs: incoming.compactMap { $0 }) {
                     try self.node(g, states: incoming, firstEdge: firstEdge, weights: weights, active: now, edgeWeights: edgeWeights, state: state,
                                   skipDropout: skipDropout, plain: plain)
                 })
@@ -275,9 +277,9 @@ final class SearchCell {
 
     // MARK: Recomputation
 
-    /// The level this cell recomputes at inside itself (ops or edges; a whole cell is the
-    /// supernet's segment), nil to keep everything.
-    var recomputeLevel: RecomputeLevel? = nil
+    /// What this cell recomputes inside itself: its ops or its nodes' edges (a whole cell is the
+    /// supernet's segment; set before each forward).
+    var recompute = RecomputePlan.none
 
     /// True when every op of the cell may be run again in backward (composed ops always; ops with
     /// their own kernels when they declare it).
@@ -298,7 +300,8 @@ final class SearchCell {
     /// Candidate o of edge e on h (its scale applied), a recomputed segment at the ops level.
     private func candidate(_ g: Graph, edge e: Int, _ o: Int, _ h: Variable, state: RunState) throws -> Variable {
         let edge = edges[e]
-        let name = recomputeLevel == .ops && edge.ops[o]!.isRecomputable ? "cell\(index)/edge\(e)/op\(o)" : nil
+        let segment = "cell\(index)/edge\(e)/op\(o)"
+        let name = recompute.recomputes(segment, at: .ops) && edge.ops[o]!.isRecomputable ? segment : nil
         return try recomputed(g, name, inputs: [h]) { try edge.output(g, o, h, state: state) }
     }
 

@@ -68,9 +68,9 @@ public struct SearchConfig: Codable, Equatable, Sendable {
     public var pluginDirs: [String] = []
     /// `--recompute` (RecomputePlan.swift); nil = none.
     public var recompute: RecomputeMode? = nil
-    /// `--recompute auto`: the cells its planner chose to recompute whole (written before the run;
-    /// empty when the search fits as it is); nil before it chose.
-    public var recomputeCells: [Int]? = nil
+    /// `--recompute auto`: the segments its planner chose to recompute (`cell3`, `cell3/node1`;
+    /// written before the run, empty when the search fits as it is); nil before it chose.
+    public var recomputeSegments: [String]? = nil
 
     public init() {}
 
@@ -154,7 +154,7 @@ extension SearchConfig {
              regularizerSettings, methods, dataset, dataDir, trainImages, evalImages, batchSize, epochs, learningRate, minLearningRate,
              momentum, weightDecay, gradClip, archLearningRate, archBeta1, archBeta2, archWeightDecay, seed, memoryBudget, pluginDirs,
              bnRecalibrationBatches, bnGroups, testFraction, imageSize, skipBadImages, classNames, normalization, method,
-             recompute, recomputeCells
+             recompute, recomputeSegments
     }
 
     /// Every field optional (the default where missing), so the config.json of a run written
@@ -188,7 +188,7 @@ extension SearchConfig {
         normalization = try c.decodeIfPresent(DataStatistics.self, forKey: .normalization)
         method = try c.decodeIfPresent(String.self, forKey: .method)
         recompute = try c.decodeIfPresent(RecomputeMode.self, forKey: .recompute)
-        recomputeCells = try c.decodeIfPresent([Int].self, forKey: .recomputeCells)
+        recomputeSegments = try c.decodeIfPresent([String].self, forKey: .recomputeSegments)
     }
 }
 

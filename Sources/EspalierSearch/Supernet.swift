@@ -198,20 +198,20 @@ public final class Supernet {
             let (w, a) = slotWeights[slot(of: cell)]
             // A prediction with a sampled gate: the costliest candidates stand for the drawn ones.
             let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled
-            let level = recompute.level(ofCell: i)
-            cell.recomputeLevel = level == .cells ? nil : level
+            let whole = recompute.recomputes("cell\(i)", at: .cells) && cell.isRecomputable
+            cell.recompute = whole ? .none : recompute
             let out: Variable
             if space.hyperConnected {
                 let iw = inputWeights.isEmpty ? nil : inputWeights[i]
                 let earlier = space.hyperSources(cell: i).map { outputs[$0 + 1] }, previous = outputs[i]
-                out = try recomputed(g, cell: i, level == .cells && cell.isRecomputable, inputs: earlier + [previous]) {
+                out = try recomputed(g, cell: i, whole, inputs: earlier + [previous]) {
                     try cell.forward(g, earlier: earlier, previous, weights: w, active: a, inputWeights: iw?.0, inputActive: iw?.1, state: state,
                                      skipDropout: self.skipDropout, worstCase: worstCase)
                 }
                 outputs.append(out)
             } else {
                 let (c0, c1) = (s0, s1)
-                out = try recomputed(g, cell: i, level == .cells && cell.isRecomputable, inputs: [c0, c1]) {
+                out = try recomputed(g, cell: i, whole, inputs: [c0, c1]) {
                     try cell.forward(g, c0, c1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state,
                                      skipDropout: self.skipDropout, worstCase: worstCase)
                 }

@@ -14,6 +14,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "darts, masked or zeroshot (pcdarts and gdas come with their plugins).") var variant = "darts"
     @Option(help: "small, fmnist or cifar.") var shape = "fmnist"
     @Option(help: "Timed steps after 2 warm-ups.") var steps = 5
+    @Option(help: "What backward recomputes instead of keeping: none, ops, edges or cells (see search --recompute).") var recompute = "none"
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
@@ -21,20 +22,24 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown --shape '\(shape)'; choose \(BenchShape.all.map(\.name).joined(separator: ", "))")
         }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+        let mode: RecomputeMode
+        do { mode = try RecomputeMode(parsing: recompute) } catch { throw ValidationError("\(error)") }
         let registry = dirs.loadRegistry()
-        var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry)
+        var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry, recompute: mode)
         r.fmaPeakGflops = SearchBench.fmaPeak()
         if json {
             let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
             print("RESULT " + String(decoding: try enc.encode(r), as: UTF8.self))
             return
         }
-        print("\(variant) · \(shape) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)")
+        print("\(variant) · \(shape) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)"
+              + (mode == .none ? "" : ", --recompute \(mode.rawValue)"))
         print(String(format: "  step: median %.3f s, min %.3f s over %d steps", r.medianSeconds, r.minSeconds, r.steps))
         print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s)",
                      Double(r.flopsPerStep) / 1e9, r.gflops, 100 * r.gflops / max(r.fmaPeakGflops, 1), r.fmaPeakGflops))
         print(String(format: "  memory: peak RSS − RSS after build = %.0f MiB (peak %.0f, after build %.0f); accountant peak %@",
-                     r.peakMinusBuildMiB, r.peakRSSMiB, r.rssAfterBuildMiB, formatBytes(r.peakBytes) as NSString))
+                     r.peakMinusBuildMiB, r.peakRSSMiB, r.rssAfterBuildMiB, formatBytes(r.peakBytes) as NSString)
+              + (r.predictedPeakBytes.map { ", predicted \(formatBytes($0))" + ($0 == r.peakBytes ? " (equal)" : " (\($0 - r.peakBytes) B apart)") } ?? ""))
         for c in MemoryCategory.allCases where (r.peakByCategory[c.name] ?? 0) > 0 {
             print("    " + pad(c.name, 22) + formatBytes(r.peakByCategory[c.name]!))
         }

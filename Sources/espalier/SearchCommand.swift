@@ -142,7 +142,7 @@ struct SearchOptions: ParsableArguments {
                 throw ValidationError("\(error)")
             }
         }
-        c.recomputeCells = nil
+        c.recomputeSegments = nil
     }
 
     /// Checks the components against the loaded plugins and folds their settings into the config.
@@ -265,7 +265,7 @@ struct SearchCommand: ParsableCommand {
             if !options.dirs.pluginDirs.isEmpty { config.pluginDirs = absolutePaths(options.dirs.pluginDirs) }
             if let b = try options.parsedBudget() { config.memoryBudget = b }
             if options.recompute != nil { try options.applyRecompute(to: &config) }
-            if config.recompute == .auto { config.recomputeCells = nil }   // chosen anew for this budget
+            if config.recompute == .auto { config.recomputeSegments = nil }   // chosen anew for this budget
             outDir = resume
         } else {
             guard !restart else { throw ValidationError("--restart goes with --resume DIR (it starts that search over from its config.json)") }
@@ -297,7 +297,7 @@ struct SearchCommand: ParsableCommand {
         if config.recompute == .auto {
             let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
                                                    datasetBytes: train.byteCount, ranks: (rankCount - 1, rankCount))
-            config.recomputeCells = try chooseRecomputedCells(problem, print: ranks.isRoot)
+            config.recomputeSegments = try chooseRecomputedSegments(problem, print: ranks.isRoot)
         }
         // Per rank: the last rank holds the largest share of every batch, so its peak bounds every rank's.
         let prediction = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: train.numClasses,
@@ -398,28 +398,29 @@ struct SearchCommand: ParsableCommand {
     }
 }
 
-/// `--recompute auto`: the cells the planner recomputes to fit `--memory-budget` (none without a
+/// `--recompute auto`: the segments the planner recomputes to fit `--memory-budget` (none without a
 /// budget, or when the search fits as it is), said on stdout; refused before anything runs when even
 /// the most recomputation does not fit, with the least it needs.
-func chooseRecomputedCells(_ p: RecomputePlanner.Problem, print say: Bool) throws -> [Int] {
+func chooseRecomputedSegments(_ p: RecomputePlanner.Problem, print say: Bool) throws -> [String] {
     guard let budget = p.config.memoryBudget else {
         if say { print("recompute auto: no --memory-budget, so nothing is recomputed") }
         return []
     }
-    guard let choice = try RecomputePlanner.chooseCells(p, budget: budget) else {
+    guard let choice = try RecomputePlanner.choose(p, budget: budget) else {
         let least = try RecomputePlanner.smallest(p)
         let fits = BudgetPlanner.suggestions(for: p.config, registry: p.registry, imageShape: p.imageShape, classes: p.classes,
                                              datasetBytes: p.datasetBytes, budget: budget, ranks: p.ranks.size)
         throw ValidationError("--memory-budget \(formatBytes(budget)) is below what this search needs even with the most recomputation: "
-                              + "\(least.flag) predicts \(formatBytes(least.predicted)) (the least it can run in as it is). Raise --memory-budget to at least that"
+                              + "\(least.flag) predicts \(formatBytes(least.predicted)), the least it can run in as it is. Raise --memory-budget to at least that"
                               + (fits.isEmpty ? "." : ", or change the search; each of these fits: " + fits.map(\.description).joined(separator: "; ")))
     }
+    let segments = choice.segments ?? []
     if say {
-        print(choice.cells!.isEmpty ? "recompute auto: the search fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
-              : "recompute auto: cells \(choice.cells!.map(String.init).joined(separator: ", ")) recomputed in backward (the most bytes freed per FLOP first): "
-                + "predicted \(formatBytes(choice.predicted)) under --memory-budget \(formatBytes(budget)), about +\(Int((choice.extraShare * 100).rounded())) % compute")
+        print(segments.isEmpty ? "recompute auto: the search fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
+              : "recompute auto: \(RecomputeFigure.list(segments)) recomputed in backward (the most bytes freed per FLOP first): "
+                + "predicted \(formatBytes(choice.predicted)) under --memory-budget \(formatBytes(budget)), about \(choice.extraPercent)")
     }
-    return choice.cells!
+    return segments
 }
 
 /// Each rank's predicted peak when the ranks' shares differ (⌊B/N⌋ or ⌈B/N⌉ of a batch of B).
@@ -459,19 +460,19 @@ struct MemoryCommand: ParsableCommand {
         let (shape, classes) = try predictionShape(config)
         let n = options.ranks ?? 1
         let problem = RecomputePlanner.Problem(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: (n - 1, n))
-        if config.recompute == .auto { config.recomputeCells = try chooseRecomputedCells(problem, print: true) }
+        if config.recompute == .auto { config.recomputeSegments = try chooseRecomputedSegments(problem, print: true) }
         let p = try SearchRun.predictRun(config: config, registry: registry, imageShape: shape, classes: classes, ranks: (n - 1, n))
         printPrediction(p, config: config, datasetBytes: nil, ranks: n)
         print("with and without recomputation (--recompute; bit-identical results, the price is a forward more of what is recomputed):")
         for f in try RecomputePlanner.levels(problem) {
-            print("  " + pad(f.mode.rawValue, 7) + pad(formatBytes(f.predicted), 12) + (f.mode == .none ? "" : "+\(Int((f.extraShare * 100).rounded())) % compute"))
+            print("  " + pad(f.mode.rawValue, 7) + pad(formatBytes(f.predicted), 12) + (f.mode == .none ? "" : f.extraPercent))
         }
         if let b = config.memoryBudget, config.recompute != .auto {
-            let choice = try RecomputePlanner.chooseCells(problem, budget: b)
+            let choice = try RecomputePlanner.choose(problem, budget: b)
             print("  auto under --memory-budget \(formatBytes(b)): " + (choice.map { c in
-                c.cells!.isEmpty ? "recomputes nothing (it fits as it is)"
-                    : "recomputes cells \(c.cells!.map(String.init).joined(separator: ", ")), predicted \(formatBytes(c.predicted)), +\(Int((c.extraShare * 100).rounded())) % compute"
-            } ?? "does not fit even recomputing every cell"))
+                (c.segments ?? []).isEmpty ? "recomputes nothing (it fits as it is)"
+                    : "recomputes \(RecomputeFigure.list(c.segments!)), predicted \(formatBytes(c.predicted)), \(c.extraPercent)"
+            } ?? "does not fit with any recomputation"))
         }
         if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: n) }
         if let b = config.memoryBudget {

@@ -37,9 +37,11 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Memory budget, e.g. 1GiB.") var memoryBudget: String?
+    @Option(help: "What backward recomputes instead of keeping: none, ops, edges, cells or auto (the fewest that make --memory-budget fit); results are bit-identical. Also 'recompute' in --config.")
+    var recompute: String?
     @Option(name: .customLong("set"), help: "OP.PARAM=VALUE: an op setting over the one the search recorded, e.g. swish.beta_init=0.5 or org.example.op.swish/1.beta_init=0.5 (repeatable).")
     var sets: [String] = []
-    @Option(help: "A JSON or YAML file whose 'set' maps OP.PARAM to values (flags override it).") var config: String?
+    @Option(help: "A JSON or YAML file whose 'set' maps OP.PARAM to values, and 'recompute' (flags override it).") var config: String?
     @Flag(help: "Also write OUT/model.onnx after training (as `espalier export` does).") var onnx = false
 
     /// The `--config` file's and `--set` flags' op settings (flags win).
@@ -50,11 +52,19 @@ struct TrainCommand: ParsableCommand {
             let extra = [("strategy", request.strategy != nil), ("gate", request.gate != nil), ("ops", request.ops != nil), ("regularizers", request.regularizers != nil)]
                 .filter(\.1).map(\.0)
             guard extra.isEmpty else {
-                throw EspalierError.config("\(config): train builds the genotype's own ops; its config may only hold 'set' (found \(extra.joined(separator: ", ")))")
+                throw EspalierError.config("\(config): train builds the genotype's own ops; its config may only hold 'set' and 'recompute' (found \(extra.joined(separator: ", ")))")
             }
             out = request.set ?? [:]
         }
         return out.merging(try SelectionRequest.settings(fromFlags: sets)) { _, flag in flag }
+    }
+
+    /// `--recompute`, else the config file's `recompute`, else none.
+    func recomputeMode() throws -> RecomputeMode {
+        guard let text = try recompute ?? config.map({ try SelectionRequest.load(file: $0) })?.recompute else { return .none }
+        do { return try RecomputeMode(parsing: text, what: recompute != nil ? "--recompute" : "the config file's recompute") } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
     @Flag(help: "Train in this process instead of a supervised worker process (also ESPALIER_SUPERVISE=0).") var noSupervise = false
@@ -87,16 +97,51 @@ struct TrainCommand: ParsableCommand {
         config.seed = seed
         config.augmentation = Augmentation(cropPadding: augment ? 2 : 0, horizontalFlip: augment, cutoutLength: cutout)
 
-        // Predict the step's peak first (a dry run of the same network and step).
-        let predicted = try ClassifierTrainer.predictStepPeak(config: config, inputShape: [batchSize, train.channels, train.height, train.width]) { f in
-            try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: f.accountant, seed: seed), seed: seed)
+        // Predict the step's peak first (a dry run of the same network and step), with what it recomputes.
+        func predict(_ plan: RecomputePlan) throws -> (accountant: MemoryAccountant, flops: Int, segments: [String: SegmentMeasure]) {
+            try ClassifierTrainer.predictStep(config: config, inputShape: [batchSize, train.channels, train.height, train.width]) { f in
+                let net = try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: f.accountant, seed: seed), seed: seed)
+                net.recompute = plan
+                return net
+            }
         }
-        print("predicted peak of one training step: \(formatBytes(predicted.peakTotal)) + datasets \(formatBytes(train.byteCount + test.byteCount))")
-        if let budget, predicted.peakTotal + acc.currentTotal > budget {
-            throw ValidationError("the predicted peak \(formatBytes(predicted.peakTotal + acc.currentTotal)) exceeds --memory-budget \(formatBytes(budget)); lower --batch-size or --channels")
+        let held = acc.currentTotal   // the datasets
+        let mode = try recomputeMode()
+        var plan: RecomputePlan
+        switch mode {
+        case .none: plan = .none
+        case .ops: plan = RecomputePlan(level: .ops)
+        case .edges: plan = RecomputePlan(level: .edges)
+        case .cells: plan = RecomputePlan(level: .cells)
+        case .auto:
+            plan = RecomputePlan(chosen: [])
+            if let budget {
+                let stepFlops = try predict(.none).flops
+                let levels: [RecomputeMode: RecomputePlan] = [.cells: RecomputePlan(level: .cells), .edges: RecomputePlan(level: .edges)]
+                guard let choice = try RecomputePlanner.choose(budget: budget, stepFlops: stepFlops, measures: { try predict(levels[$0]!).segments },
+                                                               peak: { try predict(RecomputePlan(chosen: Set($0))).accountant.peakTotal + held }) else {
+                    let least = try [RecomputePlan(level: .ops), RecomputePlan(level: .edges), RecomputePlan(level: .cells)]
+                        .map { try predict($0).accountant.peakTotal + held }.min()!
+                    throw ValidationError("--memory-budget \(formatBytes(budget)) is below what this training needs even with the most recomputation: "
+                                          + "\(formatBytes(least)) (the datasets included). Raise --memory-budget to at least that, or lower --batch-size or --channels")
+                }
+                plan = RecomputePlan(chosen: Set(choice.segments ?? []))
+                print(choice.segments!.isEmpty ? "recompute auto: the training fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
+                      : "recompute auto: \(RecomputeFigure.list(choice.segments!)) recomputed in backward, about \(choice.extraPercent)")
+            }
+        }
+        let predicted = try predict(plan).accountant
+        print("predicted peak of one training step: \(formatBytes(predicted.peakTotal)) + datasets \(formatBytes(train.byteCount + test.byteCount))"
+              + (mode == .none ? "" : " (--recompute \(mode.rawValue))"))
+        if let budget, predicted.peakTotal + held > budget {
+            let least = mode == .none ? try predict(RecomputePlan(level: .edges)).accountant.peakTotal + held : nil
+            throw ValidationError("the predicted peak \(formatBytes(predicted.peakTotal + held)) exceeds --memory-budget \(formatBytes(budget)); "
+                                  + (least.map { $0 <= budget ? "--recompute auto fits it (the same training, a forward more of what it recomputes), or " : "" } ?? "")
+                                  + "lower --batch-size or --channels")
         }
 
         let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: registry, context: context, seed: seed) }
+        net.recompute = plan
         let outDir = out ?? ((genotype as NSString).deletingLastPathComponent as NSString).appendingPathComponent("train-" + timestamp())
         try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         let flops = try DiscreteNetwork.forwardFlops(d, registry: registry)
@@ -111,6 +156,8 @@ struct TrainCommand: ParsableCommand {
               + String(format: "%.2f MFLOPs per image (forward); ", Double(flops) / 1e6)
               + "\(epochs) epochs, batch \(batchSize), lr \(lr) cosine; output \(outDir)")
         let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
+        // A recomputed segment's replay draws the plugins' randomness again from where its forward did.
+        trainer.graph.externalRandomness = (get: { [weak context] in context?.rng }, set: { [weak context] in context?.rng = $0 })
         var trainView = train.all, testView = test.all
         if trainImages > 0 { trainView = trainView.prefix(trainImages) }
         if testImages > 0 { testView = testView.prefix(testImages) }
@@ -173,6 +220,8 @@ struct EvalCommand: ParsableCommand {
         var config = TrainConfig()
         config.batchSize = batchSize
         let trainer = try ClassifierTrainer(model: net, accountant: acc, config: config)
+        // A recomputed segment's replay draws the plugins' randomness again from where its forward did.
+        trainer.graph.externalRandomness = (get: { [weak context] in context?.rng }, set: { [weak context] in context?.rng = $0 })
         let started = DispatchTime.now().uptimeNanoseconds
         let (loss, accuracy) = try trainer.evaluate(view)
         print(String(format: "test loss %.4f  accuracy %.2f%% on %d images (%.1fs)", loss, accuracy * 100, view.count,

@@ -36,10 +36,10 @@ final class RecomputeSearchTests: XCTestCase {
         try searchWith(Self.registry, c, budget: budget)
     }
 
-    func with(_ c: SearchConfig, _ mode: RecomputeMode, cells: [Int]? = nil) -> SearchConfig {
+    func with(_ c: SearchConfig, _ mode: RecomputeMode, segments: [String]? = nil) -> SearchConfig {
         var c = c
         c.recompute = mode
-        c.recomputeCells = cells
+        c.recomputeSegments = segments
         return c
     }
 
@@ -85,29 +85,29 @@ final class RecomputeSearchTests: XCTestCase {
         }
     }
 
-    /// `auto` under a budget between the two peaks: the fewest cells that fit, the run stays
-    /// under the budget and ends as the stored path does.
+    /// `auto` under a budget between the stored peak and the least recomputation's: the fewest
+    /// segments (the greedy order's prefix) that fit, the run stays under the budget and ends as
+    /// the stored path does.
     func testAuto_UnderABudget_FitsAndEndsBitIdentical() throws {
         for name in Self.methods {
             let c = try config(name)
             let problem = RecomputePlanner.Problem(config: c, registry: Self.registry, imageShape: (1, 8, 8), classes: 3,
                                                    datasetBytes: try datasetBytes())
-            let none = try problem.peakOf(with(c, .none)), all = try problem.peakOf(with(c, .cells))
-            XCTAssertLessThan(all, none, name)
-            let budget = all + (none - all) / 4
-            let choice = try XCTUnwrap(try RecomputePlanner.chooseCells(problem, budget: budget), name)
-            let cells = try XCTUnwrap(choice.cells)
-            XCTAssertFalse(cells.isEmpty, "\(name): the search does not fit as it is")
+            let none = try problem.peak(with(c, .none)), least = min(try problem.peak(with(c, .cells)), try problem.peak(with(c, .edges)))
+            XCTAssertLessThan(least, none, name)
+            let budget = least + (none - least) / 4
+            let choice = try XCTUnwrap(try RecomputePlanner.choose(problem, budget: budget), name)
+            let segments = try XCTUnwrap(choice.segments)
+            XCTAssertFalse(segments.isEmpty, "\(name): the search does not fit as it is")
             XCTAssertLessThanOrEqual(choice.predicted, budget, name)
             XCTAssertGreaterThan(choice.extraFlops, 0, name)
-            // Fewest: one cell fewer (the greedy prefix) does not fit.
-            if cells.count > 1 {
-                let order = RecomputePlanner.greedyOrder(try RecomputePlanner.cellMeasures(problem).cells).map(\.cell)
-                XCTAssertEqual(Set(order.prefix(cells.count)), Set(cells), "\(name): the greedy order's prefix")
-                XCTAssertGreaterThan(try problem.peakOf(with(c, .auto, cells: Array(order.prefix(cells.count - 1)))), budget, name)
-            }
+            // Fewest: the greedy order's prefix, one segment fewer does not fit.
+            let level: RecomputeMode = segments[0].contains("/") ? .edges : .cells
+            let order = RecomputePlanner.greedyOrder(try RecomputePlanner.measures(problem, level: level))
+            XCTAssertEqual(Set(order.prefix(segments.count)), Set(segments), "\(name): the greedy order's prefix")
+            XCTAssertGreaterThan(try problem.peak(with(c, .auto, segments: Array(order.prefix(segments.count - 1)))), budget, name)
             let (stored, _) = try search(c)
-            let (auto, acc) = try search(with(c, .auto, cells: cells), budget: budget)
+            let (auto, acc) = try search(with(c, .auto, segments: segments), budget: budget)
             XCTAssertEqual(auto, stored, "\(name): auto under \(budget) B")
             XCTAssertLessThanOrEqual(acc.lifetimePeak, budget, name)
             XCTAssertLessThanOrEqual(acc.lifetimePeak, choice.predicted, "\(name): the prediction bounds the run")
@@ -126,7 +126,7 @@ final class RecomputeSearchTests: XCTestCase {
         let c = try config("darts")
         let problem = RecomputePlanner.Problem(config: c, registry: Self.registry, imageShape: (1, 8, 8), classes: 3, datasetBytes: try datasetBytes())
         let least = try RecomputePlanner.smallest(problem)
-        XCTAssertNil(try RecomputePlanner.chooseCells(problem, budget: least.predicted - 1))
+        XCTAssertNil(try RecomputePlanner.choose(problem, budget: least.predicted - 1))
         let levels = try RecomputePlanner.levels(problem)
         XCTAssertEqual(levels.map(\.mode), [.none, .ops, .edges, .cells])
         XCTAssertEqual(least.predicted, levels.dropFirst().map(\.predicted).min())
@@ -166,6 +166,48 @@ final class RecomputeSearchTests: XCTestCase {
         }
     }
 
+    /// `train --recompute`: the found network trained three steps with drop-path on (randomness
+    /// in the forward) ends bit-identical at every level, and the dry-run step is the measured one.
+    func testTrainingTheFoundNetwork_EveryLevelBitIdentical_PredictionExact() throws {
+        let run = try syntheticSearchRun(try config("darts"), registry: Self.registry)
+        try run.run()
+        let genotype = try run.derive()
+        var d = NetworkDescription(genotype: genotype)
+        d.channels = 4; d.cells = 3; d.classes = 3; d.imageSize = 8; d.dropPath = 0.4
+        var tc = TrainConfig()
+        tc.batchSize = 4
+        func train(_ plan: RecomputePlan) throws -> (params: [[Float]], buffers: [[Float]], peak: Int, predicted: Int) {
+            let acc = MemoryAccountant()
+            let context = HostContext(accountant: acc, seed: 1)
+            let net = try acc.withOwner("model") { try DiscreteNetwork(d, registry: Self.registry, context: context, seed: 1) }
+            net.recompute = plan
+            net.epochStarted(1, of: 2)
+            let trainer = try ClassifierTrainer(model: net, accountant: acc, config: tc)
+            trainer.graph.externalRandomness = (get: { [weak context] in context?.rng }, set: { [weak context] in context?.rng = $0 })
+            let images = try Tensor(shape: [4, 1, 8, 8], category: .data, accountant: acc)
+            var r = RNG(seed: 3)
+            images.fillUniform(bound: 1, rng: &r)
+            for _ in 0..<3 { _ = try trainer.trainStep(images: images, labels: [0, 1, 2, 1]) }
+            let predicted = try ClassifierTrainer.predictStep(config: tc, inputShape: [4, 1, 8, 8]) { f in
+                let n = try DiscreteNetwork(d, registry: Self.registry, context: HostContext(accountant: f.accountant, seed: 1), seed: 1)
+                n.recompute = plan
+                n.epochStarted(1, of: 2)
+                return n
+            }
+            return (net.parameters.map(\.value.array), net.buffers.map(\.array), acc.peakTotal - acc.peakByCategory[.data],
+                    predicted.accountant.peakTotal - predicted.accountant.peakByCategory[.data])
+        }
+        let stored = try train(.none)
+        for level in [RecomputeLevel.cells, .edges, .ops] {
+            let again = try train(RecomputePlan(level: level))
+            XCTAssertEqual(again.params, stored.params, "train --recompute \(level.rawValue): weights")
+            XCTAssertEqual(again.buffers, stored.buffers, "train --recompute \(level.rawValue): batch-norm statistics")
+            XCTAssertLessThan(again.predicted, stored.predicted, "\(level.rawValue) needs less")
+        }
+        let cells = try train(RecomputePlan(level: .cells))
+        XCTAssertEqual(cells.peak, cells.predicted, "the dry-run step is the measured one")
+    }
+
     func searchWith(_ registry: PluginRegistry, _ c: SearchConfig, budget: Int? = nil) throws -> (Outcome, MemoryAccountant) {
         let acc = MemoryAccountant()
         let run = try syntheticSearchRun(c, registry: registry, accountant: acc, allLoaded: false)
@@ -184,9 +226,41 @@ final class RecomputeSearchTests: XCTestCase {
     }
 }
 
-extension RecomputePlanner.Problem {
-    /// The whole run's predicted peak of `c`, the dataset included (the planner's own measure).
-    func peakOf(_ c: SearchConfig) throws -> Int {
-        try SearchRun.predictRun(config: c, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks).stepPeak + datasetBytes
+/// The command line: `memory` shows each level's peak and price; a search refused at a budget
+/// lists `--recompute auto` first; under that budget `--recompute auto` runs the search unchanged;
+/// below the most recomputation it is refused with the least figure; bad values are named.
+final class RecomputeCLITests: XCTestCase {
+    let shape = ["--dataset", "synthetic", "--channels", "4", "--cells", "3", "--batch-size", "8", "--train-images", "32", "--eval-images", "16", "--epochs", "1"]
+
+    func espalier(_ args: [String]) throws -> (status: Int32, output: String) {
+        try EspalierProcess.run(args + (args.first == "search" ? ["--no-supervise"] : []), cwd: try PluginFixtures.tempDir("recompute"))
+    }
+
+    func testBudgetRefusal_SuggestsRecomputeFirst_AndAutoRunsUnderIt() throws {
+        let (s0, o0) = try espalier(["search", "--dry-run"] + shape)
+        XCTAssertEqual(s0, 0, o0)
+        let all = try XCTUnwrap(o0.components(separatedBy: " bytes in all)").first?.split(separator: "(").last.flatMap { Int($0) }, o0)
+        let (s1, o1) = try espalier(["memory"] + shape)
+        XCTAssertEqual(s1, 0, o1)
+        for level in ["ops", "edges", "cells"] {
+            XCTAssertTrue(o1.split(separator: "\n").contains { $0.hasPrefix("  \(level) ") && $0.contains("% compute") }, "\(level): \(o1)")
+        }
+        // 85 % of the stored peak: refused, recomputation first among what fits.
+        let budget = String(all * 85 / 100)
+        let (s2, o2) = try espalier(["search", "--dry-run", "--memory-budget", budget] + shape)
+        XCTAssertNotEqual(s2, 0)
+        XCTAssertTrue(o2.contains("Each of these fits: --recompute auto ("), o2)
+        let (s3, o3) = try espalier(["search", "--recompute", "auto", "--memory-budget", budget, "--out", "run"] + shape)
+        XCTAssertEqual(s3, 0, o3)
+        XCTAssertTrue(o3.contains("recompute auto: ") && o3.contains("recomputed in backward"), o3)
+        XCTAssertTrue(o3.contains("genotype: "), o3)
+        // Below the most recomputation: refused before anything runs, with the least figure.
+        let (s4, o4) = try espalier(["search", "--dry-run", "--recompute", "auto", "--memory-budget", String(all / 20)] + shape)
+        XCTAssertNotEqual(s4, 0)
+        XCTAssertTrue(o4.contains("is below what this search needs even with the most recomputation: --recompute "), o4)
+        XCTAssertTrue(o4.contains("Raise --memory-budget to at least"), o4)
+        let (s5, o5) = try espalier(["search", "--dry-run", "--recompute", "some"] + shape)
+        XCTAssertNotEqual(s5, 0)
+        XCTAssertTrue(o5.contains("--recompute 'some' is not one of none, ops, edges, cells, auto"), o5)
     }
 }

@@ -156,13 +156,21 @@ public final class ClassifierTrainer {
     /// built by `makeModel` in a dry-run accountant and one step runs on a shape-only batch.
     public static func predictStepPeak(config: TrainConfig, inputShape: [Int], budget: Int? = nil,
                                        makeModel: (ParameterFactory) throws -> Classifier) throws -> MemoryAccountant {
+        try predictStep(config: config, inputShape: inputShape, budget: budget, makeModel: makeModel).accountant
+    }
+
+    /// The dry-run step of `predictStepPeak`, with the FLOPs it counted and what each recomputed
+    /// segment measured (Graph.segmentMeasures).
+    public static func predictStep(config: TrainConfig, inputShape: [Int], budget: Int? = nil, makeModel: (ParameterFactory) throws -> Classifier)
+        throws -> (accountant: MemoryAccountant, flops: Int, segments: [String: SegmentMeasure]) {
         let dry = MemoryAccountant(mode: .dryRun, budget: budget)
         let factory = ParameterFactory(accountant: dry, seed: config.seed)
         let model = try dry.withOwner("model") { try makeModel(factory) }
         let trainer = try ClassifierTrainer(model: model, accountant: dry, config: config)
+        trainer.graph.segmentMeasures = [:]
         let batch = try dry.withOwner("data") { try Tensor(shape: inputShape, category: .data, accountant: dry) }
         try trainer.trainStep(images: batch, labels: Array(repeating: 0, count: inputShape[0]))
-        return dry
+        return (dry, trainer.graph.flops, trainer.graph.segmentMeasures ?? [:])
     }
 }
 
