@@ -5,12 +5,15 @@
 # (see ../shared/bench/README.md: torch==2.15.0 in a venv); installing it is a benchmark step,
 # never part of the tests or CI.
 #   bench/compare.sh [VARIANTS] [SHAPES] [STEPS]      e.g. bench/compare.sh "darts masked zeroshot pcdarts gdas" "small fmnist" 5
+# RECOMPUTE="none cells edges ops" measures ours at each `--recompute` level (one reference run per
+# configuration, each of ours beside it), with the accountant's predicted peak of each.
 # ESP=path/to/espalier uses that host (and the plugins beside it) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARIANTS=${1:-"darts masked zeroshot pcdarts gdas"}
 SHAPES=${2:-"small fmnist"}
 STEPS=${3:-5}
+RECOMPUTE=${RECOMPUTE:-none}
 PY=${PY:-/tmp/torchref/bin/python}
 REF=${REF:-$PWD/../shared/bench/reference}
 OUT=${OUT:-/tmp/espalier-compare}
@@ -24,20 +27,26 @@ if [ ! -x "$PY" ] || ! "$PY" -c "import torch" 2>/dev/null; then
     echo "reference environment not found at $PY (set PY=...); printing Espalier's figures only" >&2
     have_ref=0
 fi
-printf "%-9s %-7s %12s %12s %8s %14s %14s %8s\n" variant shape "ours s/step" "ref s/step" ratio "ours MiB" "ref MiB" ratio
+printf "%-9s %-7s %-9s %12s %12s %8s %14s %14s %8s %14s\n" variant shape recompute "ours s/step" "ref s/step" ratio "ours MiB" "ref MiB" ratio "predicted MiB"
 for shape in $SHAPES; do
   for v in $VARIANTS; do
-    ours=$("$ESP" bench --variant "$v" --shape "$shape" --steps "$STEPS" --json | sed -n 's/^RESULT //p')
-    ot=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['medianSeconds'])" "$ours")
-    om=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['peakRSSMiB']-d['rssAfterBuildMiB'])" "$ours")
+    rt=""; rm_=""
     if [ $have_ref = 1 ]; then
       ref=$(cd "$OUT" && OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" "$REF/bench_search.py" --variant "$v" --shape "$shape" \
             --warmup 2 --steps "$STEPS" --min-steps 3 --budget 300 --threads 2 | sed -n 's/^RESULT //p')
       rt=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['step_median_s'])" "$ref")
       rm_=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['peak_minus_build_MiB'])" "$ref")
-      printf "%-9s %-7s %12.3f %12.3f %8.2f %14.0f %14.0f %8.2f\n" "$v" "$shape" "$ot" "$rt" "$(python3 -c "print($ot/$rt)")" "$om" "$rm_" "$(python3 -c "print($om/$rm_)")"
-    else
-      printf "%-9s %-7s %12.3f %12s %8s %14.0f %14s %8s\n" "$v" "$shape" "$ot" - - "$om" - -
     fi
+    for r in $RECOMPUTE; do
+      ours=$("$ESP" bench --variant "$v" --shape "$shape" --steps "$STEPS" --recompute "$r" --json | sed -n 's/^RESULT //p')
+      ot=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['medianSeconds'])" "$ours")
+      om=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['peakRSSMiB']-d['rssAfterBuildMiB'])" "$ours")
+      op=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); p=d.get('predictedPeakBytes'); print('-' if p is None else '%.0f' % (p/1048576))" "$ours")
+      if [ $have_ref = 1 ]; then
+        printf "%-9s %-7s %-9s %12.3f %12.3f %8.2f %14.0f %14.0f %8.2f %14s\n" "$v" "$shape" "$r" "$ot" "$rt" "$(python3 -c "print($ot/$rt)")" "$om" "$rm_" "$(python3 -c "print($om/$rm_)")" "$op"
+      else
+        printf "%-9s %-7s %-9s %12.3f %12s %8s %14.0f %14s %8s %14s\n" "$v" "$shape" "$r" "$ot" - - "$om" - - "$op"
+      fi
+    done
   done
 done

@@ -71,6 +71,18 @@ final class LoaderTests: XCTestCase {
         XCTAssertTrue(plain.libraries.map(\.fileName).contains("libespalier-m0.so"))
     }
 
+    /// ABI 1.7 appended `flags` to the op table: a plugin built for 1.6 (its op tables end before
+    /// it) still loads, its composed ops are recomputable, and nothing past its tables is read.
+    func testOpTablesOfABI16_LoadWithoutTheFlagsField() throws {
+        let dir = try PluginFixtures.tempDir()
+        try PluginFixtures.build("libespalier-m6.so", in: dir, defines: ["FIX_TABLES_1_6", "FIX_MINOR=6", "FIX_ID=\"org.m6\""])
+        let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
+        XCTAssertEqual(registry.failures.map(\.description), [])
+        let op = try registry.require("org.m6.op.relu-conv/1", kind: .op)
+        XCTAssertTrue(op.isRecomputableOp, "a composed op is replayed by the host")
+        XCTAssertEqual(op.form, "composed")
+    }
+
     func testDiscovery_EnvironmentPathAndExtraDirectories() throws {
         let a = try PluginFixtures.tempDir("a"), b = try PluginFixtures.tempDir("b")
         try PluginFixtures.build("libespalier-one.so", in: a, defines: ["FIX_ID=\"org.one\""])

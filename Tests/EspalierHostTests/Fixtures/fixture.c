@@ -25,6 +25,8 @@
  *                          serve the hyper-connected space
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
  *                          to, not including, save_state); build with FIX_MINOR=2
+ *   -DFIX_TABLES_1_6       op tables as ABI 1.6 laid them out (struct_size up to, not including,
+ *                          flags); build with FIX_MINOR=6
  *   -DFIX_DESC_1_4         component descriptions as ABI 1.4 laid them out (struct_size up to, not
  *                          including, method); build with FIX_MINOR=4
  * The warm-up strategy keeps state (ABI 1.3): the epochs it has ended, saved as 9 bytes, format 1,
@@ -51,6 +53,11 @@
 #else
 #define FIX_STRATEGY_TABLE_SIZE sizeof(es_strategy_vtable)
 #define FIX_REGULARIZER_TABLE_SIZE sizeof(es_regularizer_vtable)
+#endif
+#ifdef FIX_TABLES_1_6
+#define FIX_OP_TABLE_SIZE offsetof(es_op_vtable, flags)
+#else
+#define FIX_OP_TABLE_SIZE sizeof(es_op_vtable)
 #endif
 #ifdef FIX_DESC_1_4
 #define FIX_DESC_SIZE offsetof(es_component_desc, method)
@@ -86,7 +93,7 @@ static es_status op_build(void *inst, es_graph g, es_value x, es_value *out) {
     *out = y;
     return ES_OK;
 }
-static const es_op_vtable op_table = { .struct_size = sizeof(es_op_vtable), .create = op_create, .destroy = op_destroy, .build = op_build };
+static const es_op_vtable op_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = op_create, .destroy = op_destroy, .build = op_build };
 
 /* ---- composed op with a channel gate: y = channel_scale(relu(x), gate("channel", logits)) ---- */
 typedef struct { const es_host_services *host; es_param logits; } masked_op;
@@ -112,7 +119,7 @@ static es_status masked_build(void *inst, es_graph g, es_value x, es_value *out)
     in[0] = r; in[1] = w;
     return h->graph_apply(h->host, g, "channel_scale", in, 2, NULL, 0, out);
 }
-static const es_op_vtable masked_table = { .struct_size = sizeof(es_op_vtable), .create = masked_create, .destroy = op_destroy, .build = masked_build };
+static const es_op_vtable masked_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = masked_create, .destroy = op_destroy, .build = masked_build };
 
 /* ---- merged op (MergeNAS-style): y = w0·x + w1·relu(x), the edge's weights applied by the op ---- */
 typedef struct { const es_host_services *host; } merged_op;
@@ -137,7 +144,7 @@ static es_status merged_build_mixed(void *inst, es_graph g, es_value x, es_value
     in[0] = x; in[1] = r; in[2] = weights;
     return h->graph_apply(h->host, g, "weighted_sum", in, 3, NULL, 0, out);
 }
-static const es_op_vtable merged_table = { .struct_size = sizeof(es_op_vtable), .create = merged_create, .destroy = op_destroy,
+static const es_op_vtable merged_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = merged_create, .destroy = op_destroy,
     .build = merged_build, .build_mixed = merged_build_mixed };
 
 #ifdef FIX_MASKED_CONV
@@ -192,7 +199,7 @@ static es_status masked_conv_build(void *inst, es_graph g, es_value x, es_value 
     in[0] = r; in[1] = w2;
     return h->graph_apply(h->host, g, "conv2d", in, 2, NULL, 0, out);
 }
-static const es_op_vtable masked_conv_table = { .struct_size = sizeof(es_op_vtable), .create = masked_conv_create, .destroy = op_destroy, .build = masked_conv_build };
+static const es_op_vtable masked_conv_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = masked_conv_create, .destroy = op_destroy, .build = masked_conv_build };
 #endif
 
 #ifdef FIX_UNSTABLE_BUILD
@@ -214,7 +221,7 @@ static es_status unstable_build(void *inst, es_graph g, es_value x, es_value *ou
     if (st != ES_OK || o->builds++ == 0) { *out = r; return st; }
     return h->graph_apply(h->host, g, "scale", &r, 1, NULL, 0, out);
 }
-static const es_op_vtable unstable_table = { .struct_size = sizeof(es_op_vtable), .create = unstable_create, .destroy = op_destroy, .build = unstable_build };
+static const es_op_vtable unstable_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = unstable_create, .destroy = op_destroy, .build = unstable_build };
 #endif
 
 /* ---- gate: weights = scale · logits; backward d_logits += scale · d_weights ---- */
