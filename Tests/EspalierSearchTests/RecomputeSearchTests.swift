@@ -61,6 +61,19 @@ final class RecomputeSearchTests: XCTestCase {
         }
     }
 
+    /// Every other built-in strategy (MergeNAS's merged ops, P-DARTS's skip-connect dropout and
+    /// stages, DropNAS's drops, β-DARTS, PARSEC, random search, ProxylessNAS, GSparsity, the
+    /// zero-shot ones) ends bit-identical with its cells or its nodes' edges recomputed.
+    func testEveryOtherStrategy_RecomputingCellsOrEdges_EndsBitIdentical() throws {
+        for (name, c) in AllStrategiesBudgetTests.strategies() where !Self.methods.contains(name) {
+            let (stored, _) = try search(c)
+            for mode in [RecomputeMode.cells, .edges] {
+                let (again, _) = try search(with(c, mode))
+                XCTAssertEqual(again, stored, "\(name), --recompute \(mode.rawValue)")
+            }
+        }
+    }
+
     /// The first step's dry run is the measured step (the costliest draw bounds a sampled gate's —
     /// GDAS's, and Bonsai-Net's saw-wave input gate — whose real draw may run cheaper candidates),
     /// and recomputing cells lowers it.
