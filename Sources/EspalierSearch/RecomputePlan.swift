@@ -3,8 +3,8 @@
 // candidate ops on the edges (each keeps its input and output), the mixed edges into each node
 // (recomputed together with the node's mix, which keeps the node's one weighted sum over every
 // candidate, so the stored path's summation order), or whole cells (each keeps its inputs and
-// output only). `auto` is resolved before a run by RecomputePlanner: the cells to recompute, or
-// none when the search fits as it is. Results are bit-identical at every level.
+// output only). `auto` is resolved before a run by RecomputePlanner: the cells or nodes to
+// recompute, or none when the search fits as it is. Results are bit-identical at every level.
 
 import EspalierCore
 import Foundation

@@ -283,10 +283,9 @@ final class SearchCell {
 
     /// True when every op of the cell may be run again in backward (composed ops always; ops with
     /// their own kernels when they declare it).
-    var isRecomputable: Bool {
-        edges.allSatisfy { e in e.ops.allSatisfy { $0?.isRecomputable ?? true } && e.merged.allSatisfy(\.op.isRecomputable) }
-    }
+    var isRecomputable: Bool { nodeIsRecomputable(firstEdge: 0, count: edges.count) }
 
+    /// True when every op on edges firstEdge ..< firstEdge + count may be run again.
     private func nodeIsRecomputable(firstEdge: Int, count: Int) -> Bool {
         edges[firstEdge..<(firstEdge + count)].allSatisfy { e in e.ops.allSatisfy { $0?.isRecomputable ?? true } && e.merged.allSatisfy(\.op.isRecomputable) }
     }

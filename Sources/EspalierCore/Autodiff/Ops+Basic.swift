@@ -43,7 +43,7 @@ extension Graph {
     public func relu(_ x: Variable) throws -> Variable {
         // A recomputed segment's input: its ReLU is recorded outside the segment and shared as usual.
         if let segment {
-            if segment.isInput(x) { return try segment.onOuterTape(self) { try relu(x) } }
+            if segment.isInput(x) { return try segment.hoistedReLU(self, of: x) }
             if let shared = segment.replayedReLU(self, of: x) { return shared }
         }
         if isRecording, x.requiresGrad, let hit = reluCache[ObjectIdentifier(x)], hit.input.value === x { return hit.output }

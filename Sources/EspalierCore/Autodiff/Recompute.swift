@@ -12,9 +12,11 @@
 //   • batch norm normalises with the same batch statistics (the same input) and leaves its running
 //     statistics alone in the replay (`isReplaying`);
 //   • gradients reach the segment's inputs and parameters in the stored path's order: the replay's
-//     nodes accumulate into the inputs' own nodes, not into stand-ins summed afterwards, and the
-//     ReLU of an input is recorded outside the segment (shared by every consumer through
-//     `reluCache`, as in the stored path), so its gradient is summed over the consumers first.
+//     nodes accumulate into the inputs' own nodes, not into stand-ins summed afterwards; the ReLU
+//     of an input is recorded outside the segment (shared by every consumer through `reluCache`,
+//     as in the stored path, so its gradient is summed over the consumers first), and the replay
+//     runs its backward where the stored path does (`replayedReLU`); a body that gives back one
+//     of its inputs (an identity) is no segment.
 // A dry run goes through the same allocations, so the prediction of a recomputing step is exact.
 // Not here: which segments to recompute (the search and training code mark them; a planner picks).
 
@@ -58,8 +60,9 @@ final class RecomputeSegment {
     /// True for an input of a segment being built (its ReLU then belongs outside the segment).
     func isInput(_ x: Variable) -> Bool { !replay && x.requiresGrad && inputs.contains(ObjectIdentifier(x)) }
 
-    /// Runs `body` recording on the tape outside the segment (and outside any segment).
-    func onOuterTape<T>(_ g: Graph, _ body: () throws -> T) rethrows -> T {
+    /// ReLU(x) of an input x, recorded on the tape outside the segment (shared through
+    /// `reluCache` as any ReLU of a value); remembered as this segment's when it made it.
+    func hoistedReLU(_ g: Graph, of x: Variable) throws -> Variable {
         let scratch = g.tape
         g.tape = outerTape
         g.segment = nil
@@ -68,17 +71,14 @@ final class RecomputeSegment {
             g.tape = scratch
             g.segment = self
         }
-        let before = Set(g.reluCache.keys)
-        let out = try body()
-        for (k, v) in g.reluCache where !before.contains(k) { hoisted[k] = v }
-        return out
+        let id = ObjectIdentifier(x), known = g.reluCache[id] != nil
+        let y = try g.relu(x)
+        if !known, let made = g.reluCache[id] { hoisted[id] = made }
+        return y
     }
 }
 
 extension Graph {
-    /// True inside a recomputed segment's forward or replay (a nested segment then runs as part of it).
-    public var isInRecomputedSegment: Bool { segment != nil }
-
     /// `body()`, recomputed in backward instead of keeping what it saves: its forward keeps only
     /// `inputs` (every recorded value the body reads: their ReLUs are shared outside it) and its
     /// output. The body must compute the same thing when run again on the same inputs (ops with
@@ -109,11 +109,12 @@ extension Graph {
         return Variable(value: value, node: node, graph: self)
     }
 
-    /// Runs the body on a scratch tape; returns its output value, whether it needs a gradient, and
-    /// the bytes in use with the scratch tape still alive (the caller's figure after it is gone
-    /// says what it held).
+    /// What the body gave: one of its inputs (an identity), a value needing no gradient, or a value.
     private enum Built { case input(Variable), constant(Tensor), value(Tensor) }
 
+    /// Runs the body on a scratch tape; returns what it gave, the bytes in use with the scratch
+    /// tape still alive (the caller's figure after it is gone says what it held), and the ReLUs of
+    /// inputs it recorded outside.
     private func build(_ inputs: [Variable], _ body: () throws -> Variable)
         throws -> (Built, Int, [ObjectIdentifier: (input: WeakVariable, output: Variable)]) {
         let frame = RecomputeSegment(inputs: inputs, replay: false, outerTape: tape)
