@@ -35,6 +35,17 @@ public struct RecomputePlan: Equatable, Sendable {
     public init(level: RecomputeLevel?) { self.level = level; chosen = nil }
     public init(chosen: Set<String>) { level = nil; self.chosen = chosen }
 
+    /// A fixed `--recompute` level (none, ops, edges, cells); `auto` recomputes `chosen`.
+    public init(_ mode: RecomputeMode, chosen: [String]? = nil) {
+        switch mode {
+        case .none: self = .none
+        case .ops: self.init(level: .ops)
+        case .edges: self.init(level: .edges)
+        case .cells: self.init(level: .cells)
+        case .auto: self = chosen.map { RecomputePlan(chosen: Set($0)) } ?? .none
+        }
+    }
+
     /// Is `segment` (of `level`) recomputed?
     public func recomputes(_ segment: String, at level: RecomputeLevel) -> Bool {
         if let chosen { return chosen.contains(segment) }
@@ -45,15 +56,7 @@ public struct RecomputePlan: Equatable, Sendable {
 extension SearchConfig {
     /// The plan a run of this config builds its network with. `auto` stands for the segments its
     /// planner chose (`recomputeSegments`), none before it chose.
-    public var recomputePlan: RecomputePlan {
-        switch recompute ?? .none {
-        case .none: return .none
-        case .ops: return RecomputePlan(level: .ops)
-        case .edges: return RecomputePlan(level: .edges)
-        case .cells: return RecomputePlan(level: .cells)
-        case .auto: return recomputeSegments.map { RecomputePlan(chosen: Set($0)) } ?? .none
-        }
-    }
+    public var recomputePlan: RecomputePlan { RecomputePlan(recompute ?? .none, chosen: recomputeSegments) }
 
     /// "recompute cells", "recompute auto: 5 segments (cell0/node1, …)", or nil when nothing is recomputed.
     public var recomputeText: String? {

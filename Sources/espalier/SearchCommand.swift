@@ -467,12 +467,9 @@ struct MemoryCommand: ParsableCommand {
         for f in try RecomputePlanner.levels(problem) {
             print("  " + pad(f.mode.rawValue, 7) + pad(formatBytes(f.predicted), 12) + (f.mode == .none ? "" : f.extraPercent))
         }
-        if let b = config.memoryBudget, config.recompute != .auto {
-            let choice = try RecomputePlanner.choose(problem, budget: b)
-            print("  auto under --memory-budget \(formatBytes(b)): " + (choice.map { c in
-                (c.segments ?? []).isEmpty ? "recomputes nothing (it fits as it is)"
-                    : "recomputes \(RecomputeFigure.list(c.segments!)), predicted \(formatBytes(c.predicted)), \(c.extraPercent)"
-            } ?? "does not fit with any recomputation"))
+        // What auto would recompute under a budget the search exceeds is the planner's first suggestion below.
+        if let b = config.memoryBudget, config.recompute != .auto, p.stepPeak <= b {
+            print("  auto under --memory-budget \(formatBytes(b)): recomputes nothing (it fits as it is)")
         }
         if n > 1 { try printPerRankPredictions(config: config, registry: registry, imageShape: shape, classes: classes, datasetBytes: 0, ranks: n) }
         if let b = config.memoryBudget {

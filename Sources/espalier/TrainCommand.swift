@@ -107,36 +107,29 @@ struct TrainCommand: ParsableCommand {
         }
         let held = acc.currentTotal   // the datasets
         let mode = try recomputeMode()
-        var plan: RecomputePlan
-        switch mode {
-        case .none: plan = .none
-        case .ops: plan = RecomputePlan(level: .ops)
-        case .edges: plan = RecomputePlan(level: .edges)
-        case .cells: plan = RecomputePlan(level: .cells)
-        case .auto:
-            plan = RecomputePlan(chosen: [])
-            if let budget {
-                let stepFlops = try predict(.none).flops
-                let levels: [RecomputeMode: RecomputePlan] = [.cells: RecomputePlan(level: .cells), .edges: RecomputePlan(level: .edges)]
-                guard let choice = try RecomputePlanner.choose(budget: budget, stepFlops: stepFlops, measures: { try predict(levels[$0]!).segments },
-                                                               peak: { try predict(RecomputePlan(chosen: Set($0))).accountant.peakTotal + held }) else {
-                    let least = try [RecomputePlan(level: .ops), RecomputePlan(level: .edges), RecomputePlan(level: .cells)]
-                        .map { try predict($0).accountant.peakTotal + held }.min()!
-                    throw ValidationError("--memory-budget \(formatBytes(budget)) is below what this training needs even with the most recomputation: "
-                                          + "\(formatBytes(least)) (the datasets included). Raise --memory-budget to at least that, or lower --batch-size or --channels")
-                }
-                plan = RecomputePlan(chosen: Set(choice.segments ?? []))
-                print(choice.segments!.isEmpty ? "recompute auto: the training fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
-                      : "recompute auto: \(RecomputeFigure.list(choice.segments!)) recomputed in backward, about \(choice.extraPercent)")
+        // The least these levels need (the datasets included), for a refusal.
+        func least(_ levels: [RecomputeMode] = [.ops, .edges, .cells]) throws -> Int {
+            try levels.map { try predict(RecomputePlan($0)).accountant.peakTotal + held }.min()!
+        }
+        var plan = RecomputePlan(mode, chosen: [])
+        if mode == .auto, let budget {
+            guard let choice = try RecomputePlanner.choose(budget: budget, stepFlops: try predict(.none).flops,
+                                                           measures: { try predict(RecomputePlan($0)).segments },
+                                                           peak: { try predict(RecomputePlan(chosen: Set($0))).accountant.peakTotal + held }) else {
+                throw ValidationError("--memory-budget \(formatBytes(budget)) is below what this training needs even with the most recomputation: "
+                                      + "\(formatBytes(try least())) (the datasets included). Raise --memory-budget to at least that, or lower --batch-size or --channels")
             }
+            plan = RecomputePlan(.auto, chosen: choice.segments)
+            print(choice.segments!.isEmpty ? "recompute auto: the training fits --memory-budget \(formatBytes(budget)) as it is; nothing is recomputed"
+                  : "recompute auto: \(RecomputeFigure.list(choice.segments!)) recomputed in backward, about \(choice.extraPercent)")
         }
         let predicted = try predict(plan).accountant
         print("predicted peak of one training step: \(formatBytes(predicted.peakTotal)) + datasets \(formatBytes(train.byteCount + test.byteCount))"
               + (mode == .none ? "" : " (--recompute \(mode.rawValue))"))
         if let budget, predicted.peakTotal + held > budget {
-            let least = mode == .none ? try predict(RecomputePlan(level: .edges)).accountant.peakTotal + held : nil
+            let recomputeFits = try mode == .none && least([.edges, .cells]) <= budget   // what auto chooses among
             throw ValidationError("the predicted peak \(formatBytes(predicted.peakTotal + held)) exceeds --memory-budget \(formatBytes(budget)); "
-                                  + (least.map { $0 <= budget ? "--recompute auto fits it (the same training, a forward more of what it recomputes), or " : "" } ?? "")
+                                  + (recomputeFits ? "--recompute auto fits it (the same training, a forward more of what it recomputes), or " : "")
                                   + "lower --batch-size or --channels")
         }
 
