@@ -13,11 +13,13 @@ struct KernelBenchCommand: ParsableCommand {
     @Option(help: "Spatial size (H = W).") var size = 28
     @Option(help: "Comma-separated channel counts.") var channels = "16,32,64"
     @Flag(help: "Print JSON instead of a table.") var json = false
+    @Flag(help: "The 1×1 convolution's crossover instead: our micro-kernels beside OpenBLAS per sample, one thread, at each --channels and --size.")
+    var pointwise = false
 
     func run() throws {
         let cs = channels.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !cs.isEmpty, cs.allSatisfy({ $0 > 0 }) else { throw ValidationError("--channels needs positive integers, e.g. 16,32,64") }
-        let rows = try KernelBench.standard(batch: batch, size: size, channels: cs)
+        let rows = pointwise ? KernelBench.pointwiseCrossover(channels: cs, hw: size * size) : try KernelBench.standard(batch: batch, size: size, channels: cs)
         if json {
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             print(String(decoding: try enc.encode(rows), as: UTF8.self))
@@ -28,7 +30,9 @@ struct KernelBenchCommand: ParsableCommand {
         var sgemmRef: Double = 0
         for r in rows {
             var note = ""
-            if r.name.hasPrefix("sgemm same") { sgemmRef = r.gflops }
+            if r.name.hasPrefix("own ") { sgemmRef = r.gflops }
+            else if r.name.hasPrefix("openblas "), sgemmRef > 0 { note = String(format: "  own is %.2f× OpenBLAS", sgemmRef / r.gflops) }
+            else if r.name.hasPrefix("sgemm same") { sgemmRef = r.gflops }
             else if r.name.hasPrefix("conv 1x1"), sgemmRef > 0 { note = String(format: "  %.0f%% of sgemm", 100 * r.gflops / sgemmRef) }
             print(pad(r.name, 30) + pad(r.shape, 30) + pad(String(format: "%.3f", r.bestSeconds * 1000), 10, left: true)
                   + pad(String(format: "%.1f", r.gflops), 10, left: true) + pad(String(format: "%.1f", r.medianGflops), 10, left: true) + note)

@@ -8,6 +8,9 @@ final class ConvTests: XCTestCase {
     /// Geometries covering each path and the edge cases: stride, padding, dilation, groups, odd sizes.
     static let geometries: [ConvGeometry] = [
         ConvGeometry(n: 3, cIn: 4, h: 5, w: 6, cOut: 5, kh: 1, kw: 1),                                  // pointwise
+        ConvGeometry(n: 2, cIn: 7, h: 5, w: 5, cOut: 13, kh: 1, kw: 1),                                 // pointwise, every tail
+        ConvGeometry(n: 2, cIn: 3, h: 1, w: 1, cOut: 6, kh: 1, kw: 1),                                  // pointwise on 1×1 planes
+        ConvGeometry(n: 2, cIn: 130, h: 3, w: 3, cOut: 5, kh: 1, kw: 1),                                // pointwise past the crossover: OpenBLAS
         ConvGeometry(n: 2, cIn: 3, h: 7, w: 7, cOut: 3, kh: 3, kw: 3, stride: 1, padding: 1, groups: 3),  // depthwise
         ConvGeometry(n: 2, cIn: 3, h: 7, w: 8, cOut: 3, kh: 5, kw: 5, stride: 2, padding: 2, groups: 3),  // depthwise s2
         ConvGeometry(n: 2, cIn: 2, h: 9, w: 9, cOut: 2, kh: 3, kw: 3, stride: 1, padding: 2, dilation: 2, groups: 2), // dilated dw

@@ -68,6 +68,42 @@ public enum KernelBench {
                 KernelBenchRow(name: "\(label) backward", shape: shape, flops: 2 * g.forwardFlops, bestSeconds: b.best, medianSeconds: b.median)]
     }
 
+    /// The crossover of the 1×1 convolution's two GEMMs: per sample, one thread, forward
+    /// (C × C)·(C × HW), input gradient (Cᵀ · dY) and weight gradient (dY · xᵀ), through our
+    /// micro-kernels (Pointwise.swift) and through OpenBLAS on the same operands. Rows come in
+    /// pairs, "own …" then "openblas …", for each channel count.
+    public static func pointwiseCrossover(channels: [Int], hw: Int, samples: Int = 8) -> [KernelBenchRow] {
+        _ = Parallel.configureBLAS
+        var rows: [KernelBenchRow] = []
+        for c in channels {
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: samples * c * hw); defer { x.deallocate() }
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: samples * c * hw); defer { y.deallocate() }
+            let w = UnsafeMutablePointer<Float>.allocate(capacity: c * c); defer { w.deallocate() }
+            let d = UnsafeMutablePointer<Float>.allocate(capacity: c * c); defer { d.deallocate() }
+            var rng = RNG(seed: 3)
+            for i in 0..<(samples * c * hw) { x[i] = rng.uniform() }
+            for i in 0..<(c * c) { w[i] = rng.uniform(); d[i] = 0 }
+            let flops = 2 * samples * c * c * hw, shape = "C=\(c) HW=\(hw) ×\(samples)"
+            func row(_ name: String, _ body: () -> Void) {
+                let t = time(minReps: 5, minSeconds: 0.2, body)
+                rows.append(KernelBenchRow(name: name, shape: shape, flops: flops, bestSeconds: t.best, medianSeconds: t.median))
+            }
+            row("own forward") { for s in 0..<samples { Kernels.smallGemm(m: c, k: c, p: hw, a: w, b: x + s * c * hw, ldb: hw, c: y + s * c * hw, ldc: hw) } }
+            row("openblas forward") {
+                for s in 0..<samples { sgemm(transA: false, transB: false, m: c, n: hw, k: c, alpha: 1, a: w, lda: c, b: x + s * c * hw, ldb: hw, beta: 0, c: y + s * c * hw, ldc: hw) }
+            }
+            row("own input grad") { for s in 0..<samples { Kernels.smallGemm(m: c, k: c, p: hw, a: w, b: x + s * c * hw, ldb: hw, c: y + s * c * hw, ldc: hw) } }
+            row("openblas input grad") {
+                for s in 0..<samples { sgemm(transA: true, transB: false, m: c, n: hw, k: c, alpha: 1, a: w, lda: c, b: x + s * c * hw, ldb: hw, beta: 0, c: y + s * c * hw, ldc: hw) }
+            }
+            row("own weight grad") { for s in 0..<samples { Kernels.smallGemmABt(m: c, n: c, p: hw, a: y + s * c * hw, lda: hw, b: x + s * c * hw, ldb: hw, d: d, ldd: c) } }
+            row("openblas weight grad") {
+                for s in 0..<samples { sgemm(transA: false, transB: true, m: c, n: c, k: hw, alpha: 1, a: y + s * c * hw, lda: hw, b: x + s * c * hw, ldb: hw, beta: 1, c: d, ldc: c) }
+            }
+        }
+        return rows
+    }
+
     /// The standard set: batch 64, 28×28, channels 16/32/64.
     public static func standard(batch: Int = 64, size: Int = 28, channels: [Int] = [16, 32, 64]) throws -> [KernelBenchRow] {
         var rows: [KernelBenchRow] = []

@@ -1,0 +1,76 @@
+// The pointwise micro-kernels (Pointwise.swift) against their naive references on every tail:
+// rows % 4, columns % 16 and % 8, K of 1, strided rows, and the batch-norm sums read from registers.
+
+import EspalierCore
+import EspalierTestSupport
+import XCTest
+
+final class PointwiseKernelTests: XCTestCase {
+    static let rows = [1, 3, 4, 5, 7, 16], depths = [1, 3, 16, 17], columns = [1, 7, 8, 15, 16, 17, 24, 25, 49]
+
+    private func random(_ n: Int, seed: UInt64) -> [Float] {
+        var rng = RNG(seed: seed)
+        return (0..<n).map { _ in rng.uniform() * 2 - 1 }
+    }
+
+    func testSmallGemm_MatchesNaive_WithRowSums_OnEveryTail() {
+        var case_ = 0
+        for m in Self.rows { for k in Self.depths { for p in Self.columns {
+            case_ += 1
+            let ldb = p + 3, ldc = p + 2   // strided rows: nothing outside a row may be read or written
+            let a = random(m * k, seed: UInt64(case_)), b = random(k * ldb, seed: UInt64(1000 + case_))
+            var c = [Float](repeating: 9, count: m * ldc), ref = c
+            var sum = [Double](repeating: 0.5, count: m), sq = sum, refSum = sum, refSq = sum
+            Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c, ldc: ldc, sum: &sum, sumSq: &sq)
+            Kernels.smallGemmNaive(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &ref, ldc: ldc, sum: &refSum, sumSq: &refSq)
+            assertClose(c, ref, tol: 1e-5, "C, m \(m) k \(k) p \(p)")
+            for r in 0..<m {
+                for j in p..<ldc { XCTAssertEqual(c[r * ldc + j], 9, "padding of row \(r) written, m \(m) k \(k) p \(p)") }
+                XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-4 * Double(p), "Σ row \(r), m \(m) k \(k) p \(p)")
+                XCTAssertEqual(sq[r], refSq[r], accuracy: 1e-4 * Double(p), "Σ² row \(r), m \(m) k \(k) p \(p)")
+            }
+            // Without sums the product is the same.
+            var c2 = [Float](repeating: 9, count: m * ldc)
+            Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c2, ldc: ldc)
+            XCTAssertEqual(c2, c, "m \(m) k \(k) p \(p)")
+        } } }
+    }
+
+    func testSmallGemmABt_AddsIntoD_MatchesNaive_OnEveryTail() {
+        var case_ = 0
+        for m in Self.rows { for n in [1, 2, 3, 5, 16] { for p in Self.columns {
+            case_ += 1
+            let lda = p + 1, ldb = p + 4, ldd = n + 2
+            let a = random(m * lda, seed: UInt64(case_)), b = random(n * ldb, seed: UInt64(500 + case_))
+            var d = random(m * ldd, seed: UInt64(900 + case_)), ref = d
+            Kernels.smallGemmABt(m: m, n: n, p: p, a: a, lda: lda, b: b, ldb: ldb, d: &d, ldd: ldd)
+            Kernels.smallGemmABtNaive(m: m, n: n, p: p, a: a, lda: lda, b: b, ldb: ldb, d: &ref, ldd: ldd)
+            assertClose(d, ref, tol: 1e-5, "D, m \(m) n \(n) p \(p)")
+        } } }
+    }
+
+    /// The 1×1 convolution takes the micro-kernels below the crossover and OpenBLAS above it; both
+    /// give the naive convolution (ConvTests covers the gradients of both against finite differences).
+    func testPointwiseConvolution_BothSidesOfTheCrossover_MatchNaive() throws {
+        let acc = MemoryAccountant()
+        let limit = Kernels.pointwiseOwnLimit
+        for (k, c) in [(7, 13), (limit, 20), (limit + 5, 9)].enumerated() { for side in [5, 16] {
+            let g = ConvGeometry(n: 3, cIn: c.0, h: side, w: side, cOut: c.1, kh: 1, kw: 1)   // 16×16: its own weight gradient too
+            XCTAssertEqual(Kernels.pointwiseUsesOwnKernel(cIn: g.cIn, cOut: g.cOut), max(g.cIn, g.cOut) <= limit)
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(k)), w = try randomTensor(g.weightShape, acc, seed: UInt64(10 + k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(20 + k))
+            let y = try Tensor(shape: g.outputShape, category: .activations, accountant: acc), yRef = try Tensor(shape: g.outputShape, category: .activations, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: nil)
+            Kernels.conv2dForwardNaive(g, x: x.ptr, w: w.ptr, y: yRef.ptr)
+            assertClose(y.array, yRef.array, tol: 1e-4, "forward \(c)")
+            let ws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n), needInputGrad: true, needWeightGrad: true))],
+                                category: .workspace, accountant: acc)
+            let dX = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc), dXRef = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc)
+            let dW = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc), dWRef = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc)
+            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX.ptr, dW: dW.ptr, workspace: ws.ptr)
+            Kernels.conv2dBackwardNaive(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dXRef.ptr, dW: dWRef.ptr)
+            assertClose(dX.array, dXRef.array, tol: 1e-4, "dX \(c)")
+            assertClose(dW.array, dWRef.array, tol: 1e-3, "dW \(c)")
+        } }
+    }
+}
