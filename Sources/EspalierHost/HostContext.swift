@@ -27,7 +27,12 @@ final class GraphBuild {
     let ownerPath: String
     /// A trace only (`PluginOp.ir`): a gate the run lacks stands in as a value of the logits' shape.
     let traceOnly: Bool
-    var values: [Variable] = []
+    /// nil: a value a fused unit has not computed (`pending`; OpIR+Fusion.swift).
+    var values: [Variable?] = []
+    var pending: [Int: PendingNode] = [:]
+    /// Node index → the fused unit it belongs to and its position there; `ir` the IR they come from.
+    var fusion: [Int: (unit: FusedUnit, position: Int)] = [:]
+    var fusedIR: OpIR?
     let recorder: OpIRRecorder
     /// The first primitive that failed in this build (an op must not continue past it).
     var failure: String?
@@ -51,7 +56,7 @@ final class GraphBuild {
         }
         return i
     }
-    func value(_ h: es_value?) throws -> Variable { values[try index(h)] }
+    func value(_ h: es_value?) throws -> Variable { try materialize(try index(h)) }
 }
 
 struct HostCallError: Error {
@@ -425,17 +430,21 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
         let build = Unmanaged<GraphBuild>.fromOpaque(UnsafeRawPointer(graph)).takeUnretainedValue()
         let name = String(cString: primitive)
         guard inputCount == 0 || inputs != nil, attrCount == 0 || attrs != nil else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): NULL inputs or attrs") }
-        let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
         var a: [String: Double] = [:]
         for i in 0..<Int(attrCount) {
             guard let n = attrs![i].name else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): attribute #\(i) has no name") }
             a[String(cString: n)] = attrs![i].value
         }
         do {
+            if let ir = build.fusedIR, let fused = try build.applyFused(name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, ir: ir) {
+                out.pointee = fused
+                return
+            }
             if name == ChannelMaskPrimitive.name {
                 out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a)
                 return
             }
+            let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
             let before = build.graph.accountant.currentTotal
             let y = try Primitives.apply(name, build.graph, xs, a)
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)

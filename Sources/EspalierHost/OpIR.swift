@@ -175,6 +175,13 @@ final class OpIRRecorder {
         if trackKept { allocated.append(keptBytes >= output.storage.byteCount ? (Weak(output.storage), output.storage.byteCount) : nil) }
     }
 
+    /// A node whose value a fused unit computes later (OpIR+Fusion.swift): its shape and FLOPs from the IR.
+    func pendingNode(_ primitive: String, inputs: [Int], attributes: [String: Double], shape: [Int], flops: Int) {
+        nodes.append(OpIR.Node(primitive: primitive, role: nil, inputs: inputs, attributes: attributes, output: values.count, flops: flops, keptBytes: 0))
+        values.append(OpIR.Value(source: .node(nodes.count - 1), shape: shape))
+        if trackKept { allocated.append(nil) }
+    }
+
     /// Whether this build has `ir`'s structure: the same primitives, wiring and shapes (attribute
     /// values may differ: a rate set by a schedule), checked without making an IR of it.
     func matches(_ ir: OpIR, output: Int) -> Bool {

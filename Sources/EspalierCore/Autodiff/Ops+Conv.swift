@@ -36,22 +36,28 @@ extension Graph {
         flops += g.forwardFlops
         let xValue = x.value, wValue = w.value
         return record(y, inputs: [x, w]) { [unowned self] dY, ctx in
-            let needX = ctx.needs(0), needW = ctx.needs(1)
-            let dX = needX ? try self.gradTensor([g.n, g.cIn, g.h, g.w]) : nil
-            // A parameter's gradient is accumulated in place; otherwise into a fresh zeroed tensor.
-            var dW: Tensor? = nil
-            var dWIsTemp = false
-            if needW {
-                if let pg = try ctx.parameterGrad(1) { dW = pg } else { dW = try self.gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
-            }
-            let wsCount = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
-            let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: self.accountant) : nil
-            if ctx.computing {
-                Kernels.conv2dBackward(g, x: xValue.ptr, w: wValue.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput)
-            }
-            self.flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
-            if let dX { try ctx.accumulate(0, dX) }
-            if dWIsTemp, let dW { try ctx.accumulate(1, dW) }
+            try self.conv2dBackward(g, x: xValue, w: wValue, dY: dY, ctx, xIndex: 0, wIndex: 1, reluInput: reluInput)
         }
+    }
+
+    /// conv2d's backward from dY, for its input at `xIndex` and its weight at `wIndex` of `ctx`:
+    /// dX, and dW straight into the parameter's gradient when it is one (else a zeroed temporary).
+    func conv2dBackward(_ g: ConvGeometry, x: Tensor, w: Tensor, dY: Tensor, _ ctx: BackwardContext, xIndex: Int, wIndex: Int,
+                        reluInput: Bool) throws {
+        let needX = ctx.needs(xIndex), needW = ctx.needs(wIndex)
+        let dX = needX ? try gradTensor([g.n, g.cIn, g.h, g.w]) : nil
+        var dW: Tensor? = nil
+        var dWIsTemp = false
+        if needW {
+            if let pg = try ctx.parameterGrad(wIndex) { dW = pg } else { dW = try gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
+        }
+        let wsCount = g.backwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n), needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
+        let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: accountant) : nil
+        if ctx.computing {
+            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput)
+        }
+        flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
+        if let dX { try ctx.accumulate(xIndex, dX) }
+        if dWIsTemp, let dW { try ctx.accumulate(wIndex, dW) }
     }
 }

@@ -44,18 +44,9 @@ extension Graph {
                                                 mean: mean.ptr + g * c, variance: invStd.ptr + g * c)
                 }
                 if training, !isReplaying, let rm = runningMean, let rv = runningVar {
-                    var momentum = momentum
-                    if batchNormRecalibration != nil {
-                        let key = ObjectIdentifier(rm.storage), seen = batchNormRecalibration![key, default: 0]
-                        momentum = 1 / Float(seen + 1)   // the first batch replaces, the k-th weighs 1/k
-                        batchNormRecalibration![key] = seen + 1
-                    }
+                    let momentum = runningMomentum(rm, momentum)
                     if groups == 1 {
-                        let unbias = Float(n * hw) / Float(n * hw - 1)
-                        for ch in 0..<c {
-                            rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
-                            rv[ch] = (1 - momentum) * rv[ch] + momentum * invStd[ch] * unbias
-                        }
+                        updateRunningStatistics(rm, rv, mean: mean, variance: invStd, count: n * hw, momentum: momentum)
                     } else {
                         for ch in 0..<c {
                             var m: Float = 0, v: Float = 0
@@ -117,6 +108,24 @@ extension Graph {
             if let dX { try ctx.accumulate(0, dX) }
             if dGammaIsTemp, let dGamma, let gammaIndex { try ctx.accumulate(gammaIndex, dGamma) }
             if dBetaIsTemp, let dBeta, let betaIndex { try ctx.accumulate(betaIndex, dBeta) }
+        }
+    }
+
+    /// The momentum a running-statistics update of `rm` uses: `momentum`, or 1/k for the k-th
+    /// batch while recalibrating (`batchNormRecalibration`: the first batch replaces, the k-th weighs 1/k).
+    func runningMomentum(_ rm: Tensor, _ momentum: Float) -> Float {
+        guard batchNormRecalibration != nil else { return momentum }
+        let key = ObjectIdentifier(rm.storage), seen = batchNormRecalibration![key, default: 0]
+        batchNormRecalibration![key] = seen + 1
+        return 1 / Float(seen + 1)
+    }
+
+    /// running = (1 − momentum)·running + momentum·batch, with the unbiased variance of `count` values.
+    func updateRunningStatistics(_ rm: Tensor, _ rv: Tensor, mean: Tensor, variance: Tensor, count: Int, momentum: Float) {
+        let unbias = Float(count) / Float(count - 1)
+        for ch in 0..<rm.count {
+            rm[ch] = (1 - momentum) * rm[ch] + momentum * mean[ch]
+            rv[ch] = (1 - momentum) * rv[ch] + momentum * variance[ch] * unbias
         }
     }
 }

@@ -1,0 +1,102 @@
+// The cell's repeated unit as one op: ReLU → depthwise k×k → pointwise 1×1 → batch norm (no
+// affine map, batch statistics), the body of the separable and dilated convolutions (6 of every
+// 8 DARTS candidates). The host reaches it by matching the unit in an op's IR (EspalierHost's
+// OpIR+Fusion.swift), so any op built from these primitives gets it.
+//   forward   the depthwise kernel applies the ReLU itself (relu(x) is never stored); the
+//             pointwise product takes the batch-norm sums from its registers; y is normalised in
+//             place: the unfused path's BN statistics pass and its pre-BN tensor are gone.
+//   backward  BN's sums (one pass over y and dY); then per sample the BN input gradient is made in
+//             a tile and consumed by both pointwise GEMMs at once (PointwiseBatchNorm.swift): the
+//             unfused path's full-size BN gradient is gone; then the depthwise backward.
+// It keeps what the unfused ops keep (x, the depthwise output t, y, the per-channel mean and
+// 1/σ) and updates the running statistics as batchNorm does. Where a fused path does not apply
+// (evaluation, ghost batch norm, a geometry off the depthwise fast path, a 1×1 with stride)
+// it is the unfused ops, its reference.
+
+import Foundation
+
+extension Graph {
+    /// Whether `fusedSeparableUnit` runs fused for these geometries in this graph's mode.
+    public func fusesSeparableUnit(depthwise gd: ConvGeometry, pointwise gp: ConvGeometry, reluInput: Bool) -> Bool {
+        training && batchNormGroups == 1 && gd.algorithm == .depthwise && (!reluInput || gd.supportsReLUInput)
+            && gp.algorithm == .pointwise && gp.n * gp.h * gp.w > 1
+    }
+
+    /// batchNorm(conv2d(conv2d(relu?(x), wd, depthwise), wp), runningMean, runningVar), no affine map.
+    /// x (N, C, H, W) · wd (C, 1, k, k) · wp (Cout, C, 1, 1).
+    public func fusedSeparableUnit(_ x: Variable, depthwise wd: Variable, pointwise wp: Variable, stride: Int, padding: Int, dilation: Int,
+                                   reluInput: Bool, runningMean: Tensor, runningVar: Tensor, momentum: Float, eps: Float) throws -> Variable {
+        guard x.shape.count == 4, wd.shape.count == 4, wp.shape.count == 4 else {
+            throw EspalierError.shapeMismatch("the separable unit needs x (N,C,H,W) and two 4-D weights; got \(x.shape), \(wd.shape), \(wp.shape)")
+        }
+        let c = x.shape[1]
+        let gd = ConvGeometry(n: x.shape[0], cIn: c, h: x.shape[2], w: x.shape[3], cOut: wd.shape[0], kh: wd.shape[2], kw: wd.shape[3],
+                              stride: stride, padding: padding, dilation: dilation, groups: c)
+        let gp = ConvGeometry(n: gd.n, cIn: gd.cOut, h: gd.hOut, w: gd.wOut, cOut: wp.shape[0], kh: wp.shape[2], kw: wp.shape[3])
+        guard gd.validate() == nil, gp.validate() == nil, wd.shape[1] == 1, wp.shape[1] == gd.cOut, runningMean.count == gp.cOut, runningVar.count == gp.cOut,
+              fusesSeparableUnit(depthwise: gd, pointwise: gp, reluInput: reluInput) else {
+            // The reference: the ops one by one (they name any shape problem).
+            let t = try conv2d(x, wd, stride: stride, padding: padding, dilation: dilation, groups: c, reluInput: reluInput)
+            return try batchNorm(try conv2d(t, wp), gamma: nil, beta: nil, runningMean: runningMean, runningVar: runningVar, momentum: momentum, eps: eps)
+        }
+        let n = gp.n, cOut = gp.cOut, hw = gp.h * gp.w, chunks = Parallel.chunkCount(n)
+        // Forward: t = depthwise(relu(x)), kept for both backward GEMMs' operands.
+        let t = try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant)
+        do {
+            let ws = try Tensor(shape: [max(1, gd.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: accountant)
+            if computing { Kernels.conv2dForward(gd, x: x.value.ptr, w: wd.value.ptr, y: t.ptr, workspace: ws.ptr, reluInput: reluInput) }
+        }
+        let y = try output(gp.outputShape)
+        let mean = try Tensor(shape: [cOut], category: .activations, accountant: accountant)
+        let invStd = try Tensor(shape: [cOut], category: .activations, accountant: accountant)
+        do {
+            let scratch = try Tensor(shape: [Kernels.pointwiseStatisticsFloats(cOut: cOut, chunks: chunks) + 2 * cOut * 2],
+                                     category: .workspace, accountant: accountant)
+            if computing {
+                let sums = UnsafeMutableRawPointer(scratch.ptr + Kernels.pointwiseStatisticsFloats(cOut: cOut, chunks: chunks))
+                    .bindMemory(to: Double.self, capacity: 2 * cOut)
+                Kernels.pointwiseForwardWithStatistics(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wp.value.ptr, y: y.ptr,
+                                                       sums: sums, scratch: scratch.ptr)
+                let m = Double(n * hw)
+                for ch in 0..<cOut {
+                    let mu = sums[ch] / m
+                    mean[ch] = Float(mu)
+                    invStd[ch] = Float(max(0, sums[cOut + ch] / m - mu * mu))   // the variance, for now
+                }
+                if !isReplaying { updateRunningStatistics(runningMean, runningVar, mean: mean, variance: invStd, count: n * hw,
+                                                          momentum: runningMomentum(runningMean, momentum)) }
+                for ch in 0..<cOut { invStd[ch] = 1 / (invStd[ch] + eps).squareRoot() }
+                Kernels.batchNormApply(y.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil, beta: nil, y: y.ptr)
+            }
+        }
+        flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
+        let xValue = x.value, wdValue = wd.value, wpValue = wp.value
+        return record(y, inputs: [x, wd, wp]) { [unowned self] dY, ctx in
+            let needX = ctx.needs(0), needWd = ctx.needs(1), needWp = ctx.needs(2)
+            let needT = needX || needWd
+            // BN's sums: Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them.
+            let sums = try self.gradTensor([2 * cOut], zeroed: true)
+            let meanDy = try self.gradTensor([2 * cOut])
+            let dT = needT ? try self.gradTensor(gd.outputShape) : nil
+            var dWp: Tensor? = nil, dWpIsTemp = false
+            if needWp { if let pg = try ctx.parameterGrad(2) { dWp = pg } else { dWp = try self.gradTensor(wp.shape, zeroed: true); dWpIsTemp = true } }
+            do {
+                let ws = try Tensor(shape: [Kernels.pointwiseBatchNormBackwardFloats(cIn: gp.cIn, cOut: cOut, hw: hw, chunks: chunks, needWeightGrad: needWp)],
+                                    category: .workspace, accountant: self.accountant)
+                if ctx.computing {
+                    Kernels.batchNormBackward(y.ptr, dY: dY.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                              batchStatistics: true, dX: nil, dGamma: sums.ptr + cOut, dBeta: sums.ptr, normalizedInput: true)
+                    let m = Float(n * hw)
+                    for ch in 0..<(2 * cOut) { meanDy[ch] = sums[ch] / m }
+                    Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr,
+                                                       invStd: invStd.ptr, meanDy: meanDy.ptr, meanDyXhat: meanDy.ptr + cOut,
+                                                       dT: dT?.ptr, dW: dWp?.ptr, workspace: ws.ptr)
+                }
+            }
+            self.flops += n * cOut * hw * 7 + gp.forwardFlops * ((needT ? 1 : 0) + (needWp ? 1 : 0))
+            if dWpIsTemp, let dWp { try ctx.accumulate(2, dWp) }
+            guard let dT else { return }
+            try self.conv2dBackward(gd, x: xValue, w: wdValue, dY: dT, ctx, xIndex: 0, wIndex: 1, reluInput: reluInput)   // the depthwise backward, from dT
+        }
+    }
+}

@@ -1,0 +1,94 @@
+// The fused ReLU → depthwise → pointwise → batch norm (Ops+Fused.swift) against its reference, the
+// same ops one by one, on every fast-path geometry (odd sizes, 1×1 planes, stride 2, dilation 2,
+// channels past the pointwise crossover), and its gradients against finite differences.
+
+import EspalierCore
+import EspalierTestSupport
+import XCTest
+
+final class FusedSeparableUnitTests: XCTestCase {
+    struct Case { let n, c, h, w, cOut, k, stride, padding, dilation: Int }
+    static let cases: [Case] = [
+        Case(n: 2, c: 3, h: 7, w: 9, cOut: 5, k: 3, stride: 1, padding: 1, dilation: 1),     // odd sizes, Cout ≠ C
+        Case(n: 3, c: 4, h: 1, w: 1, cOut: 6, k: 3, stride: 1, padding: 1, dilation: 1),     // 1×1 planes
+        Case(n: 2, c: 4, h: 8, w: 8, cOut: 4, k: 5, stride: 2, padding: 2, dilation: 1),     // stride 2
+        Case(n: 2, c: 4, h: 9, w: 9, cOut: 4, k: 3, stride: 1, padding: 2, dilation: 2),     // dilation 2
+        Case(n: 2, c: 3, h: 7, w: 7, cOut: 3, k: 5, stride: 2, padding: 4, dilation: 2),     // stride 2, dilation 2
+        Case(n: 4, c: 16, h: 14, w: 14, cOut: 16, k: 3, stride: 1, padding: 1, dilation: 1), // bench-like: both chunks, every tail
+        Case(n: 2, c: 16, h: 17, w: 17, cOut: 16, k: 5, stride: 1, padding: 2, dilation: 1), // planes ≥ 256: our weight gradient
+        Case(n: 2, c: 130, h: 3, w: 3, cOut: 5, k: 3, stride: 1, padding: 1, dilation: 1),   // past the pointwise crossover: OpenBLAS
+    ]
+
+    /// x away from 0, so that finite differences never straddle the ReLU's kink.
+    private func input(_ shape: [Int], _ acc: MemoryAccountant, seed: UInt64) throws -> Tensor {
+        let t = try randomTensor(shape, acc, seed: seed)
+        for i in 0..<t.count { t[i] = (t[i] < 0 ? -0.2 : 0.2) + t[i] }
+        return t
+    }
+
+    private func unit(_ g: Graph, _ v: [Variable], _ c: Case, relu: Bool, fused: Bool, rm: Tensor, rv: Tensor) throws -> Variable {
+        if fused {
+            return try g.fusedSeparableUnit(v[0], depthwise: v[1], pointwise: v[2], stride: c.stride, padding: c.padding, dilation: c.dilation,
+                                            reluInput: relu, runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5)
+        }
+        let t = try g.conv2d(relu ? try g.relu(v[0]) : v[0], v[1], stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.c)
+        return try g.batchNorm(try g.conv2d(t, v[2]), gamma: nil, beta: nil, runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5)
+    }
+
+    func testFused_MatchesTheOpsOneByOne_ForwardRunningStatisticsAndEveryGradient() throws {
+        let acc = MemoryAccountant()
+        for (k, c) in Self.cases.enumerated() { for relu in [true, false] {
+            let x = try input([c.n, c.c, c.h, c.w], acc, seed: UInt64(k))
+            let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: UInt64(10 + k)), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: UInt64(20 + k))
+            var results: [[[Float]]] = []
+            var fusedRan = false
+            for fused in [true, false] {
+                let g = Graph(accountant: acc)
+                let rm = try randomTensor([c.cOut], acc, seed: 30), rv = try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc)
+                let v = [g.leaf(try x.copy()), g.leaf(try wd.copy()), g.leaf(try wp.copy())]
+                if fused {
+                    let gd = ConvGeometry(n: c.n, cIn: c.c, h: c.h, w: c.w, cOut: c.c, kh: c.k, kw: c.k, stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.c)
+                    fusedRan = g.fusesSeparableUnit(depthwise: gd, pointwise: ConvGeometry(n: c.n, cIn: c.c, h: gd.hOut, w: gd.wOut, cOut: c.cOut, kh: 1, kw: 1), reluInput: relu)
+                }
+                let y = try unit(g, v, c, relu: relu, fused: fused, rm: rm, rv: rv)
+                let r = try randomTensor(y.shape, acc, seed: 40)
+                try g.backward(y, gradient: r)
+                results.append([y.value.array, rm.array, rv.array] + v.map { g.gradient(of: $0)!.array })
+            }
+            XCTAssertTrue(fusedRan, "case \(k) relu \(relu): the fused path must run on this geometry")
+            for (i, what) in ["y", "running mean", "running var", "dx", "d depthwise", "d pointwise"].enumerated() {
+                assertClose(results[0][i], results[1][i], tol: 2e-4, "\(what), case \(k) relu \(relu)")
+            }
+        } }
+    }
+
+    func testFused_GradientsMatchFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        for (k, c) in Self.cases.enumerated() where c.c <= 16 && c.n * c.c * c.h * c.w <= 400 {
+            let x = try input([c.n, c.c, c.h, c.w], acc, seed: UInt64(k))
+            let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: UInt64(10 + k)), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: UInt64(20 + k))
+            let rm = try Tensor.zeros([c.cOut], category: .activations, accountant: acc), rv = try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc)
+            try GradCheck(eps: 5e-3, rtol: 3e-2, atol: 3e-3).check("fused unit case \(k)", inputs: [x, wd, wp]) { g, v in
+                try unit(g, v, c, relu: true, fused: true, rm: rm, rv: rv)
+            }
+        }
+    }
+
+    /// Evaluation (running statistics) and ghost batch norm take the reference path: same results.
+    func testOffThePath_IsTheReference() throws {
+        let acc = MemoryAccountant()
+        let c = Self.cases[0]
+        let x = try input([c.n, c.c, c.h, c.w], acc, seed: 1)
+        let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: 2), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: 3)
+        for mode in ["evaluation", "ghost"] {
+            var outs: [[Float]] = []
+            for fused in [true, false] {
+                let g = Graph(accountant: acc)
+                if mode == "evaluation" { g.training = false } else { g.batchNormGroups = 2 }
+                let rm = try randomTensor([c.cOut], acc, seed: 4), rv = try Tensor.filled([c.cOut], value: 2, category: .activations, accountant: acc)
+                outs.append(try unit(g, [g.leaf(x), g.leaf(wd), g.leaf(wp)], c, relu: true, fused: fused, rm: rm, rv: rv).value.array + rm.array)
+            }
+            XCTAssertEqual(outs[0], outs[1], mode)
+        }
+    }
+}
