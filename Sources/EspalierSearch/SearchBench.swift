@@ -7,13 +7,38 @@ import EspalierCore
 import EspalierHost
 import Foundation
 
-public struct BenchShape: Sendable {
+public struct BenchShape: Sendable, Equatable {
+    /// `channels`: the images' channels; `c`: the supernet's initial channels (C); `cells`: its depth.
     public let name: String, batch: Int, channels: Int, height: Int, width: Int, c: Int, cells: Int
+    public init(name: String, batch: Int, channels: Int, height: Int, width: Int, c: Int, cells: Int) {
+        (self.name, self.batch, self.channels, self.height, self.width, self.c, self.cells) = (name, batch, channels, height, width, c, cells)
+    }
     public static let all: [BenchShape] = [
         BenchShape(name: "small", batch: 32, channels: 1, height: 28, width: 28, c: 8, cells: 5),
         BenchShape(name: "fmnist", batch: 64, channels: 1, height: 28, width: 28, c: 16, cells: 8),
         BenchShape(name: "cifar", batch: 64, channels: 3, height: 32, width: 32, c: 16, cells: 8),
     ]
+
+    /// This shape with `espalier bench`'s `--batch`, `--init-channels` and `--cells` in place of
+    /// its own (nil: keep), for a sweep of how cost grows with size. The name stays the base
+    /// shape's; the result records the values used. Refuses what the supernet cannot build, naming the flag.
+    public func overriding(batch: Int? = nil, c: Int? = nil, cells: Int? = nil) throws -> BenchShape {
+        if let batch {
+            guard batch >= 1 else { throw EspalierError.config("--batch must be at least 1 (got \(batch)); give the images per step, e.g. --batch \(self.batch)") }
+        }
+        if let c {
+            guard c >= 2, c <= 65536 else {
+                throw EspalierError.config("--init-channels must be between 2 and 65536 (got \(c)): it is the supernet's initial channels C, which reduction cells halve on their skip path; e.g. --init-channels \(self.c)")
+            }
+        }
+        if let cells {
+            guard cells >= 3, cells <= 1024 else {
+                throw EspalierError.config("--cells must be between 3 and 1024 (got \(cells)): the supernet reduces at cells/3 and 2·cells/3 and needs a normal cell before the first reduction; e.g. --cells \(self.cells)")
+            }
+        }
+        return BenchShape(name: name, batch: batch ?? self.batch, channels: channels, height: height, width: width,
+                          c: c ?? self.c, cells: cells ?? self.cells)
+    }
 }
 
 public struct BenchResult: Codable, Sendable {
@@ -38,6 +63,10 @@ public struct BenchResult: Codable, Sendable {
     /// The buffer pool over the timed steps: allocations served from an idle buffer, new
     /// mappings, idle buffers unmapped to stay under the cap (see BufferPool.swift).
     public var poolHits = 0, poolMaps = 0, poolUnmaps = 0
+    /// The size actually run (the shape's, or its `--batch`/`--init-channels`/`--cells` overrides):
+    /// images per step, image channels × height × width, the supernet's C and cells. Optional so
+    /// that results written before these fields decode.
+    public var batch: Int? = nil, inChannels: Int? = nil, height: Int? = nil, width: Int? = nil, c: Int? = nil, cells: Int? = nil
 }
 
 public enum SearchBench {
@@ -169,6 +198,8 @@ public enum SearchBench {
                            rssAfterBuildMiB: rssAfterBuild, peakRSSMiB: peakRSS,
                            weights: run.supernet.weightCount, peakByOwnerKind: kinds,
                            poolHits: acc.poolCounters.hits - pool0.hits, poolMaps: acc.poolCounters.maps - pool0.maps,
-                           poolUnmaps: acc.poolCounters.unmaps - pool0.unmaps)
+                           poolUnmaps: acc.poolCounters.unmaps - pool0.unmaps,
+                           batch: shape.batch, inChannels: shape.channels, height: shape.height, width: shape.width,
+                           c: shape.c, cells: shape.cells)
     }
 }

@@ -1,6 +1,7 @@
 // `espalier bench --variant V --shape S`: one search step of the reference workload, timed and
-// measured (see ../shared/bench/README.md). Run one variant per process, as the reference does,
-// so that the peak RSS belongs to that variant alone.
+// measured (see ../shared/bench/README.md). `--batch`, `--init-channels` (C) and `--cells` replace
+// the shape's own, for bench/sweep.sh's curve of how cost grows with size. Run one variant per
+// process, as the reference does, so that the peak RSS belongs to that variant alone.
 
 import ArgumentParser
 import EspalierCore
@@ -13,14 +14,21 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var dirs: PluginDirOptions
     @Option(help: "darts, masked or zeroshot (pcdarts and gdas come with their plugins).") var variant = "darts"
     @Option(help: "small, fmnist or cifar.") var shape = "fmnist"
+    @Option(name: [.customLong("batch"), .customLong("batch-size")], help: "Images per step in place of the shape's (--batch-size is the same).") var batch: Int?
+    @Option(name: .customLong("init-channels"), help: "The supernet's initial channels C in place of the shape's (search's --channels; not the images' channels).") var initChannels: Int?
+    @Option(help: "The supernet's cells in place of the shape's (≥ 3; reductions at cells/3 and 2·cells/3).") var cells: Int?
     @Option(help: "Timed steps after 2 warm-ups.") var steps = 5
     @Option(help: "What backward recomputes instead of keeping: none, ops, edges or cells (see search --recompute).") var recompute = "none"
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
-        guard let s = BenchShape.all.first(where: { $0.name == shape }) else {
+        guard let base = BenchShape.all.first(where: { $0.name == shape }) else {
             throw ValidationError("unknown --shape '\(shape)'; choose \(BenchShape.all.map(\.name).joined(separator: ", "))")
         }
+        let s: BenchShape
+        do { s = try base.overriding(batch: batch, c: initChannels, cells: cells) } catch EspalierError.config(let m) { throw ValidationError(m) }
+        let given = [batch.map { "--batch \($0)" }, initChannels.map { "--init-channels \($0)" }, cells.map { "--cells \($0)" }].compactMap { $0 }
+        let overridden = given.isEmpty ? "" : " with " + given.joined(separator: " ")
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
         let mode: RecomputeMode
         do { mode = try RecomputeMode(parsing: recompute) } catch { throw ValidationError("\(error)") }
@@ -32,7 +40,7 @@ struct BenchCommand: ParsableCommand {
             print("RESULT " + String(decoding: try enc.encode(r), as: UTF8.self))
             return
         }
-        print("\(variant) · \(shape) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)"
+        print("\(variant) · \(shape)\(overridden) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)"
               + (mode == .none ? "" : ", --recompute \(mode.rawValue)"))
         print(String(format: "  step: median %.3f s, min %.3f s over %d steps", r.medianSeconds, r.minSeconds, r.steps))
         print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s)",
