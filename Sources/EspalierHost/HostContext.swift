@@ -30,9 +30,8 @@ final class GraphBuild {
     /// nil: a value a fused unit has not computed (`pending`; OpIR+Fusion.swift).
     var values: [Variable?] = []
     var pending: [Int: PendingNode] = [:]
-    /// Node index → the fused unit it belongs to and its position there; `ir` the IR they come from.
-    var fusion: [Int: (unit: FusedUnit, position: Int)] = [:]
-    var fusedIR: OpIR?
+    /// Whether it runs the units it applies fused (OpIR+Fusion.swift).
+    var fuses = false
     let recorder: OpIRRecorder
     /// The first primitive that failed in this build (an op must not continue past it).
     var failure: String?
@@ -436,7 +435,7 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             a[String(cString: n)] = attrs![i].value
         }
         do {
-            if let ir = build.fusedIR, let fused = try build.applyFused(name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, ir: ir) {
+            if build.fuses, let fused = try build.applyFused(name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a) {
                 out.pointee = fused
                 return
             }
@@ -444,8 +443,9 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
                 out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a)
                 return
             }
-            let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
+            // Counted from before its inputs: a pending input computed now is kept on this node's account.
             let before = build.graph.accountant.currentTotal
+            let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
             let y = try Primitives.apply(name, build.graph, xs, a)
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
             out.pointee = try build.node(y, name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, flops: flops,

@@ -1,15 +1,17 @@
-// Fusion chosen from the op IR: the host finds, in a composed op's IR, the unit
-//   relu_conv2d(x, wd){depthwise} | conv2d(relu(x), wd){depthwise}  →  conv2d(·, wp){1×1}  →  batch_norm(·, mean, var)
-// (no affine map), each value inside it used once and not the op's output, and runs it as one
-// fused op (EspalierCore's Graph.fusedSeparableUnit). It matches primitives and shapes, never
-// an op's name: a third-party op built from the same primitives is fused too.
+// Fusion chosen from the op IR: the host finds the unit
+//   relu_conv2d(x, wd){depthwise} or conv2d(x, wd){depthwise}  →  conv2d(·, wp){1×1}  →  batch_norm(·, mean, var)
+// (batch norm without affine map) among the primitives an op's build applies, as they are
+// recorded into its IR, and runs it as one fused op (EspalierCore's Graph.fusedSeparableUnit).
+// It matches primitives, attributes and shapes, never an op's name: a third-party op built from
+// the same primitives is fused too (MergeNAS's relu → conv2d → conv2d → batch_norm is).
 //
-// How a build is fused: the op's IR for the input shape is known before its build (the first
-// build's, or a dry trace), so the build knows which of its nodes are a unit. While the plugin
-// applies them, the members before the batch norm are only recorded (their values pending);
-// the batch norm runs the unit. Should the plugin read a pending value (value_view) or use it
-// elsewhere, the pending nodes are applied one by one first: the result is always the
-// unfused ops' (their reference), only faster when the plugin does what its IR says.
+// How a build is fused: the depthwise and the pointwise convolution are recorded in the IR but
+// not run (their values pending); the batch norm runs the unit. Should the plugin use a pending
+// value otherwise (read it with value_view, or apply another primitive to it), it is computed
+// then by its primitive: the result is always the unfused ops' (their reference), only faster
+// where the plugin applies the unit as a unit. Traces (dry runs) take the same path, so the
+// IR's kept bytes and the memory prediction are those of the fused op.
+// `OpIR.separableUnits()` names the units a build of the IR runs fused.
 
 import CEspalierSDK
 import EspalierCore
@@ -19,34 +21,43 @@ public struct FusedUnit: Equatable, Sendable {
     public let nodes: [Int]
 }
 
+/// The rules of a unit, on primitives, attributes and shapes (shared by the IR and the build).
+enum SeparableUnitRule {
+    /// A depthwise convolution of x (N, C, H, W) by w (C, 1, k, k) that the fused op takes.
+    static func isDepthwise(_ primitive: String, x: [Int], w: [Int], attributes a: [String: Double]) -> Bool {
+        guard primitive == "relu_conv2d" || primitive == "conv2d", x.count == 4, w.count == 4, x[1] > 1, w[0] == x[1], w[1] == 1,
+              a["groups"] == Double(x[1]) else { return false }
+        return geometry(x: x, w: w, attributes: a)?.validate() == nil
+    }
+
+    /// A 1×1 convolution, stride 1, no padding, of the depthwise output.
+    static func isPointwise(_ primitive: String, w: [Int], attributes a: [String: Double]) -> Bool {
+        primitive == "conv2d" && w.count == 4 && w[2] == 1 && w[3] == 1 && (a["stride"] ?? 1) == 1 && (a["padding"] ?? 0) == 0 && (a["groups"] ?? 1) == 1
+    }
+
+    /// A batch norm without affine map (x, running mean, running variance).
+    static func isBatchNorm(_ primitive: String, inputs: Int) -> Bool { primitive == "batch_norm" && inputs == 3 }
+
+    static func geometry(x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
+        let at = Attributes(primitive: "conv2d", values: a)
+        guard x.count == 4, w.count == 4, let s = try? at.int("stride", 1), let p = try? at.int("padding", 0), let d = try? at.int("dilation", 1), let g = try? at.int("groups", 1) else { return nil }
+        return ConvGeometry(n: x[0], cIn: x[1], h: x[2], w: x[3], cOut: w[0], kh: w[2], kw: w[3], stride: s, padding: p, dilation: d, groups: g)
+    }
+}
+
 extension OpIR {
-    /// Every ReLU → depthwise → pointwise → batch norm unit of the IR that runs fused.
+    /// The units a build of this IR runs fused: depthwise → pointwise → batch norm, by the rules above.
     public func separableUnits() -> [FusedUnit] {
-        var uses = [Int](repeating: 0, count: values.count)
-        for n in nodes { for i in n.inputs { uses[i] += 1 } }
-        uses[output] += 1
         var producer: [Int: Int] = [:]
         for (k, n) in nodes.enumerated() { producer[n.output] = k }
-        func single(_ value: Int) -> Int? { uses[value] == 1 ? producer[value] : nil }
-        func attr(_ n: Node, _ name: String, _ fallback: Double) -> Double { n.attributes[name] ?? fallback }
-
         var units: [FusedUnit] = []
-        for (k, bn) in nodes.enumerated() where bn.primitive == "batch_norm" && bn.inputs.count == 3 {
-            guard let p = single(bn.inputs[0]) else { continue }
-            let pw = nodes[p]
-            guard pw.primitive == "conv2d", pw.inputs.count == 2, values[pw.inputs[1]].shape.count == 4,
-                  values[pw.inputs[1]].shape[2] == 1, values[pw.inputs[1]].shape[3] == 1,
-                  attr(pw, "stride", 1) == 1, attr(pw, "padding", 0) == 0, attr(pw, "groups", 1) == 1,
-                  let d = single(pw.inputs[0]) else { continue }
-            let dw = nodes[d]
-            let x = values[dw.inputs[0]].shape, wd = values[dw.inputs[1]].shape
-            guard dw.primitive == "relu_conv2d" || dw.primitive == "conv2d", dw.inputs.count == 2, x.count == 4, wd.count == 4,
-                  wd[0] == x[1], wd[1] == 1, attr(dw, "groups", 1) == Double(x[1]), x[1] > 1 else { continue }
-            if dw.primitive == "relu_conv2d" {
-                units.append(FusedUnit(nodes: [d, p, k]))
-            } else if let r = single(dw.inputs[0]), nodes[r].primitive == "relu" {
-                units.append(FusedUnit(nodes: [r, d, p, k]))
-            }
+        for (k, bn) in nodes.enumerated() where SeparableUnitRule.isBatchNorm(bn.primitive, inputs: bn.inputs.count) {
+            guard let p = producer[bn.inputs[0]], nodes[p].inputs.count == 2,
+                  SeparableUnitRule.isPointwise(nodes[p].primitive, w: values[nodes[p].inputs[1]].shape, attributes: nodes[p].attributes),
+                  let d = producer[nodes[p].inputs[0]], nodes[d].inputs.count == 2,
+                  SeparableUnitRule.isDepthwise(nodes[d].primitive, x: values[nodes[d].inputs[0]].shape, w: values[nodes[d].inputs[1]].shape,
+                                                attributes: nodes[d].attributes) else { continue }
+            units.append(FusedUnit(nodes: [d, p, k]))
         }
         return units
     }
@@ -57,47 +68,41 @@ struct PendingNode {
     let primitive: String
     let inputs: [es_value?]
     let attributes: [String: Double]
+    /// Its FLOPs as the IR records them; whether it is the unit's depthwise (else its pointwise) convolution.
+    let flops: Int
+    let isDepthwise: Bool
 }
 
 extension GraphBuild {
-    /// Sets the units this build fuses, from its op's IR for this input shape.
-    func fuse(_ units: [FusedUnit]) {
-        fusion = [:]
-        for u in units { for (i, k) in u.nodes.enumerated() { fusion[k] = (u, i) } }
-    }
-
-    /// Applies primitive `name` as a member of a fused unit, when the next node is one and its
-    /// inputs are what the unit expects: records it pending (before the batch norm) or runs the
-    /// unit (the batch norm). nil: apply it as usual.
-    func applyFused(_ name: String, inputs: [es_value?], attributes: [String: Double], ir: OpIR) throws -> es_value? {
-        let k = recorder.nodes.count
-        guard let (unit, position) = fusion[k], k < ir.nodes.count, ir.nodes[k].primitive == name,
-              inputs.count == ir.nodes[k].inputs.count else { return nil }
-        if position < unit.nodes.count - 1 {
-            // Before the batch norm: the first member reads a computed value, each later one its predecessor's pending value.
-            guard position == 0 ? !isPending(inputs[0]) : isPending(inputs[0]), inputs.dropFirst().allSatisfy({ !isPending($0) }) else { return nil }
-            let node = ir.nodes[k]
-            recorder.pendingNode(name, inputs: try inputs.map { try index($0) }, attributes: attributes, shape: ir.values[node.output].shape, flops: node.flops)
-            values.append(nil)
-            pending[values.count - 1] = PendingNode(primitive: name, inputs: inputs, attributes: attributes)
-            return OpaquePointer(bitPattern: values.count)!
+    /// Applies primitive `name` as a member of a unit when it is one: records the depthwise and
+    /// the pointwise convolution pending, runs the unit at its batch norm. nil: apply it as usual.
+    func applyFused(_ name: String, inputs: [es_value?], attributes: [String: Double]) throws -> es_value? {
+        guard graph.training, inputs.count >= 2, let first = try? index(inputs[0]) else { return nil }   // evaluation: nothing fuses
+        let shape = { (i: Int) in self.recorder.values[i].shape }
+        if SeparableUnitRule.isBatchNorm(name, inputs: inputs.count) {
+            guard let pw = pending[first], !pw.isDepthwise, let dw = pending[try index(pw.inputs[0])] else { return nil }
+            let before = graph.accountant.currentTotal, flopsBefore = graph.flops
+            let g = SeparableUnitRule.geometry(x: shape(try index(dw.inputs[0])), w: shape(try index(dw.inputs[1])), attributes: dw.attributes)!
+            let y = try graph.fusedSeparableUnit(try value(dw.inputs[0]), depthwise: try value(dw.inputs[1]), pointwise: try value(pw.inputs[1]),
+                                                 stride: g.stride, padding: g.padding, dilation: g.dilation, reluInput: dw.primitive == "relu_conv2d",
+                                                 runningMean: try value(inputs[1]).value, runningVar: try value(inputs[2]).value,
+                                                 momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5))
+            // Its FLOPs in the IR: the engine's count for the unit, less the pending members' own.
+            let members = pw.flops + dw.flops
+            return try node(y, name, inputs: inputs, attributes: attributes, flops: graph.flops - flopsBefore - members,
+                            keptBytes: graph.accountant.currentTotal - before)
         }
-        // The batch norm: gather the unit back from its pending members.
-        guard isPending(inputs[0]), let pw = pending[try index(inputs[0])], pw.primitive == "conv2d",
-              let dw = pending[try index(pw.inputs[0])] else { return nil }
-        var x = dw.inputs[0], relu = dw.primitive == "relu_conv2d"
-        if !relu {
-            guard let r = pending[try index(x)], r.primitive == "relu" else { return nil }
-            x = r.inputs[0]; relu = true
-        }
-        let before = graph.accountant.currentTotal
-        let a = Attributes(primitive: "conv2d", values: dw.attributes)
-        let y = try graph.fusedSeparableUnit(try value(x), depthwise: try value(dw.inputs[1]), pointwise: try value(pw.inputs[1]),
-                                             stride: try a.int("stride", 1), padding: try a.int("padding", 0), dilation: try a.int("dilation", 1),
-                                             reluInput: relu, runningMean: try value(inputs[1]).value, runningVar: try value(inputs[2]).value,
-                                             momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5))
-        return try node(y, name, inputs: inputs, attributes: attributes, flops: ir.nodes[k].flops,
-                        keptBytes: graph.accountant.currentTotal - before)
+        guard inputs.count == 2, !isPending(inputs[1]) else { return nil }
+        let x = shape(first), w = shape(try index(inputs[1]))
+        // A depthwise convolution of a computed value, or a pointwise one of a pending depthwise output.
+        let isMember = values[first] != nil ? SeparableUnitRule.isDepthwise(name, x: x, w: w, attributes: attributes)
+            : (pending[first]?.isDepthwise ?? false) && SeparableUnitRule.isPointwise(name, w: w, attributes: attributes) && w[1] == x[1]
+        guard isMember, let g = SeparableUnitRule.geometry(x: x, w: w, attributes: attributes), g.validate() == nil else { return nil }
+        let flops = try Primitives.flops(name, [x, w], g.outputShape, attributes, training: graph.training)
+        recorder.pendingNode(name, inputs: [first, try index(inputs[1])], attributes: attributes, shape: g.outputShape, flops: flops)
+        values.append(nil)
+        pending[values.count - 1] = PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, isDepthwise: values[first] != nil)
+        return OpaquePointer(bitPattern: values.count)!
     }
 
     func isPending(_ h: es_value?) -> Bool { (try? index(h)).map { values[$0] == nil } ?? false }

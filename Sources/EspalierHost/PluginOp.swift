@@ -41,9 +41,6 @@ public final class PluginOp {
     private var builds: [IRKey: OpIR] = [:]
     /// IRs traced on their own (`ir(inputShape:training:)`), by the same key.
     private var traces: [IRKey: OpIR] = [:]
-    /// The units its builds run fused (OpIR+Fusion.swift), by the same key; an empty list: none.
-    private var fusionPlans: [IRKey: (ir: OpIR, units: [FusedUnit])] = [:]
-
     /// Whether its builds run the IR's fused units fused (OpIR+Fusion.swift); ESPALIER_FUSION=0
     /// runs every primitive on its own, to measure what fusion gives.
     public var fuses = PluginOp.fusionEnabled
@@ -131,8 +128,7 @@ public final class PluginOp {
         let key = IRKey(shape: x.shape, training: g.training, mixed: extra != nil)
         let known = builds[key]
         // A shape seen before is only compared (no IR made, no kept bytes tracked): this runs every step.
-        let plan = extra == nil ? fusionPlan(key, known: known) : nil
-        let (y, recorder, output) = try traceBuild(g, x, extra: extra, traceOnly: false, trackKept: known == nil, fusion: plan, call)
+        let (y, recorder, output) = try traceBuild(g, x, extra: extra, traceOnly: false, trackKept: known == nil, call)
         if let known {
             guard recorder.matches(known, output: output) else {
                 let ir = recorder.ir(op: component.id, stride: stride, training: g.training, output: output)
@@ -148,27 +144,11 @@ public final class PluginOp {
         return y
     }
 
-    /// The fused units of its builds on `key`, from the IR of its first build on that shape, else
-    /// from a dry trace (so that the first build, and the dry run predicting a step, fuse too).
-    private func fusionPlan(_ key: IRKey, known: OpIR?) -> (ir: OpIR, units: [FusedUnit])? {
-        guard fuses else { return nil }
-        if let hit = fusionPlans[key] { return hit.units.isEmpty ? nil : hit }
-        // A trace that fails (an op that cannot build without its run) just means no fusion.
-        guard let ir = known ?? (try? self.ir(inputShape: key.shape, training: key.training)) else { return nil }
-        let plan = (ir: ir, units: ir.separableUnits())
-        fusionPlans[key] = plan
-        return plan.units.isEmpty ? nil : plan
-    }
-
     /// Runs the plugin's build in `g`, recording it; returns the output, the record and the output's value index.
     private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool, trackKept: Bool = true,
-                            fusion: (ir: OpIR, units: [FusedUnit])? = nil,
                             _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIRRecorder, Int) {
         let build = GraphBuild(graph: g, ownerPath: ownerPath, traceOnly: traceOnly, trackKept: trackKept)
-        if let fusion {
-            build.fusedIR = fusion.ir
-            build.fuse(fusion.units)
-        }
+        build.fuses = fuses
         let input = build.leaf(x, .input)
         let extraHandle = extra.map { build.leaf($0, .mixingWeights) }
         var out: es_value? = nil
