@@ -443,9 +443,8 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
                 out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a)
                 return
             }
-            // Counted from before its inputs: a pending input computed now is kept on this node's account.
-            let before = build.graph.accountant.currentTotal
             let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
+            let before = build.graph.accountant.currentTotal
             let y = try Primitives.apply(name, build.graph, xs, a)
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
             out.pointee = try build.node(y, name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, flops: flops,

@@ -8,15 +8,16 @@
 // How a build is fused: the depthwise and the pointwise convolution are recorded in the IR but
 // not run (their values pending); the batch norm runs the unit. Should the plugin use a pending
 // value otherwise (read it with value_view, or apply another primitive to it), it is computed
-// then by its primitive: the result is always the unfused ops' (their reference), only faster
-// where the plugin applies the unit as a unit. Traces (dry runs) take the same path, so the
-// IR's kept bytes and the memory prediction are those of the fused op.
+// then by its primitive, its memory on its own node's account in the IR: the result is always
+// the unfused ops' (their reference), only faster where the plugin applies the unit as a unit.
+// Traces (dry runs) take the same path, so the IR's kept bytes and the memory prediction are
+// those of the fused op. A value used both in a unit and elsewhere is computed twice.
 // `OpIR.separableUnits()` names the units a build of the IR runs fused.
 
 import CEspalierSDK
 import EspalierCore
 
-/// One unit of an IR run fused: its nodes in order (ReLU when separate, depthwise, pointwise, batch norm).
+/// One unit of an IR run fused: its nodes in order (depthwise, pointwise, batch norm).
 public struct FusedUnit: Equatable, Sendable {
     public let nodes: [Int]
 }
@@ -112,7 +113,10 @@ extension GraphBuild {
         if let v = values[i] { return v }
         guard let p = pending[i] else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "not a value of this graph") }
         let xs = try p.inputs.map { try value($0) }
+        let before = graph.accountant.currentTotal
         let y = try Primitives.apply(p.primitive, graph, xs, p.attributes)
+        // What it keeps goes on its own node's account in the IR, as if it had run when applied.
+        if case .node(let k) = recorder.values[i].source { recorder.keep(node: k, output: y.value, keptBytes: graph.accountant.currentTotal - before) }
         values[i] = y
         pending[i] = nil
         return y

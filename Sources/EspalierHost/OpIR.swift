@@ -182,6 +182,13 @@ final class OpIRRecorder {
         if trackKept { allocated.append(nil) }
     }
 
+    /// Node k, recorded pending, computed after all: what it keeps (`node`'s rule for its output).
+    func keep(node k: Int, output: Tensor, keptBytes: Int) {
+        let n = nodes[k]
+        nodes[k] = OpIR.Node(primitive: n.primitive, role: n.role, inputs: n.inputs, attributes: n.attributes, output: n.output, flops: n.flops, keptBytes: keptBytes)
+        if trackKept { allocated[k] = keptBytes >= output.storage.byteCount ? (Weak(output.storage), output.storage.byteCount) : nil }
+    }
+
     /// Whether this build has `ir`'s structure: the same primitives, wiring and shapes (attribute
     /// values may differ: a rate set by a schedule), checked without making an IR of it.
     func matches(_ ir: OpIR, output: Int) -> Bool {
