@@ -27,13 +27,13 @@ struct KernelBenchCommand: ParsableCommand {
         }
         print("threads: \(Parallel.workers)")
         print(pad("kernel", 30) + pad("shape", 30) + pad("best ms", 10, left: true) + pad("GFLOP/s", 10, left: true) + pad("median", 10, left: true))
-        var sgemmRef: Double = 0
+        var paired: Double = 0   // the figure the next row is compared with (sgemm of the same size, or our own kernel)
         for r in rows {
             var note = ""
-            if r.name.hasPrefix("own ") { sgemmRef = r.gflops }
-            else if r.name.hasPrefix("openblas "), sgemmRef > 0 { note = String(format: "  own is %.2f× OpenBLAS", sgemmRef / r.gflops) }
-            else if r.name.hasPrefix("sgemm same") { sgemmRef = r.gflops }
-            else if r.name.hasPrefix("conv 1x1"), sgemmRef > 0 { note = String(format: "  %.0f%% of sgemm", 100 * r.gflops / sgemmRef) }
+            if r.name.hasPrefix("own ") { paired = r.gflops }
+            else if r.name.hasPrefix("openblas "), paired > 0 { note = String(format: "  own is %.2f× OpenBLAS", paired / r.gflops) }
+            else if r.name.hasPrefix("sgemm same") { paired = r.gflops }
+            else if r.name.hasPrefix("conv 1x1"), paired > 0 { note = String(format: "  %.0f%% of sgemm", 100 * r.gflops / paired) }
             print(pad(r.name, 30) + pad(r.shape, 30) + pad(String(format: "%.3f", r.bestSeconds * 1000), 10, left: true)
                   + pad(String(format: "%.1f", r.gflops), 10, left: true) + pad(String(format: "%.1f", r.medianGflops), 10, left: true) + note)
         }

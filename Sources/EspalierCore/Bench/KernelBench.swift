@@ -70,8 +70,9 @@ public enum KernelBench {
 
     /// The crossover of the 1×1 convolution's two GEMMs: per sample, one thread, forward
     /// (C × C)·(C × HW), input gradient (Cᵀ · dY) and weight gradient (dY · xᵀ), through our
-    /// micro-kernels (Pointwise.swift) and through OpenBLAS on the same operands. Rows come in
-    /// pairs, "own …" then "openblas …", for each channel count.
+    /// micro-kernels (Pointwise.swift) and through OpenBLAS on the same operands (our input
+    /// gradient runs on wᵀ, packed once per call, so it times as the forward). Rows come in pairs,
+    /// "own …" then "openblas …", for each channel count.
     public static func pointwiseCrossover(channels: [Int], hw: Int, samples: Int = 8) -> [KernelBenchRow] {
         _ = Parallel.configureBLAS
         var rows: [KernelBenchRow] = []
