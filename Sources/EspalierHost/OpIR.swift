@@ -9,7 +9,8 @@
 // Costs are read from the IR, not from names: each node's forward FLOPs follow from its
 // primitive's cost column in `Primitives.table` and the shapes (`OpIR.Node.flops`), and each
 // node records the bytes its forward kept (the accountant's figure when it was traced).
-// `espalier plugins describe OP --graph` prints an op's IR as text or DOT.
+// `espalier plugins describe OP --graph` prints an op's IR as text (with the units the host runs
+// fused, OpIR+Fusion.swift) or DOT.
 
 import EspalierCore
 import Foundation
@@ -123,6 +124,11 @@ public struct OpIR: Equatable, Sendable {
         }
         lines.append("  return \(name(output))")
         lines.append("  total: \(forwardFlops) forward FLOPs, \(keptBytes) bytes kept, \(parameterCount) parameters")
+        if training {   // what the host runs as one op (OpIR+Fusion.swift)
+            for u in separableUnits() {
+                lines.append("  fused: " + u.nodes.map { name(nodes[$0].output) }.joined(separator: " → ") + "  (depthwise → pointwise → batch norm, one op)")
+            }
+        }
         return lines.joined(separator: "\n")
     }
 

@@ -26,6 +26,10 @@ final class FusionTests: XCTestCase {
                 XCTAssertEqual(ir.separableUnits().map(\.nodes), want, "\(name) stride \(s)")
             }
         }
+        // `plugins describe --graph` names them: sep_conv's two units, none for a pool.
+        let sep = try OpIRTests.op("sep_conv_3x3").ir(inputShape: [2, 8, 16, 16]).text
+        XCTAssertTrue(sep.contains("fused: %0 → %1 → %2  (depthwise → pointwise → batch norm, one op)") && sep.contains("fused: %3 → %4 → %5"), sep)
+        XCTAssertFalse(try OpIRTests.op("max_pool_3x3").ir(inputShape: [2, 8, 16, 16]).text.contains("fused:"))
         // The evaluation network (affine batch norm) has none: its BN keeps γ and β.
         XCTAssertEqual(try OpIRTests.op("sep_conv_3x3", affine: true).ir(inputShape: [2, 8, 16, 16]).separableUnits(), [])
     }
