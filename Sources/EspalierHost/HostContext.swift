@@ -434,20 +434,21 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             guard let n = attrs![i].name else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "\(name): attribute #\(i) has no name") }
             a[String(cString: n)] = attrs![i].value
         }
+        let handles = (0..<Int(inputCount)).map { inputs![$0] }
         do {
-            if build.fuses, let fused = try build.applyFused(name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a) {
+            if build.fuses, let fused = try build.applyFused(name, inputs: handles, attributes: a) {
                 out.pointee = fused
                 return
             }
             if name == ChannelMaskPrimitive.name {
-                out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a)
+                out.pointee = try ChannelMaskPrimitive.apply(ctx, build, inputs: handles, attributes: a)
                 return
             }
-            let xs = try (0..<Int(inputCount)).map { try build.value(inputs![$0]) }
+            let xs = try handles.map { try build.value($0) }
             let before = build.graph.accountant.currentTotal
             let y = try Primitives.apply(name, build.graph, xs, a)
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
-            out.pointee = try build.node(y, name, inputs: (0..<Int(inputCount)).map { inputs![$0] }, attributes: a, flops: flops,
+            out.pointee = try build.node(y, name, inputs: handles, attributes: a, flops: flops,
                                          keptBytes: build.graph.accountant.currentTotal - before)
         } catch let e as EspalierError {
             build.failure = build.failure ?? "\(name): \(e)"

@@ -22,27 +22,32 @@ public struct FusedUnit: Equatable, Sendable {
     public let nodes: [Int]
 }
 
-/// The rules of a unit, on primitives, attributes and shapes (shared by the IR and the build).
+/// The rules of a unit, on primitives, attributes and shapes (shared by the IR and the build):
+/// each member's convolution geometry when it is one, else nil.
 enum SeparableUnitRule {
-    /// A depthwise convolution of x (N, C, H, W) by w (C, 1, k, k) that the fused op takes.
-    static func isDepthwise(_ primitive: String, x: [Int], w: [Int], attributes a: [String: Double]) -> Bool {
+    /// A depthwise convolution of x (N, C, H, W) by w (C, 1, k, k).
+    static func depthwise(_ primitive: String, x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
         guard primitive == "relu_conv2d" || primitive == "conv2d", x.count == 4, w.count == 4, x[1] > 1, w[0] == x[1], w[1] == 1,
-              a["groups"] == Double(x[1]) else { return false }
-        return geometry(x: x, w: w, attributes: a)?.validate() == nil
+              a["groups"] == Double(x[1]) else { return nil }
+        return geometry(x: x, w: w, attributes: a)
     }
 
-    /// A 1×1 convolution, stride 1, no padding, of the depthwise output.
-    static func isPointwise(_ primitive: String, w: [Int], attributes a: [String: Double]) -> Bool {
-        primitive == "conv2d" && w.count == 4 && w[2] == 1 && w[3] == 1 && (a["stride"] ?? 1) == 1 && (a["padding"] ?? 0) == 0 && (a["groups"] ?? 1) == 1
+    /// A 1×1 convolution, stride 1, no padding, of x (N, Cin, H, W) by w (Cout, Cin, 1, 1).
+    static func pointwise(_ primitive: String, x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
+        guard primitive == "conv2d", x.count == 4, w.count == 4, w[1] == x[1], w[2] == 1, w[3] == 1,
+              (a["stride"] ?? 1) == 1, (a["padding"] ?? 0) == 0, (a["groups"] ?? 1) == 1 else { return nil }
+        return geometry(x: x, w: w, attributes: a)
     }
 
     /// A batch norm without affine map (x, running mean, running variance).
     static func isBatchNorm(_ primitive: String, inputs: Int) -> Bool { primitive == "batch_norm" && inputs == 3 }
 
-    static func geometry(x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
+    /// The geometry, when its attributes are integers and it is a valid convolution.
+    private static func geometry(x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
         let at = Attributes(primitive: "conv2d", values: a)
-        guard x.count == 4, w.count == 4, let s = try? at.int("stride", 1), let p = try? at.int("padding", 0), let d = try? at.int("dilation", 1), let g = try? at.int("groups", 1) else { return nil }
-        return ConvGeometry(n: x[0], cIn: x[1], h: x[2], w: x[3], cOut: w[0], kh: w[2], kw: w[3], stride: s, padding: p, dilation: d, groups: g)
+        guard let s = try? at.int("stride", 1), let p = try? at.int("padding", 0), let d = try? at.int("dilation", 1), let g = try? at.int("groups", 1) else { return nil }
+        let geometry = ConvGeometry(n: x[0], cIn: x[1], h: x[2], w: x[3], cOut: w[0], kh: w[2], kw: w[3], stride: s, padding: p, dilation: d, groups: g)
+        return geometry.validate() == nil ? geometry : nil
     }
 }
 
@@ -51,13 +56,14 @@ extension OpIR {
     public func separableUnits() -> [FusedUnit] {
         var producer: [Int: Int] = [:]
         for (k, n) in nodes.enumerated() { producer[n.output] = k }
+        func shapes(_ n: Node) -> (x: [Int], w: [Int]) { (values[n.inputs[0]].shape, values[n.inputs[1]].shape) }
         var units: [FusedUnit] = []
         for (k, bn) in nodes.enumerated() where SeparableUnitRule.isBatchNorm(bn.primitive, inputs: bn.inputs.count) {
             guard let p = producer[bn.inputs[0]], nodes[p].inputs.count == 2,
-                  SeparableUnitRule.isPointwise(nodes[p].primitive, w: values[nodes[p].inputs[1]].shape, attributes: nodes[p].attributes),
+                  SeparableUnitRule.pointwise(nodes[p].primitive, x: shapes(nodes[p]).x, w: shapes(nodes[p]).w, attributes: nodes[p].attributes) != nil,
                   let d = producer[nodes[p].inputs[0]], nodes[d].inputs.count == 2,
-                  SeparableUnitRule.isDepthwise(nodes[d].primitive, x: values[nodes[d].inputs[0]].shape, w: values[nodes[d].inputs[1]].shape,
-                                                attributes: nodes[d].attributes) else { continue }
+                  SeparableUnitRule.depthwise(nodes[d].primitive, x: shapes(nodes[d]).x, w: shapes(nodes[d]).w, attributes: nodes[d].attributes) != nil
+            else { continue }
             units.append(FusedUnit(nodes: [d, p, k]))
         }
         return units
@@ -69,8 +75,10 @@ struct PendingNode {
     let primitive: String
     let inputs: [es_value?]
     let attributes: [String: Double]
-    /// Its FLOPs as the IR records them; whether it is the unit's depthwise (else its pointwise) convolution.
+    /// Its FLOPs as the IR records them, its geometry, and whether it is the unit's depthwise
+    /// (else its pointwise) convolution.
     let flops: Int
+    let geometry: ConvGeometry
     let isDepthwise: Bool
 }
 
@@ -79,30 +87,28 @@ extension GraphBuild {
     /// the pointwise convolution pending, runs the unit at its batch norm. nil: apply it as usual.
     func applyFused(_ name: String, inputs: [es_value?], attributes: [String: Double]) throws -> es_value? {
         guard graph.training, inputs.count >= 2, let first = try? index(inputs[0]) else { return nil }   // evaluation: nothing fuses
-        let shape = { (i: Int) in self.recorder.values[i].shape }
         if SeparableUnitRule.isBatchNorm(name, inputs: inputs.count) {
             guard let pw = pending[first], !pw.isDepthwise, let dw = pending[try index(pw.inputs[0])] else { return nil }
             let before = graph.accountant.currentTotal, flopsBefore = graph.flops
-            let g = SeparableUnitRule.geometry(x: shape(try index(dw.inputs[0])), w: shape(try index(dw.inputs[1])), attributes: dw.attributes)!
             let y = try graph.fusedSeparableUnit(try value(dw.inputs[0]), depthwise: try value(dw.inputs[1]), pointwise: try value(pw.inputs[1]),
-                                                 stride: g.stride, padding: g.padding, dilation: g.dilation, reluInput: dw.primitive == "relu_conv2d",
+                                                 stride: dw.geometry.stride, padding: dw.geometry.padding, dilation: dw.geometry.dilation,
+                                                 reluInput: dw.primitive == "relu_conv2d",
                                                  runningMean: try value(inputs[1]).value, runningVar: try value(inputs[2]).value,
                                                  momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5))
             // Its FLOPs in the IR: the engine's count for the unit, less the pending members' own.
-            let members = pw.flops + dw.flops
-            return try node(y, name, inputs: inputs, attributes: attributes, flops: graph.flops - flopsBefore - members,
+            return try node(y, name, inputs: inputs, attributes: attributes, flops: graph.flops - flopsBefore - pw.flops - dw.flops,
                             keptBytes: graph.accountant.currentTotal - before)
         }
         guard inputs.count == 2, !isPending(inputs[1]) else { return nil }
-        let x = shape(first), w = shape(try index(inputs[1]))
+        let x = recorder.values[first].shape, w = recorder.values[try index(inputs[1])].shape
         // A depthwise convolution of a computed value, or a pointwise one of a pending depthwise output.
-        let isMember = values[first] != nil ? SeparableUnitRule.isDepthwise(name, x: x, w: w, attributes: attributes)
-            : (pending[first]?.isDepthwise ?? false) && SeparableUnitRule.isPointwise(name, w: w, attributes: attributes) && w[1] == x[1]
-        guard isMember, let g = SeparableUnitRule.geometry(x: x, w: w, attributes: attributes), g.validate() == nil else { return nil }
+        let isDepthwise = values[first] != nil
+        guard let g = isDepthwise ? SeparableUnitRule.depthwise(name, x: x, w: w, attributes: attributes)
+                : pending[first]?.isDepthwise == true ? SeparableUnitRule.pointwise(name, x: x, w: w, attributes: attributes) : nil else { return nil }
         let flops = try Primitives.flops(name, [x, w], g.outputShape, attributes, training: graph.training)
         recorder.pendingNode(name, inputs: [first, try index(inputs[1])], attributes: attributes, shape: g.outputShape, flops: flops)
         values.append(nil)
-        pending[values.count - 1] = PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, isDepthwise: values[first] != nil)
+        pending[values.count - 1] = PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, geometry: g, isDepthwise: isDepthwise)
         return OpaquePointer(bitPattern: values.count)!
     }
 

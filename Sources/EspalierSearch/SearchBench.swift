@@ -27,13 +27,13 @@ public struct BenchShape: Sendable, Equatable {
             guard batch >= 1 else { throw EspalierError.config("--batch must be at least 1 (got \(batch)); give the images per step, e.g. --batch \(self.batch)") }
         }
         if let c {
-            guard c >= 2, c <= 65536 else {
-                throw EspalierError.config("--init-channels must be between 2 and 65536 (got \(c)): it is the supernet's initial channels C, which reduction cells halve on their skip path; e.g. --init-channels \(self.c)")
+            guard c >= 2, c <= SearchSpaceDescription.channelLimit else {
+                throw EspalierError.config("--init-channels must be between 2 and \(SearchSpaceDescription.channelLimit) (got \(c)): it is the supernet's initial channels C, which reduction cells halve on their skip path; e.g. --init-channels \(self.c)")
             }
         }
         if let cells {
-            guard cells >= 3, cells <= 1024 else {
-                throw EspalierError.config("--cells must be between 3 and 1024 (got \(cells)): the supernet reduces at cells/3 and 2·cells/3 and needs a normal cell before the first reduction; e.g. --cells \(self.cells)")
+            guard cells >= 3, cells <= SearchSpaceDescription.cellLimit else {
+                throw EspalierError.config("--cells must be between 3 and \(SearchSpaceDescription.cellLimit) (got \(cells)): the supernet reduces at cells/3 and 2·cells/3 and needs a normal cell before the first reduction; e.g. --cells \(self.cells)")
             }
         }
         return BenchShape(name: name, batch: batch ?? self.batch, channels: channels, height: height, width: width,

@@ -100,10 +100,13 @@ public struct SearchSpaceDescription: Codable, Equatable, Sendable {
     /// Candidate ops by short name (`sep_conv_3x3`), as genotypes name them.
     public var opNames: [String] { ops.map(Component.shortName) }
 
+    /// The most channels (C) and cells this host builds.
+    public static let channelLimit = 65536, cellLimit = 1024
+
     public func validate() throws {
         guard channels >= 2 else { throw EspalierError.config("--channels must be at least 2 (got \(channels)): reduction cells halve the channels on their factorized skip path") }
-        guard channels <= 65536 else { throw EspalierError.config("--channels \(channels) is past the 65536 this host builds") }
-        guard cells >= 1, cells <= 1024 else { throw EspalierError.config("--cells must be between 1 and 1024 (got \(cells))") }
+        guard channels <= Self.channelLimit else { throw EspalierError.config("--channels \(channels) is past the \(Self.channelLimit) this host builds") }
+        guard cells >= 1, cells <= Self.cellLimit else { throw EspalierError.config("--cells must be between 1 and \(Self.cellLimit) (got \(cells))") }
         guard nodes >= 1, nodes <= 64 else { throw EspalierError.config("--nodes must be between 1 and 64 (got \(nodes))") }
         guard multiplier >= 1, multiplier <= nodes else { throw EspalierError.config("search space: the cell's output concatenates \(multiplier) nodes; it must be between 1 and --nodes \(nodes)") }
         guard stemMultiplier >= 1 else { throw EspalierError.config("search space: the stem multiplier must be at least 1 (got \(stemMultiplier))") }

@@ -93,10 +93,12 @@ final class ConvTests: XCTestCase {
 
     /// dX alone, dW alone and both give the same gradients, whatever the workspace held before,
     /// and no call writes past the workspace it asks for (the accountant charges exactly `*WorkspaceFloats`).
-    func testDepthwise_EachGradientAlone_MatchesBoth_AndStaysInItsWorkspace() throws {
+    /// (Pointwise too: its workspace holds wᵀ when dX is wanted, then the dW partials.)
+    func testDepthwiseAndPointwise_EachGradientAlone_MatchesBoth_AndStaysInItsWorkspace() throws {
         let acc = MemoryAccountant()
         let guardFloats = 64, sentinel: Float = -12345
-        for (k, g) in (Self.depthwise + Self.large.filter { $0.algorithm == .depthwise }).enumerated() {
+        let pointwise = (Self.geometries + Self.large).filter { $0.algorithm == .pointwise }
+        for (k, g) in (Self.depthwise + Self.large.filter { $0.algorithm == .depthwise } + pointwise).enumerated() {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(300 + k))
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(400 + k))
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(500 + k))

@@ -50,13 +50,11 @@ extension Graph {
         let mean = try Tensor(shape: [cOut], category: .activations, accountant: accountant)
         let invStd = try Tensor(shape: [cOut], category: .activations, accountant: accountant)
         do {
-            let scratch = try Tensor(shape: [Kernels.pointwiseStatisticsFloats(cOut: cOut, chunks: chunks) + 2 * cOut * 2],
-                                     category: .workspace, accountant: accountant)
+            // Σ and Σ² per chunk and channel, in Double (2 floats each).
+            let scratch = try Tensor(shape: [2 * Kernels.pointwiseStatisticsDoubles(cOut: cOut, chunks: chunks)], category: .workspace, accountant: accountant)
             if computing {
-                let sums = UnsafeMutableRawPointer(scratch.ptr + Kernels.pointwiseStatisticsFloats(cOut: cOut, chunks: chunks))
-                    .bindMemory(to: Double.self, capacity: 2 * cOut)
-                Kernels.pointwiseForwardWithStatistics(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wp.value.ptr, y: y.ptr,
-                                                       sums: sums, scratch: scratch.ptr)
+                let sums = UnsafeMutableRawPointer(scratch.ptr).bindMemory(to: Double.self, capacity: Kernels.pointwiseStatisticsDoubles(cOut: cOut, chunks: chunks))
+                Kernels.pointwiseForwardWithStatistics(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wp.value.ptr, y: y.ptr, sums: sums)
                 let m = Double(n * hw)
                 for ch in 0..<cOut {
                     let mu = sums[ch] / m
@@ -74,9 +72,8 @@ extension Graph {
         return record(y, inputs: [x, wd, wp]) { [unowned self] dY, ctx in
             let needX = ctx.needs(0), needWd = ctx.needs(1), needWp = ctx.needs(2)
             let needT = needX || needWd
-            // BN's sums: Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them.
-            let sums = try self.gradTensor([2 * cOut], zeroed: true)
-            let meanDy = try self.gradTensor([2 * cOut])
+            // BN's sums, Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them; then their means.
+            let means = try self.gradTensor([2 * cOut], zeroed: true)
             let dT = needT ? try self.gradTensor(gd.outputShape) : nil
             var dWp: Tensor? = nil, dWpIsTemp = false
             if needWp { if let pg = try ctx.parameterGrad(2) { dWp = pg } else { dWp = try self.gradTensor(wp.shape, zeroed: true); dWpIsTemp = true } }
@@ -85,11 +82,11 @@ extension Graph {
                                     category: .workspace, accountant: self.accountant)
                 if ctx.computing {
                     Kernels.batchNormBackward(y.ptr, dY: dY.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
-                                              batchStatistics: true, dX: nil, dGamma: sums.ptr + cOut, dBeta: sums.ptr, normalizedInput: true)
+                                              batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true)
                     let m = Float(n * hw)
-                    for ch in 0..<(2 * cOut) { meanDy[ch] = sums[ch] / m }
+                    for ch in 0..<(2 * cOut) { means[ch] /= m }
                     Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr,
-                                                       invStd: invStd.ptr, meanDy: meanDy.ptr, meanDyXhat: meanDy.ptr + cOut,
+                                                       invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
                                                        dT: dT?.ptr, dW: dWp?.ptr, workspace: ws.ptr)
                 }
             }

@@ -70,8 +70,8 @@ public enum KernelBench {
 
     /// The crossover of the 1×1 convolution's two GEMMs: per sample, one thread, forward
     /// (C × C)·(C × HW), input gradient (Cᵀ · dY) and weight gradient (dY · xᵀ), through our
-    /// micro-kernels (Pointwise.swift) and through OpenBLAS on the same operands (our input
-    /// gradient runs on wᵀ, packed once per call, so it times as the forward). Rows come in pairs,
+    /// micro-kernels (Pointwise.swift) and through OpenBLAS on the same operands (the input
+    /// gradient on wᵀ packed once per call, as the convolution runs it). Rows come in pairs,
     /// "own …" then "openblas …", for each channel count.
     public static func pointwiseCrossover(channels: [Int], hw: Int, samples: Int = 8) -> [KernelBenchRow] {
         _ = Parallel.configureBLAS
@@ -93,9 +93,15 @@ public enum KernelBench {
             row("openblas forward") {
                 for s in 0..<samples { sgemm(transA: false, transB: false, m: c, n: hw, k: c, alpha: 1, a: w, lda: c, b: x + s * c * hw, ldb: hw, beta: 0, c: y + s * c * hw, ldc: hw) }
             }
-            row("own input grad") { for s in 0..<samples { Kernels.smallGemm(m: c, k: c, p: hw, a: w, b: x + s * c * hw, ldb: hw, c: y + s * c * hw, ldc: hw) } }
+            // The input gradient as the convolution runs it: wᵀ packed once per call, then one product per sample.
+            let wt = UnsafeMutablePointer<Float>.allocate(capacity: c * c); defer { wt.deallocate() }
+            row("own input grad") {
+                Kernels.packTransposed(w, rows: c, cols: c, into: wt)
+                for s in 0..<samples { Kernels.smallGemm(m: c, k: c, p: hw, a: wt, b: x + s * c * hw, ldb: hw, c: y + s * c * hw, ldc: hw) }
+            }
             row("openblas input grad") {
-                for s in 0..<samples { sgemm(transA: true, transB: false, m: c, n: hw, k: c, alpha: 1, a: w, lda: c, b: x + s * c * hw, ldb: hw, beta: 0, c: y + s * c * hw, ldc: hw) }
+                Kernels.packTransposed(w, rows: c, cols: c, into: wt)
+                for s in 0..<samples { sgemm(transA: false, transB: false, m: c, n: hw, k: c, alpha: 1, a: wt, lda: c, b: x + s * c * hw, ldb: hw, beta: 0, c: y + s * c * hw, ldc: hw) }
             }
             row("own weight grad") { for s in 0..<samples { Kernels.smallGemmABt(m: c, n: c, p: hw, a: y + s * c * hw, lda: hw, b: x + s * c * hw, ldb: hw, d: d, ldd: c) } }
             row("openblas weight grad") {

@@ -1,6 +1,6 @@
 // 2-D convolution, NCHW, no bias: forward and backward side by side, three tuned paths and the
 // naive reference they are tested against.
-//   pointwise  1×1, stride 1, no padding, groups 1   → one sgemm per sample
+//   pointwise  1×1, stride 1, no padding, groups 1   → one GEMM per sample (ours or sgemm, Pointwise.swift)
 //   depthwise  groups == Cin == Cout                 → padded planes, SIMD row gathers (Depthwise.swift)
 //   im2col     everything else                       → im2col + sgemm per sample and group
 // Work is split over the batch (forward, dX), over planes (depthwise forward) or channels (depthwise
@@ -77,7 +77,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         let wCount = cOut * cInPerGroup * kh * kw
         switch algorithm {
         case .pointwise:
-            return needWeightGrad ? (chunks - 1) * wCount : 0
+            return (needInputGrad ? wCount : 0) + (needWeightGrad ? (chunks - 1) * wCount : 0)   // wᵀ, dW partials
         case .depthwise:
             return depthwiseBackwardFloats(chunks: chunks, needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
         case .im2col:
@@ -114,81 +114,36 @@ extension Kernels {
         }
     }
 
-    // MARK: pointwise (1×1) — straight to sgemm
+    // MARK: pointwise (1×1) — one GEMM per sample (Pointwise.swift: ours below the crossover, else OpenBLAS)
 
     static func pointwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let hw = g.h * g.w
-        if pointwiseUsesOwnKernel(cIn: g.cIn, cOut: g.cOut) {
-            Parallel.forChunks(g.n) { r in
-                for s in r { smallGemm(m: g.cOut, k: g.cIn, p: hw, a: w, b: x + s * g.cIn * hw, ldb: hw, c: y + s * g.cOut * hw, ldc: hw) }
-            }
-            return
-        }
         Parallel.forChunks(g.n) { r in
-            for s in r {
-                // y[s] (Cout × HW) = w (Cout × Cin) · x[s] (Cin × HW)
-                sgemm(transA: false, transB: false, m: g.cOut, n: hw, k: g.cIn, alpha: 1,
-                      a: w, lda: g.cIn, b: x + s * g.cIn * hw, ldb: hw, beta: 0, c: y + s * g.cOut * hw, ldc: hw)
-            }
+            // y[s] (Cout × HW) = w (Cout × Cin) · x[s] (Cin × HW)
+            for s in r { pointwiseSample(cIn: g.cIn, cOut: g.cOut, hw: hw, w: w, x: x + s * g.cIn * hw, y: y + s * g.cOut * hw) }
         }
     }
 
+    /// Workspace: wᵀ (Cin × Cout) when dX is wanted, then the dW partials of every chunk but the first.
     static func pointwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                                   dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
         let hw = g.h * g.w, wCount = g.cOut * g.cIn
         let chunks = Parallel.chunkCount(g.n)
-        if dW != nil, chunks > 1 { (workspace!).update(repeating: 0, count: (chunks - 1) * wCount) }
-        if pointwiseUsesOwnKernel(cIn: g.cIn, cOut: g.cOut) {
-            Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
-                let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : workspace! + (k - 1) * wCount)
-                pointwiseBackwardOwn(g, x: x, w: w, dY: dY, dX: dX, dW: dWk, samples: r)
-            }
-        } else {
-            Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
-                pointwiseBackwardBLAS(g, x: x, w: w, dY: dY, dX: dX, dW: dW == nil ? nil : (k == 0 ? dW! : workspace! + (k - 1) * wCount), samples: r)
+        let wt = workspace, partials = workspace.map { $0 + (dX == nil ? 0 : wCount) }
+        if dX != nil { packTransposed(w, rows: g.cOut, cols: g.cIn, into: wt!) }
+        if dW != nil, chunks > 1 { partials!.update(repeating: 0, count: (chunks - 1) * wCount) }
+        Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
+            let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : partials! + (k - 1) * wCount)
+            for s in r {
+                let xs = x + s * g.cIn * hw, dys = dY + s * g.cOut * hw
+                // dX[s] (Cin × HW) = wᵀ (Cin × Cout) · dY[s] (Cout × HW)
+                if let dX { pointwiseSampleInputGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, wt: wt!, dy: dys, dx: dX + s * g.cIn * hw) }
+                // dW (Cout × Cin) += dY[s] (Cout × HW) · x[s]ᵀ (HW × Cin)
+                if let dWk { pointwiseSampleWeightGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, dy: dys, x: xs, dw: dWk) }
             }
         }
         if let dW, chunks > 1 {
-            for k in 1..<chunks { addInPlace(dW, workspace! + (k - 1) * wCount, count: wCount) }
-        }
-    }
-
-    /// dX (overwritten) and dW (added into) of samples `samples`, with the micro-kernels (Pointwise.swift).
-    static func pointwiseBackwardOwn(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                     dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, samples: Range<Int>) {
-        let hw = g.h * g.w
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: dX == nil ? 0 : g.cIn * g.cOut) { wt in
-            // wᵀ (Cin × Cout), so that dX[s] = wᵀ · dY[s] is the forward kernel's A · B.
-            if dX != nil { for o in 0..<g.cOut { for i in 0..<g.cIn { wt[i * g.cOut + o] = w[o * g.cIn + i] } } }
-            for s in samples {
-                let xs = x + s * g.cIn * hw, dys = dY + s * g.cOut * hw
-                if let dX { smallGemm(m: g.cIn, k: g.cOut, p: hw, a: UnsafePointer(wt.baseAddress!), b: dys, ldb: hw, c: dX + s * g.cIn * hw, ldc: hw) }
-                guard let dW else { continue }
-                if pointwiseWeightGradUsesOwnKernel(cIn: g.cIn, cOut: g.cOut, hw: hw) {
-                    smallGemmABt(m: g.cOut, n: g.cIn, p: hw, a: dys, lda: hw, b: xs, ldb: hw, d: dW, ldd: g.cIn)
-                } else {
-                    sgemm(transA: false, transB: true, m: g.cOut, n: g.cIn, k: hw, alpha: 1, a: dys, lda: hw, b: xs, ldb: hw, beta: 1, c: dW, ldc: g.cIn)
-                }
-            }
-        }
-    }
-
-    /// dX (overwritten) and dW (added into) of samples `samples`, with OpenBLAS.
-    static func pointwiseBackwardBLAS(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                      dX: UnsafeMutablePointer<Float>?, dW dWk: UnsafeMutablePointer<Float>?, samples r: Range<Int>) {
-        let hw = g.h * g.w
-        for s in r {
-            let xs = x + s * g.cIn * hw, dys = dY + s * g.cOut * hw
-            if let dX {
-                // dX[s] (Cin × HW) = wᵀ (Cin × Cout) · dY[s] (Cout × HW)
-                sgemm(transA: true, transB: false, m: g.cIn, n: hw, k: g.cOut, alpha: 1,
-                      a: w, lda: g.cIn, b: dys, ldb: hw, beta: 0, c: dX + s * g.cIn * hw, ldc: hw)
-            }
-            if let dWk {
-                // dW (Cout × Cin) += dY[s] (Cout × HW) · x[s]ᵀ (HW × Cin)
-                sgemm(transA: false, transB: true, m: g.cOut, n: g.cIn, k: hw, alpha: 1,
-                      a: dys, lda: hw, b: xs, ldb: hw, beta: 1, c: dWk, ldc: g.cIn)
-            }
+            for k in 1..<chunks { addInPlace(dW, partials! + (k - 1) * wCount, count: wCount) }
         }
     }
 

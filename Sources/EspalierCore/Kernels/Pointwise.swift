@@ -5,7 +5,8 @@
 // kernels here read the operands where they lie: a 4-row × 16-column block of the output lives in
 // eight SIMD8 registers while K steps, each step one broadcast per row and two row loads of B.
 // `pointwiseUsesOwnKernel` says which shapes take them (the crossover `espalier kernel-bench
-// --pointwise` measures); larger ones keep OpenBLAS. Each kernel has its naive reference below,
+// --pointwise` measures); larger ones keep OpenBLAS. `pointwiseSample…` run one sample of a 1×1
+// convolution on its side of the crossover (Conv2D.swift and PointwiseBatchNorm.swift call them). Each kernel has its naive reference below,
 // which the tests compare against on every tail (rows % 4, columns % 16, % 8).
 //
 //   smallGemm         C (M × P) = A (M × K) · B (K × P)          forward (A = W) and dX (A = Wᵀ)
@@ -33,6 +34,44 @@ extension Kernels {
         if let s = ProcessInfo.processInfo.environment["ESPALIER_POINTWISE_LIMIT"], let v = Int(s), v >= 0 { return v }
         return 128
     }()
+
+    // MARK: One sample of a 1×1 convolution, on its side of the crossover
+
+    /// y (cOut × hw) = w (cOut × cIn) · x (cIn × hw). With `sum`/`sumSq`, adds each output row's
+    /// Σ and Σ² into them (from the registers on our kernel; from the still-cached row after OpenBLAS).
+    public static func pointwiseSample(cIn: Int, cOut: Int, hw: Int, w: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                       y: UnsafeMutablePointer<Float>, sum: UnsafeMutablePointer<Double>? = nil,
+                                       sumSq: UnsafeMutablePointer<Double>? = nil) {
+        if pointwiseUsesOwnKernel(cIn: cIn, cOut: cOut) {
+            smallGemm(m: cOut, k: cIn, p: hw, a: w, b: x, ldb: hw, c: y, ldc: hw, sum: sum, sumSq: sumSq)
+            return
+        }
+        sgemm(transA: false, transB: false, m: cOut, n: hw, k: cIn, alpha: 1, a: w, lda: cIn, b: x, ldb: hw, beta: 0, c: y, ldc: hw)
+        guard let sum, let sumSq else { return }
+        for c in 0..<cOut {
+            let (a, b) = rowShiftedSums(y + c * hw, count: hw, shift: 0)
+            sum[c] += a; sumSq[c] += b
+        }
+    }
+
+    /// dx (cIn × hw) = wᵀ · dy (overwritten), with `wt` = wᵀ (cIn × cOut) from `packTransposed`.
+    public static func pointwiseSampleInputGrad(cIn: Int, cOut: Int, hw: Int, wt: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                                dx: UnsafeMutablePointer<Float>) {
+        if pointwiseUsesOwnKernel(cIn: cIn, cOut: cOut) { smallGemm(m: cIn, k: cOut, p: hw, a: wt, b: dy, ldb: hw, c: dx, ldc: hw); return }
+        sgemm(transA: false, transB: false, m: cIn, n: hw, k: cOut, alpha: 1, a: wt, lda: cOut, b: dy, ldb: hw, beta: 0, c: dx, ldc: hw)
+    }
+
+    /// dw (cOut × cIn) += dy (cOut × hw) · xᵀ.
+    public static func pointwiseSampleWeightGrad(cIn: Int, cOut: Int, hw: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                                 dw: UnsafeMutablePointer<Float>) {
+        if pointwiseWeightGradUsesOwnKernel(cIn: cIn, cOut: cOut, hw: hw) { smallGemmABt(m: cOut, n: cIn, p: hw, a: dy, lda: hw, b: x, ldb: hw, d: dw, ldd: cIn); return }
+        sgemm(transA: false, transB: true, m: cOut, n: cIn, k: hw, alpha: 1, a: dy, lda: hw, b: x, ldb: hw, beta: 1, c: dw, ldc: cIn)
+    }
+
+    /// wt (cols × rows) = wᵀ of w (rows × cols).
+    public static func packTransposed(_ w: UnsafePointer<Float>, rows: Int, cols: Int, into wt: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows { for c in 0..<cols { wt[c * rows + r] = w[r * cols + c] } }
+    }
 
     // MARK: C = A · B (+ row sums)
 

@@ -13,38 +13,22 @@
 import Foundation
 
 extension Kernels {
-    /// Floats of scratch `pointwiseForwardWithStatistics` needs: per chunk, Σ and Σ² in Double.
-    public static func pointwiseStatisticsFloats(cOut: Int, chunks: Int) -> Int { chunks * 2 * cOut * 2 }
+    /// Doubles of scratch `pointwiseForwardWithStatistics` needs: per chunk, Σ and Σ².
+    public static func pointwiseStatisticsDoubles(cOut: Int, chunks: Int) -> Int { chunks * 2 * cOut }
 
-    /// y[s] = w · t[s] for every sample; sums[c] = Σ y[·, c, ·], sums[cOut + c] = Σ y² (Double).
-    /// `scratch` holds `pointwiseStatisticsFloats(cOut:chunks:)` floats, chunks = Parallel.chunkCount(n).
+    /// y[s] = w · t[s] for every sample, and per output channel c: sums[c] = Σ y[·, c, ·] and
+    /// sums[cOut + c] = Σ y² (the first 2·cOut of `sums`, which holds
+    /// `pointwiseStatisticsDoubles(cOut:chunks:)` for chunks = Parallel.chunkCount(n); the rest is scratch).
     public static func pointwiseForwardWithStatistics(n: Int, cIn: Int, cOut: Int, hw: Int, t: UnsafePointer<Float>,
                                                       w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
-                                                      sums: UnsafeMutablePointer<Double>, scratch: UnsafeMutablePointer<Float>) {
+                                                      sums: UnsafeMutablePointer<Double>) {
         let chunks = Parallel.chunkCount(n)
-        let partial = UnsafeMutableRawPointer(scratch).bindMemory(to: Double.self, capacity: chunks * 2 * cOut)
-        partial.update(repeating: 0, count: chunks * 2 * cOut)
-        let own = pointwiseUsesOwnKernel(cIn: cIn, cOut: cOut)
+        sums.update(repeating: 0, count: chunks * 2 * cOut)
         Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
-            let sum = partial + k * 2 * cOut, sumSq = sum + cOut
-            for s in r {
-                let ts = t + s * cIn * hw, ys = y + s * cOut * hw
-                if own {
-                    smallGemm(m: cOut, k: cIn, p: hw, a: w, b: ts, ldb: hw, c: ys, ldc: hw, sum: sum, sumSq: sumSq)
-                } else {
-                    sgemm(transA: false, transB: false, m: cOut, n: hw, k: cIn, alpha: 1, a: w, lda: cIn, b: ts, ldb: hw, beta: 0, c: ys, ldc: hw)
-                    for c in 0..<cOut {   // the sample's output is still in cache
-                        let (a, b) = rowShiftedSums(ys + c * hw, count: hw, shift: 0)
-                        sum[c] += a; sumSq[c] += b
-                    }
-                }
-            }
+            let sum = sums + k * 2 * cOut, sumSq = sum + cOut
+            for s in r { pointwiseSample(cIn: cIn, cOut: cOut, hw: hw, w: w, x: t + s * cIn * hw, y: y + s * cOut * hw, sum: sum, sumSq: sumSq) }
         }
-        for i in 0..<(2 * cOut) {
-            var v: Double = 0
-            for k in 0..<chunks { v += partial[k * 2 * cOut + i] }
-            sums[i] = v
-        }
+        for k in 1..<max(chunks, 1) { for i in 0..<(2 * cOut) { sums[i] += sums[k * 2 * cOut + i] } }
     }
 
     /// Floats of scratch `pointwiseBatchNormBackward` needs: a tile per chunk, wᵀ, and the
@@ -62,9 +46,8 @@ extension Kernels {
                                                   workspace: UnsafeMutablePointer<Float>) {
         let chunks = Parallel.chunkCount(n), wCount = cOut * cIn
         let tiles = workspace, wt = workspace + chunks * cOut * hw, partials = wt + wCount
-        if dT != nil { for o in 0..<cOut { for i in 0..<cIn { wt[i * cOut + o] = w[o * cIn + i] } } }
+        if dT != nil { packTransposed(w, rows: cOut, cols: cIn, into: wt) }
         if dW != nil, chunks > 1 { partials.update(repeating: 0, count: (chunks - 1) * wCount) }
-        let own = pointwiseUsesOwnKernel(cIn: cIn, cOut: cOut), ownWeightGrad = pointwiseWeightGradUsesOwnKernel(cIn: cIn, cOut: cOut, hw: hw)
         Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
             let tile = tiles + k * cOut * hw
             let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : partials + (k - 1) * wCount)
@@ -78,15 +61,8 @@ extension Kernels {
                     while i + 8 <= hw { store8(zr + i, av * (load8(dyr + i) - mdv - load8(xr + i) * kv)); i += 8 }
                     while i < hw { zr[i] = a * (dyr[i] - md - xr[i] * kx); i += 1 }
                 }
-                if let dT {
-                    if own { smallGemm(m: cIn, k: cOut, p: hw, a: wt, b: tile, ldb: hw, c: dT + s * cIn * hw, ldc: hw) }
-                    else { sgemm(transA: false, transB: false, m: cIn, n: hw, k: cOut, alpha: 1, a: wt, lda: cOut, b: tile, ldb: hw, beta: 0, c: dT + s * cIn * hw, ldc: hw) }
-                }
-                if let dWk {
-                    let ts = t + s * cIn * hw
-                    if ownWeightGrad { smallGemmABt(m: cOut, n: cIn, p: hw, a: tile, lda: hw, b: ts, ldb: hw, d: dWk, ldd: cIn) }
-                    else { sgemm(transA: false, transB: true, m: cOut, n: cIn, k: hw, alpha: 1, a: tile, lda: hw, b: ts, ldb: hw, beta: 1, c: dWk, ldc: cIn) }
-                }
+                if let dT { pointwiseSampleInputGrad(cIn: cIn, cOut: cOut, hw: hw, wt: wt, dy: tile, dx: dT + s * cIn * hw) }
+                if let dWk { pointwiseSampleWeightGrad(cIn: cIn, cOut: cOut, hw: hw, dy: tile, x: t + s * cIn * hw, dw: dWk) }
             }
         }
         if let dW, chunks > 1 {
