@@ -301,13 +301,9 @@ public final class DiscreteNetwork: AuxiliaryClassifier, SavedModel {
     /// Forward FLOPs of one image through the network of `d` in evaluation mode (the graph's count,
     /// on a dry-run copy: nothing is computed or allocated for real).
     public static func forwardFlops(_ d: NetworkDescription, registry: PluginRegistry) throws -> Int {
-        let dry = MemoryAccountant(mode: .dryRun)
-        let net = try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: dry, seed: 0), seed: 0)
-        let g = Graph(accountant: dry)
-        g.training = false
-        let x = try Tensor(shape: [1, d.inputChannels, d.imageSize, d.imageSize], category: .data, accountant: dry)
-        _ = try g.noGrad { try net.logits(g, g.constant(x)) }
-        return g.flops
+        try ClassifierTrainer.forwardFlops(imageShape: [d.inputChannels, d.imageSize, d.imageSize]) { dry in
+            try DiscreteNetwork(d, registry: registry, context: HostContext(accountant: dry, seed: 0), seed: 0)
+        }
     }
 
     // MARK: Saving and loading

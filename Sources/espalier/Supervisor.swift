@@ -49,6 +49,7 @@ enum Supervisor {
         let page = try CallRecorder.create()
         defer { page.remove() }
         var env = ProcessInfo.processInfo.environment
+        env[Espalier.dieWithParentVariable] = nil   // the worker dies with this process (attachWorker)
         env["ESPALIER_WORKER"] = "1"
         env["ESPALIER_CALL_RECORD"] = page.path
         env["ESPALIER_SUPERVISOR_PID"] = String(getpid())

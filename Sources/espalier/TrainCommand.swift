@@ -1,8 +1,8 @@
 // `espalier train --genotype FILE`: builds the discrete network of a found genotype (each op with
 // the settings the search recorded for it, and per-cell op settings when it has them: FiGS's
 // exported widths; `--set OP.PARAM=V` and `--config FILE` override them), trains it from scratch
-// and saves model.safetensors (the settings used are in its metadata), train_log.jsonl and
-// TensorBoard event files in OUT/tb; `espalier eval --model FILE`: evaluates a saved model.
+// and saves model.safetensors (the settings used are in its metadata), train_log.jsonl, result.json
+// (TrainingOutcome) and TensorBoard event files in OUT/tb; `espalier eval --model FILE`: evaluates a saved model.
 
 import ArgumentParser
 import EspalierCore
@@ -175,6 +175,8 @@ struct TrainCommand: ParsableCommand {
         let metadata = ["espalier.test_accuracy": String(acc1), "espalier.genotype_file": genotype]
             .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a }
         try net.save(path: modelPath, extraMetadata: metadata)
+        try TrainingOutcome(testAccuracy: acc1, testImages: testView.count, trainImages: trainView.count, epochs: epochs, seconds: seconds,
+                            parameters: net.parameterCount, forwardFlops: flops).write(folder: outDir)
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs", acc1 * 100, testView.count, epochs, seconds))
         print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")
         if onnx {

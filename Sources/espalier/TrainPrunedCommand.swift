@@ -1,7 +1,8 @@
 // `espalier train-pruned --pruned OUT/pruned.json`: Bonsai-Net's derived network (the
 // hyper-connected network as the search pruned it: surviving ops per edge and inter-cell inputs
 // per cell, each summed with weight 1) trained from scratch, then its test accuracy; its epochs in
-// train_pruned_log.jsonl and in TensorBoard's OUT/tb/train-pruned (beside the search's own OUT/tb).
+// train_pruned_log.jsonl and in TensorBoard's OUT/tb/train-pruned (beside the search's own OUT/tb),
+// its outcome in OUT/result.json (TrainingOutcome).
 
 import ArgumentParser
 import EspalierCore
@@ -22,6 +23,9 @@ struct TrainPrunedCommand: ParsableCommand {
     @Option(help: "Epochs.") var epochs = 4
     @Option(help: "Batch size.") var batchSize = 64
     @Option(help: "Initial learning rate (cosine-annealed to 0).") var lr: Float = 0.05
+    @Option(help: "Weight decay.") var weightDecay: Float = 5e-4
+    @Option(help: "Cutout length (0 = none).") var cutout = 0
+    @Flag(help: "Random crops (padding 2) and horizontal flips.") var augment = false
     @Option(help: "Use only the first N training images (0 = all).") var trainImages = 0
     @Option(help: "Use only the first N test images (0 = all).") var testImages = 0
     @Option(help: "Random seed.") var seed: UInt64 = 0
@@ -37,7 +41,8 @@ struct TrainPrunedCommand: ParsableCommand {
         let (train, test) = try data.trainAndTest(dataset: dataset, dataDir: dataDir, seed: seed, accountant: acc)
         arch.space.inputChannels = train.channels; arch.space.classes = train.numClasses
         var config = TrainConfig()
-        config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.seed = seed
+        config.epochs = epochs; config.batchSize = batchSize; config.learningRate = lr; config.weightDecay = weightDecay; config.seed = seed
+        config.augmentation = Augmentation(cropPadding: augment ? 2 : 0, horizontalFlip: augment, cutoutLength: cutout)
         let predicted = try ClassifierTrainer.predictStepPeak(config: config, inputShape: [batchSize, train.channels, train.height, train.width]) { f in
             try PrunedNetwork(arch, registry: registry, context: HostContext(accountant: f.accountant, seed: seed), seed: seed)
         }
@@ -68,6 +73,11 @@ struct TrainPrunedCommand: ParsableCommand {
         try net.save(path: modelPath, extraMetadata: ["espalier.test_accuracy": String(accuracy), "espalier.pruned_file": pruned,
                                                       ONNXExport.imageSizeKey: String(train.height)]
                         .merging(try ModelDataMetadata.entries(dataset: dataset, train: train)) { a, _ in a })
+        let flops = try ClassifierTrainer.forwardFlops(imageShape: [train.channels, train.height, train.width]) { dry in
+            try PrunedNetwork(arch, registry: registry, context: HostContext(accountant: dry, seed: 0), seed: 0)
+        }
+        try TrainingOutcome(testAccuracy: accuracy, testImages: testView.count, trainImages: trainView.count, epochs: epochs, seconds: seconds,
+                            parameters: net.parameterCount, forwardFlops: flops).write(folder: outDir)
         print(String(format: "test accuracy: %.2f%% on %d images after %d epochs in %.1fs; %d parameters",
                      accuracy * 100, testView.count, epochs, seconds, net.parameterCount))
         print("saved \(modelPath); evaluate with: espalier eval --model \(modelPath)")

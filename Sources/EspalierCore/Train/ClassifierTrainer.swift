@@ -172,6 +172,18 @@ public final class ClassifierTrainer {
         try trainer.trainStep(images: batch, labels: Array(repeating: 0, count: inputShape[0]))
         return (dry, trainer.graph.flops, trainer.graph.segmentMeasures ?? [:])
     }
+
+    /// The FLOPs of one image's forward pass (evaluation mode) through the model `makeModel`
+    /// builds in a dry-run accountant: nothing is computed or allocated.
+    public static func forwardFlops(imageShape: [Int], makeModel: (MemoryAccountant) throws -> Classifier) throws -> Int {
+        let dry = MemoryAccountant(mode: .dryRun)
+        let model = try makeModel(dry)
+        let g = Graph(accountant: dry)
+        g.training = false
+        let x = try Tensor(shape: [1] + imageShape, category: .data, accountant: dry)
+        _ = try g.noGrad { try model.logits(g, g.constant(x)) }
+        return g.flops
+    }
 }
 
 extension EpochReport {
