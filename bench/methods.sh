@@ -2,7 +2,8 @@
 # One real search per method on Fashion-MNIST with one common setup, then the found genotype
 # trained from scratch with one common short budget; prints a markdown table (method, search
 # peak memory from the accountant and the process, search time, test accuracy). Figures only;
-# never part of the tests or CI.
+# never part of the tests or CI. One seed per method: for every method against random search over
+# seeds, with confidence intervals, resumable and over MPI ranks, use `espalier compare` (README).
 #   bench/methods.sh [METHODS]     e.g. bench/methods.sh "darts pcdarts gdas random"
 #   issue 8's set: TABLE=runs/methods/table8.md bench/methods.sh "etenas darts-rnd zero-one-shot zos-rnd gsparsity-mu10 gsparsity-mu30"
 #   FiGS and GSparsity (two λ, two μ): TABLE=runs/methods/table8b.md bench/methods.sh "figs-lam1 figs-lam2 gsparsity-mu20 gsparsity-mu150"

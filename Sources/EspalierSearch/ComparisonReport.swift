@@ -33,6 +33,10 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
     public var rows: [Row]
     /// How the intervals are computed (stated in every format).
     public var intervals = "95 % two-sided Student t intervals of the mean over seeds (df = n − 1); paired: of the per-seed differences to random search"
+    /// Random search's budget against the others' measured cost: its settings, its mean search
+    /// time, and the median of the other methods' mean search times (nil without random search
+    /// or before it and another method have finished).
+    public var randomBudget: String?
 
     public init(file: ComparisonFile, results: [CellResult]) {
         comparison = file.comparison
@@ -58,6 +62,13 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
                        forwardMflops: mean(done.compactMap(\.forwardFlops).map { Double($0) / 1e6 }),
                        failedSeeds: file.grid.seeds.filter { byCell[ComparisonCell(method: m, seed: $0)].map { !$0.ok } ?? false },
                        missingSeeds: file.grid.seeds.filter { byCell[ComparisonCell(method: m, seed: $0)] == nil })
+        }
+        let others = rows.filter { $0.method != "random" }.compactMap(\.searchSeconds.mean).sorted()
+        if let random = rows.first(where: { $0.method == "random" })?.searchSeconds.mean, !others.isEmpty {
+            let median = others.count % 2 == 1 ? others[others.count / 2] : (others[others.count / 2 - 1] + others[others.count / 2]) / 2
+            let settings = file.comparison.settings(for: "random")
+            randomBudget = "random search (\(settings.isEmpty ? "its default settings" : settings.joined(separator: " "))) searched "
+                + String(format: "%.0f s on average, %.2f× the median of the other methods' mean search times (%.0f s)", random, random / median, median)
         }
     }
 
@@ -90,7 +101,9 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
             + "batch \(p.evalBatchSize), lr \(p.evalLearningRate) cosine, weight decay \(p.evalWeightDecay)"
             + (p.evalCutout > 0 ? ", cutout \(p.evalCutout)" : "") + (p.evalAugment ? ", crops and flips" : "")
             + "; tested on \(p.testImages == 0 ? "all" : String(p.testImages)) test images. Each seed seeds both the search and the training.\n"
-        out += "Intervals: \(intervals).\n\n"
+        out += "Intervals: \(intervals).\n"
+        if let randomBudget { out += "Budget: \(randomBudget).\n" }
+        out += "\n"
         let seedHeads = grid.seeds.map { "seed \($0)" }
         out += "| method | " + seedHeads.joined(separator: " | ") + " | mean ± sd | 95 % CI | paired diff. to random [95 % CI] | verdict | search s | search peak MiB (accountant / RSS) | parameters | MFLOPs |\n"
         out += "|" + String(repeating: "---|", count: seedHeads.count + 9) + "\n"

@@ -2,7 +2,7 @@
 // comparison against a hand computation, the report's four formats, and the harness end to end on
 // a tiny grid (darts and random search × 2 seeds on synthetic data): every cell finished, the
 // report's statistics recomputed by hand from the cells, a deleted cell redone alone and bit for
-// bit, a changed protocol refused, a foreign folder left untouched, and the same grid on two MPI
+// bit, one cell run alone (--cell), a changed protocol refused, a foreign folder left untouched, and the same grid on two MPI
 // ranks giving every cell the same result.
 
 import EspalierCore
@@ -98,6 +98,8 @@ final class CompareStatisticsTests: XCTestCase {
         let md = report.markdown
         XCTAssertTrue(md.contains("| darts | 85.00 | 86.00 | failed | 85.50 ± 0.71 |"), md)
         XCTAssertTrue(md.contains("Not run yet: random seed 3"), md)
+        // random 25 s against darts's 10 s (the only other method: the median is 10 s)
+        XCTAssertTrue(md.contains("Budget: random search (strategy.samples_per_epoch=6 strategy.child_steps=100) searched 25 s on average, 2.50× the median"), md)
         XCTAssertTrue(md.contains("Failed (their cell.json says why; a rerun redoes them): darts seed 3"), md)
         let csv = report.csv.split(separator: "\n")
         XCTAssertEqual(csv.count, 3)
@@ -181,10 +183,24 @@ final class CompareCLITests: XCTestCase {
         XCTAssertEqual(redone.testAccuracy, results["darts2"]!.testAccuracy, "the redone cell repeats its result bit for bit")
         XCTAssertEqual(redone.parameters, results["darts2"]!.parameters)
 
+        // One cell alone (--cell): only it runs; the report lists what is still missing.
+        try FileManager.default.removeItem(atPath: dir + "/cells/darts/seed-1")
+        try FileManager.default.removeItem(atPath: dir + "/cells/random/seed-2")
+        let alone = try EspalierProcess.run(["compare", "--out", dir, "--cell", "random:2"], cwd: base, timeout: 600)
+        XCTAssertEqual(alone.status, 0, alone.output)
+        XCTAssertTrue(alone.output.contains("1 cell(s) to run") && alone.output.contains("random seed 2: test accuracy"), alone.output)
+        XCTAssertTrue(alone.output.contains("Not run yet: darts seed 1."), alone.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cellFile(dir, "darts", 1)))
+        let outside = try EspalierProcess.run(["compare", "--out", dir, "--cell", "gdas:1"], cwd: base, timeout: 120)
+        XCTAssertNotEqual(outside.status, 0)
+        XCTAssertTrue(outside.output.contains("--cell gdas:1 is not in this comparison's grid (methods darts, random; seeds 1, 2)"), outside.output)
+
         // Without the flags it continues the stored grid; a changed protocol is refused by name.
-        let stored = try EspalierProcess.run(["compare", "--out", dir], cwd: base, timeout: 120)
+        let stored = try EspalierProcess.run(["compare", "--out", dir], cwd: base, timeout: 600)
         XCTAssertEqual(stored.status, 0, stored.output)
-        XCTAssertTrue(stored.output.contains("2 methods × 2 seeds; no cell to run"), stored.output)
+        XCTAssertTrue(stored.output.contains("2 methods × 2 seeds; 1 cell(s) to run"), stored.output)
+        XCTAssertEqual(try CellResult.decode(Data(contentsOf: URL(fileURLWithPath: cellFile(dir, "darts", 1)))).testAccuracy,
+                       results["darts1"]!.testAccuracy)
         let changed = try EspalierProcess.run(["compare", "--out", dir, "--search-epochs", "2"], cwd: base, timeout: 120)
         XCTAssertNotEqual(changed.status, 0)
         XCTAssertTrue(changed.output.contains("search_epochs: 2 asked, 1 in the folder"), changed.output)
