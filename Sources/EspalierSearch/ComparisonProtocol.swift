@@ -6,7 +6,7 @@
 // `espalier train-pruned` for a hyper-connected search) with the same seed, so that every method
 // of a seed gets the same initialisation and batch order (paired comparisons). The cell writes
 // OUT/cells/<method>/seed-<s>/cell.json (CellResult) last, atomically: a cell is done exactly
-// when that file says "ok".
+// when that file says "ok" ("failed" says why; "interrupted" is continued by a rerun).
 
 import EspalierCore
 import Foundation
@@ -181,7 +181,8 @@ public struct ComparisonFile: Codable, Equatable, Sendable {
     }
 }
 
-/// What one cell produced (cell.json): "ok" with its figures, or "failed" with why.
+/// What one cell produced (cell.json): "ok" with its figures, "failed" with why, or "interrupted"
+/// (stopped by Ctrl-C; what it had done, so that a rerun continues it).
 public struct CellResult: Codable, Equatable, Sendable {
     public var method: String
     public var seed: UInt64

@@ -23,7 +23,7 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
         public var searchPeakResidentMib: Double?
         public var parameters: Double?
         public var forwardMflops: Double?
-        /// Seeds that failed, or have not run yet.
+        /// Seeds that failed, and those not run yet or interrupted.
         public var failedSeeds: [UInt64]
         public var missingSeeds: [UInt64]
     }
@@ -60,8 +60,8 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
                        searchPeakResidentMib: mean(done.compactMap(\.searchPeakResidentBytes).map { Double($0) / 1_048_576 }),
                        parameters: mean(done.compactMap(\.parameters).map(Double.init)),
                        forwardMflops: mean(done.compactMap(\.forwardFlops).map { Double($0) / 1e6 }),
-                       failedSeeds: file.grid.seeds.filter { byCell[ComparisonCell(method: m, seed: $0)].map { !$0.ok } ?? false },
-                       missingSeeds: file.grid.seeds.filter { byCell[ComparisonCell(method: m, seed: $0)] == nil })
+                       failedSeeds: file.grid.seeds.filter { byCell[ComparisonCell(method: m, seed: $0)]?.status == "failed" },
+                       missingSeeds: file.grid.seeds.filter { s in byCell[ComparisonCell(method: m, seed: s)].map { !$0.ok && $0.status != "failed" } ?? true })
         }
         let others = rows.filter { $0.method != "random" }.compactMap(\.searchSeconds.mean).sorted()
         if let random = rows.first(where: { $0.method == "random" })?.searchSeconds.mean, !others.isEmpty {

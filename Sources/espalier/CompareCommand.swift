@@ -6,7 +6,8 @@
 // alone; under `mpirun -np N` the cells are spread over the ranks (cell k on rank k mod N; the
 // children run without MPI, each with its share of the cores) and rank 0 gathers every rank's
 // results and writes the report (ComparisonReport: report.md, .csv, .json, .svg).
-// Ctrl-C: the running search checkpoints and stops; the grid stops, and a rerun redoes that cell.
+// Ctrl-C (or SIGUSR1, which mpirun passes on): the running search checkpoints and stops, the grid
+// stops, and a rerun continues that cell from its checkpoint.
 
 import ArgumentParser
 import EspalierCore
@@ -201,11 +202,13 @@ struct CompareCommand: ParsableCommand {
             var results: [CellResult] = []
             var interrupted = false
             signal(SIGINT) { _ in compareInterrupts += 1 }
+            signal(SIGUSR1) { _ in compareInterrupts += 1 }   // mpirun passes it on to every rank: a graceful stop
             for (k, cell) in mine.enumerated() {
                 guard let r = try runner.run(cell, number: k + 1, of: mine.count) else { interrupted = true; break }
                 results.append(r)
             }
             signal(SIGINT, SIG_DFL)
+            signal(SIGUSR1, SIG_DFL)
             // Every rank's results to rank 0 (its folder may be on another machine).
             if ranks.isDistributed {
                 for r in 0..<ranks.size {
@@ -229,7 +232,7 @@ struct CompareCommand: ParsableCommand {
                 print("interrupted: the cells that finished are kept; run the same command again to continue")
                 throw ExitCode(130)
             }
-            let failed = all.filter { !$0.ok }
+            let failed = all.filter { $0.status == "failed" }
             if !failed.isEmpty {
                 print("\(failed.count) cell(s) failed (\(failed.map { $0.cell.description }.joined(separator: ", "))); "
                       + "their cell.json says why. Run the same command again to redo them")
@@ -263,11 +266,17 @@ struct CellRunner {
 
     /// Runs `arguments` (after the executable and the plugin folders) with its output in `log`:
     /// the exit status (128 + N for signal N) and the wall time.
+    /// A log that exists already (a resumed search's) is added to.
+    /// The child runs in a process group of its own (Foundation's Process), so a Ctrl-C at the
+    /// terminal reaches this process only: each press (and SIGUSR1) is passed on to the child as
+    /// one SIGINT, which a search answers with a checkpoint (a second press within 5 s ends it).
     func child(_ arguments: [String], log: String) throws -> (status: Int32, seconds: Double) {
-        guard FileManager.default.createFile(atPath: log, contents: nil), let handle = FileHandle(forWritingAtPath: log) else {
+        guard FileManager.default.fileExists(atPath: log) || FileManager.default.createFile(atPath: log, contents: nil),
+              let handle = FileHandle(forWritingAtPath: log) else {
             throw EspalierError.data(file: log, problem: "cannot be created; check that the comparison's folder is writable")
         }
         defer { try? handle.close() }
+        handle.seekToEndOfFile()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments + pluginDirs.flatMap { ["--plugin-dir", $0] }
@@ -278,6 +287,14 @@ struct CellRunner {
         handle.write(Data(("$ espalier " + (p.arguments ?? []).joined(separator: " ") + "\n").utf8))
         let started = DispatchTime.now().uptimeNanoseconds
         try p.run()
+        var passedOn = compareInterrupts
+        while p.isRunning {
+            if compareInterrupts != passedOn {
+                passedOn = compareInterrupts
+                kill(p.processIdentifier, SIGINT)
+            }
+            usleep(20_000)
+        }
         p.waitUntilExit()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         return (p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus, seconds)
@@ -294,13 +311,19 @@ struct CellRunner {
         if ranks.isRoot { print(text); fflush(stdout) } else { FileHandle.standardError.write(Data("rank \(ranks.rank): \(text)\n".utf8)) }
     }
 
-    /// Runs `cell` from the start (whatever an earlier attempt left in its folder is removed) and
-    /// writes its cell.json; nil when Ctrl-C stopped it (then it writes no result).
+    /// Runs `cell` and writes its cell.json: "ok", "failed" (why), or "interrupted" (Ctrl-C or
+    /// SIGUSR1 stopped it; then nil is returned). An interrupted cell continues where it stopped: a
+    /// search with a checkpoint resumes from it (bit for bit, its time the sum of its attempts), a
+    /// finished search is kept and only the training runs again; anything else starts over.
     func run(_ cell: ComparisonCell, number: Int, of count: Int) throws -> CellResult? {
         let fm = FileManager.default
         let dir = (folder as NSString).appendingPathComponent(cell.folder)
         func path(_ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
-        for name in [CellResult.name, "search", "train", "search.log", "train.log"] where fm.fileExists(atPath: path(name)) {
+        func exists(_ name: String) -> Bool { fm.fileExists(atPath: path(name)) }
+        let earlier = (try? CellResult.load(cell, in: folder)).flatMap { $0 }.flatMap { $0.status == "interrupted" ? $0 : nil }
+        let searchDone = earlier?.found != nil && exists(earlier!.found!)
+        let resumable = earlier != nil && !searchDone && exists("search/config.json")
+        for name in [CellResult.name, "train", "train.log"] + (searchDone || resumable ? [] : ["search", "search.log"]) where exists(name) {
             try fm.removeItem(atPath: path(name))
         }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -312,25 +335,40 @@ struct CellRunner {
             say("[\(number)/\(count)] \(cell): failed: \(why)")
             return result
         }
-        say("[\(number)/\(count)] \(cell): searching …")
-        let search = try child(p.searchArguments(method: cell.method, seed: cell.seed, out: path("search")), log: path("search.log"))
-        if search.status == 130 || compareInterrupts > 0 { return nil }
-        result.searchSeconds = search.seconds
-        guard search.status == 0 else { return try failed("the search exited with status \(search.status): \(lastLine(path("search.log"))) (see \(path("search.log")))") }
-        let (peak, rss) = searchPeaks(log: path("search/log.jsonl"))
-        result.searchPeakBytes = peak; result.searchPeakResidentBytes = rss
-        let found: ComparisonProtocol.Found
-        if fm.fileExists(atPath: path("search/pruned.json")) {
-            found = .pruned(path: path("search/pruned.json")); result.found = "search/pruned.json"
-        } else if fm.fileExists(atPath: path("search/genotype.json")) {
-            let g = try Genotype.load(path: path("search/genotype.json"))
-            found = .genotype(path: path("search/genotype.json"), perCell: g.perCell != nil); result.found = "search/genotype.json"
-        } else {
-            return try failed("the search wrote neither genotype.json nor pruned.json (see \(path("search.log")))")
+        func interrupted() throws -> CellResult? {
+            result.status = "interrupted"
+            try result.write(in: folder)
+            say("[\(number)/\(count)] \(cell): interrupted; a rerun continues it")
+            return nil
         }
-        say("[\(number)/\(count)] \(cell): searched in \(String(format: "%.0f", search.seconds)) s; training the found network …")
+        if compareInterrupts > 0 { return nil }
+        if searchDone {
+            result = earlier!
+            say("[\(number)/\(count)] \(cell): the search had finished; training the found network again …")
+        } else {
+            let arguments: [String]
+            if resumable {
+                arguments = ["search", "--resume", path("search")] + (exists("search/checkpoint.safetensors") ? [] : ["--restart"])
+                say("[\(number)/\(count)] \(cell): resuming its search …")
+            } else {
+                arguments = p.searchArguments(method: cell.method, seed: cell.seed, out: path("search"))
+                say("[\(number)/\(count)] \(cell): searching …")
+            }
+            let search = try child(arguments, log: path("search.log"))
+            result.searchSeconds = (earlier?.searchSeconds ?? 0) + search.seconds
+            if search.status == 130 || compareInterrupts > 0 { return try interrupted() }
+            guard search.status == 0 else { return try failed("the search exited with status \(search.status): \(lastLine(path("search.log"))) (see \(path("search.log")))") }
+            let (peak, rss) = searchPeaks(log: path("search/log.jsonl"))
+            result.searchPeakBytes = peak; result.searchPeakResidentBytes = rss
+            if exists("search/pruned.json") { result.found = "search/pruned.json" } else if exists("search/genotype.json") { result.found = "search/genotype.json" } else {
+                return try failed("the search wrote neither genotype.json nor pruned.json (see \(path("search.log")))")
+            }
+            say("[\(number)/\(count)] \(cell): searched in \(String(format: "%.0f", result.searchSeconds!)) s; training the found network …")
+        }
+        let found: ComparisonProtocol.Found = result.found == "search/pruned.json" ? .pruned(path: path("search/pruned.json"))
+            : .genotype(path: path("search/genotype.json"), perCell: try Genotype.load(path: path("search/genotype.json")).perCell != nil)
         let train = try child(p.evaluationArguments(found, seed: cell.seed, out: path("train")), log: path("train.log"))
-        if train.status == 130 || compareInterrupts > 0 { return nil }
+        if train.status == 130 || compareInterrupts > 0 { return try interrupted() }
         result.evaluationSeconds = train.seconds
         guard train.status == 0 else { return try failed("the training exited with status \(train.status): \(lastLine(path("train.log"))) (see \(path("train.log")))") }
         let outcome: TrainingOutcome
@@ -340,7 +378,7 @@ struct CellRunner {
         result.status = "ok"
         try result.write(in: folder)
         say(String(format: "[%d/%d] %@: test accuracy %.2f %% (search %.0f s, training %.0f s)", number, count, cell.description,
-                   outcome.testAccuracy * 100, search.seconds, train.seconds))
+                   outcome.testAccuracy * 100, result.searchSeconds ?? 0, train.seconds))
         return result
     }
 

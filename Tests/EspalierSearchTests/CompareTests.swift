@@ -2,7 +2,8 @@
 // comparison against a hand computation, the report's four formats, and the harness end to end on
 // a tiny grid (darts and random search × 2 seeds on synthetic data): every cell finished, the
 // report's statistics recomputed by hand from the cells, a deleted cell redone alone and bit for
-// bit, one cell run alone (--cell), a changed protocol refused, a foreign folder left untouched, and the same grid on two MPI
+// bit, one cell run alone (--cell), Ctrl-C stopping the grid and a rerun resuming the cell's
+// search from its checkpoint to the same result, a killed grid leaving no search behind, a changed protocol refused, a foreign folder left untouched, and the same grid on two MPI
 // ranks giving every cell the same result.
 
 import EspalierCore
@@ -267,6 +268,40 @@ final class CompareCLITests: XCTestCase {
         let listed = try EspalierProcess.run(["compare", "--out", dir, "--report-only"], cwd: base)
         XCTAssertEqual(listed.status, 0, listed.output)
         XCTAssertTrue(listed.output.contains("Not run yet: darts seed 1, darts seed 2, random seed 1, random seed 2"), listed.output)
+    }
+
+    func testCtrlC_StopsTheGrid_AndARerunResumesTheSearchFromItsCheckpoint() throws {
+        _ = try Prerequisite.espalierBinary()
+        let base = try PluginFixtures.tempDir("compare-interrupt")
+        var flags = Self.protocolFlags
+        flags[flags.firstIndex(of: "--search-epochs")! + 1] = "5"
+        let only = ["--cell", "darts:1"]
+        let dir = base + "/grid", cell = base + "/grid/cells/darts/seed-1"
+        let grid = try EspalierProcess(["compare", "--out", dir] + flags + only, cwd: base)
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && !FileManager.default.fileExists(atPath: cell + "/search/checkpoint.safetensors") { Thread.sleep(forTimeInterval: 0.05) }
+        kill(grid.process.processIdentifier, SIGINT)   // as a terminal's Ctrl-C reaches it (the search runs in a group of its own)
+        XCTAssertEqual(grid.wait(timeout: 120), 130, grid.output)
+        XCTAssertTrue(grid.output.contains("darts seed 1: interrupted; a rerun continues it"), grid.output)
+        let stopped = try CellResult.decode(Data(contentsOf: URL(fileURLWithPath: cell + "/cell.json")))
+        XCTAssertEqual(stopped.status, "interrupted")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cell + "/search/genotype.json"), "stopped before the search's end: " + grid.output)
+
+        let again = try EspalierProcess.run(["compare", "--out", dir] + flags + only, cwd: base, timeout: 600)
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("darts seed 1: resuming its search"), again.output)
+        XCTAssertTrue(try String(contentsOfFile: cell + "/search.log", encoding: .utf8).contains("resuming"))
+        let resumed = try CellResult.decode(Data(contentsOf: URL(fileURLWithPath: cell + "/cell.json")))
+        XCTAssertTrue(resumed.ok, resumed.failure ?? "")
+        XCTAssertGreaterThan(resumed.searchSeconds!, stopped.searchSeconds!, "the search time adds up its attempts")
+
+        // The same cell never interrupted: the same genotype and accuracy, bit for bit.
+        let whole = try EspalierProcess.run(["compare", "--out", base + "/whole"] + flags + only, cwd: base, timeout: 600)
+        XCTAssertEqual(whole.status, 0, whole.output)
+        XCTAssertEqual(try String(contentsOfFile: cell + "/search/genotype.json", encoding: .utf8),
+                       try String(contentsOfFile: base + "/whole/cells/darts/seed-1/search/genotype.json", encoding: .utf8))
+        let reference = try CellResult.decode(Data(contentsOf: URL(fileURLWithPath: base + "/whole/cells/darts/seed-1/cell.json")))
+        XCTAssertEqual(resumed.testAccuracy, reference.testAccuracy)
     }
 }
 
