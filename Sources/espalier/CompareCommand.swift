@@ -67,7 +67,7 @@ struct CompareCommand: ParsableCommand {
     func protocolAsked(over base: ComparisonProtocol) throws -> ComparisonProtocol {
         var p = base
         if let dataset { p.dataset = dataset }
-        if let dataDir { p.dataDir = (dataDir as NSString).expandingTildeInPath }
+        if let dataDir { p.dataDir = URL(fileURLWithPath: (dataDir as NSString).expandingTildeInPath).standardizedFileURL.path }   // absolute: a rerun may start elsewhere
         if let channels { p.channels = channels }
         if let cells { p.cells = cells }
         if let searchImages { p.searchImages = searchImages }
