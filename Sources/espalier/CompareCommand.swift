@@ -73,7 +73,10 @@ struct CompareCommand: ParsableCommand {
         if let searchImages { p.searchImages = searchImages }
         if let searchBatchSize { p.searchBatchSize = searchBatchSize }
         if let searchEpochs { p.searchEpochs = searchEpochs }
-        if let searchMemoryBudget { p.searchMemoryBudget = searchMemoryBudget }
+        if let searchMemoryBudget {
+            guard let b = parseBytes(searchMemoryBudget), b > 0 else { throw ValidationError("--search-memory-budget '\(searchMemoryBudget)' is not a size; write e.g. 1GiB") }
+            p.searchMemoryBudget = searchMemoryBudget
+        }
         for s in methodSets {
             guard let colon = s.firstIndex(of: ":"), s[..<colon].count > 0, let eq = s[colon...].firstIndex(of: "="), eq > s.index(after: colon) else {
                 throw ValidationError("--method-set '\(s)' is not METHOD:KEY=VALUE (e.g. random:strategy.samples_per_epoch=8)")
@@ -127,7 +130,8 @@ struct CompareCommand: ParsableCommand {
         var seen = Set<String>()
         names = names.filter { seen.insert($0).inserted }
         guard !names.isEmpty else { throw ValidationError("the grid has no method: name some with --methods") }
-        for n in names {
+        // The grid's methods, and those `--method-set` names (a misspelt one would set nothing).
+        for n in names + methodSets.compactMap({ $0.split(separator: ":").first.map(String.init) }) {
             do { _ = try registry.searchMethod(named: n) } catch { throw ValidationError("\(error)") }
         }
         return ComparisonGrid(methods: names, seeds: try seedList() ?? stored?.seeds ?? [1, 2, 3])

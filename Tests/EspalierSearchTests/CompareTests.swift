@@ -220,6 +220,14 @@ final class CompareCLITests: XCTestCase {
         XCTAssertNotEqual(unknown.status, 0)
         XCTAssertTrue(unknown.output.contains("did you mean 'darts'"), unknown.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: base + "/unknown/protocol.json"))
+        let misspelt = try EspalierProcess.run(["compare", "--out", base + "/unknown", "--methods", "darts", "--method-set", "pdart:strategy.stage_cells=3,4"],
+                                               cwd: base, timeout: 120)
+        XCTAssertNotEqual(misspelt.status, 0)
+        XCTAssertTrue(misspelt.output.contains("unknown method 'pdart'; did you mean 'pdarts'"), misspelt.output)
+        let budget = try EspalierProcess.run(["compare", "--out", base + "/unknown", "--search-memory-budget", "lots"], cwd: base, timeout: 120)
+        XCTAssertNotEqual(budget.status, 0)
+        XCTAssertTrue(budget.output.contains("--search-memory-budget 'lots' is not a size"), budget.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: base + "/unknown"), "nothing is created for a refused command")
 
         // The same grid with its cells spread over two MPI ranks: every cell's result is the same.
         let spread = base + "/spread"
