@@ -324,7 +324,7 @@ struct CellRunner {
         let dir = (folder as NSString).appendingPathComponent(cell.folder)
         func path(_ name: String) -> String { (dir as NSString).appendingPathComponent(name) }
         func exists(_ name: String) -> Bool { fm.fileExists(atPath: path(name)) }
-        let earlier = (try? CellResult.load(cell, in: folder)).flatMap { $0 }.flatMap { $0.status == "interrupted" ? $0 : nil }
+        let earlier = try CellResult.load(cell, in: folder).flatMap { $0.status == "interrupted" ? $0 : nil }
         let searchDone = earlier?.found != nil && exists(earlier!.found!)
         let resumable = earlier != nil && !searchDone && exists("search/config.json")
         for name in [CellResult.name, "train", "train.log"] + (searchDone || resumable ? [] : ["search", "search.log"]) where exists(name) {
@@ -359,7 +359,8 @@ struct CellRunner {
                 say("[\(number)/\(count)] \(cell): searching …")
             }
             let search = try child(arguments, log: path("search.log"))
-            result.searchSeconds = (earlier?.searchSeconds ?? 0) + search.seconds
+            let searchSeconds = (earlier?.searchSeconds ?? 0) + search.seconds
+            result.searchSeconds = searchSeconds
             if search.status == 130 || compareInterrupts > 0 { return try interrupted() }
             guard search.status == 0 else { return try failed("the search exited with status \(search.status): \(lastLine(path("search.log"))) (see \(path("search.log")))") }
             let (peak, rss) = searchPeaks(log: path("search/log.jsonl"))
@@ -367,7 +368,7 @@ struct CellRunner {
             if exists("search/pruned.json") { result.found = "search/pruned.json" } else if exists("search/genotype.json") { result.found = "search/genotype.json" } else {
                 return try failed("the search wrote neither genotype.json nor pruned.json (see \(path("search.log")))")
             }
-            say("[\(number)/\(count)] \(cell): searched in \(String(format: "%.0f", result.searchSeconds!)) s; training the found network …")
+            say("[\(number)/\(count)] \(cell): searched in \(String(format: "%.0f", searchSeconds)) s; training the found network …")
         }
         let found: ComparisonProtocol.Found = result.found == "search/pruned.json" ? .pruned(path: path("search/pruned.json"))
             : .genotype(path: path("search/genotype.json"), perCell: try Genotype.load(path: path("search/genotype.json")).perCell != nil)
