@@ -77,6 +77,16 @@ final class RanksTests: TemporaryDirectoryTestCase {
     /// wholesale, a discrete change no float tolerance covers (seen: 6 % in one momentum buffer at
     /// step 3, reproduced by changing the ranks' thread count alone, so it is rounding, not a
     /// difference in what is computed).
+    ///
+    /// How far that growth goes depends on the machine (its kernels' rounding): on an AVX-512 Xeon,
+    /// DARTS first order on 3 ranks ended 1.13e-3 from one process in the reduce cell's α, and one
+    /// process on 1 thread ended 5.8e-4 from the same on 2 threads (Adam normalises α's small,
+    /// cancelling gradients, so their rounding moves α as much as their value does). So a deviation
+    /// over the fixed tolerance passes only while it stays within `floorFactor` times that floor,
+    /// measured then on the same machine. What a real difference moves, there: 0.40 with ghost batch
+    /// norm in 2 groups instead of 3, 3.5e-3 with a learning rate 0.04 % higher (6× the floor).
+    static let floorFactor = 4.0
+
     func testRanksAreBitIdenticalAndEqualOneProcessWithGhostBatchNorm() throws {
         let gdasOps = ["espalier.op.sep_conv_3x3/1", "espalier.op.skip_connect/1", "espalier.op.avg_pool_3x3/1", "espalier.op.dil_conv_3x3/1"]
         let configs: [(String, [String], tolerance: Double)] = [
@@ -107,7 +117,20 @@ final class RanksTests: TemporaryDirectoryTestCase {
                 let single = try checkpoint(oneOut + "/checkpoint.safetensors")
                 let (d, worst) = deviation(rank0, single, prefixes: Self.modelPrefixes)
                 report.append(String(format: "%@ on %d ranks: largest deviation from one process %.2e (%@)", name, n, d, worst))
-                XCTAssertLessThan(d, tolerance, "\(name) on \(n) ranks against one process with --bn-groups \(n): \(worst)")
+                if d >= tolerance {
+                    // Over the fixed tolerance: is it more than this machine's rounding makes of the
+                    // same run? One process on another thread count than its default (the core
+                    // count) computes the same sums split otherwise; what that moves is the floor.
+                    let oneThread = dir + "/one-thread-" + tag, threads = ProcessInfo.processInfo.activeProcessorCount > 1 ? 1 : 2
+                    let r1 = try EspalierProcess.run(Self.shape + flags + ["--bn-groups", String(n), "--out", oneThread], cwd: dir,
+                                                     environment: ["ESPALIER_THREADS": String(threads)])
+                    XCTAssertEqual(r1.status, 0, r1.output)
+                    let (floor, floorWhere) = deviation(try checkpoint(oneThread + "/checkpoint.safetensors"), single, prefixes: Self.modelPrefixes)
+                    report.append(String(format: "  over %.0e: one process on %d thread(s) against its default threads %.2e (%@)", tolerance, threads, floor, floorWhere))
+                    XCTAssertLessThan(d, Self.floorFactor * floor,
+                                      "\(name) on \(n) ranks against one process with --bn-groups \(n): \(worst), over \(tolerance) and over "
+                                      + "\(Self.floorFactor)× what one process's thread count alone moves (\(floor), \(floorWhere), \(threads) thread(s))")
+                }
                 XCTAssertEqual(try genotype(ranksOut), try genotype(oneOut), "\(name) on \(n) ranks found another genotype than one process")
             }
         }
