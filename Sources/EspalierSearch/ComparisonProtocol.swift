@@ -164,10 +164,8 @@ public struct ComparisonFile: Codable, Equatable, Sendable {
     public static func load(folder: String) throws -> ComparisonFile? {
         let path = (folder as NSString).appendingPathComponent(name)
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
         let file: ComparisonFile
-        do { file = try d.decode(ComparisonFile.self, from: Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+        do { file = try SnakeCaseJSON.decode(ComparisonFile.self, from: Data(contentsOf: URL(fileURLWithPath: path))) } catch {
             throw EspalierError.data(file: path, problem: "not a comparison's protocol (\(error)); it was not written by `espalier compare`, or is damaged")
         }
         guard file.format == 1 else {
@@ -177,7 +175,7 @@ public struct ComparisonFile: Codable, Equatable, Sendable {
     }
 
     public func write(folder: String) throws {
-        try AtomicFile.write(comparisonJSON(self), to: (folder as NSString).appendingPathComponent(Self.name))
+        try AtomicFile.write(SnakeCaseJSON.encode(self), to: (folder as NSString).appendingPathComponent(Self.name))
     }
 }
 
@@ -224,22 +222,12 @@ public struct CellResult: Codable, Equatable, Sendable {
     }
 
     public static func decode(_ data: Data) throws -> CellResult {
-        let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
-        return try d.decode(CellResult.self, from: data)
+        try SnakeCaseJSON.decode(CellResult.self, from: data)
     }
 
     public func write(in folder: String) throws {
         let dir = (folder as NSString).appendingPathComponent(cell.folder)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try AtomicFile.write(comparisonJSON(self), to: (dir as NSString).appendingPathComponent(Self.name))
+        try AtomicFile.write(SnakeCaseJSON.encode(self), to: (dir as NSString).appendingPathComponent(Self.name))
     }
-}
-
-/// Snake-case keys, sorted, pretty: the comparison's files.
-func comparisonJSON<T: Encodable>(_ value: T) throws -> Data {
-    let e = JSONEncoder()
-    e.keyEncodingStrategy = .convertToSnakeCase
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    return try e.encode(value) + Data("\n".utf8)
 }

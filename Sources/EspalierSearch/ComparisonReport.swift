@@ -144,7 +144,7 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
         return out
     }
 
-    public func json() throws -> Data { try comparisonJSON(self) }
+    public func json() throws -> Data { try SnakeCaseJSON.encode(self) }
 
     /// Mean accuracy (y, its 95 % interval as error bars; none below two seeds) against mean search
     /// time (x, its interval as a fainter bar); random search in red, its mean as a dashed line.

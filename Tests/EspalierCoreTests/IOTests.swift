@@ -304,4 +304,20 @@ final class IOTests: TemporaryDirectoryTestCase {
         assertDataError(try AtomicFile.write(Data("x".utf8), to: nowhere), contains: [nowhere, "does not exist"])
         assertDataError(try AtomicFile.write(Data(), to: ""), contains: ["empty path"])
     }
+
+    // MARK: Snake-case JSON (result.json, a comparison's files)
+
+    /// Every field of a training's result.json survives write and load, under snake-case keys.
+    func testTrainingOutcome_RoundTripsEveryFieldUnderSnakeCaseKeys() throws {
+        let outcome = TrainingOutcome(testAccuracy: 0.8468, testImages: 10000, trainImages: 9999, epochs: 2, seconds: 96.5,
+                                      parameters: 123_457, forwardFlops: 45_678_901)
+        try outcome.write(folder: dir)
+        XCTAssertEqual(try TrainingOutcome.load(folder: dir), outcome)
+        let text = try String(contentsOfFile: path(TrainingOutcome.name), encoding: .utf8)
+        let keys = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]).keys.sorted()
+        XCTAssertEqual(keys, ["epochs", "forward_flops", "parameters", "seconds", "test_accuracy", "test_images", "train_images"])
+        XCTAssertTrue(text.hasSuffix("}\n"), "one final newline")
+        try AtomicFile.write(Data("{\"test_accuracy\": 0.5}".utf8), to: path(TrainingOutcome.name))
+        assertDataError(try TrainingOutcome.load(folder: dir), contains: [path(TrainingOutcome.name), "no readable training result"])
+    }
 }

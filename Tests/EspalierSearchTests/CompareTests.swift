@@ -15,13 +15,6 @@ import FoundationXML
 #endif
 import XCTest
 
-/// The comparison's files use snake-case keys.
-let snakeCaseDecoder: JSONDecoder = {
-    let d = JSONDecoder()
-    d.keyDecodingStrategy = .convertFromSnakeCase
-    return d
-}()
-
 final class CompareStatisticsTests: XCTestCase {
     func testStudentTQuantiles_MatchPublishedTables() {
         // t(0.975, df) from the standard tables (e.g. NIST/SEMATECH e-Handbook, Table 1.3.6.7.2).
@@ -105,7 +98,7 @@ final class CompareStatisticsTests: XCTestCase {
         let csv = report.csv.split(separator: "\n")
         XCTAssertEqual(csv.count, 3)
         XCTAssertTrue(csv[1].hasPrefix("darts,2,85.5000,0.7071,"), String(csv[1]))
-        let decoded = try snakeCaseDecoder.decode(ComparisonReport.self, from: try report.json())
+        let decoded = try SnakeCaseJSON.decode(ComparisonReport.self, from: try report.json())
         XCTAssertEqual(decoded.rows.count, 2)
         XCTAssertEqual(decoded, report, "report.json holds the whole report")
         let svg = try XMLDocument(data: Data(report.svg.utf8))
@@ -159,7 +152,7 @@ final class CompareCLITests: XCTestCase {
             }
         }
         // The report against a hand computation from the cells.
-        let report = try snakeCaseDecoder.decode(ComparisonReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json")))
+        let report = try SnakeCaseJSON.decode(ComparisonReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json")))
         let d = [results["darts1"]!.testAccuracy! * 100, results["darts2"]!.testAccuracy! * 100]
         let r = [results["random1"]!.testAccuracy! * 100, results["random2"]!.testAccuracy! * 100]
         let darts = try XCTUnwrap(report.rows.first { $0.method == "darts" })

@@ -24,17 +24,12 @@ public struct TrainingOutcome: Codable, Equatable, Sendable {
     public static let name = "result.json"
 
     public func write(folder: String) throws {
-        let e = JSONEncoder()
-        e.keyEncodingStrategy = .convertToSnakeCase
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try e.encode(self) + Data("\n".utf8), to: (folder as NSString).appendingPathComponent(Self.name))
+        try AtomicFile.write(try SnakeCaseJSON.encode(self), to: (folder as NSString).appendingPathComponent(Self.name))
     }
 
     public static func load(folder: String) throws -> TrainingOutcome {
         let path = (folder as NSString).appendingPathComponent(name)
-        let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
-        do { return try d.decode(TrainingOutcome.self, from: Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+        do { return try SnakeCaseJSON.decode(TrainingOutcome.self, from: Data(contentsOf: URL(fileURLWithPath: path))) } catch {
             throw EspalierError.data(file: path, problem: "no readable training result (\(error))")
         }
     }
