@@ -124,6 +124,12 @@ public struct ComparisonGrid: Codable, Equatable, Sendable {
         self.methods = methods; self.seeds = seeds
     }
 
+    /// "15 methods × 3 seeds", "1 method × 1 seed": the grid's size in words.
+    public var sizeDescription: String {
+        func counted(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
+        return "\(counted(methods.count, "method")) × \(counted(seeds.count, "seed"))"
+    }
+
     /// Every cell, seed by seed (so that a partial grid has whole seeds first).
     public var cells: [ComparisonCell] { seeds.flatMap { s in methods.map { ComparisonCell(method: $0, seed: s) } } }
 }

@@ -89,7 +89,7 @@ public struct ComparisonReport: Codable, Equatable, Sendable {
 
     public var markdown: String {
         let p = comparison
-        var out = "# Comparison: \(grid.methods.count) methods × \(grid.seeds.count) seeds\n\n"
+        var out = "# Comparison: \(grid.sizeDescription)\n\n"
         out += "Search: \(p.dataset), C=\(p.channels), \(p.cells) cells, \(p.searchImages) training images (half weights, half architecture), "
             + "batch \(p.searchBatchSize), \(p.searchEpochs) epochs\(p.searchMemoryBudget.map { ", --memory-budget \($0)" } ?? "").\n"
         let settings = grid.methods.compactMap { m -> String? in

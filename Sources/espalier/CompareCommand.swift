@@ -198,7 +198,7 @@ struct CompareCommand: ParsableCommand {
             let plan = try ranks.onRoot { try prepare(folder: folder, registry: registry) }
             let mine = plan.todo.enumerated().filter { $0.offset % ranks.size == ranks.rank }.map(\.element)
             if ranks.isRoot {
-                print("comparison \(folder): \(plan.file.grid.methods.count) methods × \(plan.file.grid.seeds.count) seeds; "
+                print("comparison \(folder): \(plan.file.grid.sizeDescription); "
                       + (plan.todo.isEmpty ? "no cell to run" : "\(plan.todo.count) cell(s) to run") + (ranks.size > 1 ? " on \(ranks.size) ranks" : ""))
                 fflush(stdout)
             }

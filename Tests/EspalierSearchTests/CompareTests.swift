@@ -90,6 +90,8 @@ final class CompareStatisticsTests: XCTestCase {
         XCTAssertNil(random.pairedToRandom)
 
         let md = report.markdown
+        XCTAssertTrue(md.hasPrefix("# Comparison: 2 methods × 3 seeds\n"), md)
+        XCTAssertEqual(ComparisonGrid(methods: ["dropnas"], seeds: [1]).sizeDescription, "1 method × 1 seed")
         XCTAssertTrue(md.contains("| darts | 85.00 | 86.00 | failed | 85.50 ± 0.71 |"), md)
         XCTAssertTrue(md.contains("Not run yet: random seed 3"), md)
         // random 25 s against darts's 10 s (the only other method: the median is 10 s)
