@@ -64,7 +64,7 @@ let package = Package(
         // Debian: libopenmpi-dev (and openmpi-bin for mpirun); only the communication layer links it.
         .systemLibrary(name: "COpenMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "EspalierMPI", dependencies: ["COpenMPI"], path: "Sources/EspalierMPI"),
-        // Linux calls the supervisor needs (prctl); headers only.
+        // Linux and CPU calls: prctl for the supervisor, CPUID and an AVX-512 FMA loop for the bench; headers only.
         .systemLibrary(name: "CEspalierSystem"),
 
         // MARK: The engine: tensors, kernels, autodiff, memory accountant, optimisers, data

@@ -1,4 +1,4 @@
-// Linux calls Swift cannot make itself (prctl is variadic), for the supervised worker.
+// Linux and CPU calls Swift cannot make itself: prctl (variadic), for the supervised worker; CPUID and AVX-512 code, for the bench.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -9,4 +9,40 @@
 static inline int espalier_die_with_parent(pid_t expected_parent) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return -1;
     return getppid() == expected_parent ? 0 : -1;
+}
+
+// The machine's widest fused multiply-add, for `espalier bench`'s peak. Release builds target AVX2
+// (8 lanes, Package.swift), so SearchBench.fmaPeak measures what our kernels can issue; on a CPU
+// with AVX-512 the physical limit is up to twice that, and the bench measures it here too.
+#include <cpuid.h>
+#include <immintrin.h>
+
+/// 1 when the CPU has AVX-512F and the OS saves its state (CPUID.7.0:EBX bit 16; OSXSAVE, and XCR0
+/// bits 1, 2, 5, 6 and 7: SSE, AVX, the opmask and both halves of the ZMM registers), else 0.
+static inline int espalier_cpu_has_avx512f(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xE6u) == 0xE6u;
+}
+
+/// Twelve independent 16-lane fused multiply-add chains a ← a·m + c, `iterations` times each
+/// (384 flops an iteration). AVX-512F code: call it only where espalier_cpu_has_avx512f() is 1.
+/// Returns the chains' sum, so that nothing is optimised away.
+__attribute__((target("avx512f"))) static inline float espalier_fma512_chains(long iterations, float m, float c) {
+    const __m512 vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);
+    __m512 a0 = _mm512_set1_ps(1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+    __m512 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    for (long i = 0; i < iterations; i++) {
+        a0 = _mm512_fmadd_ps(a0, vm, vc); a1 = _mm512_fmadd_ps(a1, vm, vc); a2 = _mm512_fmadd_ps(a2, vm, vc);
+        a3 = _mm512_fmadd_ps(a3, vm, vc); a4 = _mm512_fmadd_ps(a4, vm, vc); a5 = _mm512_fmadd_ps(a5, vm, vc);
+        a6 = _mm512_fmadd_ps(a6, vm, vc); a7 = _mm512_fmadd_ps(a7, vm, vc); a8 = _mm512_fmadd_ps(a8, vm, vc);
+        a9 = _mm512_fmadd_ps(a9, vm, vc); a10 = _mm512_fmadd_ps(a10, vm, vc); a11 = _mm512_fmadd_ps(a11, vm, vc);
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
 }

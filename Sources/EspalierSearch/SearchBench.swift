@@ -48,6 +48,9 @@ public struct BenchResult: Codable, Sendable {
     public var flopsPerStep: Int
     public var gflops: Double
     public var fmaPeakGflops: Double
+    /// The 16-lane AVX-512 FMA peak of the same cores where the CPU has AVX-512F (this build's
+    /// kernels issue 8 lanes: `fmaPeakGflops`); nil elsewhere, and in results written before it.
+    public var fmaPeak512Gflops: Double? = nil
     public var peakBytes: Int
     /// The accountant's prediction of the same step (dataset included), as `espalier memory` makes it; nil for zeroshot.
     public var predictedPeakBytes: Int? = nil
@@ -86,28 +89,37 @@ public enum SearchBench {
         return Double(u.ru_maxrss) / 1024
     }
 
-    /// Measured FMA throughput of `threads` cores (GFLOP/s): eight independent SIMD8 fused multiply-add chains.
+    /// Measured FMA throughput of `threads` cores (GFLOP/s): eight independent SIMD8 fused
+    /// multiply-add chains, the widest this build issues (AVX2; Package.swift).
     public static func fmaPeak(threads: Int = Parallel.workers, seconds: Double = 0.3) -> Double {
-        let iterations = 2_000_000
+        fmaPeak(threads: threads, seconds: seconds, flopsPerIteration: 8 * 8 * 2) { iterations in
+            var a0 = SIMD8<Float>(repeating: 1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
+            let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
+            // Fused multiply-adds (one instruction each with AVX2/FMA code generation).
+            for _ in 0..<iterations {
+                a0 = c.addingProduct(a0, m); a1 = c.addingProduct(a1, m); a2 = c.addingProduct(a2, m); a3 = c.addingProduct(a3, m)
+                a4 = c.addingProduct(a4, m); a5 = c.addingProduct(a5, m); a6 = c.addingProduct(a6, m); a7 = c.addingProduct(a7, m)
+            }
+            return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
+        }
+    }
+
+    /// The best of up to three timings (GFLOP/s) of `kernel(iterations)` run on `threads` cores at
+    /// once, each doing `flopsPerIteration` per iteration; `kernel` returns a sum of its chains, so
+    /// that nothing is optimised away (a NaN gives 0). Wide units need longer runs to reach their
+    /// clock: give them more `iterations`.
+    public static func fmaPeak(threads: Int = Parallel.workers, seconds: Double = 0.3, iterations: Int = 2_000_000,
+                               flopsPerIteration: Int, kernel: @escaping @Sendable (Int) -> Float) -> Double {
         var best = 0.0
         for _ in 0..<3 {
             let t0 = DispatchTime.now().uptimeNanoseconds
             var sink = [Float](repeating: 0, count: threads)
             sink.withUnsafeMutableBufferPointer { out in
                 let o = out.baseAddress!
-                DispatchQueue.concurrentPerform(iterations: threads) { t in
-                    var a0 = SIMD8<Float>(repeating: 1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
-                    let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
-                    // Fused multiply-adds (one instruction each with AVX2/FMA code generation).
-                    for _ in 0..<iterations {
-                        a0 = c.addingProduct(a0, m); a1 = c.addingProduct(a1, m); a2 = c.addingProduct(a2, m); a3 = c.addingProduct(a3, m)
-                        a4 = c.addingProduct(a4, m); a5 = c.addingProduct(a5, m); a6 = c.addingProduct(a6, m); a7 = c.addingProduct(a7, m)
-                    }
-                    o[t] = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
-                }
+                DispatchQueue.concurrentPerform(iterations: threads) { t in o[t] = kernel(iterations) }
             }
             let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            best = max(best, Double(threads * iterations * 8 * 8 * 2) / s / 1e9)
+            best = max(best, Double(threads * iterations * flopsPerIteration) / s / 1e9)
             if sink.contains(where: { $0.isNaN }) { best = 0 }
             if s > seconds { break }
         }

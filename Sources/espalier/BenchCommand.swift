@@ -4,6 +4,7 @@
 // process, as the reference does, so that the peak RSS belongs to that variant alone.
 
 import ArgumentParser
+import CEspalierSystem
 import EspalierCore
 import EspalierHost
 import EspalierSearch
@@ -35,6 +36,9 @@ struct BenchCommand: ParsableCommand {
         let registry = dirs.loadRegistry()
         var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry, recompute: mode)
         r.fmaPeakGflops = SearchBench.fmaPeak()
+        if espalier_cpu_has_avx512f() != 0 {
+            r.fmaPeak512Gflops = SearchBench.fmaPeak(iterations: 20_000_000, flopsPerIteration: 12 * 16 * 2) { espalier_fma512_chains($0, 0.999999, 1e-7) }
+        }
         if json {
             let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
             print("RESULT " + String(decoding: try enc.encode(r), as: UTF8.self))
@@ -43,8 +47,11 @@ struct BenchCommand: ParsableCommand {
         print("\(variant) · \(shape)\(overridden) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)"
               + (mode == .none ? "" : ", --recompute \(mode.rawValue)"))
         print(String(format: "  step: median %.3f s, min %.3f s over %d steps", r.medianSeconds, r.minSeconds, r.steps))
-        print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s)",
+        print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s, 8 lanes: AVX2, what this build issues)",
                      Double(r.flopsPerStep) / 1e9, r.gflops, 100 * r.gflops / max(r.fmaPeakGflops, 1), r.fmaPeakGflops))
+        if let wide = r.fmaPeak512Gflops {
+            print(String(format: "        = %.1f%% of this CPU's FMA limit (%.0f GFLOP/s, 16 lanes: AVX-512)", 100 * r.gflops / max(wide, 1), wide))
+        }
         print(String(format: "  memory: peak RSS − RSS after build = %.0f MiB (peak %.0f, after build %.0f); accountant peak %@",
                      r.peakMinusBuildMiB, r.peakRSSMiB, r.rssAfterBuildMiB, formatBytes(r.peakBytes) as NSString)
               + (r.predictedPeakBytes.map { ", predicted \(formatBytes($0))" + ($0 == r.peakBytes ? " (equal)" : " (\($0 - r.peakBytes) B apart)") } ?? ""))
