@@ -14,6 +14,8 @@ static inline int espalier_die_with_parent(pid_t expected_parent) {
 // The machine's widest fused multiply-add, for `espalier bench`'s peak. Release builds target AVX2
 // (8 lanes, Package.swift), so SearchBench.fmaPeak measures what our kernels can issue; on a CPU
 // with AVX-512 the physical limit is up to twice that, and the bench measures it here too.
+// Elsewhere than x86-64 there is no such unit: the check says 0.
+#if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
 
@@ -46,3 +48,7 @@ __attribute__((target("avx512f"))) static inline float espalier_fma512_chains(lo
     s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
     return _mm512_reduce_add_ps(s);
 }
+#else
+static inline int espalier_cpu_has_avx512f(void) { return 0; }
+static inline float espalier_fma512_chains(long iterations, float m, float c) { (void)iterations; (void)m; (void)c; return 0; }
+#endif
