@@ -1,8 +1,8 @@
 // Depthwise convolution (groups == Cin == Cout), NCHW, float32: forward, dX and dW side by side.
 // Each (sample, channel) plane is first copied into a zero-padded scratch plane, so the inner
-// loops test no bounds: they gather whole output rows four columns at a time (SIMD4), several
-// rows at once, with the taps unrolled for the DARTS shapes (3×3 and 5×5, dilation 1 and 2,
-// stride 1 and 2). Stride 2 reads the padded input split by column parity, so loads stay contiguous.
+// loops test no bounds: they gather whole output rows eight columns at a time (SIMD8, one fused
+// multiply-add per tap and vector), several rows at once, with the taps unrolled for the DARTS
+// shapes (3×3 and 5×5, dilation 1 and 2, stride 1 and 2). Stride 2 reads the padded input split by column parity, so loads stay contiguous.
 // dX is a gather too: at stride 1 the forward kernel on padded dY with the kernel flipped; at
 // stride 2 four sub-pixel gathers (one per row and column parity of dX), interleaved.
 // dW sums products of a plane with shifted copies of the other, the sums held in registers.
@@ -17,7 +17,7 @@
 //   P  x padded by p     (phases, pRows, pStride)  forward; stride-2 dW. Stride 2: phase 0 = even padded columns
 //   Q  dY with margins   (qRows, qStride)          backward; dY[oh, ow] at Q[qTop + oh, qLeft + ow], zeros elsewhere
 //   R  dX sub-pixel planes (2, 2, (H+1)/2, (W+1)/2) stride-2 dX, by row and column parity
-// and, after the chunks, the dW sums (C, KH·KW, 4) of the backward pass.
+// and, after the chunks, the dW sums (C, KH·KW, lanes) of the backward pass.
 
 import Foundation
 
@@ -25,7 +25,7 @@ import Foundation
 /// Borders and margins of P and Q are zeroed once per call and never written after.
 struct DepthwisePlan {
     let h, w, ho, wo, kh, kw, s, p, d: Int
-    let nv: Int          // SIMD4 vectors per output row, ⌈Wo/4⌉ (the last may be partial)
+    let nv: Int          // SIMD8 vectors per output row, ⌈Wo/8⌉ (the last may be partial)
     let phases: Int      // column phases of P: 1 at stride 1, 2 at stride 2
     let pRows, pStride: Int
     let qRows, qStride, qTop, qLeft: Int
@@ -33,29 +33,33 @@ struct DepthwisePlan {
 
     /// Most taps the fast path takes (9×9: MergeNAS's merged kernel); its broadcast weights live on the stack.
     static let maxTaps = 81
+    /// Floats per vector of the inner kernels (SIMD8: one AVX register); the planes' margins hold a
+    /// whole vector past the last column, so the gathers read without bounds tests.
+    static let lanes = 8
 
     init?(_ g: ConvGeometry) {
         guard g.algorithm == .depthwise, g.stride == 1 || g.stride == 2, g.kh * g.kw <= Self.maxTaps else { return nil }
         (h, w, ho, wo, kh, kw, s, p, d) = (g.h, g.w, g.hOut, g.wOut, g.kh, g.kw, g.stride, g.padding, g.dilation)
-        nv = (wo + 3) / 4
+        let lanes = Self.lanes
+        nv = (wo + lanes - 1) / lanes
         pRows = h + 2 * p
         if s == 1 {
             // dX = forward of dY padded by dilation·(k−1) − p with the kernel flipped; needs that ≥ 0.
             guard p <= d * (kh - 1), p <= d * (kw - 1) else { return nil }
             phases = 1
-            pStride = 4 * nv + (kw - 1) * d                   // ≥ W + 2p, and room for the last vector's taps
+            pStride = lanes * nv + (kw - 1) * d               // ≥ W + 2p, and room for the last vector's taps
             qTop = (kh - 1) * d - p; qLeft = (kw - 1) * d - p
             qRows = h + (kh - 1) * d
-            qStride = max(4 * ((w + 3) / 4) + (kw - 1) * d, qLeft + 4 * nv)
+            qStride = max(lanes * ((w + lanes - 1) / lanes) + (kw - 1) * d, qLeft + lanes * nv)
             subRows = 0; subCols = 0
         } else {
             phases = 2
-            pStride = max(4 * nv + (kw - 1) * d / 2, (w + 2 * p + 1) / 2)
+            pStride = max(lanes * nv + (kw - 1) * d / 2, (w + 2 * p + 1) / 2)
             // dX sub-pixel gathers read dY up to ⌊(k−1)·d/2⌋ rows above and columns left of a
             // sub-pixel, and past dY's last row and column: zero margins keep every read in Q.
             qTop = ((kh - 1) * d + 1) / 2; qLeft = ((kw - 1) * d + 1) / 2
             qRows = qTop + max(ho, (h - 1 + p) / 2 + 1)
-            qStride = qLeft + max(4 * nv, (w - 1 + p) / 2 + 4)
+            qStride = qLeft + max(lanes * nv, (w - 1 + p) / 2 + lanes)
             subRows = (h + 1) / 2; subCols = (w + 1) / 2
         }
     }
@@ -72,11 +76,11 @@ struct DepthwisePlan {
         qFloats + (backwardNeedsP(needWeightGrad: needWeightGrad, reluInput: reluInput) ? pFloats : 0)
             + (s == 2 && needInputGrad ? rFloats : 0)
     }
-    /// Backward scratch: the chunks', then the dW sums (C, KH·KW, 4) shared by all chunks.
+    /// Backward scratch: the chunks', then the dW sums (C, KH·KW, lanes) shared by all chunks.
     func backwardFloats(chunks: Int, channels: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
         if !needInputGrad && !needWeightGrad { return 0 }
         return chunks * backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
-            + (needWeightGrad ? channels * kh * kw * 4 : 0)
+            + (needWeightGrad ? channels * kh * kw * Self.lanes : 0)
     }
 
     /// P interior ← one x plane (H, W), or relu(x) when `relu`. Stride 2 splits the padded columns by parity.
@@ -150,11 +154,11 @@ extension Kernels {
         Parallel.forChunksIndexed(g.n * c, chunks: Parallel.chunkCount(g.n)) { k, range in
             let pb = workspace! + k * per                   // P: (phases, pRows, pStride)
             pb.update(repeating: 0, count: per)
-            withUnsafeTemporaryAllocation(of: SIMD4<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
+            withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                 // (KH·KW) broadcast weights
                 for plane in range {
                     let wc = w + (plane % c) * taps
-                    for t in 0..<taps { wv[t] = SIMD4(repeating: wc[t]) }
+                    for t in 0..<taps { wv[t] = SIMD8(repeating: wc[t]) }
                     plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
                     // y[plane] (Ho, Wo) = Σ taps w · P shifted
                     GatherKernel(src: pb, phaseSize: plan.pRows * plan.pStride, rowStride: plan.pStride, wv: wv,
@@ -169,7 +173,7 @@ extension Kernels {
     /// cores, so no two chunks share a weight; each chunk walks the samples in order and, within
     /// a sample, its channels (contiguous planes), padding each dY plane once for both gradients.
     /// `workspace` holds `g.backwardWorkspaceFloats(chunks:...)`: per chunk Q (and P, R at
-    /// stride 2), then the dW sums (C, KH·KW, 4).
+    /// stride 2), then the dW sums (C, KH·KW, lanes).
     /// With `reluInput`, x is the pre-ReLU input: dW from relu(x), dX masked by 1[x > 0].
     static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                                   dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?,
@@ -184,15 +188,16 @@ extension Kernels {
         let chunks = ConvGeometry.depthwiseBackwardChunks(channels: c, chunks: Parallel.chunkCount(g.n))
         let per = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil, reluInput: reluInput)
         let hasP = plan.backwardNeedsP(needWeightGrad: dW != nil, reluInput: reluInput)
-        let sums = workspace! + chunks * per                                // (C, KH·KW, 4) dW sums
+        let lanes = DepthwisePlan.lanes
+        let sums = workspace! + chunks * per                                // (C, KH·KW, lanes) dW sums
         Parallel.forChunksIndexed(c, chunks: chunks) { k, range in
             let qb = workspace! + k * per                                   // Q: (qRows, qStride)
             let pb = qb + plan.qFloats                                      // P: (phases, pRows, pStride), stride-2 or ReLU-input dW only
             let rb = pb + (hasP ? plan.pFloats : 0)                         // R: (2, 2, subRows, subCols), stride-2 dX only
             qb.update(repeating: 0, count: per)
-            if dW != nil { (sums + range.lowerBound * taps * 4).update(repeating: 0, count: range.count * taps * 4) }
+            if dW != nil { (sums + range.lowerBound * taps * lanes).update(repeating: 0, count: range.count * taps * lanes) }
             let dyInQ = qb + plan.qTop * plan.qStride + plan.qLeft          // dY[0, 0] inside Q
-            withUnsafeTemporaryAllocation(of: SIMD4<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
+            withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                                 // (KH·KW) broadcast weights
                 for sample in 0..<g.n {
                     for ch in range {
@@ -201,7 +206,7 @@ extension Kernels {
                         if let dX {
                             if s == 1 {
                                 // dX[plane] (H, W) = Σ taps flip(w) · Q shifted
-                                for t in 0..<taps { wv[t] = SIMD4(repeating: wc[taps - 1 - t]) }
+                                for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
                                 GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
                                              rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w)
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
@@ -211,7 +216,7 @@ extension Kernels {
                             if reluInput { maskByPositive(dX + plane * hw, x + plane * hw, count: hw) }
                         }
                         if dW != nil {
-                            let acc = sums + ch * taps * 4
+                            let acc = sums + ch * taps * lanes
                             if s == 1 {
                                 // dW (taps reversed) += Σ x[plane] · Q shifted (relu(x), from P's interior, when fused)
                                 var a = x + plane * hw, aStride = g.w
@@ -236,7 +241,7 @@ extension Kernels {
             }
             if let dW {
                 for ch in range {
-                    for t in 0..<taps { dW[ch * taps + t] += load4(sums + (ch * taps + t) * 4).sum() }
+                    for t in 0..<taps { dW[ch * taps + t] += load8(sums + (ch * taps + t) * lanes).sum() }
                 }
             }
         }
@@ -248,7 +253,7 @@ extension Kernels {
     /// a dense correlation of dY (in Q, zero margins) with the matching taps, flipped. The planes
     /// go to R (2, 2, subRows, subCols), then interleave into dX. wv is scratch for the sub-kernels.
     static func depthwiseSubPixelInputGrad(_ plan: DepthwisePlan, dyInQ: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                                           wv: UnsafeMutablePointer<SIMD4<Float>>, sub: UnsafeMutablePointer<Float>,
+                                           wv: UnsafeMutablePointer<SIMD8<Float>>, sub: UnsafeMutablePointer<Float>,
                                            dX: UnsafeMutablePointer<Float>) {
         let (h, wd, p, d, kh, kw, qs) = (plan.h, plan.w, plan.p, plan.d, plan.kh, plan.kw, plan.qStride)
         let (sr, sc) = (plan.subRows, plan.subCols)
@@ -268,7 +273,7 @@ extension Kernels {
                 for a in 0..<na {
                     for b in 0..<nb {
                         let ki = ki0 + (na - 1 - a) * step, kj = kj0 + (nb - 1 - b) * step
-                        wv[a * nb + b] = SIMD4(repeating: w[ki * kw + kj])
+                        wv[a * nb + b] = SIMD8(repeating: w[ki * kw + kj])
                     }
                 }
                 GatherKernel(src: dyInQ + (uLo - top) * qs + (mLo - left), phaseSize: 0, rowStride: qs, wv: wv,
@@ -300,7 +305,7 @@ extension Kernels {
     /// src is padded so every read is in bounds, including the lanes past `cols` of the last vector.
     struct GatherKernel: DepthwiseTapKernel {
         var src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int
-        var wv: UnsafePointer<SIMD4<Float>>                  // (KH·KW) broadcast weights
+        var wv: UnsafePointer<SIMD8<Float>>                  // (KH·KW) broadcast weights
         var rows: Int, cols: Int, out: UnsafeMutablePointer<Float>, outStride: Int
 
         func run<T: TapLayout>(_ t: T) {
@@ -318,20 +323,20 @@ extension Kernels {
         /// together, so an input row's loads serve every output row it reaches.
         @inline(__always)
         func block<T: TapLayout, R: StaticInt>(_ t: T, _: R.Type, row: Int) {
-            let full = cols >> 2, rem = cols & 3
+            let full = cols >> 3, rem = cols & 7
             let at = src + t.s * row * rowStride, orow = out + row * outStride
             for j in 0..<full {
-                let y = sums(t, R.self, at + 4 * j)
-                for r in 0..<R.value { store4(orow + r * outStride + 4 * j, y[r]) }
+                let y = sums(t, R.self, at + 8 * j)
+                for r in 0..<R.value { store8(orow + r * outStride + 8 * j, y[r]) }
             }
             if rem != 0 {
-                let y = sums(t, R.self, at + 4 * full)
-                for r in 0..<R.value { storePartial(orow + r * outStride + 4 * full, y[r], rem) }
+                let y = sums(t, R.self, at + 8 * full)
+                for r in 0..<R.value { storePartial8(orow + r * outStride + 8 * full, y[r], rem) }
             }
         }
 
-        /// Σ taps for rows 0..<R of one vector column; each kernel row is summed on its own
-        /// (independent add chains), then added in.
+        /// Σ taps for rows 0..<R of one vector column, one fused multiply-add per tap; each kernel
+        /// row is summed on its own (independent chains), then added in.
         @inline(__always)
         func sums<T: TapLayout, R: StaticInt>(_ t: T, _: R.Type, _ at: UnsafePointer<Float>) -> RowSums {
             let (kh, kw, s, d) = (t.kh, t.kw, t.s, t.d)
@@ -341,8 +346,7 @@ extension Kernels {
                 for kj in 0..<kw {
                     let wt = wv[ki * kw + kj], x = at + (ki * d) * rowStride + tapColumn(kj * d, s: s, phaseSize: phaseSize)
                     for r in 0..<R.value {
-                        let v = wt * load4(x + r * s * rowStride)
-                        if kj == 0 { part[r] = v } else { part[r] += v }
+                        if kj == 0 { part[r] = wt * load8(x + r * s * rowStride) } else { part[r].addProduct(wt, load8(x + r * s * rowStride)) }
                     }
                 }
                 for r in 0..<R.value { if ki == 0 { total[r] = part[r] } else { total[r] += part[r] } }
@@ -352,7 +356,7 @@ extension Kernels {
     }
 
     /// sums[ki·kw+kj] = Σ_r Σ_c a[r·aStride + c] · B[phase(kj·d)][(s·r + ki·d)·bStride + shift(kj·d) + c]
-    /// over r < rows and c < aCols (a's lanes past aCols count as zero), added into acc (KH·KW, 4),
+    /// over r < rows and c < aCols (a's lanes past aCols count as zero), added into acc (KH·KW, lanes),
     /// in reverse tap order when `reversed`. Two uses:
     ///   stride 2: a = dY (Ho, Wo), B = P (padded x by column phase)  → dW;
     ///   stride 1: a = x (H, W), B = Q (dY padded by d·(k−1) − p)     → dW with the taps reversed,
@@ -362,7 +366,7 @@ extension Kernels {
         var a: UnsafePointer<Float>, aStride: Int, aCols: Int, rows: Int
         var b: UnsafePointer<Float>, bStride: Int, phaseSize: Int
         var reversed: Bool
-        var acc: UnsafeMutablePointer<Float>                 // (KH·KW, 4) running sums, any alignment
+        var acc: UnsafeMutablePointer<Float>                 // (KH·KW, lanes) running sums, any alignment
 
         func run<T: TapLayout>(_ t: T) {
             if T.isFixed && t.kh == 3 && t.kw == 3 {
@@ -371,15 +375,15 @@ extension Kernels {
                 group(t, Int0.self, Int2.self); group(t, Int2.self, Int2.self); group(t, Int4.self, Int1.self)
             } else {
                 // Any other layout: one tap at a time.
-                let full = aCols >> 2, rem = aCols & 3
+                let full = aCols >> 3, rem = aCols & 7
                 for ki in 0..<t.kh {
                     for kj in 0..<t.kw {
-                        var sum = SIMD4<Float>()
+                        var sum = SIMD8<Float>()
                         for r in 0..<rows {
                             let arow = a + r * aStride
                             let x = b + (t.s * r + ki * t.d) * bStride + tapColumn(kj * t.d, s: t.s, phaseSize: phaseSize)
-                            for j in 0..<full { sum += load4(arow + 4 * j) * load4(x + 4 * j) }
-                            if rem != 0 { sum += loadPartial(arow + 4 * full, rem) * load4(x + 4 * full) }
+                            for j in 0..<full { sum.addProduct(load8(arow + 8 * j), load8(x + 8 * j)) }
+                            if rem != 0 { sum.addProduct(loadPartial8(arow + 8 * full, rem), load8(x + 8 * full)) }
                         }
                         addInto(ki * t.kw + kj, taps: t.kh * t.kw, sum)
                     }
@@ -393,52 +397,52 @@ extension Kernels {
         @inline(__always)
         func group<T: TapLayout, Lo: StaticInt, Count: StaticInt>(_ t: T, _: Lo.Type, _: Count.Type) {
             let (kw, s, d, kiLo, kiCount) = (t.kw, t.s, t.d, Lo.value, Count.value)
-            let full = aCols >> 2, rem = aCols & 3, taps = t.kh * kw
+            let full = aCols >> 3, rem = aCols & 7, taps = t.kh * kw
             var sums = TapSums()
             for r in 0..<rows {
                 let arow = a + r * aStride, base = b + (s * r + kiLo * d) * bStride
-                for j in 0..<full { accumulate(&sums, load4(arow + 4 * j), base + 4 * j, kiCount: kiCount, kw: kw, s: s, d: d) }
+                for j in 0..<full { accumulate(&sums, load8(arow + 8 * j), base + 8 * j, kiCount: kiCount, kw: kw, s: s, d: d) }
             }
             for i in 0..<(kiCount * kw) { addInto(kiLo * kw + i, taps: taps, sums[i]) }
             if rem == 0 { return }
             var tail = TapSums()
             for r in 0..<rows {
                 let arow = a + r * aStride, base = b + (s * r + kiLo * d) * bStride
-                accumulate(&tail, loadPartial(arow + 4 * full, rem), base + 4 * full, kiCount: kiCount, kw: kw, s: s, d: d)
+                accumulate(&tail, loadPartial8(arow + 8 * full, rem), base + 8 * full, kiCount: kiCount, kw: kw, s: s, d: d)
             }
             for i in 0..<(kiCount * kw) { addInto(kiLo * kw + i, taps: taps, tail[i]) }
         }
 
         @inline(__always)
-        func accumulate(_ sums: inout TapSums, _ g: SIMD4<Float>, _ x: UnsafePointer<Float>, kiCount: Int, kw: Int, s: Int, d: Int) {
+        func accumulate(_ sums: inout TapSums, _ g: SIMD8<Float>, _ x: UnsafePointer<Float>, kiCount: Int, kw: Int, s: Int, d: Int) {
             for i in 0..<kiCount {
                 for kj in 0..<kw {
-                    sums[i * kw + kj] += g * load4(x + i * d * bStride + tapColumn(kj * d, s: s, phaseSize: phaseSize))
+                    sums[i * kw + kj].addProduct(g, load8(x + i * d * bStride + tapColumn(kj * d, s: s, phaseSize: phaseSize)))
                 }
             }
         }
 
         @inline(__always)
-        func addInto(_ tap: Int, taps: Int, _ v: SIMD4<Float>) {
-            let p = acc + 4 * (reversed ? taps - 1 - tap : tap)
-            store4(p, load4(p) + v)
+        func addInto(_ tap: Int, taps: Int, _ v: SIMD8<Float>) {
+            let p = acc + 8 * (reversed ? taps - 1 - tap : tap)
+            store8(p, load8(p) + v)
         }
     }
 
-    /// Four SIMD4 sums addressed by constant indices (after unrolling), so they live in registers.
+    /// Four SIMD8 sums addressed by constant indices (after unrolling), so they live in registers.
     struct RowSums {
-        var r0 = SIMD4<Float>(), r1 = SIMD4<Float>(), r2 = SIMD4<Float>(), r3 = SIMD4<Float>()
-        @inline(__always) subscript(i: Int) -> SIMD4<Float> {
+        var r0 = SIMD8<Float>(), r1 = SIMD8<Float>(), r2 = SIMD8<Float>(), r3 = SIMD8<Float>()
+        @inline(__always) subscript(i: Int) -> SIMD8<Float> {
             get { switch i { case 0: r0; case 1: r1; case 2: r2; default: r3 } }
             set { switch i { case 0: r0 = newValue; case 1: r1 = newValue; case 2: r2 = newValue; default: r3 = newValue } }
         }
     }
 
-    /// Ten SIMD4 sums addressed by constant indices (after unrolling), so they live in registers.
+    /// Ten SIMD8 sums addressed by constant indices (after unrolling), so they live in registers.
     struct TapSums {
-        var t0 = SIMD4<Float>(), t1 = SIMD4<Float>(), t2 = SIMD4<Float>(), t3 = SIMD4<Float>(), t4 = SIMD4<Float>()
-        var t5 = SIMD4<Float>(), t6 = SIMD4<Float>(), t7 = SIMD4<Float>(), t8 = SIMD4<Float>(), t9 = SIMD4<Float>()
-        @inline(__always) subscript(i: Int) -> SIMD4<Float> {
+        var t0 = SIMD8<Float>(), t1 = SIMD8<Float>(), t2 = SIMD8<Float>(), t3 = SIMD8<Float>(), t4 = SIMD8<Float>()
+        var t5 = SIMD8<Float>(), t6 = SIMD8<Float>(), t7 = SIMD8<Float>(), t8 = SIMD8<Float>(), t9 = SIMD8<Float>()
+        @inline(__always) subscript(i: Int) -> SIMD8<Float> {
             get {
                 switch i { case 0: t0; case 1: t1; case 2: t2; case 3: t3; case 4: t4
                            case 5: t5; case 6: t6; case 7: t7; case 8: t8; default: t9 }
@@ -527,22 +531,21 @@ extension DepthwiseTapKernel {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
 }
 
-/// Lanes 0..<n (1...3) of p, zeros above; reads nothing past p[n − 1].
+/// Lanes 0..<n (1...7) of p, zeros above; reads nothing past p[n − 1].
 @inline(__always)
-func loadPartial(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
-    switch n {
-    case 3: return SIMD4(p[0], p[1], p[2], 0)
-    case 2: return SIMD4(p[0], p[1], 0, 0)
-    default: return SIMD4(p[0], 0, 0, 0)
-    }
+func loadPartial8(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD8<Float> {
+    var v = SIMD8<Float>(), i = 0
+    if n >= 4 { v.lowHalf = load4(p); i = 4 }
+    while i < n { v[i] = p[i]; i += 1 }
+    return v
 }
 
-/// Stores lanes 0..<n (1...3) of v at p; writes nothing past p[n − 1].
+/// Stores lanes 0..<n (1...7) of v at p; writes nothing past p[n − 1].
 @inline(__always)
-func storePartial(_ p: UnsafeMutablePointer<Float>, _ v: SIMD4<Float>, _ n: Int) {
-    p[0] = v[0]
-    if n > 1 { p[1] = v[1] }
-    if n > 2 { p[2] = v[2] }
+func storePartial8(_ p: UnsafeMutablePointer<Float>, _ v: SIMD8<Float>, _ n: Int) {
+    var i = 0
+    if n >= 4 { store4(p, v.lowHalf); i = 4 }
+    while i < n { p[i] = v[i]; i += 1 }
 }
 
 /// dst[0..<n] = src[0..<n], inline: rows are short (7–28 floats), too short for a memcpy call.
