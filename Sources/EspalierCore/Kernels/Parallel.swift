@@ -26,19 +26,12 @@ public enum Parallel {
     /// Called once before any kernel: OpenBLAS single-threaded (we parallelise above it).
     public static let configureBLAS: Void = { openblas_set_num_threads(1) }()
 
-    /// Chunks a loop is split into per worker (with more than one worker). The threads claim chunks
-    /// as they come free, so a thread that starts a loop late (woken late, or its core taken by the
-    /// host for a while) takes fewer of them instead of making the others wait for its half. A
-    /// chunk's range depends only on its index, never on the thread that runs it, so per-chunk
-    /// partial sums reduced in chunk order stay bit-identical run to run.
-    public static let chunksPerWorker = 4
-
-    /// Runs `body(range)` over `0..<n` split into at most `chunkCount(n)` contiguous chunks.
+    /// Runs `body(range)` over `0..<n` split into at most `workers` contiguous chunks.
     /// Chunks smaller than `grain` are not split further. Returns when all chunks are done.
     @inline(__always)
     public static func forChunks(_ n: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
         _ = configureBLAS
-        let chunks = chunkCount(n / max(grain, 1))
+        let chunks = min(workers, max(1, n / max(grain, 1)))
         if chunks <= 1 || n <= 1 { body(0..<n); return }
         let chunks2 = min(chunks, n)
         run(chunks2) { k in
@@ -64,7 +57,7 @@ public enum Parallel {
     }
 
     /// How many chunks `forChunksIndexed` should use for `n` items.
-    public static func chunkCount(_ n: Int) -> Int { workers == 1 ? 1 : max(1, min(workers * chunksPerWorker, n)) }
+    public static func chunkCount(_ n: Int) -> Int { max(1, min(workers, n)) }
 }
 
 /// The threads behind `Parallel`'s loops. One loop at a time: the caller runs chunks too, and a
