@@ -15,6 +15,9 @@ static inline int espalier_die_with_parent(pid_t expected_parent) {
 // (8 lanes, Package.swift), so SearchBench.fmaPeak measures what our kernels can issue; on a CPU
 // with AVX-512 the physical limit is up to twice that, and the bench measures it here too.
 // Elsewhere than x86-64 there is no such unit: the check says 0.
+/// Flops of one iteration of espalier_fma512_chains: 12 chains × 16 lanes × 2 (multiply and add).
+#define ESPALIER_FMA512_FLOPS_PER_ITERATION 384
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -31,7 +34,7 @@ static inline int espalier_cpu_has_avx512f(void) {
 }
 
 /// Twelve independent 16-lane fused multiply-add chains a ← a·m + c, `iterations` times each
-/// (384 flops an iteration). AVX-512F code: call it only where espalier_cpu_has_avx512f() is 1.
+/// (ESPALIER_FMA512_FLOPS_PER_ITERATION flops an iteration). AVX-512F code: call it only where espalier_cpu_has_avx512f() is 1.
 /// Returns the chains' sum, so that nothing is optimised away.
 __attribute__((target("avx512f"))) static inline float espalier_fma512_chains(long iterations, float m, float c) {
     const __m512 vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);

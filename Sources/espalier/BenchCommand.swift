@@ -37,7 +37,7 @@ struct BenchCommand: ParsableCommand {
         var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry, recompute: mode)
         r.fmaPeakGflops = SearchBench.fmaPeak()
         if espalier_cpu_has_avx512f() != 0 {
-            r.fmaPeak512Gflops = SearchBench.fmaPeak(iterations: 20_000_000, flopsPerIteration: 12 * 16 * 2) { espalier_fma512_chains($0, 0.999999, 1e-7) }
+            r.fmaPeak512Gflops = SearchBench.fmaPeak(iterations: 20_000_000, flopsPerIteration: Int(ESPALIER_FMA512_FLOPS_PER_ITERATION)) { espalier_fma512_chains($0, 0.999999, 1e-7) }
         }
         if json {
             let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]

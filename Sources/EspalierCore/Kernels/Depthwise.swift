@@ -35,7 +35,7 @@ struct DepthwisePlan {
     static let maxTaps = 81
     /// Floats per vector of the inner kernels (SIMD8: one AVX register); the planes' margins hold a
     /// whole vector past the last column, so the gathers read without bounds tests.
-    static let lanes = 8
+    static let lanes = SIMD8<Float>.scalarCount
 
     init?(_ g: ConvGeometry) {
         guard g.algorithm == .depthwise, g.stride == 1 || g.stride == 2, g.kh * g.kw <= Self.maxTaps else { return nil }
@@ -424,7 +424,7 @@ extension Kernels {
 
         @inline(__always)
         func addInto(_ tap: Int, taps: Int, _ v: SIMD8<Float>) {
-            let p = acc + 8 * (reversed ? taps - 1 - tap : tap)
+            let p = acc + DepthwisePlan.lanes * (reversed ? taps - 1 - tap : tap)
             store8(p, load8(p) + v)
         }
     }

@@ -3,11 +3,11 @@
 // chunk per core and calls sgemm (Gemm.swift) inside each chunk. This keeps both cores busy for the many
 // small GEMMs of a supernet, where OpenBLAS's own threading would pay start-up per call.
 // The chunks run on `WorkerPool`: workers − 1 persistent threads that, between loops, spin a
-// few microseconds, then yield the core for about 10 ms, then park on a condition (a search step
+// few microseconds, then yield the core for up to ~12 ms, then park on a condition (a search step
 // runs thousands of small loops back to back, with the caller's bookkeeping between them; a
 // worker parked after ~50 µs woke late for the next loop, claimed its chunk late, and the caller
 // waited for it: in a DARTS fmnist step's profile the caller spent a quarter of its time yielding
-// and the worker ran 38 % of the samples to the caller's 61 %; yielding for 10 ms before parking
+// and the worker ran 38 % of the samples to the caller's 61 %; yielding that long before parking
 // balanced them, 50 % to 49 %, and made the step 0.83× as long). ESPALIER_WORKER_POOL=0 uses
 // Dispatch's concurrentPerform instead.
 
@@ -74,7 +74,8 @@ final class WorkerPool: @unchecked Sendable {
         return WorkerPool(threads: Parallel.workers - 1)
     }()
 
-    /// Pause instructions before yielding (~2 µs), and yields before parking (~0.5 µs each: ~10 ms).
+    /// Pause instructions before yielding (~2 µs), and yields before parking (one `sched_yield` took
+    /// 0.6 µs here, measured through Python: at most ~12 ms).
     private static let spins = 32, yields = 20000
 
     private final class Job { var body: ((Int) -> Void)? }
