@@ -59,15 +59,14 @@ final class ConvTests: XCTestCase {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(k))
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(100 + k))
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(200 + k))
-            let chunks = Parallel.chunkCount(g.n)
-            let ws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: acc)
+            let ws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats())], category: .workspace, accountant: acc)
             let y1 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
             let y2 = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
             Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y1.ptr, workspace: ws.ptr)
             Kernels.conv2dForwardNaive(g, x: x.ptr, w: w.ptr, y: y2.ptr)
             assertClose(y1.array, y2.array, tol: 1e-5, "forward \(g) [\(g.algorithm)]")
 
-            let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: true, needWeightGrad: true))],
+            let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: true))],
                                  category: .workspace, accountant: acc)
             let dX1 = try Tensor(shape: x.shape, category: .data, accountant: acc)
             let dX2 = try Tensor(shape: x.shape, category: .data, accountant: acc)
@@ -102,7 +101,6 @@ final class ConvTests: XCTestCase {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(300 + k))
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(400 + k))
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(500 + k))
-            let chunks = Parallel.chunkCount(g.n)
             func workspace(_ floats: Int) throws -> Tensor {
                 let ws = try Tensor(shape: [floats + guardFloats], category: .workspace, accountant: acc)
                 ws.fill(sentinel)
@@ -112,7 +110,7 @@ final class ConvTests: XCTestCase {
                 let a = ws.array
                 XCTAssertTrue(a[floats...].allSatisfy { $0 == sentinel }, "\(what) wrote past its \(floats)-float workspace: \(g)")
             }
-            let fFloats = g.forwardWorkspaceFloats(chunks: chunks)
+            let fFloats = g.forwardWorkspaceFloats()
             let fws = try workspace(fFloats)
             let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
             Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr)
@@ -120,7 +118,7 @@ final class ConvTests: XCTestCase {
 
             var results: [(dX: [Float]?, dW: [Float]?)] = []
             for (needX, needW) in [(true, true), (true, false), (false, true)] {
-                let floats = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW)
+                let floats = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW)
                 let ws = try workspace(floats)
                 let dX = try Tensor(shape: x.shape, category: .data, accountant: acc)
                 let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
@@ -155,8 +153,7 @@ final class ConvTests: XCTestCase {
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(800 + k))
             let r = try Tensor(shape: x.shape, category: .data, accountant: acc)
             for i in 0..<x.count { r[i] = max(x[i], 0) }
-            let chunks = Parallel.chunkCount(g.n)
-            let fFloats = g.forwardWorkspaceFloats(chunks: chunks)
+            let fFloats = g.forwardWorkspaceFloats()
             let fws = try Tensor.filled([fFloats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
             let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
             let yRef = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
@@ -170,7 +167,7 @@ final class ConvTests: XCTestCase {
             Kernels.conv2dBackwardNaive(g, x: r.ptr, w: w.ptr, dY: dY.ptr, dX: dXRef.ptr, dW: dWRef.ptr)
             for i in 0..<x.count where x[i] <= 0 { dXRef[i] = 0 }
             for (needX, needW) in [(true, true), (true, false), (false, true)] {
-                let floats = g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: needX, needWeightGrad: needW, reluInput: true)
+                let floats = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW, reluInput: true)
                 let ws = try Tensor.filled([floats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
                 let dX = try Tensor(shape: x.shape, category: .data, accountant: acc)
                 let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)

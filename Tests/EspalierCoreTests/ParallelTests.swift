@@ -1,6 +1,7 @@
 // The worker pool behind Parallel's loops: every chunk runs exactly once per loop, loops nested
 // in a chunk and loops from a second thread run inline, and thousands of back-to-back loops
-// (a search step's pattern) neither lose nor repeat work.
+// (a search step's pattern) neither lose nor repeat work. Loops whose chunks are disjoint are split
+// finer than the threads, so a thread held up in one chunk leaves the others to the rest.
 
 import EspalierCore
 import Foundation
@@ -50,5 +51,22 @@ final class ParallelTests: XCTestCase {
         }
         group.wait()
         XCTAssertTrue((0..<n).allSatisfy { a[$0] == 200 && b[$0] == 400 })
+    }
+
+    func testDisjointLoop_AThreadHeldUpInOneChunk_LeavesTheRestToTheOthers() {
+        let n = 64
+        guard Parallel.workers > 1 else { XCTAssertEqual(Parallel.disjointChunkCount(n), 1); return }
+        XCTAssertEqual(Parallel.disjointChunkCount(n), min(n, Parallel.workers * Parallel.chunksPerWorker))
+        XCTAssertEqual(Parallel.chunkCount(n), Parallel.workers, "loops that add chunks' partial sums keep one chunk per worker")
+        let ranBy = UnsafeMutablePointer<pthread_t>.allocate(capacity: n)    // the thread that ran each item
+        defer { ranBy.deallocate() }
+        Parallel.forChunks(n) { range in
+            if range.lowerBound == 0 { usleep(200_000) }     // the thread that took the first chunk is held up
+            for i in range { ranBy[i] = pthread_self() }
+        }
+        let held = ranBy[0]
+        let itemsOfHeld = (0..<n).filter { pthread_equal(ranBy[$0], held) != 0 }.count
+        XCTAssertLessThan(itemsOfHeld, n / Parallel.workers,
+                          "a thread held up in its first chunk should leave more than its even share to the others")
     }
 }

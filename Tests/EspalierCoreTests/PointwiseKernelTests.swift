@@ -63,7 +63,7 @@ final class PointwiseKernelTests: XCTestCase {
             Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: nil)
             Kernels.conv2dForwardNaive(g, x: x.ptr, w: w.ptr, y: yRef.ptr)
             assertClose(y.array, yRef.array, tol: 1e-4, "forward \(c)")
-            let ws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n), needInputGrad: true, needWeightGrad: true))],
+            let ws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: true))],
                                 category: .workspace, accountant: acc)
             let dX = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc), dXRef = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc)
             let dW = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc), dWRef = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc)

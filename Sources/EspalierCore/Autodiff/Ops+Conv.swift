@@ -25,8 +25,7 @@ extension Graph {
             return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups)
         }
         let y = try output(g.outputShape)
-        let chunks = Parallel.chunkCount(g.n)
-        let wsCount = g.forwardWorkspaceFloats(chunks: chunks)
+        let wsCount = g.forwardWorkspaceFloats()
         if wsCount > 0 {
             let ws = try Tensor(shape: [wsCount], category: .workspace, accountant: accountant)
             if computing { Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: ws.ptr, reluInput: reluInput) }
@@ -51,7 +50,7 @@ extension Graph {
         if needW {
             if let pg = try ctx.parameterGrad(wIndex) { dW = pg } else { dW = try gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
         }
-        let wsCount = g.backwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n), needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
+        let wsCount = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
         let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: accountant) : nil
         if ctx.computing {
             Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput)

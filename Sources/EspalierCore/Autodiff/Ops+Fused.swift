@@ -43,7 +43,7 @@ extension Graph {
         // Forward: t = depthwise(relu(x)), kept for both backward GEMMs' operands.
         let t = try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant)
         do {
-            let ws = try Tensor(shape: [max(1, gd.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: accountant)
+            let ws = try Tensor(shape: [max(1, gd.forwardWorkspaceFloats())], category: .workspace, accountant: accountant)
             if computing { Kernels.conv2dForward(gd, x: x.value.ptr, w: wd.value.ptr, y: t.ptr, workspace: ws.ptr, reluInput: reluInput) }
         }
         let y = try output(gp.outputShape)

@@ -57,9 +57,8 @@ public enum KernelBench {
         let dY = try Tensor(shape: g.outputShape, category: .activationGradients, accountant: acc); dY.fillUniform(bound: 1, rng: &rng)
         let dX = try Tensor(shape: x.shape, category: .activationGradients, accountant: acc)
         let dW = try Tensor.zeros(g.weightShape, category: .gradients, accountant: acc)
-        let chunks = Parallel.chunkCount(g.n)
-        let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats(chunks: chunks))], category: .workspace, accountant: acc)
-        let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(chunks: chunks, needInputGrad: true, needWeightGrad: true))],
+        let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats())], category: .workspace, accountant: acc)
+        let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: true))],
                              category: .workspace, accountant: acc)
         let shape = "B=\(g.n) C=\(g.cIn)→\(g.cOut) \(g.h)×\(g.w) k\(g.kh)"
         let f = time { Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr) }

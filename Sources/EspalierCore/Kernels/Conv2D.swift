@@ -62,24 +62,26 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     var colRows: Int { cInPerGroup * kh * kw }
     var colSize: Int { colRows * hOut * wOut * groups }   // one sample, all groups
 
-    /// Scratch floats the forward pass needs with `chunks` parallel chunks.
-    public func forwardWorkspaceFloats(chunks: Int) -> Int {
+    /// Scratch floats the forward pass needs, split over cores as the kernels split it (a chunk
+    /// per worker over samples for im2col; disjoint plane chunks for depthwise).
+    public func forwardWorkspaceFloats() -> Int {
         switch algorithm {
         case .pointwise: return 0
-        case .depthwise: return depthwiseForwardFloats(chunks: chunks)
-        case .im2col: return chunks * colSize
+        case .depthwise: return depthwiseForwardFloats()
+        case .im2col: return Parallel.chunkCount(n) * colSize
         }
     }
 
-    /// Scratch floats the backward pass needs (columns, their gradient, per-chunk dW partials).
-    /// `reluInput`: the depthwise path with ReLU fused into its input (see Depthwise.swift).
-    public func backwardWorkspaceFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
-        let wCount = cOut * cInPerGroup * kh * kw
+    /// Scratch floats the backward pass needs (columns, their gradient, per-chunk dW partials),
+    /// split over cores as the kernels split it. `reluInput`: the depthwise path with ReLU fused
+    /// into its input (see Depthwise.swift).
+    public func backwardWorkspaceFloats(needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
+        let wCount = cOut * cInPerGroup * kh * kw, chunks = Parallel.chunkCount(n)
         switch algorithm {
         case .pointwise:
             return (needInputGrad ? wCount : 0) + (needWeightGrad ? (chunks - 1) * wCount : 0)   // wᵀ, dW partials
         case .depthwise:
-            return depthwiseBackwardFloats(chunks: chunks, needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
+            return depthwiseBackwardFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
         case .im2col:
             let perChunk = colSize * ((needInputGrad ? 1 : 0) + (needWeightGrad ? 1 : 0))
             return chunks * perChunk + (needWeightGrad ? (chunks - 1) * wCount : 0)
@@ -90,7 +92,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 extension Kernels {
     // MARK: - Tuned paths
 
-    /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats(chunks: Parallel.chunkCount(g.n))`.
+    /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats()`.
     /// `reluInput` (y = conv(relu(x), w)) only on the depthwise fast path: see `supportsReLUInput`.
     public static func conv2dForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                      y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {

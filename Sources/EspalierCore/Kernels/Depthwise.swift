@@ -126,22 +126,25 @@ struct DepthwisePlan {
 }
 
 extension ConvGeometry {
-    /// Scratch floats of the depthwise path with `chunks` chunks (0 when it takes the direct loops).
-    func depthwiseForwardFloats(chunks: Int) -> Int { DepthwisePlan(self)?.forwardFloats(chunks: chunks) ?? 0 }
-    func depthwiseBackwardFloats(chunks: Int, needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
+    /// Scratch floats of the depthwise path (0 when it takes the direct loops).
+    func depthwiseForwardFloats() -> Int { DepthwisePlan(self)?.forwardFloats(chunks: depthwiseForwardChunks) ?? 0 }
+    func depthwiseBackwardFloats(needInputGrad: Bool, needWeightGrad: Bool, reluInput: Bool = false) -> Int {
         guard let plan = DepthwisePlan(self) else { return 0 }
-        return plan.backwardFloats(chunks: Self.depthwiseBackwardChunks(channels: cIn, chunks: chunks), channels: cIn,
+        return plan.backwardFloats(chunks: depthwiseBackwardChunks, channels: cIn,
                                    needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
     }
-    /// The backward pass splits channels, so it uses at most one chunk per channel.
-    static func depthwiseBackwardChunks(channels: Int, chunks: Int) -> Int { max(1, min(chunks, channels)) }
+    /// The forward pass splits planes into disjoint chunks (a plane's output is its own).
+    var depthwiseForwardChunks: Int { Parallel.disjointChunkCount(n * cIn) }
+    /// The backward pass splits channels into disjoint chunks: a channel's dW sums (over the
+    /// samples, in order) and its dX planes belong to one chunk, so the split never moves them.
+    var depthwiseBackwardChunks: Int { Parallel.disjointChunkCount(cIn) }
 }
 
 extension Kernels {
     // MARK: depthwise forward / backward
 
     /// y = depthwise conv(x, w), or of relu(x) when `reluInput`. x (N, C, H, W), w (C, 1, KH, KW), y (N, C, Ho, Wo).
-    /// Planes are split across cores; `workspace` holds `g.forwardWorkspaceFloats(chunks:)` (a P per chunk).
+    /// Planes are split across cores; `workspace` holds `g.forwardWorkspaceFloats()` (a P per chunk).
     /// `reluInput` needs the fast path (`DepthwisePlan(g) != nil`).
     static func depthwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                  y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
@@ -151,7 +154,7 @@ extension Kernels {
         }
         let per = plan.pFloats, taps = g.kh * g.kw
         let (c, hw, howo) = (g.cIn, g.h * g.w, g.hOut * g.wOut)
-        Parallel.forChunksIndexed(g.n * c, chunks: Parallel.chunkCount(g.n)) { k, range in
+        Parallel.forChunksIndexed(g.n * c, chunks: g.depthwiseForwardChunks) { k, range in
             let pb = workspace! + k * per                   // P: (phases, pRows, pStride)
             pb.update(repeating: 0, count: per)
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
@@ -172,7 +175,7 @@ extension Kernels {
     /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil). Channels are split across
     /// cores, so no two chunks share a weight; each chunk walks the samples in order and, within
     /// a sample, its channels (contiguous planes), padding each dY plane once for both gradients.
-    /// `workspace` holds `g.backwardWorkspaceFloats(chunks:...)`: per chunk Q (and P, R at
+    /// `workspace` holds `g.backwardWorkspaceFloats(...)`: per chunk Q (and P, R at
     /// stride 2), then the dW sums (C, KH·KW, lanes).
     /// With `reluInput`, x is the pre-ReLU input: dW from relu(x), dX masked by 1[x > 0].
     static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
@@ -185,7 +188,7 @@ extension Kernels {
         if dX == nil && dW == nil { return }
         let (c, hw, howo, taps) = (g.cIn, g.h * g.w, g.hOut * g.wOut, g.kh * g.kw)
         let (kh, kw, s, d) = (plan.kh, plan.kw, plan.s, plan.d)
-        let chunks = ConvGeometry.depthwiseBackwardChunks(channels: c, chunks: Parallel.chunkCount(g.n))
+        let chunks = g.depthwiseBackwardChunks
         let per = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil, reluInput: reluInput)
         let hasP = plan.backwardNeedsP(needWeightGrad: dW != nil, reluInput: reluInput)
         let lanes = DepthwisePlan.lanes

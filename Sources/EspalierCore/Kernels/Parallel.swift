@@ -1,7 +1,10 @@
 // Parallel loops over the machine's cores, and the BLAS thread policy.
-// Policy: OpenBLAS runs single-threaded; the engine splits work (usually the batch) into one
-// chunk per core and calls sgemm (Gemm.swift) inside each chunk. This keeps both cores busy for the many
-// small GEMMs of a supernet, where OpenBLAS's own threading would pay start-up per call.
+// Policy: OpenBLAS runs single-threaded; the engine splits work (usually the batch) into chunks
+// and calls sgemm (Gemm.swift) inside each chunk. This keeps both cores busy for the many small
+// GEMMs of a supernet, where OpenBLAS's own threading would pay start-up per call. A loop whose
+// chunks add partial sums together has one chunk per core (`chunkCount`: the core count sets its
+// rounding, as it did before); a loop whose chunks are disjoint has four per core
+// (`disjointChunkCount`), claimed as threads come free, which never moves a result.
 // The chunks run on `WorkerPool`: workers − 1 persistent threads that, between loops, spin a
 // few microseconds, then yield the core for up to ~12 ms, then park on a condition (a search step
 // runs thousands of small loops back to back, with the caller's bookkeeping between them; a
@@ -26,16 +29,23 @@ public enum Parallel {
     /// Called once before any kernel: OpenBLAS single-threaded (we parallelise above it).
     public static let configureBLAS: Void = { openblas_set_num_threads(1) }()
 
-    /// Runs `body(range)` over `0..<n` split into at most `workers` contiguous chunks.
-    /// Chunks smaller than `grain` are not split further. Returns when all chunks are done.
+    /// Chunks per worker of a loop whose chunks are disjoint: each writes its own outputs and no
+    /// sum runs across chunks (elementwise passes, planes, channels). The threads claim chunks as
+    /// they come free, so a thread that starts a loop late (woken late, or its core taken by the
+    /// host) takes fewer of them instead of making the others wait for its half. How such a loop
+    /// is split never moves a result's rounding, so the count may differ from `chunkCount`'s.
+    public static let chunksPerWorker = 4
+
+    /// Runs `body(range)` over `0..<n` split into at most `disjointChunkCount(n / grain)` contiguous
+    /// chunks; `body` must not sum across chunks (see `chunksPerWorker`). Chunks smaller than
+    /// `grain` are not split further. Returns when all chunks are done.
     @inline(__always)
     public static func forChunks(_ n: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
         _ = configureBLAS
-        let chunks = min(workers, max(1, n / max(grain, 1)))
-        if chunks <= 1 || n <= 1 { body(0..<n); return }
-        let chunks2 = min(chunks, n)
-        run(chunks2) { k in
-            let lo = n * k / chunks2, hi = n * (k + 1) / chunks2
+        let chunks = min(disjointChunkCount(n / max(grain, 1)), n)
+        if chunks <= 1 { body(0..<n); return }
+        run(chunks) { k in
+            let lo = n * k / chunks, hi = n * (k + 1) / chunks
             if lo < hi { body(lo..<hi) }
         }
     }
@@ -56,8 +66,13 @@ public enum Parallel {
         }
     }
 
-    /// How many chunks `forChunksIndexed` should use for `n` items.
+    /// How many chunks `forChunksIndexed` should use for `n` items when the chunks' partial sums
+    /// are added together afterwards: one per worker, so the thread count sets the rounding.
     public static func chunkCount(_ n: Int) -> Int { max(1, min(workers, n)) }
+
+    /// How many chunks a loop over `n` items whose chunks are disjoint should use (see
+    /// `chunksPerWorker`): one with a single worker.
+    public static func disjointChunkCount(_ n: Int) -> Int { workers == 1 ? 1 : max(1, min(workers * chunksPerWorker, n)) }
 }
 
 /// The threads behind `Parallel`'s loops. One loop at a time: the caller runs chunks too, and a
