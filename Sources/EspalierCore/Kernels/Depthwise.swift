@@ -211,12 +211,13 @@ extension Kernels {
                                 // dX[plane] (H, W) = Σ taps flip(w) · Q shifted
                                 for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
                                 GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
-                                             rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w)
+                                             rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w,
+                                             keep: reluInput ? x + plane * hw : nil)
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
                             } else {
-                                depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw)
+                                depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw,
+                                                           keep: reluInput ? x + plane * hw : nil)
                             }
-                            if reluInput { maskByPositive(dX + plane * hw, x + plane * hw, count: hw) }
                         }
                         if dW != nil {
                             let acc = sums + ch * taps * lanes
@@ -254,10 +255,11 @@ extension Kernels {
     /// the padded row r = ih + p and column c = iw + p: with r = 2u + ρ and c = 2m + φ,
     ///   dX[ih, iw] = Σ_{ki·d ≡ ρ, kj·d ≡ φ (mod 2)} w[ki, kj] · dY[u − (ki·d − ρ)/2, m − (kj·d − φ)/2],
     /// a dense correlation of dY (in Q, zero margins) with the matching taps, flipped. The planes
-    /// go to R (2, 2, subRows, subCols), then interleave into dX. wv is scratch for the sub-kernels.
+    /// go to R (2, 2, subRows, subCols), then interleave into dX, zero where keep ≤ 0 if given
+    /// (ReLU's backward; keep: the pre-ReLU plane). wv is scratch for the sub-kernels.
     static func depthwiseSubPixelInputGrad(_ plan: DepthwisePlan, dyInQ: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                            wv: UnsafeMutablePointer<SIMD8<Float>>, sub: UnsafeMutablePointer<Float>,
-                                           dX: UnsafeMutablePointer<Float>) {
+                                           dX: UnsafeMutablePointer<Float>, keep: UnsafePointer<Float>? = nil) {
         let (h, wd, p, d, kh, kw, qs) = (plan.h, plan.w, plan.p, plan.d, plan.kh, plan.kw, plan.qStride)
         let (sr, sc) = (plan.subRows, plan.subCols)
         let step = d & 1 == 1 ? 2 : 1                       // between kernel rows (columns) of one parity
@@ -289,15 +291,19 @@ extension Kernels {
             let rho = (ih + p) & 1, drow = dX + ih * wd
             let e = sub + (rho * 2 + (p & 1)) * sr * sc + (ih >> 1) * sc
             let o = sub + (rho * 2 + 1 - (p & 1)) * sr * sc + (ih >> 1) * sc
+            let krow = keep.map { $0 + ih * wd }
             var t = 0
             while 2 * t + 8 <= wd {
                 var v = SIMD8<Float>()
                 v.evenHalf = load4(e + t); v.oddHalf = load4(o + t)
+                if let krow { v.replace(with: SIMD8<Float>(), where: load8(krow + 2 * t) .<= SIMD8<Float>()) }
                 UnsafeMutableRawPointer(drow + 2 * t).storeBytes(of: v, as: SIMD8<Float>.self)
                 t += 4
             }
+            let scalarFrom = 2 * t
             while 2 * t + 1 < wd { drow[2 * t] = e[t]; drow[2 * t + 1] = o[t]; t += 1 }
             if wd & 1 != 0 { drow[wd - 1] = e[wd >> 1] }
+            if let krow { for i in scalarFrom..<wd where krow[i] <= 0 { drow[i] = 0 } }
         }
     }
 
@@ -310,6 +316,9 @@ extension Kernels {
         var src: UnsafePointer<Float>, phaseSize: Int, rowStride: Int
         var wv: UnsafePointer<SIMD8<Float>>                  // (KH·KW) broadcast weights
         var rows: Int, cols: Int, out: UnsafeMutablePointer<Float>, outStride: Int
+        /// ReLU's backward as the sums are stored: out = 0 where keep ≤ 0 (keep: the pre-ReLU
+        /// input, laid out as out). dX of a ReLU-fused input, without a pass of its own.
+        var keep: UnsafePointer<Float>? = nil
 
         func run<T: TapLayout>(_ t: T) {
             var r = 0
@@ -328,12 +337,21 @@ extension Kernels {
         func block<T: TapLayout, R: StaticInt>(_ t: T, _: R.Type, row: Int) {
             let full = cols >> 3, rem = cols & 7
             let at = src + t.s * row * rowStride, orow = out + row * outStride
+            let zero = SIMD8<Float>()
             for j in 0..<full {
-                let y = sums(t, R.self, at + 8 * j)
+                var y = sums(t, R.self, at + 8 * j)
+                if let keep {
+                    let krow = keep + row * outStride + 8 * j
+                    for r in 0..<R.value { y[r].replace(with: zero, where: load8(krow + r * outStride) .<= zero) }
+                }
                 for r in 0..<R.value { store8(orow + r * outStride + 8 * j, y[r]) }
             }
             if rem != 0 {
-                let y = sums(t, R.self, at + 8 * full)
+                var y = sums(t, R.self, at + 8 * full)
+                if let keep {
+                    let krow = keep + row * outStride + 8 * full
+                    for r in 0..<R.value { y[r].replace(with: zero, where: loadPartial8(krow + r * outStride, rem) .<= zero) }
+                }
                 for r in 0..<R.value { storePartial8(orow + r * outStride + 8 * full, y[r], rem) }
             }
         }
@@ -555,26 +573,17 @@ func storePartial8(_ p: UnsafeMutablePointer<Float>, _ v: SIMD8<Float>, _ n: Int
 @inline(__always)
 func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
     var i = 0
-    while i + 4 <= n { store4(dst + i, load4(src + i)); i += 4 }
-    while i < n { dst[i] = src[i]; i += 1 }
+    while i + 8 <= n { Kernels.store8(dst + i, Kernels.load8(src + i)); i += 8 }
+    if i < n { storePartial8(dst + i, loadPartial8(src + i, n - i), n - i) }
 }
 
 /// dst[0..<n] = max(src[0..<n], 0) for one row of a ReLU-fused input.
 @inline(__always)
 func copyRowReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
-    let zero = SIMD4<Float>(repeating: 0)
+    let zero = SIMD8<Float>()
     var i = 0
-    while i + 4 <= n { let v = load4(src + i); store4(dst + i, v.replacing(with: zero, where: v .< zero)); i += 4 }
-    while i < n { dst[i] = max(src[i], 0); i += 1 }
-}
-
-/// g[i] = 0 where x[i] ≤ 0 (ReLU's backward on a plane of dX).
-@inline(__always)
-func maskByPositive(_ g: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count n: Int) {
-    let zero = SIMD4<Float>(repeating: 0)
-    var i = 0
-    while i + 4 <= n { let v = load4(g + i); store4(g + i, v.replacing(with: zero, where: load4(x + i) .<= zero)); i += 4 }
-    while i < n { if x[i] <= 0 { g[i] = 0 }; i += 1 }
+    while i + 8 <= n { let v = Kernels.load8(src + i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)); i += 8 }
+    if i < n { let v = loadPartial8(src + i, n - i); storePartial8(dst + i, v.replacing(with: zero, where: v .< zero), n - i) }
 }
 
 /// Offset in P of tap column `col` (= kj·d): the column itself at stride 1; at stride 2 its
