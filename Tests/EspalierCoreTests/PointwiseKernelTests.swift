@@ -13,26 +13,41 @@ final class PointwiseKernelTests: XCTestCase {
         return (0..<n).map { _ in rng.uniform() * 2 - 1 }
     }
 
+    /// smallGemm (with and without the row sums) against its naive reference on one shape, B's and
+    /// C's rows strided: nothing outside a row may be read or written.
+    private func checkSmallGemm(m: Int, k: Int, p: Int, ldb: Int, ldc: Int, seed: UInt64, tol: Float, sumSqTol: Double) {
+        let a = random(m * k, seed: seed), b = random(k * ldb, seed: 1000 + seed)
+        var c = [Float](repeating: 9, count: m * ldc), ref = c
+        var sum = [Double](repeating: 0.5, count: m), sq = sum, refSum = sum, refSq = sum
+        Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c, ldc: ldc, sum: &sum, sumSq: &sq)
+        Kernels.smallGemmNaive(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &ref, ldc: ldc, sum: &refSum, sumSq: &refSq)
+        assertClose(c, ref, tol: tol, "C, m \(m) k \(k) p \(p)")
+        for r in 0..<m {
+            for j in p..<ldc { XCTAssertEqual(c[r * ldc + j], 9, "padding of row \(r) written, m \(m) k \(k) p \(p)") }
+            XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-4 * Double(p), "Σ row \(r), m \(m) k \(k) p \(p)")
+            XCTAssertEqual(sq[r], refSq[r], accuracy: sumSqTol * Double(p), "Σ² row \(r), m \(m) k \(k) p \(p)")
+        }
+        // Without sums the product is the same.
+        var c2 = [Float](repeating: 9, count: m * ldc)
+        Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c2, ldc: ldc)
+        XCTAssertEqual(c2, c, "m \(m) k \(k) p \(p)")
+    }
+
     func testSmallGemm_MatchesNaive_WithRowSums_OnEveryTail() {
-        var case_ = 0
+        var case_: UInt64 = 0
         for m in Self.rows { for k in Self.depths { for p in Self.columns {
             case_ += 1
-            let ldb = p + 3, ldc = p + 2   // strided rows: nothing outside a row may be read or written
-            let a = random(m * k, seed: UInt64(case_)), b = random(k * ldb, seed: UInt64(1000 + case_))
-            var c = [Float](repeating: 9, count: m * ldc), ref = c
-            var sum = [Double](repeating: 0.5, count: m), sq = sum, refSum = sum, refSq = sum
-            Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c, ldc: ldc, sum: &sum, sumSq: &sq)
-            Kernels.smallGemmNaive(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &ref, ldc: ldc, sum: &refSum, sumSq: &refSq)
-            assertClose(c, ref, tol: 1e-5, "C, m \(m) k \(k) p \(p)")
-            for r in 0..<m {
-                for j in p..<ldc { XCTAssertEqual(c[r * ldc + j], 9, "padding of row \(r) written, m \(m) k \(k) p \(p)") }
-                XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-4 * Double(p), "Σ row \(r), m \(m) k \(k) p \(p)")
-                XCTAssertEqual(sq[r], refSq[r], accuracy: 1e-4 * Double(p), "Σ² row \(r), m \(m) k \(k) p \(p)")
-            }
-            // Without sums the product is the same.
-            var c2 = [Float](repeating: 9, count: m * ldc)
-            Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c2, ldc: ldc)
-            XCTAssertEqual(c2, c, "m \(m) k \(k) p \(p)")
+            checkSmallGemm(m: m, k: k, p: p, ldb: p + 3, ldc: p + 2, seed: case_, tol: 1e-5, sumSqTol: 1e-4)
+        } } }
+    }
+
+    /// Planes wider than one panel of B (`smallGemmPanelColumns`: 256 columns at K = 16, 16 at
+    /// K = 300): the row sums carry across panels, the tails come once, after the last.
+    func testSmallGemm_MatchesNaive_AcrossPanels() {
+        var case_: UInt64 = 7000
+        for m in [5, 16] { for k in [1, 16, 17, 300] { for p in [256, 529, 600, 784] {
+            case_ += 1
+            checkSmallGemm(m: m, k: k, p: p, ldb: p + 1, ldc: p + 2, seed: case_, tol: 1e-4, sumSqTol: 1e-4 * Double(k))
         } } }
     }
 

@@ -78,31 +78,54 @@ extension Kernels {
     /// C (m × p, row stride ldc) = A (m × k, contiguous rows) · B (k × p, row stride ldb); C is
     /// overwritten. With `sum`/`sumSq`, adds Σ_p C[r, p] and Σ_p C[r, p]² into sum[r], sumSq[r]
     /// (Float lanes over one row, added in Double), read from the registers the result is in.
+    /// Column panels of B (k × `smallGemmPanelColumns(k)`) stay in L1 while every row block reads
+    /// them; each row's lane sums carry from panel to panel, so they add in the same order as one
+    /// pass over the row would.
     public static func smallGemm(m: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                                  c: UnsafeMutablePointer<Float>, ldc: Int,
                                  sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
-        var r = 0
-        while r + 4 <= m {
-            rows4(r: r, k: k, p: p, a: a, b: b, ldb: ldb, c: c, ldc: ldc, sum: sum, sumSq: sumSq)
-            r += 4
-        }
-        while r < m {
-            row1(r: r, k: k, p: p, a: a, b: b, ldb: ldb, c: c, ldc: ldc, sum: sum, sumSq: sumSq)
-            r += 1
+        let panel = smallGemmPanelColumns(k)
+        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 2 * max(m, 1)) { buffer in
+            let lanes = buffer.baseAddress!                      // (m, 2): each row's Σ and Σ² lanes
+            lanes.initialize(repeating: SIMD8<Float>(), count: 2 * max(m, 1))
+            var from = 0
+            repeat {
+                let to = min(p, from + panel)
+                let columns = PanelColumns(from: from, to: to, last: to == p)
+                var r = 0
+                while r + 4 <= m {
+                    rows4(r: r, k: k, columns, a: a, b: b, ldb: ldb, c: c, ldc: ldc, lanes: lanes + 2 * r, sum: sum, sumSq: sumSq)
+                    r += 4
+                }
+                while r < m {
+                    row1(r: r, k: k, columns, a: a, b: b, ldb: ldb, c: c, ldc: ldc, lanes: lanes + 2 * r, sum: sum, sumSq: sumSq)
+                    r += 1
+                }
+                from = to
+            } while from < p
         }
     }
 
-    /// Rows r…r+3 of C.
+    /// Columns per panel of B for a B of k rows: a multiple of 16 (every panel but the last is
+    /// whole 16-column blocks) of about 16 KiB, a third of this machine's 48 KiB L1 data cache.
+    static func smallGemmPanelColumns(_ k: Int) -> Int { max(16, (4096 / max(k, 1)) & ~15) }
+
+    /// The columns one call of a row kernel covers. Only the last panel has the 8-lane and scalar
+    /// tails, and adds the rows' sums into Double.
+    struct PanelColumns { var from: Int, to: Int, last: Bool }
+
+    /// Rows r…r+3 of C over one panel's columns; `lanes` holds rows r…r+3's (Σ, Σ²) lane sums.
     @inline(__always)
-    private static func rows4(r: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
-                              c: UnsafeMutablePointer<Float>, ldc: Int,
+    private static func rows4(r: Int, k: Int, _ columns: PanelColumns, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                              c: UnsafeMutablePointer<Float>, ldc: Int, lanes: UnsafeMutablePointer<SIMD8<Float>>,
                               sum: UnsafeMutablePointer<Double>?, sumSq: UnsafeMutablePointer<Double>?) {
+        let p = columns.to
         let a0 = a + r * k, a1 = a0 + k, a2 = a1 + k, a3 = a2 + k
         let c0 = c + r * ldc, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc
         let stats = sum != nil
-        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), s2 = SIMD8<Float>(), s3 = SIMD8<Float>()
-        var q0 = SIMD8<Float>(), q1 = SIMD8<Float>(), q2 = SIMD8<Float>(), q3 = SIMD8<Float>()
-        var j = 0
+        var s0 = lanes[0], s1 = lanes[2], s2 = lanes[4], s3 = lanes[6]
+        var q0 = lanes[1], q1 = lanes[3], q2 = lanes[5], q3 = lanes[7]
+        var j = columns.from
         while j + 16 <= p {
             var x00 = SIMD8<Float>(), x01 = SIMD8<Float>(), x10 = SIMD8<Float>(), x11 = SIMD8<Float>()
             var x20 = SIMD8<Float>(), x21 = SIMD8<Float>(), x30 = SIMD8<Float>(), x31 = SIMD8<Float>()
@@ -128,6 +151,10 @@ extension Kernels {
                 s3 += x30 + x31; q3.addProduct(x30, x30); q3.addProduct(x31, x31)
             }
             j += 16
+        }
+        guard columns.last else {
+            if stats { lanes[0] = s0; lanes[2] = s1; lanes[4] = s2; lanes[6] = s3; lanes[1] = q0; lanes[3] = q1; lanes[5] = q2; lanes[7] = q3 }
+            return
         }
         if j + 8 <= p {
             var x0 = SIMD8<Float>(), x1 = SIMD8<Float>(), x2 = SIMD8<Float>(), x3 = SIMD8<Float>()
@@ -169,14 +196,16 @@ extension Kernels {
         }
     }
 
-    /// Row r of C (the rows left over after blocks of four).
+    /// Row r of C (the rows left over after blocks of four) over one panel's columns; `lanes`
+    /// holds its (Σ, Σ²) lane sums.
     @inline(__always)
-    private static func row1(r: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
-                             c: UnsafeMutablePointer<Float>, ldc: Int,
+    private static func row1(r: Int, k: Int, _ columns: PanelColumns, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, lanes: UnsafeMutablePointer<SIMD8<Float>>,
                              sum: UnsafeMutablePointer<Double>?, sumSq: UnsafeMutablePointer<Double>?) {
+        let p = columns.to
         let ar = a + r * k, cr = c + r * ldc
-        var s = SIMD8<Float>(), q = SIMD8<Float>()
-        var j = 0
+        var s = lanes[0], q = lanes[1]
+        var j = columns.from
         while j + 8 <= p {
             var x = SIMD8<Float>()
             var bp = b + j
@@ -185,6 +214,7 @@ extension Kernels {
             s += x; q.addProduct(x, x)
             j += 8
         }
+        guard columns.last else { lanes[0] = s; lanes[1] = q; return }
         var ts: Float = 0, tq: Float = 0
         while j < p {
             var y: Float = 0
