@@ -177,6 +177,51 @@ final class ConvTests: XCTestCase {
                 if needX { assertClose(dX.array, dXRef.array, tol: 1e-5, "dX relu \(g) (\(needX), \(needW))") }
                 if needW { assertClose(dW.array, dWRef.array, tol: 1e-4, "dW relu \(g) (\(needX), \(needW))") }
             }
+            // dX added to a gradient so far as it is stored: from another tensor, and in place. The
+            // masked-out lanes keep the gradient so far; each value is that gradient + dX, the same
+            // float addition the graph's addInPlace of a temporary made, so bit for bit.
+            XCTAssertTrue(g.addsIntoInputGradient)
+            for relu in [true, false] {
+                let floats = g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: false, reluInput: relu)
+                let ws = try Tensor(shape: [max(1, floats)], category: .workspace, accountant: acc)
+                let plain = try Tensor(shape: x.shape, category: .data, accountant: acc)
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: plain.ptr, dW: nil, workspace: ws.ptr, reluInput: relu)
+                let before = try randomTensor(x.shape, acc, seed: UInt64(850 + k))
+                let expected = zip(before.array, plain.array).map { $0 + $1 }
+                let separate = try Tensor(shape: x.shape, category: .data, accountant: acc)
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: separate.ptr, dW: nil, workspace: ws.ptr, reluInput: relu,
+                                       dXAddend: before.ptr)
+                XCTAssertEqual(separate.array, expected, "dX + a gradient so far, relu \(relu), \(g)")
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: before.ptr, dW: nil, workspace: ws.ptr, reluInput: relu,
+                                       dXAddend: before.ptr)
+                XCTAssertEqual(before.array, expected, "dX added in place, relu \(relu), \(g)")
+            }
+        }
+    }
+
+    /// A value read by two depthwise convolutions (one with its ReLU fused) and by another op: the
+    /// convolutions add their dX into its gradient as they store it, whether that gradient is new,
+    /// one the other op handed over, or already their own; in either order of the three the sum
+    /// matches finite differences.
+    func testDepthwiseInputGradient_AddedWhereItIsMade_MatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        let g = Self.depthwise[0]                       // stride 1, same size: the three outputs add
+        XCTAssertEqual(g.outputShape, [g.n, g.cIn, g.h, g.w])
+        XCTAssertTrue(g.addsIntoInputGradient)
+        let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1200)
+        for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = x[i] < 0 ? -0.1 : 0.1 }
+        let w1 = try randomTensor(g.weightShape, acc, seed: 1201), w2 = try randomTensor(g.weightShape, acc, seed: 1202)
+        for scaleFirst in [false, true] {
+            try GradCheck().check("depthwise dX added where it is made, scale recorded first: \(scaleFirst)", inputs: [x, w1, w2]) { graph, v in
+                func conv(_ w: Variable, relu: Bool) throws -> Variable {
+                    try graph.conv2d(v[0], w, stride: g.stride, padding: g.padding, dilation: g.dilation, groups: g.groups, reluInput: relu)
+                }
+                // Backward runs in reverse: the op recorded last hands x its gradient first.
+                let early = scaleFirst ? try graph.scale(v[0], by: 2) : nil
+                let a = try conv(v[1], relu: false), b = try conv(v[2], relu: true)
+                let c = try early ?? graph.scale(v[0], by: 2)
+                return try graph.add(graph.add(a, b), c)
+            }
         }
     }
 

@@ -74,6 +74,16 @@ public struct BackwardContext {
         try graph.accumulate(into: input, g)
     }
 
+    /// For a kernel that can add its result to what input `i`'s gradient holds so far: the tensor
+    /// to write (`out`) and the gradient so far to add to it (`addend`: nil when there is none; it
+    /// may be `out` itself, in place). The kernel writes out = addend + its result, the sum
+    /// `accumulate` would make of a temporary, without the temporary and its pass. nil when input
+    /// `i` needs no gradient. The gradient is input i's once this returns.
+    public func accumulationTarget(_ i: Int) throws -> (out: Tensor, addend: Tensor?)? {
+        guard let input = node.inputs[i] else { return nil }
+        return try graph.accumulationTarget(for: input)
+    }
+
     /// If input `i` is a parameter, its persistent gradient buffer: a kernel may add into it
     /// directly (saves a temporary). nil for non-parameters.
     public func parameterGrad(_ i: Int) throws -> Tensor? {
@@ -192,6 +202,26 @@ public final class Graph {
         let t = try Tensor(shape: shape, category: .activationGradients, accountant: accountant)
         if zeroed { t.fill(0) }
         return t
+    }
+
+    /// See `BackwardContext.accumulationTarget`: the same cases as `accumulate`, the adding left to
+    /// the kernel.
+    func accumulationTarget(for node: Node) throws -> (out: Tensor, addend: Tensor?) {
+        if let p = node.parameter {
+            let pg = try p.ensureGrad()
+            return (pg, pg)
+        }
+        if let existing = node.grad {
+            if node.gradIsExclusive { return (existing, existing) }
+            let sum = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
+            node.grad = sum
+            node.gradIsExclusive = true
+            return (sum, existing)
+        }
+        let g = try gradTensor(node.shape)
+        node.grad = g
+        node.gradIsExclusive = true
+        return (g, nil)
     }
 
     func accumulate(into node: Node, _ g: Tensor) throws {

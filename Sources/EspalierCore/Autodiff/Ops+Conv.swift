@@ -40,11 +40,13 @@ extension Graph {
     }
 
     /// conv2d's backward from dY, for its input at `xIndex` and its weight at `wIndex` of `ctx`:
-    /// dX, and dW straight into the parameter's gradient when it is one (else a zeroed temporary).
+    /// dX (added into the input's gradient as it is stored, where the kernels can), and dW
+    /// straight into the parameter's gradient when it is one (else a zeroed temporary).
     func conv2dBackward(_ g: ConvGeometry, x: Tensor, w: Tensor, dY: Tensor, _ ctx: BackwardContext, xIndex: Int, wIndex: Int,
                         reluInput: Bool) throws {
         let needX = ctx.needs(xIndex), needW = ctx.needs(wIndex)
-        let dX = needX ? try gradTensor([g.n, g.cIn, g.h, g.w]) : nil
+        let target = needX && g.addsIntoInputGradient ? try ctx.accumulationTarget(xIndex) : nil
+        let dX = try target?.out ?? (needX ? gradTensor([g.n, g.cIn, g.h, g.w]) : nil)
         var dW: Tensor? = nil
         var dWIsTemp = false
         if needW {
@@ -53,10 +55,11 @@ extension Graph {
         let wsCount = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
         let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: accountant) : nil
         if ctx.computing {
-            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput)
+            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput,
+                                   dXAddend: target?.addend.map { UnsafePointer($0.ptr) })
         }
         flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
-        if let dX { try ctx.accumulate(xIndex, dX) }
+        if let dX, target == nil { try ctx.accumulate(xIndex, dX) }
         if dWIsTemp, let dW { try ctx.accumulate(wIndex, dW) }
     }
 }

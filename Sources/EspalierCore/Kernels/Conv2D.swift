@@ -58,6 +58,9 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 
     /// Whether the kernels can take relu(x) from x themselves: the depthwise fast path.
     public var supportsReLUInput: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
+    /// Whether the backward kernels can add dX to a gradient so far as they store it
+    /// (`conv2dBackward`'s `dXAddend`): the depthwise fast path.
+    public var addsIntoInputGradient: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
 
     var colRows: Int { cInPerGroup * kh * kw }
     var colSize: Int { colRows * hOut * wOut * groups }   // one sample, all groups
@@ -104,14 +107,17 @@ extension Kernels {
         }
     }
 
-    /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil).
+    /// dX = ∂/∂x (overwritten, if non-nil; dXAddend + ∂/∂x with `dXAddend`, which may be dX
+    /// itself, only where `addsIntoInputGradient`); dW += ∂/∂w (if non-nil).
     public static func conv2dBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                       dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>?,
-                                      dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+                                      dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false,
+                                      dXAddend: UnsafePointer<Float>? = nil) {
         precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
+        precondition(dXAddend == nil || g.addsIntoInputGradient, "a dX addend on \(g)")
         switch g.algorithm {
         case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
-        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace, reluInput: reluInput)
+        case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace, reluInput: reluInput, dXAddend: dXAddend)
         case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!)
         }
     }

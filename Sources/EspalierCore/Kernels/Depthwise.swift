@@ -178,11 +178,13 @@ extension Kernels {
     /// `workspace` holds `g.backwardWorkspaceFloats(...)`: per chunk Q (and P, R at
     /// stride 2), then the dW sums (C, KH·KW, lanes).
     /// With `reluInput`, x is the pre-ReLU input: dW from relu(x), dX masked by 1[x > 0].
+    /// With `dXAddend` (laid out as dX; it may be dX itself), dX = dXAddend + the gradient, added
+    /// as each value is stored.
     static func depthwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                                   dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?,
-                                  workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
+                                  workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false, dXAddend: UnsafePointer<Float>? = nil) {
         guard let plan = DepthwisePlan(g) else {
-            precondition(!reluInput, "a ReLU-fused input needs the depthwise fast path")
+            precondition(!reluInput && dXAddend == nil, "a ReLU-fused input or a dX addend needs the depthwise fast path")
             depthwiseBackwardDirect(g, x: x, w: w, dY: dY, dX: dX, dW: dW); return
         }
         if dX == nil && dW == nil { return }
@@ -212,11 +214,11 @@ extension Kernels {
                                 for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
                                 GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
                                              rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w,
-                                             keep: reluInput ? x + plane * hw : nil)
+                                             keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw })
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
                             } else {
                                 depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw,
-                                                           keep: reluInput ? x + plane * hw : nil)
+                                                           keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw })
                             }
                         }
                         if dW != nil {
@@ -256,10 +258,12 @@ extension Kernels {
     ///   dX[ih, iw] = Σ_{ki·d ≡ ρ, kj·d ≡ φ (mod 2)} w[ki, kj] · dY[u − (ki·d − ρ)/2, m − (kj·d − φ)/2],
     /// a dense correlation of dY (in Q, zero margins) with the matching taps, flipped. The planes
     /// go to R (2, 2, subRows, subCols), then interleave into dX, zero where keep ≤ 0 if given
-    /// (ReLU's backward; keep: the pre-ReLU plane). wv is scratch for the sub-kernels.
+    /// (ReLU's backward; keep: the pre-ReLU plane), added to `addend` if given (it may be dX).
+    /// wv is scratch for the sub-kernels.
     static func depthwiseSubPixelInputGrad(_ plan: DepthwisePlan, dyInQ: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                            wv: UnsafeMutablePointer<SIMD8<Float>>, sub: UnsafeMutablePointer<Float>,
-                                           dX: UnsafeMutablePointer<Float>, keep: UnsafePointer<Float>? = nil) {
+                                           dX: UnsafeMutablePointer<Float>, keep: UnsafePointer<Float>? = nil,
+                                           addend: UnsafePointer<Float>? = nil) {
         let (h, wd, p, d, kh, kw, qs) = (plan.h, plan.w, plan.p, plan.d, plan.kh, plan.kw, plan.qStride)
         let (sr, sc) = (plan.subRows, plan.subCols)
         let step = d & 1 == 1 ? 2 : 1                       // between kernel rows (columns) of one parity
@@ -291,19 +295,23 @@ extension Kernels {
             let rho = (ih + p) & 1, drow = dX + ih * wd
             let e = sub + (rho * 2 + (p & 1)) * sr * sc + (ih >> 1) * sc
             let o = sub + (rho * 2 + 1 - (p & 1)) * sr * sc + (ih >> 1) * sc
-            let krow = keep.map { $0 + ih * wd }
+            let krow = keep.map { $0 + ih * wd }, arow = addend.map { $0 + ih * wd }
             var t = 0
             while 2 * t + 8 <= wd {
                 var v = SIMD8<Float>()
                 v.evenHalf = load4(e + t); v.oddHalf = load4(o + t)
                 if let krow { v.replace(with: SIMD8<Float>(), where: load8(krow + 2 * t) .<= SIMD8<Float>()) }
+                if let arow { v = load8(arow + 2 * t) + v }
                 UnsafeMutableRawPointer(drow + 2 * t).storeBytes(of: v, as: SIMD8<Float>.self)
                 t += 4
             }
-            let scalarFrom = 2 * t
-            while 2 * t + 1 < wd { drow[2 * t] = e[t]; drow[2 * t + 1] = o[t]; t += 1 }
-            if wd & 1 != 0 { drow[wd - 1] = e[wd >> 1] }
-            if let krow { for i in scalarFrom..<wd where krow[i] <= 0 { drow[i] = 0 } }
+            // dX[ih, i] = R's even column plane at i / 2 for even i, its odd one for odd i.
+            for i in (2 * t)..<wd {
+                var v = i & 1 == 0 ? e[i >> 1] : o[i >> 1]
+                if let krow, krow[i] <= 0 { v = 0 }
+                if let arow { v = arow[i] + v }
+                drow[i] = v
+            }
         }
     }
 
@@ -319,6 +327,9 @@ extension Kernels {
         /// ReLU's backward as the sums are stored: out = 0 where keep ≤ 0 (keep: the pre-ReLU
         /// input, laid out as out). dX of a ReLU-fused input, without a pass of its own.
         var keep: UnsafePointer<Float>? = nil
+        /// out = addend + the (masked) sums, addend laid out as out (it may be out itself): a
+        /// gradient added to the gradient so far as it is stored.
+        var addend: UnsafePointer<Float>? = nil
 
         func run<T: TapLayout>(_ t: T) {
             var r = 0
@@ -344,6 +355,10 @@ extension Kernels {
                     let krow = keep + row * outStride + 8 * j
                     for r in 0..<R.value { y[r].replace(with: zero, where: load8(krow + r * outStride) .<= zero) }
                 }
+                if let addend {
+                    let arow = addend + row * outStride + 8 * j
+                    for r in 0..<R.value { y[r] = load8(arow + r * outStride) + y[r] }
+                }
                 for r in 0..<R.value { store8(orow + r * outStride + 8 * j, y[r]) }
             }
             if rem != 0 {
@@ -351,6 +366,10 @@ extension Kernels {
                 if let keep {
                     let krow = keep + row * outStride + 8 * full
                     for r in 0..<R.value { y[r].replace(with: zero, where: loadPartial8(krow + r * outStride, rem) .<= zero) }
+                }
+                if let addend {
+                    let arow = addend + row * outStride + 8 * full
+                    for r in 0..<R.value { y[r] = loadPartial8(arow + r * outStride, rem) + y[r] }
                 }
                 for r in 0..<R.value { storePartial8(orow + r * outStride + 8 * full, y[r], rem) }
             }
