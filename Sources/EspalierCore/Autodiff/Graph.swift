@@ -204,8 +204,9 @@ public final class Graph {
         return t
     }
 
-    /// See `BackwardContext.accumulationTarget`: the same cases as `accumulate`, the adding left to
-    /// the kernel.
+    /// See `BackwardContext.accumulationTarget`; `accumulate` adds a finished gradient through it.
+    /// A parameter's gradient and one the graph made for this node are added in place; one shared
+    /// with another node is only read, the sum going to a tensor of this node's own.
     func accumulationTarget(for node: Node) throws -> (out: Tensor, addend: Tensor?) {
         if let p = node.parameter {
             let pg = try p.ensureGrad()
@@ -226,24 +227,14 @@ public final class Graph {
 
     func accumulate(into node: Node, _ g: Tensor) throws {
         precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
-        if let p = node.parameter {
-            let pg = try p.ensureGrad()
-            if computing { Kernels.addInPlace(pg.ptr, g.ptr, count: g.count) }
-            return
-        }
-        if let existing = node.grad {
-            if node.gradIsExclusive {
-                if computing { Kernels.addInPlace(existing.ptr, g.ptr, count: g.count) }
-            } else {
-                let sum = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
-                if computing { Kernels.add(existing.ptr, g.ptr, sum.ptr, count: g.count) }
-                node.grad = sum
-                node.gradIsExclusive = true
-            }
-        } else {
+        if node.parameter == nil && node.grad == nil {
+            // The first gradient is kept, not copied: the op that made it may still hold it.
             node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
             node.gradIsExclusive = false
+            return
         }
+        let (out, addend) = try accumulationTarget(for: node)
+        if computing, let addend { Kernels.add(addend.ptr, g.ptr, out.ptr, count: g.count) }
     }
 
     /// Backpropagates from a scalar `loss` (seed gradient 1) through the tape, then clears it.

@@ -57,10 +57,12 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     }
 
     /// Whether the kernels can take relu(x) from x themselves: the depthwise fast path.
-    public var supportsReLUInput: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
+    public var supportsReLUInput: Bool { onDepthwiseFastPath }
     /// Whether the backward kernels can add dX to a gradient so far as they store it
-    /// (`conv2dBackward`'s `dXAddend`): the depthwise fast path.
-    public var addsIntoInputGradient: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
+    /// (`conv2dBackward`'s `dXAddend`).
+    public var addsIntoInputGradient: Bool { onDepthwiseFastPath }
+    /// The depthwise kernels of Depthwise.swift (a plan exists for this geometry), which take both.
+    var onDepthwiseFastPath: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
 
     var colRows: Int { cInPerGroup * kh * kw }
     var colSize: Int { colRows * hOut * wOut * groups }   // one sample, all groups
