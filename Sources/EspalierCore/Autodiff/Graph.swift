@@ -44,6 +44,12 @@ public final class Parameter {
 public final class Node {
     var grad: Tensor?
     var gradIsExclusive = false
+    /// A gradient with a pending factor: the gradient is gradScale·grad, `grad` shared and only
+    /// read (a weighted sum hands its own dY to each term). Only where `takesScaledGradient`.
+    var gradScale: Float?
+    /// The op's backward applies `BackwardContext.outputScale` to dOut as it reads it, so a
+    /// mixing weight need not be written out as a tensor of its own.
+    var takesScaledGradient = false
     var backwardFn: ((Tensor, BackwardContext) throws -> Void)?
     let inputs: [Node?]
     let owner: Int32
@@ -64,6 +70,11 @@ public final class Node {
 public struct BackwardContext {
     let node: Node
     let graph: Graph
+    /// The factor the op's gradient dOut must be multiplied by as it is read: 1, unless the op was
+    /// recorded with `takesScaledGradient` and its consumer handed on a scaled gradient
+    /// (`accumulateScaled`). A kernel computes s·dY in a register, the same float the unscaled
+    /// path's scale pass stores, so results are bit-identical.
+    public let outputScale: Float
 
     /// True if input `i` needs a gradient.
     public func needs(_ i: Int) -> Bool { node.inputs[i] != nil }
@@ -72,6 +83,14 @@ public struct BackwardContext {
     public func accumulate(_ i: Int, _ g: Tensor) throws {
         guard let input = node.inputs[i] else { return }
         try graph.accumulate(into: input, g)
+    }
+
+    /// Adds s·g into input `i`'s gradient. Where the input's op takes a scaled gradient and has
+    /// none yet, g is kept with the pending factor s (not copied; do not write to it afterwards);
+    /// otherwise s·g is added in one pass.
+    public func accumulateScaled(_ i: Int, _ g: Tensor, scale s: Float) throws {
+        guard let input = node.inputs[i] else { return }
+        try graph.accumulate(into: input, g, scale: s)
     }
 
     /// For a kernel that can add its result to what input `i`'s gradient holds so far: the tensor
@@ -183,11 +202,14 @@ public final class Graph {
     }
 
     /// Records an op. `backward(dOut, ctx)` must call `ctx.accumulate` for every input it can reach.
-    public func record(_ output: Tensor, inputs: [Variable], backward: @escaping (Tensor, BackwardContext) throws -> Void) -> Variable {
+    /// `takesScaledGradient`: `backward` multiplies dOut by `ctx.outputScale` wherever it reads it.
+    public func record(_ output: Tensor, inputs: [Variable], takesScaledGradient: Bool = false,
+                       backward: @escaping (Tensor, BackwardContext) throws -> Void) -> Variable {
         guard isRecording else { return constant(output) }
         let nodes = inputs.map { $0.node }
         guard nodes.contains(where: { $0 != nil }) else { return constant(output) }
         let node = Node(shape: output.shape, inputs: nodes, owner: accountant.currentOwner, backward: backward)
+        node.takesScaledGradient = takesScaledGradient
         tape.append(node)
         return Variable(value: output, node: node, graph: self)
     }
@@ -212,6 +234,15 @@ public final class Graph {
             let pg = try p.ensureGrad()
             return (pg, pg)
         }
+        if let s = node.gradScale, let shared = node.grad {
+            // A second gradient for a value holding a scaled one: the scaled one is written out.
+            let g = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
+            if computing { Kernels.scale(shared.ptr, s, g.ptr, count: g.count) }
+            node.grad = g
+            node.gradScale = nil
+            node.gradIsExclusive = true
+            return (g, g)
+        }
         if let existing = node.grad {
             if node.gradIsExclusive { return (existing, existing) }
             let sum = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
@@ -235,6 +266,22 @@ public final class Graph {
         }
         let (out, addend) = try accumulationTarget(for: node)
         if computing, let addend { Kernels.add(addend.ptr, g.ptr, out.ptr, count: g.count) }
+    }
+
+    /// Adds s·g into `node`'s gradient: kept with the pending factor where the node's op takes a
+    /// scaled gradient and has none yet, else written as addend + s·g in one pass (the floats of
+    /// a scale pass followed by `accumulate`).
+    func accumulate(into node: Node, _ g: Tensor, scale s: Float) throws {
+        precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
+        if node.takesScaledGradient && node.parameter == nil && node.grad == nil {
+            node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
+            node.gradIsExclusive = false
+            node.gradScale = s
+            return
+        }
+        let (out, addend) = try accumulationTarget(for: node)
+        guard computing else { return }
+        if let addend { Kernels.addScaled(addend.ptr, g.ptr, scale: s, out.ptr, count: g.count) } else { Kernels.scale(g.ptr, s, out.ptr, count: g.count) }
     }
 
     /// Backpropagates from a scalar `loss` (seed gradient 1) through the tape, then clears it.
@@ -267,12 +314,15 @@ public final class Graph {
             guard let dOut = node.grad, let fn = node.backwardFn else {
                 node.backwardFn = nil
                 node.grad = nil
+                node.gradScale = nil
                 continue
             }
+            let scale = node.gradScale ?? 1
             node.grad = nil
+            node.gradScale = nil
             node.backwardFn = nil  // frees the saved tensors once `fn` returns
             try accountant.withOwnerID(node.owner) {
-                try fn(dOut, BackwardContext(node: node, graph: self))
+                try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale))
             }
         }
     }

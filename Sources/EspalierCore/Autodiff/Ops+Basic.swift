@@ -66,11 +66,7 @@ extension Graph {
     public func scale(_ x: Variable, by s: Float) throws -> Variable {
         let y = try output(x.shape)
         if computing { Kernels.scale(x.value.ptr, s, y.ptr, count: y.count) }
-        return record(y, inputs: [x]) { [unowned self] dY, ctx in
-            let dX = try self.gradTensor(dY.shape)
-            if ctx.computing { Kernels.scale(dY.ptr, s, dX.ptr, count: dY.count) }
-            try ctx.accumulate(0, dX)
-        }
+        return record(y, inputs: [x]) { dY, ctx in try ctx.accumulateScaled(0, dY, scale: s) }
     }
 
     /// w[index]·x where `w` is a vector variable (a mixing weight). Saves x for dw.
@@ -82,11 +78,7 @@ extension Graph {
         let xSaved: Tensor? = needW ? x.value : nil
         let wValue = w.value
         return record(y, inputs: [x, w]) { [unowned self] dY, ctx in
-            if ctx.needs(0) {
-                let dX = try self.gradTensor(dY.shape)
-                if ctx.computing { Kernels.scale(dY.ptr, wValue[index], dX.ptr, count: dY.count) }
-                try ctx.accumulate(0, dX)
-            }
+            try ctx.accumulateScaled(0, dY, scale: ctx.computing ? wValue[index] : 1)
             if ctx.needs(1), let xs = xSaved {
                 let dW = try self.gradTensor(wValue.shape, zeroed: true)
                 if ctx.computing { dW[index] = Float(Kernels.dot(dY.ptr, xs.ptr, count: dY.count)) }
@@ -128,11 +120,10 @@ extension Graph {
                 }
                 try ctx.accumulate(k, dW)
             }
-            for i in 0..<k where ctx.needs(i) {
-                let dX = try self.gradTensor(dY.shape)
-                if ctx.computing { Kernels.scale(dY.ptr, wValue[indices[i]], dX.ptr, count: dY.count) }
-                try ctx.accumulate(i, dX)
-            }
+            // Each term's gradient is w·dY: handed on with its weight pending where the term's op
+            // multiplies as it reads, else added as w·dY in one pass.
+            // (A dry run has no weights to read; it makes the same allocations with any factor.)
+            for i in 0..<k { try ctx.accumulateScaled(i, dY, scale: ctx.computing ? wValue[indices[i]] : 1) }
         }
     }
 

@@ -69,7 +69,8 @@ extension Graph {
         }
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
-        return record(y, inputs: [x, wd, wp]) { [unowned self] dY, ctx in
+        // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they read.
+        return record(y, inputs: [x, wd, wp], takesScaledGradient: true) { [unowned self] dY, ctx in
             let needX = ctx.needs(0), needWd = ctx.needs(1), needWp = ctx.needs(2)
             let needT = needX || needWd
             // BN's sums, Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them; then their means.
@@ -81,11 +82,11 @@ extension Graph {
                 let ws = try Tensor(shape: [Kernels.pointwiseBatchNormBackwardFloats(cIn: gp.cIn, cOut: cOut, hw: hw, chunks: chunks, needWeightGrad: needWp)],
                                     category: .workspace, accountant: self.accountant)
                 if ctx.computing {
-                    Kernels.batchNormBackward(y.ptr, dY: dY.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                    Kernels.batchNormBackward(y.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
                                               batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true)
                     let m = Float(n * hw)
                     for ch in 0..<(2 * cOut) { means[ch] /= m }
-                    Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr,
+                    Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr, dYScale: ctx.outputScale,
                                                        invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
                                                        dT: dT?.ptr, dW: dWp?.ptr, workspace: ws.ptr)
                 }

@@ -85,7 +85,8 @@ extension Graph {
         let keepOutput = gamma == nil && beta == nil
         let saved: Tensor? = keepOutput ? (batchStatistics ? y : nil) : x.value
         let gammaValue = gamma?.value
-        return record(y, inputs: inputs) { [unowned self] dY, ctx in
+        // dY may come with a pending mixing weight (ctx.outputScale), multiplied as it is read.
+        return record(y, inputs: inputs, takesScaledGradient: true) { [unowned self] dY, ctx in
             // γ and β gradients: into the parameter's buffer directly, else a zeroed temporary.
             func grad(_ index: Int?) throws -> (Tensor?, Bool) {
                 guard let index, ctx.needs(index) else { return (nil, false) }
@@ -99,7 +100,7 @@ extension Graph {
                 // With nothing saved (evaluation, no affine) the kernel reads dY in place of x: only dX = invStd·dY is computed.
                 for (g, r) in slices.enumerated() {
                     let at = r.lowerBound * c * hw
-                    Kernels.batchNormBackward((saved ?? dY).ptr + at, dY: dY.ptr + at, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
+                    Kernels.batchNormBackward((saved ?? dY).ptr + at, dY: dY.ptr + at, dYScale: ctx.outputScale, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
                                               invStd: invStd.ptr + g * c, gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
                                               dX: dX.map { $0.ptr + at }, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput)
                 }

@@ -63,12 +63,15 @@ extension Kernels {
     /// includes their dependence on x. dX overwritten; dGamma, dBeta accumulated (each if non-nil).
     /// `normalizedInput`: `x` holds x̂ = (x − mean)·invStd itself (the output of a BN without
     /// affine map), so the op need not keep its input alive; `mean` is then ignored.
-    public static func batchNormBackward(_ x: UnsafePointer<Float>, dY: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
+    /// `dYScale`: the output gradient is dYScale·dY, each value multiplied as it is read (a mixing
+    /// weight not written out; the same floats as a scaled copy of dY).
+    public static func batchNormBackward(_ x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dYScale: Float = 1, n: Int, c: Int, hw: Int,
                                          mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                          gamma: UnsafePointer<Float>?, batchStatistics: Bool,
                                          dX: UnsafeMutablePointer<Float>?, dGamma: UnsafeMutablePointer<Float>?,
                                          dBeta: UnsafeMutablePointer<Float>?, normalizedInput: Bool = false) {
         let m = Float(n * hw)
+        let sv = SIMD8<Float>(repeating: dYScale)
         let needSums = dGamma != nil || dBeta != nil || (dX != nil && batchStatistics)
         forItems(c, itemSize: n * hw * 3) { ch in
             let mu = normalizedInput ? 0 : mean[ch], istd = invStd[ch]
@@ -84,12 +87,12 @@ extension Kernels {
                     var ady = SIMD8<Float>(), adx = SIMD8<Float>(), tdy: Float = 0, tdx: Float = 0
                     var i = 0
                     while i + 8 <= hw {
-                        let dy = load8(dyr + i)
+                        let dy = sv * load8(dyr + i)
                         ady += dy
                         adx.addProduct(dy, load8(xr + i) - muv)
                         i += 8
                     }
-                    while i < hw { tdy += dyr[i]; tdx += dyr[i] * (xr[i] - mu); i += 1 }
+                    while i < hw { let dy = dYScale * dyr[i]; tdy += dy; tdx += dy * (xr[i] - mu); i += 1 }
                     sumDy += Double(ady.sum()) + Double(tdy)
                     sumDyXc += Double(adx.sum()) + Double(tdx)
                 }
@@ -110,8 +113,8 @@ extension Kernels {
                     let off = (sample * c + ch) * hw
                     let xr = x + off, dyr = dY + off, dxr = dX + off
                     var i = 0
-                    while i + 8 <= hw { store8(dxr + i, av * (load8(dyr + i) - mdv - (load8(xr + i) - muv) * kv)); i += 8 }
-                    while i < hw { dxr[i] = a * (dyr[i] - meanDy - (xr[i] - mu) * k); i += 1 }
+                    while i + 8 <= hw { store8(dxr + i, av * (sv * load8(dyr + i) - mdv - (load8(xr + i) - muv) * kv)); i += 8 }
+                    while i < hw { dxr[i] = a * (dYScale * dyr[i] - meanDy - (xr[i] - mu) * k); i += 1 }
                 }
             } else {
                 let av = SIMD8<Float>(repeating: a)
@@ -119,8 +122,8 @@ extension Kernels {
                     let off = (sample * c + ch) * hw
                     let dyr = dY + off, dxr = dX + off
                     var i = 0
-                    while i + 8 <= hw { store8(dxr + i, av * load8(dyr + i)); i += 8 }
-                    while i < hw { dxr[i] = a * dyr[i]; i += 1 }
+                    while i + 8 <= hw { store8(dxr + i, av * (sv * load8(dyr + i))); i += 8 }
+                    while i < hw { dxr[i] = a * (dYScale * dyr[i]); i += 1 }
                 }
             }
         }

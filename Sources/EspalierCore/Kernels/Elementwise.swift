@@ -23,6 +23,12 @@ public enum Kernels {
         parallelRange(count) { lo, hi in for i in lo..<hi { out[i] = a[i] + b[i] } }
     }
 
+    /// out = a + s·b  (count; out may be a): a scaled gradient added where it is accumulated, the
+    /// floats of `scale` followed by `add`.
+    public static func addScaled(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, scale s: Float, _ out: UnsafeMutablePointer<Float>, count: Int) {
+        parallelRange(count) { lo, hi in for i in lo..<hi { out[i] = a[i] + s * b[i] } }
+    }
+
     /// acc += x  (count)
     public static func addInPlace(_ acc: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) {
         parallelRange(count) { lo, hi in for i in lo..<hi { acc[i] += x[i] } }

@@ -39,8 +39,9 @@ extension Kernels {
 
     /// With x̂ = y (the normalised output), per channel c: dZ = invStd[c]·(dY − meanDy[c] − x̂·meanDyXhat[c]);
     /// dT = wᵀ·dZ (overwritten, if non-nil) and dW += dZ·tᵀ (if non-nil), per sample, dZ in a tile.
+    /// `dYScale`: the output gradient is dYScale·dY, multiplied as it is read.
     public static func pointwiseBatchNormBackward(n: Int, cIn: Int, cOut: Int, hw: Int, t: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                                                  xhat: UnsafePointer<Float>, dY: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
+                                                  xhat: UnsafePointer<Float>, dY: UnsafePointer<Float>, dYScale: Float = 1, invStd: UnsafePointer<Float>,
                                                   meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>,
                                                   dT: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?,
                                                   workspace: UnsafeMutablePointer<Float>) {
@@ -56,10 +57,11 @@ extension Kernels {
                     let off = (s * cOut + c) * hw
                     let a = invStd[c], md = meanDy[c], kx = meanDyXhat[c]
                     let av = SIMD8<Float>(repeating: a), mdv = SIMD8<Float>(repeating: md), kv = SIMD8<Float>(repeating: kx)
+                    let sv = SIMD8<Float>(repeating: dYScale)
                     let dyr = dY + off, xr = xhat + off, zr = tile + c * hw
                     var i = 0
-                    while i + 8 <= hw { store8(zr + i, av * (load8(dyr + i) - mdv - load8(xr + i) * kv)); i += 8 }
-                    while i < hw { zr[i] = a * (dyr[i] - md - xr[i] * kx); i += 1 }
+                    while i + 8 <= hw { store8(zr + i, av * (sv * load8(dyr + i) - mdv - load8(xr + i) * kv)); i += 8 }
+                    while i < hw { zr[i] = a * (dYScale * dyr[i] - md - xr[i] * kx); i += 1 }
                 }
                 if let dT { pointwiseSampleInputGrad(cIn: cIn, cOut: cOut, hw: hw, wt: wt, dy: tile, dx: dT + s * cIn * hw) }
                 if let dWk { pointwiseSampleWeightGrad(cIn: cIn, cOut: cOut, hw: hw, dy: tile, x: t + s * cIn * hw, dw: dWk) }

@@ -1,0 +1,110 @@
+// A weighted sum's terms get their gradient w·dY with the weight pending (Graph.accumulateScaled):
+// batch norm and the fused separable unit multiply as they read dY, so no scaled copy of dY is
+// written; everything else gets w·dY added in one pass. Checked bit for bit against each term's
+// backward from a scaled copy of dY (the path before), for the memory it no longer takes, and
+// against finite differences where a scaled gradient meets a second one.
+
+import EspalierCore
+import EspalierTestSupport
+import XCTest
+
+final class ScaledGradientTests: XCTestCase {
+    static let shape = [3, 4, 6, 5]
+
+    /// The terms: the fused unit, batch norm, batch norm in ghost groups, and a leaf read directly
+    /// (an identity term, which takes no scaled gradient).
+    private func term(_ k: Int, _ g: Graph, _ x: Variable, _ wd: Variable, _ wp: Variable, _ acc: MemoryAccountant) throws -> Variable {
+        let c = Self.shape[1]
+        let rm = try Tensor.zeros([c], category: .activations, accountant: acc), rv = try Tensor.filled([c], value: 1, category: .activations, accountant: acc)
+        switch k {
+        case 0: return try g.fusedSeparableUnit(x, depthwise: wd, pointwise: wp, stride: 1, padding: 1, dilation: 1, reluInput: true,
+                                                runningMean: rm, runningVar: rv, momentum: 0.1, eps: 1e-5)
+        case 1: return try g.batchNorm(x, gamma: nil, beta: nil, runningMean: rm, runningVar: rv)
+        case 2:
+            g.batchNormGroups = 3
+            defer { g.batchNormGroups = 1 }
+            return try g.batchNorm(x, gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
+        default: return x
+        }
+    }
+
+    func testWeightedSum_EachTermsGradient_IsBitForBitTheOneFromAScaledCopyOfDY() throws {
+        let acc = MemoryAccountant()
+        let c = Self.shape[1], terms = 4
+        let xs = try (0..<terms).map { try randomTensor(Self.shape, acc, seed: UInt64(1 + $0)) }
+        let wd = try randomTensor([c, 1, 3, 3], acc, seed: 10), wp = try randomTensor([c, c, 1, 1], acc, seed: 11)
+        let w = try randomTensor([terms + 2], acc, seed: 12)
+        let r = try randomTensor(Self.shape, acc, seed: 13)
+        let indices = [5, 0, 3, 1]
+
+        // One graph: Σ w[indices[k]]·term_k, backward from r.
+        let g = Graph(accountant: acc)
+        let vx = try xs.map { g.leaf(try $0.copy()) }
+        let vwd = g.leaf(try wd.copy()), vwp = g.leaf(try wp.copy()), vw = g.leaf(try w.copy())
+        XCTAssertTrue(g.fusesSeparableUnit(depthwise: ConvGeometry(n: 3, cIn: c, h: 6, w: 5, cOut: c, kh: 3, kw: 3, padding: 1, groups: c),
+                                           pointwise: ConvGeometry(n: 3, cIn: c, h: 6, w: 5, cOut: c, kh: 1, kw: 1), reluInput: true))
+        let ts = try (0..<terms).map { try term($0, g, vx[$0], vwd, vwp, acc) }
+        let y = try g.weightedSum(ts, weights: vw, indices: indices)
+        try g.backward(y, gradient: try r.copy())
+
+        // Each term alone, backward from a scaled copy of r: the floats the weighted sum wrote before.
+        for k in 0..<terms {
+            let gk = Graph(accountant: acc)
+            let ux = gk.leaf(try xs[k].copy()), uwd = gk.leaf(try wd.copy()), uwp = gk.leaf(try wp.copy())
+            let t = try term(k, gk, ux, uwd, uwp, acc)
+            let scaled = try Tensor(shape: Self.shape, category: .activationGradients, accountant: acc)
+            Kernels.scale(r.ptr, w[indices[k]], scaled.ptr, count: r.count)
+            if k == terms - 1 {
+                XCTAssertEqual(g.gradient(of: vx[k])!.array, scaled.array, "the identity term's gradient is w·dY")
+                continue
+            }
+            try gk.backward(t, gradient: scaled)
+            XCTAssertEqual(g.gradient(of: vx[k])!.array, gk.gradient(of: ux)!.array, "term \(k): dx")
+            if k == 0 {
+                XCTAssertEqual(g.gradient(of: vwd)!.array, gk.gradient(of: uwd)!.array, "the fused unit's depthwise weight gradient")
+                XCTAssertEqual(g.gradient(of: vwp)!.array, gk.gradient(of: uwp)!.array, "the fused unit's pointwise weight gradient")
+            }
+        }
+        // The weights' gradient is ⟨dY, term⟩, unchanged.
+        let dW = g.gradient(of: vw)!
+        for (k, i) in indices.enumerated() { XCTAssertEqual(dW[i], Float(Kernels.dots(r.ptr, [UnsafePointer(ts[k].value.ptr)], count: r.count)[0]), "dw[\(i)]") }
+    }
+
+    /// Batch-norm terms of parameters: while the terms run backward, only one gradient of the
+    /// terms' size is alive at a time beside dY (each batch norm's dX, added into its parameter).
+    /// Before, the weighted sum wrote a scaled copy of dY per term first: four more.
+    func testWeightedSum_WritesNoScaledCopyOfItsGradient() throws {
+        let acc = MemoryAccountant()
+        let c = Self.shape[1], terms = 4, size = Self.shape.reduce(1, *) * MemoryLayout<Float>.size
+        let g = Graph(accountant: acc)
+        let ps = try (0..<terms).map { Parameter(name: "x\($0)", value: try randomTensor(Self.shape, acc, seed: UInt64($0))) }
+        for p in ps { try p.ensureGrad() }
+        let w = g.leaf(try randomTensor([terms], acc, seed: 9))
+        let ts = try ps.map { try g.batchNorm(g.param($0), gamma: nil, beta: nil, runningMean: nil, runningVar: nil) }
+        let y = try g.weightedSum(ts, weights: w)
+        let dY = try randomTensor(Self.shape, acc, seed: 10)
+        acc.resetPeak()
+        let before = acc.currentTotal
+        try g.backward(y, gradient: dY)
+        let grown = acc.peakTotal - before
+        XCTAssertLessThan(grown, 2 * size, "backward took \(grown) bytes more at its peak for terms of \(size) bytes each (channels \(c))")
+    }
+
+    /// A term whose value is read again elsewhere: its gradient is first held with the weight
+    /// pending, then the second gradient writes it out (accumulationTarget). Also `scale(by:)` and
+    /// `scale(byElement:of:)`, which hand their gradient on the same way.
+    func testScaledGradient_MeetingASecondGradient_MatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        let x = try randomTensor([2, 3, 4, 4], acc, seed: 1), z = try randomTensor([2, 3, 4, 4], acc, seed: 2)
+        let w = try randomTensor([3], acc, seed: 3)
+        try GradCheck(eps: 5e-3, rtol: 3e-2, atol: 3e-3).check("scaled then plain", inputs: [x, z, w]) { g, v in
+            let b = try g.batchNorm(v[0], gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
+            // Recorded first, so they run backward after the sum: a plain gradient (add) meets the
+            // pending one, then a scaled one (scale) meets the written-out sum.
+            let other = try g.add(b, try g.scale(b, by: -1.5))
+            let s = try g.weightedSum([b, v[1]], weights: v[2], indices: [0, 1])
+            let e = try g.scale(try g.batchNorm(v[1], gamma: nil, beta: nil, runningMean: nil, runningVar: nil), byElement: 2, of: v[2])
+            return try g.add(try g.add(s, other), try g.scale(e, by: 0.5))
+        }
+    }
+}
