@@ -74,6 +74,35 @@ final class PoolTests: XCTestCase {
         }
     }
 
+    /// With an addend (the input's gradient so far), backward stores addend + dX: bit for bit the
+    /// plain dX followed by an add pass, from another tensor and in place, on every geometry.
+    func testPoolBackward_AddsIntoTheAddend_BitForBitAsAnAddPass() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in (Self.geometries + [Self.large]).enumerated() {
+            let x = try tiedTensor(g.inputShape, acc, seed: UInt64(k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(100 + k))
+            let addend = try randomTensor(g.inputShape, acc, seed: UInt64(200 + k))
+            let plain = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            let expected = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            let out = try Tensor.filled(g.inputShape, value: 7, category: .data, accountant: acc)
+            let inPlace = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            for pool in ["max", "avg", "avg include pad"] {
+                func backward(_ dX: Tensor, _ add: Tensor?) {
+                    let a = add.map { UnsafePointer($0.ptr) }
+                    if pool == "max" { Kernels.maxPool2dBackward(g, x: x.ptr, dY: dY.ptr, dX: dX.ptr, addend: a) }
+                    else { Kernels.avgPool2dBackward(g, countIncludePad: pool != "avg", dY: dY.ptr, dX: dX.ptr, addend: a) }
+                }
+                backward(plain, nil)
+                Kernels.add(addend.ptr, plain.ptr, expected.ptr, count: plain.count)
+                backward(out, addend)
+                XCTAssertEqual(out.array, expected.array, "\(pool) backward into another tensor, \(g)")
+                inPlace.ptr.update(from: addend.ptr, count: addend.count)
+                backward(inPlace, inPlace)
+                XCTAssertEqual(inPlace.array, expected.array, "\(pool) backward in place, \(g)")
+            }
+        }
+    }
+
     func testGlobalAvgPool_MatchesNaiveReference() throws {
         let acc = MemoryAccountant()
         for (planes, hw) in [(6, 25), (1, 1), (64, 1024)] {

@@ -20,10 +20,10 @@ extension Graph {
         flops += work
         let xValue = x.value
         return record(y, inputs: [x]) { [unowned self] dY, ctx in
-            let dX = try self.gradTensor(g.inputShape)
-            if ctx.computing { Kernels.maxPool2dBackward(g, x: xValue.ptr, dY: dY.ptr, dX: dX.ptr) }
+            // Added into x's gradient so far as it is stored (no temporary and add pass).
+            guard let (dX, addend) = try ctx.accumulationTarget(0) else { return }
+            if ctx.computing { Kernels.maxPool2dBackward(g, x: xValue.ptr, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) }) }
             self.flops += work
-            try ctx.accumulate(0, dX)
         }
     }
 
@@ -36,10 +36,11 @@ extension Graph {
         let work = g.planes * g.hOut * g.wOut * g.k * g.k
         flops += work
         return record(y, inputs: [x]) { [unowned self] dY, ctx in
-            let dX = try self.gradTensor(g.inputShape)
-            if ctx.computing { Kernels.avgPool2dBackward(g, countIncludePad: countIncludePad, dY: dY.ptr, dX: dX.ptr) }
+            guard let (dX, addend) = try ctx.accumulationTarget(0) else { return }
+            if ctx.computing {
+                Kernels.avgPool2dBackward(g, countIncludePad: countIncludePad, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) })
+            }
             self.flops += work
-            try ctx.accumulate(0, dX)
         }
     }
 

@@ -7,7 +7,9 @@
 //            Backward needs no saved tensor.
 //   global   (N, C, H, W) → (N, C), the mean of each plane.
 // Planes (sample, channel) are independent: the tuned paths split them across cores and clip
-// each window to the image once instead of testing every tap. Backward overwrites dX.
+// each window to the image once instead of testing every tap. Backward overwrites dX, or, given
+// an addend (the input's gradient so far), stores dX = addend + the plane's gradient, made in a
+// scratch plane first: the floats of a separate add pass, without that pass (`planeGradient`).
 
 import Foundation
 
@@ -127,19 +129,41 @@ extension Kernels {
         }
     }
 
-    /// dX[argmax] += dY for each window (overwrites dX first); the arg-max is recomputed from x.
-    /// 3×3 windows with padding 1 take the separable path.
-    public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+    /// One plane's gradient: `body(acc)` adds into acc, zeroed. Without an addend acc is dX's plane
+    /// itself; with one, a scratch plane, then stored as dX = addend + acc (dX may be the addend).
+    @inline(__always)
+    static func planeGradient(_ dxp: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>?, count: Int,
+                              _ body: (UnsafeMutablePointer<Float>) -> Void) {
+        guard let addend else {
+            dxp.update(repeating: 0, count: count)
+            body(dxp)
+            return
+        }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { buffer in
+            let acc = buffer.baseAddress!
+            acc.update(repeating: 0, count: count)
+            body(acc)
+            var i = 0
+            while i + 8 <= count { store8(dxp + i, load8(addend + i) + load8(acc + i)); i += 8 }
+            while i < count { dxp[i] = addend[i] + acc[i]; i += 1 }
+        }
+    }
+
+    /// dX[argmax] += dY for each window (overwrites dX first, or adds to `addend`); the arg-max is
+    /// recomputed from x. 3×3 windows with padding 1 take the separable path.
+    public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+                                         addend: UnsafePointer<Float>? = nil) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
         if g.k == 3 && g.padding == 1 {
-            maxPool3x3Backward(g, x: x, dY: dY, dX: dX)
+            maxPool3x3Backward(g, x: x, dY: dY, dX: dX, addend: addend)
             return
         }
         forItems(g.planes, itemSize: hw * 2) { plane in
-            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
-            dxp.update(repeating: 0, count: hw)
-            for oh in 0..<ho {
-                for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyp[oh * wo + ow] }
+            let xp = x + plane * hw, dyp = dY + plane * ho * wo
+            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
+                for oh in 0..<ho {
+                    for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyp[oh * wo + ow] }
+                }
             }
         }
     }
@@ -152,13 +176,13 @@ extension Kernels {
     ///      (SIMD8 over the output row);
     ///   3. dX[index] += dY.
     static func maxPool3x3Backward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                   dX: UnsafeMutablePointer<Float>) {
+                                   dX: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>?) {
         let (h, w, ho, wo, s, hw) = (g.h, g.w, g.hOut, g.wOut, g.stride, g.h * g.w)
         let wo8 = (wo + 7) / 8 * 8                 // rows of HM, HA and IDX padded to whole SIMD8 blocks
         let pCount = s * wo8 + 18                  // P: −∞, the row, −∞ … far enough for every block's reads
         forItems(g.planes, itemSize: hw * 3) { plane in
-            let xp = x + plane * hw, dyp = dY + plane * ho * wo, dxp = dX + plane * hw
-            dxp.update(repeating: 0, count: hw)
+            let xp = x + plane * hw, dyp = dY + plane * ho * wo
+            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: h * wo8 + pCount) { fBuf in
                 withUnsafeTemporaryAllocation(of: Int32.self, capacity: (h + 1) * wo8) { iBuf in
                     let hm = fBuf.baseAddress!, ha = iBuf.baseAddress!   // HM, HA: (H, Wo8); then IDX (Wo8)
@@ -216,6 +240,7 @@ extension Kernels {
                     }
                 }
             }
+            }
         }
     }
 
@@ -260,13 +285,15 @@ extension Kernels {
         }
     }
 
-    /// dX = ∂/∂x (overwritten): each dY spread evenly over the elements its window divided by.
-    public static func avgPool2dBackward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+    /// dX = ∂/∂x (overwritten, or added to `addend`): each dY spread evenly over the elements its
+    /// window divided by.
+    public static func avgPool2dBackward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+                                         addend: UnsafePointer<Float>? = nil) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
-        if g.k == 3 && g.padding == 1 { return avgPool3x3Backward(g, countIncludePad: countIncludePad, dY: dY, dX: dX) }
+        if g.k == 3 && g.padding == 1 { return avgPool3x3Backward(g, countIncludePad: countIncludePad, dY: dY, dX: dX, addend: addend) }
         forItems(g.planes, itemSize: hw * 2) { plane in
-            let dyp = dY + plane * ho * wo, dxp = dX + plane * hw
-            dxp.update(repeating: 0, count: hw)
+            let dyp = dY + plane * ho * wo
+            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
             for oh in 0..<ho {
                 let rows = g.window(oh, size: g.h)
                 for ow in 0..<wo {
@@ -278,6 +305,7 @@ extension Kernels {
                         for iw in cols { dxrow[iw] += v }
                     }
                 }
+            }
             }
         }
     }
@@ -319,13 +347,14 @@ extension Kernels {
     /// Its backward: each output row's dY/divisor (V, zero-padded) is spread over its three
     /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8), then added
     /// into the (1–3) input rows of the window.
-    static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>) {
+    static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+                                   addend: UnsafePointer<Float>?) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
         let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
         defer { inv.deallocate() }
         forItems(g.planes, itemSize: h * w * 2) { plane in
-            let dyp = dY + plane * ho * wo, dxp = dX + plane * h * w
-            dxp.update(repeating: 0, count: h * w)
+            let dyp = dY + plane * ho * wo
+            planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * (w + 12) + wo) { buffer in
                 let spread = buffer.baseAddress!, v = spread + w + 12   // spread (W + 2), V: 0, dY·inv (Wo), 0 …
                 v.update(repeating: 0, count: wo + w + 12)
@@ -347,6 +376,7 @@ extension Kernels {
                     }
                     for ih in rows { addRow(dxp + ih * w, spread, w) }
                 }
+            }
             }
         }
     }
