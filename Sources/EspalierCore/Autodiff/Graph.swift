@@ -40,16 +40,48 @@ public final class Parameter {
     public func zeroGrad() { grad?.fill(0) }
 }
 
+/// The forms of its output gradient an op's backward can read besides a written tensor
+/// (`Graph.record(_:inputs:reads:backward:)`), so that its consumer need not write one out.
+public struct GradientForms: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    /// dOut times `BackwardContext.outputScale`, multiplied as it is read (a mixing weight).
+    public static let scaled = GradientForms(rawValue: 1)
+    /// A batch norm's input gradient, made plane by plane from its dY and x̂ where it is read
+    /// (`BackwardContext.batchNormGradient`); dOut is then not read.
+    public static let batchNormInput = GradientForms(rawValue: 2)
+}
+
+/// A batch norm's input gradient not yet written (see `Kernels.BatchNormGradientSource`): it keeps
+/// the tensors its planes are made from.
+public final class PendingBatchNormGradient {
+    let dY: Tensor, xhat: Tensor, coefficients: Tensor
+    let dYScale: Float
+    let n: Int, c: Int, hw: Int
+
+    init(dY: Tensor, xhat: Tensor, coefficients: Tensor, dYScale: Float, n: Int, c: Int, hw: Int) {
+        self.dY = dY; self.xhat = xhat; self.coefficients = coefficients; self.dYScale = dYScale
+        self.n = n; self.c = c; self.hw = hw
+    }
+
+    /// What a kernel reads the planes from (only while computing: a dry run's tensors hold no memory).
+    public var source: Kernels.BatchNormGradientSource {
+        .init(dY: dY.ptr, xhat: xhat.ptr, dYScale: dYScale, c: c, hw: hw, coefficients: coefficients.ptr)
+    }
+}
+
 /// One recorded op: the gradient flowing into its output, and how to pass it on to its inputs.
 public final class Node {
     var grad: Tensor?
     var gradIsExclusive = false
     /// A gradient with a pending factor: the gradient is gradScale·grad, `grad` shared and only
-    /// read (a weighted sum hands its own dY to each term). Only where `takesScaledGradient`.
+    /// read (a weighted sum hands its own dY to each term). Only where `reads` has `.scaled`.
     var gradScale: Float?
-    /// The op's backward applies `BackwardContext.outputScale` to dOut as it reads it, so a
-    /// mixing weight need not be written out as a tensor of its own.
-    var takesScaledGradient = false
+    /// A gradient not yet written: a batch norm's input gradient (`grad` then holds the batch
+    /// norm's dY, not read as the gradient). Only where `reads` has `.batchNormInput`.
+    var gradSource: PendingBatchNormGradient?
+    /// The forms of gradient the op's backward reads besides a written tensor.
+    var reads: GradientForms = []
     var backwardFn: ((Tensor, BackwardContext) throws -> Void)?
     let inputs: [Node?]
     let owner: Int32
@@ -71,10 +103,29 @@ public struct BackwardContext {
     let node: Node
     let graph: Graph
     /// The factor the op's gradient dOut must be multiplied by as it is read: 1, unless the op was
-    /// recorded with `takesScaledGradient` and its consumer handed on a scaled gradient
+    /// recorded reading `.scaled` and its consumer handed on a scaled gradient
     /// (`accumulateScaled`). A kernel computes s·dY in a register, the same float the unscaled
     /// path's scale pass stores, so results are bit-identical.
     public let outputScale: Float
+    /// The op's gradient as a batch norm's pending input gradient, for an op recorded with
+    /// `.batchNormInput`: its kernel makes each plane where it reads it, and dOut is not read.
+    public let batchNormGradient: PendingBatchNormGradient?
+
+    /// True when input `i`'s op reads a batch norm's input gradient unwritten and has no gradient
+    /// yet: `handOn(_:batchNormGradient:)` may then be used in place of writing dX.
+    public func takesBatchNormGradient(_ i: Int) -> Bool {
+        guard let input = node.inputs[i] else { return false }
+        return input.reads.contains(.batchNormInput) && input.parameter == nil && input.grad == nil
+    }
+
+    /// Hands input `i` its gradient unwritten (only where `takesBatchNormGradient(i)`).
+    public func handOn(_ i: Int, batchNormGradient pending: PendingBatchNormGradient) {
+        guard let input = node.inputs[i] else { return }
+        precondition(takesBatchNormGradient(i), "a pending batch-norm gradient for an op that does not read one, or after another gradient")
+        input.grad = pending.dY.shape == input.shape ? pending.dY : pending.dY.reshaped(input.shape)
+        input.gradIsExclusive = false
+        input.gradSource = pending
+    }
 
     /// True if input `i` needs a gradient.
     public func needs(_ i: Int) -> Bool { node.inputs[i] != nil }
@@ -202,14 +253,15 @@ public final class Graph {
     }
 
     /// Records an op. `backward(dOut, ctx)` must call `ctx.accumulate` for every input it can reach.
-    /// `takesScaledGradient`: `backward` multiplies dOut by `ctx.outputScale` wherever it reads it.
-    public func record(_ output: Tensor, inputs: [Variable], takesScaledGradient: Bool = false,
+    /// `reads`: the forms of output gradient `backward` reads besides a written tensor (it then
+    /// applies `ctx.outputScale` wherever it reads dOut, or reads `ctx.batchNormGradient`).
+    public func record(_ output: Tensor, inputs: [Variable], reads: GradientForms = [],
                        backward: @escaping (Tensor, BackwardContext) throws -> Void) -> Variable {
         guard isRecording else { return constant(output) }
         let nodes = inputs.map { $0.node }
         guard nodes.contains(where: { $0 != nil }) else { return constant(output) }
         let node = Node(shape: output.shape, inputs: nodes, owner: accountant.currentOwner, backward: backward)
-        node.takesScaledGradient = takesScaledGradient
+        node.reads = reads
         tape.append(node)
         return Variable(value: output, node: node, graph: self)
     }
@@ -234,12 +286,16 @@ public final class Graph {
             let pg = try p.ensureGrad()
             return (pg, pg)
         }
-        if let s = node.gradScale, let shared = node.grad {
-            // A second gradient for a value holding a scaled one: the scaled one is written out.
+        if node.gradScale != nil || node.gradSource != nil, let shared = node.grad {
+            // A second gradient for a value holding a pending one: the pending one is written out.
             let g = try accountant.withOwnerID(node.owner) { try gradTensor(node.shape) }
-            if computing { Kernels.scale(shared.ptr, s, g.ptr, count: g.count) }
+            if computing {
+                if let s = node.gradScale { Kernels.scale(shared.ptr, s, g.ptr, count: g.count) }
+                if let pending = node.gradSource { pending.source.write(n: pending.n, into: g.ptr) }
+            }
             node.grad = g
             node.gradScale = nil
+            node.gradSource = nil
             node.gradIsExclusive = true
             return (g, g)
         }
@@ -273,7 +329,7 @@ public final class Graph {
     /// a scale pass followed by `accumulate`).
     func accumulate(into node: Node, _ g: Tensor, scale s: Float) throws {
         precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
-        if node.takesScaledGradient && node.parameter == nil && node.grad == nil {
+        if node.reads.contains(.scaled) && node.parameter == nil && node.grad == nil {
             node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
             node.gradIsExclusive = false
             node.gradScale = s
@@ -315,14 +371,16 @@ public final class Graph {
                 node.backwardFn = nil
                 node.grad = nil
                 node.gradScale = nil
+                node.gradSource = nil
                 continue
             }
-            let scale = node.gradScale ?? 1
+            let scale = node.gradScale ?? 1, pending = node.gradSource
             node.grad = nil
             node.gradScale = nil
+            node.gradSource = nil
             node.backwardFn = nil  // frees the saved tensors once `fn` returns
             try accountant.withOwnerID(node.owner) {
-                try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale))
+                try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale, batchNormGradient: pending))
             }
         }
     }

@@ -70,7 +70,7 @@ extension Graph {
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
         // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they read.
-        return record(y, inputs: [x, wd, wp], takesScaledGradient: true) { [unowned self] dY, ctx in
+        return record(y, inputs: [x, wd, wp], reads: .scaled) { [unowned self] dY, ctx in
             let needX = ctx.needs(0), needWd = ctx.needs(1), needWp = ctx.needs(2)
             let needT = needX || needWd
             // BN's sums, Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them; then their means.

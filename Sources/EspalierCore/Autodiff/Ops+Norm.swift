@@ -86,12 +86,28 @@ extension Graph {
         let saved: Tensor? = keepOutput ? (batchStatistics ? y : nil) : x.value
         let gammaValue = gamma?.value
         // dY may come with a pending mixing weight (ctx.outputScale), multiplied as it is read.
-        return record(y, inputs: inputs, takesScaledGradient: true) { [unowned self] dY, ctx in
+        return record(y, inputs: inputs, reads: .scaled) { [unowned self] dY, ctx in
             // γ and β gradients: into the parameter's buffer directly, else a zeroed temporary.
             func grad(_ index: Int?) throws -> (Tensor?, Bool) {
                 guard let index, ctx.needs(index) else { return (nil, false) }
                 if let pg = try ctx.parameterGrad(index) { return (pg, false) }
                 return (try self.gradTensor([c], zeroed: true), true)
+            }
+            // Without an affine map, with batch statistics in one group, and where x's op reads it so
+            // (a pool's backward): only the sums pass here; x's op makes each plane of dX as it reads it.
+            if keepOutput, batchStatistics, groups == 1, let saved, ctx.takesBatchNormGradient(0) {
+                let sums = try self.gradTensor([2 * c]), coefficients = try self.gradTensor([3 * c])
+                if ctx.computing {
+                    sums.fill(-0.0)   // −0 + s = s for every s: the sums exactly as the kernel makes them
+                    Kernels.batchNormBackward(saved.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: c, hw: hw, mean: mean.ptr,
+                                              invStd: invStd.ptr, gamma: nil, batchStatistics: true, dX: nil, dGamma: sums.ptr + c,
+                                              dBeta: sums.ptr, normalizedInput: true)
+                    Kernels.BatchNormGradientSource.coefficients(invStd: invStd.ptr, sums: sums.ptr, c: c, count: n * hw, into: coefficients.ptr)
+                }
+                self.flops += count * 7
+                ctx.handOn(0, batchNormGradient: PendingBatchNormGradient(dY: dY, xhat: saved, coefficients: coefficients,
+                                                                          dYScale: ctx.outputScale, n: n, c: c, hw: hw))
+                return
             }
             let (dGamma, dGammaIsTemp) = try grad(gammaIndex)
             let (dBeta, dBetaIsTemp) = try grad(betaIndex)

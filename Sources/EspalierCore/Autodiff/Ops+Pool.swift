@@ -19,10 +19,14 @@ extension Graph {
         let work = g.planes * g.hOut * g.wOut * g.k * g.k
         flops += work
         let xValue = x.value
-        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+        // dY may be a batch norm's pending input gradient (ctx.batchNormGradient), made plane by plane as it is read.
+        return record(y, inputs: [x], reads: .batchNormInput) { [unowned self] dY, ctx in
             // Added into x's gradient so far as it is stored (no temporary and add pass).
             guard let (dX, addend) = try ctx.accumulationTarget(0) else { return }
-            if ctx.computing { Kernels.maxPool2dBackward(g, x: xValue.ptr, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) }) }
+            if ctx.computing {
+                Kernels.maxPool2dBackward(g, x: xValue.ptr, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) },
+                                          dYSource: ctx.batchNormGradient?.source)
+            }
             self.flops += work
         }
     }
@@ -35,10 +39,11 @@ extension Graph {
         if computing { Kernels.avgPool2dForward(g, countIncludePad: countIncludePad, x: x.value.ptr, y: y.ptr) }
         let work = g.planes * g.hOut * g.wOut * g.k * g.k
         flops += work
-        return record(y, inputs: [x]) { [unowned self] dY, ctx in
+        return record(y, inputs: [x], reads: .batchNormInput) { [unowned self] dY, ctx in
             guard let (dX, addend) = try ctx.accumulationTarget(0) else { return }
             if ctx.computing {
-                Kernels.avgPool2dBackward(g, countIncludePad: countIncludePad, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) })
+                Kernels.avgPool2dBackward(g, countIncludePad: countIncludePad, dY: dY.ptr, dX: dX.ptr, addend: addend.map { UnsafePointer($0.ptr) },
+                                          dYSource: ctx.batchNormGradient?.source)
             }
             self.flops += work
         }

@@ -105,16 +105,11 @@ extension Kernels {
             let a = g * istd
             if batchStatistics {
                 // dX = a·(dY − sumDy/M − x̂·sumDyXhat/M), x̂ = (x − mu)·istd
-                let meanDy = Float(sumDy) / m
-                let k = Float(sumDyXhat) / m * istd * xcScale   // coefficient of (x − mu)
-                let av = SIMD8<Float>(repeating: a), kv = SIMD8<Float>(repeating: k)
-                let mdv = SIMD8<Float>(repeating: meanDy), muv = SIMD8<Float>(repeating: mu)
+                let row = BatchNormGradientRow(a: a, dYScale: dYScale, meanDy: Float(sumDy) / m, mu: mu,
+                                               k: Float(sumDyXhat) / m * istd * xcScale)   // k: coefficient of (x − mu)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
-                    let xr = x + off, dyr = dY + off, dxr = dX + off
-                    var i = 0
-                    while i + 8 <= hw { store8(dxr + i, av * (sv * load8(dyr + i) - mdv - (load8(xr + i) - muv) * kv)); i += 8 }
-                    while i < hw { dxr[i] = a * (dYScale * dyr[i] - meanDy - (xr[i] - mu) * k); i += 1 }
+                    row.apply(dY: dY + off, x: x + off, dX: dX + off, count: hw)
                 }
             } else {
                 let av = SIMD8<Float>(repeating: a)
@@ -126,6 +121,60 @@ extension Kernels {
                     while i < hw { dxr[i] = a * (dYScale * dyr[i]); i += 1 }
                 }
             }
+        }
+    }
+
+    /// The input gradient of a batch norm without affine map, with batch statistics, from its
+    /// sums: the second pass of `batchNormBackward`, left to the consumer of the gradient, which
+    /// makes each plane where it reads it (a pool's backward; `Graph`'s pending gradient). `sums`
+    /// (2C): Σ dY and Σ dY·x̂ per channel as `batchNormBackward` leaves them in dBeta and dGamma.
+    public struct BatchNormGradientSource {
+        public let dY: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dYScale: Float
+        public let c: Int, hw: Int
+        /// a, mean dY and k per channel (3C), as `batchNormBackward`'s second pass computes them.
+        let coefficients: UnsafePointer<Float>
+
+        /// Fills `coefficients` (3C floats) from invStd (C) and the sums (2C: Σ dY, then Σ dY·x̂) over m values.
+        public static func coefficients(invStd: UnsafePointer<Float>, sums: UnsafePointer<Float>, c: Int, count m: Int,
+                                        into out: UnsafeMutablePointer<Float>) {
+            let mf = Float(m)
+            for ch in 0..<c {
+                let istd = invStd[ch]
+                out[ch] = istd                                   // a = γ·invStd, γ = 1
+                out[c + ch] = sums[ch] / mf                      // mean dY
+                out[2 * c + ch] = sums[c + ch] / mf * istd * (1 / istd)   // k, with x̂ in place of x − mean
+            }
+        }
+
+        public init(dY: UnsafePointer<Float>, xhat: UnsafePointer<Float>, dYScale: Float, c: Int, hw: Int, coefficients: UnsafePointer<Float>) {
+            self.dY = dY; self.xhat = xhat; self.dYScale = dYScale; self.c = c; self.hw = hw; self.coefficients = coefficients
+        }
+
+        /// Plane `plane` (sample·C + channel) of the gradient, into `out` (hw).
+        @inline(__always)
+        public func plane(_ plane: Int, into out: UnsafeMutablePointer<Float>) {
+            let ch = plane % c, off = plane * hw
+            BatchNormGradientRow(a: coefficients[ch], dYScale: dYScale, meanDy: coefficients[c + ch], mu: 0, k: coefficients[2 * c + ch])
+                .apply(dY: dY + off, x: xhat + off, dX: out, count: hw)
+        }
+
+        /// The whole gradient (N·C planes) into dX, where nothing reads it plane by plane.
+        public func write(n: Int, into dX: UnsafeMutablePointer<Float>) {
+            forItems(n * c, itemSize: hw * 3) { p in plane(p, into: dX + p * hw) }
+        }
+    }
+
+    /// dX = a·(s·dY − meanDy − (x − mu)·k) over one row: each float as batch norm's backward makes it.
+    struct BatchNormGradientRow {
+        let a, dYScale, meanDy, mu, k: Float
+
+        @inline(__always)
+        func apply(dY dyr: UnsafePointer<Float>, x xr: UnsafePointer<Float>, dX dxr: UnsafeMutablePointer<Float>, count: Int) {
+            let av = SIMD8<Float>(repeating: a), sv = SIMD8<Float>(repeating: dYScale), kv = SIMD8<Float>(repeating: k)
+            let mdv = SIMD8<Float>(repeating: meanDy), muv = SIMD8<Float>(repeating: mu)
+            var i = 0
+            while i + 8 <= count { store8(dxr + i, av * (sv * load8(dyr + i) - mdv - (load8(xr + i) - muv) * kv)); i += 8 }
+            while i < count { dxr[i] = a * (dYScale * dyr[i] - meanDy - (xr[i] - mu) * k); i += 1 }
         }
     }
 

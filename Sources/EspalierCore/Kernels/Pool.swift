@@ -10,6 +10,8 @@
 // each window to the image once instead of testing every tap. Backward overwrites dX, or, given
 // an addend (the input's gradient so far), stores dX = addend + the plane's gradient, made in a
 // scratch plane first: the floats of a separate add pass, without that pass (`planeGradient`).
+// dY may be given as a batch norm's pending gradient (`dYSource`, the pool's output normalised by
+// a batch norm without affine map): each dY plane is made where it is read (`gradientPlane`).
 
 import Foundation
 
@@ -129,6 +131,18 @@ extension Kernels {
         }
     }
 
+    /// dY's plane `plane` (`count` floats) for `body`: dY's own, or made from `source` into a
+    /// scratch plane.
+    @inline(__always)
+    static func gradientPlane(_ dY: UnsafePointer<Float>, source: BatchNormGradientSource?, plane: Int, count: Int,
+                              _ body: (UnsafePointer<Float>) -> Void) {
+        guard let source else { return body(dY + plane * count) }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { buffer in
+            source.plane(plane, into: buffer.baseAddress!)
+            body(buffer.baseAddress!)
+        }
+    }
+
     /// One plane's gradient: `body(acc)` adds into acc, zeroed. Without an addend acc is dX's plane
     /// itself; with one, a scratch plane, then stored as dX = addend + acc (dX may be the addend).
     @inline(__always)
@@ -151,18 +165,21 @@ extension Kernels {
 
     /// dX[argmax] += dY for each window (overwrites dX first, or adds to `addend`); the arg-max is
     /// recomputed from x. 3×3 windows with padding 1 take the separable path.
+    /// `dYSource`, where given, is dY (`dY` is then not read).
     public static func maxPool2dBackward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
-                                         addend: UnsafePointer<Float>? = nil) {
+                                         addend: UnsafePointer<Float>? = nil, dYSource: BatchNormGradientSource? = nil) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
         if g.k == 3 && g.padding == 1 {
-            maxPool3x3Backward(g, x: x, dY: dY, dX: dX, addend: addend)
+            maxPool3x3Backward(g, x: x, dY: dY, dX: dX, addend: addend, dYSource: dYSource)
             return
         }
         forItems(g.planes, itemSize: hw * 2) { plane in
-            let xp = x + plane * hw, dyp = dY + plane * ho * wo
-            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
-                for oh in 0..<ho {
-                    for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyp[oh * wo + ow] }
+            let xp = x + plane * hw
+            gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
+                planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
+                    for oh in 0..<ho {
+                        for ow in 0..<wo { dxp[maxPoolWindow(g, xp, oh, ow).1] += dyp[oh * wo + ow] }
+                    }
                 }
             }
         }
@@ -176,70 +193,72 @@ extension Kernels {
     ///      (SIMD8 over the output row);
     ///   3. dX[index] += dY.
     static func maxPool3x3Backward(_ g: PoolGeometry, x: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                   dX: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>?) {
+                                   dX: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>?, dYSource: BatchNormGradientSource?) {
         let (h, w, ho, wo, s, hw) = (g.h, g.w, g.hOut, g.wOut, g.stride, g.h * g.w)
         let wo8 = (wo + 7) / 8 * 8                 // rows of HM, HA and IDX padded to whole SIMD8 blocks
         let pCount = s * wo8 + 18                  // P: −∞, the row, −∞ … far enough for every block's reads
         forItems(g.planes, itemSize: hw * 3) { plane in
-            let xp = x + plane * hw, dyp = dY + plane * ho * wo
-            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: h * wo8 + pCount) { fBuf in
-                withUnsafeTemporaryAllocation(of: Int32.self, capacity: (h + 1) * wo8) { iBuf in
-                    let hm = fBuf.baseAddress!, ha = iBuf.baseAddress!   // HM, HA: (H, Wo8); then IDX (Wo8)
-                    let p = hm + h * wo8                                 // P: (pCount) one row padded with −∞
-                    p.update(repeating: -.infinity, count: pCount)
-                    // (Scalars in replace(with:where:) compile to a per-lane loop: they are broadcast here.)
-                    let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
-                    for r in 0..<h {
-                        copyRow(p + 1, xp + r * w, w)
-                        let mr = hm + r * wo8, ar = ha + r * wo8
-                        var ow = 0
-                        while ow < wo8 {
-                            // Window columns ow·s − 1 … ow·s + 1 are P[ow·s … ow·s + 2]: a0, a1, a2 lane by lane.
-                            let a0, a1, a2: SIMD8<Float>
-                            if s == 1 {
-                                a0 = load8(p + ow); a1 = load8(p + ow + 1); a2 = load8(p + ow + 2)
-                            } else {
-                                let v = UnsafeRawPointer(p + 2 * ow).loadUnaligned(as: SIMD16<Float>.self)
-                                a0 = v.evenHalf; a1 = v.oddHalf
-                                a2 = UnsafeRawPointer(p + 2 * ow + 2).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+            let xp = x + plane * hw
+            gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
+                planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: h * wo8 + pCount) { fBuf in
+                        withUnsafeTemporaryAllocation(of: Int32.self, capacity: (h + 1) * wo8) { iBuf in
+                            let hm = fBuf.baseAddress!, ha = iBuf.baseAddress!   // HM, HA: (H, Wo8); then IDX (Wo8)
+                            let p = hm + h * wo8                                 // P: (pCount) one row padded with −∞
+                            p.update(repeating: -.infinity, count: pCount)
+                            // (Scalars in replace(with:where:) compile to a per-lane loop: they are broadcast here.)
+                            let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+                            for r in 0..<h {
+                                copyRow(p + 1, xp + r * w, w)
+                                let mr = hm + r * wo8, ar = ha + r * wo8
+                                var ow = 0
+                                while ow < wo8 {
+                                    // Window columns ow·s − 1 … ow·s + 1 are P[ow·s … ow·s + 2]: a0, a1, a2 lane by lane.
+                                    let a0, a1, a2: SIMD8<Float>
+                                    if s == 1 {
+                                        a0 = load8(p + ow); a1 = load8(p + ow + 1); a2 = load8(p + ow + 2)
+                                    } else {
+                                        let v = UnsafeRawPointer(p + 2 * ow).loadUnaligned(as: SIMD16<Float>.self)
+                                        a0 = v.evenHalf; a1 = v.oddHalf
+                                        a2 = UnsafeRawPointer(p + 2 * ow + 2).loadUnaligned(as: SIMD16<Float>.self).evenHalf
+                                    }
+                                    var m = a0, k = SIMD8<Int32>(repeating: -1)       // k: column offset −1, 0, +1
+                                    let t1 = (a1 .> m) .| (a1 .!= a1)
+                                    m.replace(with: a1, where: t1); k.replace(with: zero, where: t1)
+                                    let t2 = (a2 .> m) .| (a2 .!= a2)
+                                    m.replace(with: a2, where: t2); k.replace(with: one, where: t2)
+                                    store8(mr + ow, m)
+                                    let cols = (lanes &+ SIMD8(repeating: Int32(ow))) &* SIMD8(repeating: Int32(s)) &+ k
+                                    UnsafeMutableRawPointer(ar + ow).storeBytes(of: cols, as: SIMD8<Int32>.self)
+                                    ow += 8
+                                }
+                                // Column −1 (the left pad) wins only where the whole in-image window is −∞: column 0.
+                                if ar[0] < 0 { ar[0] = 0 }
                             }
-                            var m = a0, k = SIMD8<Int32>(repeating: -1)       // k: column offset −1, 0, +1
-                            let t1 = (a1 .> m) .| (a1 .!= a1)
-                            m.replace(with: a1, where: t1); k.replace(with: zero, where: t1)
-                            let t2 = (a2 .> m) .| (a2 .!= a2)
-                            m.replace(with: a2, where: t2); k.replace(with: one, where: t2)
-                            store8(mr + ow, m)
-                            let cols = (lanes &+ SIMD8(repeating: Int32(ow))) &* SIMD8(repeating: Int32(s)) &+ k
-                            UnsafeMutableRawPointer(ar + ow).storeBytes(of: cols, as: SIMD8<Int32>.self)
-                            ow += 8
-                        }
-                        // Column −1 (the left pad) wins only where the whole in-image window is −∞: column 0.
-                        if ar[0] < 0 { ar[0] = 0 }
-                    }
-                    let idx = ha + h * wo8                               // one output row's input indices
-                    for oh in 0..<ho {
-                        let top = oh * s - 1
-                        let r0 = max(top, 0), r1 = min(top + 2, h - 1)
-                        var ow = 0
-                        while ow < wo8 {
-                            var m = load8(hm + r0 * wo8 + ow)
-                            var a = loadInt8(ha + r0 * wo8 + ow) &+ SIMD8(repeating: Int32(r0 * w))
-                            var r = r0 + 1
-                            while r <= r1 {
-                                let v = load8(hm + r * wo8 + ow), t = (v .> m) .| (v .!= v)
-                                m.replace(with: v, where: t)
-                                a.replace(with: loadInt8(ha + r * wo8 + ow) &+ SIMD8(repeating: Int32(r * w)), where: t)
-                                r += 1
+                            let idx = ha + h * wo8                               // one output row's input indices
+                            for oh in 0..<ho {
+                                let top = oh * s - 1
+                                let r0 = max(top, 0), r1 = min(top + 2, h - 1)
+                                var ow = 0
+                                while ow < wo8 {
+                                    var m = load8(hm + r0 * wo8 + ow)
+                                    var a = loadInt8(ha + r0 * wo8 + ow) &+ SIMD8(repeating: Int32(r0 * w))
+                                    var r = r0 + 1
+                                    while r <= r1 {
+                                        let v = load8(hm + r * wo8 + ow), t = (v .> m) .| (v .!= v)
+                                        m.replace(with: v, where: t)
+                                        a.replace(with: loadInt8(ha + r * wo8 + ow) &+ SIMD8(repeating: Int32(r * w)), where: t)
+                                        r += 1
+                                    }
+                                    UnsafeMutableRawPointer(idx + ow).storeBytes(of: a, as: SIMD8<Int32>.self)
+                                    ow += 8
+                                }
+                                let dyrow = dyp + oh * wo
+                                for ow in 0..<wo { dxp[Int(idx[ow])] += dyrow[ow] }
                             }
-                            UnsafeMutableRawPointer(idx + ow).storeBytes(of: a, as: SIMD8<Int32>.self)
-                            ow += 8
                         }
-                        let dyrow = dyp + oh * wo
-                        for ow in 0..<wo { dxp[Int(idx[ow])] += dyrow[ow] }
                     }
                 }
-            }
             }
         }
     }
@@ -287,25 +306,29 @@ extension Kernels {
 
     /// dX = ∂/∂x (overwritten, or added to `addend`): each dY spread evenly over the elements its
     /// window divided by.
+    /// `dYSource`, where given, is dY (`dY` is then not read).
     public static func avgPool2dBackward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
-                                         addend: UnsafePointer<Float>? = nil) {
+                                         addend: UnsafePointer<Float>? = nil, dYSource: BatchNormGradientSource? = nil) {
         let (ho, wo, hw) = (g.hOut, g.wOut, g.h * g.w)
-        if g.k == 3 && g.padding == 1 { return avgPool3x3Backward(g, countIncludePad: countIncludePad, dY: dY, dX: dX, addend: addend) }
+        if g.k == 3 && g.padding == 1 {
+            return avgPool3x3Backward(g, countIncludePad: countIncludePad, dY: dY, dX: dX, addend: addend, dYSource: dYSource)
+        }
         forItems(g.planes, itemSize: hw * 2) { plane in
-            let dyp = dY + plane * ho * wo
-            planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
-            for oh in 0..<ho {
-                let rows = g.window(oh, size: g.h)
-                for ow in 0..<wo {
-                    let cols = g.window(ow, size: g.w)
-                    let divisor = countIncludePad ? g.k * g.k : rows.count * cols.count
-                    let v = dyp[oh * wo + ow] / Float(divisor)
-                    for ih in rows {
-                        let dxrow = dxp + ih * g.w
-                        for iw in cols { dxrow[iw] += v }
+            gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
+                planeGradient(dX + plane * hw, addend: addend.map { $0 + plane * hw }, count: hw) { dxp in
+                    for oh in 0..<ho {
+                        let rows = g.window(oh, size: g.h)
+                        for ow in 0..<wo {
+                            let cols = g.window(ow, size: g.w)
+                            let divisor = countIncludePad ? g.k * g.k : rows.count * cols.count
+                            let v = dyp[oh * wo + ow] / Float(divisor)
+                            for ih in rows {
+                                let dxrow = dxp + ih * g.w
+                                for iw in cols { dxrow[iw] += v }
+                            }
+                        }
                     }
                 }
-            }
             }
         }
     }
@@ -348,35 +371,36 @@ extension Kernels {
     /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8), then added
     /// into the (1–3) input rows of the window.
     static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
-                                   addend: UnsafePointer<Float>?) {
+                                   addend: UnsafePointer<Float>?, dYSource: BatchNormGradientSource?) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
         let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
         defer { inv.deallocate() }
         forItems(g.planes, itemSize: h * w * 2) { plane in
-            let dyp = dY + plane * ho * wo
-            planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * (w + 12) + wo) { buffer in
-                let spread = buffer.baseAddress!, v = spread + w + 12   // spread (W + 2), V: 0, dY·inv (Wo), 0 …
-                v.update(repeating: 0, count: wo + w + 12)
-                for oh in 0..<ho {
-                    let rows = g.window(oh, size: h)
-                    let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
-                    if s == 1 {
-                        for ow in 0..<wo { v[1 + ow] = dyrow[ow] * inv[ow] * rowScale }
-                        var c = 0
-                        while c + 8 <= w { store8(spread + c, load8(v + c) + load8(v + c + 1) + load8(v + c + 2)); c += 8 }
-                        while c < w { spread[c] = v[c] + v[c + 1] + v[c + 2]; c += 1 }
-                    } else {
-                        spread.update(repeating: 0, count: w + 2)
-                        for ow in 0..<wo {
-                            let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
-                            let d = dyrow[ow] * inv[ow] * rowScale
-                            for j in lo..<hi { spread[j] += d }
+            gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
+                planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * (w + 12) + wo) { buffer in
+                        let spread = buffer.baseAddress!, v = spread + w + 12   // spread (W + 2), V: 0, dY·inv (Wo), 0 …
+                        v.update(repeating: 0, count: wo + w + 12)
+                        for oh in 0..<ho {
+                            let rows = g.window(oh, size: h)
+                            let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
+                            if s == 1 {
+                                for ow in 0..<wo { v[1 + ow] = dyrow[ow] * inv[ow] * rowScale }
+                                var c = 0
+                                while c + 8 <= w { store8(spread + c, load8(v + c) + load8(v + c + 1) + load8(v + c + 2)); c += 8 }
+                                while c < w { spread[c] = v[c] + v[c + 1] + v[c + 2]; c += 1 }
+                            } else {
+                                spread.update(repeating: 0, count: w + 2)
+                                for ow in 0..<wo {
+                                    let c0 = ow * s - 1, lo = max(c0, 0), hi = min(c0 + 3, w)
+                                    let d = dyrow[ow] * inv[ow] * rowScale
+                                    for j in lo..<hi { spread[j] += d }
+                                }
+                            }
+                            for ih in rows { addRow(dxp + ih * w, spread, w) }
                         }
                     }
-                    for ih in rows { addRow(dxp + ih * w, spread, w) }
                 }
-            }
             }
         }
     }

@@ -1,14 +1,17 @@
-// A weighted sum's terms get their gradient w·dY with the weight pending (Graph.accumulateScaled):
-// batch norm and the fused separable unit multiply as they read dY, so no scaled copy of dY is
-// written; everything else gets w·dY added in one pass. Checked bit for bit against each term's
-// backward from a scaled copy of dY (the path before), for the memory it no longer takes, and
-// against finite differences where a scaled gradient meets a second one.
+// Gradients handed on unwritten (Graph's pending gradients), each checked bit for bit against the
+// written path, for the memory it no longer takes, and against finite differences where a pending
+// gradient meets a second one:
+//   scaled      a weighted sum's terms get w·dY with the weight pending (accumulateScaled): batch
+//               norm and the fused separable unit multiply as they read dY; everything else gets
+//               w·dY added in one pass;
+//   batch norm  a batch norm (no affine map, batch statistics) over a pool's output leaves its
+//               input gradient to the pool's backward, which makes each plane as it reads it.
 
 import EspalierCore
 import EspalierTestSupport
 import XCTest
 
-final class ScaledGradientTests: XCTestCase {
+final class PendingGradientTests: XCTestCase {
     static let shape = [3, 4, 6, 5]
 
     /// The terms: the fused unit, batch norm, batch norm in ghost groups, and a leaf read directly
@@ -88,6 +91,64 @@ final class ScaledGradientTests: XCTestCase {
         try g.backward(y, gradient: dY)
         let grown = acc.peakTotal - before
         XCTAssertLessThan(grown, 2 * size, "backward took \(grown) bytes more at its peak for terms of \(size) bytes each (channels \(c))")
+    }
+
+    /// batchNorm(pool(x)) for max and average pools, stride 1 and 2, with a mixing weight pending
+    /// on top: x's gradient is bit for bit the batch norm's written dX through the pool's backward.
+    func testBatchNormOverAPool_LeavesItsInputGradientToThePool_BitForBit() throws {
+        let acc = MemoryAccountant()
+        for (k, (pool, stride)) in [("max", 1), ("max", 2), ("avg", 1), ("avg", 2)].enumerated() {
+            let x = try randomTensor([3, 4, 7, 9], acc, seed: UInt64(k))
+            let w = try randomTensor([2], acc, seed: 20)
+            let g = Graph(accountant: acc)
+            let vx = g.leaf(try x.copy()), vw = g.leaf(try w.copy())
+            func pooled(_ g: Graph, _ v: Variable) throws -> Variable {
+                pool == "max" ? try g.maxPool2d(v, kernel: 3, stride: stride, padding: 1) : try g.avgPool2d(v, kernel: 3, stride: stride, padding: 1)
+            }
+            let p = try pooled(g, vx)
+            let b = try g.batchNorm(p, gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
+            let y = try g.weightedSum([b, b], weights: vw)     // two scaled gradients: the first pending, the second adding
+            let r = try randomTensor(y.shape, acc, seed: 30)
+            try g.backward(y, gradient: try r.copy())
+
+            // Written: w0·r + w1·r, then batch norm's dX in full, then the pool's backward from it.
+            let dB = try Tensor(shape: y.shape, category: .data, accountant: acc)
+            for i in 0..<r.count { dB[i] = w[0] * r[i] }
+            for i in 0..<r.count { dB[i] = dB[i] + w[1] * r[i] }
+            let gp = PoolGeometry(n: 3, c: 4, h: 7, w: 9, k: 3, stride: stride, padding: 1)
+            let pv = try Tensor(shape: gp.outputShape, category: .data, accountant: acc)
+            if pool == "max" { Kernels.maxPool2dForward(gp, x: x.ptr, y: pv.ptr) } else { Kernels.avgPool2dForward(gp, countIncludePad: false, x: x.ptr, y: pv.ptr) }
+            let c = 4, hw = gp.hOut * gp.wOut
+            let mean = try Tensor(shape: [c], category: .data, accountant: acc), invStd = try Tensor(shape: [c], category: .data, accountant: acc)
+            Kernels.batchNormStatistics(pv.ptr, n: 3, c: c, hw: hw, mean: mean.ptr, variance: invStd.ptr)
+            for i in 0..<c { invStd[i] = 1 / (invStd[i] + 1e-5).squareRoot() }
+            let xhat = try Tensor(shape: gp.outputShape, category: .data, accountant: acc), dZ = try Tensor(shape: gp.outputShape, category: .data, accountant: acc)
+            Kernels.batchNormApply(pv.ptr, n: 3, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil, beta: nil, y: xhat.ptr)
+            XCTAssertEqual(xhat.array, b.value.array, "\(pool) stride \(stride): the forward")
+            Kernels.batchNormBackward(xhat.ptr, dY: dB.ptr, n: 3, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil, batchStatistics: true,
+                                      dX: dZ.ptr, dGamma: nil, dBeta: nil, normalizedInput: true)
+            let dX = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            if pool == "max" { Kernels.maxPool2dBackward(gp, x: x.ptr, dY: dZ.ptr, dX: dX.ptr) }
+            else { Kernels.avgPool2dBackward(gp, countIncludePad: false, dY: dZ.ptr, dX: dX.ptr) }
+            XCTAssertEqual(g.gradient(of: vx)!.array, dX.array, "\(pool) stride \(stride): dx")
+        }
+    }
+
+    /// The batch norm over a pool writes no input gradient: while they run backward into a
+    /// parameter, nothing of the pool output's size is allocated. Before, the batch norm's dX was.
+    func testBatchNormOverAPool_WritesNoInputGradient() throws {
+        let acc = MemoryAccountant()
+        let shape = [4, 8, 12, 12], size = shape.reduce(1, *) * MemoryLayout<Float>.size
+        let g = Graph(accountant: acc)
+        let p = Parameter(name: "x", value: try randomTensor(shape, acc, seed: 1))
+        try p.ensureGrad()
+        let b = try g.batchNorm(try g.maxPool2d(g.param(p), kernel: 3, stride: 1, padding: 1), gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
+        let dY = try randomTensor(shape, acc, seed: 2)
+        acc.resetPeak()
+        let before = acc.currentTotal
+        try g.backward(b, gradient: dY)
+        let grown = acc.peakTotal - before
+        XCTAssertLessThan(grown, size / 4, "backward took \(grown) bytes more at its peak; the pool's output is \(size) bytes")
     }
 
     /// A term whose value is read again elsewhere: its gradient is first held with the weight
