@@ -252,7 +252,8 @@ public final class Graph {
         return Variable(value: t, node: Node(shape: t.shape, inputs: [], owner: accountant.currentOwner, backward: nil), graph: self)
     }
 
-    /// Records an op. `backward(dOut, ctx)` must call `ctx.accumulate` for every input it can reach.
+    /// Records an op. `backward(dOut, ctx)` must hand a gradient to every input it can reach
+    /// (`ctx.accumulate`, `accumulateScaled`, `accumulationTarget`, or `handOn` where the input takes it).
     /// `reads`: the forms of output gradient `backward` reads besides a written tensor (it then
     /// applies `ctx.outputScale` wherever it reads dOut, or reads `ctx.batchNormGradient`).
     public func record(_ output: Tensor, inputs: [Variable], reads: GradientForms = [],
@@ -391,7 +392,8 @@ public final class Graph {
         reluCache.removeAll()
     }
 
-    /// The gradient that reached a `leaf` after `backward`, or nil.
+    /// The gradient that reached a `leaf` after `backward`, or nil (a leaf's is always written:
+    /// leaves read no pending form).
     public func gradient(of v: Variable) -> Tensor? { v.node?.grad }
 }
 

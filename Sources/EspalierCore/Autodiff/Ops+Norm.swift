@@ -102,7 +102,7 @@ extension Graph {
                     Kernels.batchNormBackward(saved.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: c, hw: hw, mean: mean.ptr,
                                               invStd: invStd.ptr, gamma: nil, batchStatistics: true, dX: nil, dGamma: sums.ptr + c,
                                               dBeta: sums.ptr, normalizedInput: true)
-                    Kernels.BatchNormGradientSource.coefficients(invStd: invStd.ptr, sums: sums.ptr, c: c, count: n * hw, into: coefficients.ptr)
+                    Kernels.BatchNormGradientSource.makeCoefficients(invStd: invStd.ptr, sums: sums.ptr, c: c, count: n * hw, into: coefficients.ptr)
                 }
                 self.flops += count * 7
                 ctx.handOn(0, batchNormGradient: PendingBatchNormGradient(dY: dY, xhat: saved, coefficients: coefficients,

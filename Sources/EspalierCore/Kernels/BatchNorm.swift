@@ -135,7 +135,7 @@ extension Kernels {
         let coefficients: UnsafePointer<Float>
 
         /// Fills `coefficients` (3C floats) from invStd (C) and the sums (2C: Σ dY, then Σ dY·x̂) over m values.
-        public static func coefficients(invStd: UnsafePointer<Float>, sums: UnsafePointer<Float>, c: Int, count m: Int,
+        public static func makeCoefficients(invStd: UnsafePointer<Float>, sums: UnsafePointer<Float>, c: Int, count m: Int,
                                         into out: UnsafeMutablePointer<Float>) {
             let mf = Float(m)
             for ch in 0..<c {
