@@ -115,15 +115,14 @@ public struct BackwardContext {
     /// yet: `handOn(_:batchNormGradient:)` may then be used in place of writing dX.
     public func takesBatchNormGradient(_ i: Int) -> Bool {
         guard let input = node.inputs[i] else { return false }
-        return input.reads.contains(.batchNormInput) && input.parameter == nil && input.grad == nil
+        return input.reads.contains(.batchNormInput) && graph.takesFirstGradient(input)
     }
 
     /// Hands input `i` its gradient unwritten (only where `takesBatchNormGradient(i)`).
     public func handOn(_ i: Int, batchNormGradient pending: PendingBatchNormGradient) {
         guard let input = node.inputs[i] else { return }
         precondition(takesBatchNormGradient(i), "a pending batch-norm gradient for an op that does not read one, or after another gradient")
-        input.grad = pending.dY.shape == input.shape ? pending.dY : pending.dY.reshaped(input.shape)
-        input.gradIsExclusive = false
+        graph.adopt(pending.dY, into: input)
         input.gradSource = pending
     }
 
@@ -313,32 +312,34 @@ public final class Graph {
         return (g, nil)
     }
 
-    func accumulate(into node: Node, _ g: Tensor) throws {
+    /// Adds g, or s·g with a scale, into `node`'s gradient. The first gradient is kept, not copied
+    /// (the op that made it may still hold it), a scaled one with its factor pending where the
+    /// node's op reads `.scaled`; any other is written as addend + (s·)g in one pass (for a scale,
+    /// the floats of a scale pass followed by an add).
+    func accumulate(into node: Node, _ g: Tensor, scale s: Float? = nil) throws {
         precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
-        if node.parameter == nil && node.grad == nil {
-            // The first gradient is kept, not copied: the op that made it may still hold it.
-            node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
-            node.gradIsExclusive = false
-            return
-        }
-        let (out, addend) = try accumulationTarget(for: node)
-        if computing, let addend { Kernels.add(addend.ptr, g.ptr, out.ptr, count: g.count) }
-    }
-
-    /// Adds s·g into `node`'s gradient: kept with the pending factor where the node's op takes a
-    /// scaled gradient and has none yet, else written as addend + s·g in one pass (the floats of
-    /// a scale pass followed by `accumulate`).
-    func accumulate(into node: Node, _ g: Tensor, scale s: Float) throws {
-        precondition(g.count == node.shape.reduce(1, *), "gradient of \(g.shape) for a value of \(node.shape)")
-        if node.reads.contains(.scaled) && node.parameter == nil && node.grad == nil {
-            node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
-            node.gradIsExclusive = false
+        if s == nil || node.reads.contains(.scaled), takesFirstGradient(node) {
+            adopt(g, into: node)
             node.gradScale = s
             return
         }
         let (out, addend) = try accumulationTarget(for: node)
         guard computing else { return }
-        if let addend { Kernels.addScaled(addend.ptr, g.ptr, scale: s, out.ptr, count: g.count) } else { Kernels.scale(g.ptr, s, out.ptr, count: g.count) }
+        switch (addend, s) {
+        case let (addend?, s?): Kernels.addScaled(addend.ptr, g.ptr, scale: s, out.ptr, count: g.count)
+        case let (addend?, nil): Kernels.add(addend.ptr, g.ptr, out.ptr, count: g.count)
+        case let (nil, s?): Kernels.scale(g.ptr, s, out.ptr, count: g.count)
+        case (nil, nil): out.ptr.update(from: g.ptr, count: g.count)   // unreachable: a first gradient is adopted
+        }
+    }
+
+    /// Whether `node` has no gradient yet that a first one would be added to.
+    func takesFirstGradient(_ node: Node) -> Bool { node.parameter == nil && node.grad == nil }
+
+    /// Keeps `g` as `node`'s gradient without copying it: shared, so nobody adds into it in place.
+    func adopt(_ g: Tensor, into node: Node) {
+        node.grad = g.shape == node.shape ? g : g.reshaped(node.shape)
+        node.gradIsExclusive = false
     }
 
     /// Backpropagates from a scalar `loss` (seed gradient 1) through the tape, then clears it.

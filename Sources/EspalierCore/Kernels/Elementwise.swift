@@ -36,7 +36,7 @@ public enum Kernels {
 
     /// acc += alpha·x  (count)
     public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ acc: UnsafeMutablePointer<Float>, count: Int) {
-        parallelRange(count) { lo, hi in for i in lo..<hi { acc[i] += alpha * x[i] } }
+        addScaled(acc, x, scale: alpha, acc, count: count)
     }
 
     // MARK: scale by a scalar (mixing weights)
