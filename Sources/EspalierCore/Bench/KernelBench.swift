@@ -110,7 +110,8 @@ public enum KernelBench {
         return rows
     }
 
-    /// The standard set: batch 64, 28×28, channels 16/32/64.
+    /// The standard set: batch 64, 28×28, channels 16/32/64; the depthwise convolution at every
+    /// DARTS candidate's geometry (3×3 and 5×5, dilation 1 and 2, and 3×3 at stride 2).
     public static func standard(batch: Int = 64, size: Int = 28, channels: [Int] = [16, 32, 64]) throws -> [KernelBenchRow] {
         var rows: [KernelBenchRow] = []
         for c in channels {
@@ -119,6 +120,14 @@ public enum KernelBench {
             rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 1, kw: 1), label: "conv 1x1")
             rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 3, kw: 3, padding: 1, groups: c),
                                  label: "depthwise 3x3")
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 5, kw: 5, padding: 2, groups: c),
+                                 label: "depthwise 5x5")
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 3, kw: 3, padding: 2, dilation: 2, groups: c),
+                                 label: "depthwise 3x3 d2")
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 5, kw: 5, padding: 4, dilation: 2, groups: c),
+                                 label: "depthwise 5x5 d2")
+            rows += try convRows(ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: 3, kw: 3, stride: 2, padding: 1, groups: c),
+                                 label: "depthwise 3x3 s2")
         }
         rows.append(sgemmRow(m: 1024, n: 1024, k: 1024, threads: Parallel.workers, label: "sgemm 1024³ (\(Parallel.workers) thr)"))
         return rows
