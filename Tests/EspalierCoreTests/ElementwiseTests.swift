@@ -83,6 +83,29 @@ final class ElementwiseTests: XCTestCase {
         XCTAssertEqual(Kernels.dots(a.ptr, [], count: n), [])
     }
 
+    /// add, addScaled and scale take their own loop in place (out == a); it must give the floats of
+    /// the loop with a separate output, bit for bit, on both cores' chunks and on a short count.
+    func testInPlaceKernels_AreBitForBitTheKernelsWithAnOutput() throws {
+        for n in [200_003, 13] {
+            let a = try randomTensor([n], acc, seed: 10), b = try randomTensor([n], acc, seed: 11)
+            let out = try Tensor(shape: [n], category: .data, accountant: acc)
+            let cases: [(String, (UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void)] = [
+                ("add", { x, o in Kernels.add(x, b.ptr, o, count: n) }),
+                ("addScaled", { x, o in Kernels.addScaled(x, b.ptr, scale: 0.37, o, count: n) }),
+                ("axpy", { x, o in if UnsafePointer(o) != x { o.update(from: x, count: n) }; Kernels.axpy(0.37, b.ptr, o, count: n) }),
+                ("scale", { x, o in Kernels.scale(x, -1.3, o, count: n) }),
+            ]
+            for (name, kernel) in cases {
+                kernel(a.ptr, out.ptr)
+                let inPlace = try Tensor(shape: [n], category: .data, accountant: acc)
+                inPlace.ptr.update(from: a.ptr, count: n)
+                kernel(inPlace.ptr, inPlace.ptr)
+                XCTAssertEqual(inPlace.array.map(\.bitPattern), out.array.map(\.bitPattern), "\(name) in place over \(n)")
+            }
+            XCTAssertEqual(out.array.map(\.bitPattern), a.array.map { (-1.3 * $0).bitPattern }, "scale against the plain loop")
+        }
+    }
+
     func testNoGrad_RecordsNothingAndKeepsNothingForBackward() throws {
         let g = Graph(accountant: acc)
         let x = g.leaf(try randomTensor([2, 3, 8, 8], acc, seed: 8))
