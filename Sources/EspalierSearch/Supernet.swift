@@ -190,9 +190,12 @@ public final class Supernet {
         lastInputWeights = recording ? inputWeights.map(\.0) : []
         lastGateWeights = recording ? (slotWeights[slot(reduction: false)].0, slotWeights[slot(reduction: true)].0) : nil
         let (bn, br) = try g.accountant.withOwner("arch/edges") { (try edgeWeights(g, reduction: false), try edgeWeights(g, reduction: true)) }
-        let stem = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
-        var s0 = stem, s1 = stem
-        var outputs = [stem]
+        // The stem's output is held by s0 and s1 only (and by `outputs` for hyper-connected cells,
+        // which read every earlier output): a forward without tape frees it after cell 1. (Kept in
+        // a binding of its own or in `outputs`, it stayed alive through every cell.)
+        var s1 = try g.accountant.withOwner("stem") { try stemBN(g, try stemConv(g, x)) }
+        var s0 = s1
+        var outputs = space.hyperConnected ? [s1] : []
         var aux: [Variable] = []
         for (i, cell) in cells.enumerated() {
             let (w, a) = slotWeights[slot(of: cell)]
