@@ -35,6 +35,17 @@ final class GraphBuild {
     let recorder: OpIRRecorder
     /// The first primitive that failed in this build (an op must not continue past it).
     var failure: String?
+    /// A forward without tape (PluginOp.accumulate): node `node`, the op's output and a batch norm
+    /// in its first build on this shape, adds its output into the sink's target instead of storing it.
+    var sink: (node: Int, sink: ForwardSink)?
+    /// Whether that node took the sink (the op's output is then the target itself).
+    private(set) var sinkTaken = false
+    /// The sink, for the batch norm about to be recorded as the node it is for; else nil.
+    func takeSink(for primitive: String) -> ForwardSink? {
+        guard let s = sink, s.node == recorder.nodes.count, SeparableUnitRule.isBatchNormPrimitive(primitive) else { return nil }
+        sinkTaken = true
+        return s.sink
+    }
     init(graph: Graph, ownerPath: String = "", traceOnly: Bool = false, trackKept: Bool = true) {
         self.graph = graph; self.ownerPath = ownerPath; self.traceOnly = traceOnly; recorder = OpIRRecorder(trackKept: trackKept)
     }
@@ -446,7 +457,7 @@ private let hostGraphApply: @convention(c) (UnsafeMutableRawPointer?, es_graph?,
             }
             let xs = try handles.map { try build.value($0) }
             let before = build.graph.accountant.currentTotal
-            let y = try Primitives.apply(name, build.graph, xs, a)
+            let y = try Primitives.apply(name, build.graph, xs, a, sink: build.takeSink(for: name))
             let flops = try Primitives.flops(name, xs.map(\.shape), y.shape, a, training: build.graph.training)
             out.pointee = try build.node(y, name, inputs: handles, attributes: a, flops: flops,
                                          keptBytes: build.graph.accountant.currentTotal - before)

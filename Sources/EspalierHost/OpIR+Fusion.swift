@@ -40,7 +40,9 @@ enum SeparableUnitRule {
     }
 
     /// A batch norm without affine map (x, running mean, running variance).
-    static func isBatchNorm(_ primitive: String, inputs: Int) -> Bool { primitive == "batch_norm" && inputs == 3 }
+    static func isBatchNorm(_ primitive: String, inputs: Int) -> Bool { isBatchNormPrimitive(primitive) && inputs == 3 }
+    /// A batch norm, with or without affine map.
+    static func isBatchNormPrimitive(_ primitive: String) -> Bool { primitive == "batch_norm" }
 
     /// The geometry, when its attributes are integers and it is a valid convolution.
     private static func geometry(x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
@@ -94,7 +96,8 @@ extension GraphBuild {
                                                  stride: dw.geometry.stride, padding: dw.geometry.padding, dilation: dw.geometry.dilation,
                                                  reluInput: dw.primitive == "relu_conv2d",
                                                  runningMean: try value(inputs[1]).value, runningVar: try value(inputs[2]).value,
-                                                 momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5))
+                                                 momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5),
+                                                 sink: takeSink(for: name))
             // Its FLOPs in the IR: the engine's count for the unit, less the pending members' own.
             return try node(y, name, inputs: inputs, attributes: attributes, flops: graph.flops - flopsBefore - pw.flops - dw.flops,
                             keptBytes: graph.accountant.currentTotal - before)

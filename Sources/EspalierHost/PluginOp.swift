@@ -103,7 +103,7 @@ public final class PluginOp {
     /// y = op(x) in `g`; `state` nil: the context's current run state.
     public func callAsFunction(_ g: Graph, _ x: Variable, state: RunState? = nil) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
-            isComposed ? try buildComposed(g, x) : try applyRaw(g, x, state: state ?? context.runState())
+            isComposed ? try buildComposed(g, x).0 : try applyRaw(g, x, state: state ?? context.runState())
         }
     }
 
@@ -114,21 +114,49 @@ public final class PluginOp {
     public func callAsFunction(_ g: Graph, _ x: Variable, mixingWeights w: Variable) throws -> Variable {
         guard let fn = table.build_mixed else { throw PluginLoadError("\(component.id) does not take mixing weights (no build_mixed)") }
         return try g.accountant.withOwnerID(owner) {
-            try buildComposed(g, x, extra: w) { [instance] build, input, extra, out in fn(instance, build, input, extra, out) }
+            try buildComposed(g, x, extra: w) { [instance] build, input, extra, out in fn(instance, build, input, extra, out) }.0
         }
     }
 
-    private func buildComposed(_ g: Graph, _ x: Variable) throws -> Variable {
-        try buildComposed(g, x, extra: nil) { [table, instance] build, input, _, out in table.build!(instance, build, input, out) }
+    private func buildComposed(_ g: Graph, _ x: Variable, sink: (node: Int, sink: ForwardSink)? = nil) throws -> (Variable, sinkTaken: Bool) {
+        try buildComposed(g, x, extra: nil, sink: sink) { [table, instance] build, input, _, out in table.build!(instance, build, input, out) }
+    }
+
+    /// acc += scale·op(x), in a forward without tape (a node's sum of its candidates). Where the
+    /// op's first build on this shape ended in a batch norm whose output nothing else in the op
+    /// reads, that batch norm adds into acc as it normalises, and the output is never stored
+    /// (a pass over it and its memory saved); else op(x) is made and added. The same floats either way.
+    public func accumulate(_ g: Graph, _ x: Variable, into acc: Tensor, scale: Float, state: RunState? = nil) throws {
+        precondition(!g.isRecording, "accumulate is for a forward without tape")
+        try g.accountant.withOwnerID(owner) {
+            let y: Variable
+            if isComposed, let node = lastBatchNorm(IRKey(shape: x.shape, training: g.training, mixed: false)) {
+                let (out, taken) = try buildComposed(g, x, sink: (node, ForwardSink(target: acc, scale: scale)))
+                if taken { return }
+                y = out   // the batch norm did not run as that node: the build differs, and said so above
+            } else {
+                y = isComposed ? try buildComposed(g, x).0 : try applyRaw(g, x, state: state ?? context.runState())
+            }
+            guard y.shape == acc.shape else { throw EspalierError.shapeMismatch("\(component.id) made \(y.shape); the sum it is added into is \(acc.shape)") }
+            if g.computing { Kernels.axpy(scale, y.value.ptr, acc.ptr, count: acc.count) }
+        }
+    }
+
+    /// The node of the IR known for `key` that makes the op's output, when it is a batch norm and no
+    /// other node reads that output.
+    private func lastBatchNorm(_ key: IRKey) -> Int? {
+        guard let ir = builds[key], case .node(let k) = ir.values[ir.output].source, SeparableUnitRule.isBatchNormPrimitive(ir.nodes[k].primitive),
+              !ir.nodes.contains(where: { $0.inputs.contains(ir.output) }) else { return nil }
+        return k
     }
 
     /// Builds the op in `g` and checks the build against the first one on this input shape.
-    private func buildComposed(_ g: Graph, _ x: Variable, extra: Variable?,
-                               _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> Variable {
+    private func buildComposed(_ g: Graph, _ x: Variable, extra: Variable?, sink: (node: Int, sink: ForwardSink)? = nil,
+                               _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, sinkTaken: Bool) {
         let key = IRKey(shape: x.shape, training: g.training, mixed: extra != nil)
         let known = builds[key]
         // A shape seen before is only compared (no IR made, no kept bytes tracked): this runs every step.
-        let (y, recorder, output) = try traceBuild(g, x, extra: extra, traceOnly: false, trackKept: known == nil, call)
+        let (y, recorder, output, sinkTaken) = try traceBuild(g, x, extra: extra, traceOnly: false, trackKept: known == nil, sink: sink, call)
         if let known {
             guard recorder.matches(known, output: output) else {
                 let ir = recorder.ir(op: component.id, stride: stride, training: g.training, output: output)
@@ -141,14 +169,15 @@ public final class PluginOp {
             builds[key] = ir
             latestIR = ir
         }
-        return y
+        return (y, sinkTaken)
     }
 
     /// Runs the plugin's build in `g`, recording it; returns the output, the record and the output's value index.
-    private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool, trackKept: Bool = true,
-                            _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIRRecorder, Int) {
+    private func traceBuild(_ g: Graph, _ x: Variable, extra: Variable?, traceOnly: Bool, trackKept: Bool = true, sink: (node: Int, sink: ForwardSink)? = nil,
+                            _ call: (es_graph, es_value, es_value?, UnsafeMutablePointer<es_value?>) -> es_status) throws -> (Variable, OpIRRecorder, Int, Bool) {
         let build = GraphBuild(graph: g, ownerPath: ownerPath, traceOnly: traceOnly, trackKept: trackKept)
         build.fuses = fuses
+        build.sink = sink
         let input = build.leaf(x, .input)
         let extraHandle = extra.map { build.leaf($0, .mixingWeights) }
         var out: es_value? = nil
@@ -162,7 +191,7 @@ public final class PluginOp {
         }
         let y = try build.value(out), index = try build.index(out)
         build.values.removeAll()   // what the tape does not keep is freed now, before the IR counts what stays
-        return (y, build.recorder, index)
+        return (y, build.recorder, index, build.sinkTaken)
     }
 
     /// The IR of its latest build, else traced on a small input of its channels (2, C, 8, 8).
@@ -187,7 +216,7 @@ public final class PluginOp {
                 throw PluginLoadError("\(component.id) builds only with an edge's mixing weights (build_mixed): it has no IR of its own")
             }
             let instance = self.instance
-            let (y, recorder, output) = try traceBuild(g, x, extra: nil, traceOnly: true) { b, input, _, out in build(instance, b, input, out) }
+            let (y, recorder, output, _) = try traceBuild(g, x, extra: nil, traceOnly: true) { b, input, _, out in build(instance, b, input, out) }
             return withExtendedLifetime(y) { recorder.ir(op: component.id, stride: stride, training: g.training, output: output) }   // its output stays
         }
         traces[key] = ir

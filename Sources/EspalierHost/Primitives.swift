@@ -12,6 +12,9 @@ import Foundation
 struct Attributes {
     let primitive: String
     let values: [String: Double]
+    /// Not an attribute: where a forward without tape adds this primitive's output instead of
+    /// storing it (`batch_norm` only; GraphBuild.takeSink).
+    var sink: ForwardSink? = nil
 
     func int(_ name: String, _ fallback: Int? = nil) throws -> Int {
         guard let v = values[name] else {
@@ -76,8 +79,8 @@ public enum Primitives {
     /// The primitives this host offers, sorted.
     public static var names: [String] { table.keys.sorted() }
 
-    /// Applies primitive `name` after checking its attribute names.
-    public static func apply(_ name: String, _ g: Graph, _ xs: [Variable], _ attributes: [String: Double]) throws -> Variable {
+    /// Applies primitive `name` after checking its attribute names; a `sink` is for `batch_norm`.
+    static func apply(_ name: String, _ g: Graph, _ xs: [Variable], _ attributes: [String: Double], sink: ForwardSink?) throws -> Variable {
         guard let p = table[name] else {
             throw HostCallError(ES_ERROR_UNSUPPORTED, "unknown primitive '\(name)'; this host has: \(table.keys.sorted().joined(separator: ", "))")
         }
@@ -85,7 +88,13 @@ public enum Primitives {
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "primitive \(name) has no attribute '\(key)'; "
                                 + (p.attributes.isEmpty ? "it takes none" : "its attributes: \(p.attributes.sorted().joined(separator: ", "))"))
         }
-        return try p.apply(g, xs, Attributes(primitive: name, values: attributes))
+        precondition(sink == nil || name == "batch_norm", "only batch_norm adds its output into a sink")
+        return try p.apply(g, xs, Attributes(primitive: name, values: attributes, sink: sink))
+    }
+
+    /// Applies primitive `name` after checking its attribute names.
+    public static func apply(_ name: String, _ g: Graph, _ xs: [Variable], _ attributes: [String: Double]) throws -> Variable {
+        try apply(name, g, xs, attributes, sink: nil)
     }
 
     static let table: [String: Primitive] = [
@@ -120,7 +129,7 @@ public enum Primitives {
             guard x.count != 4 else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "batch_norm takes x, running_mean, running_var and optionally gamma and beta (both)") }
             return try g.batchNorm(x[0], gamma: x.count == 5 ? x[3] : nil, beta: x.count == 5 ? x[4] : nil,
                                    runningMean: x[1].value, runningVar: x[2].value,
-                                   momentum: Float(a.double("momentum", 0.1)), eps: Float(a.double("eps", 1e-5)))
+                                   momentum: Float(a.double("momentum", 0.1)), eps: Float(a.double("eps", 1e-5)), sink: a.sink)
         },
         "concat_channels": Primitive([]) { g, x, _ in try arity("concat_channels", x, 1...64); return try g.concatChannels(x) },
         "narrow_channels": Primitive(["start", "length"]) { g, x, a in

@@ -228,12 +228,16 @@ final class SearchCell {
                 let edge = edges[e]
                 for (o, op) in edge.ops.enumerated() {
                     guard let op, edge.states[o] == .active, active[e * k + o] != 0 else { continue }
-                    let y = try op(g, h, state: state)
-                    if sum == nil { sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant) }
-                    if g.computing {
-                        let scale = edge.scales[o].map { $0.value[0] } ?? 1
-                        Kernels.axpy(weights.value[e * k + o] * scale, y.value.ptr, sum!.ptr, count: y.value.count)
+                    // (A dry run has no weights to read; it makes the same allocations with any factor.)
+                    let w = g.computing ? weights.value[e * k + o] * (edge.scales[o].map { $0.value[0] } ?? 1) : 1
+                    if let sum {
+                        // The op's last batch norm adds into the sum as it normalises (PluginOp.accumulate).
+                        try op.accumulate(g, h, into: sum, scale: w, state: state)
+                        continue
                     }
+                    let y = try op(g, h, state: state)
+                    sum = try Tensor.zeros(y.shape, category: .activations, accountant: g.accountant)
+                    if g.computing { Kernels.axpy(w, y.value.ptr, sum!.ptr, count: y.value.count) }
                 }
                 e += 1
             }

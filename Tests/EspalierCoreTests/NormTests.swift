@@ -90,6 +90,11 @@ final class NormTests: XCTestCase {
                 Kernels.batchNormApply(x.ptr, n: n, c: c, hw: hw, mean: m2.ptr, invStd: invStd.ptr, gamma: gp, beta: bp, y: y1.ptr)
                 Kernels.batchNormApplyNaive(x.ptr, n: n, c: c, hw: hw, mean: m2.ptr, invStd: invStd.ptr, gamma: gp, beta: bp, y: y2.ptr)
                 assertClose(y1.array, y2.array, tol: 1e-5, "apply affine=\(affine) \(shape)")
+                // Added into an accumulator as it is made: bit for bit the apply followed by axpy.
+                let sum1 = try randomTensor(shape, acc, seed: UInt64(40 + k)), sum2 = try sum1.copy()
+                Kernels.batchNormApply(x.ptr, n: n, c: c, hw: hw, mean: m2.ptr, invStd: invStd.ptr, gamma: gp, beta: bp, y: sum1.ptr, accumulate: -0.7)
+                Kernels.axpy(-0.7, y1.ptr, sum2.ptr, count: sum2.count)
+                XCTAssertEqual(sum1.array.map(\.bitPattern), sum2.array.map(\.bitPattern), "apply into a sum, affine=\(affine) \(shape)")
 
                 for batchStatistics in [true, false] {
                     let dX1 = try Tensor.filled(shape, value: 9, category: .data, accountant: acc)   // overwritten

@@ -24,8 +24,10 @@ extension Graph {
 
     /// batchNorm(conv2d(conv2d(relu?(x), wd, depthwise), wp), runningMean, runningVar), no affine map.
     /// x (N, C, H, W) · wd (C, 1, k, k) · wp (Cout, C, 1, 1).
+    /// With `sink` (no tape only): y is added into the sink's target as it is normalised, not stored.
     public func fusedSeparableUnit(_ x: Variable, depthwise wd: Variable, pointwise wp: Variable, stride: Int, padding: Int, dilation: Int,
-                                   reluInput: Bool, runningMean: Tensor, runningVar: Tensor, momentum: Float, eps: Float) throws -> Variable {
+                                   reluInput: Bool, runningMean: Tensor, runningVar: Tensor, momentum: Float, eps: Float,
+                                   sink: ForwardSink? = nil) throws -> Variable {
         guard x.shape.count == 4, wd.shape.count == 4, wp.shape.count == 4 else {
             throw EspalierError.shapeMismatch("the separable unit needs x (N,C,H,W) and two 4-D weights; got \(x.shape), \(wd.shape), \(wp.shape)")
         }
@@ -37,8 +39,10 @@ extension Graph {
               fusesSeparableUnit(depthwise: gd, pointwise: gp, reluInput: reluInput) else {
             // The reference: the ops one by one (they name any shape problem).
             let t = try conv2d(x, wd, stride: stride, padding: padding, dilation: dilation, groups: c, reluInput: reluInput)
-            return try batchNorm(try conv2d(t, wp), gamma: nil, beta: nil, runningMean: runningMean, runningVar: runningVar, momentum: momentum, eps: eps)
+            return try batchNorm(try conv2d(t, wp), gamma: nil, beta: nil, runningMean: runningMean, runningVar: runningVar, momentum: momentum, eps: eps,
+                                 sink: sink)
         }
+        try checkSink(sink, gp.outputShape)
         let n = gp.n, cOut = gp.cOut, hw = gp.h * gp.w, chunks = Parallel.chunkCount(n)
         // Forward: t = depthwise(relu(x)), kept for both backward GEMMs' operands.
         let t = try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant)
@@ -64,10 +68,12 @@ extension Graph {
                 if !isReplaying { updateRunningStatistics(runningMean, runningVar, mean: mean, variance: invStd, count: n * hw,
                                                           momentum: runningMomentum(runningMean, momentum)) }
                 for ch in 0..<cOut { invStd[ch] = 1 / (invStd[ch] + eps).squareRoot() }
-                Kernels.batchNormApply(y.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil, beta: nil, y: y.ptr)
+                Kernels.batchNormApply(y.ptr, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil, beta: nil,
+                                       y: sink?.target.ptr ?? y.ptr, accumulate: sink?.scale)
             }
         }
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
+        if let sink { return constant(sink.target) }
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
         // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they read.
         return record(y, inputs: [x, wd, wp], reads: .scaled) { [unowned self] dY, ctx in

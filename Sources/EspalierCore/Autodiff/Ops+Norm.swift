@@ -5,15 +5,25 @@
 
 import Foundation
 
+/// Where a forward without tape adds an op's last output instead of storing it: target += scale·y
+/// (a node's sum of its candidates; EspalierHost's PluginOp.accumulate). The op returns the target.
+public struct ForwardSink {
+    public let target: Tensor
+    public let scale: Float
+    public init(target: Tensor, scale: Float) { self.target = target; self.scale = scale }
+}
+
 extension Graph {
     /// Batch norm over dim 1 of x (N, C, …). γ, β: (C) or nil (no affine map). Running statistics:
     /// (C) tensors updated in place in training mode (running = (1−momentum)·running + momentum·batch);
     /// pass nil for both to always use batch statistics (track_running_stats=False).
     /// Uses batch statistics when `training` is true or there are no running statistics.
+    /// With `sink` (no tape only): y is added into the sink's target as it is made, never stored.
     public func batchNorm(_ x: Variable, gamma: Variable?, beta: Variable?, runningMean: Tensor?, runningVar: Tensor?,
-                          momentum: Float = 0.1, eps: Float = 1e-5) throws -> Variable {
+                          momentum: Float = 0.1, eps: Float = 1e-5, sink: ForwardSink? = nil) throws -> Variable {
         guard x.shape.count >= 2 else { throw EspalierError.shapeMismatch("batchNorm needs x (N, C, …); got \(x.shape)") }
         let shape = x.shape
+        try checkSink(sink, shape)
         let n = shape[0], c = shape[1], hw = shape.dropFirst(2).reduce(1, *)
         for (name, t) in [("gamma", gamma?.value), ("beta", beta?.value), ("runningMean", runningMean), ("runningVar", runningVar)] {
             if let t, t.count != c { throw EspalierError.shapeMismatch("batchNorm \(name) \(t.shape) for \(c) channels") }
@@ -32,7 +42,7 @@ extension Graph {
             throw EspalierError.invalidArgument("batch norm in \(groups) groups (--bn-groups) needs at least \(groups) samples; got \(n)")
         }
         let slices = (0..<groups).map { Shards.range(part: $0, of: groups, count: n) }
-        let y = try output(shape)
+        let y = try sink?.target ?? output(shape)
         // mean, invStd: (G, C), the statistics of each slice
         let mean = try Tensor(shape: [groups * c], category: .activations, accountant: accountant)
         let invStd = try Tensor(shape: [groups * c], category: .activations, accountant: accountant)
@@ -69,11 +79,12 @@ extension Graph {
             for (g, r) in slices.enumerated() {
                 Kernels.batchNormApply(x.value.ptr + r.lowerBound * c * hw, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
                                        invStd: invStd.ptr + g * c, gamma: gamma?.value.ptr, beta: beta?.value.ptr,
-                                       y: y.ptr + r.lowerBound * c * hw)
+                                       y: y.ptr + r.lowerBound * c * hw, accumulate: sink?.scale)
             }
         }
         let count = n * c * hw
         flops += count * (batchStatistics ? 5 : 2)
+        if sink != nil { return constant(y) }
 
         var inputs = [x]
         var gammaIndex: Int? = nil, betaIndex: Int? = nil
@@ -126,6 +137,13 @@ extension Graph {
             if dGammaIsTemp, let dGamma, let gammaIndex { try ctx.accumulate(gammaIndex, dGamma) }
             if dBetaIsTemp, let dBeta, let betaIndex { try ctx.accumulate(betaIndex, dBeta) }
         }
+    }
+
+    /// A sink is for a forward without tape, and takes the op's output shape.
+    func checkSink(_ sink: ForwardSink?, _ shape: [Int]) throws {
+        guard let sink else { return }
+        guard !isRecording else { throw EspalierError.invalidArgument("an output sink is for a forward without tape (noGrad): a taped op must store its output") }
+        guard sink.target.shape == shape else { throw EspalierError.shapeMismatch("an output sink of \(sink.target.shape) for an output of \(shape)") }
     }
 
     /// The momentum a running-statistics update of `rm` uses: `momentum`, or 1/k for the k-th

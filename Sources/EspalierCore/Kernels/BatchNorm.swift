@@ -43,9 +43,12 @@ extension Kernels {
     }
 
     /// y = (x − mean[c])·invStd[c]·γ[c] + β[c]; γ = 1, β = 0 where nil.
+    /// With `accumulate` (a forward without tape adding the op's output into a node's sum): y is
+    /// not stored; acc += s·y instead, the floats of this apply followed by `axpy(s, y, acc)`.
     public static func batchNormApply(_ x: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
                                       mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
-                                      gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>) {
+                                      gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>,
+                                      accumulate s: Float? = nil) {
         forItems(c, itemSize: n * hw) { ch in
             let a = invStd[ch] * (gamma?[ch] ?? 1)
             let b = (beta?[ch] ?? 0) - mean[ch] * a
@@ -53,6 +56,12 @@ extension Kernels {
             for sample in 0..<n {
                 let xr = x + (sample * c + ch) * hw, yr = y + (sample * c + ch) * hw
                 var i = 0
+                if let s {
+                    let sv = SIMD8<Float>(repeating: s)
+                    while i + 8 <= hw { store8(yr + i, load8(yr + i) + sv * (load8(xr + i) * av + bv)); i += 8 }
+                    while i < hw { yr[i] = yr[i] + s * (xr[i] * a + b); i += 1 }
+                    continue
+                }
                 while i + 8 <= hw { store8(yr + i, load8(xr + i) * av + bv); i += 8 }
                 while i < hw { yr[i] = xr[i] * a + b; i += 1 }
             }
