@@ -578,39 +578,21 @@ extension DepthwiseTapKernel {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
 }
 
-/// Lanes 0..<n (1...7) of p, zeros above; reads nothing past p[n − 1]. Every lane is a constant
-/// index (a loop over lanes put each one through the stack: per-element stores in the profile).
+/// Lanes 0..<n (1...7) of p, zeros above; reads nothing past p[n − 1].
 @inline(__always)
 func loadPartial8(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD8<Float> {
-    n >= 4 ? SIMD8(lowHalf: load4(p), highHalf: loadPartial4(p + 4, n - 4)) : SIMD8(lowHalf: loadPartial4(p, n), highHalf: SIMD4())
-}
-
-/// Lanes 0..<n (0...3) of p, zeros above; each lane a constant index, so no lane goes through memory.
-@inline(__always)
-func loadPartial4(_ p: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
-    switch n {
-    case 1: return SIMD4(p[0], 0, 0, 0)
-    case 2: return SIMD4(p[0], p[1], 0, 0)
-    case 3: return SIMD4(p[0], p[1], p[2], 0)
-    default: return SIMD4()
-    }
+    var v = SIMD8<Float>(), i = 0
+    if n >= 4 { v.lowHalf = load4(p); i = 4 }
+    while i < n { v[i] = p[i]; i += 1 }
+    return v
 }
 
 /// Stores lanes 0..<n (1...7) of v at p; writes nothing past p[n − 1].
 @inline(__always)
 func storePartial8(_ p: UnsafeMutablePointer<Float>, _ v: SIMD8<Float>, _ n: Int) {
-    if n >= 4 { store4(p, v.lowHalf); storePartial4(p + 4, v.highHalf, n - 4) } else { storePartial4(p, v.lowHalf, n) }
-}
-
-/// Stores lanes 0..<n (0...3) of v at p; writes nothing past p[n − 1].
-@inline(__always)
-func storePartial4(_ p: UnsafeMutablePointer<Float>, _ v: SIMD4<Float>, _ n: Int) {
-    switch n {
-    case 1: p[0] = v[0]
-    case 2: p[0] = v[0]; p[1] = v[1]
-    case 3: p[0] = v[0]; p[1] = v[1]; p[2] = v[2]
-    default: break
-    }
+    var i = 0
+    if n >= 4 { store4(p, v.lowHalf); i = 4 }
+    while i < n { p[i] = v[i]; i += 1 }
 }
 
 /// dst[0..<n] = src[0..<n], inline: rows are short (7–28 floats), too short for a memcpy call.
