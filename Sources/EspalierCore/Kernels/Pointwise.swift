@@ -17,9 +17,14 @@ import Foundation
 
 extension Kernels {
     /// Whether a 1×1 convolution of `cIn` → `cOut` channels computes its forward and its input
-    /// gradient with the micro-kernels here rather than OpenBLAS. Measured on this machine
+    /// gradient with the micro-kernels here rather than OpenBLAS. Measured when it was written
     /// (`espalier kernel-bench --pointwise`, one sample per call, one thread): ours 1.1–2.5× ahead
     /// from 8 to 128 channels at 7×7 to 28×28 planes; from 256 channels OpenBLAS's packing pays.
+    /// Measured again on 2026-12-06 (this OpenBLAS runs its SKYLAKEX kernels, 16 lanes): alone,
+    /// ours ran at 0.5–1.0× OpenBLAS's speed at 16–64 channels (1.2× at 16 channels on 7×7); in
+    /// the step, ESPALIER_POINTWISE_LIMIT=0 (OpenBLAS everywhere) was not faster (darts fmnist
+    /// 1.08×, zeroshot 0.97× the time, three rounds each: within the host's noise), since ours
+    /// also makes the batch-norm sums from its registers. So the limit stays; measure again.
     /// ESPALIER_POINTWISE_LIMIT overrides the channel limit (0: always OpenBLAS), to measure again.
     public static func pointwiseUsesOwnKernel(cIn: Int, cOut: Int) -> Bool { max(cIn, cOut) <= pointwiseOwnLimit }
 
