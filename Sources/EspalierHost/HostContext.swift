@@ -39,11 +39,16 @@ final class GraphBuild {
     /// in its first build on this shape, adds its output into the sink's target instead of storing it.
     var sink: (node: Int, sink: ForwardSink)?
     /// Whether that node took the sink (the op's output is then the target itself).
-    private(set) var sinkTaken = false
+    var sinkTaken: Bool { sunkValue != nil }
+    /// The value that node makes (it holds the target, not the output).
+    private(set) var sunkValue: Int?
+    /// The values whose view the plugin asked for in this build (`value_view`): an op that views its
+    /// output gets no sink.
+    var viewed: Set<Int> = []
     /// The sink, for the batch norm about to be recorded as the node it is for; else nil.
     func takeSink(for primitive: String) -> ForwardSink? {
         guard let s = sink, s.node == recorder.nodes.count, SeparableUnitRule.isBatchNormPrimitive(primitive) else { return nil }
-        sinkTaken = true
+        sunkValue = values.count   // the node's value, handed out next
         return s.sink
     }
     init(graph: Graph, ownerPath: String = "", traceOnly: Bool = false, trackKept: Bool = true) {
@@ -488,6 +493,12 @@ private let hostValueView: @convention(c) (UnsafeMutableRawPointer?, es_value?, 
     withContext(host) { _ in
         // Values are only meaningful with their graph; the view is looked up in the live build.
         guard let out, let value, let build = GraphBuild.current else { throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "value_view outside a build") }
+        let i = try build.index(value)
+        build.viewed.insert(i)
+        if i == build.sunkValue {
+            throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "value_view of the op's last batch norm output, which this forward without tape added into "
+                                + "its node's sum instead of storing it; an op that views its output in its first build on a shape gets it stored")
+        }
         out.pointee = try build.value(value).value.view
     }
 }

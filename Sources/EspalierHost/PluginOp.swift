@@ -142,10 +142,13 @@ public final class PluginOp {
         }
     }
 
+    /// Whether a build of it viewed its output (`value_view`): its output is then always stored.
+    private var viewsOutput = false
+
     /// The node of the IR known for `key` that makes the op's output, when it is a batch norm and no
-    /// other node reads that output.
+    /// other node reads that output (and the op does not view it).
     private func lastBatchNorm(_ key: IRKey) -> Int? {
-        guard let ir = builds[key], case .node(let k) = ir.values[ir.output].source, SeparableUnitRule.isBatchNormPrimitive(ir.nodes[k].primitive),
+        guard !viewsOutput, let ir = builds[key], case .node(let k) = ir.values[ir.output].source, SeparableUnitRule.isBatchNormPrimitive(ir.nodes[k].primitive),
               !ir.nodes.contains(where: { $0.inputs.contains(ir.output) }) else { return nil }
         return k
     }
@@ -190,6 +193,7 @@ public final class PluginOp {
                                   message: failure + " (the op went on after this error)")
         }
         let y = try build.value(out), index = try build.index(out)
+        viewsOutput = viewsOutput || build.viewed.contains(index)
         build.values.removeAll()   // what the tape does not keep is freed now, before the IR counts what stays
         return (y, build.recorder, index, build.sinkTaken)
     }

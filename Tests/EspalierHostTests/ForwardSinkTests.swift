@@ -55,6 +55,35 @@ final class ForwardSinkTests: XCTestCase {
         } } } }
     }
 
+    /// An op that views its output (value_view) gets it stored: viewed in its first build, it never
+    /// gets a sink; one that starts viewing it later is told why it cannot. (Viewing its input, as
+    /// the DARTS ops do to check its shape, changes nothing: the first test's ops get the sink.)
+    func testAccumulate_AnOpThatReadsItsOutput_GetsItStored_OrAClearError() throws {
+        for from in [1, 2] {
+            let dir = try PluginFixtures.tempDir("reader\(from)")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try PluginFixtures.build("libespalier-reader.so", in: dir, defines: ["FIX_READS_OUTPUT=\(from)"])
+            let registry = PluginLoader(context: HostContext()).load(PluginSearchPath(directories: [dir]))
+            let acc = MemoryAccountant()
+            let op = try PluginOp(try registry.require("org.fixture.op.bn-reader/1", kind: .op), context: HostContext(accountant: acc),
+                                  config: OpConfig(inChannels: 3, outChannels: 3), ownerPath: "e/reader")
+            let g = Graph(accountant: acc)
+            let x = try randomTensor([2, 3, 4, 4], acc, seed: 1)
+            let sum = try Tensor.zeros([2, 3, 4, 4], category: .data, accountant: acc)
+            try g.noGrad {
+                let y = try op(g, g.leaf(x))   // the first build: its IR
+                if from == 1 {
+                    try op.accumulate(g, g.leaf(x), into: sum, scale: 2)
+                    XCTAssertEqual(sum.array, y.value.array.map { 2 * $0 }, "the output stored and added")
+                } else {
+                    XCTAssertThrowsError(try op.accumulate(g, g.leaf(x), into: sum, scale: 2)) { e in
+                        XCTAssertTrue("\(e)".contains("value_view of the op's last batch norm output"), "\(e)")
+                    }
+                }
+            }
+        }
+    }
+
     func testAccumulate_InATapedGraph_IsRefused() throws {
         let acc = MemoryAccountant()
         let op = try OpIRTests.op("max_pool_3x3", channels: 8, context: HostContext(accountant: acc, seed: 3))

@@ -21,6 +21,8 @@
  *   -DFIX_SPACE_INFO_1_1   the pruner asks space_info with a struct laid out as ABI 1.1 (no hyper_connected)
  *                          and a canary right after it; the run fails if the host writes past the struct
  *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
+ *   -DFIX_READS_OUTPUT=n   adds op .op.bn-reader/1: y = batch_norm(relu(x)) (no affine map), which reads
+ *                          y's data (value_view) in its builds from the n-th on (1: every build)
  *   -DFIX_GATE_INPUTS      the gate also gates inter-cell inputs (ES_GATE_INPUTS), so it can
  *                          serve the hyper-connected space
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
@@ -222,6 +224,37 @@ static es_status unstable_build(void *inst, es_graph g, es_value x, es_value *ou
     return h->graph_apply(h->host, g, "scale", &r, 1, NULL, 0, out);
 }
 static const es_op_vtable unstable_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = unstable_create, .destroy = op_destroy, .build = unstable_build };
+#endif
+
+#ifdef FIX_READS_OUTPUT
+/* ---- composed op ending in a batch norm whose output it reads: y = batch_norm(relu(x)), then value_view(y) ---- */
+typedef struct { const es_host_services *host; es_param mean, var; int builds; } reader_op;
+static es_status reader_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                               const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    reader_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    int64_t c[1] = { cfg->in_channels };
+    es_status st = host->declare_param(host->host, "norm.running_mean", c, 1, ES_INIT_ZEROS, 0, ES_PARAM_FLAG_BUFFER, &o->mean);
+    if (st == ES_OK) st = host->declare_param(host->host, "norm.running_var", c, 1, ES_INIT_ONES, 0, ES_PARAM_FLAG_BUFFER, &o->var);
+    if (st != ES_OK) { free(o); return st; }
+    *inst = o;
+    return ES_OK;
+}
+static es_status reader_build(void *inst, es_graph g, es_value x, es_value *out) {
+    reader_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value r, m, v, in[3];
+    es_status st = h->graph_apply(h->host, g, "relu", &x, 1, NULL, 0, &r);
+    if (st == ES_OK) st = h->graph_param(h->host, g, o->mean, &m);
+    if (st == ES_OK) st = h->graph_param(h->host, g, o->var, &v);
+    in[0] = r; in[1] = m; in[2] = v;
+    if (st == ES_OK) st = h->graph_apply(h->host, g, "batch_norm", in, 3, NULL, 0, out);
+    if (st != ES_OK || ++o->builds < FIX_READS_OUTPUT) return st;
+    es_tensor_view view;
+    return h->value_view(h->host, *out, &view);
+}
+static const es_op_vtable reader_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = reader_create, .destroy = op_destroy, .build = reader_build };
 #endif
 
 /* ---- gate: weights = scale · logits; backward d_logits += scale · d_weights ---- */
@@ -510,6 +543,9 @@ static const es_component_desc components[] = {
 #endif
 #ifdef FIX_UNSTABLE_BUILD
     { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.unstable/1", "a build that changes after its first", NULL, 0, NULL, 0, &unstable_table, NULL },
+#endif
+#ifdef FIX_READS_OUTPUT
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.bn-reader/1", "a batch norm whose output it reads", NULL, 0, NULL, 0, &reader_table, NULL },
 #endif
 #ifdef FIX_BAD_KIND
     { FIX_DESC_SIZE, 99, FIX_ID ".thing.odd/1", "bad kind", NULL, 0, NULL, 0, &op_table, NULL },
