@@ -88,7 +88,7 @@ public enum Primitives {
             throw HostCallError(ES_ERROR_INVALID_ARGUMENT, "primitive \(name) has no attribute '\(key)'; "
                                 + (p.attributes.isEmpty ? "it takes none" : "its attributes: \(p.attributes.sorted().joined(separator: ", "))"))
         }
-        precondition(sink == nil || name == "batch_norm", "only batch_norm adds its output into a sink")
+        precondition(sink == nil || SeparableUnitRule.isBatchNormPrimitive(name), "only batch_norm adds its output into a sink")
         return try p.apply(g, xs, Attributes(primitive: name, values: attributes, sink: sink))
     }
 

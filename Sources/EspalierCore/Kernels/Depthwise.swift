@@ -334,7 +334,8 @@ extension Kernels {
         func run<T: TapLayout>(_ t: T) {
             // Blocks of three output rows for a 3-row kernel, four for the others (`espalier
             // kernel-bench`, 3×3 at 14×14: 36–44 GFLOP/s in threes against 31–33 in fours; 5×5
-            // no better in threes). Each output's sum is the same in any block.
+            // no better in threes; in the zero-shot step no different). Each output's sum is the
+            // same in any block.
             var r = 0
             if t.kh == 3 {
                 while r + 3 <= rows { block(t, Int3.self, row: r); r += 3 }
