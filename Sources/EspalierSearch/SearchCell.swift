@@ -156,7 +156,7 @@ final class SearchCell {
     /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);
     /// `edgeWeights`: β̃ (edges), or nil without edge normalisation.
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
-                 state: RunState, skipDropout: Float = 0, worstCase: Bool = false) throws -> Variable {
+                 state: RunState, skipDropout: Float = 0, worstCase: CostliestCandidate? = nil) throws -> Variable {
         try forward(g, earlier: [s0], s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state, skipDropout: skipDropout,
                     worstCase: worstCase)
     }
@@ -180,10 +180,10 @@ final class SearchCell {
 
     /// `earlier`: [s0] (DARTS), or every earlier output (hyper-connected); s1: the previous cell's output.
     /// `worstCase`: a prediction with a sampled gate (`active` is a stand-in draw): each edge runs
-    /// as many candidates as `active` marks on it, and the costliest ones (`pickCostliest`).
+    /// as many candidates as `active` marks on it, and the costliest ones by that measure (`pickCostliest`).
     func forward(_ g: Graph, earlier: [Variable], _ s1: Variable, weights: Variable, active: [UInt8], inputWeights: Variable? = nil,
                  inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0,
-                 worstCase: Bool = false) throws -> Variable {
+                 worstCase: CostliestCandidate? = nil) throws -> Variable {
         var active = active
         return try g.accountant.withOwnerID(owner) {
             let first = try firstInput(g, earlier: earlier, inputWeights: inputWeights, inputActive: inputActive)
@@ -195,8 +195,8 @@ final class SearchCell {
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
             for _ in 0..<nodes {
-                if worstCase {
-                    for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h) } }
+                if let worstCase {
+                    for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h, by: worstCase) } }
                 }
                 let (firstEdge, incoming, now) = (e, states, active)
                 let segment = "cell\(index)/node\(states.count - 2)"
@@ -338,14 +338,18 @@ final class SearchCell {
         return try nodeNorms[n](g, mixed)   // the batch norm's own owner: cellI/nodeN/concat/bn
     }
 
-    /// Bytes each candidate keeps on an edge's input (ops' activations + 3× parameters), measured
-    /// once per candidate and shape in a dry run of its own.
+    /// Bytes each candidate costs on an edge's input (what its forward keeps, or the peak of its
+    /// forward and backward; + 3× parameters), measured once per candidate, shape and measure in a
+    /// dry run of its own.
     private var candidateBytes: [String: Double] = [:]
 
     /// A prediction's worst case for a sampled gate on edge e: the gate's stand-in draw marks how
-    /// many candidates run (k); the k running candidates that keep the most bytes on `input` are
-    /// marked active instead, so the prediction bounds whichever k a real step draws.
-    private func pickCostliest(_ active: inout [UInt8], edge e: Int, input h: Variable) throws {
+    /// many candidates run (k); the k running candidates that cost the most bytes on `input`, by
+    /// `measure`, are marked active instead. No one order is the worst for every moment of a
+    /// step — the candidates that keep the most make the end of the forward the highest, those
+    /// whose backward holds the most on top may make a (recomputed) backward higher — so a
+    /// prediction takes both orders and keeps the higher (SearchRun.predict).
+    private func pickCostliest(_ active: inout [UInt8], edge e: Int, input h: Variable, by measure: CostliestCandidate) throws {
         let edge = edges[e], k = edge.ops.count
         let drawn = (0..<k).reduce(0) { $0 + (active[e * k + $1] != 0 ? 1 : 0) }
         var shape = h.shape
@@ -353,8 +357,10 @@ final class SearchCell {
         var running: [(o: Int, bytes: Double)] = []
         for (o, op) in edge.ops.enumerated() {
             guard let op, edge.states[o] == .active else { continue }
-            let key = "\(e)|\(o)|\(shape)"
-            if candidateBytes[key] == nil { candidateBytes[key] = try measureCost(shape, parameters: op.parameters) { g, x in try op(g, x) }.bytes }
+            let key = "\(e)|\(o)|\(shape)|\(measure)"
+            if candidateBytes[key] == nil {
+                candidateBytes[key] = try measureCost(shape, parameters: op.parameters, throughBackward: measure == .throughBackward) { g, x in try op(g, x) }.bytes
+            }
             running.append((o, candidateBytes[key]!))
         }
         let kept = Set(running.sorted { $0.bytes != $1.bytes ? $0.bytes > $1.bytes : $0.o < $1.o }.prefix(drawn).map(\.o))
@@ -367,4 +373,12 @@ final class SearchCell {
         let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
         return try g.zeros([ref.shape[0], states[1]!.shape[1], hw[0], hw[1]])
     }
+}
+
+/// What makes a candidate the costliest in a sampled gate's predicted worst case.
+enum CostliestCandidate: Sendable {
+    /// The bytes its forward keeps.
+    case kept
+    /// The peak of its forward and backward.
+    case throughBackward
 }

@@ -60,6 +60,7 @@ extension SearchRun {
             try run.applyInputStates(inputStates ?? [])
             for (name, v) in values.sorted(by: { $0.key < $1.key }) { try run.services.setValue(name, v) }
             try run.firstStep()
+            return nil
         }
     }
 
@@ -75,18 +76,29 @@ extension SearchRun {
     /// exchange buffers), which is what `--memory-budget` bounds on every rank.
     public static func predictRun(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                   throughEpoch: Int? = nil, ranks: (rank: Int, size: Int) = (0, 1)) throws -> StepPrediction {
-        var peakEpoch = 0
-        var p = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks) { run in
-            peakEpoch = try run.simulateEpochs(through: throughEpoch)
+        try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks) { run in
+            try run.simulateEpochs(through: throughEpoch)
         }
-        p.peakEpoch = peakEpoch
-        return p
     }
 
     /// A dry-run accountant, a context of its own (closed afterwards, so both are freed with the
-    /// prediction), the stand-in dataset (two batches) and the run; `body` takes its steps.
+    /// prediction), the stand-in dataset (two batches) and the run; `body` takes its steps (and
+    /// returns the epoch of a whole run's peak).
+    /// A sampled gate's worst case picks the costliest candidates of each edge, by the bytes their
+    /// forward keeps and, in a second dry run, by the peak of their forward and backward; the
+    /// prediction is the higher of the two (SearchCell.pickCostliest says why one order is not enough).
     private static func predict(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                ranks: (rank: Int, size: Int) = (0, 1), _ body: (SearchRun) throws -> Void) throws -> StepPrediction {
+                                ranks: (rank: Int, size: Int) = (0, 1), _ body: (SearchRun) throws -> Int?) throws -> StepPrediction {
+        let kept = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks, costliest: .kept, body)
+        guard kept.drewCostliest else { return kept.prediction }
+        let backward = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks,
+                                   costliest: .throughBackward, body)
+        return backward.prediction.stepPeak > kept.prediction.stepPeak ? backward.prediction : kept.prediction
+    }
+
+    private static func predict(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
+                                ranks: (rank: Int, size: Int), costliest: CostliestCandidate,
+                                _ body: (SearchRun) throws -> Int?) throws -> (prediction: StepPrediction, drewCostliest: Bool) {
         let dry = MemoryAccountant(mode: .dryRun)
         dry.plannedBudget = config.memoryBudget   // what a strategy that grows inside the budget plans with
         let context = HostContext(accountant: dry, seed: config.seed)
@@ -101,11 +113,13 @@ extension SearchRun {
         let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil, ranks: comm)
         run.services.predictionView = PredictionChoices()
         run.graph.segmentMeasures = [:]
-        try body(run)
+        run.supernet.costliest = costliest
+        let peakEpoch = try body(run)
         var p = StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
         p.flops = run.graph.flops
         p.segments = run.graph.segmentMeasures ?? [:]
-        return p
+        p.peakEpoch = peakEpoch
+        return (p, run.supernet.drewCostliest)
     }
 
     /// Takes the first step of epoch 0 outside the loop (the same allocations as the loop's first step).

@@ -240,11 +240,23 @@ extension SearchRun {
 
 /// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
 /// activations it keeps plus 3× its parameters (values, gradients, momentum).
-func measureCost(_ shape: [Int], parameters: [Parameter], _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Double, flops: Double) {
+/// `throughBackward`: the bytes are the peak of its forward and backward instead (what it keeps,
+/// and what its backward holds on top while it runs).
+func measureCost(_ shape: [Int], parameters: [Parameter], throughBackward: Bool = false,
+                 _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Double, flops: Double) {
     let dry = MemoryAccountant(mode: .dryRun)
     let g = Graph(accountant: dry)
     let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
     let before = dry.currentBytes(ownerPrefix: "").total
-    _ = try body(g, x)
-    return (Double(dry.currentBytes(ownerPrefix: "").total - before) + Double(3 * parameters.reduce(0) { $0 + $1.count } * 4), Double(g.flops))
+    let bytes: Int
+    if throughBackward {
+        dry.resetPeak()
+        let y = try body(g, x)
+        try g.backward(y, gradient: try Tensor(shape: y.shape, category: .activationGradients, accountant: dry))
+        bytes = dry.peakTotal - before
+    } else {
+        _ = try body(g, x)   // its output is not what it keeps
+        bytes = dry.currentBytes(ownerPrefix: "").total - before
+    }
+    return (Double(bytes) + Double(3 * parameters.reduce(0) { $0 + $1.count } * 4), Double(g.flops))
 }

@@ -28,6 +28,10 @@ public final class Supernet {
     public var skipDropout: Float = 0
     /// What the forward recomputes in backward instead of keeping (RecomputePlan.swift).
     public var recompute = RecomputePlan.none
+    /// A prediction with a sampled gate: which candidates stand for the drawn ones (the costliest
+    /// by this measure; SearchCell.pickCostliest), and whether a forward has picked them.
+    var costliest = CostliestCandidate.kept
+    var drewCostliest = false
     /// The gates' mixing weights of the last recorded forward (regularizers on gate weights).
     public private(set) var lastGateWeights: (normal: Variable, reduce: Variable)? = nil
     /// Per slot, and per cell's inter-cell inputs (hyper-connected), of the last recorded forward.
@@ -200,7 +204,8 @@ public final class Supernet {
         for (i, cell) in cells.enumerated() {
             let (w, a) = slotWeights[slot(of: cell)]
             // A prediction with a sampled gate: the costliest candidates stand for the drawn ones.
-            let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled
+            let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled ? costliest : nil
+            if worstCase != nil { drewCostliest = true }
             let whole = recompute.recomputes("cell\(i)", at: .cells) && cell.isRecomputable
             cell.recompute = whole ? .none : recompute
             let out: Variable
