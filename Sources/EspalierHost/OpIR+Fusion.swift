@@ -13,6 +13,12 @@
 // Traces (dry runs) take the same path, so the IR's kept bytes and the memory prediction are
 // those of the fused op. A value used both in a unit and elsewhere is computed twice.
 // `OpIR.separableUnits()` names the units a build of the IR runs fused.
+//
+// A crop read by a convolution is folded into it the same way: the crop is recorded pending, and
+// a conv2d of it whose geometry takes the im2col path anyway reads the crop's window of the
+// crop's input in place (ConvWindow), so the crop is never stored (FactorizedReduce's
+// crop(top 1, left 1) → 1×1 stride-2 convolution). Any other use computes the crop as above.
+// This fold does not depend on the batch norms' mode. `OpIR.foldedCrops()` names the crops it folds.
 
 import CEspalierSDK
 import EspalierCore
@@ -44,6 +50,25 @@ enum SeparableUnitRule {
     /// A batch norm, with or without affine map.
     static func isBatchNormPrimitive(_ primitive: String) -> Bool { primitive == "batch_norm" }
 
+    /// A crop of x (N, C, H, W): the window it keeps, when its attributes are integers and inside x.
+    static func cropWindow(_ primitive: String, x: [Int], attributes a: [String: Double]) -> ConvWindow? {
+        let at = Attributes(primitive: "crop", values: a)
+        guard primitive == "crop", x.count == 4, let top = try? at.int("top", 0), let left = try? at.int("left", 0),
+              let height = try? at.int("height", x[2] - top), let width = try? at.int("width", x[3] - left) else { return nil }
+        let v = ConvWindow(top: top, left: left, height: height, width: width)
+        guard v.top >= 0, v.left >= 0, v.height > 0, v.width > 0, v.top + v.height <= x[2], v.left + v.width <= x[3] else { return nil }
+        return v
+    }
+
+    /// A conv2d of a crop (x the crop's shape) that reads the crop in place: its geometry, with the
+    /// window, when it takes the im2col path even without one (a convolution the depthwise or the
+    /// pointwise kernels would run is not folded: they are faster than the crop is slow).
+    static func convolutionOfCrop(_ primitive: String, x: [Int], w: [Int], attributes a: [String: Double], crop: ConvWindow, plane: [Int]) -> ConvGeometry? {
+        guard primitive == "conv2d", var g = geometry(x: x, w: w, attributes: a), g.algorithm == .im2col, w[1] == g.cInPerGroup else { return nil }
+        g.h = plane[2]; g.w = plane[3]; g.window = crop
+        return g.validate() == nil ? g : nil
+    }
+
     /// The geometry, when its attributes are integers and it is a valid convolution.
     private static func geometry(x: [Int], w: [Int], attributes a: [String: Double]) -> ConvGeometry? {
         let at = Attributes(primitive: "conv2d", values: a)
@@ -70,6 +95,28 @@ extension OpIR {
         }
         return units
     }
+
+    /// The crops a build of this IR reads in place (their nodes), by `SeparableUnitRule.convolutionOfCrop`:
+    /// crops that no node but such convolutions reads. A crop that is also the op's output, or
+    /// that anything else reads, is computed and stored.
+    public func foldedCrops() -> [Int] {
+        var producer: [Int: Int] = [:], readers: [Int: [Int]] = [:]
+        for (k, n) in nodes.enumerated() {
+            producer[n.output] = k
+            for i in n.inputs { readers[i, default: []].append(k) }
+        }
+        return nodes.indices.filter { k in
+            let c = nodes[k], x = values[c.inputs[0]].shape
+            guard c.inputs.count == 1, c.output != output, let v = SeparableUnitRule.cropWindow(c.primitive, x: x, attributes: c.attributes),
+                  let rs = readers[c.output], !rs.isEmpty else { return false }
+            return rs.allSatisfy { r in
+                let n = nodes[r]
+                return n.inputs.count == 2 && n.inputs[0] == c.output && n.inputs[1] != c.output
+                    && SeparableUnitRule.convolutionOfCrop(n.primitive, x: values[c.output].shape, w: values[n.inputs[1]].shape,
+                                                           attributes: n.attributes, crop: v, plane: x) != nil
+            }
+        }
+    }
 }
 
 /// A value a fused build has not computed: the primitive that makes it, from which handles.
@@ -77,23 +124,32 @@ struct PendingNode {
     let primitive: String
     let inputs: [es_value?]
     let attributes: [String: Double]
-    /// Its FLOPs as the IR records them, its geometry, and whether it is the unit's depthwise
-    /// (else its pointwise) convolution.
+    /// Its FLOPs as the IR records them, and what it is pending as.
     let flops: Int
-    let geometry: ConvGeometry
-    let isDepthwise: Bool
+    let role: Role
+
+    enum Role {
+        /// A unit's depthwise or pointwise convolution, with its geometry.
+        case depthwise(ConvGeometry), pointwise(ConvGeometry)
+        /// A crop a convolution may read in place: the window it keeps.
+        case crop(ConvWindow)
+    }
+    var isDepthwise: Bool { if case .depthwise = role { true } else { false } }
+    var window: ConvWindow? { if case .crop(let v) = role { v } else { nil } }
 }
 
 extension GraphBuild {
     /// Applies primitive `name` as a member of a unit when it is one: records the depthwise and
     /// the pointwise convolution pending, runs the unit at its batch norm. nil: apply it as usual.
     func applyFused(_ name: String, inputs: [es_value?], attributes: [String: Double]) throws -> es_value? {
-        guard graph.training, inputs.count >= 2, let first = try? index(inputs[0]) else { return nil }   // evaluation: nothing fuses
+        if let folded = try applyCropFold(name, inputs: inputs, attributes: attributes) { return folded }
+        guard graph.training, inputs.count >= 2, let first = try? index(inputs[0]) else { return nil }   // evaluation: no unit fuses
         if SeparableUnitRule.isBatchNorm(name, inputs: inputs.count) {
-            guard let pw = pending[first], !pw.isDepthwise, let dw = pending[try index(pw.inputs[0])] else { return nil }
+            guard let pw = pending[first], case .pointwise = pw.role, let dw = pending[try index(pw.inputs[0])],
+                  case .depthwise(let dg) = dw.role else { return nil }
             let before = graph.accountant.currentTotal, flopsBefore = graph.flops
             let y = try graph.fusedSeparableUnit(try value(dw.inputs[0]), depthwise: try value(dw.inputs[1]), pointwise: try value(pw.inputs[1]),
-                                                 stride: dw.geometry.stride, padding: dw.geometry.padding, dilation: dw.geometry.dilation,
+                                                 stride: dg.stride, padding: dg.padding, dilation: dg.dilation,
                                                  reluInput: dw.primitive == "relu_conv2d",
                                                  runningMean: try value(inputs[1]).value, runningVar: try value(inputs[2]).value,
                                                  momentum: Float(attributes["momentum"] ?? 0.1), eps: Float(attributes["eps"] ?? 1e-5),
@@ -109,9 +165,37 @@ extension GraphBuild {
         guard let g = isDepthwise ? SeparableUnitRule.depthwise(name, x: x, w: w, attributes: attributes)
                 : pending[first]?.isDepthwise == true ? SeparableUnitRule.pointwise(name, x: x, w: w, attributes: attributes) : nil else { return nil }
         let flops = try Primitives.flops(name, [x, w], g.outputShape, attributes, training: graph.training)
-        recorder.pendingNode(name, inputs: [first, try index(inputs[1])], attributes: attributes, shape: g.outputShape, flops: flops)
+        return try recordPending(PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops,
+                                             role: isDepthwise ? .depthwise(g) : .pointwise(g)), shape: g.outputShape)
+    }
+
+    /// A crop of a 4-D value is recorded pending; a conv2d of a pending crop that
+    /// `SeparableUnitRule.convolutionOfCrop` takes reads the crop's window of its input in place.
+    /// nil: neither (apply it as usual; a pending crop it reads is computed then).
+    private func applyCropFold(_ name: String, inputs: [es_value?], attributes: [String: Double]) throws -> es_value? {
+        guard let first = inputs.first, let i = try? index(first) else { return nil }
+        let x = recorder.values[i].shape
+        if inputs.count == 1, let v = SeparableUnitRule.cropWindow(name, x: x, attributes: attributes) {
+            let shape = [x[0], x[1], v.height, v.width]
+            let flops = try Primitives.flops(name, [x], shape, attributes, training: graph.training)
+            return try recordPending(PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, role: .crop(v)), shape: shape)
+        }
+        guard inputs.count == 2, let crop = pending[i]?.window, !isPending(inputs[1]),
+              let cropped = pending[i]?.inputs[0], case let plane = recorder.values[try index(cropped)].shape,
+              let g = SeparableUnitRule.convolutionOfCrop(name, x: x, w: recorder.values[try index(inputs[1])].shape,
+                                                          attributes: attributes, crop: crop, plane: plane) else { return nil }
+        let before = graph.accountant.currentTotal
+        let y = try graph.conv2d(try value(cropped), try value(inputs[1]), stride: g.stride, padding: g.padding, dilation: g.dilation,
+                                 groups: g.groups, window: crop)
+        let flops = try Primitives.flops(name, [x, recorder.values[try index(inputs[1])].shape], y.shape, attributes, training: graph.training)
+        return try node(y, name, inputs: inputs, attributes: attributes, flops: flops, keptBytes: graph.accountant.currentTotal - before)
+    }
+
+    /// Records `p` in the IR as a node not yet computed, and hands out its value's handle.
+    private func recordPending(_ p: PendingNode, shape: [Int]) throws -> es_value {
+        recorder.pendingNode(p.primitive, inputs: try p.inputs.map { try index($0) }, attributes: p.attributes, shape: shape, flops: p.flops)
         values.append(nil)
-        pending[values.count - 1] = PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, geometry: g, isDepthwise: isDepthwise)
+        pending[values.count - 1] = p
         return OpaquePointer(bitPattern: values.count)!
     }
 

@@ -32,7 +32,8 @@ final class FactorizedReduce: Module {
     var buffers: [Tensor] { bn.buffers }
     func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable {
         let r = try g.relu(x)
-        let a = try conv1(g, r), b = try conv2(g, try g.crop(r, top: 1, left: 1))
+        // conv2 reads r[:, :, 1:, 1:] in place (the crop is never stored).
+        let a = try conv1(g, r), b = try conv2(g, r, window: ConvWindow(top: 1, left: 1, height: r.shape[2] - 1, width: r.shape[3] - 1))
         return try bn(g, try g.concatChannels([a, b]))
     }
 }

@@ -241,20 +241,21 @@ final class ConvTests: XCTestCase {
         }
         // Saved for backward by the fused op: its output only (x and w belong to the caller).
         let g = Self.large[2]
-        func keptBytes(fused: Bool) throws -> Int {
-            let acc = MemoryAccountant()
-            let graph = Graph(accountant: acc)
-            let x = graph.leaf(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1))
-            let w = graph.leaf(try randomTensor(g.weightShape, acc, seed: 2))
-            let before = acc.currentTotal
-            let y = fused ? try graph.conv2d(x, w, padding: g.padding, groups: g.groups, reluInput: true)
-                          : try graph.conv2d(try graph.relu(x), w, padding: g.padding, groups: g.groups)
-            // x stays alive in both (in a supernet the node value is kept by its other consumers).
-            return withExtendedLifetime((graph, x, y)) { acc.currentTotal - before }
-        }
-        let plane = g.n * g.cIn * g.h * g.w * 4
-        let (unfused, fused) = (try keptBytes(fused: false), try keptBytes(fused: true))
-        XCTAssertEqual(unfused - fused, plane, "the fused op keeps no relu(x): \(unfused) vs \(fused)")
+        let unfused = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(try graph.relu(x), w, padding: g.padding, groups: g.groups) }
+        let fused = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(x, w, padding: g.padding, groups: g.groups, reluInput: true) }
+        XCTAssertEqual(unfused - fused, g.n * g.cIn * g.h * g.w * 4, "the fused op keeps no relu(x): \(unfused) vs \(fused)")
+    }
+
+    /// The bytes `conv` (of x and w leaves of g's shapes) leaves allocated: what it keeps for backward
+    /// and its output. x stays alive (in a supernet a node's value is kept by its other consumers).
+    static func keptBytes(_ g: ConvGeometry, _ conv: (Graph, Variable, Variable) throws -> Variable) throws -> Int {
+        let acc = MemoryAccountant()
+        let graph = Graph(accountant: acc)
+        let x = graph.leaf(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1))
+        let w = graph.leaf(try randomTensor(g.weightShape, acc, seed: 2))
+        let before = acc.currentTotal
+        let y = try conv(graph, x, w)
+        return withExtendedLifetime((graph, x, y)) { acc.currentTotal - before }
     }
 
     func testInvalidGeometry_IsAnErrorNotACrash() throws {
@@ -265,5 +266,92 @@ final class ConvTests: XCTestCase {
         XCTAssertThrowsError(try graph.conv2d(x, w)) { XCTAssertTrue("\($0)".contains("does not fit")) }
         let wg = graph.constant(try Tensor.zeros([4, 1, 3, 3], category: .data, accountant: acc))
         XCTAssertThrowsError(try graph.conv2d(x, wg, groups: 2))
+        let w1 = graph.constant(try Tensor.zeros([4, 3, 1, 1], category: .data, accountant: acc))
+        XCTAssertThrowsError(try graph.conv2d(x, w1, window: ConvWindow(top: 1, left: 1, height: 4, width: 3))) {
+            XCTAssertTrue("\($0)".contains("is not inside the 4×4 plane"), "\($0)")
+        }
+    }
+
+    // MARK: - Windows: the convolution of a crop, read in place
+
+    /// Windowed geometries: FactorizedReduce's crop(1, 1) → 1×1 stride 2 at odd and even sizes, a
+    /// padded 3×3 on an inner window, dilated and grouped, a depthwise and a 1×1 stride-1 one (the
+    /// window takes them to im2col), and a window of one pixel.
+    static let windowed: [ConvGeometry] = [
+        ConvGeometry(n: 3, cIn: 4, h: 6, w: 6, cOut: 2, kh: 1, kw: 1, stride: 2, window: ConvWindow(top: 1, left: 1, height: 5, width: 5)),
+        ConvGeometry(n: 2, cIn: 3, h: 7, w: 9, cOut: 2, kh: 1, kw: 1, stride: 2, window: ConvWindow(top: 1, left: 1, height: 6, width: 8)),
+        ConvGeometry(n: 2, cIn: 3, h: 8, w: 7, cOut: 4, kh: 3, kw: 3, padding: 1, window: ConvWindow(top: 2, left: 1, height: 4, width: 5)),
+        ConvGeometry(n: 2, cIn: 4, h: 9, w: 9, cOut: 6, kh: 3, kw: 3, stride: 2, padding: 2, dilation: 2, groups: 2,
+                     window: ConvWindow(top: 0, left: 2, height: 9, width: 6)),
+        ConvGeometry(n: 2, cIn: 3, h: 7, w: 7, cOut: 3, kh: 3, kw: 3, padding: 1, groups: 3, window: ConvWindow(top: 1, left: 0, height: 5, width: 7)),
+        ConvGeometry(n: 2, cIn: 5, h: 4, w: 5, cOut: 3, kh: 1, kw: 1, window: ConvWindow(top: 1, left: 2, height: 3, width: 3)),
+        ConvGeometry(n: 1, cIn: 2, h: 3, w: 3, cOut: 2, kh: 1, kw: 1, window: ConvWindow(top: 2, left: 2, height: 1, width: 1)),
+    ]
+
+    /// The windowed tuned path against its references: the naive convolution of the window, and
+    /// the naive convolution of the crop (the same sums in the same order: bit for bit), forward
+    /// and backward; dX is zero outside the window.
+    func testWindow_IsTheConvolutionOfTheCrop_OnEveryGeometry() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in Self.windowed.enumerated() {
+            XCTAssertNil(g.validate(), "\(g)")
+            XCTAssertEqual(g.algorithm, .im2col, "\(g)")
+            let v = g.window!
+            var c = g
+            c.window = nil; c.h = v.height; c.w = v.width   // the same convolution of the crop
+            XCTAssertEqual(c.outputShape, g.outputShape)
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(300 + k))
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(400 + k))
+            let dY = try randomTensor(g.outputShape, acc, seed: UInt64(500 + k))
+            let crop = try Tensor(shape: [g.n, g.cIn, v.height, v.width], category: .data, accountant: acc)
+            Kernels.cropForward(x.ptr, crop.ptr, planes: g.n * g.cIn, h: g.h, w: g.w, top: v.top, left: v.left, outH: v.height, outW: v.width)
+
+            let ws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats())], category: .workspace, accountant: acc)
+            let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let yNaive = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let yCrop = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: ws.ptr)
+            Kernels.conv2dForwardNaive(g, x: x.ptr, w: w.ptr, y: yNaive.ptr)
+            Kernels.conv2dForwardNaive(c, x: crop.ptr, w: w.ptr, y: yCrop.ptr)
+            XCTAssertEqual(yNaive.array.map(\.bitPattern), yCrop.array.map(\.bitPattern), "naive forward \(g)")
+            assertClose(y.array, yNaive.array, tol: 1e-5, "forward \(g)")
+
+            let bws = try Tensor(shape: [max(1, g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: true))], category: .workspace, accountant: acc)
+            let dX = try Tensor.filled(x.shape, value: 7, category: .data, accountant: acc)   // overwritten, the border too
+            let dXNaive = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dCrop = try Tensor(shape: crop.shape, category: .data, accountant: acc)
+            let dXCrop = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            let dWNaive = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            let dWCrop = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX.ptr, dW: dW.ptr, workspace: bws.ptr)
+            Kernels.conv2dBackwardNaive(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dXNaive.ptr, dW: dWNaive.ptr)
+            Kernels.conv2dBackwardNaive(c, x: crop.ptr, w: w.ptr, dY: dY.ptr, dX: dCrop.ptr, dW: dWCrop.ptr)
+            Kernels.cropBackward(dCrop.ptr, dXCrop.ptr, planes: g.n * g.cIn, h: g.h, w: g.w, top: v.top, left: v.left, outH: v.height, outW: v.width)
+            XCTAssertEqual(dXNaive.array.map(\.bitPattern), dXCrop.array.map(\.bitPattern), "naive dX \(g)")
+            XCTAssertEqual(dWNaive.array.map(\.bitPattern), dWCrop.array.map(\.bitPattern), "naive dW \(g)")
+            assertClose(dX.array, dXNaive.array, tol: 1e-5, "dX \(g)")
+            assertClose(dW.array, dWNaive.array, tol: 1e-4, "dW \(g)")
+            for i in 0..<dX.count where dXCrop[i] == 0 && (dX[i] != 0) {   // outside the window: exactly zero
+                let p = i % (g.h * g.w), r = p / g.w, col = p % g.w
+                XCTAssertTrue(r >= v.top && r < v.top + v.height && col >= v.left && col < v.left + v.width, "dX[\(i)] = \(dX[i]) outside the window of \(g)")
+            }
+        }
+    }
+
+    /// The graph op with a window: gradients against finite differences, the crop never stored.
+    func testWindow_Gradients_MatchFiniteDifferences_AndNoCropIsKept() throws {
+        let acc = MemoryAccountant()
+        for (k, g) in Self.windowed.enumerated() {
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(600 + k))
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(700 + k))
+            try GradCheck().check("windowed conv \(g)", inputs: [x, w]) { graph, v in
+                try graph.conv2d(v[0], v[1], stride: g.stride, padding: g.padding, dilation: g.dilation, groups: g.groups, window: g.window)
+            }
+        }
+        let g = Self.windowed[0], v = g.window!
+        let unfused = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(try graph.crop(x, top: v.top, left: v.left), w, stride: 2) }
+        let folded = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(x, w, stride: 2, window: v) }
+        XCTAssertEqual(unfused - folded, g.n * g.cIn * v.height * v.width * 4, "the crop is not kept: \(unfused) vs \(folded)")
     }
 }

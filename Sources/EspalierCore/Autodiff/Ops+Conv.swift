@@ -9,20 +9,22 @@ import Foundation
 
 extension Graph {
     /// conv2d(x, w): x (N, Cin, H, W), w (Cout, Cin/groups, KH, KW) → (N, Cout, Ho, Wo).
+    /// With `window`: conv2d(crop(x, window), w), read in place (the crop is never stored; the
+    /// gradient is x's shape, zero outside the window).
     public func conv2d(_ x: Variable, _ w: Variable, stride: Int = 1, padding: Int = 0,
-                       dilation: Int = 1, groups: Int = 1, reluInput: Bool = false) throws -> Variable {
+                       dilation: Int = 1, groups: Int = 1, reluInput: Bool = false, window: ConvWindow? = nil) throws -> Variable {
         guard x.shape.count == 4, w.shape.count == 4 else {
             throw EspalierError.shapeMismatch("conv2d needs x (N,C,H,W) and w (Cout,Cin/g,KH,KW); got \(x.shape) and \(w.shape)")
         }
         let g = ConvGeometry(n: x.shape[0], cIn: x.shape[1], h: x.shape[2], w: x.shape[3],
                              cOut: w.shape[0], kh: w.shape[2], kw: w.shape[3],
-                             stride: stride, padding: padding, dilation: dilation, groups: groups)
+                             stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         if let problem = g.validate() { throw EspalierError.invalidArgument(problem) }
         guard w.shape[1] == g.cInPerGroup else {
             throw EspalierError.shapeMismatch("conv2d weight \(w.shape) expects \(w.shape[1] * groups) input channels, got \(g.cIn)")
         }
         if reluInput && !g.supportsReLUInput {
-            return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups)
+            return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         }
         let y = try output(g.outputShape)
         let wsCount = g.forwardWorkspaceFloats()

@@ -9,25 +9,45 @@
 // Buffers are owned by the caller; `workspaceFloats` says how much scratch each path needs.
 // ReLU-fused input (`reluInput`: y = conv(relu(x), w), x the pre-ReLU input, relu(x) never
 // stored) on the depthwise fast path only (Depthwise.swift); `supportsReLUInput`.
+// A window (`ConvWindow`: y = conv(x[:, :, top..<top+height, left..<left+width], w), the crop
+// never stored) on the im2col path: its gather reads the window in place, its col2im adds into
+// the window of a dX the size of x (zero outside it), so the convolution of a crop costs no crop.
 //
-// Shapes: x (N, Cin, H, W) · w (Cout, Cin/groups, KH, KW) · y (N, Cout, Ho, Wo).
+// Shapes: x (N, Cin, H, W) · w (Cout, Cin/groups, KH, KW) · y (N, Cout, Ho, Wo); with a window,
+// Ho and Wo are those of the window's height and width, and dX is (N, Cin, H, W).
 
 import Foundation
+
+/// The part of each input plane a convolution reads: rows top..<top+height, columns
+/// left..<left+width (a crop the convolution reads in place; padding pads the window).
+public struct ConvWindow: Equatable, Hashable, Sendable {
+    public var top, left, height, width: Int
+    public init(top: Int, left: Int, height: Int, width: Int) { self.top = top; self.left = left; self.height = height; self.width = width }
+}
 
 public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertible {
     public var n, cIn, h, w: Int
     public var cOut, kh, kw: Int
     public var stride, padding, dilation, groups: Int
+    /// nil: the whole plane.
+    public var window: ConvWindow?
 
     public init(n: Int, cIn: Int, h: Int, w: Int, cOut: Int, kh: Int, kw: Int,
-                stride: Int = 1, padding: Int = 0, dilation: Int = 1, groups: Int = 1) {
+                stride: Int = 1, padding: Int = 0, dilation: Int = 1, groups: Int = 1, window: ConvWindow? = nil) {
         self.n = n; self.cIn = cIn; self.h = h; self.w = w
         self.cOut = cOut; self.kh = kh; self.kw = kw
         self.stride = stride; self.padding = padding; self.dilation = dilation; self.groups = groups
+        self.window = window
     }
 
-    public var hOut: Int { (h + 2 * padding - dilation * (kh - 1) - 1) / stride + 1 }
-    public var wOut: Int { (w + 2 * padding - dilation * (kw - 1) - 1) / stride + 1 }
+    /// The height and width the convolution sees (the window's, else the plane's), and where the
+    /// window starts in a plane (rows keep the plane's pitch `w`).
+    public var inH: Int { window?.height ?? h }
+    public var inW: Int { window?.width ?? w }
+    var windowOffset: Int { window.map { $0.top * w + $0.left } ?? 0 }
+
+    public var hOut: Int { (inH + 2 * padding - dilation * (kh - 1) - 1) / stride + 1 }
+    public var wOut: Int { (inW + 2 * padding - dilation * (kw - 1) - 1) / stride + 1 }
     public var cInPerGroup: Int { cIn / groups }
     public var cOutPerGroup: Int { cOut / groups }
     public var weightShape: [Int] { [cOut, cInPerGroup, kh, kw] }
@@ -36,7 +56,8 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     public var forwardFlops: Int { 2 * n * cOut * hOut * wOut * cInPerGroup * kh * kw }
 
     public var description: String {
-        "conv(\(n)x\(cIn)x\(h)x\(w) -> \(cOut), k\(kh)x\(kw) s\(stride) p\(padding) d\(dilation) g\(groups))"
+        "conv(\(n)x\(cIn)x\(h)x\(w)" + (window.map { " window [\($0.top)..<\($0.top + $0.height), \($0.left)..<\($0.left + $0.width)]" } ?? "")
+            + " -> \(cOut), k\(kh)x\(kw) s\(stride) p\(padding) d\(dilation) g\(groups))"
     }
 
     /// Checks the geometry; returns a message naming the problem, or nil.
@@ -44,6 +65,9 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         if n <= 0 || cIn <= 0 || h <= 0 || w <= 0 || cOut <= 0 || kh <= 0 || kw <= 0 { return "sizes must be positive in \(self)" }
         if stride <= 0 || dilation <= 0 || padding < 0 || groups <= 0 { return "stride, dilation and groups must be positive and padding non-negative in \(self)" }
         if cIn % groups != 0 || cOut % groups != 0 { return "channels \(cIn)→\(cOut) are not divisible by groups \(groups)" }
+        if let v = window, v.top < 0 || v.left < 0 || v.height <= 0 || v.width <= 0 || v.top + v.height > h || v.left + v.width > w {
+            return "the window [\(v.top)..<\(v.top + v.height), \(v.left)..<\(v.left + v.width)] is not inside the \(h)×\(w) plane in \(self)"
+        }
         if hOut <= 0 || wOut <= 0 { return "the kernel does not fit the input in \(self)" }
         return nil
     }
@@ -51,6 +75,7 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
     public enum Algorithm: String, Sendable { case pointwise, depthwise, im2col }
 
     public var algorithm: Algorithm {
+        if window != nil { return .im2col }   // the gather reads the window in place
         if kh == 1 && kw == 1 && stride == 1 && padding == 0 && groups == 1 { return .pointwise }
         if groups == cIn && cOut == cIn && groups > 1 { return .depthwise }
         return .im2col
@@ -268,21 +293,22 @@ extension Kernels {
 
     // MARK: im2col + sgemm
 
-    /// col (Cin·KH·KW, Ho·Wo) from one sample x (Cin, H, W); zero where the window is off the image.
+    /// col (Cin·KH·KW, Ho·Wo) from one sample x (Cin, H, W) (its window, if any); zero where the
+    /// kernel is off the image (or the window).
     static func im2col(_ g: ConvGeometry, x: UnsafePointer<Float>, col: UnsafeMutablePointer<Float>) {
         let (ho, wo, s, p, d) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation)
         var row = 0
         for c in 0..<g.cIn {
-            let xp = x + c * g.h * g.w
+            let xp = x + c * g.h * g.w + g.windowOffset
             for ki in 0..<g.kh {
                 for kj in 0..<g.kw {
                     let dst = col + row * ho * wo
                     let off = kj * d - p
-                    let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                    let rng = validRange(outSize: wo, inSize: g.inW, stride: s, offset: off)
                     for oh in 0..<ho {
                         let ih = oh * s - p + ki * d
                         let drow = dst + oh * wo
-                        if ih < 0 || ih >= g.h { drow.update(repeating: 0, count: wo); continue }
+                        if ih < 0 || ih >= g.inH { drow.update(repeating: 0, count: wo); continue }
                         let xrow = xp + ih * g.w
                         for ow in 0..<rng.lowerBound { drow[ow] = 0 }
                         if s == 1 { for ow in rng { drow[ow] = xrow[ow + off] } }
@@ -295,21 +321,21 @@ extension Kernels {
         }
     }
 
-    /// dx (Cin, H, W) = col2im(dcol); overwrites dx.
+    /// dx (Cin, H, W) = col2im(dcol); overwrites dx (zero outside the window, if any).
     static func col2im(_ g: ConvGeometry, col: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>) {
         let (ho, wo, s, p, d) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation)
         dx.update(repeating: 0, count: g.cIn * g.h * g.w)
         var row = 0
         for c in 0..<g.cIn {
-            let xp = dx + c * g.h * g.w
+            let xp = dx + c * g.h * g.w + g.windowOffset
             for ki in 0..<g.kh {
                 for kj in 0..<g.kw {
                     let src = col + row * ho * wo
                     let off = kj * d - p
-                    let rng = validRange(outSize: wo, inSize: g.w, stride: s, offset: off)
+                    let rng = validRange(outSize: wo, inSize: g.inW, stride: s, offset: off)
                     for oh in 0..<ho {
                         let ih = oh * s - p + ki * d
-                        if ih < 0 || ih >= g.h { continue }
+                        if ih < 0 || ih >= g.inH { continue }
                         let xrow = xp + ih * g.w, srow = src + oh * wo
                         if s == 1 { for ow in rng { xrow[ow + off] += srow[ow] } }
                         else { for ow in rng { xrow[ow * s + off] += srow[ow] } }
@@ -382,7 +408,7 @@ extension Kernels {
     // MARK: - Naive reference (tests compare every tuned path against these)
 
     public static func conv2dForwardNaive(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        let (ho, wo) = (g.hOut, g.wOut)
+        let (ho, wo) = (g.hOut, g.wOut), (top, left) = (g.window?.top ?? 0, g.window?.left ?? 0)
         for s in 0..<g.n {
             for oc in 0..<g.cOut {
                 let grp = oc / g.cOutPerGroup
@@ -395,8 +421,8 @@ extension Kernels {
                                 for kj in 0..<g.kw {
                                     let ih = oh * g.stride - g.padding + ki * g.dilation
                                     let iw = ow * g.stride - g.padding + kj * g.dilation
-                                    if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
-                                    acc += Double(x[((s * g.cIn + ic) * g.h + ih) * g.w + iw])
+                                    if ih < 0 || ih >= g.inH || iw < 0 || iw >= g.inW { continue }
+                                    acc += Double(x[((s * g.cIn + ic) * g.h + top + ih) * g.w + left + iw])
                                         * Double(w[((oc * g.cInPerGroup + icg) * g.kh + ki) * g.kw + kj])
                                 }
                             }
@@ -411,7 +437,7 @@ extension Kernels {
     /// dX overwritten, dW accumulated — the same contract as the tuned paths.
     public static func conv2dBackwardNaive(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                                            dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?) {
-        let (ho, wo) = (g.hOut, g.wOut)
+        let (ho, wo) = (g.hOut, g.wOut), (top, left) = (g.window?.top ?? 0, g.window?.left ?? 0)
         dX?.update(repeating: 0, count: g.n * g.cIn * g.h * g.w)
         for s in 0..<g.n {
             for oc in 0..<g.cOut {
@@ -425,8 +451,8 @@ extension Kernels {
                                 for kj in 0..<g.kw {
                                     let ih = oh * g.stride - g.padding + ki * g.dilation
                                     let iw = ow * g.stride - g.padding + kj * g.dilation
-                                    if ih < 0 || ih >= g.h || iw < 0 || iw >= g.w { continue }
-                                    let xi = ((s * g.cIn + ic) * g.h + ih) * g.w + iw
+                                    if ih < 0 || ih >= g.inH || iw < 0 || iw >= g.inW { continue }
+                                    let xi = ((s * g.cIn + ic) * g.h + top + ih) * g.w + left + iw
                                     let wi = ((oc * g.cInPerGroup + icg) * g.kh + ki) * g.kw + kj
                                     dX?[xi] += w[wi] * dy
                                     dW?[wi] += x[xi] * dy

@@ -80,9 +80,10 @@ public final class Conv2d: Module {
 
     public var parameters: [Parameter] { [weight] }
 
-    public func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable {
+    /// With `window`: the convolution of that crop of x, read in place (Graph.conv2d).
+    public func callAsFunction(_ g: Graph, _ x: Variable, window: ConvWindow? = nil) throws -> Variable {
         try g.accountant.withOwnerID(owner) {
-            try g.conv2d(x, g.param(weight), stride: stride, padding: padding, dilation: dilation, groups: groups)
+            try g.conv2d(x, g.param(weight), stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         }
     }
 }

@@ -23,6 +23,8 @@
  *   -DFIX_UNSTABLE_BUILD   adds op .op.unstable/1, whose build changes after its first (ReLU, then ReLU and scale)
  *   -DFIX_READS_OUTPUT=n   adds op .op.bn-reader/1: y = batch_norm(relu(x)) (no affine map), which reads
  *                          y's data (value_view) in its builds from the n-th on (1: every build)
+ *   -DFIX_CROP_READERS     adds op .op.crop-readers/1: c = crop(x, top 1, left 1), y = conv2d(c, w) + c
+ *                          (3×3, padding 1): a crop a convolution reads and an add reads too
  *   -DFIX_GATE_INPUTS      the gate also gates inter-cell inputs (ES_GATE_INPUTS), so it can
  *                          serve the hyper-connected space
  *   -DFIX_TABLES_1_2       strategy and regularizer tables as ABI 1.2 laid them out (struct_size up
@@ -255,6 +257,37 @@ static es_status reader_build(void *inst, es_graph g, es_value x, es_value *out)
     return h->value_view(h->host, *out, &view);
 }
 static const es_op_vtable reader_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = reader_create, .destroy = op_destroy, .build = reader_build };
+#endif
+
+#ifdef FIX_CROP_READERS
+/* ---- composed op: c = crop(x, top 1, left 1); y = conv2d(c, w){3×3, padding 1} + c ---- */
+typedef struct { const es_host_services *host; es_param w; } crop_op;
+static es_status crop_create(const es_component_desc *component, const es_host_services *host, const es_op_config *cfg,
+                             const es_param_value *params, uint32_t n, void **inst) {
+    (void)component; (void)params; (void)n;
+    crop_op *o = calloc(1, sizeof *o);
+    o->host = host;
+    int64_t shape[4] = { cfg->out_channels, cfg->in_channels, 3, 3 };
+    es_status st = host->declare_param(host->host, "conv.weight", shape, 4, ES_INIT_UNIFORM_FAN_IN, (double)(cfg->in_channels * 9), 0, &o->w);
+    if (st != ES_OK) { free(o); return st; }
+    *inst = o;
+    return ES_OK;
+}
+static es_status crop_build(void *inst, es_graph g, es_value x, es_value *out) {
+    crop_op *o = inst;
+    const es_host_services *h = o->host;
+    es_value c, w, a, in[2];
+    const es_attr crop_attrs[2] = { { "top", 1 }, { "left", 1 } };
+    const es_attr conv_attrs[1] = { { "padding", 1 } };
+    es_status st = h->graph_apply(h->host, g, "crop", &x, 1, crop_attrs, 2, &c);
+    if (st == ES_OK) st = h->graph_param(h->host, g, o->w, &w);
+    in[0] = c; in[1] = w;
+    if (st == ES_OK) st = h->graph_apply(h->host, g, "conv2d", in, 2, conv_attrs, 1, &a);
+    in[0] = a; in[1] = c;
+    if (st == ES_OK) st = h->graph_apply(h->host, g, "add", in, 2, NULL, 0, out);
+    return st;
+}
+static const es_op_vtable crop_table = { .struct_size = FIX_OP_TABLE_SIZE, .create = crop_create, .destroy = op_destroy, .build = crop_build };
 #endif
 
 /* ---- gate: weights = scale · logits; backward d_logits += scale · d_weights ---- */
@@ -543,6 +576,9 @@ static const es_component_desc components[] = {
 #endif
 #ifdef FIX_UNSTABLE_BUILD
     { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.unstable/1", "a build that changes after its first", NULL, 0, NULL, 0, &unstable_table, NULL },
+#endif
+#ifdef FIX_CROP_READERS
+    { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.crop-readers/1", "a crop a convolution and an add read", NULL, 0, NULL, 0, &crop_table, NULL },
 #endif
 #ifdef FIX_READS_OUTPUT
     { FIX_DESC_SIZE, ES_KIND_OP, FIX_ID ".op.bn-reader/1", "a batch norm whose output it reads", NULL, 0, NULL, 0, &reader_table, NULL },
