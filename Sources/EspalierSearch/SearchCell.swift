@@ -163,8 +163,13 @@ final class SearchCell {
 
     /// The cell's first input: pre0(s0) (DARTS), or Σ_j w_j·input_j(earlier_j) over the running
     /// inter-cell inputs (hyper-connected; weight 1 each without a gate), nil if none runs.
-    func firstInput(_ g: Graph, earlier: [Variable], inputWeights: Variable?, inputActive: [UInt8]?) throws -> Variable? {
-        guard hyper else { return try g.accountant.withOwner("pre0") { try inputs[0]!.apply(g, earlier[0]) } }
+    func firstInput(_ g: Graph, earlier: [Variable], handed: HandedInput? = nil, inputWeights: Variable?, inputActive: [UInt8]?) throws -> Variable? {
+        guard hyper else {
+            guard let handed else { return try g.accountant.withOwner("pre0") { try inputs[0]!.apply(g, earlier[0]) } }
+            let s0 = handed.value!
+            handed.value = nil   // the caller kept no other reference: s0 goes when pre0 has read it
+            return try g.accountant.withOwner("pre0") { try inputs[0]!.apply(g, s0) }
+        }
         var terms: [Variable] = [], indices: [Int] = []
         for (j, x) in earlier.enumerated() {
             guard let m = inputs[j], inputStates[j] == .active, (inputActive?[j] ?? 1) != 0 else { continue }
@@ -181,16 +186,16 @@ final class SearchCell {
     /// `earlier`: [s0] (DARTS), or every earlier output (hyper-connected); s1: the previous cell's output.
     /// `worstCase`: a prediction with a sampled gate (`active` is a stand-in draw): each edge runs
     /// as many candidates as `active` marks on it, and the costliest ones by that measure (`pickCostliest`).
-    func forward(_ g: Graph, earlier: [Variable], _ s1: Variable, weights: Variable, active: [UInt8], inputWeights: Variable? = nil,
-                 inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0,
+    /// `handed` (DARTS, without tape): s0 handed over in place of `earlier`, freed once pre0 has read it.
+    func forward(_ g: Graph, earlier: [Variable], handed: HandedInput? = nil, _ s1: Variable, weights: Variable, active: [UInt8],
+                 inputWeights: Variable? = nil, inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0,
                  worstCase: CostliestCandidate? = nil) throws -> Variable {
         var active = active
         return try g.accountant.withOwnerID(owner) {
-            let first = try firstInput(g, earlier: earlier, inputWeights: inputWeights, inputActive: inputActive)
-            let second = try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }
             // A nil state (every inter-cell input pruned): the edges from it are skipped.
-            var states: [Variable?] = [first, second]
-            lastInputShape = second.shape
+            var states: [Variable?] = [try firstInput(g, earlier: earlier, handed: handed, inputWeights: inputWeights, inputActive: inputActive),
+                                       try g.accountant.withOwner("pre1") { try pre1.apply(g, s1) }]
+            lastInputShape = states[1]!.shape
             if hyper { lastEarlierShapes = earlier.map(\.shape) }
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
@@ -207,8 +212,20 @@ final class SearchCell {
                 })
                 e += incoming.count
             }
+            // The states the output does not take are read no more: without tape they go now,
+            // not after the concat (the preprocessed inputs, at the cell's peak).
+            for i in 0..<max(0, states.count - multiplier) { states[i] = nil }
             return try g.concatChannels(states.suffix(multiplier).map { $0! })
         }
+    }
+
+    /// s0, s1 → the cell's output, as `forward(g, s0, s1, …)`, with s0 handed over: a forward without
+    /// tape frees the output of cell i−2 once this cell's pre0 has read it, before its nodes run.
+    func forward(_ g: Graph, handing s0: HandedInput, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
+                 state: RunState, skipDropout: Float = 0, worstCase: CostliestCandidate? = nil) throws -> Variable {
+        precondition(!hyper, "a hyper-connected cell reads every earlier output")
+        return try forward(g, earlier: [], handed: s0, s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state,
+                           skipDropout: skipDropout, worstCase: worstCase)
     }
 
     /// Node `n` (the one after `states`): its incoming edges, which start at `firstEdge`, mixed.
@@ -381,4 +398,11 @@ enum CostliestCandidate: Sendable {
     case kept
     /// The peak of its forward and backward.
     case throughBackward
+}
+
+/// A cell input its caller hands over, keeping no reference of its own (a forward without tape):
+/// the cell drops it as soon as it has read it (SearchCell.firstInput).
+final class HandedInput {
+    var value: Variable?
+    init(_ value: Variable) { self.value = value }
 }

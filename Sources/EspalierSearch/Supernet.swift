@@ -217,6 +217,13 @@ public final class Supernet {
                                      skipDropout: self.skipDropout, worstCase: worstCase)
                 }
                 outputs.append(out)
+            } else if !g.isRecording && !whole {
+                // Without tape, cell i−2's output is read by this cell's pre0 alone: handed over, it is
+                // freed before the cell's nodes run (at a reduction cell, the peak of a zero-shot forward).
+                let handed = HandedInput(s0)
+                s0 = s1
+                out = try cell.forward(g, handing: handed, s1, weights: w, active: a, edgeWeights: cell.reduction ? br : bn, state: state,
+                                       skipDropout: self.skipDropout, worstCase: worstCase)
             } else {
                 let (c0, c1) = (s0, s1)
                 out = try recomputed(g, cell: i, whole, inputs: [c0, c1]) {
