@@ -100,11 +100,8 @@ extension OpIR {
     /// crops that no node but such convolutions reads. A crop that is also the op's output, or
     /// that anything else reads, is computed and stored.
     public func foldedCrops() -> [Int] {
-        var producer: [Int: Int] = [:], readers: [Int: [Int]] = [:]
-        for (k, n) in nodes.enumerated() {
-            producer[n.output] = k
-            for i in n.inputs { readers[i, default: []].append(k) }
-        }
+        var readers: [Int: [Int]] = [:]
+        for (k, n) in nodes.enumerated() { for i in n.inputs { readers[i, default: []].append(k) } }
         return nodes.indices.filter { k in
             let c = nodes[k], x = values[c.inputs[0]].shape
             guard c.inputs.count == 1, c.output != output, let v = SeparableUnitRule.cropWindow(c.primitive, x: x, attributes: c.attributes),
