@@ -177,14 +177,14 @@ extension GraphBuild {
             let flops = try Primitives.flops(name, [x], shape, attributes, training: graph.training)
             return try recordPending(PendingNode(primitive: name, inputs: inputs, attributes: attributes, flops: flops, role: .crop(v)), shape: shape)
         }
-        guard inputs.count == 2, let crop = pending[i]?.window, !isPending(inputs[1]),
-              let cropped = pending[i]?.inputs[0], case let plane = recorder.values[try index(cropped)].shape,
-              let g = SeparableUnitRule.convolutionOfCrop(name, x: x, w: recorder.values[try index(inputs[1])].shape,
-                                                          attributes: attributes, crop: crop, plane: plane) else { return nil }
+        guard inputs.count == 2, let p = pending[i], let crop = p.window, !isPending(inputs[1]) else { return nil }
+        let w = recorder.values[try index(inputs[1])].shape
+        guard let g = SeparableUnitRule.convolutionOfCrop(name, x: x, w: w, attributes: attributes, crop: crop,
+                                                          plane: recorder.values[try index(p.inputs[0])].shape) else { return nil }
         let before = graph.accountant.currentTotal
-        let y = try graph.conv2d(try value(cropped), try value(inputs[1]), stride: g.stride, padding: g.padding, dilation: g.dilation,
+        let y = try graph.conv2d(try value(p.inputs[0]), try value(inputs[1]), stride: g.stride, padding: g.padding, dilation: g.dilation,
                                  groups: g.groups, window: crop)
-        let flops = try Primitives.flops(name, [x, recorder.values[try index(inputs[1])].shape], y.shape, attributes, training: graph.training)
+        let flops = try Primitives.flops(name, [x, w], y.shape, attributes, training: graph.training)
         return try node(y, name, inputs: inputs, attributes: attributes, flops: flops, keptBytes: graph.accountant.currentTotal - before)
     }
 
