@@ -66,11 +66,15 @@ let package = Package(
         .target(name: "EspalierMPI", dependencies: ["COpenMPI"], path: "Sources/EspalierMPI"),
         // Linux and CPU calls: prctl for the supervisor, CPUID and an AVX-512 FMA loop for the bench; headers only.
         .systemLibrary(name: "CEspalierSystem"),
+        // Kernels that need instructions beyond the release build's AVX2 (a C function can carry a
+        // target attribute; Swift cannot), called where the CPU has them. -ffp-contract=off: the
+        // compiler fuses no multiply and add the Swift kernels they mirror keep apart.
+        .target(name: "CEspalierKernels", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
 
         // MARK: The engine: tensors, kernels, autodiff, memory accountant, optimisers, data
         .target(
             name: "EspalierCore",
-            dependencies: ["COpenBLAS", "CZlib", "CFFI", "CPNG", "CTurboJPEG"],
+            dependencies: ["COpenBLAS", "CZlib", "CFFI", "CPNG", "CTurboJPEG", "CEspalierSystem", "CEspalierKernels"],
             swiftSettings: fast
         ),
 

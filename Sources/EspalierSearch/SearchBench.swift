@@ -51,6 +51,9 @@ public struct BenchResult: Codable, Sendable {
     /// The 16-lane AVX-512 FMA peak of the same cores where the CPU has AVX-512F (this build's
     /// kernels issue 8 lanes: `fmaPeakGflops`); nil elsewhere, and in results written before it.
     public var fmaPeak512Gflops: Double? = nil
+    /// `wideClockPenalty` with 16-lane bursts where the CPU has AVX-512F: how many times as long
+    /// 8-lane multiply-adds take right after 16-lane ones; nil elsewhere.
+    public var fma8AfterWideRatio: Double? = nil
     public var peakBytes: Int
     /// The accountant's prediction of the same step (dataset included), as `espalier memory` makes it; nil for zeroshot.
     public var predictedPeakBytes: Int? = nil
@@ -92,16 +95,45 @@ public enum SearchBench {
     /// Measured FMA throughput of `threads` cores (GFLOP/s): eight independent SIMD8 fused
     /// multiply-add chains, the widest this build issues (AVX2; Package.swift).
     public static func fmaPeak(threads: Int = Parallel.workers, seconds: Double = 0.3) -> Double {
-        fmaPeak(threads: threads, seconds: seconds, flopsPerIteration: 8 * 8 * 2) { iterations in
-            var a0 = SIMD8<Float>(repeating: 1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
-            let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
-            // Fused multiply-adds (one instruction each with AVX2/FMA code generation).
-            for _ in 0..<iterations {
-                a0 = c.addingProduct(a0, m); a1 = c.addingProduct(a1, m); a2 = c.addingProduct(a2, m); a3 = c.addingProduct(a3, m)
-                a4 = c.addingProduct(a4, m); a5 = c.addingProduct(a5, m); a6 = c.addingProduct(a6, m); a7 = c.addingProduct(a7, m)
-            }
-            return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
+        fmaPeak(threads: threads, seconds: seconds, flopsPerIteration: 8 * 8 * 2, kernel: fma8Chains)
+    }
+
+    /// Eight independent SIMD8 fused multiply-add chains a ← a·m + c, `iterations` times each;
+    /// returns their sum, so that nothing is optimised away.
+    @Sendable @inline(never) static func fma8Chains(_ iterations: Int) -> Float {
+        var a0 = SIMD8<Float>(repeating: 1), a1 = a0 + 1, a2 = a0 + 2, a3 = a0 + 3, a4 = a0 + 4, a5 = a0 + 5, a6 = a0 + 6, a7 = a0 + 7
+        let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
+        // Fused multiply-adds (one instruction each with AVX2/FMA code generation).
+        for _ in 0..<iterations {
+            a0 = c.addingProduct(a0, m); a1 = c.addingProduct(a1, m); a2 = c.addingProduct(a2, m); a3 = c.addingProduct(a3, m)
+            a4 = c.addingProduct(a4, m); a5 = c.addingProduct(a5, m); a6 = c.addingProduct(a6, m); a7 = c.addingProduct(a7, m)
         }
+        return (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7).sum()
+    }
+
+    /// How many times as long the 8-lane chains (`fma8Chains`, about 4 µs a call) take on one core
+    /// when a short burst of `wide` (about 1.5 µs of wider instructions) runs before each call, as
+    /// against alone: the clock a core gives up for the wide instructions, which the code after
+    /// them pays too. The best of three blocks each way, alternated. About 1 on a CPU that keeps
+    /// its clock; this machine's Xeon measured 1.2 (the reason `Kernels.smallGemm` stays at 8 lanes).
+    public static func wideClockPenalty(calls: Int = 2000, iterations: Int = 3_000, wideIterations: Int = 800,
+                                        wide: (Int) -> Float) -> Double {
+        var alone = Double.infinity, mixed = Double.infinity, sink: Float = 0
+        for _ in 0..<3 {
+            var t = DispatchTime.now().uptimeNanoseconds
+            // Each call's count differs by one, so no call can be skipped as a repeat of the last.
+            for i in 0..<calls { sink += fma8Chains(iterations + i & 1) }
+            alone = min(alone, Double(DispatchTime.now().uptimeNanoseconds - t))
+            var spent: UInt64 = 0
+            for i in 0..<calls {
+                sink += wide(wideIterations + i & 1)
+                t = DispatchTime.now().uptimeNanoseconds
+                sink += fma8Chains(iterations + i & 1)
+                spent += DispatchTime.now().uptimeNanoseconds - t
+            }
+            mixed = min(mixed, Double(spent))
+        }
+        return sink.isNaN ? .nan : mixed / alone
     }
 
     /// The best of up to three timings (GFLOP/s) of `kernel(iterations)` run on `threads` cores at

@@ -38,6 +38,7 @@ struct BenchCommand: ParsableCommand {
         r.fmaPeakGflops = SearchBench.fmaPeak()
         if espalier_cpu_has_avx512f() != 0 {
             r.fmaPeak512Gflops = SearchBench.fmaPeak(iterations: 20_000_000, flopsPerIteration: Int(ESPALIER_FMA512_FLOPS_PER_ITERATION)) { espalier_fma512_chains($0, 0.999999, 1e-7) }
+            r.fma8AfterWideRatio = SearchBench.wideClockPenalty { espalier_fma512_chains($0, 0.999999, 1e-7) }
         }
         if json {
             let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
@@ -51,6 +52,9 @@ struct BenchCommand: ParsableCommand {
                      Double(r.flopsPerStep) / 1e9, r.gflops, 100 * r.gflops / max(r.fmaPeakGflops, 1), r.fmaPeakGflops))
         if let wide = r.fmaPeak512Gflops {
             print(String(format: "        = %.1f%% of this CPU's FMA limit (%.0f GFLOP/s, 16 lanes: AVX-512)", 100 * r.gflops / max(wide, 1), wide))
+        }
+        if let ratio = r.fma8AfterWideRatio {
+            print(String(format: "        8-lane multiply-adds right after 16-lane ones take %.2f× as long (the clock a core gives up for AVX-512; ESPALIER_KERNEL_LANES=16)", ratio))
         }
         print(String(format: "  memory: peak RSS − RSS after build = %.0f MiB (peak %.0f, after build %.0f); accountant peak %@",
                      r.peakMinusBuildMiB, r.peakRSSMiB, r.rssAfterBuildMiB, formatBytes(r.peakBytes) as NSString)

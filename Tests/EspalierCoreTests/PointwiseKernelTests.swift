@@ -1,6 +1,8 @@
 // The pointwise micro-kernels (Pointwise.swift) against their naive references on every tail:
-// rows % 4, columns % 16 and % 8, K of 1, strided rows, and the batch-norm sums read from registers.
+// rows % 4, columns % 16 and % 8, K of 1, strided rows, and the batch-norm sums read from registers;
+// and the 16-lane kernel (CEspalierKernels) against the 8-lane one, bit for bit.
 
+import CEspalierKernels
 import EspalierCore
 import EspalierTestSupport
 import XCTest
@@ -13,24 +15,35 @@ final class PointwiseKernelTests: XCTestCase {
         return (0..<n).map { _ in rng.uniform() * 2 - 1 }
     }
 
-    /// smallGemm (with and without the row sums) against its naive reference on one shape, B's and
-    /// C's rows strided: nothing outside a row may be read or written.
+    typealias SmallGemm = (Int, Int, Int, UnsafePointer<Float>, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>, Int,
+                           UnsafeMutablePointer<Double>?, UnsafeMutablePointer<Double>?) -> Void
+
+    /// smallGemm (the kernel this CPU runs) and smallGemm8 (the 8-lane one), with and without the
+    /// row sums, against the naive reference on one shape, B's and C's rows strided: nothing outside
+    /// a row may be read or written.
     private func checkSmallGemm(m: Int, k: Int, p: Int, ldb: Int, ldc: Int, seed: UInt64, tol: Float, sumSqTol: Double) {
+        let kernels: [(String, SmallGemm)] = [
+            ("smallGemm", { Kernels.smallGemm(m: $0, k: $1, p: $2, a: $3, b: $4, ldb: $5, c: $6, ldc: $7, sum: $8, sumSq: $9) }),
+            ("smallGemm8", { Kernels.smallGemm8(m: $0, k: $1, p: $2, a: $3, b: $4, ldb: $5, c: $6, ldc: $7, sum: $8, sumSq: $9) }),
+        ]
         let a = random(m * k, seed: seed), b = random(k * ldb, seed: 1000 + seed)
-        var c = [Float](repeating: 9, count: m * ldc), ref = c
-        var sum = [Double](repeating: 0.5, count: m), sq = sum, refSum = sum, refSq = sum
-        Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c, ldc: ldc, sum: &sum, sumSq: &sq)
+        var ref = [Float](repeating: 9, count: m * ldc)
+        var refSum = [Double](repeating: 0.5, count: m), refSq = refSum
         Kernels.smallGemmNaive(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &ref, ldc: ldc, sum: &refSum, sumSq: &refSq)
-        assertClose(c, ref, tol: tol, "C, m \(m) k \(k) p \(p)")
-        for r in 0..<m {
-            for j in p..<ldc { XCTAssertEqual(c[r * ldc + j], 9, "padding of row \(r) written, m \(m) k \(k) p \(p)") }
-            XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-4 * Double(p), "Σ row \(r), m \(m) k \(k) p \(p)")
-            XCTAssertEqual(sq[r], refSq[r], accuracy: sumSqTol * Double(p), "Σ² row \(r), m \(m) k \(k) p \(p)")
+        for (name, kernel) in kernels {
+            var c = [Float](repeating: 9, count: m * ldc), c2 = c
+            var sum = [Double](repeating: 0.5, count: m), sq = sum
+            kernel(m, k, p, a, b, ldb, &c, ldc, &sum, &sq)
+            assertClose(c, ref, tol: tol, "\(name) C, m \(m) k \(k) p \(p)")
+            for r in 0..<m {
+                for j in p..<ldc { XCTAssertEqual(c[r * ldc + j], 9, "\(name): padding of row \(r) written, m \(m) k \(k) p \(p)") }
+                XCTAssertEqual(sum[r], refSum[r], accuracy: 1e-4 * Double(p), "\(name) Σ row \(r), m \(m) k \(k) p \(p)")
+                XCTAssertEqual(sq[r], refSq[r], accuracy: sumSqTol * Double(p), "\(name) Σ² row \(r), m \(m) k \(k) p \(p)")
+            }
+            // Without sums the product is the same.
+            kernel(m, k, p, a, b, ldb, &c2, ldc, nil, nil)
+            XCTAssertEqual(c2, c, "\(name), m \(m) k \(k) p \(p)")
         }
-        // Without sums the product is the same.
-        var c2 = [Float](repeating: 9, count: m * ldc)
-        Kernels.smallGemm(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c2, ldc: ldc)
-        XCTAssertEqual(c2, c, "m \(m) k \(k) p \(p)")
     }
 
     func testSmallGemm_MatchesNaive_WithRowSums_OnEveryTail() {
@@ -49,6 +62,41 @@ final class PointwiseKernelTests: XCTestCase {
             case_ += 1
             checkSmallGemm(m: m, k: k, p: p, ldb: p + 1, ldc: p + 2, seed: case_, tol: 1e-4, sumSqTol: 1e-4 * Double(k))
         } } }
+    }
+
+    /// The 16-lane kernel (AVX-512, C) against the 8-lane one it mirrors: the same bits in C and
+    /// in both row sums, on every row tail (m % 8 and % 4), column tail (% 32, % 16, % 8), K of 1,
+    /// strided rows, and planes wider than one panel. `smallGemm` runs it with
+    /// ESPALIER_KERNEL_LANES=16, so without this equality a search's results would depend on it.
+    func testSmallGemm16_EqualsThe8LaneKernel_BitForBit() throws {
+        guard Kernels.hasAVX512 else { throw XCTSkip("this CPU has no AVX-512F: the AVX-512 kernels cannot run here") }
+        var case_: UInt64 = 9000
+        let shapes = (Self.rows + [8, 9, 12, 13, 20]).flatMap { m in
+            (Self.depths + [300]).flatMap { k in (Self.columns + [31, 32, 33, 40, 47, 48, 63, 256, 529, 784]).map { (m, k, $0) } }
+        }
+        for (m, k, p) in shapes {
+            case_ += 1
+            let ldb = p + 3, ldc = p + 2
+            let a = random(m * k, seed: case_), b = random(k * ldb, seed: 1000 + case_)
+            for withSums in [true, false] {
+                var c16 = [Float](repeating: 9, count: m * ldc), c8 = c16
+                var s16 = [Double](repeating: 0.5, count: m), q16 = s16, s8 = s16, q8 = s16
+                a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in
+                    c16.withUnsafeMutableBufferPointer { c in s16.withUnsafeMutableBufferPointer { s in q16.withUnsafeMutableBufferPointer { q in
+                        espalier_small_gemm16(m, k, p, a.baseAddress!, b.baseAddress!, ldb, c.baseAddress!, ldc,
+                                              withSums ? s.baseAddress! : nil, withSums ? q.baseAddress! : nil)
+                    } } }
+                } }
+                if withSums {
+                    Kernels.smallGemm8(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c8, ldc: ldc, sum: &s8, sumSq: &q8)
+                } else {
+                    Kernels.smallGemm8(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: &c8, ldc: ldc)
+                }
+                XCTAssertEqual(c16.map(\.bitPattern), c8.map(\.bitPattern), "C, m \(m) k \(k) p \(p) sums \(withSums)")
+                XCTAssertEqual(s16.map(\.bitPattern), s8.map(\.bitPattern), "Σ, m \(m) k \(k) p \(p) sums \(withSums)")
+                XCTAssertEqual(q16.map(\.bitPattern), q8.map(\.bitPattern), "Σ², m \(m) k \(k) p \(p) sums \(withSums)")
+            }
+        }
     }
 
     func testSmallGemmABt_AddsIntoD_MatchesNaive_OnEveryTail() {

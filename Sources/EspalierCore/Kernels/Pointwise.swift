@@ -13,6 +13,8 @@
 //                     optionally Σ_p C and Σ_p C² per row          (batch-norm statistics, hot)
 //   smallGemmABt      D (M × N) += A (M × P) · B (N × P)ᵀ          dW = dY · xᵀ
 
+import CEspalierKernels
+import CEspalierSystem
 import Foundation
 
 extension Kernels {
@@ -86,9 +88,41 @@ extension Kernels {
     /// Column panels of B (k × `smallGemmPanelColumns(k)`) stay in L1 while every row block reads
     /// them; each row's lane sums carry from panel to panel, so they add in the same order as one
     /// pass over the row would.
+    /// `smallGemm8`, or with ESPALIER_KERNEL_LANES=16 on a CPU with AVX-512 its 16-lane form
+    /// (CEspalierKernels/small_gemm16.c); the two give the same bits.
+    ///
+    /// Why 8 lanes stay the default (measured 2026-12-07 on this machine's Xeon, AVX-512F):
+    /// - Alone, the 16-lane kernel is 1.2–1.7× as fast at the supernet's shapes (`espalier
+    ///   kernel-bench`, 1×1 forward, C = 16 at 28×28, 32 at 14×14; even at 64 on 7×7).
+    /// - In a step it is slower: zeroshot fmnist 0.856 s against 0.769 s, darts fmnist 5.90 s against
+    ///   5.39 s (the mean of 4–5 alternating rounds each, one binary, `ESPALIER_KERNEL_LANES`).
+    /// - The cause is the clock. A core that runs 512-bit multiply-adds lowers its frequency, and
+    ///   the AVX2 code around them runs at the lower clock too: AVX2 multiply-add chains ran 1.21–1.24×
+    ///   as long interleaved with 512-bit bursts as alone (`espalier bench`'s `fma8AfterWideRatio`).
+    ///   Every other kernel of the step pays that.
+    /// So 16 lanes would pay only if nearly the whole step ran at 16 lanes; measure again on a CPU
+    /// whose clock does not drop.
     public static func smallGemm(m: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                                  c: UnsafeMutablePointer<Float>, ldc: Int,
                                  sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
+        if sixteenLanes {
+            espalier_small_gemm16(m, k, p, a, b, ldb, c, ldc, sum, sum == nil ? nil : sumSq)
+            return
+        }
+        smallGemm8(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: c, ldc: ldc, sum: sum, sumSq: sumSq)
+    }
+
+    /// Whether this CPU can run the 16-lane kernels: AVX-512F, and the OS saves its registers.
+    public static let hasAVX512: Bool = espalier_kernels_have_16_lanes() == 1 && espalier_cpu_has_avx512f() == 1
+
+    /// Whether `smallGemm` runs its 16-lane form: ESPALIER_KERNEL_LANES=16 on a CPU that has it.
+    public static let sixteenLanes: Bool = hasAVX512 && ProcessInfo.processInfo.environment["ESPALIER_KERNEL_LANES"] == "16"
+
+    /// `smallGemm` at 8 lanes (AVX2): the kernel on CPUs without AVX-512, and the one the 16-lane
+    /// kernel must equal bit for bit.
+    public static func smallGemm8(m: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                                  c: UnsafeMutablePointer<Float>, ldc: Int,
+                                  sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
         let panel = smallGemmPanelColumns(k)
         withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 2 * max(m, 1)) { buffer in
             let lanes = buffer.baseAddress!                      // (m, 2): each row's Σ and Σ² lanes
