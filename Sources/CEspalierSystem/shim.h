@@ -38,8 +38,11 @@ static inline int espalier_cpu_has_avx512f(void) {
 /// Returns the chains' sum, so that nothing is optimised away.
 __attribute__((target("avx512f"))) static inline float espalier_fma512_chains(long iterations, float m, float c) {
     const __m512 vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);
-    __m512 a0 = _mm512_set1_ps(1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m512 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    // Twelve different starting values: chains that start equal are one chain to a compiler that
+    // notices, and would measure the latency of one multiply-add instead of the throughput.
+    __m512 a0 = _mm512_set1_ps(1), a1 = _mm512_set1_ps(2), a2 = _mm512_set1_ps(3), a3 = _mm512_set1_ps(4);
+    __m512 a4 = _mm512_set1_ps(5), a5 = _mm512_set1_ps(6), a6 = _mm512_set1_ps(7), a7 = _mm512_set1_ps(8);
+    __m512 a8 = _mm512_set1_ps(9), a9 = _mm512_set1_ps(10), a10 = _mm512_set1_ps(11), a11 = _mm512_set1_ps(12);
     for (long i = 0; i < iterations; i++) {
         a0 = _mm512_fmadd_ps(a0, vm, vc); a1 = _mm512_fmadd_ps(a1, vm, vc); a2 = _mm512_fmadd_ps(a2, vm, vc);
         a3 = _mm512_fmadd_ps(a3, vm, vc); a4 = _mm512_fmadd_ps(a4, vm, vc); a5 = _mm512_fmadd_ps(a5, vm, vc);

@@ -99,7 +99,8 @@ public enum SearchBench {
     }
 
     /// Eight independent SIMD8 fused multiply-add chains a ← a·m + c, `iterations` times each;
-    /// returns their sum, so that nothing is optimised away.
+    /// returns their sum, so that nothing is optimised away. The chains start at different values:
+    /// equal ones are one chain to a compiler that notices (the latency of one multiply-add).
     @Sendable @inline(never) static func fma8Chains(_ iterations: Int) -> Float {
         var a0 = SIMD8<Float>(repeating: 1), a1 = a0 + 1, a2 = a0 + 2, a3 = a0 + 3, a4 = a0 + 4, a5 = a0 + 5, a6 = a0 + 6, a7 = a0 + 7
         let m = SIMD8<Float>(repeating: 0.999999), c = SIMD8<Float>(repeating: 1e-7)
