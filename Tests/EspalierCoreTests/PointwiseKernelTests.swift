@@ -68,8 +68,12 @@ final class PointwiseKernelTests: XCTestCase {
     /// in both row sums, on every row tail (m % 8 and % 4), column tail (% 32, % 16, % 8), K of 1,
     /// strided rows, and planes wider than one panel. `smallGemm` runs it with
     /// ESPALIER_KERNEL_LANES=16, so without this equality a search's results would depend on it.
-    func testSmallGemm16_EqualsThe8LaneKernel_BitForBit() throws {
-        guard Kernels.hasAVX512 else { throw XCTSkip("this CPU has no AVX-512F: the AVX-512 kernels cannot run here") }
+    func testSmallGemm16_EqualsThe8LaneKernel_BitForBit() {
+        guard Kernels.hasAVX512 else {
+            // Nothing to compare on this CPU; what must hold here is that the 16-lane kernel is never chosen.
+            XCTAssertFalse(Kernels.sixteenLanes, "the 16-lane kernel is chosen on a CPU without AVX-512F")
+            return
+        }
         var case_: UInt64 = 9000
         let shapes = (Self.rows + [8, 9, 12, 13, 20]).flatMap { m in
             (Self.depths + [300]).flatMap { k in (Self.columns + [31, 32, 33, 40, 47, 48, 63, 256, 529, 784]).map { (m, k, $0) } }
