@@ -14,7 +14,9 @@ final class ReLUConvBN: Module {
     }
     var parameters: [Parameter] { conv.parameters + bn.parameters }
     var buffers: [Tensor] { bn.buffers }
-    func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable { try bn(g, try conv(g, try g.relu(x))) }
+    /// relu(x) is read inside the convolution where it can be (a 1×1 one in a forward without
+    /// tape): never stored.
+    func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable { try bn(g, try conv(g, x, reluInput: true)) }
 }
 
 /// ReLU → two 1×1 stride-2 convs (the second on x[:, :, 1:, 1:]) → concat → BN: halves H and W.

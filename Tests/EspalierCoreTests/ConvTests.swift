@@ -246,6 +246,70 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(unfused - fused, g.n * g.cIn * g.h * g.w * 4, "the fused op keeps no relu(x): \(unfused) vs \(fused)")
     }
 
+    /// A 1×1 convolution of relu(x) in a forward without tape reads x: each sample's relu(x) is made
+    /// in its chunk's scratch plane. The kernel gives the bits of the convolution of a stored
+    /// relu(x), on every pointwise geometry (tails, 1×1 planes, one sample, past the crossover to
+    /// OpenBLAS), and stays in its workspace. The graph op keeps no relu(x): its peak is lower by
+    /// exactly relu(x)'s bytes less the scratch planes'. While recording it is not folded (relu(x)
+    /// is shared and saved for backward): the tape's gradients are the composition's, bit for bit.
+    func testPointwiseReLUInput_WithoutTape_IsTheConvOfReLU_AndKeepsNoReLU() throws {
+        let acc = MemoryAccountant()
+        let guardFloats = 64, sentinel: Float = -12345
+        let geometries = (Self.geometries + Self.large).filter { $0.algorithm == .pointwise }
+            + [ConvGeometry(n: 1, cIn: 9, h: 7, w: 5, cOut: 4, kh: 1, kw: 1), ConvGeometry(n: 11, cIn: 8, h: 14, w: 14, cOut: 16, kh: 1, kw: 1)]
+        XCTAssertGreaterThanOrEqual(geometries.count, 6)
+        XCTAssertTrue(geometries.contains { !Kernels.pointwiseUsesOwnKernel(cIn: $0.cIn, cOut: $0.cOut) }, "no geometry past the crossover")
+        for (k, g) in geometries.enumerated() {
+            XCTAssertTrue(g.supportsForwardReLUInput && !g.supportsReLUInput, "\(g)")
+            let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(1600 + k))   // about half negative
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(1700 + k))
+            let r = try Tensor(shape: x.shape, category: .data, accountant: acc)
+            for i in 0..<x.count { r[i] = max(x[i], 0) }
+            let floats = g.forwardWorkspaceFloats(reluInput: true)
+            XCTAssertEqual(floats, Parallel.disjointChunkCount(g.n) * g.cIn * g.h * g.w)
+            let ws = try Tensor.filled([floats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
+            let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let yOfReLU = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            let yNaive = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: ws.ptr, reluInput: true)
+            Kernels.conv2dForward(g, x: r.ptr, w: w.ptr, y: yOfReLU.ptr, workspace: nil)
+            Kernels.conv2dForwardNaive(g, x: r.ptr, w: w.ptr, y: yNaive.ptr)
+            XCTAssertEqual(y.array.map(\.bitPattern), yOfReLU.array.map(\.bitPattern), "conv of relu(x), \(g)")
+            assertClose(y.array, yNaive.array, tol: 1e-4, "naive conv of relu(x), \(g)")
+            XCTAssertTrue(ws.array[floats...].allSatisfy { $0 == sentinel }, "forward wrote past its workspace: \(g)")
+        }
+
+        // The graph op without tape: the same bits, and the peak lower by relu(x) less the scratch
+        // (a batch of many more samples than chunks, so that the two differ).
+        let g = ConvGeometry(n: 40, cIn: 16, h: 14, w: 14, cOut: 16, kh: 1, kw: 1)
+        XCTAssertGreaterThan(g.n, 2 * Parallel.disjointChunkCount(g.n))
+        func forwardPeak(fold: Bool) throws -> (peak: Int, y: [Float]) {
+            let acc = MemoryAccountant()
+            let graph = Graph(accountant: acc)
+            let x = graph.constant(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1800))
+            let w = graph.constant(try randomTensor(g.weightShape, acc, seed: 1801))
+            acc.resetPeak()
+            let y = try graph.noGrad { fold ? try graph.conv2d(x, w, reluInput: true) : try graph.conv2d(try graph.relu(x), w) }
+            return (acc.peakTotal, y.value.array)
+        }
+        let folded = try forwardPeak(fold: true), unfolded = try forwardPeak(fold: false)
+        XCTAssertEqual(folded.y.map(\.bitPattern), unfolded.y.map(\.bitPattern))
+        XCTAssertEqual(unfolded.peak - folded.peak, (g.n - Parallel.disjointChunkCount(g.n)) * g.cIn * g.h * g.w * 4,
+                       "without tape the 1×1 convolution keeps no relu(x): \(unfolded.peak) vs \(folded.peak)")
+
+        // While recording: not folded, so the gradients are the composition's, bit for bit.
+        func gradients(fold: Bool) throws -> [[Float]] {
+            let acc = MemoryAccountant()
+            let graph = Graph(accountant: acc)
+            let x = graph.leaf(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: 1802))
+            let w = graph.leaf(try randomTensor(g.weightShape, acc, seed: 1803))
+            let y = fold ? try graph.conv2d(x, w, reluInput: true) : try graph.conv2d(try graph.relu(x), w)
+            try graph.backward(y, gradient: try randomTensor(g.outputShape, acc, seed: 1804))
+            return [graph.gradient(of: x)!.array, graph.gradient(of: w)!.array]
+        }
+        XCTAssertEqual(try gradients(fold: true).map { $0.map(\.bitPattern) }, try gradients(fold: false).map { $0.map(\.bitPattern) })
+    }
+
     /// The bytes `conv` (of x and w leaves of g's shapes) leaves allocated: what it keeps for backward
     /// and its output. x stays alive (in a supernet a node's value is kept by its other consumers).
     static func keptBytes(_ g: ConvGeometry, _ conv: (Graph, Variable, Variable) throws -> Variable) throws -> Int {

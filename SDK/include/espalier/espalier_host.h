@@ -133,7 +133,8 @@ typedef struct es_host_services {
     /** 1 if the host has this primitive, else 0. The v1 primitives and their attributes:
      *   conv2d(x, w)                        stride, padding, dilation, groups
      *   relu_conv2d(x, w)     (ABI 1.2)     conv2d(relu(x), w), same attributes; on the depthwise
-     *                         path the kernel applies the ReLU itself and relu(x) is never stored
+     *                         path, and for a 1×1 convolution in a forward without gradients, the
+     *                         kernel applies the ReLU itself and relu(x) is never stored
      *   relu(x)   add(a, b)   sum(x…)       scale(x) factor
      *   max_pool2d(x) / avg_pool2d(x)       kernel, stride, padding   (avg: count_include_pad 0/1)
      *   global_avg_pool(x)                  → (N, C)

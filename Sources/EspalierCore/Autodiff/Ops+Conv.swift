@@ -2,8 +2,9 @@
 // output and the path's workspace through the accountant, and saves the input and the weight
 // for backward (the input is usually the previous op's saved output, so it costs nothing extra).
 // `reluInput` computes conv(relu(x), w): on the depthwise fast path the kernels apply the ReLU
-// themselves (relu(x) is never stored, the DARTS ops' ReLU → depthwise); elsewhere it is the
-// ReLU op followed by the convolution.
+// themselves (relu(x) is never stored, the DARTS ops' ReLU → depthwise), and so does a 1×1
+// convolution in a forward without tape (the cells' ReLU → 1×1 preprocessing in a zero-shot
+// forward); elsewhere it is the ReLU op followed by the convolution.
 
 import Foundation
 
@@ -23,11 +24,14 @@ extension Graph {
         guard w.shape[1] == g.cInPerGroup else {
             throw EspalierError.shapeMismatch("conv2d weight \(w.shape) expects \(w.shape[1] * groups) input channels, got \(g.cIn)")
         }
-        if reluInput && !g.supportsReLUInput {
+        // Without tape no backward follows, so the pointwise path may fold the ReLU too. While
+        // recording it does not: relu(x) is then shared with x's other readers (`relu`'s cache),
+        // stored once, and its gradient summed once before the mask.
+        if reluInput && !(isRecording ? g.supportsReLUInput : g.supportsForwardReLUInput) {
             return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         }
         let y = try output(g.outputShape)
-        let wsCount = g.forwardWorkspaceFloats()
+        let wsCount = g.forwardWorkspaceFloats(reluInput: reluInput)
         if wsCount > 0 {
             let ws = try Tensor(shape: [wsCount], category: .workspace, accountant: accountant)
             if computing { Kernels.conv2dForward(g, x: x.value.ptr, w: w.value.ptr, y: y.ptr, workspace: ws.ptr, reluInput: reluInput) }

@@ -83,6 +83,10 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 
     /// Whether the kernels can take relu(x) from x themselves: the depthwise fast path.
     public var supportsReLUInput: Bool { onDepthwiseFastPath }
+    /// Whether a forward that no backward follows (a forward without tape) can take relu(x) from x:
+    /// the depthwise path, and the pointwise one, which makes each sample's relu(x) in a scratch
+    /// plane of its workspace (`forwardWorkspaceFloats(reluInput:)`) just before its product reads it.
+    public var supportsForwardReLUInput: Bool { supportsReLUInput || algorithm == .pointwise }
     /// Whether the backward kernels can add dX to a gradient so far as they store it
     /// (`conv2dBackward`'s `dXAddend`).
     public var addsIntoInputGradient: Bool { onDepthwiseFastPath }
@@ -94,9 +98,9 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 
     /// Scratch floats the forward pass needs, split over cores as the kernels split it (a chunk
     /// per worker over samples for im2col; disjoint plane chunks for depthwise).
-    public func forwardWorkspaceFloats() -> Int {
+    public func forwardWorkspaceFloats(reluInput: Bool = false) -> Int {
         switch algorithm {
-        case .pointwise: return 0
+        case .pointwise: return reluInput ? Parallel.disjointChunkCount(n) * cIn * h * w : 0   // a relu(x) plane per chunk
         case .depthwise: return depthwiseForwardFloats()
         case .im2col: return Parallel.chunkCount(n) * colSize
         }
@@ -122,13 +126,14 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
 extension Kernels {
     // MARK: - Tuned paths
 
-    /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats()`.
-    /// `reluInput` (y = conv(relu(x), w)) only on the depthwise fast path: see `supportsReLUInput`.
+    /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats(reluInput:)`.
+    /// `reluInput` (y = conv(relu(x), w)) where `supportsForwardReLUInput`; a backward follows it
+    /// only where `supportsReLUInput`.
     public static func conv2dForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                      y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
-        precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
+        precondition(!reluInput || g.supportsForwardReLUInput, "ReLU-fused input on \(g)")
         switch g.algorithm {
-        case .pointwise: pointwiseForward(g, x: x, w: w, y: y)
+        case .pointwise: pointwiseForward(g, x: x, w: w, y: y, reluPlanes: reluInput ? workspace! : nil)
         case .depthwise: depthwiseForward(g, x: x, w: w, y: y, workspace: workspace, reluInput: reluInput)
         case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!)
         }
@@ -151,8 +156,23 @@ extension Kernels {
 
     // MARK: pointwise (1×1) — one GEMM per sample (Pointwise.swift: ours below the crossover, else OpenBLAS)
 
-    static func pointwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    /// With `reluPlanes` (a cIn × HW plane per chunk of `Parallel.disjointChunkCount(n)`):
+    /// y = conv(relu(x), w), each sample's relu(x) made in its chunk's plane while it is hot.
+    static func pointwiseForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                 reluPlanes: UnsafeMutablePointer<Float>? = nil) {
         let hw = g.h * g.w
+        if let reluPlanes {
+            let plane = g.cIn * hw
+            Parallel.forChunksIndexed(g.n, chunks: Parallel.disjointChunkCount(g.n)) { k, r in
+                let rx = reluPlanes + k * plane
+                for s in r {
+                    let xs = x + s * plane
+                    for i in 0..<plane { rx[i] = max(xs[i], 0) }   // reluForward's element
+                    pointwiseSample(cIn: g.cIn, cOut: g.cOut, hw: hw, w: w, x: rx, y: y + s * g.cOut * hw)
+                }
+            }
+            return
+        }
         Parallel.forChunks(g.n) { r in
             // y[s] (Cout × HW) = w (Cout × Cin) · x[s] (Cin × HW)
             for s in r { pointwiseSample(cIn: g.cIn, cOut: g.cOut, hw: hw, w: w, x: x + s * g.cIn * hw, y: y + s * g.cOut * hw) }
