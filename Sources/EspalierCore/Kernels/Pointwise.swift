@@ -85,20 +85,17 @@ extension Kernels {
     /// C (m × p, row stride ldc) = A (m × k, contiguous rows) · B (k × p, row stride ldb); C is
     /// overwritten. With `sum`/`sumSq`, adds Σ_p C[r, p] and Σ_p C[r, p]² into sum[r], sumSq[r]
     /// (Float lanes over one row, added in Double), read from the registers the result is in.
-    /// Column panels of B (k × `smallGemmPanelColumns(k)`) stay in L1 while every row block reads
-    /// them; each row's lane sums carry from panel to panel, so they add in the same order as one
-    /// pass over the row would.
-    /// `smallGemm8`, or with ESPALIER_KERNEL_LANES=16 on a CPU with AVX-512 its 16-lane form
+    /// It runs `smallGemm8`, or with ESPALIER_KERNEL_LANES=16 on a CPU with AVX-512 its 16-lane form
     /// (CEspalierKernels/small_gemm16.c); the two give the same bits.
     ///
     /// Why 8 lanes stay the default (measured 2026-12-07 on this machine's Xeon, AVX-512F):
     /// - Alone, the 16-lane kernel is 1.2–1.7× as fast at the supernet's shapes (`espalier
-    ///   kernel-bench`, 1×1 forward, C = 16 at 28×28, 32 at 14×14; even at 64 on 7×7).
+    ///   kernel-bench`, 1×1 forward, C = 16 at 28×28, 32 at 14×14; no gain at 64 on 7×7).
     /// - In a step it is slower: zeroshot fmnist 0.856 s against 0.769 s, darts fmnist 5.90 s against
     ///   5.39 s (the mean of 4–5 alternating rounds each, one binary, `ESPALIER_KERNEL_LANES`).
     /// - The cause is the clock. A core that runs 512-bit multiply-adds lowers its frequency, and
-    ///   the AVX2 code around them runs at the lower clock too: AVX2 multiply-add chains ran 1.21–1.24×
-    ///   as long interleaved with 512-bit bursts as alone (`espalier bench`'s `fma8AfterWideRatio`).
+    ///   the AVX2 code around them runs at the lower clock too: AVX2 multiply-add chains ran 1.15–1.25×
+    ///   as long right after 512-bit bursts as alone (`espalier bench`'s `fma8AfterWideRatio`).
     ///   Every other kernel of the step pays that.
     /// So 16 lanes would pay only if nearly the whole step ran at 16 lanes; measure again on a CPU
     /// whose clock does not drop.
@@ -118,8 +115,10 @@ extension Kernels {
     /// Whether `smallGemm` runs its 16-lane form: ESPALIER_KERNEL_LANES=16 on a CPU that has it.
     public static let sixteenLanes: Bool = hasAVX512 && ProcessInfo.processInfo.environment["ESPALIER_KERNEL_LANES"] == "16"
 
-    /// `smallGemm` at 8 lanes (AVX2): the kernel on CPUs without AVX-512, and the one the 16-lane
-    /// kernel must equal bit for bit.
+    /// `smallGemm` at 8 lanes (AVX2): the default kernel, and the one the 16-lane kernel must equal
+    /// bit for bit. Column panels of B (k × `smallGemmPanelColumns(k)`) stay in L1 while every row
+    /// block reads them; each row's lane sums carry from panel to panel, so they add in the same
+    /// order as one pass over the row would.
     public static func smallGemm8(m: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                                   c: UnsafeMutablePointer<Float>, ldc: Int,
                                   sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
