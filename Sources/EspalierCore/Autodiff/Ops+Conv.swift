@@ -14,20 +14,15 @@ extension Graph {
     /// gradient is x's shape, zero outside the window).
     public func conv2d(_ x: Variable, _ w: Variable, stride: Int = 1, padding: Int = 0,
                        dilation: Int = 1, groups: Int = 1, reluInput: Bool = false, window: ConvWindow? = nil) throws -> Variable {
-        guard x.shape.count == 4, w.shape.count == 4 else {
+        guard let g = ConvGeometry(input: x.shape, weight: w.shape, stride: stride, padding: padding, dilation: dilation,
+                                   groups: groups, window: window) else {
             throw EspalierError.shapeMismatch("conv2d needs x (N,C,H,W) and w (Cout,Cin/g,KH,KW); got \(x.shape) and \(w.shape)")
         }
-        let g = ConvGeometry(n: x.shape[0], cIn: x.shape[1], h: x.shape[2], w: x.shape[3],
-                             cOut: w.shape[0], kh: w.shape[2], kw: w.shape[3],
-                             stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         if let problem = g.validate() { throw EspalierError.invalidArgument(problem) }
         guard w.shape[1] == g.cInPerGroup else {
             throw EspalierError.shapeMismatch("conv2d weight \(w.shape) expects \(w.shape[1] * groups) input channels, got \(g.cIn)")
         }
-        // Without tape no backward follows, so the pointwise path may fold the ReLU too. While
-        // recording it does not: relu(x) is then shared with x's other readers (`relu`'s cache),
-        // stored once, and its gradient summed once before the mask.
-        if reluInput && !(isRecording ? g.supportsReLUInput : g.supportsForwardReLUInput) {
+        if reluInput && !readsReLUInside(g) {
             return try conv2d(relu(x), w, stride: stride, padding: padding, dilation: dilation, groups: groups, window: window)
         }
         let y = try output(g.outputShape)
@@ -44,6 +39,12 @@ extension Graph {
             try self.conv2dBackward(g, x: xValue, w: wValue, dY: dY, ctx, xIndex: 0, wIndex: 1, reluInput: reluInput)
         }
     }
+
+    /// Whether conv2d(x, w, reluInput: true) of geometry `g` reads relu(x) inside its kernels (else it
+    /// applies `relu` first). Without tape no backward follows, so the pointwise path folds the ReLU
+    /// too. While recording it does not: relu(x) is then shared with x's other readers (`relu`'s
+    /// cache), stored once, and its gradient summed once before the mask.
+    public func readsReLUInside(_ g: ConvGeometry) -> Bool { isRecording ? g.supportsReLUInput : g.supportsForwardReLUInput }
 
     /// conv2d's backward from dY, for its input at `xIndex` and its weight at `wIndex` of `ctx`:
     /// dX (added into the input's gradient as it is stored, where the kernels can), and dW

@@ -40,6 +40,15 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         self.window = window
     }
 
+    /// The geometry of conv2d(x, w) from x's shape (N, Cin, H, W) and w's (Cout, Cin/groups, KH, KW);
+    /// nil unless both are 4-D. Not validated (`validate`).
+    public init?(input x: [Int], weight w: [Int], stride: Int = 1, padding: Int = 0, dilation: Int = 1, groups: Int = 1,
+                 window: ConvWindow? = nil) {
+        guard x.count == 4, w.count == 4 else { return nil }
+        self.init(n: x[0], cIn: x[1], h: x[2], w: x[3], cOut: w[0], kh: w[2], kw: w[3], stride: stride, padding: padding,
+                  dilation: dilation, groups: groups, window: window)
+    }
+
     /// The height and width the convolution sees (the window's, else the plane's), and where the
     /// window starts in a plane (rows keep the plane's pitch `w`).
     public var inH: Int { window?.height ?? h }
@@ -166,8 +175,7 @@ extension Kernels {
             Parallel.forChunksIndexed(g.n, chunks: Parallel.disjointChunkCount(g.n)) { k, r in
                 let rx = reluPlanes + k * plane
                 for s in r {
-                    let xs = x + s * plane
-                    for i in 0..<plane { rx[i] = max(xs[i], 0) }   // reluForward's element
+                    reluForward(x + s * plane, rx, count: plane)   // inside a chunk: runs on this thread
                     pointwiseSample(cIn: g.cIn, cOut: g.cOut, hw: hw, w: w, x: rx, y: y + s * g.cOut * hw)
                 }
             }

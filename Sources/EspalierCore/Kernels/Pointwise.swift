@@ -103,7 +103,7 @@ extension Kernels {
                                  c: UnsafeMutablePointer<Float>, ldc: Int,
                                  sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
         if sixteenLanes {
-            espalier_small_gemm16(m, k, p, a, b, ldb, c, ldc, sum, sum == nil ? nil : sumSq)
+            espalier_small_gemm16(m, k, p, a, b, ldb, c, ldc, sum, sumSq)
             return
         }
         smallGemm8(m: m, k: k, p: p, a: a, b: b, ldb: ldb, c: c, ldc: ldc, sum: sum, sumSq: sumSq)

@@ -84,13 +84,9 @@ public final class Conv2d: Module {
     /// `reluInput`: of relu(x) (Graph.conv2d), which is computed in the caller's owner scope when
     /// the kernels cannot take it.
     public func callAsFunction(_ g: Graph, _ x: Variable, window: ConvWindow? = nil, reluInput: Bool = false) throws -> Variable {
-        var folded = false
-        if reluInput, x.shape.count == 4, weight.value.shape.count == 4 {   // else conv2d names the problem
-            let geometry = ConvGeometry(n: x.shape[0], cIn: x.shape[1], h: x.shape[2], w: x.shape[3], cOut: weight.value.shape[0],
-                                        kh: weight.value.shape[2], kw: weight.value.shape[3], stride: stride, padding: padding,
-                                        dilation: dilation, groups: groups, window: window)
-            folded = g.isRecording ? geometry.supportsReLUInput : geometry.supportsForwardReLUInput
-        }
+        // Not 4-D: conv2d names the problem.
+        let folded = reluInput && (ConvGeometry(input: x.shape, weight: weight.value.shape, stride: stride, padding: padding,
+                                                dilation: dilation, groups: groups, window: window).map(g.readsReLUInside) ?? true)
         let input = reluInput && !folded ? try g.relu(x) : x
         return try g.accountant.withOwnerID(owner) {
             try g.conv2d(input, g.param(weight), stride: stride, padding: padding, dilation: dilation, groups: groups,
