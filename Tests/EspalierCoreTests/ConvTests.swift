@@ -1,6 +1,7 @@
 // Convolution: every tuned path against the naive reference, and gradients against finite differences.
 
 import EspalierCore
+import Foundation
 import EspalierTestSupport
 import XCTest
 
@@ -322,6 +323,47 @@ final class ConvTests: XCTestCase {
         return withExtendedLifetime((graph, x, y)) { acc.currentTotal - before }
     }
 
+    /// The depthwise kernels copy a row into their padded planes, and store a row's partial last
+    /// vector, in whole vectors wherever those stay inside the plane (the lanes past the row are
+    /// dropped, or rewritten by the rows stored after). Here every input and output ends right
+    /// before a page the process may not touch, so a whole vector past the tensor's end is a
+    /// crash, not a silent read; on every fast-path geometry, with and without the fused ReLU,
+    /// each gradient with and without the other, and the results stay the naive reference's.
+    func testDepthwise_WholeVectorRowsAndStores_NeverPassTheTensorsEnd() throws {
+        let acc = MemoryAccountant()
+        let geometries = (Self.depthwise + Self.large).filter(\.supportsReLUInput)
+        XCTAssertGreaterThanOrEqual(geometries.count, 12)
+        for (k, g) in geometries.enumerated() {
+            let x = try EndOfPageBuffer(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(900 + k)).array)
+            let w = try randomTensor(g.weightShape, acc, seed: UInt64(950 + k))
+            let dY = try EndOfPageBuffer(try randomTensor(g.outputShape, acc, seed: UInt64(1000 + k)).array)
+            for relu in [false, true] {
+                let r = relu ? x.values.map { max($0, 0) } : x.values
+                let y = try EndOfPageBuffer(count: g.outputShape.reduce(1, *))
+                let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats())], category: .workspace, accountant: acc)
+                Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr, reluInput: relu)
+                var yRef = [Float](repeating: 0, count: y.count), dXRef = [Float](repeating: 0, count: x.count)
+                var dWRef = [Float](repeating: 0.5, count: w.count)
+                r.withUnsafeBufferPointer { rp in
+                    Kernels.conv2dForwardNaive(g, x: rp.baseAddress!, w: w.ptr, y: &yRef)
+                    Kernels.conv2dBackwardNaive(g, x: rp.baseAddress!, w: w.ptr, dY: dY.ptr, dX: &dXRef, dW: &dWRef)
+                }
+                if relu { for i in 0..<x.count where x.values[i] <= 0 { dXRef[i] = 0 } }
+                assertClose(y.values, yRef, tol: 1e-5, "forward relu \(relu) \(g)")
+                for (needX, needW) in [(true, true), (true, false), (false, true)] {
+                    let floats = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW, reluInput: relu)
+                    let ws = try Tensor(shape: [max(1, floats)], category: .workspace, accountant: acc)
+                    let dX = try EndOfPageBuffer(count: x.count)
+                    let dW = try Tensor.filled(w.shape, value: 0.5, category: .data, accountant: acc)
+                    Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: needX ? dX.ptr : nil, dW: needW ? dW.ptr : nil,
+                                           workspace: ws.ptr, reluInput: relu)
+                    if needX { assertClose(dX.values, dXRef, tol: 1e-5, "dX relu \(relu) \(g) (\(needX), \(needW))") }
+                    if needW { assertClose(dW.array, dWRef, tol: 1e-4, "dW relu \(relu) \(g) (\(needX), \(needW))") }
+                }
+            }
+        }
+    }
+
     func testInvalidGeometry_IsAnErrorNotACrash() throws {
         let acc = MemoryAccountant()
         let graph = Graph(accountant: acc)
@@ -418,4 +460,35 @@ final class ConvTests: XCTestCase {
         let folded = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(x, w, stride: 2, window: v) }
         XCTAssertEqual(unfused - folded, g.n * g.cIn * v.height * v.width * 4, "the crop is not kept: \(unfused) vs \(folded)")
     }
+}
+
+/// Floats that end exactly where a page the process may not read or write begins (mmap, then
+/// mprotect(PROT_NONE) on the page after): a kernel that touches one float past the end crashes.
+final class EndOfPageBuffer {
+    let count: Int
+    let ptr: UnsafeMutablePointer<Float>
+    private let base: UnsafeMutableRawPointer, mapped: Int
+
+    init(count: Int) throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE))), bytes = count * MemoryLayout<Float>.stride
+        let dataPages = (bytes + page - 1) / page
+        mapped = (dataPages + 1) * page
+        guard let m = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
+            throw POSIXError(.ENOMEM)
+        }
+        base = m
+        guard mprotect(m + dataPages * page, page, PROT_NONE) == 0 else { munmap(m, mapped); throw POSIXError(.EPERM) }
+        self.count = count
+        ptr = (m + dataPages * page - bytes).bindMemory(to: Float.self, capacity: count)
+        ptr.initialize(repeating: 0, count: count)
+    }
+
+    convenience init(_ values: [Float]) throws {
+        try self.init(count: values.count)
+        for (i, v) in values.enumerated() { ptr[i] = v }
+    }
+
+    var values: [Float] { Array(UnsafeBufferPointer(start: ptr, count: count)) }
+
+    deinit { munmap(base, mapped) }
 }

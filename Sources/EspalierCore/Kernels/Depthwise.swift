@@ -6,6 +6,11 @@
 // dX is a gather too: at stride 1 the forward kernel on padded dY with the kernel flipped; at
 // stride 2 four sub-pixel gathers (one per row and column parity of dX), interleaved.
 // dW sums products of a plane with shifted copies of the other, the sums held in registers.
+// Short rows (7 and 14 wide: 7 and 6 lanes past the last whole vector) are copied into P and Q,
+// stored to y and dX, and read for dW in whole vectors wherever the vector stays inside its plane
+// (`wholeVectorRows`), with the lanes past the row dropped, zero, or rewritten by the rows after:
+// the lane-by-lane tails cost more than the sums of a 7×7 plane (`espalier kernel-bench`, 7×7:
+// the depthwise kernels 0.79–0.82× as long).
 // ReLU fused into the input (`reluInput`, the DARTS ops' ReLU → depthwise): the forward applies
 // max(0, ·) while copying x into P, so relu(x) is never stored; backward loads relu(x) into P for
 // dW (at stride 1 too) and multiplies each dX plane by 1[x > 0]. x is the pre-ReLU input.
@@ -22,7 +27,8 @@
 import Foundation
 
 /// Sizes of the scratch planes of the depthwise path; nil when the geometry takes the direct loops.
-/// Borders and margins of P and Q are zeroed once per call and never written after.
+/// Borders and margins of P and Q are zeroed once per call and never written after (whole-vector
+/// row copies write zeros past a row, where the border already holds them).
 struct DepthwisePlan {
     let h, w, ho, wo, kh, kw, s, p, d: Int
     let nv: Int          // SIMD8 vectors per output row, ⌈Wo/8⌉ (the last may be partial)
@@ -30,6 +36,9 @@ struct DepthwisePlan {
     let pRows, pStride: Int
     let qRows, qStride, qTop, qLeft: Int
     let subRows, subCols: Int   // stride 2: size of each dX sub-pixel plane in R
+    /// Stride 1: a row of P has room for x's row in whole vectors (p + ⌈W/8⌉·8 ≤ pStride), so
+    /// `loadInput` may store the last vector of a row whole, zeros past W (P's right border).
+    let wholeInputRows: Bool
 
     /// Most taps the fast path takes (9×9: MergeNAS's merged kernel); its broadcast weights live on the stack.
     static let maxTaps = 81
@@ -52,6 +61,7 @@ struct DepthwisePlan {
             qRows = h + (kh - 1) * d
             qStride = max(lanes * ((w + lanes - 1) / lanes) + (kw - 1) * d, qLeft + lanes * nv)
             subRows = 0; subCols = 0
+            wholeInputRows = p + lanes * ((w + lanes - 1) / lanes) <= pStride
         } else {
             phases = 2
             pStride = max(lanes * nv + (kw - 1) * d / 2, (w + 2 * p + 1) / 2)
@@ -61,6 +71,7 @@ struct DepthwisePlan {
             qRows = qTop + max(ho, (h - 1 + p) / 2 + 1)
             qStride = qLeft + max(lanes * nv, (w - 1 + p) / 2 + lanes)
             subRows = (h + 1) / 2; subCols = (w + 1) / 2
+            wholeInputRows = false
         }
     }
 
@@ -87,10 +98,15 @@ struct DepthwisePlan {
     @inline(__always)
     func loadInput(_ x: UnsafePointer<Float>, into pb: UnsafeMutablePointer<Float>, relu: Bool = false) {
         if s == 1 {
+            // Rows whose last vector can be read whole inside the plane (all but the last row or
+            // so) are copied in whole vectors, zeros past W: no lane-by-lane tail.
+            let wholeRows = wholeInputRows ? wholeVectorRows(rows: h, cols: w) : 0
             if relu {
-                for ih in 0..<h { copyRowReLU(pb + (ih + p) * pStride + p, x + ih * w, w) }
+                for ih in 0..<wholeRows { copyRowWholeReLU(pb + (ih + p) * pStride + p, x + ih * w, w) }
+                for ih in wholeRows..<h { copyRowReLU(pb + (ih + p) * pStride + p, x + ih * w, w) }
             } else {
-                for ih in 0..<h { copyRow(pb + (ih + p) * pStride + p, x + ih * w, w) }
+                for ih in 0..<wholeRows { copyRowWhole(pb + (ih + p) * pStride + p, x + ih * w, w) }
+                for ih in wholeRows..<h { copyRow(pb + (ih + p) * pStride + p, x + ih * w, w) }
             }
             return
         }
@@ -121,7 +137,10 @@ struct DepthwisePlan {
     /// Q interior ← one dY plane (Ho, Wo).
     @inline(__always)
     func loadOutputGrad(_ dy: UnsafePointer<Float>, into qb: UnsafeMutablePointer<Float>) {
-        for oh in 0..<ho { copyRow(qb + (qTop + oh) * qStride + qLeft, dy + oh * wo, wo) }
+        // Q's rows have room for ⌈Wo/8⌉ whole vectors past qLeft (qStride ≥ qLeft + 8·nv).
+        let wholeRows = wholeVectorRows(rows: ho, cols: wo)
+        for oh in 0..<wholeRows { copyRowWhole(qb + (qTop + oh) * qStride + qLeft, dy + oh * wo, wo) }
+        for oh in wholeRows..<ho { copyRow(qb + (qTop + oh) * qStride + qLeft, dy + oh * wo, wo) }
     }
 }
 
@@ -165,7 +184,7 @@ extension Kernels {
                     plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
                     // y[plane] (Ho, Wo) = Σ taps w · P shifted
                     GatherKernel(src: pb, phaseSize: plan.pRows * plan.pStride, rowStride: plan.pStride, wv: wv,
-                                 rows: plan.ho, cols: plan.wo, out: y + plane * howo, outStride: plan.wo)
+                                 rows: plan.ho, cols: plan.wo, out: y + plane * howo, outStride: plan.wo, wholeStores: true)
                         .dispatch(kh: plan.kh, kw: plan.kw, s: plan.s, d: plan.d)
                 }
             }
@@ -214,7 +233,8 @@ extension Kernels {
                                 for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
                                 GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
                                              rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w,
-                                             keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw })
+                                             keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw },
+                                             wholeStores: true)
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
                             } else {
                                 depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw,
@@ -231,14 +251,15 @@ extension Kernels {
                                     a = UnsafePointer(pb + plan.p * plan.pStride + plan.p); aStride = plan.pStride
                                 }
                                 WeightGradKernel(a: a, aStride: aStride, aCols: g.w, rows: g.h,
-                                                 b: qb, bStride: plan.qStride, phaseSize: 0, reversed: true, acc: acc)
+                                                 b: qb, bStride: plan.qStride, phaseSize: 0, reversed: true, acc: acc,
+                                                 aWhole: reluInput && plan.wholeInputRows)
                                     .dispatch(kh: kh, kw: kw, s: 1, d: d)
                             } else {
                                 // dW += Σ dY[plane] · P shifted
                                 plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
                                 WeightGradKernel(a: dyInQ, aStride: plan.qStride, aCols: plan.wo, rows: plan.ho,
                                                  b: pb, bStride: plan.pStride, phaseSize: plan.pRows * plan.pStride,
-                                                 reversed: false, acc: acc)
+                                                 reversed: false, acc: acc, aWhole: true)
                                     .dispatch(kh: kh, kw: kw, s: 2, d: d)
                             }
                         }
@@ -286,7 +307,7 @@ extension Kernels {
                     }
                 }
                 GatherKernel(src: dyInQ + (uLo - top) * qs + (mLo - left), phaseSize: 0, rowStride: qs, wv: wv,
-                             rows: nu, cols: nm, out: sub + (rho * 2 + phi) * sr * sc, outStride: sc)
+                             rows: nu, cols: nm, out: sub + (rho * 2 + phi) * sr * sc, outStride: sc, wholeStores: true)
                     .dispatch(kh: na, kw: nb, s: 1, d: delta)
             }
         }
@@ -331,32 +352,61 @@ extension Kernels {
         /// gradient added to the gradient so far as it is stored.
         var addend: UnsafePointer<Float>? = nil
 
+        /// out's rows are contiguous (outStride == cols), this call writes all of them and nothing
+        /// reads out meanwhile (no addend): then a row's partial last vector may be stored whole
+        /// wherever it stays inside out. Its lanes past `cols` land in rows stored after it: each
+        /// block stores its partial column first, then its whole ones, and blocks go down the plane.
+        var wholeStores = false
+
         func run<T: TapLayout>(_ t: T) {
+            let whole = wholeStores && addend == nil && outStride == cols ? wholeVectorRows(rows: rows, cols: cols) : 0
+            if whole > 0 { blocks(t, Int1.self, wholeRows: whole) } else { blocks(t, Int0.self, wholeRows: 0) }
+        }
+
+        /// All output rows in blocks; W = 1 stores partial last vectors whole below `wholeRows`.
+        @inline(__always)
+        func blocks<T: TapLayout, W: StaticInt>(_ t: T, _: W.Type, wholeRows: Int) {
             // Blocks of three output rows for a 3-row kernel, four for the others (`espalier
             // kernel-bench`, 3×3 at 14×14: 36–44 GFLOP/s in threes against 31–33 in fours; 5×5
             // no better in threes; in the zero-shot step no different). Each output's sum is the
             // same in any block.
             var r = 0
             if t.kh == 3 {
-                while r + 3 <= rows { block(t, Int3.self, row: r); r += 3 }
+                while r + 3 <= rows { block(t, Int3.self, W.self, row: r, wholeRows: wholeRows); r += 3 }
             } else {
-                while r + 4 <= rows { block(t, Int4.self, row: r); r += 4 }
+                while r + 4 <= rows { block(t, Int4.self, W.self, row: r, wholeRows: wholeRows); r += 4 }
             }
             switch rows - r {
-            case 3: block(t, Int3.self, row: r)
-            case 2: block(t, Int2.self, row: r)
-            case 1: block(t, Int1.self, row: r)
+            case 3: block(t, Int3.self, W.self, row: r, wholeRows: wholeRows)
+            case 2: block(t, Int2.self, W.self, row: r, wholeRows: wholeRows)
+            case 1: block(t, Int1.self, W.self, row: r, wholeRows: wholeRows)
             default: break
             }
         }
 
         /// Output rows row..<row+R (R ≤ 4), all vector columns. Per column the R rows are summed
-        /// together, so an input row's loads serve every output row it reaches.
-        @inline(__always)
-        func block<T: TapLayout, R: StaticInt>(_ t: T, _: R.Type, row: Int) {
+        /// together, so an input row's loads serve every output row it reaches. With W = 1 (see
+        /// `wholeStores`; no addend) the partial column goes first and rows below `wholeRows`
+        /// store it whole: its lanes past the row are rewritten by the whole columns and rows after.
+        /// Not inlined: one function per block height, as the compiler chose before the W variants
+        /// doubled them (`espalier kernel-bench` at 28×28, min over 4 rounds against that build: the
+        /// depthwise kernels' geometric mean 1.07× as long with `blocks` inlining them, 1.02× without).
+        @inline(never)
+        func block<T: TapLayout, R: StaticInt, W: StaticInt>(_ t: T, _: R.Type, _: W.Type, row: Int, wholeRows: Int) {
             let full = cols >> 3, rem = cols & 7
             let at = src + t.s * row * rowStride, orow = out + row * outStride
             let zero = SIMD8<Float>()
+            if W.value == 1 && rem != 0 {
+                var y = sums(t, R.self, at + 8 * full)
+                if let keep {
+                    let krow = keep + row * outStride + 8 * full
+                    for r in 0..<R.value { y[r].replace(with: zero, where: loadPartial8(krow + r * outStride, rem) .<= zero) }
+                }
+                for r in 0..<R.value {
+                    if row + r < wholeRows { store8(orow + r * outStride + 8 * full, y[r]) }
+                    else { storePartial8(orow + r * outStride + 8 * full, y[r], rem) }
+                }
+            }
             for j in 0..<full {
                 var y = sums(t, R.self, at + 8 * j)
                 if let keep {
@@ -369,7 +419,7 @@ extension Kernels {
                 }
                 for r in 0..<R.value { store8(orow + r * outStride + 8 * j, y[r]) }
             }
-            if rem != 0 {
+            if W.value == 0 && rem != 0 {
                 var y = sums(t, R.self, at + 8 * full)
                 if let keep {
                     let krow = keep + row * outStride + 8 * full
@@ -415,6 +465,10 @@ extension Kernels {
         var b: UnsafePointer<Float>, bStride: Int, phaseSize: Int
         var reversed: Bool
         var acc: UnsafeMutablePointer<Float>                 // (KH·KW, lanes) running sums, any alignment
+        /// a's rows can be read in ⌈aCols/8⌉ whole vectors with zeros past aCols (a inside P or Q,
+        /// whose right borders are zero): the last vector of a row is loaded whole. The products
+        /// of those zero lanes are zeros, as with a partial load, so the sums are the same bits.
+        var aWhole = false
 
         func run<T: TapLayout>(_ t: T) {
             if T.isFixed && t.kh == 3 && t.kw == 3 {
@@ -431,7 +485,7 @@ extension Kernels {
                             let arow = a + r * aStride
                             let x = b + (t.s * r + ki * t.d) * bStride + tapColumn(kj * t.d, s: t.s, phaseSize: phaseSize)
                             for j in 0..<full { sum.addProduct(load8(arow + 8 * j), load8(x + 8 * j)) }
-                            if rem != 0 { sum.addProduct(loadPartial8(arow + 8 * full, rem), load8(x + 8 * full)) }
+                            if rem != 0 { sum.addProduct(aWhole ? load8(arow + 8 * full) : loadPartial8(arow + 8 * full, rem), load8(x + 8 * full)) }
                         }
                         addInto(ki * t.kw + kj, taps: t.kh * t.kw, sum)
                     }
@@ -456,7 +510,8 @@ extension Kernels {
             var tail = TapSums()
             for r in 0..<rows {
                 let arow = a + r * aStride, base = b + (s * r + kiLo * d) * bStride
-                accumulate(&tail, loadPartial8(arow + 8 * full, rem), base + 8 * full, kiCount: kiCount, kw: kw, s: s, d: d)
+                let g = aWhole ? load8(arow + 8 * full) : loadPartial8(arow + 8 * full, rem)
+                accumulate(&tail, g, base + 8 * full, kiCount: kiCount, kw: kw, s: s, d: d)
             }
             for i in 0..<(kiCount * kw) { addInto(kiLo * kw + i, taps: taps, tail[i]) }
         }
@@ -602,6 +657,42 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
     var i = 0
     while i + 8 <= n { Kernels.store8(dst + i, Kernels.load8(src + i)); i += 8 }
     if i < n { storePartial8(dst + i, loadPartial8(src + i, n - i), n - i) }
+}
+
+/// How many leading rows of a contiguous (rows, cols) plane to read or write in ⌈cols/8⌉ whole
+/// vectors: those whose vectors end inside the plane (row r's end at r·cols + ⌈cols/8⌉·8). None
+/// when cols is a multiple of 4: a row's partial vector is then one half-vector load or store,
+/// no dearer than a whole one (`espalier kernel-bench` at 28×28: whole vectors there took
+/// 1.08–1.14× as long; at 14×14 and 7×7, 0.80–0.93× as long as the lane-by-lane tails).
+@inline(__always)
+func wholeVectorRows(rows: Int, cols: Int) -> Int {
+    if cols & 3 == 0 { return 0 }
+    let span = DepthwisePlan.lanes * ((cols + DepthwisePlan.lanes - 1) / DepthwisePlan.lanes)
+    return rows * cols < span ? 0 : min(rows, (rows * cols - span) / cols + 1)
+}
+
+/// dst[0..<n] = src[0..<n] and dst[n..<⌈n/8⌉·8] = 0, in whole vectors: src must be readable and
+/// dst writable for ⌈n/8⌉·8 floats (the lanes read past n are dropped).
+@inline(__always)
+func copyRowWhole(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 8 <= n { Kernels.store8(dst + i, Kernels.load8(src + i)); i += 8 }
+    if i < n { Kernels.store8(dst + i, dropLanes(Kernels.load8(src + i), from: n - i)) }
+}
+
+/// `copyRowWhole` of max(src, 0), for a row of a ReLU-fused input.
+@inline(__always)
+func copyRowWholeReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
+    let zero = SIMD8<Float>()
+    var i = 0
+    while i + 8 <= n { let v = Kernels.load8(src + i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)); i += 8 }
+    if i < n { let v = dropLanes(Kernels.load8(src + i), from: n - i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)) }
+}
+
+/// v with lanes n..<8 zeroed.
+@inline(__always)
+func dropLanes(_ v: SIMD8<Float>, from n: Int) -> SIMD8<Float> {
+    v.replacing(with: SIMD8<Float>(), where: SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(n)))
 }
 
 /// dst[0..<n] = max(src[0..<n], 0) for one row of a ReLU-fused input.
