@@ -389,8 +389,9 @@ extension Kernels {
         /// `wholeStores`; no addend) the partial column goes first and rows below `wholeRows`
         /// store it whole: its lanes past the row are rewritten by the whole columns and rows after.
         /// Not inlined: one function per block height, as the compiler chose before the W variants
-        /// doubled them (`espalier kernel-bench` at 28×28, min over 4 rounds against that build: the
-        /// depthwise kernels' geometric mean 1.07× as long with `blocks` inlining them, 1.02× without).
+        /// doubled them. At 28×28, where W is 0 and the sums are those of the build before, the
+        /// depthwise kernels took 1.07× as long (geometric mean of `espalier kernel-bench`'s minima
+        /// over 4 rounds, against that build) with `blocks` inlining them, and 1.02–1.05× without.
         @inline(never)
         func block<T: TapLayout, R: StaticInt, W: StaticInt>(_ t: T, _: R.Type, _: W.Type, row: Int, wholeRows: Int) {
             let full = cols >> 3, rem = cols & 7
