@@ -110,7 +110,6 @@ struct DepthwisePlan {
             }
             return
         }
-        let zero = SIMD8<Float>(repeating: 0)
         let phaseSize = pRows * pStride
         let evenPhase = p & 1, oddPhase = 1 - (p & 1)            // phase of padded column iw + p
         for ih in 0..<h {
@@ -120,7 +119,7 @@ struct DepthwisePlan {
             var m = 0
             while 2 * m + 8 <= w {
                 var v = UnsafeRawPointer(src + 2 * m).loadUnaligned(as: SIMD8<Float>.self)
-                if relu { v = v.replacing(with: zero, where: v .< zero) }
+                if relu { v = relu8(v) }
                 store4(even + m, v.evenHalf); store4(odd + m, v.oddHalf)
                 m += 4
             }
@@ -389,9 +388,9 @@ extension Kernels {
         /// `wholeStores`; no addend) the partial column goes first and rows below `wholeRows`
         /// store it whole: its lanes past the row are rewritten by the whole columns and rows after.
         /// Not inlined: one function per block height, as the compiler chose before the W variants
-        /// doubled them. At 28×28, where W is 0 and the sums are those of the build before, the
-        /// depthwise kernels took 1.07× as long (geometric mean of `espalier kernel-bench`'s minima
-        /// over 4 rounds, against that build) with `blocks` inlining them, and 1.02–1.05× without.
+        /// doubled them. Measured at 28×28 while that size still took W = 0 (the code of the build
+        /// before): the depthwise kernels took 1.07× as long with `blocks` inlining them, and
+        /// 1.02–1.05× kept apart (geometric mean of `espalier kernel-bench`'s minima, 4 rounds).
         @inline(never)
         func block<T: TapLayout, R: StaticInt, W: StaticInt>(_ t: T, _: R.Type, _: W.Type, row: Int, wholeRows: Int) {
             let full = cols >> 3, rem = cols & 7
@@ -662,12 +661,11 @@ func copyRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ 
 
 /// How many leading rows of a contiguous (rows, cols) plane to read or write in ⌈cols/8⌉ whole
 /// vectors: those whose vectors end inside the plane (row r's end at r·cols + ⌈cols/8⌉·8). None
-/// when cols is a multiple of 4: a row's partial vector is then one half-vector load or store,
-/// no dearer than a whole one (`espalier kernel-bench` at 28×28: whole vectors there took
-/// 1.08–1.14× as long; at 14×14 and 7×7, 0.80–0.93× as long as the lane-by-lane tails).
+/// when cols is a multiple of 8: every row is whole vectors already, and the kernels keep their
+/// plain path.
 @inline(__always)
 func wholeVectorRows(rows: Int, cols: Int) -> Int {
-    if cols & 3 == 0 { return 0 }
+    if cols % DepthwisePlan.lanes == 0 { return 0 }
     let span = DepthwisePlan.lanes * ((cols + DepthwisePlan.lanes - 1) / DepthwisePlan.lanes)
     return rows * cols < span ? 0 : min(rows, (rows * cols - span) / cols + 1)
 }
@@ -684,11 +682,14 @@ func copyRowWhole(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float
 /// `copyRowWhole` of max(src, 0), for a row of a ReLU-fused input.
 @inline(__always)
 func copyRowWholeReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
-    let zero = SIMD8<Float>()
     var i = 0
-    while i + 8 <= n { let v = Kernels.load8(src + i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)); i += 8 }
-    if i < n { let v = dropLanes(Kernels.load8(src + i), from: n - i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)) }
+    while i + 8 <= n { Kernels.store8(dst + i, relu8(Kernels.load8(src + i))); i += 8 }
+    if i < n { Kernels.store8(dst + i, relu8(dropLanes(Kernels.load8(src + i), from: n - i))) }
 }
+
+/// relu per lane: lanes below zero become zero (NaN and −0 stay as they are).
+@inline(__always)
+func relu8(_ v: SIMD8<Float>) -> SIMD8<Float> { v.replacing(with: SIMD8<Float>(), where: v .< SIMD8<Float>()) }
 
 /// v with lanes n..<8 zeroed.
 @inline(__always)
@@ -699,10 +700,9 @@ func dropLanes(_ v: SIMD8<Float>, from n: Int) -> SIMD8<Float> {
 /// dst[0..<n] = max(src[0..<n], 0) for one row of a ReLU-fused input.
 @inline(__always)
 func copyRowReLU(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ n: Int) {
-    let zero = SIMD8<Float>()
     var i = 0
-    while i + 8 <= n { let v = Kernels.load8(src + i); Kernels.store8(dst + i, v.replacing(with: zero, where: v .< zero)); i += 8 }
-    if i < n { let v = loadPartial8(src + i, n - i); storePartial8(dst + i, v.replacing(with: zero, where: v .< zero), n - i) }
+    while i + 8 <= n { Kernels.store8(dst + i, relu8(Kernels.load8(src + i))); i += 8 }
+    if i < n { storePartial8(dst + i, relu8(loadPartial8(src + i, n - i)), n - i) }
 }
 
 /// Offset in P of tap column `col` (= kj·d): the column itself at stride 1; at stride 2 its
