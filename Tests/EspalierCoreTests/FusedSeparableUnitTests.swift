@@ -62,6 +62,61 @@ final class FusedSeparableUnitTests: XCTestCase {
         } }
     }
 
+    /// x feeding two units: the second backward adds its dX into the first's as it stores it
+    /// (the accumulation target's addend). And each gradient alone: x constant (only the weights'),
+    /// the weights constant (only dX). Against the ops one by one, on every case.
+    func testFused_AddsIntoAnInputGradient_AndComputesAnySubsetOfTheGradients() throws {
+        let acc = MemoryAccountant()
+        for (k, c) in Self.cases.enumerated() {
+            let x = try input([c.n, c.c, c.h, c.w], acc, seed: UInt64(50 + k))
+            let weights = try (0..<2).map { j in
+                (try randomTensor([c.c, 1, c.k, c.k], acc, seed: UInt64(60 + 2 * k + j)), try randomTensor([c.cOut, c.c, 1, 1], acc, seed: UInt64(80 + 2 * k + j)))
+            }
+            for mode in ["x twice", "weights only", "x only"] {
+                var results: [[[Float]]] = []
+                for fused in [true, false] {
+                    let g = Graph(accountant: acc)
+                    let xv = mode == "weights only" ? g.constant(try x.copy()) : g.leaf(try x.copy())
+                    let wv = try weights.map { (d, p) in mode == "x only" ? (g.constant(try d.copy()), g.constant(try p.copy())) : (g.leaf(try d.copy()), g.leaf(try p.copy())) }
+                    var y = try unit(g, [xv, wv[0].0, wv[0].1], c, relu: true, fused: fused, rm: try Tensor.zeros([c.cOut], category: .activations, accountant: acc),
+                                     rv: try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc))
+                    if mode == "x twice" {
+                        y = try g.add(y, try unit(g, [xv, wv[1].0, wv[1].1], c, relu: true, fused: fused, rm: try Tensor.zeros([c.cOut], category: .activations, accountant: acc),
+                                                  rv: try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc)))
+                    }
+                    try g.backward(y, gradient: try randomTensor(y.shape, acc, seed: 90))
+                    results.append([xv, wv[0].0, wv[0].1].compactMap { g.gradient(of: $0)?.array })
+                }
+                XCTAssertEqual(results[0].count, mode == "x twice" ? 3 : mode == "x only" ? 1 : 2, "\(mode), case \(k): the gradients asked for")
+                XCTAssertEqual(results[0].count, results[1].count, "\(mode), case \(k)")
+                for (i, (a, b)) in zip(results[0], results[1]).enumerated() { assertClose(a, b, tol: 2e-4, "\(mode), case \(k), gradient \(i)") }
+            }
+        }
+    }
+
+    /// The backward goes sample by sample: the depthwise output's gradient dT (N, C, Ho, Wo) lives
+    /// in a tile per core, never whole. Over the backward, what the accountant holds rises by less
+    /// than dX and dT together (the path that makes dT whole holds both while the depthwise
+    /// backward runs).
+    func testBackward_NeverHoldsTheDepthwiseOutputGradientWhole() throws {
+        let acc = MemoryAccountant()
+        for c in [Case(n: 16, c: 16, h: 14, w: 14, cOut: 16, k: 3, stride: 1, padding: 1, dilation: 1),
+                  Case(n: 16, c: 16, h: 14, w: 14, cOut: 16, k: 5, stride: 2, padding: 2, dilation: 1)] {
+            let g = Graph(accountant: acc)
+            let v = [g.leaf(try input([c.n, c.c, c.h, c.w], acc, seed: 1)), g.leaf(try randomTensor([c.c, 1, c.k, c.k], acc, seed: 2)),
+                     g.leaf(try randomTensor([c.cOut, c.c, 1, 1], acc, seed: 3))]
+            let y = try unit(g, v, c, relu: true, fused: true, rm: try Tensor.zeros([c.cOut], category: .activations, accountant: acc),
+                             rv: try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc))
+            let r = try randomTensor(y.shape, acc, seed: 4)
+            let before = acc.currentTotal
+            acc.resetPeak()
+            try g.backward(y, gradient: r)
+            let rise = acc.peakTotal - before
+            let dX = v[0].value.storage.byteCount, dT = c.n * c.c * y.shape[2] * y.shape[3] * MemoryLayout<Float>.size
+            XCTAssertLessThan(rise, dX + dT, "stride \(c.stride): the backward held \(rise) bytes more at its peak; dX is \(dX), dT \(dT)")
+        }
+    }
+
     func testFused_GradientsMatchFiniteDifferences() throws {
         let acc = MemoryAccountant()
         for (k, c) in Self.cases.enumerated() where c.c <= 16 && c.n * c.c * c.h * c.w <= 700 {   // all but the bench-sized and crossover cases

@@ -5,9 +5,12 @@
 //   forward   the depthwise kernel applies the ReLU itself (relu(x) is never stored); the
 //             pointwise product takes the batch-norm sums from its registers; y is normalised in
 //             place: the unfused path's BN statistics pass and its pre-BN tensor are gone.
-//   backward  BN's sums (one pass over y and dY); then per sample the BN input gradient is made in
-//             a tile and consumed by both pointwise GEMMs at once (PointwiseBatchNorm.swift): the
-//             unfused path's full-size BN gradient is gone; then the depthwise backward.
+//   backward  BN's sums (one pass over y and dY); then one sweep per sample
+//             (SeparableUnitBackward.swift): the BN input gradient in a tile, consumed by both
+//             pointwise GEMMs at once, dT (the depthwise output's gradient) into a second tile,
+//             and the depthwise backward of the sample's planes from it. Neither the full-size BN
+//             gradient nor dT is ever stored whole. (Off the depthwise fast path: dT whole, then
+//             the depthwise backward, as PointwiseBatchNorm.swift and conv2dBackward make them.)
 // It keeps what the unfused ops keep (x, the depthwise output t, y, the per-channel mean and
 // 1/σ) and updates the running statistics as batchNorm does. Where a fused path does not apply
 // (evaluation, ghost batch norm, a geometry off the depthwise fast path, a 1×1 with stride)
@@ -81,17 +84,44 @@ extension Graph {
             let needT = needX || needWd
             // BN's sums, Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them; then their means.
             let means = try self.gradTensor([2 * cOut], zeroed: true)
-            let dT = needT ? try self.gradTensor(gd.outputShape) : nil
+            if ctx.computing {
+                Kernels.batchNormBackward(y.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                          batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true)
+                let m = Float(n * hw)
+                for ch in 0..<(2 * cOut) { means[ch] /= m }
+            }
             var dWp: Tensor? = nil, dWpIsTemp = false
             if needWp { if let pg = try ctx.parameterGrad(2) { dWp = pg } else { dWp = try self.gradTensor(wp.shape, zeroed: true); dWpIsTemp = true } }
+            if gd.onDepthwiseFastPath {
+                // One sweep per sample (SeparableUnitBackward.swift): dT stays in a tile.
+                let target = needX ? try ctx.accumulationTarget(0) : nil
+                let dX = try target?.out ?? (needX ? self.gradTensor([gd.n, gd.cIn, gd.h, gd.w]) : nil)
+                var dWd: Tensor? = nil, dWdIsTemp = false
+                if needWd { if let pg = try ctx.parameterGrad(1) { dWd = pg } else { dWd = try self.gradTensor(wd.shape, zeroed: true); dWdIsTemp = true } }
+                do {
+                    let ws = try Tensor(shape: [Kernels.separableUnitBackwardFloats(gd, cOut: cOut, needInputGrad: needX, needDepthwiseGrad: needWd,
+                                                                                    needPointwiseGrad: needWp, reluInput: reluInput)],
+                                        category: .workspace, accountant: self.accountant)
+                    if ctx.computing {
+                        Kernels.separableUnitBackward(gd, cOut: cOut, x: xValue.ptr, wd: wdValue.ptr, t: t.ptr, wp: wpValue.ptr, xhat: y.ptr,
+                                                      dY: dY.ptr, dYScale: ctx.outputScale, invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
+                                                      dX: dX?.ptr, dXAddend: target?.addend.map { UnsafePointer($0.ptr) }, dWd: dWd?.ptr, dWp: dWp?.ptr,
+                                                      reluInput: reluInput, workspace: ws.ptr)
+                    }
+                }
+                self.flops += n * cOut * hw * 7 + gp.forwardFlops * ((needT ? 1 : 0) + (needWp ? 1 : 0))
+                    + gd.forwardFlops * ((needX ? 1 : 0) + (needWd ? 1 : 0))
+                if dWpIsTemp, let dWp { try ctx.accumulate(2, dWp) }
+                if let dX, target == nil { try ctx.accumulate(0, dX) }
+                if dWdIsTemp, let dWd { try ctx.accumulate(1, dWd) }
+                return
+            }
+            // Off the depthwise fast path: dT whole, then the depthwise backward from it.
+            let dT = needT ? try self.gradTensor(gd.outputShape) : nil
             do {
                 let ws = try Tensor(shape: [Kernels.pointwiseBatchNormBackwardFloats(cIn: gp.cIn, cOut: cOut, hw: hw, chunks: chunks, needWeightGrad: needWp)],
                                     category: .workspace, accountant: self.accountant)
                 if ctx.computing {
-                    Kernels.batchNormBackward(y.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
-                                              batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true)
-                    let m = Float(n * hw)
-                    for ch in 0..<(2 * cOut) { means[ch] /= m }
                     Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr, dYScale: ctx.outputScale,
                                                        invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
                                                        dT: dT?.ptr, dW: dWp?.ptr, workspace: ws.ptr)

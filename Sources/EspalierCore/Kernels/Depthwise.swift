@@ -94,6 +94,15 @@ struct DepthwisePlan {
             + (needWeightGrad ? channels * kh * kw * Self.lanes : 0)
     }
 
+    /// One chunk's backward scratch at `base` (`backwardChunkFloats` floats): Q (qRows, qStride);
+    /// then P (phases, pRows, pStride) for stride-2 or ReLU-input dW; then R (2, 2, subRows,
+    /// subCols) for stride-2 dX. Zero them once per call (the borders are never written after).
+    func backwardScratch(_ base: UnsafeMutablePointer<Float>, needWeightGrad: Bool, reluInput: Bool)
+        -> (q: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>, r: UnsafeMutablePointer<Float>) {
+        let p = base + qFloats
+        return (base, p, p + (backwardNeedsP(needWeightGrad: needWeightGrad, reluInput: reluInput) ? pFloats : 0))
+    }
+
     /// P interior ← one x plane (H, W), or relu(x) when `relu`. Stride 2 splits the padded columns by parity.
     @inline(__always)
     func loadInput(_ x: UnsafePointer<Float>, into pb: UnsafeMutablePointer<Float>, relu: Bool = false) {
@@ -207,61 +216,23 @@ extension Kernels {
         }
         if dX == nil && dW == nil { return }
         let (c, hw, howo, taps) = (g.cIn, g.h * g.w, g.hOut * g.wOut, g.kh * g.kw)
-        let (kh, kw, s, d) = (plan.kh, plan.kw, plan.s, plan.d)
         let chunks = g.depthwiseBackwardChunks
         let per = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil, reluInput: reluInput)
-        let hasP = plan.backwardNeedsP(needWeightGrad: dW != nil, reluInput: reluInput)
         let lanes = DepthwisePlan.lanes
         let sums = workspace! + chunks * per                                // (C, KH·KW, lanes) dW sums
         Parallel.forChunksIndexed(c, chunks: chunks) { k, range in
-            let qb = workspace! + k * per                                   // Q: (qRows, qStride)
-            let pb = qb + plan.qFloats                                      // P: (phases, pRows, pStride), stride-2 or ReLU-input dW only
-            let rb = pb + (hasP ? plan.pFloats : 0)                         // R: (2, 2, subRows, subCols), stride-2 dX only
+            let (qb, pb, rb) = plan.backwardScratch(workspace! + k * per, needWeightGrad: dW != nil, reluInput: reluInput)
             qb.update(repeating: 0, count: per)
             if dW != nil { (sums + range.lowerBound * taps * lanes).update(repeating: 0, count: range.count * taps * lanes) }
-            let dyInQ = qb + plan.qTop * plan.qStride + plan.qLeft          // dY[0, 0] inside Q
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                                 // (KH·KW) broadcast weights
                 for sample in 0..<g.n {
                     for ch in range {
-                        let plane = sample * c + ch, wc = w + ch * taps
-                        plan.loadOutputGrad(dY + plane * howo, into: qb)
-                        if let dX {
-                            if s == 1 {
-                                // dX[plane] (H, W) = Σ taps flip(w) · Q shifted
-                                for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
-                                GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
-                                             rows: g.h, cols: g.w, out: dX + plane * hw, outStride: g.w,
-                                             keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw },
-                                             wholeStores: true)
-                                    .dispatch(kh: kh, kw: kw, s: 1, d: d)
-                            } else {
-                                depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX + plane * hw,
-                                                           keep: reluInput ? x + plane * hw : nil, addend: dXAddend.map { $0 + plane * hw })
-                            }
-                        }
-                        if dW != nil {
-                            let acc = sums + ch * taps * lanes
-                            if s == 1 {
-                                // dW (taps reversed) += Σ x[plane] · Q shifted (relu(x), from P's interior, when fused)
-                                var a = x + plane * hw, aStride = g.w
-                                if reluInput {
-                                    plan.loadInput(a, into: pb, relu: true)
-                                    a = UnsafePointer(pb + plan.p * plan.pStride + plan.p); aStride = plan.pStride
-                                }
-                                WeightGradKernel(a: a, aStride: aStride, aCols: g.w, rows: g.h,
-                                                 b: qb, bStride: plan.qStride, phaseSize: 0, reversed: true, acc: acc,
-                                                 aWhole: reluInput && plan.wholeInputRows)
-                                    .dispatch(kh: kh, kw: kw, s: 1, d: d)
-                            } else {
-                                // dW += Σ dY[plane] · P shifted
-                                plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
-                                WeightGradKernel(a: dyInQ, aStride: plan.qStride, aCols: plan.wo, rows: plan.ho,
-                                                 b: pb, bStride: plan.pStride, phaseSize: plan.pRows * plan.pStride,
-                                                 reversed: false, acc: acc, aWhole: true)
-                                    .dispatch(kh: kh, kw: kw, s: 2, d: d)
-                            }
-                        }
+                        let plane = sample * c + ch
+                        depthwiseBackwardPlane(plan, x: x + plane * hw, w: w + ch * taps, dY: dY + plane * howo,
+                                               dX: dX.map { $0 + plane * hw }, dXAddend: dXAddend.map { $0 + plane * hw },
+                                               dWSums: dW == nil ? nil : sums + ch * taps * lanes, reluInput: reluInput,
+                                               q: qb, p: pb, r: rb, wv: wv)
                     }
                 }
             }
@@ -269,6 +240,55 @@ extension Kernels {
                 for ch in range {
                     for t in 0..<taps { dW[ch * taps + t] += load8(sums + (ch * taps + t) * lanes).sum() }
                 }
+            }
+        }
+    }
+
+    /// The backward of one (sample, channel) plane: dY's plane padded into Q, then dX's plane
+    /// (if dX; masked by 1[x > 0] with `reluInput`, added to dXAddend's plane if given) and the
+    /// channel's dW sums (KH·KW, lanes) += the plane's (if dWSums; reversed taps at stride 1).
+    /// x, w, dY, dX, dXAddend point at the plane's own floats (w: the channel's KH·KW taps).
+    /// q, p, r: a chunk's scratch (`backwardScratch`), borders zero; wv: `maxTaps` vectors of scratch.
+    @inline(__always)
+    static func depthwiseBackwardPlane(_ plan: DepthwisePlan, x: UnsafePointer<Float>, w wc: UnsafePointer<Float>, dY: UnsafePointer<Float>,
+                                       dX: UnsafeMutablePointer<Float>?, dXAddend: UnsafePointer<Float>?, dWSums: UnsafeMutablePointer<Float>?,
+                                       reluInput: Bool, q qb: UnsafeMutablePointer<Float>, p pb: UnsafeMutablePointer<Float>,
+                                       r rb: UnsafeMutablePointer<Float>, wv: UnsafeMutablePointer<SIMD8<Float>>) {
+        let (kh, kw, s, d, taps) = (plan.kh, plan.kw, plan.s, plan.d, plan.kh * plan.kw)
+        let dyInQ = qb + plan.qTop * plan.qStride + plan.qLeft          // dY[0, 0] inside Q
+        plan.loadOutputGrad(dY, into: qb)
+        if let dX {
+            if s == 1 {
+                // dX (H, W) = Σ taps flip(w) · Q shifted
+                for t in 0..<taps { wv[t] = SIMD8(repeating: wc[taps - 1 - t]) }
+                GatherKernel(src: qb, phaseSize: 0, rowStride: plan.qStride, wv: wv,
+                             rows: plan.h, cols: plan.w, out: dX, outStride: plan.w,
+                             keep: reluInput ? x : nil, addend: dXAddend, wholeStores: true)
+                    .dispatch(kh: kh, kw: kw, s: 1, d: d)
+            } else {
+                depthwiseSubPixelInputGrad(plan, dyInQ: dyInQ, w: wc, wv: wv, sub: rb, dX: dX,
+                                           keep: reluInput ? x : nil, addend: dXAddend)
+            }
+        }
+        if let acc = dWSums {
+            if s == 1 {
+                // dW (taps reversed) += Σ x · Q shifted (relu(x), from P's interior, when fused)
+                var a = x, aStride = plan.w
+                if reluInput {
+                    plan.loadInput(a, into: pb, relu: true)
+                    a = UnsafePointer(pb + plan.p * plan.pStride + plan.p); aStride = plan.pStride
+                }
+                WeightGradKernel(a: a, aStride: aStride, aCols: plan.w, rows: plan.h,
+                                 b: qb, bStride: plan.qStride, phaseSize: 0, reversed: true, acc: acc,
+                                 aWhole: reluInput && plan.wholeInputRows)
+                    .dispatch(kh: kh, kw: kw, s: 1, d: d)
+            } else {
+                // dW += Σ dY · P shifted
+                plan.loadInput(x, into: pb, relu: reluInput)
+                WeightGradKernel(a: dyInQ, aStride: plan.qStride, aCols: plan.wo, rows: plan.ho,
+                                 b: pb, bStride: plan.pStride, phaseSize: plan.pRows * plan.pStride,
+                                 reversed: false, acc: acc, aWhole: true)
+                    .dispatch(kh: kh, kw: kw, s: 2, d: d)
             }
         }
     }

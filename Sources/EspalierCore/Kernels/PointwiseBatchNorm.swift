@@ -53,22 +53,31 @@ extension Kernels {
             let tile = tiles + k * cOut * hw
             let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : partials + (k - 1) * wCount)
             for s in r {
-                for c in 0..<cOut {
-                    let off = (s * cOut + c) * hw
-                    let a = invStd[c], md = meanDy[c], kx = meanDyXhat[c]
-                    let av = SIMD8<Float>(repeating: a), mdv = SIMD8<Float>(repeating: md), kv = SIMD8<Float>(repeating: kx)
-                    let sv = SIMD8<Float>(repeating: dYScale)
-                    let dyr = dY + off, xr = xhat + off, zr = tile + c * hw
-                    var i = 0
-                    while i + 8 <= hw { store8(zr + i, av * (sv * load8(dyr + i) - mdv - load8(xr + i) * kv)); i += 8 }
-                    while i < hw { zr[i] = a * (dYScale * dyr[i] - md - xr[i] * kx); i += 1 }
-                }
+                batchNormInputGradTile(cOut: cOut, hw: hw, xhat: xhat + s * cOut * hw, dY: dY + s * cOut * hw, dYScale: dYScale, invStd: invStd,
+                                       meanDy: meanDy, meanDyXhat: meanDyXhat, tile: tile)
                 if let dT { pointwiseSampleInputGrad(cIn: cIn, cOut: cOut, hw: hw, wt: wt, dy: tile, dx: dT + s * cIn * hw) }
                 if let dWk { pointwiseSampleWeightGrad(cIn: cIn, cOut: cOut, hw: hw, dy: tile, x: t + s * cIn * hw, dw: dWk) }
             }
         }
         if let dW, chunks > 1 {
             for k in 1..<chunks { addInPlace(dW, partials + (k - 1) * wCount, count: wCount) }
+        }
+    }
+
+    /// One sample's BN input gradient into tile (cOut, hw): per channel c,
+    /// dZ[c] = invStd[c]·(dYScale·dY[c] − meanDy[c] − x̂[c]·meanDyXhat[c]). xhat, dY: the sample's (cOut, hw).
+    @inline(__always)
+    static func batchNormInputGradTile(cOut: Int, hw: Int, xhat: UnsafePointer<Float>, dY: UnsafePointer<Float>, dYScale: Float,
+                                       invStd: UnsafePointer<Float>, meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>,
+                                       tile: UnsafeMutablePointer<Float>) {
+        for c in 0..<cOut {
+            let a = invStd[c], md = meanDy[c], kx = meanDyXhat[c]
+            let av = SIMD8<Float>(repeating: a), mdv = SIMD8<Float>(repeating: md), kv = SIMD8<Float>(repeating: kx)
+            let sv = SIMD8<Float>(repeating: dYScale)
+            let dyr = dY + c * hw, xr = xhat + c * hw, zr = tile + c * hw
+            var i = 0
+            while i + 8 <= hw { store8(zr + i, av * (sv * load8(dyr + i) - mdv - load8(xr + i) * kv)); i += 8 }
+            while i < hw { zr[i] = a * (dYScale * dyr[i] - md - xr[i] * kx); i += 1 }
         }
     }
 }
