@@ -117,6 +117,55 @@ final class FusedSeparableUnitTests: XCTestCase {
         }
     }
 
+    /// The forward's sweep per sample is the same bits as its reference, the depthwise kernel over
+    /// the batch then the pointwise product with statistics: t, y and the sums, with t kept and
+    /// with t only in a tile, on every case, with and without the ReLU.
+    func testForwardSweep_IsTheSameBitsAsTheKernelsOneAfterAnother() throws {
+        let acc = MemoryAccountant()
+        for (k, c) in Self.cases.enumerated() { for relu in [true, false] {
+            let gd = ConvGeometry(n: c.n, cIn: c.c, h: c.h, w: c.w, cOut: c.c, kh: c.k, kw: c.k, stride: c.stride, padding: c.padding,
+                                  dilation: c.dilation, groups: c.c)
+            let howo = gd.hOut * gd.wOut, chunks = Parallel.chunkCount(c.n), doubles = Kernels.pointwiseStatisticsDoubles(cOut: c.cOut, chunks: chunks)
+            let x = try input([c.n, c.c, c.h, c.w], acc, seed: UInt64(k))
+            let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: UInt64(10 + k)), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: UInt64(20 + k))
+            var t = [Float](repeating: 0, count: c.n * c.c * howo), y = [Float](repeating: 0, count: c.n * c.cOut * howo)
+            var sums = [Double](repeating: 0, count: doubles)
+            var ws = [Float](repeating: 0, count: max(1, gd.forwardWorkspaceFloats(reluInput: relu)))
+            Kernels.conv2dForward(gd, x: x.ptr, w: wd.ptr, y: &t, workspace: &ws, reluInput: relu)
+            Kernels.pointwiseForwardWithStatistics(n: c.n, cIn: c.c, cOut: c.cOut, hw: howo, t: t, w: wp.ptr, y: &y, sums: &sums)
+            for keepingT in [true, false] {
+                var t2 = [Float](repeating: .nan, count: t.count), y2 = [Float](repeating: .nan, count: y.count)
+                var sums2 = [Double](repeating: .nan, count: doubles)
+                var ws2 = [Float](repeating: .nan, count: max(1, Kernels.separableUnitForwardFloats(gd, keepingT: keepingT)))
+                t2.withUnsafeMutableBufferPointer { tp in
+                    Kernels.separableUnitForward(gd, cOut: c.cOut, x: x.ptr, wd: wd.ptr, wp: wp.ptr, t: keepingT ? tp.baseAddress! : nil, y: &y2,
+                                                 sums: &sums2, reluInput: relu, workspace: &ws2)
+                }
+                let what = "case \(k) relu \(relu) keeping t \(keepingT)"
+                XCTAssertEqual(y2.map(\.bitPattern), y.map(\.bitPattern), "y, \(what)")
+                XCTAssertEqual(Array(sums2[0..<(2 * c.cOut)]).map(\.bitPattern), Array(sums[0..<(2 * c.cOut)]).map(\.bitPattern), "Σy and Σy², \(what)")
+                if keepingT { XCTAssertEqual(t2.map(\.bitPattern), t.map(\.bitPattern), "t, \(what)") }
+                else { XCTAssertTrue(t2.allSatisfy(\.isNaN), "t untouched, \(what)") }
+            }
+        } }
+    }
+
+    /// Where no backward will run (the zero-shot forward), t is never held whole: over the op,
+    /// what the accountant holds rises by less than y and t together.
+    func testNoGradForward_NeverHoldsTheDepthwiseOutputWhole() throws {
+        let acc = MemoryAccountant()
+        let c = Case(n: 16, c: 16, h: 14, w: 14, cOut: 16, k: 3, stride: 1, padding: 1, dilation: 1)
+        let x = try input([c.n, c.c, c.h, c.w], acc, seed: 1)
+        let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: 2), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: 3)
+        let rm = try Tensor.zeros([c.cOut], category: .activations, accountant: acc), rv = try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc)
+        let g = Graph(accountant: acc)
+        let before = acc.currentTotal
+        acc.resetPeak()
+        let y = try g.noGrad { try unit(g, [g.constant(x), g.constant(wd), g.constant(wp)], c, relu: true, fused: true, rm: rm, rv: rv) }
+        let rise = acc.peakTotal - before, bytes = y.value.storage.byteCount
+        XCTAssertLessThan(rise, 2 * bytes, "the forward held \(rise) bytes more at its peak; y and t are \(bytes) each")
+    }
+
     func testFused_GradientsMatchFiniteDifferences() throws {
         let acc = MemoryAccountant()
         for (k, c) in Self.cases.enumerated() where c.c <= 16 && c.n * c.c * c.h * c.w <= 700 {   // all but the bench-sized and crossover cases

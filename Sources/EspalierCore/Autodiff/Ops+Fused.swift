@@ -2,11 +2,13 @@
 // affine map, batch statistics), the body of the separable and dilated convolutions (6 of every
 // 8 DARTS candidates). The host reaches it by matching the unit in an op's IR (EspalierHost's
 // OpIR+Fusion.swift), so any op built from these primitives gets it.
-//   forward   the depthwise kernel applies the ReLU itself (relu(x) is never stored); the
-//             pointwise product takes the batch-norm sums from its registers; y is normalised in
-//             place: the unfused path's BN statistics pass and its pre-BN tensor are gone.
+//   forward   one sweep per sample (Kernels/SeparableUnit.swift): the depthwise kernel applies
+//             the ReLU itself (relu(x) is never stored) and the pointwise product reads its
+//             planes while they are in L2, taking the batch-norm sums from its registers; y is
+//             normalised in place: the unfused path's BN statistics pass and its pre-BN tensor
+//             are gone, and t is kept only where a backward will read it.
 //   backward  BN's sums (one pass over y and dY); then one sweep per sample
-//             (SeparableUnitBackward.swift): the BN input gradient in a tile, consumed by both
+//             (Kernels/SeparableUnit.swift): the BN input gradient in a tile, consumed by both
 //             pointwise GEMMs at once, dT (the depthwise output's gradient) into a second tile,
 //             and the depthwise backward of the sample's planes from it. Neither the full-size BN
 //             gradient nor dT is ever stored whole. (Off the depthwise fast path: dT whole, then
@@ -47,9 +49,13 @@ extension Graph {
         }
         try checkSink(sink, gp.outputShape)
         let n = gp.n, cOut = gp.cOut, hw = gp.h * gp.w, chunks = Parallel.chunkCount(n)
-        // Forward: t = depthwise(relu(x)), kept for both backward GEMMs' operands.
-        let t = try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant)
-        do {
+        // On the depthwise fast path the unit runs a sample at a time (SeparableUnit.swift); else
+        // the depthwise kernel first, over the whole batch.
+        let sweeps = gd.onDepthwiseFastPath
+        // t = depthwise(relu(x)), kept for both backward GEMMs' operands where a backward will run.
+        let keepsT = !sweeps || (isRecording && [x, wd, wp].contains { $0.node != nil })
+        let t = keepsT ? try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant) : nil
+        if !sweeps, let t {
             let ws = try Tensor(shape: [max(1, gd.forwardWorkspaceFloats())], category: .workspace, accountant: accountant)
             if computing { Kernels.conv2dForward(gd, x: x.value.ptr, w: wd.value.ptr, y: t.ptr, workspace: ws.ptr, reluInput: reluInput) }
         }
@@ -59,9 +65,15 @@ extension Graph {
         do {
             // Σ and Σ² per chunk and channel, in Double (2 floats each).
             let scratch = try Tensor(shape: [2 * Kernels.pointwiseStatisticsDoubles(cOut: cOut, chunks: chunks)], category: .workspace, accountant: accountant)
+            let ws = sweeps ? try Tensor(shape: [max(1, Kernels.separableUnitForwardFloats(gd, keepingT: keepsT))], category: .workspace, accountant: accountant) : nil
             if computing {
                 let sums = UnsafeMutableRawPointer(scratch.ptr).bindMemory(to: Double.self, capacity: Kernels.pointwiseStatisticsDoubles(cOut: cOut, chunks: chunks))
-                Kernels.pointwiseForwardWithStatistics(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wp.value.ptr, y: y.ptr, sums: sums)
+                if let ws {
+                    Kernels.separableUnitForward(gd, cOut: cOut, x: x.value.ptr, wd: wd.value.ptr, wp: wp.value.ptr, t: t?.ptr, y: y.ptr, sums: sums,
+                                                 reluInput: reluInput, workspace: ws.ptr)
+                } else {
+                    Kernels.pointwiseForwardWithStatistics(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t!.ptr, w: wp.value.ptr, y: y.ptr, sums: sums)
+                }
                 let m = Double(n * hw)
                 for ch in 0..<cOut {
                     let mu = sums[ch] / m
@@ -77,6 +89,7 @@ extension Graph {
         }
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
         if let sink { return constant(sink.target) }
+        guard let t else { return constant(y) }                 // no backward will run (see keepsT)
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
         // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they read.
         return record(y, inputs: [x, wd, wp], reads: .scaled) { [unowned self] dY, ctx in

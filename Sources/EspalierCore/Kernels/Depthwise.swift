@@ -187,16 +187,25 @@ extension Kernels {
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                 // (KH·KW) broadcast weights
                 for plane in range {
-                    let wc = w + (plane % c) * taps
-                    for t in 0..<taps { wv[t] = SIMD8(repeating: wc[t]) }
-                    plan.loadInput(x + plane * hw, into: pb, relu: reluInput)
-                    // y[plane] (Ho, Wo) = Σ taps w · P shifted
-                    GatherKernel(src: pb, phaseSize: plan.pRows * plan.pStride, rowStride: plan.pStride, wv: wv,
-                                 rows: plan.ho, cols: plan.wo, out: y + plane * howo, outStride: plan.wo, wholeStores: true)
-                        .dispatch(kh: plan.kh, kw: plan.kw, s: plan.s, d: plan.d)
+                    depthwiseForwardPlane(plan, x: x + plane * hw, w: w + (plane % c) * taps, y: y + plane * howo,
+                                          reluInput: reluInput, p: pb, wv: wv)
                 }
             }
         }
+    }
+
+    /// y's plane (Ho, Wo) = Σ taps w · P shifted, P ← x's plane (H, W) padded (relu(x) with
+    /// `reluInput`). w: the channel's KH·KW taps. p: a P of `pFloats`, borders zero; wv: `maxTaps`
+    /// vectors of scratch.
+    @inline(__always)
+    static func depthwiseForwardPlane(_ plan: DepthwisePlan, x: UnsafePointer<Float>, w wc: UnsafePointer<Float>,
+                                      y: UnsafeMutablePointer<Float>, reluInput: Bool, p pb: UnsafeMutablePointer<Float>,
+                                      wv: UnsafeMutablePointer<SIMD8<Float>>) {
+        for t in 0..<(plan.kh * plan.kw) { wv[t] = SIMD8(repeating: wc[t]) }
+        plan.loadInput(x, into: pb, relu: reluInput)
+        GatherKernel(src: pb, phaseSize: plan.pRows * plan.pStride, rowStride: plan.pStride, wv: wv,
+                     rows: plan.ho, cols: plan.wo, out: y, outStride: plan.wo, wholeStores: true)
+            .dispatch(kh: plan.kh, kw: plan.kw, s: plan.s, d: plan.d)
     }
 
     /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil). Channels are split across

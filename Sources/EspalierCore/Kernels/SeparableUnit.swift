@@ -1,21 +1,65 @@
-// The backward of the cell's ReLU → depthwise → pointwise → batch norm unit (Ops+Fused.swift) in
-// one sweep per sample, so the depthwise output's gradient dT never leaves the cache:
-//   for sample s:  dZ[s] = the BN input gradient, in a tile (PointwiseBatchNorm.swift);
-//                  dT[s] = wpᵀ·dZ[s] into a second tile; dWp += dZ[s]·t[s]ᵀ;
-//                  then each channel's depthwise backward from that tile (Depthwise.swift's
-//                  depthwiseBackwardPlane): dX[s], and the channel's dWd sums.
-// The two-step path (pointwiseBatchNormBackward writes dT whole, depthwiseBackward reads it back)
-// writes, reads and allocates one tensor of the unit's size more; it is this kernel's naive
-// reference, which the tests compare it against.
-// Samples are split across cores. Each chunk keeps its own dWd sums (C, KH·KW, lanes) and dWp
-// partial, added in chunk order at the end, so results depend on the chunk count (as the pointwise
-// weight gradient's already do), never on timing.
+// The cell's ReLU → depthwise → pointwise → batch norm unit (Ops+Fused.swift) one sample at a
+// time, so that what passes between its kernels stays in the cache:
+//   forward   per sample, the depthwise planes t[s] (Depthwise.swift's depthwiseForwardPlane), then
+//             at once y[s] = wp·t[s] with its per-channel Σy and Σy² from the product's registers
+//             (Pointwise.swift): the product reads t[s] from L2, not memory. t is still written
+//             whole where a backward will read it, and only to a tile per core where none will.
+//   backward  per sample, dZ[s] = the BN input gradient, in a tile (PointwiseBatchNorm.swift);
+//             dT[s] = wpᵀ·dZ[s] into a second tile; dWp += dZ[s]·t[s]ᵀ; then each channel's
+//             depthwise backward from that tile (depthwiseBackwardPlane): dX[s], and the
+//             channel's dWd sums. dT, the depthwise output's gradient, is never stored whole.
+// The naive reference of both is the kernels one after another over the whole batch
+// (depthwiseForward then pointwiseForwardWithStatistics; pointwiseBatchNormBackward, which writes
+// dT whole, then depthwiseBackward, which reads it back), which the tests compare them against.
+// Samples are split across cores (Parallel.chunkCount). The forward's statistics are the
+// chunks' sums added in chunk order, as pointwiseForwardWithStatistics adds them, so the forward
+// is the same bits as its reference. In the backward each chunk keeps its own dWd sums
+// (C, KH·KW, lanes) and dWp partial, added in chunk order at the end, so results depend on the
+// chunk count (as the pointwise weight gradient's already did), never on timing.
 // Shapes: x, dX (N, C, H, W) · wd, dWd (C, 1, KH, KW) · t (N, C, Ho, Wo) · wp, dWp (Cout, C) ·
-// y = x̂, dY (N, Cout, Ho, Wo).
+// y (= x̂ after normalising), dY (N, Cout, Ho, Wo).
 
 import Foundation
 
 extension Kernels {
+    /// Floats of scratch `separableUnitForward` needs: per chunk of samples, a P for the depthwise
+    /// planes, and a t tile (C, Ho·Wo) where t is not kept.
+    public static func separableUnitForwardFloats(_ gd: ConvGeometry, keepingT: Bool) -> Int {
+        guard let plan = DepthwisePlan(gd) else { return 0 }
+        return Parallel.chunkCount(gd.n) * (plan.pFloats + (keepingT ? 0 : gd.cIn * gd.hOut * gd.wOut))
+    }
+
+    /// t = depthwise(relu?(x), wd) (into `t` if given, else only through a tile per core), y = wp·t,
+    /// and per output channel c: sums[c] = Σ y[·, c, ·], sums[cOut + c] = Σ y² (`sums` holds
+    /// `pointwiseStatisticsDoubles(cOut:chunks:)` for chunks = Parallel.chunkCount(n)). The same
+    /// bits as depthwiseForward then pointwiseForwardWithStatistics. gd must be on the depthwise
+    /// fast path; `workspace` holds `separableUnitForwardFloats(gd, keepingT: t != nil)`.
+    public static func separableUnitForward(_ gd: ConvGeometry, cOut: Int, x: UnsafePointer<Float>, wd: UnsafePointer<Float>,
+                                            wp: UnsafePointer<Float>, t: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>,
+                                            sums: UnsafeMutablePointer<Double>, reluInput: Bool, workspace: UnsafeMutablePointer<Float>) {
+        guard let plan = DepthwisePlan(gd) else { preconditionFailure("the fused separable forward needs the depthwise fast path: \(gd)") }
+        let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut, taps = gd.kh * gd.kw
+        let chunks = Parallel.chunkCount(n), perChunk = plan.pFloats + (t == nil ? c * howo : 0)
+        sums.update(repeating: 0, count: chunks * 2 * cOut)
+        Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
+            let pb = workspace + k * perChunk, tile = pb + plan.pFloats
+            let sum = sums + k * 2 * cOut, sumSq = sum + cOut
+            pb.update(repeating: 0, count: plan.pFloats)
+            withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
+                let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
+                for s in r {
+                    let ts = t.map { $0 + s * c * howo } ?? tile         // t[s] (C, Ho·Wo)
+                    for ch in 0..<c {
+                        depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: ts + ch * howo,
+                                              reluInput: reluInput, p: pb, wv: wv)
+                    }
+                    pointwiseSample(cIn: c, cOut: cOut, hw: howo, w: wp, x: ts, y: y + s * cOut * howo, sum: sum, sumSq: sumSq)
+                }
+            }
+        }
+        for k in 1..<max(chunks, 1) { for i in 0..<(2 * cOut) { sums[i] += sums[k * 2 * cOut + i] } }
+    }
+
     /// Floats of scratch `separableUnitBackward` needs: per chunk of samples, the BN-gradient tile
     /// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), the depthwise scratch of one plane, and (with dWd)
     /// the dWd sums (C, KH·KW, lanes); then wpᵀ, and (with dWp) the pointwise partials of every
