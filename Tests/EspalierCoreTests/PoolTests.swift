@@ -74,6 +74,25 @@ final class PoolTests: XCTestCase {
         }
     }
 
+    /// The stride-1 average pool reads x's rows and stores y's in whole vectors where the vector
+    /// stays inside its plane: with x and y ending where an unreadable page begins, one float read
+    /// or written past either is a crash. Against the naive reference, on sizes with and without
+    /// a partial vector per row, one row, one column.
+    func testAvgPoolStrideOne_WholeVectorRows_NeverPassTheTensorsEnd() throws {
+        let acc = MemoryAccountant()
+        for (k, (h, w)) in [(7, 7), (14, 14), (5, 9), (3, 17), (9, 1), (1, 1), (2, 19), (28, 28), (4, 12)].enumerated() {
+            let g = PoolGeometry(n: 2, c: 3, h: h, w: w, k: 3, stride: 1, padding: 1)
+            let x = try EndOfPageBuffer(try tiedTensor(g.inputShape, acc, seed: UInt64(300 + k)).array)
+            let y = try EndOfPageBuffer(count: g.outputShape.reduce(1, *))
+            let ref = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
+            for include in [false, true] {
+                Kernels.avgPool2dForward(g, countIncludePad: include, x: x.ptr, y: y.ptr)
+                Kernels.avgPool2dForwardNaive(g, countIncludePad: include, x: x.ptr, y: ref.ptr)
+                assertClose(y.values, ref.array, tol: 1e-6, "avg forward include=\(include) \(h)×\(w)")
+            }
+        }
+    }
+
     /// With an addend (the input's gradient so far), backward stores addend + dX: bit for bit the
     /// plain dX followed by an add pass, from another tensor and in place, on every geometry.
     func testPoolBackward_AddsIntoTheAddend_BitForBitAsAnAddPass() throws {

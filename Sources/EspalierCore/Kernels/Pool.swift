@@ -333,12 +333,19 @@ extension Kernels {
         }
     }
 
-    /// Average pool 3×3, padding 1, any stride, separably: the (1–3) rows of each output row's
-    /// window are summed column by column once, then each output adds three column sums.
+    /// Average pool 3×3, padding 1, separably: the (1–3) rows of each output row's window are
+    /// summed column by column once, then each output adds three column sums. Stride 1 keeps the
+    /// column sums in registers (`avgPool3x3StrideOnePlane`); stride 2 goes through a row buffer.
     static func avgPool3x3Forward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
         let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
         defer { inv.deallocate() }
+        if s == 1 {
+            forItems(g.planes, itemSize: h * w * 2) { plane in
+                avgPool3x3StrideOnePlane(g, countIncludePad: countIncludePad, x: x + plane * h * w, y: y + plane * ho * wo, inv: inv)
+            }
+            return
+        }
         forItems(g.planes, itemSize: h * w * 2) { plane in
             let xp = x + plane * h * w, yp = y + plane * ho * wo
             withUnsafeTemporaryAllocation(of: Float.self, capacity: s * wo + 12) { buffer in
@@ -363,6 +370,43 @@ extension Kernels {
                         ow += 1
                     }
                 }
+            }
+        }
+    }
+
+    /// One plane of the stride-1 average pool, the window's column sums held in registers: per
+    /// output row and vector of 8 columns, the sums of its (1–3) rows, then each output adds its
+    /// left, own and right column sums, the neighbours shifted in from the vectors beside it.
+    /// Nothing is stored and read back at another offset (that read of a row of column sums just
+    /// written, as `avgPool3x3Forward` does at stride 2, waits for the stores to reach the cache:
+    /// the store-forwarding stall that made this kernel the hottest pool in the DARTS step).
+    /// The same sums in the same order as the row-buffer form, so the same bits.
+    @inline(__always)
+    static func avgPool3x3StrideOnePlane(_ g: PoolGeometry, countIncludePad: Bool, x xp: UnsafePointer<Float>, y yp: UnsafeMutablePointer<Float>,
+                                         inv: UnsafePointer<Float>) {
+        let (h, w) = (g.h, g.w), nv = (w + 7) / 8, rem = w & 7
+        // Rows (of x, and of y, as wo == w) whose ⌈w/8⌉ vectors stay inside the plane.
+        let whole = rem == 0 ? h : wholeVectorRows(rows: h, cols: w)
+        @inline(__always) func columnSums(_ rows: Range<Int>, _ k: Int) -> SIMD8<Float> {
+            var v = SIMD8<Float>()
+            for (i, r) in rows.enumerated() {
+                let at = xp + r * w + 8 * k
+                let row = 8 * k + 8 <= w ? load8(at) : r < whole ? dropLanes(load8(at), from: rem) : loadPartial8(at, rem)
+                v = i == 0 ? row : v + row
+            }
+            return v
+        }
+        for oh in 0..<h {
+            let rows = g.window(oh, size: h), yrow = yp + oh * w
+            let rs = SIMD8<Float>(repeating: 1 / Float(countIncludePad ? 3 : rows.count))
+            var left: Float = 0, cur = columnSums(rows, 0)
+            for k in 0..<nv {
+                let next = k + 1 < nv ? columnSums(rows, k + 1) : SIMD8<Float>()
+                let l = SIMD8<Float>(left, cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], cur[6])
+                let r = SIMD8<Float>(cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], next[0])
+                let out = (l + cur + r) * load8(inv + 8 * k) * rs
+                if 8 * k + 8 <= w || oh < whole { store8(yrow + 8 * k, out) } else { storePartial8(yrow + 8 * k, out, rem) }
+                left = cur[7]; cur = next
             }
         }
     }
