@@ -74,11 +74,11 @@ final class PoolTests: XCTestCase {
         }
     }
 
-    /// The stride-1 average pool reads x's rows and stores y's in whole vectors where the vector
-    /// stays inside its plane: with x and y ending where an unreadable page begins, one float read
-    /// or written past either is a crash. Against the naive reference, on sizes with and without
-    /// a partial vector per row, one row, one column.
-    func testAvgPoolStrideOne_WholeVectorRows_NeverPassTheTensorsEnd() throws {
+    /// The stride-1 average and max pools read x's rows and store y's in whole vectors where the
+    /// vector stays inside its plane: with x and y ending where an unreadable page begins, one
+    /// float read or written past either is a crash. Against the naive reference, on sizes with
+    /// and without a partial vector per row, one row, one column.
+    func testPoolsStrideOne_WholeVectorRows_NeverPassTheTensorsEnd() throws {
         let acc = MemoryAccountant()
         for (k, (h, w)) in [(7, 7), (14, 14), (5, 9), (3, 17), (9, 1), (1, 1), (2, 19), (28, 28), (4, 12)].enumerated() {
             let g = PoolGeometry(n: 2, c: 3, h: h, w: w, k: 3, stride: 1, padding: 1)
@@ -90,6 +90,9 @@ final class PoolTests: XCTestCase {
                 Kernels.avgPool2dForwardNaive(g, countIncludePad: include, x: x.ptr, y: ref.ptr)
                 assertClose(y.values, ref.array, tol: 1e-6, "avg forward include=\(include) \(h)×\(w)")
             }
+            Kernels.maxPool2dForward(g, x: x.ptr, y: y.ptr)
+            Kernels.maxPool2dForwardNaive(g, x: x.ptr, y: ref.ptr)
+            XCTAssertEqual(y.values, ref.array, "max forward \(h)×\(w)")
         }
     }
 

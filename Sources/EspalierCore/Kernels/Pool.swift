@@ -96,11 +96,18 @@ extension Kernels {
         }
     }
 
-    /// 3×3, padding 1, separably: per output row, the column maxima of its (2–3) in-image rows
-    /// into a row V padded with −∞ on both sides, then y[ow] = max V[ow·s … ow·s + 2] (SIMD8 at
-    /// stride 1). NaN propagates (nanMax).
+    /// 3×3, padding 1, separably: per output row, the column maxima of its (2–3) in-image rows,
+    /// then y[ow] = max of columns ow·s − 1 … ow·s + 1, −∞ past the image. Stride 1 keeps the
+    /// column maxima in registers (`pool3x3StrideOnePlane`); stride 2 goes through a row V
+    /// padded with −∞ on both sides. NaN propagates (nanMax).
     static func maxPool3x3Forward(_ g: PoolGeometry, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (h, w, ho, wo, s, hw) = (g.h, g.w, g.hOut, g.wOut, g.stride, g.h * g.w)
+        if s == 1 && w <= pool3x3RegisterRowsUpTo {
+            forItems(g.planes, itemSize: hw * 2) { plane in
+                pool3x3StrideOnePlane(WindowNaNMax.self, g, x: x + plane * hw, y: y + plane * hw) { m, _, _ in m }
+            }
+            return
+        }
         forItems(g.planes, itemSize: hw * 2) { plane in
             let xp = x + plane * hw, yp = y + plane * ho * wo
             withUnsafeTemporaryAllocation(of: Float.self, capacity: w + 2 + 8) { vBuf in
@@ -335,14 +342,16 @@ extension Kernels {
 
     /// Average pool 3×3, padding 1, separably: the (1–3) rows of each output row's window are
     /// summed column by column once, then each output adds three column sums. Stride 1 keeps the
-    /// column sums in registers (`avgPool3x3StrideOnePlane`); stride 2 goes through a row buffer.
+    /// column sums in registers (`pool3x3StrideOnePlane`); stride 2 goes through a row buffer.
     static func avgPool3x3Forward(_ g: PoolGeometry, countIncludePad: Bool, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
         let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
         defer { inv.deallocate() }
-        if s == 1 {
+        if s == 1 && w <= pool3x3RegisterRowsUpTo {
             forItems(g.planes, itemSize: h * w * 2) { plane in
-                avgPool3x3StrideOnePlane(g, countIncludePad: countIncludePad, x: x + plane * h * w, y: y + plane * ho * wo, inv: inv)
+                pool3x3StrideOnePlane(WindowSum.self, g, x: x + plane * h * w, y: y + plane * ho * wo) { sums, k, rows in
+                    sums * load8(inv + 8 * k) * SIMD8(repeating: 1 / Float(countIncludePad ? 3 : rows.count))
+                }
             }
             return
         }
@@ -374,37 +383,44 @@ extension Kernels {
         }
     }
 
-    /// One plane of the stride-1 average pool, the window's column sums held in registers: per
-    /// output row and vector of 8 columns, the sums of its (1–3) rows, then each output adds its
-    /// left, own and right column sums, the neighbours shifted in from the vectors beside it.
-    /// Nothing is stored and read back at another offset (that read of a row of column sums just
-    /// written, as `avgPool3x3Forward` does at stride 2, waits for the stores to reach the cache:
-    /// the store-forwarding stall that made this kernel the hottest pool in the DARTS step).
-    /// The same sums in the same order as the row-buffer form, so the same bits.
+    /// The widest rows `pool3x3StrideOnePlane` takes; wider ones take the row buffer. Measured
+    /// (min of 20, B=64, cold caches, the row-buffer form against it in one process): average and
+    /// max pool 0.47–0.51× as long at 7 wide, 0.67–0.70× at 14, but 1.23–1.28× at 28, where the
+    /// lane shifts (built lane by lane: 8 blends a vector) cost more than the stalls they avoid.
+    static let pool3x3RegisterRowsUpTo = 16
+
+    /// One plane of a stride-1 3×3 pool (padding 1), the window's column reductions held in
+    /// registers: per output row and vector of 8 columns, R.combine over its (1–3) rows, then
+    /// each output combines its left, own and right column, the neighbours shifted in from the
+    /// vectors beside it (R.pad past the image), and `finish(window, k, rows)` makes the value
+    /// stored. Nothing is stored and read back at another offset (that read of a row of column
+    /// results just written, as the stride-2 row-buffer form does, waits for the stores to reach
+    /// the cache: the store-forwarding stall that made the average pool the hottest pool of the
+    /// DARTS step). The same operations in the same order as the row-buffer form, so the same bits.
     @inline(__always)
-    static func avgPool3x3StrideOnePlane(_ g: PoolGeometry, countIncludePad: Bool, x xp: UnsafePointer<Float>, y yp: UnsafeMutablePointer<Float>,
-                                         inv: UnsafePointer<Float>) {
+    static func pool3x3StrideOnePlane<R: WindowReduction>(_: R.Type, _ g: PoolGeometry, x xp: UnsafePointer<Float>, y yp: UnsafeMutablePointer<Float>,
+                                                          finish: (SIMD8<Float>, Int, Range<Int>) -> SIMD8<Float>) {
         let (h, w) = (g.h, g.w), nv = (w + 7) / 8, rem = w & 7
+        let pad = SIMD8<Float>(repeating: R.pad), past = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem))
         // Rows (of x, and of y, as wo == w) whose ⌈w/8⌉ vectors stay inside the plane.
         let whole = rem == 0 ? h : wholeVectorRows(rows: h, cols: w)
-        @inline(__always) func columnSums(_ rows: Range<Int>, _ k: Int) -> SIMD8<Float> {
+        @inline(__always) func columns(_ rows: Range<Int>, _ k: Int) -> SIMD8<Float> {
             var v = SIMD8<Float>()
             for (i, r) in rows.enumerated() {
                 let at = xp + r * w + 8 * k
-                let row = 8 * k + 8 <= w ? load8(at) : r < whole ? dropLanes(load8(at), from: rem) : loadPartial8(at, rem)
-                v = i == 0 ? row : v + row
+                let row = 8 * k + 8 <= w ? load8(at) : (r < whole ? load8(at) : loadPartial8(at, rem)).replacing(with: pad, where: past)
+                v = i == 0 ? row : R.combine(v, row)
             }
             return v
         }
         for oh in 0..<h {
             let rows = g.window(oh, size: h), yrow = yp + oh * w
-            let rs = SIMD8<Float>(repeating: 1 / Float(countIncludePad ? 3 : rows.count))
-            var left: Float = 0, cur = columnSums(rows, 0)
+            var left = R.pad, cur = columns(rows, 0)
             for k in 0..<nv {
-                let next = k + 1 < nv ? columnSums(rows, k + 1) : SIMD8<Float>()
+                let next = k + 1 < nv ? columns(rows, k + 1) : pad
                 let l = SIMD8<Float>(left, cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], cur[6])
                 let r = SIMD8<Float>(cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], next[0])
-                let out = (l + cur + r) * load8(inv + 8 * k) * rs
+                let out = finish(R.combine(R.combine(l, cur), r), k, rows)
                 if 8 * k + 8 <= w || oh < whole { store8(yrow + 8 * k, out) } else { storePartial8(yrow + 8 * k, out, rem) }
                 left = cur[7]; cur = next
             }
@@ -599,4 +615,20 @@ extension Kernels {
     public static func globalAvgPoolBackwardNaive(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, planes: Int, hw: Int) {
         for plane in 0..<planes { for i in 0..<hw { dX[plane * hw + i] = dY[plane] / Float(hw) } }
     }
+}
+
+/// How a 3×3 pool combines the values of its window, and what lies past the image.
+protocol WindowReduction {
+    static var pad: Float { get }
+    static func combine(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float>
+}
+/// Average pool's sums (divided afterwards): padding adds nothing.
+enum WindowSum: WindowReduction {
+    static var pad: Float { 0 }
+    @inline(__always) static func combine(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { a + b }
+}
+/// Max pool's maxima, NaN passing through (`Kernels.nanMax8`): padding is −∞.
+enum WindowNaNMax: WindowReduction {
+    static var pad: Float { -.infinity }
+    @inline(__always) static func combine(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { Kernels.nanMax8(a, b) }
 }
