@@ -94,6 +94,31 @@ final class FusedSeparableUnitTests: XCTestCase {
         }
     }
 
+    /// A geometry off the depthwise fast path (stride 3) without the ReLU still runs fused, with
+    /// dT made whole (the two-step backward): the same forward and gradients as the ops one by one.
+    func testFused_OffTheDepthwiseFastPath_TakesTheTwoStepBackward() throws {
+        let acc = MemoryAccountant()
+        let c = Case(n: 2, c: 3, h: 9, w: 9, cOut: 4, k: 3, stride: 3, padding: 1, dilation: 1)
+        let gd = ConvGeometry(n: c.n, cIn: c.c, h: c.h, w: c.w, cOut: c.c, kh: c.k, kw: c.k, stride: c.stride, padding: c.padding, groups: c.c)
+        XCTAssertFalse(gd.addsIntoInputGradient, "stride 3 is off the depthwise fast path")
+        let x = try input([c.n, c.c, c.h, c.w], acc, seed: 5)
+        let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: 6), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: 7)
+        var results: [[[Float]]] = []
+        for fused in [true, false] {
+            let g = Graph(accountant: acc)
+            if fused {
+                XCTAssertTrue(g.fusesSeparableUnit(depthwise: gd, pointwise: ConvGeometry(n: c.n, cIn: c.c, h: gd.hOut, w: gd.wOut, cOut: c.cOut, kh: 1, kw: 1),
+                                                   reluInput: false))
+            }
+            let v = [g.leaf(try x.copy()), g.leaf(try wd.copy()), g.leaf(try wp.copy())]
+            let y = try unit(g, v, c, relu: false, fused: fused, rm: try Tensor.zeros([c.cOut], category: .activations, accountant: acc),
+                             rv: try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc))
+            try g.backward(y, gradient: try randomTensor(y.shape, acc, seed: 8))
+            results.append([y.value.array] + v.map { g.gradient(of: $0)!.array })
+        }
+        for (i, what) in ["y", "dx", "d depthwise", "d pointwise"].enumerated() { assertClose(results[0][i], results[1][i], tol: 2e-4, what) }
+    }
+
     /// The backward goes sample by sample: the depthwise output's gradient dT (N, C, Ho, Wo) lives
     /// in a tile per core, never whole. Over the backward, what the accountant holds rises by less
     /// than dX and dT together (the path that makes dT whole holds both while the depthwise

@@ -8,9 +8,12 @@
 //             dT[s] = wpᵀ·dZ[s] into a second tile; dWp += dZ[s]·t[s]ᵀ; then each channel's
 //             depthwise backward from that tile (depthwiseBackwardPlane): dX[s], and the
 //             channel's dWd sums. dT, the depthwise output's gradient, is never stored whole.
-// The naive reference of both is the kernels one after another over the whole batch
-// (depthwiseForward then pointwiseForwardWithStatistics; pointwiseBatchNormBackward, which writes
-// dT whole, then depthwiseBackward, which reads it back), which the tests compare them against.
+// Their references: the forward is the same bits as the kernels one after another over the whole
+// batch (depthwiseForward, then pointwiseForwardWithStatistics), which a test checks bit for bit;
+// the backward matches the ops one by one (conv2d, conv2d, batchNorm) within rounding, which the
+// tests check with the gradient subsets and the dX addend, and finite differences. Off the
+// depthwise fast path, Ops+Fused.swift runs the two-step path instead (pointwiseBatchNormBackward
+// writes dT whole, conv2dBackward reads it back).
 // Samples are split across cores (Parallel.chunkCount). The forward's statistics are the
 // chunks' sums added in chunk order, as pointwiseForwardWithStatistics adds them, so the forward
 // is the same bits as its reference. In the backward each chunk keeps its own dWd sums
