@@ -106,7 +106,7 @@ extension Graph {
             var dWp: Tensor? = nil, dWpIsTemp = false
             if needWp { if let pg = try ctx.parameterGrad(2) { dWp = pg } else { dWp = try self.gradTensor(wp.shape, zeroed: true); dWpIsTemp = true } }
             if gd.onDepthwiseFastPath {
-                // One sweep per sample (SeparableUnitBackward.swift): dT stays in a tile.
+                // One sweep per sample (Kernels/SeparableUnit.swift): dT stays in a tile.
                 let target = needX ? try ctx.accumulationTarget(0) : nil
                 let dX = try target?.out ?? (needX ? self.gradTensor([gd.n, gd.cIn, gd.h, gd.w]) : nil)
                 var dWd: Tensor? = nil, dWdIsTemp = false
