@@ -51,6 +51,24 @@ extension Graph {
     /// straight into the parameter's gradient when it is one (else a zeroed temporary).
     func conv2dBackward(_ g: ConvGeometry, x: Tensor, w: Tensor, dY: Tensor, _ ctx: BackwardContext, xIndex: Int, wIndex: Int,
                         reluInput: Bool) throws {
+        try withConvolutionGradients(g, ctx, xIndex: xIndex, wIndex: wIndex) { dX, dXAddend, dW in
+            let wsCount = g.backwardWorkspaceFloats(needInputGrad: dX != nil, needWeightGrad: dW != nil, reluInput: reluInput)
+            let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: accountant) : nil
+            if ctx.computing {
+                Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput,
+                                       dXAddend: dXAddend.map { UnsafePointer($0.ptr) })
+            }
+            flops += g.forwardFlops * ((dX != nil ? 1 : 0) + (dW != nil ? 1 : 0))
+        }
+    }
+
+    /// The gradient buffers of a convolution's input (at `xIndex`) and weight (at `wIndex`) for
+    /// `body`, which runs the backward kernels into them: dX is the input's accumulation target
+    /// where the geometry's kernels add into it (dXAddend, the gradient so far, added as dX is
+    /// stored), else a fresh tensor accumulated afterwards; dW is the parameter's own gradient,
+    /// else a zeroed temporary accumulated afterwards. Each is nil where `ctx` needs no gradient.
+    func withConvolutionGradients(_ g: ConvGeometry, _ ctx: BackwardContext, xIndex: Int, wIndex: Int,
+                                  _ body: (_ dX: Tensor?, _ dXAddend: Tensor?, _ dW: Tensor?) throws -> Void) throws {
         let needX = ctx.needs(xIndex), needW = ctx.needs(wIndex)
         let target = needX && g.addsIntoInputGradient ? try ctx.accumulationTarget(xIndex) : nil
         let dX = try target?.out ?? (needX ? gradTensor([g.n, g.cIn, g.h, g.w]) : nil)
@@ -59,13 +77,7 @@ extension Graph {
         if needW {
             if let pg = try ctx.parameterGrad(wIndex) { dW = pg } else { dW = try gradTensor(g.weightShape, zeroed: true); dWIsTemp = true }
         }
-        let wsCount = g.backwardWorkspaceFloats(needInputGrad: needX, needWeightGrad: needW, reluInput: reluInput)
-        let ws = wsCount > 0 ? try Tensor(shape: [wsCount], category: .workspace, accountant: accountant) : nil
-        if ctx.computing {
-            Kernels.conv2dBackward(g, x: x.ptr, w: w.ptr, dY: dY.ptr, dX: dX?.ptr, dW: dW?.ptr, workspace: ws?.ptr, reluInput: reluInput,
-                                   dXAddend: target?.addend.map { UnsafePointer($0.ptr) })
-        }
-        flops += g.forwardFlops * ((needX ? 1 : 0) + (needW ? 1 : 0))
+        try body(dX, target?.addend, dW)
         if let dX, target == nil { try ctx.accumulate(xIndex, dX) }
         if dWIsTemp, let dW { try ctx.accumulate(wIndex, dW) }
     }

@@ -106,27 +106,22 @@ extension Graph {
             var dWp: Tensor? = nil, dWpIsTemp = false
             if needWp { if let pg = try ctx.parameterGrad(2) { dWp = pg } else { dWp = try self.gradTensor(wp.shape, zeroed: true); dWpIsTemp = true } }
             if gd.onDepthwiseFastPath {
-                // One sweep per sample (Kernels/SeparableUnit.swift): dT stays in a tile.
-                let target = needX ? try ctx.accumulationTarget(0) : nil
-                let dX = try target?.out ?? (needX ? self.gradTensor([gd.n, gd.cIn, gd.h, gd.w]) : nil)
-                var dWd: Tensor? = nil, dWdIsTemp = false
-                if needWd { if let pg = try ctx.parameterGrad(1) { dWd = pg } else { dWd = try self.gradTensor(wd.shape, zeroed: true); dWdIsTemp = true } }
-                do {
+                // One sweep per sample (Kernels/SeparableUnit.swift): dT stays in a tile. dX and dWd
+                // as the depthwise conv2d's backward takes them.
+                try self.withConvolutionGradients(gd, ctx, xIndex: 0, wIndex: 1) { dX, dXAddend, dWd in
                     let ws = try Tensor(shape: [Kernels.separableUnitBackwardFloats(gd, cOut: cOut, needInputGrad: needX, needDepthwiseGrad: needWd,
                                                                                     needPointwiseGrad: needWp, reluInput: reluInput)],
                                         category: .workspace, accountant: self.accountant)
                     if ctx.computing {
                         Kernels.separableUnitBackward(gd, cOut: cOut, x: xValue.ptr, wd: wdValue.ptr, t: t.ptr, wp: wpValue.ptr, xhat: y.ptr,
                                                       dY: dY.ptr, dYScale: ctx.outputScale, invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
-                                                      dX: dX?.ptr, dXAddend: target?.addend.map { UnsafePointer($0.ptr) }, dWd: dWd?.ptr, dWp: dWp?.ptr,
+                                                      dX: dX?.ptr, dXAddend: dXAddend.map { UnsafePointer($0.ptr) }, dWd: dWd?.ptr, dWp: dWp?.ptr,
                                                       reluInput: reluInput, workspace: ws.ptr)
                     }
                 }
                 self.flops += n * cOut * hw * 7 + gp.forwardFlops * ((needT ? 1 : 0) + (needWp ? 1 : 0))
                     + gd.forwardFlops * ((needX ? 1 : 0) + (needWd ? 1 : 0))
                 if dWpIsTemp, let dWp { try ctx.accumulate(2, dWp) }
-                if let dX, target == nil { try ctx.accumulate(0, dX) }
-                if dWdIsTemp, let dWd { try ctx.accumulate(1, dWd) }
                 return
             }
             // Off the depthwise fast path: dT whole, then the depthwise backward from it.

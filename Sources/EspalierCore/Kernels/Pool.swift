@@ -384,26 +384,28 @@ extension Kernels {
     }
 
     /// The widest rows `pool3x3StrideOnePlane` takes; wider ones take the row buffer. Measured
-    /// (min of 20, B=64, cold caches, the row-buffer form against it in one process): average and
-    /// max pool 0.47–0.51× as long at 7 wide, 0.67–0.70× at 14, but 1.23–1.28× at 28, where the
-    /// lane shifts (built lane by lane: 8 blends a vector) cost more than the stalls they avoid.
+    /// (min of 20, B=64, cold caches, the row-buffer form against it in one process): average
+    /// pool 0.45–0.48× as long at 7 wide and 0.67–0.68× at 14, max pool 0.49–0.51× and
+    /// 0.67–0.71×, but 1.23× and 1.27–1.28× at 28, where the lane shifts (built lane by lane:
+    /// 8 broadcasts and blends a vector) cost more than the waits they avoid.
     static let pool3x3RegisterRowsUpTo = 16
 
     /// One plane of a stride-1 3×3 pool (padding 1), the window's column reductions held in
     /// registers: per output row and vector of 8 columns, R.combine over its (1–3) rows, then
     /// each output combines its left, own and right column, the neighbours shifted in from the
     /// vectors beside it (R.pad past the image), and `finish(window, k, rows)` makes the value
-    /// stored. Nothing is stored and read back at another offset (that read of a row of column
-    /// results just written, as the stride-2 row-buffer form does, waits for the stores to reach
-    /// the cache: the store-forwarding stall that made the average pool the hottest pool of the
-    /// DARTS step). The same operations in the same order as the row-buffer form, so the same bits.
+    /// stored. Nothing is stored and read back at another offset: the row-buffer form reads a row
+    /// of column results just written, one float on, and in one profile of the DARTS step 73 % of
+    /// the average pool's samples sat on that read (a load no single store can forward to).
+    /// The same operations in the same order as the row-buffer form, so the same bits.
     @inline(__always)
     static func pool3x3StrideOnePlane<R: WindowReduction>(_: R.Type, _ g: PoolGeometry, x xp: UnsafePointer<Float>, y yp: UnsafeMutablePointer<Float>,
                                                           finish: (SIMD8<Float>, Int, Range<Int>) -> SIMD8<Float>) {
         let (h, w) = (g.h, g.w), nv = (w + 7) / 8, rem = w & 7
         let pad = SIMD8<Float>(repeating: R.pad), past = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem))
-        // Rows (of x, and of y, as wo == w) whose ⌈w/8⌉ vectors stay inside the plane.
-        let whole = rem == 0 ? h : wholeVectorRows(rows: h, cols: w)
+        // Rows (of x, and of y, as wo == w) whose ⌈w/8⌉ vectors stay inside the plane (asked only
+        // of a partial last vector).
+        let whole = wholeVectorRows(rows: h, cols: w)
         @inline(__always) func columns(_ rows: Range<Int>, _ k: Int) -> SIMD8<Float> {
             var v = SIMD8<Float>()
             for (i, r) in rows.enumerated() {

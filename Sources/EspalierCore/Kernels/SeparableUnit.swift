@@ -63,18 +63,12 @@ extension Kernels {
         for k in 1..<max(chunks, 1) { for i in 0..<(2 * cOut) { sums[i] += sums[k * 2 * cOut + i] } }
     }
 
-    /// Floats of scratch `separableUnitBackward` needs: per chunk of samples, the BN-gradient tile
-    /// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), the depthwise scratch of one plane, and (with dWd)
-    /// the dWd sums (C, KH·KW, lanes); then wpᵀ, and (with dWp) the pointwise partials of every
-    /// chunk but the first.
+    /// Floats of scratch `separableUnitBackward` needs (`SeparableUnitBackwardLayout`).
     public static func separableUnitBackwardFloats(_ gd: ConvGeometry, cOut: Int, needInputGrad: Bool, needDepthwiseGrad: Bool,
                                                    needPointwiseGrad: Bool, reluInput: Bool) -> Int {
         guard let plan = DepthwisePlan(gd) else { return 0 }
-        let chunks = Parallel.chunkCount(gd.n), c = gd.cIn, howo = gd.hOut * gd.wOut
-        let perChunk = cOut * howo + c * howo
-            + plan.backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needDepthwiseGrad, reluInput: reluInput)
-            + (needDepthwiseGrad ? c * gd.kh * gd.kw * DepthwisePlan.lanes : 0)
-        return chunks * perChunk + c * cOut + (needPointwiseGrad ? (chunks - 1) * cOut * c : 0)
+        return SeparableUnitBackwardLayout(plan, gd, cOut: cOut, needInputGrad: needInputGrad, needDepthwiseGrad: needDepthwiseGrad,
+                                           needPointwiseGrad: needPointwiseGrad, reluInput: reluInput).floats
     }
 
     /// With x̂ = y (the unit's normalised output) and the BN means of its backward (meanDy,
@@ -93,22 +87,21 @@ extension Kernels {
         guard let plan = DepthwisePlan(gd) else { preconditionFailure("the fused separable backward needs the depthwise fast path: \(gd)") }
         precondition(dXAddend == nil || dX != nil, "a dX addend without dX")
         let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut, taps = gd.kh * gd.kw, lanes = DepthwisePlan.lanes
-        let chunks = Parallel.chunkCount(n), wCount = cOut * c
-        let dwFloats = plan.backwardChunkFloats(needInputGrad: dX != nil, needWeightGrad: dWd != nil, reluInput: reluInput)
-        let sumFloats = dWd != nil ? c * taps * lanes : 0
-        let perChunk = cOut * howo + c * howo + dwFloats + sumFloats
-        let wt = workspace + chunks * perChunk, partials = wt + wCount
+        let layout = SeparableUnitBackwardLayout(plan, gd, cOut: cOut, needInputGrad: dX != nil, needDepthwiseGrad: dWd != nil,
+                                                 needPointwiseGrad: dWp != nil, reluInput: reluInput)
+        let chunks = layout.chunks, wCount = cOut * c
+        let wt = layout.transposedWeight(workspace), partials = layout.pointwisePartials(workspace)
         let needDepthwise = dX != nil || dWd != nil
         if needDepthwise { packTransposed(wp, rows: cOut, cols: c, into: wt) }
         if dWp != nil, chunks > 1 { partials.update(repeating: 0, count: (chunks - 1) * wCount) }
         Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
-            let zTile = workspace + k * perChunk                         // dZ[s] (Cout, Ho·Wo)
-            let tTile = zTile + cOut * howo                              // dT[s] (C, Ho·Wo)
-            let scratch = tTile + c * howo                               // one plane's depthwise scratch
-            let sums = scratch + dwFloats                                // this chunk's dWd sums (C, KH·KW, lanes)
+            let zTile = layout.gradientTile(workspace, k)                // dZ[s] (Cout, Ho·Wo)
+            let tTile = layout.depthwiseGradientTile(workspace, k)       // dT[s] (C, Ho·Wo)
+            let scratch = layout.depthwiseScratch(workspace, k)          // one plane's depthwise scratch
+            let sums = layout.depthwiseSums(workspace, k)                // this chunk's dWd sums (C, KH·KW, lanes)
             let dWpk: UnsafeMutablePointer<Float>? = dWp == nil ? nil : (k == 0 ? dWp! : partials + (k - 1) * wCount)
             let (qb, pb, rb) = plan.backwardScratch(scratch, needWeightGrad: dWd != nil, reluInput: reluInput)
-            scratch.update(repeating: 0, count: dwFloats + sumFloats)
+            scratch.update(repeating: 0, count: layout.dwFloats + layout.sumFloats)
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
                 for s in r {
@@ -134,9 +127,35 @@ extension Kernels {
             // Per tap, the chunks' lane sums in chunk order, then across the lanes.
             for i in 0..<(c * taps) {
                 var v = SIMD8<Float>()
-                for k in 0..<chunks { v += load8(workspace + k * perChunk + cOut * howo + c * howo + dwFloats + i * lanes) }
+                for k in 0..<chunks { v += load8(layout.depthwiseSums(workspace, k) + i * lanes) }
                 dWd[i] += v.sum()
             }
         }
     }
+}
+
+/// Where `separableUnitBackward`'s scratch lies: per chunk of samples, the BN-gradient tile
+/// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), one plane's depthwise scratch (Q, P, R: `DepthwisePlan`),
+/// and (with dWd) the chunk's dWd sums (C, KH·KW, lanes); after the chunks, wpᵀ (C, Cout), then
+/// (with dWp) the pointwise partials of every chunk but the first.
+struct SeparableUnitBackwardLayout {
+    let chunks, cOut, c, howo, dwFloats, sumFloats: Int
+    let needPointwiseGrad: Bool
+
+    init(_ plan: DepthwisePlan, _ gd: ConvGeometry, cOut: Int, needInputGrad: Bool, needDepthwiseGrad: Bool, needPointwiseGrad: Bool,
+         reluInput: Bool) {
+        chunks = Parallel.chunkCount(gd.n); self.cOut = cOut; c = gd.cIn; howo = gd.hOut * gd.wOut
+        dwFloats = plan.backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needDepthwiseGrad, reluInput: reluInput)
+        sumFloats = needDepthwiseGrad ? c * gd.kh * gd.kw * DepthwisePlan.lanes : 0
+        self.needPointwiseGrad = needPointwiseGrad
+    }
+
+    var perChunk: Int { cOut * howo + c * howo + dwFloats + sumFloats }
+    var floats: Int { chunks * perChunk + c * cOut + (needPointwiseGrad ? (chunks - 1) * cOut * c : 0) }
+    func gradientTile(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { ws + k * perChunk }
+    func depthwiseGradientTile(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { gradientTile(ws, k) + cOut * howo }
+    func depthwiseScratch(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { depthwiseGradientTile(ws, k) + c * howo }
+    func depthwiseSums(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { depthwiseScratch(ws, k) + dwFloats }
+    func transposedWeight(_ ws: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> { ws + chunks * perChunk }
+    func pointwisePartials(_ ws: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> { transposedWeight(ws) + c * cOut }
 }
