@@ -5,7 +5,10 @@
 //               norm and the fused separable unit multiply as they read dY; everything else gets
 //               w·dY added in one pass;
 //   batch norm  a batch norm (no affine map, batch statistics) over a pool's output leaves its
-//               input gradient to the pool's backward, which makes each plane as it reads it.
+//               input gradient to the pool's backward, which makes each plane as it reads it;
+//   sums        a weighted sum hands each batch-norm term (and the fused unit) the channel sums of
+//               its gradient, made in the pass that reads dY and the terms for w's gradient anyway:
+//               the batch norm's own sums pass is skipped, its results the same bits.
 
 import EspalierCore
 import EspalierTestSupport
@@ -68,9 +71,13 @@ final class PendingGradientTests: XCTestCase {
                 XCTAssertEqual(g.gradient(of: vwp)!.array, gk.gradient(of: uwp)!.array, "the fused unit's pointwise weight gradient")
             }
         }
-        // The weights' gradient is ⟨dY, term⟩, unchanged.
+        // The weights' gradient is ⟨dY, term⟩ (summed channel by channel, in the pass that makes the
+        // batch-norm terms' channel sums: the order of a Double sum, not its value, differs).
         let dW = g.gradient(of: vw)!
-        for (k, i) in indices.enumerated() { XCTAssertEqual(dW[i], Float(Kernels.dots(r.ptr, [UnsafePointer(ts[k].value.ptr)], count: r.count)[0]), "dw[\(i)]") }
+        for (k, i) in indices.enumerated() {
+            let exact = (0..<r.count).reduce(0.0) { $0 + Double(r[$1]) * Double(ts[k].value[$1]) }
+            XCTAssertEqual(Double(dW[i]), exact, accuracy: 1e-5 * max(1, abs(exact)), "dw[\(i)]")
+        }
     }
 
     /// Batch-norm terms of parameters: while the terms run backward, only one gradient of the
@@ -167,5 +174,124 @@ final class PendingGradientTests: XCTestCase {
             let e = try g.scale(try g.batchNorm(v[1], gamma: nil, beta: nil, runningMean: nil, runningVar: nil), byElement: 2, of: v[2])
             return try g.add(try g.add(s, other), try g.scale(e, by: 0.5))
         }
+    }
+
+    // MARK: channel sums handed over with a gradient
+
+    /// The kernel: each term's channel sums are, bit for bit, the sums batch norm's backward makes
+    /// in its own pass over x̂ = x_k and s_k·dY (dBeta, dGamma through both routes), on planes with
+    /// and without vector tails; w's gradient is ⟨dY, x_k⟩. And batch norm's backward takes handed
+    /// sums instead of making its own: sums that differ show up in dBeta and dX.
+    func testWeightedSumChannelSums_AreTheBatchNormsOwnSums_BitForBit() throws {
+        let acc = MemoryAccountant()
+        for (k, shape) in [[3, 4, 7, 9], [2, 5, 8, 8], [4, 3, 1, 1], [2, 16, 14, 14]].enumerated() {
+            let n = shape[0], c = shape[1], hw = shape[2] * shape[3], count = shape.reduce(1, *)
+            let dY = try randomTensor(shape, acc, seed: UInt64(40 + k))
+            let xs = try (0..<3).map { try randomTensor(shape, acc, seed: UInt64(50 + 3 * k + $0)) }
+            let scales: [Float] = [0.37, 1, -2.5]
+            let invStd = try Tensor.filled([c], value: 1.3, category: .data, accountant: acc)
+            let mean = try Tensor.zeros([c], category: .data, accountant: acc)
+            let sumsBuffer = UnsafeMutablePointer<Double>.allocate(capacity: 3 * 2 * c)
+            defer { sumsBuffer.deallocate() }
+            sumsBuffer.update(repeating: .nan, count: 3 * 2 * c)
+            let sums = (0..<3).map { sumsBuffer + $0 * 2 * c }
+            var dots = [Double](repeating: .nan, count: 3)
+            Kernels.weightedSumChannelSums(dY.ptr, xs.map { UnsafePointer($0.ptr) }, scales: scales, sums: [sums[0], nil, sums[2]],
+                                           dots: &dots, n: n, c: c, hw: hw)
+            XCTAssertTrue(sums[1].pointee.isNaN, "no sums asked for term 1")
+            for j in [0, 2] {
+                let own = try Tensor.zeros([2 * c], category: .data, accountant: acc), handed = try Tensor.zeros([2 * c], category: .data, accountant: acc)
+                Kernels.batchNormBackward(xs[j].ptr, dY: dY.ptr, dYScale: scales[j], n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                          batchStatistics: true, dX: nil, dGamma: own.ptr + c, dBeta: own.ptr, normalizedInput: true)
+                Kernels.batchNormBackward(xs[j].ptr, dY: dY.ptr, dYScale: scales[j], n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                          batchStatistics: true, dX: nil, dGamma: handed.ptr + c, dBeta: handed.ptr, normalizedInput: true,
+                                          handedSums: sums[j])
+                XCTAssertEqual(handed.array.map(\.bitPattern), own.array.map(\.bitPattern), "\(shape) term \(j): the handed sums are batch norm's own")
+            }
+            for j in 0..<3 {
+                let exact = (0..<count).reduce(0.0) { $0 + Double(dY[$1]) * Double(xs[j][$1]) }
+                XCTAssertEqual(dots[j], exact, accuracy: 2e-6 * max(1, abs(exact)), "\(shape) term \(j): ⟨dY, x⟩")
+            }
+
+            // Handed sums that are not the pass's: batch norm uses them (its own pass does not run).
+            let other = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+            defer { other.deallocate() }
+            for i in 0..<(2 * c) { other[i] = sums[0][i] + 0.25 }
+            let dBeta = try Tensor.zeros([c], category: .data, accountant: acc), dGamma = try Tensor.zeros([c], category: .data, accountant: acc)
+            let dX = try Tensor(shape: shape, category: .data, accountant: acc), dXOwn = try Tensor(shape: shape, category: .data, accountant: acc)
+            Kernels.batchNormBackward(xs[0].ptr, dY: dY.ptr, dYScale: scales[0], n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                      batchStatistics: true, dX: dX.ptr, dGamma: dGamma.ptr, dBeta: dBeta.ptr, normalizedInput: true, handedSums: other)
+            Kernels.batchNormBackward(xs[0].ptr, dY: dY.ptr, dYScale: scales[0], n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
+                                      batchStatistics: true, dX: dXOwn.ptr, dGamma: nil, dBeta: nil, normalizedInput: true)
+            XCTAssertEqual(dBeta.array, (0..<c).map { Float(other[$0]) }, "\(shape): dBeta from the handed sums")
+            XCTAssertNotEqual(dX.array, dXOwn.array, "\(shape): dX from the handed sums")
+        }
+    }
+
+    /// The graph: an op recorded reading `.channelSums` gets its gradient's channel sums from a
+    /// weighted sum whose only gradient for it that is; not where a second gradient meets the first
+    /// (in either order), nor where the graph hands none over (`handsOverChannelSums` off).
+    func testChannelSums_ComeOnlyWithAWholeGradient() throws {
+        let acc = MemoryAccountant()
+        let shape = [2, 3, 5, 5], c = 3, hw = 25
+        let x = try randomTensor(shape, acc, seed: 60), r = try randomTensor(shape, acc, seed: 61)
+        let w = try randomTensor([2], acc, seed: 62)
+        for (name, second, handsOver) in [("alone", 0, true), ("another gradient after", 1, true), ("another gradient before", 2, true),
+                                          ("hand-over off", 0, false)] {
+            let g = Graph(accountant: acc)
+            g.handsOverChannelSums = handsOver
+            let vx = g.leaf(try x.copy()), vw = g.leaf(try w.copy())
+            var seen: (has: Bool, sums: [Double]?, scale: Float)? = nil
+            let probe = g.record(try x.copy(), inputs: [vx], reads: [.scaled, .channelSums]) { dY, ctx in
+                seen = (ctx.hasOutputChannelSums, ctx.outputChannelSums.map { Array(UnsafeBufferPointer(start: $0, count: 2 * c)) }, ctx.outputScale)
+                try ctx.accumulate(0, dY)
+            }
+            // Recorded before the sum: its backward runs after the sum's, adding a second gradient.
+            let before = second == 2 ? try g.scale(probe, by: 3) : nil
+            var y = try g.weightedSum([probe, vx], weights: vw)
+            if second == 1 { y = try g.add(y, try g.scale(probe, by: 3)) }   // runs before the sum's backward
+            if let before { y = try g.add(y, before) }
+            try g.backward(y, gradient: try r.copy())
+            let s = try XCTUnwrap(seen, name)
+            let whole = second == 0 && handsOver
+            XCTAssertEqual(s.has, whole, name)
+            XCTAssertEqual(s.sums != nil, whole, name)
+            guard let sums = s.sums else { continue }
+            XCTAssertEqual(s.scale, w[0], name)
+            for ch in 0..<c {
+                var sumDy = 0.0, sumDyX = 0.0
+                for sample in 0..<2 { for i in 0..<hw {
+                    let j = (sample * c + ch) * hw + i
+                    sumDy += Double(w[0] * r[j]); sumDyX += Double(w[0] * r[j]) * Double(x[j])
+                } }
+                XCTAssertEqual(sums[ch], sumDy, accuracy: 1e-5, "\(name): Σ s·dY, channel \(ch)")
+                XCTAssertEqual(sums[c + ch], sumDyX, accuracy: 1e-5, "\(name): Σ s·dY·x, channel \(ch)")
+            }
+        }
+    }
+
+    /// A mixed op's terms as the supernet has them (the fused unit, batch norm over a max pool, plain
+    /// batch norm, ghost batch norm, an identity), with and without the hand-over: every gradient
+    /// bit for bit the same (w's is summed channel by channel either way).
+    func testChannelSums_HandedOver_GiveTheSameGradients() throws {
+        let acc = MemoryAccountant()
+        let c = Self.shape[1], terms = 5
+        let xs = try (0..<terms).map { try randomTensor(Self.shape, acc, seed: UInt64(70 + $0)) }
+        let wd = try randomTensor([c, 1, 3, 3], acc, seed: 80), wp = try randomTensor([c, c, 1, 1], acc, seed: 81)
+        let w = try randomTensor([terms], acc, seed: 82), r = try randomTensor(Self.shape, acc, seed: 83)
+        func run(handsOver: Bool) throws -> [[Float]] {
+            let g = Graph(accountant: acc)
+            g.handsOverChannelSums = handsOver
+            let vx = try xs.map { g.leaf(try $0.copy()) }
+            let vwd = g.leaf(try wd.copy()), vwp = g.leaf(try wp.copy()), vw = g.leaf(try w.copy())
+            var ts = try (0..<3).map { try term($0, g, vx[$0], vwd, vwp, acc) }
+            ts[1] = try g.batchNorm(try g.maxPool2d(vx[1], kernel: 3, stride: 1, padding: 1), gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
+            ts.append(try g.batchNorm(vx[3], gamma: nil, beta: nil, runningMean: nil, runningVar: nil))
+            ts.append(vx[4])
+            try g.backward(try g.weightedSum(ts, weights: vw), gradient: try r.copy())
+            return (vx + [vwd, vwp, vw]).map { g.gradient(of: $0)!.array }
+        }
+        let on = try run(handsOver: true), off = try run(handsOver: false)
+        for i in 0..<on.count { XCTAssertEqual(on[i].map(\.bitPattern), off[i].map(\.bitPattern), "gradient \(i)") }
     }
 }

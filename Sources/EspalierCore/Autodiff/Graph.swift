@@ -50,6 +50,11 @@ public struct GradientForms: OptionSet, Sendable {
     /// A batch norm's input gradient, made plane by plane from its dY and x̂ where it is read
     /// (`BackwardContext.batchNormGradient`); dOut is then not read.
     public static let batchNormInput = GradientForms(rawValue: 2)
+    /// Per channel, Σ dOut and Σ dOut·out over the samples and the plane, both with the pending
+    /// factor applied, handed over with the gradient by its consumer, which read dOut and the
+    /// output anyway (a weighted sum's backward): `BackwardContext.outputChannelSums`. A batch
+    /// norm without affine map takes its backward's sums from them instead of a pass of its own.
+    public static let channelSums = GradientForms(rawValue: 4)
 }
 
 /// A batch norm's input gradient not yet written (see `Kernels.BatchNormGradientSource`): it keeps
@@ -80,6 +85,9 @@ public final class Node {
     /// A gradient not yet written: a batch norm's input gradient (`grad` then holds the batch
     /// norm's dY, not read as the gradient). Only where `reads` has `.batchNormInput`.
     var gradSource: PendingBatchNormGradient?
+    /// The channel sums of the gradient (see `GradientForms.channelSums`), handed over with a first
+    /// gradient; dropped as soon as any other gradient is added. Only where `reads` has `.channelSums`.
+    var gradChannelSums: Tensor?
     /// The forms of gradient the op's backward reads besides a written tensor.
     var reads: GradientForms = []
     var backwardFn: ((Tensor, BackwardContext) throws -> Void)?
@@ -110,6 +118,21 @@ public struct BackwardContext {
     /// The op's gradient as a batch norm's pending input gradient, for an op recorded with
     /// `.batchNormInput`: its kernel makes each plane where it reads it, and dOut is not read.
     public let batchNormGradient: PendingBatchNormGradient?
+    /// Whether the op (recorded with `.channelSums`) got its whole gradient with its channel sums,
+    /// in a dry run too.
+    public let hasOutputChannelSums: Bool
+    /// Those sums: 2C Doubles, Σ s·dOut per channel, then Σ s·dOut·out per channel (s =
+    /// `outputScale`; each plane's Float lanes added in Double, as `Kernels.batchNormBackward`'s
+    /// sums pass makes them). nil when they did not come, and in a dry run (no memory there).
+    public let outputChannelSums: UnsafePointer<Double>?
+
+    /// True when input `i`'s op takes the channel sums of its gradient and has no gradient yet:
+    /// `accumulateScaled(_:_:scale:channelSums:)` may then hand them over.
+    public func takesChannelSums(_ i: Int) -> Bool {
+        guard let input = node.inputs[i] else { return false }
+        return graph.handsOverChannelSums && input.reads.contains(.channelSums) && input.reads.contains(.scaled)
+            && graph.takesFirstGradient(input)
+    }
 
     /// True when input `i`'s op reads a batch norm's input gradient unwritten and has no gradient
     /// yet: `handOn(_:batchNormGradient:)` may then be used in place of writing dX.
@@ -141,6 +164,15 @@ public struct BackwardContext {
     public func accumulateScaled(_ i: Int, _ g: Tensor, scale s: Float) throws {
         guard let input = node.inputs[i] else { return }
         try graph.accumulate(into: input, g, scale: s)
+    }
+
+    /// `accumulateScaled`, handing over the channel sums of s·g with it (2C Doubles in `sums`, see
+    /// `outputChannelSums`) where input `i` takes them (`takesChannelSums`, checked here again).
+    public func accumulateScaled(_ i: Int, _ g: Tensor, scale s: Float, channelSums sums: Tensor?) throws {
+        guard let input = node.inputs[i] else { return }
+        let hands = sums != nil && takesChannelSums(i)
+        try graph.accumulate(into: input, g, scale: s)
+        if hands { input.gradChannelSums = sums }
     }
 
     /// For a kernel that can add its result to what input `i`'s gradient holds so far: the tensor
@@ -205,6 +237,10 @@ public final class Graph {
     /// that many ranks of a data-parallel run normalise their shares; the running statistics move
     /// by the mean of the slices' statistics (what averaging them over the ranks gives). 1 = off.
     public var batchNormGroups = 1
+    /// Whether consumers hand their channel sums over with a gradient (`GradientForms.channelSums`);
+    /// off, each batch norm makes its own in a pass over its output and dY, as before. On, unless
+    /// ESPALIER_CHANNEL_SUMS=0 (to measure the two against each other).
+    public var handsOverChannelSums = ProcessInfo.processInfo.environment["ESPALIER_CHANNEL_SUMS"] != "0"
     /// The recomputed segment being built or replayed (Recompute.swift), nil outside one.
     var segment: RecomputeSegment? = nil
     /// True while a recomputed segment's forward is replayed in backward: batch norm leaves its
@@ -282,6 +318,7 @@ public final class Graph {
     /// A parameter's gradient and one the graph made for this node are added in place; one shared
     /// with another node is only read, the sum going to a tensor of this node's own.
     func accumulationTarget(for node: Node) throws -> (out: Tensor, addend: Tensor?) {
+        node.gradChannelSums = nil   // they were of the first gradient alone
         if let p = node.parameter {
             let pg = try p.ensureGrad()
             return (pg, pg)
@@ -374,15 +411,22 @@ public final class Graph {
                 node.grad = nil
                 node.gradScale = nil
                 node.gradSource = nil
+                node.gradChannelSums = nil
                 continue
             }
-            let scale = node.gradScale ?? 1, pending = node.gradSource
+            let scale = node.gradScale ?? 1, pending = node.gradSource, channelSums = node.gradChannelSums
             node.grad = nil
             node.gradScale = nil
             node.gradSource = nil
+            node.gradChannelSums = nil
             node.backwardFn = nil  // frees the saved tensors once `fn` returns
             try accountant.withOwnerID(node.owner) {
-                try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale, batchNormGradient: pending))
+                // (A dry run's tensors hold no memory: there the sums are only a flag, never read.)
+                let sums = channelSums.map { computing ? UnsafePointer(UnsafeMutableRawPointer($0.ptr).assumingMemoryBound(to: Double.self)) : nil }
+                try withExtendedLifetime(channelSums) {
+                    try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale, batchNormGradient: pending,
+                                                 hasOutputChannelSums: channelSums != nil, outputChannelSums: sums ?? nil))
+                }
             }
         }
     }

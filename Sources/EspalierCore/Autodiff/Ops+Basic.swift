@@ -110,8 +110,32 @@ extension Graph {
         }
         flops += 2 * y.count * xs.count
         let saved: [Tensor]? = w.requiresGrad ? xs.map { $0.value } : nil
+        // Terms whose op takes its gradient's channel sums (a batch norm's output, which that op
+        // keeps anyway): their values are read here in backward, whatever w needs.
+        let sumsTaken: [Tensor?] = xs.map { $0.node?.reads.contains(.channelSums) == true && first.shape.count >= 2 ? $0.value : nil }
         return record(y, inputs: xs + [w]) { [unowned self] dY, ctx in
             let k = xs.count
+            let takes = (0..<k).map { sumsTaken[$0] != nil && ctx.takesChannelSums($0) }
+            if first.shape.count >= 2, takes.contains(true) || (ctx.needs(k) && saved != nil) {
+                // One pass over dY and the terms: each taking term's channel sums, and w's gradient
+                // (channel by channel, whether or not a term takes its sums: the same bits either way,
+                // so a recomputed term, whose op is another node, changes nothing).
+                let shape = dY.shape, c = shape[1], hw = shape.dropFirst(2).reduce(1, *)
+                let sums = try takes.map { $0 ? try self.gradTensor([4 * c]) : nil }   // 2C Doubles each
+                let dW = ctx.needs(k) && saved != nil ? try self.gradTensor(wValue.shape, zeroed: true) : nil
+                if ctx.computing {
+                    let dots = dW == nil ? nil : UnsafeMutablePointer<Double>.allocate(capacity: k)
+                    defer { dots?.deallocate() }
+                    Kernels.weightedSumChannelSums(dY.ptr, (0..<k).map { UnsafePointer((saved?[$0] ?? sumsTaken[$0])?.ptr ?? dY.ptr) },
+                                                   scales: indices.map { wValue[$0] },
+                                                   sums: sums.map { $0.map { UnsafeMutableRawPointer($0.ptr).assumingMemoryBound(to: Double.self) } },
+                                                   dots: dots, n: shape[0], c: c, hw: hw)
+                    if let dW, let dots { for i in 0..<k { dW[indices[i]] += Float(dots[i]) } }
+                }
+                if let dW { try ctx.accumulate(k, dW) }
+                for i in 0..<k { try ctx.accumulateScaled(i, dY, scale: ctx.computing ? wValue[indices[i]] : 1, channelSums: sums[i]) }
+                return
+            }
             if ctx.needs(k), let saved {
                 let dW = try self.gradTensor(wValue.shape, zeroed: true)
                 if ctx.computing {

@@ -7,7 +7,8 @@
 //             planes while they are in L2, taking the batch-norm sums from its registers; y is
 //             normalised in place: the unfused path's BN statistics pass and its pre-BN tensor
 //             are gone, and t is kept only where a backward will read it.
-//   backward  BN's sums (one pass over y and dY); then one sweep per sample
+//   backward  BN's sums (one pass over y and dY, or none where the consumer handed them over with
+//             the gradient: a weighted sum's backward, which reads both anyway); then one sweep per sample
 //             (Kernels/SeparableUnit.swift): the BN input gradient in a tile, consumed by both
 //             pointwise GEMMs at once, dT (the depthwise output's gradient) into a second tile,
 //             and the depthwise backward of the sample's planes from it. Neither the full-size BN
@@ -91,15 +92,17 @@ extension Graph {
         if let sink { return constant(sink.target) }
         guard let t else { return constant(y) }                 // no backward will run (see keepsT)
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
-        // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they read.
-        return record(y, inputs: [x, wd, wp], reads: .scaled) { [unowned self] dY, ctx in
+        // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they
+        // read; and with its channel sums (a weighted sum's backward made them), BN's sums pass is skipped.
+        return record(y, inputs: [x, wd, wp], reads: [.scaled, .channelSums]) { [unowned self] dY, ctx in
             let needX = ctx.needs(0), needWd = ctx.needs(1), needWp = ctx.needs(2)
             let needT = needX || needWd
             // BN's sums, Σ dY and Σ dY·x̂ per channel (x̂ = y), as its backward takes them; then their means.
             let means = try self.gradTensor([2 * cOut], zeroed: true)
             if ctx.computing {
                 Kernels.batchNormBackward(y.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: cOut, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
-                                          batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true)
+                                          batchStatistics: true, dX: nil, dGamma: means.ptr + cOut, dBeta: means.ptr, normalizedInput: true,
+                                          handedSums: ctx.outputChannelSums)
                 let m = Float(n * hw)
                 for ch in 0..<(2 * cOut) { means[ch] /= m }
             }

@@ -96,8 +96,12 @@ extension Graph {
         let keepOutput = gamma == nil && beta == nil
         let saved: Tensor? = keepOutput ? (batchStatistics ? y : nil) : x.value
         let gammaValue = gamma?.value
-        // dY may come with a pending mixing weight (ctx.outputScale), multiplied as it is read.
-        return record(y, inputs: inputs, reads: .scaled) { [unowned self] dY, ctx in
+        // dY may come with a pending mixing weight (ctx.outputScale), multiplied as it is read, and
+        // (without affine map, batch statistics in one group) with its channel sums, which are then
+        // this backward's sums.
+        let takesSums = keepOutput && batchStatistics && groups == 1
+        return record(y, inputs: inputs, reads: takesSums ? [.scaled, .channelSums] : .scaled) { [unowned self] dY, ctx in
+            let handed = ctx.outputChannelSums
             // γ and β gradients: into the parameter's buffer directly, else a zeroed temporary.
             func grad(_ index: Int?) throws -> (Tensor?, Bool) {
                 guard let index, ctx.needs(index) else { return (nil, false) }
@@ -112,7 +116,7 @@ extension Graph {
                     sums.fill(-0.0)   // −0 + s = s for every s: the sums exactly as the kernel makes them
                     Kernels.batchNormBackward(saved.ptr, dY: dY.ptr, dYScale: ctx.outputScale, n: n, c: c, hw: hw, mean: mean.ptr,
                                               invStd: invStd.ptr, gamma: nil, batchStatistics: true, dX: nil, dGamma: sums.ptr + c,
-                                              dBeta: sums.ptr, normalizedInput: true)
+                                              dBeta: sums.ptr, normalizedInput: true, handedSums: handed)
                     Kernels.BatchNormGradientSource.makeCoefficients(invStd: invStd.ptr, sums: sums.ptr, c: c, count: n * hw, into: coefficients.ptr)
                 }
                 self.flops += count * 7
@@ -129,7 +133,8 @@ extension Graph {
                     let at = r.lowerBound * c * hw
                     Kernels.batchNormBackward((saved ?? dY).ptr + at, dY: dY.ptr + at, dYScale: ctx.outputScale, n: r.count, c: c, hw: hw, mean: mean.ptr + g * c,
                                               invStd: invStd.ptr + g * c, gamma: gammaValue?.ptr, batchStatistics: batchStatistics,
-                                              dX: dX.map { $0.ptr + at }, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput)
+                                              dX: dX.map { $0.ptr + at }, dGamma: dGamma?.ptr, dBeta: dBeta?.ptr, normalizedInput: keepOutput,
+                                              handedSums: handed)
                 }
             }
             self.flops += count * (batchStatistics ? 7 : 4)

@@ -73,21 +73,30 @@ extension Kernels {
     /// `normalizedInput`: `x` holds x̂ = (x − mean)·invStd itself (the output of a BN without
     /// affine map), so the op need not keep its input alive; `mean` is then ignored.
     /// `dYScale`: the output gradient is dYScale·dY, each value multiplied as it is read (a mixing
-    /// weight not written out; the same floats as a scaled copy of dY).
+    /// weight not written out; the same floats as a scaled copy of dY). `handedSums` (with
+    /// `normalizedInput`): the channel sums of dYScale·dY and of dYScale·dY·x̂ (2C Doubles) its
+    /// consumer made (Graph's `GradientForms.channelSums`); the pass that makes them is skipped.
     public static func batchNormBackward(_ x: UnsafePointer<Float>, dY: UnsafePointer<Float>, dYScale: Float = 1, n: Int, c: Int, hw: Int,
                                          mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                          gamma: UnsafePointer<Float>?, batchStatistics: Bool,
                                          dX: UnsafeMutablePointer<Float>?, dGamma: UnsafeMutablePointer<Float>?,
-                                         dBeta: UnsafeMutablePointer<Float>?, normalizedInput: Bool = false) {
+                                         dBeta: UnsafeMutablePointer<Float>?, normalizedInput: Bool = false,
+                                         handedSums: UnsafePointer<Double>? = nil) {
+        precondition(handedSums == nil || normalizedInput, "handed sums are of the normalised output")
         let m = Float(n * hw)
         let sv = SIMD8<Float>(repeating: dYScale)
         let needSums = dGamma != nil || dBeta != nil || (dX != nil && batchStatistics)
-        forItems(c, itemSize: n * hw * 3) { ch in
+        forItems(c, itemSize: n * hw * (handedSums == nil ? 3 : 1)) { ch in
             let mu = normalizedInput ? 0 : mean[ch], istd = invStd[ch]
             // (x − mu)·xcScale is x − mean in both cases.
             let xcScale: Float = normalizedInput ? 1 / istd : 1
             var sumDy: Double = 0, sumDyXc: Double = 0   // Σ dY, Σ dY·(x − mean)
-            if needSums {
+            if needSums, let handedSums {
+                // The sums its consumer made while reading dY and x̂ (Graph's GradientForms.channelSums):
+                // the same lane sums as the pass below, in the same order.
+                sumDy = handedSums[ch]
+                sumDyXc = handedSums[c + ch]
+            } else if needSums {
                 let muv = SIMD8<Float>(repeating: mu)
                 for sample in 0..<n {
                     let off = (sample * c + ch) * hw
