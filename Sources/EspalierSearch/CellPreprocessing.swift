@@ -14,8 +14,7 @@ final class ReLUConvBN: Module {
     }
     var parameters: [Parameter] { conv.parameters + bn.parameters }
     var buffers: [Tensor] { bn.buffers }
-    /// relu(x) is read inside the convolution where it can be (a 1×1 one in a forward without
-    /// tape): never stored.
+    /// relu(x) is read inside the 1×1 convolution (Graph.conv2d's reluInput): never stored.
     func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable { try bn(g, try conv(g, x, reluInput: true)) }
 }
 
@@ -33,9 +32,10 @@ final class FactorizedReduce: Module {
     var parameters: [Parameter] { conv1.parameters + conv2.parameters + bn.parameters }
     var buffers: [Tensor] { bn.buffers }
     func callAsFunction(_ g: Graph, _ x: Variable) throws -> Variable {
-        let r = try g.relu(x)
-        // conv2 reads r[:, :, 1:, 1:] in place (the crop is never stored).
-        let a = try conv1(g, r), b = try conv2(g, r, window: ConvWindow(top: 1, left: 1, height: r.shape[2] - 1, width: r.shape[3] - 1))
+        // Both read relu(x) inside their gathers (never stored); conv2 reads relu(x)[:, :, 1:, 1:]
+        // in place (the crop is never stored either).
+        let a = try conv1(g, x, reluInput: true)
+        let b = try conv2(g, x, window: ConvWindow(top: 1, left: 1, height: x.shape[2] - 1, width: x.shape[3] - 1), reluInput: true)
         return try bn(g, try g.concatChannels([a, b]))
     }
 }

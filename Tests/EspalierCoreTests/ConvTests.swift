@@ -139,22 +139,27 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    /// ReLU fused into the depthwise input (relu_conv2d): the kernels against the naive
-    /// convolution of relu(x) — dX masked by 1[x > 0] — on every fast-path geometry, each
-    /// gradient alone and both, inside the workspace they ask for.
-    func testDepthwiseReLUInput_MatchesNaiveConvOfReLU_AndStaysInItsWorkspace() throws {
+    /// ReLU fused into the convolution's input (relu_conv2d): the kernels against the naive
+    /// convolution of relu(x) — dX masked by 1[x > 0] — on every depthwise fast-path, pointwise
+    /// (tails, 1×1 planes, past the crossover to OpenBLAS) and im2col geometry (grouped, stride 2,
+    /// 1×1 stride 2), each gradient alone and both, inside the workspace they ask for; and dX added
+    /// into a gradient so far where the path does that.
+    func testReLUInput_MatchesNaiveConvOfReLU_AndStaysInItsWorkspace() throws {
         let acc = MemoryAccountant()
         let guardFloats = 64, sentinel: Float = -12345
         let geometries = (Self.geometries + Self.large).filter(\.supportsReLUInput)
-        XCTAssertGreaterThanOrEqual(geometries.count, 15)
-        XCTAssertTrue(geometries.allSatisfy { $0.algorithm == .depthwise })
+        XCTAssertGreaterThanOrEqual(geometries.count, 20)
+        XCTAssertEqual(Set(geometries.map(\.algorithm)), [.depthwise, .pointwise, .im2col])
+        XCTAssertTrue((Self.geometries + Self.large).filter { !$0.supportsReLUInput }.allSatisfy { $0.algorithm == .depthwise },
+                      "only the direct depthwise loops take no ReLU-fused input")
+        XCTAssertTrue(geometries.contains { $0.algorithm == .pointwise && !Kernels.pointwiseUsesOwnKernel(cIn: $0.cIn, cOut: $0.cOut) })
         for (k, g) in geometries.enumerated() {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(600 + k))   // about half negative
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(700 + k))
             let dY = try randomTensor(g.outputShape, acc, seed: UInt64(800 + k))
             let r = try Tensor(shape: x.shape, category: .data, accountant: acc)
             for i in 0..<x.count { r[i] = max(x[i], 0) }
-            let fFloats = g.forwardWorkspaceFloats()
+            let fFloats = g.forwardWorkspaceFloats(reluInput: true)
             let fws = try Tensor.filled([fFloats + guardFloats], value: sentinel, category: .workspace, accountant: acc)
             let y = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
             let yRef = try Tensor(shape: g.outputShape, category: .data, accountant: acc)
@@ -181,7 +186,7 @@ final class ConvTests: XCTestCase {
             // dX added to a gradient so far as it is stored: from another tensor, and in place. The
             // masked-out lanes keep the gradient so far; each value is that gradient + dX, the same
             // float addition the graph's addInPlace of a temporary made, so bit for bit.
-            XCTAssertTrue(g.addsIntoInputGradient)
+            guard g.addsIntoInputGradient else { XCTAssertEqual(g.algorithm, .im2col); continue }
             for relu in [true, false] {
                 let floats = g.backwardWorkspaceFloats(needInputGrad: true, needWeightGrad: false, reluInput: relu)
                 let ws = try Tensor(shape: [max(1, floats)], category: .workspace, accountant: acc)
@@ -247,13 +252,13 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(unfused - fused, g.n * g.cIn * g.h * g.w * 4, "the fused op keeps no relu(x): \(unfused) vs \(fused)")
     }
 
-    /// A 1×1 convolution of relu(x) in a forward without tape reads x: each sample's relu(x) is made
-    /// in its chunk's scratch plane. The kernel gives the bits of the convolution of a stored
-    /// relu(x), on every pointwise geometry (tails, 1×1 planes, one sample, past the crossover to
-    /// OpenBLAS), and stays in its workspace. The graph op keeps no relu(x): its peak is lower by
-    /// exactly relu(x)'s bytes less the scratch planes'. While recording it is not folded (relu(x)
-    /// is shared and saved for backward): the tape's gradients are the composition's, bit for bit.
-    func testPointwiseReLUInput_WithoutTape_IsTheConvOfReLU_AndKeepsNoReLU() throws {
+    /// A 1×1 convolution of relu(x) reads x: each sample's relu(x) is made in its chunk's scratch
+    /// plane. The kernel gives the bits of the convolution of a stored relu(x), on every pointwise
+    /// geometry (tails, 1×1 planes, one sample, past the crossover to OpenBLAS), and stays in its
+    /// workspace. Without tape the graph op's peak is lower by exactly relu(x)'s bytes less the
+    /// scratch planes'. While recording it is folded too: the tape's gradients are the
+    /// composition's, bit for bit.
+    func testPointwiseReLUInput_IsTheConvOfReLU_AndKeepsNoReLU() throws {
         let acc = MemoryAccountant()
         let guardFloats = 64, sentinel: Float = -12345
         let geometries = (Self.geometries + Self.large).filter { $0.algorithm == .pointwise }
@@ -261,7 +266,7 @@ final class ConvTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(geometries.count, 6)
         XCTAssertTrue(geometries.contains { !Kernels.pointwiseUsesOwnKernel(cIn: $0.cIn, cOut: $0.cOut) }, "no geometry past the crossover")
         for (k, g) in geometries.enumerated() {
-            XCTAssertTrue(g.supportsForwardReLUInput && !g.supportsReLUInput, "\(g)")
+            XCTAssertTrue(g.supportsReLUInput, "\(g)")
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(1600 + k))   // about half negative
             let w = try randomTensor(g.weightShape, acc, seed: UInt64(1700 + k))
             let r = try Tensor(shape: x.shape, category: .data, accountant: acc)
@@ -298,7 +303,8 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(unfolded.peak - folded.peak, (g.n - Parallel.disjointChunkCount(g.n)) * g.cIn * g.h * g.w * 4,
                        "without tape the 1×1 convolution keeps no relu(x): \(unfolded.peak) vs \(folded.peak)")
 
-        // While recording: not folded, so the gradients are the composition's, bit for bit.
+        // While recording: folded too (relu(x) is made again in backward for dW, dX masked as it is
+        // stored), and the gradients are the composition's, bit for bit.
         func gradients(fold: Bool) throws -> [[Float]] {
             let acc = MemoryAccountant()
             let graph = Graph(accountant: acc)
@@ -309,6 +315,44 @@ final class ConvTests: XCTestCase {
             return [graph.gradient(of: x)!.array, graph.gradient(of: w)!.array]
         }
         XCTAssertEqual(try gradients(fold: true).map { $0.map(\.bitPattern) }, try gradients(fold: false).map { $0.map(\.bitPattern) })
+    }
+
+    /// While recording, a 1×1 convolution of relu(x) saves no relu(x) (the cells' ReLU → 1×1
+    /// preprocessing kept one per cell input); a value read by two of them and by another op gets
+    /// each one's masked dX added where it is made, in either order, and the sum matches finite
+    /// differences and the ReLU op followed by the convolutions.
+    func testPointwiseReLUInput_WhileRecording_KeepsNoReLU_AndAddsItsDXWhereItIsMade() throws {
+        let acc = MemoryAccountant()
+        let g = ConvGeometry(n: 4, cIn: 16, h: 14, w: 14, cOut: 16, kh: 1, kw: 1)
+        let unfused = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(try graph.relu(x), w) }
+        let fused = try Self.keptBytes(g) { graph, x, w in try graph.conv2d(x, w, reluInput: true) }
+        XCTAssertEqual(unfused - fused, g.n * g.cIn * g.h * g.w * 4, "the 1×1 convolution of relu(x) keeps no relu(x): \(unfused) vs \(fused)")
+
+        let s = ConvGeometry(n: 2, cIn: 3, h: 5, w: 4, cOut: 3, kh: 1, kw: 1)   // cOut = cIn: the outputs add to x
+        let x = try randomTensor([s.n, s.cIn, s.h, s.w], acc, seed: 1300)
+        for i in 0..<x.count where abs(x[i]) < 0.05 { x[i] = x[i] < 0 ? -0.1 : 0.1 }
+        let w1 = try randomTensor(s.weightShape, acc, seed: 1301), w2 = try randomTensor(s.weightShape, acc, seed: 1302)
+        let r = try randomTensor([s.n, s.cOut, s.h, s.w], acc, seed: 1303)
+        for scaleFirst in [false, true] {
+            func body(_ graph: Graph, _ v: [Variable], fold: Bool) throws -> Variable {
+                func conv(_ w: Variable) throws -> Variable { fold ? try graph.conv2d(v[0], w, reluInput: true) : try graph.conv2d(try graph.relu(v[0]), w) }
+                let early = scaleFirst ? try graph.scale(v[0], by: 2) : nil
+                let a = try conv(v[1]), b = try conv(v[2])
+                let c = try early ?? graph.scale(v[0], by: 2)
+                return try graph.add(graph.add(a, b), c)
+            }
+            try GradCheck().check("1×1 of relu(x) twice, scale recorded first: \(scaleFirst)", inputs: [x, w1, w2]) { graph, v in
+                try body(graph, v, fold: true)
+            }
+            var grads: [[[Float]]] = []
+            for fold in [true, false] {
+                let graph = Graph(accountant: acc)
+                let v = try [x, w1, w2].map { graph.leaf(try $0.copy()) }
+                try graph.backward(try body(graph, v, fold: fold), gradient: try r.copy())
+                grads.append(v.map { graph.gradient(of: $0)!.array })
+            }
+            for i in 0..<3 { assertClose(grads[0][i], grads[1][i], tol: 1e-6, "gradient \(i) against relu then conv, scale first: \(scaleFirst)") }
+        }
     }
 
     /// The bytes `conv` (of x and w leaves of g's shapes) leaves allocated: what it keeps for backward
@@ -325,13 +369,14 @@ final class ConvTests: XCTestCase {
 
     /// The depthwise kernels copy a row into their padded planes, and store a row's partial last
     /// vector, in whole vectors wherever those stay inside the plane (the lanes past the row are
-    /// dropped, or rewritten by the rows stored after). Here every input and output ends right
-    /// before a page the process may not touch, so a whole vector past the tensor's end is a
-    /// crash, not a silent read; on every fast-path geometry, with and without the fused ReLU,
-    /// each gradient with and without the other, and the results stay the naive reference's.
+    /// dropped, or rewritten by the rows stored after); the pointwise kernels mask and store dX in
+    /// whole vectors. Here every input and output ends right before a page the process may not
+    /// touch, so a whole vector past the tensor's end is a crash, not a silent read; on every
+    /// fast-path geometry and a pointwise one, with and without the fused ReLU, each gradient with
+    /// and without the other, and the results stay the naive reference's.
     func testDepthwise_WholeVectorRowsAndStores_NeverPassTheTensorsEnd() throws {
         let acc = MemoryAccountant()
-        let geometries = (Self.depthwise + Self.large).filter(\.supportsReLUInput)
+        let geometries = (Self.depthwise + Self.large).filter(\.supportsReLUInput) + [ConvGeometry(n: 2, cIn: 7, h: 5, w: 5, cOut: 13, kh: 1, kw: 1)]
         XCTAssertGreaterThanOrEqual(geometries.count, 12)
         for (k, g) in geometries.enumerated() {
             let x = try EndOfPageBuffer(try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(900 + k)).array)
@@ -340,7 +385,7 @@ final class ConvTests: XCTestCase {
             for relu in [false, true] {
                 let r = relu ? x.values.map { max($0, 0) } : x.values
                 let y = try EndOfPageBuffer(count: g.outputShape.reduce(1, *))
-                let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats())], category: .workspace, accountant: acc)
+                let fws = try Tensor(shape: [max(1, g.forwardWorkspaceFloats(reluInput: relu))], category: .workspace, accountant: acc)
                 Kernels.conv2dForward(g, x: x.ptr, w: w.ptr, y: y.ptr, workspace: fws.ptr, reluInput: relu)
                 var yRef = [Float](repeating: 0, count: y.count), dXRef = [Float](repeating: 0, count: x.count)
                 var dWRef = [Float](repeating: 0.5, count: w.count)

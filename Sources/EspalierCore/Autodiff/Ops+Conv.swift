@@ -1,10 +1,10 @@
 // The differentiable convolution: picks the kernel path from the geometry, allocates the
 // output and the path's workspace through the accountant, and saves the input and the weight
 // for backward (the input is usually the previous op's saved output, so it costs nothing extra).
-// `reluInput` computes conv(relu(x), w): on the depthwise fast path the kernels apply the ReLU
-// themselves (relu(x) is never stored, the DARTS ops' ReLU → depthwise), and so does a 1×1
-// convolution in a forward without tape (the cells' ReLU → 1×1 preprocessing in a zero-shot
-// forward); elsewhere it is the ReLU op followed by the convolution.
+// `reluInput` computes conv(relu(x), w): on the depthwise fast path and the 1×1 path the kernels
+// apply the ReLU themselves, forward and backward (relu(x) is never stored: the DARTS ops' ReLU →
+// depthwise, the cells' ReLU → 1×1 preprocessing); elsewhere it is the ReLU op followed by the
+// convolution.
 
 import Foundation
 
@@ -41,10 +41,10 @@ extension Graph {
     }
 
     /// Whether conv2d(x, w, reluInput: true) of geometry `g` reads relu(x) inside its kernels (else it
-    /// applies `relu` first). Without tape no backward follows, so the pointwise path folds the ReLU
-    /// too. While recording it does not: relu(x) is then shared with x's other readers (`relu`'s
-    /// cache), stored once, and its gradient summed once before the mask.
-    public func readsReLUInside(_ g: ConvGeometry) -> Bool { isRecording ? g.supportsReLUInput : g.supportsForwardReLUInput }
+    /// applies `relu` first, shared with x's other readers through `relu`'s cache). Where it does,
+    /// two convolutions of relu(x) each make it again (a pass over a sample in the cache) rather
+    /// than store it, and each masks and adds its dX into x's gradient as it stores it.
+    public func readsReLUInside(_ g: ConvGeometry) -> Bool { g.supportsReLUInput }
 
     /// conv2d's backward from dY, for its input at `xIndex` and its weight at `wIndex` of `ctx`:
     /// dX (added into the input's gradient as it is stored, where the kernels can), and dW

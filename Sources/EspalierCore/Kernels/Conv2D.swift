@@ -8,7 +8,9 @@
 // Backward overwrites dX and ADDS into dW, so a parameter's gradient can be passed directly.
 // Buffers are owned by the caller; `workspaceFloats` says how much scratch each path needs.
 // ReLU-fused input (`reluInput`: y = conv(relu(x), w), x the pre-ReLU input, relu(x) never
-// stored) on the depthwise fast path only (Depthwise.swift); `supportsReLUInput`.
+// stored) on the depthwise fast path (Depthwise.swift) and the pointwise path (a sample's relu(x)
+// in a scratch plane where a product reads it; dX masked by x > 0 as it is stored) and im2col (the
+// gather takes max(x, 0); dX masked after col2im); `supportsReLUInput`.
 // A window (`ConvWindow`: y = conv(x[:, :, top..<top+height, left..<left+width], w), the crop
 // never stored) on the im2col path: its gather reads the window in place, its col2im adds into
 // the window of a dX the size of x (zero outside it), so the convolution of a crop costs no crop.
@@ -90,15 +92,16 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         return .im2col
     }
 
-    /// Whether the kernels can take relu(x) from x themselves: the depthwise fast path.
-    public var supportsReLUInput: Bool { onDepthwiseFastPath }
-    /// Whether a forward that no backward follows (a forward without tape) can take relu(x) from x:
-    /// the depthwise path, and the pointwise one, which makes each sample's relu(x) in a scratch
-    /// plane of its workspace (`forwardWorkspaceFloats(reluInput:)`) just before its product reads it.
-    public var supportsForwardReLUInput: Bool { supportsReLUInput || algorithm == .pointwise }
+    /// Whether the kernels can take relu(x) from x themselves, forward and backward: the depthwise
+    /// fast path; the pointwise one, which makes each sample's relu(x) in a scratch plane of its
+    /// workspace just before a product reads it (forward, and backward for dW) and masks dX by
+    /// x > 0 as it stores it; and im2col, whose gather takes max(x, 0) and whose dX is masked
+    /// after its col2im. Not the direct depthwise loops (off the fast path).
+    public var supportsReLUInput: Bool { onDepthwiseFastPath || algorithm != .depthwise }
     /// Whether the backward kernels can add dX to a gradient so far as they store it
-    /// (`conv2dBackward`'s `dXAddend`).
-    public var addsIntoInputGradient: Bool { onDepthwiseFastPath }
+    /// (`conv2dBackward`'s `dXAddend`): the depthwise fast path, and the pointwise path (each
+    /// sample's dX made in a tile of its workspace, then added as it is stored).
+    public var addsIntoInputGradient: Bool { onDepthwiseFastPath || algorithm == .pointwise }
     /// The depthwise kernels of Depthwise.swift (a plan exists for this geometry), which take both.
     var onDepthwiseFastPath: Bool { algorithm == .depthwise && DepthwisePlan(self) != nil }
 
@@ -122,7 +125,9 @@ public struct ConvGeometry: Equatable, Hashable, Sendable, CustomStringConvertib
         let wCount = cOut * cInPerGroup * kh * kw, chunks = Parallel.chunkCount(n)
         switch algorithm {
         case .pointwise:
-            return (needInputGrad ? wCount : 0) + (needWeightGrad ? (chunks - 1) * wCount : 0)   // wᵀ, dW partials
+            // wᵀ and a dX tile per chunk; dW partials, and a relu(x) plane per chunk with reluInput.
+            return (needInputGrad ? wCount + chunks * cIn * h * w : 0)
+                + (needWeightGrad ? (chunks - 1) * wCount + (reluInput ? chunks * cIn * h * w : 0) : 0)
         case .depthwise:
             return depthwiseBackwardFloats(needInputGrad: needInputGrad, needWeightGrad: needWeightGrad, reluInput: reluInput)
         case .im2col:
@@ -136,15 +141,14 @@ extension Kernels {
     // MARK: - Tuned paths
 
     /// y = conv(x, w). `workspace` must hold `g.forwardWorkspaceFloats(reluInput:)`.
-    /// `reluInput` (y = conv(relu(x), w)) where `supportsForwardReLUInput`; a backward follows it
-    /// only where `supportsReLUInput`.
+    /// `reluInput` (y = conv(relu(x), w)) where `supportsReLUInput`.
     public static func conv2dForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                      y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>?, reluInput: Bool = false) {
-        precondition(!reluInput || g.supportsForwardReLUInput, "ReLU-fused input on \(g)")
+        precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
         switch g.algorithm {
         case .pointwise: pointwiseForward(g, x: x, w: w, y: y, reluPlanes: reluInput ? workspace! : nil)
         case .depthwise: depthwiseForward(g, x: x, w: w, y: y, workspace: workspace, reluInput: reluInput)
-        case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!)
+        case .im2col: im2colForward(g, x: x, w: w, y: y, workspace: workspace!, reluInput: reluInput)
         }
     }
 
@@ -157,9 +161,9 @@ extension Kernels {
         precondition(!reluInput || g.supportsReLUInput, "ReLU-fused input on \(g)")
         precondition(dXAddend == nil || g.addsIntoInputGradient, "a dX addend on \(g)")
         switch g.algorithm {
-        case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace)
+        case .pointwise: pointwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace, reluInput: reluInput, dXAddend: dXAddend)
         case .depthwise: depthwiseBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace, reluInput: reluInput, dXAddend: dXAddend)
-        case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!)
+        case .im2col: im2colBackward(g, x: x, w: w, dY: dY, dX: dX, dW: dW, workspace: workspace!, reluInput: reluInput)
         }
     }
 
@@ -187,26 +191,77 @@ extension Kernels {
         }
     }
 
-    /// Workspace: wᵀ (Cin × Cout) when dX is wanted, then the dW partials of every chunk but the first.
+    /// Workspace (`backwardWorkspaceFloats`): wᵀ (Cin × Cout) and a dX tile per chunk when dX is
+    /// wanted; the dW partials of every chunk but the first, and with `reluInput` a relu(x) plane
+    /// per chunk, when dW is. A sample's dX is stored straight where there is nothing to do to it;
+    /// else it is made in the tile and stored as dXAddend + (x > 0 ? tile : 0) (mask with
+    /// `reluInput`, addend where given; dXAddend may be dX itself): the floats the ReLU's backward
+    /// and an accumulate of a separate dX made.
     static func pointwiseBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                                  dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?) {
-        let hw = g.h * g.w, wCount = g.cOut * g.cIn
+                                  dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>?,
+                                  reluInput: Bool = false, dXAddend: UnsafePointer<Float>? = nil) {
+        let hw = g.h * g.w, wCount = g.cOut * g.cIn, plane = g.cIn * hw
         let chunks = Parallel.chunkCount(g.n)
-        let wt = workspace, partials = workspace.map { $0 + (dX == nil ? 0 : wCount) }
+        // Layout: wᵀ, dX tiles (with dX); dW partials, relu(x) planes (with dW and reluInput).
+        var next = workspace
+        func take(_ floats: Int) -> UnsafeMutablePointer<Float>? { defer { next = next.map { $0 + floats } }; return next }
+        let wt = dX == nil ? nil : take(wCount), tiles = dX == nil ? nil : take(chunks * plane)
+        let partials = dW == nil ? nil : take((chunks - 1) * wCount)
+        let reluPlanes = dW == nil || !reluInput ? nil : take(chunks * plane)
         if dX != nil { packTransposed(w, rows: g.cOut, cols: g.cIn, into: wt!) }
         if dW != nil, chunks > 1 { partials!.update(repeating: 0, count: (chunks - 1) * wCount) }
+        let direct = !reluInput && dXAddend == nil
         Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
             let dWk: UnsafeMutablePointer<Float>? = dW == nil ? nil : (k == 0 ? dW! : partials! + (k - 1) * wCount)
             for s in r {
-                let xs = x + s * g.cIn * hw, dys = dY + s * g.cOut * hw
-                // dX[s] (Cin × HW) = wᵀ (Cin × Cout) · dY[s] (Cout × HW)
-                if let dX { pointwiseSampleInputGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, wt: wt!, dy: dys, dx: dX + s * g.cIn * hw) }
-                // dW (Cout × Cin) += dY[s] (Cout × HW) · x[s]ᵀ (HW × Cin)
-                if let dWk { pointwiseSampleWeightGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, dy: dys, x: xs, dw: dWk) }
+                let xs = x + s * plane, dys = dY + s * g.cOut * hw
+                if let dX {
+                    // dX[s] (Cin × HW) = wᵀ (Cin × Cout) · dY[s] (Cout × HW), then masked and added as it is stored.
+                    let out = dX + s * plane
+                    if direct {
+                        pointwiseSampleInputGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, wt: wt!, dy: dys, dx: out)
+                    } else {
+                        let tile = tiles! + k * plane
+                        pointwiseSampleInputGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, wt: wt!, dy: dys, dx: tile)
+                        storeInputGrad(tile, x: reluInput ? xs : nil, addend: dXAddend.map { $0 + s * plane }, into: out, count: plane)
+                    }
+                }
+                // dW (Cout × Cin) += dY[s] (Cout × HW) · relu?(x[s])ᵀ (HW × Cin)
+                if let dWk {
+                    var xr = xs
+                    if let reluPlanes {
+                        let rx = reluPlanes + k * plane
+                        reluForward(xs, rx, count: plane)   // inside a chunk: runs on this thread
+                        xr = UnsafePointer(rx)
+                    }
+                    pointwiseSampleWeightGrad(cIn: g.cIn, cOut: g.cOut, hw: hw, dy: dys, x: xr, dw: dWk)
+                }
             }
         }
         if let dW, chunks > 1 {
             for k in 1..<chunks { addInPlace(dW, partials! + (k - 1) * wCount, count: wCount) }
+        }
+    }
+
+    /// out = addend + (x > 0 ? g : 0) (without x: g; without addend: the masked g alone): the
+    /// floats of reluBackward's select followed by add's sum. `out` may be `addend`.
+    static func storeInputGrad(_ g: UnsafePointer<Float>, x: UnsafePointer<Float>?, addend: UnsafePointer<Float>?,
+                               into out: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        let zero = SIMD8<Float>()
+        while i + 8 <= count {
+            var v = load8(g + i)
+            if let x { v = v.replacing(with: zero, where: .!(load8(x + i) .> zero)) }
+            if let addend { v = load8(addend + i) + v }
+            store8(out + i, v)
+            i += 8
+        }
+        while i < count {
+            var v = g[i]
+            if let x { v = x[i] > 0 ? v : 0 }
+            if let addend { v = addend[i] + v }
+            out[i] = v
+            i += 1
         }
     }
 
@@ -323,7 +378,8 @@ extension Kernels {
 
     /// col (Cin·KH·KW, Ho·Wo) from one sample x (Cin, H, W) (its window, if any); zero where the
     /// kernel is off the image (or the window).
-    static func im2col(_ g: ConvGeometry, x: UnsafePointer<Float>, col: UnsafeMutablePointer<Float>) {
+    /// col = im2col(relu?(x)): with `relu`, each value gathered is max(x, 0), the floats of relu(x).
+    static func im2col(_ g: ConvGeometry, x: UnsafePointer<Float>, col: UnsafeMutablePointer<Float>, relu: Bool = false) {
         let (ho, wo, s, p, d) = (g.hOut, g.wOut, g.stride, g.padding, g.dilation)
         var row = 0
         for c in 0..<g.cIn {
@@ -339,8 +395,13 @@ extension Kernels {
                         if ih < 0 || ih >= g.inH { drow.update(repeating: 0, count: wo); continue }
                         let xrow = xp + ih * g.w
                         for ow in 0..<rng.lowerBound { drow[ow] = 0 }
-                        if s == 1 { for ow in rng { drow[ow] = xrow[ow + off] } }
-                        else { for ow in rng { drow[ow] = xrow[ow * s + off] } }
+                        if relu {
+                            for ow in rng { drow[ow] = max(xrow[ow * s + off], 0) }
+                        } else if s == 1 {
+                            for ow in rng { drow[ow] = xrow[ow + off] }
+                        } else {
+                            for ow in rng { drow[ow] = xrow[ow * s + off] }
+                        }
                         for ow in rng.upperBound..<wo { drow[ow] = 0 }
                     }
                     row += 1
@@ -375,13 +436,13 @@ extension Kernels {
     }
 
     static func im2colForward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                              y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>) {
+                              y: UnsafeMutablePointer<Float>, workspace: UnsafeMutablePointer<Float>, reluInput: Bool = false) {
         let hwo = g.hOut * g.wOut, rows = g.colRows, cog = g.cOutPerGroup
         let chunks = Parallel.chunkCount(g.n)
         Parallel.forChunksIndexed(g.n, chunks: chunks) { k, r in
             let col = workspace + k * g.colSize
             for s in r {
-                im2col(g, x: x + s * g.cIn * g.h * g.w, col: col)
+                im2col(g, x: x + s * g.cIn * g.h * g.w, col: col, relu: reluInput)
                 for grp in 0..<g.groups {
                     // y[s, grp] (Cout/g × HoWo) = w[grp] (Cout/g × rows) · col[grp] (rows × HoWo)
                     sgemm(transA: false, transB: false, m: cog, n: hwo, k: rows, alpha: 1,
@@ -392,8 +453,11 @@ extension Kernels {
         }
     }
 
+    /// With `reluInput`: the columns of relu(x) for dW, and dX masked by x > 0 after its col2im
+    /// (the floats of the ReLU's backward of the convolution's dX).
     static func im2colBackward(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>, dY: UnsafePointer<Float>,
-                               dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>) {
+                               dX: UnsafeMutablePointer<Float>?, dW: UnsafeMutablePointer<Float>?, workspace: UnsafeMutablePointer<Float>,
+                               reluInput: Bool = false) {
         let hwo = g.hOut * g.wOut, rows = g.colRows, cog = g.cOutPerGroup
         let chunks = Parallel.chunkCount(g.n)
         let wCount = g.cOut * rows
@@ -409,7 +473,7 @@ extension Kernels {
             for s in r {
                 let dys = dY + s * g.cOut * hwo
                 if let col, let dWk {
-                    im2col(g, x: x + s * g.cIn * g.h * g.w, col: col)
+                    im2col(g, x: x + s * g.cIn * g.h * g.w, col: col, relu: reluInput)
                     for grp in 0..<g.groups {
                         // dW[grp] (Cout/g × rows) += dY[s, grp] (Cout/g × HoWo) · col[grp]ᵀ
                         sgemm(transA: false, transB: true, m: cog, n: rows, k: hwo, alpha: 1,
@@ -424,7 +488,9 @@ extension Kernels {
                               a: w + grp * cog * rows, lda: rows, b: dys + grp * cog * hwo, ldb: hwo,
                               beta: 0, c: dcol + grp * rows * hwo, ldc: hwo)
                     }
-                    col2im(g, col: dcol, dx: dX + s * g.cIn * g.h * g.w)
+                    let plane = g.cIn * g.h * g.w, dXs = dX + s * plane
+                    col2im(g, col: dcol, dx: dXs)
+                    if reluInput { storeInputGrad(dXs, x: x + s * plane, addend: nil, into: dXs, count: plane) }
                 }
             }
         }
