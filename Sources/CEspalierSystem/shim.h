@@ -33,6 +33,14 @@ static inline int espalier_cpu_has_avx512f(void) {
     return (lo & 0xE6u) == 0xE6u;
 }
 
+/// 1 when CPUID's vendor string is "AuthenticAMD", else 0. Zen 4 and later run 512-bit
+/// multiply-adds without lowering the core's clock (Intel's cores of AVX-512 do lower it).
+static inline int espalier_cpu_vendor_is_amd(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;   // "Auth" "enti" "cAMD"
+}
+
 /// Twelve independent 16-lane fused multiply-add chains a ← a·m + c, `iterations` times each
 /// (ESPALIER_FMA512_FLOPS_PER_ITERATION flops an iteration). AVX-512F code: call it only where espalier_cpu_has_avx512f() is 1.
 /// Returns the chains' sum, so that nothing is optimised away.
@@ -56,5 +64,6 @@ __attribute__((target("avx512f"))) static inline float espalier_fma512_chains(lo
 }
 #else
 static inline int espalier_cpu_has_avx512f(void) { return 0; }
+static inline int espalier_cpu_vendor_is_amd(void) { return 0; }
 static inline float espalier_fma512_chains(long iterations, float m, float c) { (void)iterations; (void)m; (void)c; return 0; }
 #endif

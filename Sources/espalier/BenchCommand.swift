@@ -48,13 +48,14 @@ struct BenchCommand: ParsableCommand {
         print("\(variant) · \(shape)\(overridden) (batch \(s.batch), \(s.channels)×\(s.height)×\(s.width), C=\(s.c), \(s.cells) cells, \(r.weights) weights), threads \(Parallel.workers)"
               + (mode == .none ? "" : ", --recompute \(mode.rawValue)"))
         print(String(format: "  step: median %.3f s, min %.3f s over %d steps", r.medianSeconds, r.minSeconds, r.steps))
-        print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s, 8 lanes: AVX2, what this build issues)",
+        print(String(format: "  work: %.2f GFLOP per step, %.1f GFLOP/s = %.1f%% of the measured FMA peak (%.0f GFLOP/s, 8 lanes: AVX2, what most of our kernels issue)",
                      Double(r.flopsPerStep) / 1e9, r.gflops, 100 * r.gflops / max(r.fmaPeakGflops, 1), r.fmaPeakGflops))
         if let wide = r.fmaPeak512Gflops {
             print(String(format: "        = %.1f%% of this CPU's FMA limit (%.0f GFLOP/s, 16 lanes: AVX-512)", 100 * r.gflops / max(wide, 1), wide))
         }
         if let ratio = r.fma8AfterWideRatio {
-            print(String(format: "        8-lane multiply-adds right after 16-lane ones take %.2f× as long (the clock a core gives up for AVX-512; ESPALIER_KERNEL_LANES=16)", ratio))
+            print(String(format: "        8-lane multiply-adds right after 16-lane ones take %.2f× as long (the clock a core gives up for AVX-512); the 1×1 micro-kernel runs %d lanes (ESPALIER_KERNEL_LANES)",
+                         ratio, Kernels.sixteenLanes ? 16 : 8))
         }
         print(String(format: "  memory: peak RSS − RSS after build = %.0f MiB (peak %.0f, after build %.0f); accountant peak %@",
                      r.peakMinusBuildMiB, r.peakRSSMiB, r.rssAfterBuildMiB, formatBytes(r.peakBytes) as NSString)

@@ -64,10 +64,26 @@ final class PointwiseKernelTests: XCTestCase {
         } } }
     }
 
+    /// Which lane count the 1×1 micro-kernel runs: never 16 without AVX-512; by default 16 only on
+    /// AMD's CPUs (no clock drop for 512-bit work; on Intel's the step was slower); the setting
+    /// ESPALIER_KERNEL_LANES=8 or 16 wins where the CPU has AVX-512, anything else is ignored.
+    func testSixteenLanes_ByDefaultOnlyWhereTheClockDoesNotDrop() {
+        for amd in [false, true] {
+            for setting in [nil, "8", "16", "32", ""] as [String?] {
+                XCTAssertFalse(Kernels.runsSixteenLanes(hasAVX512: false, vendorIsAMD: amd, setting: setting), "no AVX-512, \(amd), \(setting ?? "unset")")
+            }
+            XCTAssertEqual(Kernels.runsSixteenLanes(hasAVX512: true, vendorIsAMD: amd, setting: nil), amd, "default, AMD \(amd)")
+            XCTAssertEqual(Kernels.runsSixteenLanes(hasAVX512: true, vendorIsAMD: amd, setting: "32"), amd, "an unknown setting, AMD \(amd)")
+            XCTAssertTrue(Kernels.runsSixteenLanes(hasAVX512: true, vendorIsAMD: amd, setting: "16"), "16 asked for, AMD \(amd)")
+            XCTAssertFalse(Kernels.runsSixteenLanes(hasAVX512: true, vendorIsAMD: amd, setting: "8"), "8 asked for, AMD \(amd)")
+        }
+    }
+
     /// The 16-lane kernel (AVX-512, C) against the 8-lane one it mirrors: the same bits in C and
     /// in both row sums, on every row tail (m % 8 and % 4), column tail (% 32, % 16, % 8), K of 1,
-    /// strided rows, and planes wider than one panel. `smallGemm` runs it with
-    /// ESPALIER_KERNEL_LANES=16, so without this equality a search's results would depend on it.
+    /// strided rows, and planes wider than one panel. `smallGemm` runs it by default on AMD's CPUs
+    /// with AVX-512 (and with ESPALIER_KERNEL_LANES=16), so without this equality a search's
+    /// results would depend on the machine.
     func testSmallGemm16_EqualsThe8LaneKernel_BitForBit() {
         guard Kernels.hasAVX512 else {
             // Nothing to compare on this CPU; what must hold here is that the 16-lane kernel is never chosen.

@@ -85,20 +85,21 @@ extension Kernels {
     /// C (m × p, row stride ldc) = A (m × k, contiguous rows) · B (k × p, row stride ldb); C is
     /// overwritten. With `sum`/`sumSq`, adds Σ_p C[r, p] and Σ_p C[r, p]² into sum[r], sumSq[r]
     /// (Float lanes over one row, added in Double), read from the registers the result is in.
-    /// It runs `smallGemm8`, or with ESPALIER_KERNEL_LANES=16 on a CPU with AVX-512 its 16-lane form
-    /// (CEspalierKernels/small_gemm16.c); the two give the same bits.
+    /// It runs `smallGemm8`, or on a CPU with AVX-512 where `sixteenLanes` says so its 16-lane
+    /// form (CEspalierKernels/small_gemm16.c); the two give the same bits.
     ///
-    /// Why 8 lanes stay the default (measured 2026-12-07 on this machine's Xeon, AVX-512F):
-    /// - Alone, the 16-lane kernel is 1.2–1.7× as fast at the supernet's shapes (`espalier
-    ///   kernel-bench`, 1×1 forward, C = 16 at 28×28, 32 at 14×14; no gain at 64 on 7×7).
-    /// - In a step it is slower: zeroshot fmnist 0.856 s against 0.769 s, darts fmnist 5.90 s against
-    ///   5.39 s (the mean of 4–5 alternating rounds each, one binary, `ESPALIER_KERNEL_LANES`).
-    /// - The cause is the clock. A core that runs 512-bit multiply-adds lowers its frequency, and
-    ///   the AVX2 code around them runs at the lower clock too: AVX2 multiply-add chains ran 1.15–1.25×
-    ///   as long right after 512-bit bursts as alone (`espalier bench`'s `fma8AfterWideRatio`).
-    ///   Every other kernel of the step pays that.
-    /// So 16 lanes would pay only if nearly the whole step ran at 16 lanes; measure again on a CPU
-    /// whose clock does not drop.
+    /// Which is faster depends on the CPU's clock, so the default depends on the vendor:
+    /// - Intel (measured 2026-12-07 on a Xeon, AVX-512F): alone, the 16-lane kernel was 1.2–1.7×
+    ///   as fast at the supernet's shapes, but in a step slower (zeroshot fmnist 0.856 s against
+    ///   0.769 s, darts fmnist 5.90 s against 5.39 s, 4–5 alternating rounds each). A core that
+    ///   runs 512-bit multiply-adds lowers its frequency, and the AVX2 code around them pays too:
+    ///   AVX2 multiply-add chains ran 1.15–1.25× as long right after 512-bit bursts as alone
+    ///   (`espalier bench`'s `fma8AfterWideRatio`). So 8 lanes there.
+    /// - AMD (measured 2026-12-07 on an EPYC, Zen 4 class, AVX-512F): the same ratio reads 1.01 (no
+    ///   clock given up), and 16 lanes made the step faster: zeroshot fmnist 0.90× and 0.91×,
+    ///   zeroshot cifar 0.93×, darts fmnist 0.83× (`bench/ab.sh`, 4 alternating rounds, medians;
+    ///   gdas fmnist 0.99×). So 16 lanes there.
+    /// ESPALIER_KERNEL_LANES=8 or 16 overrides the default (`sixteenLanes`).
     public static func smallGemm(m: Int, k: Int, p: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                                  c: UnsafeMutablePointer<Float>, ldc: Int,
                                  sum: UnsafeMutablePointer<Double>? = nil, sumSq: UnsafeMutablePointer<Double>? = nil) {
@@ -112,8 +113,21 @@ extension Kernels {
     /// Whether this CPU can run the 16-lane kernels: AVX-512F, and the OS saves its registers.
     public static let hasAVX512: Bool = espalier_kernels_have_16_lanes() == 1 && espalier_cpu_has_avx512f() == 1
 
-    /// Whether `smallGemm` runs its 16-lane form: ESPALIER_KERNEL_LANES=16 on a CPU that has it.
-    public static let sixteenLanes: Bool = hasAVX512 && ProcessInfo.processInfo.environment["ESPALIER_KERNEL_LANES"] == "16"
+    /// Whether `smallGemm` runs its 16-lane form (see `smallGemm`): never without AVX-512; else as
+    /// ESPALIER_KERNEL_LANES says (8 or 16), and by default on AMD's CPUs, whose clock does not
+    /// drop for 512-bit work.
+    public static let sixteenLanes: Bool = runsSixteenLanes(hasAVX512: hasAVX512, vendorIsAMD: espalier_cpu_vendor_is_amd() == 1,
+                                                            setting: ProcessInfo.processInfo.environment["ESPALIER_KERNEL_LANES"])
+
+    /// The rule `sixteenLanes` applies (any other setting than 8 or 16 leaves the default).
+    public static func runsSixteenLanes(hasAVX512: Bool, vendorIsAMD: Bool, setting: String?) -> Bool {
+        guard hasAVX512 else { return false }
+        switch setting {
+        case "16": return true
+        case "8": return false
+        default: return vendorIsAMD
+        }
+    }
 
     /// `smallGemm` at 8 lanes (AVX2): the default kernel, and the one the 16-lane kernel must equal
     /// bit for bit. Column panels of B (k × `smallGemmPanelColumns(k)`) stay in L1 while every row
