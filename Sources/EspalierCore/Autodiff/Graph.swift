@@ -118,12 +118,10 @@ public struct BackwardContext {
     /// The op's gradient as a batch norm's pending input gradient, for an op recorded with
     /// `.batchNormInput`: its kernel makes each plane where it reads it, and dOut is not read.
     public let batchNormGradient: PendingBatchNormGradient?
-    /// Whether the op (recorded with `.channelSums`) got its whole gradient with its channel sums,
-    /// in a dry run too.
-    public let hasOutputChannelSums: Bool
-    /// Those sums: 2C Doubles, Σ s·dOut per channel, then Σ s·dOut·out per channel (s =
-    /// `outputScale`; each plane's Float lanes added in Double, as `Kernels.batchNormBackward`'s
-    /// sums pass makes them). nil when they did not come, and in a dry run (no memory there).
+    /// For an op recorded with `.channelSums` whose whole gradient came with them: 2C Doubles,
+    /// Σ s·dOut per channel, then Σ s·dOut·out per channel (s = `outputScale`; each plane's Float
+    /// lanes added in Double, as `Kernels.batchNormBackward`'s sums pass makes them). nil when they
+    /// did not come, and in a dry run (its tensors hold no memory, and no kernel reads them).
     public let outputChannelSums: UnsafePointer<Double>?
 
     /// True when input `i`'s op takes the channel sums of its gradient and has no gradient yet:
@@ -421,11 +419,9 @@ public final class Graph {
             node.gradChannelSums = nil
             node.backwardFn = nil  // frees the saved tensors once `fn` returns
             try accountant.withOwnerID(node.owner) {
-                // (A dry run's tensors hold no memory: there the sums are only a flag, never read.)
-                let sums = channelSums.map { computing ? UnsafePointer(UnsafeMutableRawPointer($0.ptr).assumingMemoryBound(to: Double.self)) : nil }
+                let sums = computing ? channelSums.map { UnsafePointer(UnsafeMutableRawPointer($0.ptr).assumingMemoryBound(to: Double.self)) } : nil
                 try withExtendedLifetime(channelSums) {
-                    try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale, batchNormGradient: pending,
-                                                 hasOutputChannelSums: channelSums != nil, outputChannelSums: sums ?? nil))
+                    try fn(dOut, BackwardContext(node: node, graph: self, outputScale: scale, batchNormGradient: pending, outputChannelSums: sums))
                 }
             }
         }
