@@ -38,6 +38,14 @@ final class ChannelTests: XCTestCase {
             Kernels.narrowChannelsBackward(nar1.ptr, dX: dX1.ptr, c: total, offset: 3, channels: 4, n: n, hw: hw)
             Kernels.narrowChannelsBackwardNaive(nar1.ptr, dX: dX2.ptr, c: total, offset: 3, channels: 4, n: n, hw: hw)
             XCTAssertEqual(dX1.array, dX2.array, "narrow backward")
+            // Added into a gradient so far: from another tensor (copied outside the range), and in place.
+            let before = try randomTensor([n, total, hw], acc, seed: UInt64(40 + k))
+            let dX3 = try Tensor.filled([n, total, hw], value: 3, category: .data, accountant: acc)
+            Kernels.narrowChannelsBackward(nar1.ptr, dX: dX3.ptr, addend: before.ptr, c: total, offset: 3, channels: 4, n: n, hw: hw)
+            Kernels.narrowChannelsBackwardNaive(nar1.ptr, dX: dX2.ptr, addend: before.ptr, c: total, offset: 3, channels: 4, n: n, hw: hw)
+            XCTAssertEqual(dX3.array, dX2.array, "narrow backward into a gradient so far")
+            Kernels.narrowChannelsBackward(nar1.ptr, dX: before.ptr, addend: before.ptr, c: total, offset: 3, channels: 4, n: n, hw: hw)
+            XCTAssertEqual(before.array, dX2.array, "narrow backward in place")
 
             for groups in [2, 5] {
                 let s1 = try Tensor(shape: [n, total, hw], category: .data, accountant: acc)
@@ -117,6 +125,38 @@ final class ChannelTests: XCTestCase {
         }
         let x2 = try randomTensor([4, 6], acc, seed: 13)   // (N, C)
         try GradCheck().check("narrow rank 2", inputs: [x2]) { graph, v in try graph.narrow(v[0], channels: 2..<5) }
+        // x read by two narrows (overlapping) and a scale, in either order: each adds where it is made.
+        for scaleFirst in [false, true] {
+            try GradCheck().check("narrow twice and a scale, scale first: \(scaleFirst)", inputs: [x]) { graph, v in
+                let early = scaleFirst ? try graph.scale(v[0], by: 0.5) : nil
+                let a = try graph.narrow(v[0], channels: 0..<3), b = try graph.narrow(v[0], channels: 2..<5)
+                let c = try early ?? graph.scale(v[0], by: 0.5)
+                return try graph.add(try graph.add(a, try graph.scale(b, by: 2)), try graph.narrow(c, channels: 1..<4))
+            }
+        }
+    }
+
+    /// A narrow's backward into a gradient x already holds as its own writes nothing of x's size:
+    /// it adds dY into the narrowed channels in place. Before, it wrote a zeroed dX of x's size
+    /// and added that.
+    func testNarrow_AddsIntoTheGradientSoFar_WithoutAGradientOfXsSize() throws {
+        let acc = MemoryAccountant()
+        let shape = [4, 16, 12, 12], size = shape.reduce(1, *) * MemoryLayout<Float>.size
+        let g = Graph(accountant: acc)
+        let p = try parameterWithGradient("x", shape, acc, seed: 1)
+        let y = try g.narrow(g.param(p), channels: 4..<8)
+        let dY = try randomTensor(y.shape, acc, seed: 2)
+        let gradBefore = p.grad!.array
+        acc.resetPeak()
+        let before = acc.currentTotal
+        try g.backward(y, gradient: dY)
+        XCTAssertLessThan(acc.peakTotal - before, size / 4, "backward took \(acc.peakTotal - before) bytes more at its peak; x is \(size) bytes")
+        let after = p.grad!.array, inner = 12 * 12
+        for s in 0..<4 { for ch in 0..<16 { for i in 0..<inner {
+            let j = (s * 16 + ch) * inner + i
+            let expected = (4..<8).contains(ch) ? gradBefore[j] + dY[(s * 4 + ch - 4) * inner + i] : gradBefore[j]
+            XCTAssertEqual(after[j], expected, "sample \(s) channel \(ch)")
+        } } }
     }
 
     func testZeroOp_StrideTwo_HasCeilShapeAndNoGradient() throws {

@@ -87,8 +87,7 @@ final class PendingGradientTests: XCTestCase {
         let acc = MemoryAccountant()
         let c = Self.shape[1], terms = 4, size = Self.shape.reduce(1, *) * MemoryLayout<Float>.size
         let g = Graph(accountant: acc)
-        let ps = try (0..<terms).map { Parameter(name: "x\($0)", value: try randomTensor(Self.shape, acc, seed: UInt64($0))) }
-        for p in ps { try p.ensureGrad() }
+        let ps = try (0..<terms).map { try parameterWithGradient("x\($0)", Self.shape, acc, seed: UInt64($0)) }
         let w = g.leaf(try randomTensor([terms], acc, seed: 9))
         let ts = try ps.map { try g.batchNorm(g.param($0), gamma: nil, beta: nil, runningMean: nil, runningVar: nil) }
         let y = try g.weightedSum(ts, weights: w)
@@ -147,8 +146,7 @@ final class PendingGradientTests: XCTestCase {
         let acc = MemoryAccountant()
         let shape = [4, 8, 12, 12], size = shape.reduce(1, *) * MemoryLayout<Float>.size
         let g = Graph(accountant: acc)
-        let p = Parameter(name: "x", value: try randomTensor(shape, acc, seed: 1))
-        try p.ensureGrad()
+        let p = try parameterWithGradient("x", shape, acc, seed: 1)
         let b = try g.batchNorm(try g.maxPool2d(g.param(p), kernel: 3, stride: 1, padding: 1), gamma: nil, beta: nil, runningMean: nil, runningVar: nil)
         let dY = try randomTensor(shape, acc, seed: 2)
         acc.resetPeak()

@@ -63,6 +63,14 @@ public func randomTensor(_ shape: [Int], _ acc: MemoryAccountant, seed: UInt64, 
     return t
 }
 
+/// A parameter of random values whose gradient buffer exists, as an optimiser's does: a backward
+/// adds into it in place.
+public func parameterWithGradient(_ name: String, _ shape: [Int], _ acc: MemoryAccountant, seed: UInt64) throws -> Parameter {
+    let p = Parameter(name: name, value: try randomTensor(shape, acc, seed: seed))
+    try p.ensureGrad()
+    return p
+}
+
 public func assertClose(_ a: [Float], _ b: [Float], tol: Float = 1e-4, _ msg: String = "", file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(a.count, b.count, "count \(msg)", file: file, line: line)
     for i in 0..<min(a.count, b.count) {

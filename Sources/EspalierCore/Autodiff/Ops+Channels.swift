@@ -34,7 +34,7 @@ extension Graph {
         }
     }
 
-    /// Channels `range` of x (a copy). Backward writes dY into its slice of a zeroed full-size gradient.
+    /// Channels `range` of x (a copy). Backward adds dY into its slice of x's gradient where it is made.
     public func narrow(_ x: Variable, channels range: Range<Int>) throws -> Variable {
         let (n, c, inner) = try channelLayout(x.shape, "narrow")
         guard range.lowerBound >= 0, range.upperBound <= c, !range.isEmpty else {
@@ -49,12 +49,15 @@ extension Graph {
                                  to: y.ptr, dstChannels: range.count, dstOffset: 0, channels: range.count, n: n, hw: inner)
         }
         let inShape = x.shape
-        return record(y, inputs: [x]) { [unowned self] dY, ctx in
-            let dX = try self.gradTensor(inShape)
+        // dY is added into x's gradient where it is made (the gradient so far, in place where it is
+        // x's own: only the narrowed channels are touched); no gradient of x's size is written first.
+        return record(y, inputs: [x]) { dY, ctx in
+            guard let (out, addend) = try ctx.accumulationTarget(0) else { return }
+            precondition(out.shape.reduce(1, *) == inShape.reduce(1, *), "narrow's gradient target \(out.shape) for \(inShape)")
             if ctx.computing {
-                Kernels.narrowChannelsBackward(dY.ptr, dX: dX.ptr, c: c, offset: range.lowerBound, channels: range.count, n: n, hw: inner)
+                Kernels.narrowChannelsBackward(dY.ptr, dX: out.ptr, addend: addend.map { UnsafePointer($0.ptr) }, c: c, offset: range.lowerBound,
+                                               channels: range.count, n: n, hw: inner)
             }
-            try ctx.accumulate(0, dX)
         }
     }
 

@@ -41,14 +41,28 @@ extension Kernels {
         }
     }
 
-    /// Narrow backward: dX (N, C, HW) = 0 except dX[:, offset ..< offset+channels] = dY (N, channels, HW).
-    public static func narrowChannelsBackward(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+    /// The gradient of `narrow` (channels offset..<offset+channels of x, (N, c, HW)), added into x's
+    /// gradient where it is made: dX = addend + [0 ‖ dY ‖ 0] along channels. Without `addend`, the
+    /// channels outside the range are zeroed; with one, dX's range is addend + dY and the rest is
+    /// the addend's (copied, unless `addend` is dX itself, in place: then only the range is touched).
+    public static func narrowChannelsBackward(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>? = nil,
                                               c: Int, offset: Int, channels: Int, n: Int, hw: Int) {
-        forItems(n, itemSize: c * hw) { s in
-            let dx = dX + s * c * hw
-            dx.update(repeating: 0, count: offset * hw)
-            (dx + offset * hw).update(from: dY + s * channels * hw, count: channels * hw)
-            (dx + (offset + channels) * hw).update(repeating: 0, count: (c - offset - channels) * hw)
+        let inPlace = addend.map { UnsafeMutablePointer(mutating: $0) == dX } ?? false
+        forItems(n, itemSize: (inPlace ? channels : c) * hw) { s in
+            let dx = dX + s * c * hw, dy = dY + s * channels * hw
+            let before = offset * hw, after = (offset + channels) * hw, rest = (c - offset - channels) * hw
+            if let addend {
+                let a = addend + s * c * hw
+                if !inPlace {
+                    dx.update(from: a, count: before)
+                    (dx + after).update(from: a + after, count: rest)
+                }
+                for i in 0..<(channels * hw) { dx[before + i] = a[before + i] + dy[i] }
+            } else {
+                dx.update(repeating: 0, count: before)
+                (dx + before).update(from: dy, count: channels * hw)
+                (dx + after).update(repeating: 0, count: rest)
+            }
         }
     }
 
@@ -98,13 +112,15 @@ extension Kernels {
         }
     }
 
-    public static func narrowChannelsBackwardNaive(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
+    public static func narrowChannelsBackwardNaive(_ dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, addend: UnsafePointer<Float>? = nil,
                                                    c: Int, offset: Int, channels: Int, n: Int, hw: Int) {
         for s in 0..<n {
             for ch in 0..<c {
                 for i in 0..<hw {
+                    let j = (s * c + ch) * hw + i
                     let inside = ch >= offset && ch < offset + channels
-                    dX[(s * c + ch) * hw + i] = inside ? dY[(s * channels + ch - offset) * hw + i] : 0
+                    let g = inside ? dY[(s * channels + ch - offset) * hw + i] : 0
+                    dX[j] = addend.map { inside ? $0[j] + g : $0[j] } ?? g
                 }
             }
         }
