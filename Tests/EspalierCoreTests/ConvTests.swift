@@ -231,11 +231,11 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    /// The graph op: gradients against finite differences (the fused path, and the ReLU + conv
-    /// composition it falls back to off the fast path), and relu(x) is never stored.
+    /// The graph op: gradients against finite differences on the depthwise and 1×1 paths, and
+    /// relu(x) is never stored.
     func testReLUConv2d_Gradients_AndNoReLUTensorKept() throws {
         let acc = MemoryAccountant()
-        let cases = [Self.depthwise[0], Self.depthwise[3], Self.geometries[0], Self.geometries[5]]   // dw s1, dw s2 d2; 1×1, im2col (fallback)
+        let cases = [Self.depthwise[0], Self.depthwise[3], Self.geometries[0], Self.geometries[5]]   // dw s1, dw s2 d2; 1×1, dw k5 s2
         for (k, g) in cases.enumerated() {
             let x = try randomTensor([g.n, g.cIn, g.h, g.w], acc, seed: UInt64(900 + k))
             // Keep inputs away from the ReLU's kink so finite differences do not straddle it.

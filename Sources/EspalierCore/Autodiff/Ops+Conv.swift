@@ -1,10 +1,10 @@
 // The differentiable convolution: picks the kernel path from the geometry, allocates the
 // output and the path's workspace through the accountant, and saves the input and the weight
 // for backward (the input is usually the previous op's saved output, so it costs nothing extra).
-// `reluInput` computes conv(relu(x), w): on the depthwise fast path and the 1×1 path the kernels
-// apply the ReLU themselves, forward and backward (relu(x) is never stored: the DARTS ops' ReLU →
-// depthwise, the cells' ReLU → 1×1 preprocessing); elsewhere it is the ReLU op followed by the
-// convolution.
+// `reluInput` computes conv(relu(x), w): the kernels apply the ReLU themselves, forward and
+// backward, on the depthwise fast path, the 1×1 path and im2col (relu(x) is never stored: the
+// DARTS ops' ReLU → depthwise, the cells' ReLU → 1×1 preprocessing and factorized reduce); off the
+// depthwise fast path (its direct loops) it is the ReLU op followed by the convolution.
 
 import Foundation
 

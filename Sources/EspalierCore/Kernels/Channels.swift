@@ -57,7 +57,7 @@ extension Kernels {
                     dx.update(from: a, count: before)
                     (dx + after).update(from: a + after, count: rest)
                 }
-                for i in 0..<(channels * hw) { dx[before + i] = a[before + i] + dy[i] }
+                add(a + before, dy, dx + before, count: channels * hw)   // inside a chunk: runs on this thread
             } else {
                 dx.update(repeating: 0, count: before)
                 (dx + before).update(from: dy, count: channels * hw)

@@ -95,7 +95,7 @@ extension Kernels {
     ///   runs 512-bit multiply-adds lowers its frequency, and the AVX2 code around them pays too:
     ///   AVX2 multiply-add chains ran 1.15–1.25× as long right after 512-bit bursts as alone
     ///   (`espalier bench`'s `fma8AfterWideRatio`). So 8 lanes there.
-    /// - AMD (measured 2026-12-07 on an EPYC, Zen 4 class, AVX-512F): the same ratio reads 1.01 (no
+    /// - AMD (measured 2026-12-07 on an EPYC with AVX-512F): the same ratio reads 1.01 (no
     ///   clock given up), and 16 lanes made the step faster: zeroshot fmnist 0.90× and 0.91×,
     ///   zeroshot cifar 0.93×, darts fmnist 0.83× (`bench/ab.sh`, 4 alternating rounds, medians;
     ///   gdas fmnist 0.99×). So 16 lanes there.
