@@ -178,26 +178,31 @@ final class PendingGradientTests: XCTestCase {
 
     /// The kernel: each term's channel sums are, bit for bit, the sums batch norm's backward makes
     /// in its own pass over x̂ = x_k and s_k·dY (dBeta, dGamma through both routes), on planes with
-    /// and without vector tails; w's gradient is ⟨dY, x_k⟩. And batch norm's backward takes handed
-    /// sums instead of making its own: sums that differ show up in dBeta and dX.
+    /// and without vector tails, one group of three terms and three groups (the last one short), on
+    /// one core's channel range and split across the cores; w's gradient is ⟨dY, x_k⟩. And batch
+    /// norm's backward takes handed sums instead of making its own: sums that differ show up in
+    /// dBeta and dX.
     func testWeightedSumChannelSums_AreTheBatchNormsOwnSums_BitForBit() throws {
         let acc = MemoryAccountant()
-        for (k, shape) in [[3, 4, 7, 9], [2, 5, 8, 8], [4, 3, 1, 1], [2, 16, 14, 14]].enumerated() {
+        for (k, (shape, termCount)) in [([3, 4, 7, 9], 3), ([2, 5, 8, 8], 3), ([4, 3, 1, 1], 3), ([2, 16, 14, 14], 3),
+                                        ([8, 17, 14, 14], 7), ([3, 5, 7, 9], 7)].enumerated() {
             let n = shape[0], c = shape[1], hw = shape[2] * shape[3], count = shape.reduce(1, *)
             let dY = try randomTensor(shape, acc, seed: UInt64(40 + k))
-            let xs = try (0..<3).map { try randomTensor(shape, acc, seed: UInt64(50 + 3 * k + $0)) }
-            let scales: [Float] = [0.37, 1, -2.5]
+            let xs = try (0..<termCount).map { try randomTensor(shape, acc, seed: UInt64(50 + 7 * k + $0)) }
+            let scales: [Float] = Array([0.37, 1, -2.5, 0.8, 1.7, -0.3, 2.2].prefix(termCount))
+            let taking = termCount == 3 ? [0, 2] : [0, 2, 3, 5, 6]
             let invStd = try Tensor.filled([c], value: 1.3, category: .data, accountant: acc)
             let mean = try Tensor.zeros([c], category: .data, accountant: acc)
-            let sumsBuffer = UnsafeMutablePointer<Double>.allocate(capacity: 3 * 2 * c)
+            let sumsBuffer = UnsafeMutablePointer<Double>.allocate(capacity: termCount * 2 * c)
             defer { sumsBuffer.deallocate() }
-            sumsBuffer.update(repeating: .nan, count: 3 * 2 * c)
-            let sums = (0..<3).map { sumsBuffer + $0 * 2 * c }
-            var dots = [Double](repeating: .nan, count: 3)
-            Kernels.weightedSumChannelSums(dY.ptr, xs.map { UnsafePointer($0.ptr) }, scales: scales, sums: [sums[0], nil, sums[2]],
+            sumsBuffer.update(repeating: .nan, count: termCount * 2 * c)
+            let sums = (0..<termCount).map { sumsBuffer + $0 * 2 * c }
+            var dots = [Double](repeating: .nan, count: termCount)
+            Kernels.weightedSumChannelSums(dY.ptr, xs.map { UnsafePointer($0.ptr) }, scales: scales,
+                                           sums: (0..<termCount).map { taking.contains($0) ? sums[$0] : nil },
                                            dots: &dots, n: n, c: c, hw: hw)
             XCTAssertTrue(sums[1].pointee.isNaN, "no sums asked for term 1")
-            for j in [0, 2] {
+            for j in taking {
                 let own = try Tensor.zeros([2 * c], category: .data, accountant: acc), handed = try Tensor.zeros([2 * c], category: .data, accountant: acc)
                 Kernels.batchNormBackward(xs[j].ptr, dY: dY.ptr, dYScale: scales[j], n: n, c: c, hw: hw, mean: mean.ptr, invStd: invStd.ptr, gamma: nil,
                                           batchStatistics: true, dX: nil, dGamma: own.ptr + c, dBeta: own.ptr, normalizedInput: true)
@@ -206,9 +211,11 @@ final class PendingGradientTests: XCTestCase {
                                           handedSums: sums[j])
                 XCTAssertEqual(handed.array.map(\.bitPattern), own.array.map(\.bitPattern), "\(shape) term \(j): the handed sums are batch norm's own")
             }
-            for j in 0..<3 {
+            for j in 0..<termCount {
+                // Float lanes within each plane: the error scales with Σ |dY·x|, not with the sum.
                 let exact = (0..<count).reduce(0.0) { $0 + Double(dY[$1]) * Double(xs[j][$1]) }
-                XCTAssertEqual(dots[j], exact, accuracy: 2e-6 * max(1, abs(exact)), "\(shape) term \(j): ⟨dY, x⟩")
+                let magnitude = (0..<count).reduce(0.0) { $0 + abs(Double(dY[$1]) * Double(xs[j][$1])) }
+                XCTAssertEqual(dots[j], exact, accuracy: 1e-6 * max(1, magnitude), "\(shape) term \(j): ⟨dY, x⟩")
             }
 
             // Handed sums that are not the pass's: batch norm uses them (its own pass does not run).
