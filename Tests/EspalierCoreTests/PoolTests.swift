@@ -74,10 +74,10 @@ final class PoolTests: XCTestCase {
         }
     }
 
-    /// The stride-1 average and max pools read x's rows and store y's in whole vectors where the
-    /// vector stays inside its plane: with x and y ending where an unreadable page begins, one
-    /// float read or written past either is a crash. Against the naive reference, on sizes with
-    /// and without a partial vector per row, one row, one column.
+    /// The stride-1 average and max pools (forward, and both backward) read x's (or dY's) rows and
+    /// store y's in whole vectors where the vector stays inside its plane: with x, y and dY ending
+    /// where an unreadable page begins, one float read or written past any is a crash. Against the
+    /// naive reference, on sizes with and without a partial vector per row, one row, one column.
     func testPoolsStrideOne_WholeVectorRows_NeverPassTheTensorsEnd() throws {
         let acc = MemoryAccountant()
         for (k, (h, w)) in [(7, 7), (14, 14), (5, 9), (3, 17), (9, 1), (1, 1), (2, 19), (28, 28), (4, 12)].enumerated() {
@@ -93,6 +93,20 @@ final class PoolTests: XCTestCase {
             Kernels.maxPool2dForward(g, x: x.ptr, y: y.ptr)
             Kernels.maxPool2dForwardNaive(g, x: x.ptr, y: ref.ptr)
             XCTAssertEqual(y.values, ref.array, "max forward \(h)×\(w)")
+            // Max backward reads x's rows in whole vectors too; its sums are the reference's,
+            // added in the same order (outputs in row-major order), so the same bits. Average
+            // backward reads dY's rows so.
+            let dY = try EndOfPageBuffer(try randomTensor(g.outputShape, acc, seed: UInt64(400 + k)).array)
+            let dX = try EndOfPageBuffer(count: g.inputShape.reduce(1, *))
+            let refDX = try Tensor(shape: g.inputShape, category: .data, accountant: acc)
+            Kernels.maxPool2dBackward(g, x: x.ptr, dY: dY.ptr, dX: dX.ptr)
+            Kernels.maxPool2dBackwardNaive(g, x: x.ptr, dY: dY.ptr, dX: refDX.ptr)
+            XCTAssertEqual(dX.values.map(\.bitPattern), refDX.array.map(\.bitPattern), "max backward \(h)×\(w)")
+            for include in [false, true] {
+                Kernels.avgPool2dBackward(g, countIncludePad: include, dY: dY.ptr, dX: dX.ptr)
+                Kernels.avgPool2dBackwardNaive(g, countIncludePad: include, dY: dY.ptr, dX: refDX.ptr)
+                assertClose(dX.values, refDX.array, tol: 1e-6, "avg backward include=\(include) \(h)×\(w)")
+            }
         }
     }
 

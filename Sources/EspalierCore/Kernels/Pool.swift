@@ -215,15 +215,30 @@ extension Kernels {
                             p.update(repeating: -.infinity, count: pCount)
                             // (Scalars in replace(with:where:) compile to a per-lane loop: they are broadcast here.)
                             let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+                            // Stride 1 reads x's row itself, its neighbours shifted in lane by lane (−∞ past
+                            // the image); stride 2 reads P, the row padded with −∞ on both sides.
+                            let rem = w & 7, whole = wholeVectorRows(rows: h, cols: w), minusInf = SIMD8<Float>(repeating: -.infinity)
+                            let past = lanes .>= SIMD8<Int32>(repeating: Int32(rem))
+                            @inline(__always) func rowVector(_ r: Int, _ ow: Int) -> SIMD8<Float> {
+                                if ow >= w { return minusInf }
+                                let at = xp + r * w + ow
+                                if ow + 8 <= w { return load8(at) }
+                                return (r < whole ? load8(at) : loadPartial8(at, rem)).replacing(with: minusInf, where: past)
+                            }
                             for r in 0..<h {
-                                copyRow(p + 1, xp + r * w, w)
+                                if s != 1 { copyRow(p + 1, xp + r * w, w) }
                                 let mr = hm + r * wo8, ar = ha + r * wo8
                                 var ow = 0
+                                var left = -Float.infinity, cur = s == 1 ? rowVector(r, 0) : minusInf
                                 while ow < wo8 {
-                                    // Window columns ow·s − 1 … ow·s + 1 are P[ow·s … ow·s + 2]: a0, a1, a2 lane by lane.
+                                    // Window columns ow·s − 1 … ow·s + 1: a0, a1, a2 lane by lane.
                                     let a0, a1, a2: SIMD8<Float>
                                     if s == 1 {
-                                        a0 = load8(p + ow); a1 = load8(p + ow + 1); a2 = load8(p + ow + 2)
+                                        let next = rowVector(r, ow + 8)
+                                        a0 = SIMD8(left, cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], cur[6])
+                                        a1 = cur
+                                        a2 = SIMD8(cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], next[0])
+                                        left = cur[7]; cur = next
                                     } else {
                                         let v = UnsafeRawPointer(p + 2 * ow).loadUnaligned(as: SIMD16<Float>.self)
                                         a0 = v.evenHalf; a1 = v.oddHalf
@@ -430,13 +445,17 @@ extension Kernels {
     }
 
     /// Its backward: each output row's dY/divisor (V, zero-padded) is spread over its three
-    /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8), then added
-    /// into the (1–3) input rows of the window.
+    /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8, V's shifted
+    /// neighbours made in registers), then added into the (1–3) input rows of the window.
     static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
                                    addend: UnsafePointer<Float>?, dYSource: BatchNormGradientSource?) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
         let inv = avgPool3x3ColumnInverses(g, countIncludePad: countIncludePad)
         defer { inv.deallocate() }
+        // Stride 1 reads dY's rows in whole vectors where the vector stays inside the plane (dY's
+        // own, or a scratch plane of the same size), the lanes past the row dropped.
+        let nv = (w + 7) / 8, rem = w & 7, whole = wholeVectorRows(rows: ho, cols: wo)
+        let past = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem))
         forItems(g.planes, itemSize: h * w * 2) { plane in
             gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
                 planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
@@ -447,10 +466,24 @@ extension Kernels {
                             let rows = g.window(oh, size: h)
                             let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
                             if s == 1 {
-                                for ow in 0..<wo { v[1 + ow] = dyrow[ow] * inv[ow] * rowScale }
-                                var c = 0
-                                while c + 8 <= w { store8(spread + c, load8(v + c) + load8(v + c + 1) + load8(v + c + 2)); c += 8 }
-                                while c < w { spread[c] = v[c] + v[c + 1] + v[c + 2]; c += 1 }
+                                // d = dY·inv·rowScale, 0 past the row, in registers: spread = (d shifted right
+                                // + d) + d shifted left, each neighbour shifted in lane by lane.
+                                let rs = SIMD8<Float>(repeating: rowScale)
+                                @inline(__always) func d(_ k: Int) -> SIMD8<Float> {
+                                    if 8 * k >= w { return SIMD8<Float>() }
+                                    let at = dyrow + 8 * k
+                                    if 8 * k + 8 <= w { return load8(at) * load8(inv + 8 * k) * rs }
+                                    let raw = oh < whole ? load8(at) : loadPartial8(at, rem)
+                                    return (raw * load8(inv + 8 * k) * rs).replacing(with: SIMD8<Float>(), where: past)
+                                }
+                                var left: Float = 0, cur = d(0)
+                                for k in 0..<nv {
+                                    let next = d(k + 1)
+                                    let l = SIMD8<Float>(left, cur[0], cur[1], cur[2], cur[3], cur[4], cur[5], cur[6])
+                                    let r = SIMD8<Float>(cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], next[0])
+                                    store8(spread + 8 * k, l + cur + r)
+                                    left = cur[7]; cur = next
+                                }
                             } else {
                                 spread.update(repeating: 0, count: w + 2)
                                 for ow in 0..<wo {
