@@ -1,7 +1,8 @@
 // Batch normalisation over (N, C, HW): per-channel statistics, the normalising affine map, and
 // backward, each beside its naive reference. x̂ = (x − mean)·invstd, y = γ·x̂ + β.
-// Channels are independent, so every pass is split across cores by channel (no shared sums);
-// per-channel sums run in eight Float lanes (SIMD8) per row and are added in Double; every pass
+// Channels are independent, so every pass is split across cores by channel (no shared sums; the
+// statistics walk each core's channels sample by sample, the apply goes plane by plane in memory
+// order); per-channel sums run in eight Float lanes (SIMD8) per row and are added in Double; every pass
 // over a row is a SIMD8 loop with a scalar tail (rows are 7×7 to 32×32 planes).
 // Backward with batch statistics (training) differentiates through mean and variance:
 //   dX = γ·invstd·(dY − mean(dY) − x̂·mean(dY·x̂))
@@ -23,48 +24,56 @@ extension Kernels {
         return (Double(a1.sum()) + Double(t1), Double(a2.sum()) + Double(t2))
     }
 
-    /// mean[c] and biased variance[c] of x (N, C, HW) over N·HW (one pass).
+    /// mean[c] and biased variance[c] of x (N, C, HW) over N·HW (one pass). Each core's channels
+    /// are walked sample by sample (`forChannelRanges`), each channel adding its planes in sample order.
     public static func batchNormStatistics(_ x: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
                                            mean: UnsafeMutablePointer<Float>, variance: UnsafeMutablePointer<Float>) {
         let m = Double(n * hw)
-        forItems(c, itemSize: n * hw) { ch in
-            // One pass over x, shifted by the channel's first value k so that the variance
-            // E[(x−k)²] − (E[x−k])² does not cancel for data far from 0.
-            let k = x[ch * hw]
-            var s: Double = 0, s2: Double = 0
-            for sample in 0..<n {
-                let (a, b) = rowShiftedSums(x + (sample * c + ch) * hw, count: hw, shift: k)
-                s += a; s2 += b
+        forChannelRanges(c, work: n * c * hw) { channels in
+            let first = channels.lowerBound
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * channels.count) { buffer in
+                let s = buffer.baseAddress!, s2 = s + channels.count   // Σ (x − k), Σ (x − k)² per channel
+                s.update(repeating: 0, count: 2 * channels.count)
+                for sample in 0..<n {
+                    for ch in channels {
+                        // Shifted by the channel's first value k so that the variance
+                        // E[(x−k)²] − (E[x−k])² does not cancel for data far from 0.
+                        let (a, b) = rowShiftedSums(x + (sample * c + ch) * hw, count: hw, shift: x[ch * hw])
+                        s[ch - first] += a; s2[ch - first] += b
+                    }
+                }
+                for ch in channels {
+                    let d = s[ch - first] / m
+                    mean[ch] = Float(Double(x[ch * hw]) + d)
+                    variance[ch] = Float(max(0, s2[ch - first] / m - d * d))
+                }
             }
-            let d = s / m
-            mean[ch] = Float(Double(k) + d)
-            variance[ch] = Float(max(0, s2 / m - d * d))
         }
     }
 
     /// y = (x − mean[c])·invStd[c]·γ[c] + β[c]; γ = 1, β = 0 where nil.
     /// With `accumulate` (a forward without tape adding the op's output into a node's sum): y is
     /// not stored; acc += s·y instead, the floats of this apply followed by `axpy(s, y, acc)`.
+    /// Plane by plane in memory order (each plane its channel's a, b): one stream through x and y.
     public static func batchNormApply(_ x: UnsafePointer<Float>, n: Int, c: Int, hw: Int,
                                       mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                       gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>,
                                       accumulate s: Float? = nil) {
-        forItems(c, itemSize: n * hw) { ch in
+        forItems(n * c, itemSize: hw) { plane in
+            let ch = plane % c
             let a = invStd[ch] * (gamma?[ch] ?? 1)
             let b = (beta?[ch] ?? 0) - mean[ch] * a
             let av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
-            for sample in 0..<n {
-                let xr = x + (sample * c + ch) * hw, yr = y + (sample * c + ch) * hw
-                var i = 0
-                if let s {
-                    let sv = SIMD8<Float>(repeating: s)
-                    while i + 8 <= hw { store8(yr + i, load8(yr + i) + sv * (load8(xr + i) * av + bv)); i += 8 }
-                    while i < hw { yr[i] = yr[i] + s * (xr[i] * a + b); i += 1 }
-                    continue
-                }
-                while i + 8 <= hw { store8(yr + i, load8(xr + i) * av + bv); i += 8 }
-                while i < hw { yr[i] = xr[i] * a + b; i += 1 }
+            let xr = x + plane * hw, yr = y + plane * hw
+            var i = 0
+            if let s {
+                let sv = SIMD8<Float>(repeating: s)
+                while i + 8 <= hw { store8(yr + i, load8(yr + i) + sv * (load8(xr + i) * av + bv)); i += 8 }
+                while i < hw { yr[i] = yr[i] + s * (xr[i] * a + b); i += 1 }
+                return
             }
+            while i + 8 <= hw { store8(yr + i, load8(xr + i) * av + bv); i += 8 }
+            while i < hw { yr[i] = xr[i] * a + b; i += 1 }
         }
     }
 

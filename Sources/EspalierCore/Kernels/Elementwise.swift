@@ -176,13 +176,9 @@ public enum Kernels {
         let perChannel = UnsafeMutablePointer<Double>.allocate(capacity: max(1, k * c))   // (k, C): Σ dY·x_k per channel
         defer { perChannel.deallocate() }
         let groups = stride(from: 0, to: terms.count, by: 3).map { Array(terms[$0..<min($0 + 3, terms.count)]) }
-        // One contiguous range of channels per worker, walked sample by sample: a sample's planes of
-        // the range lie side by side in dY and in every term, so the walk streams through them
-        // (it used to take one channel's planes sample by sample, a jump of C·hw floats after each).
-        // Each channel keeps its own running sums and adds its planes in sample order as before,
-        // so every sum is the same float.
-        let ranges = n * c * hw * (terms.count + 1) < parallelGrain ? 1 : Parallel.workers
-        Parallel.forChunks(c, grain: max(1, c / ranges)) { channels in
+        // Each core's channels walked sample by sample (`forChannelRanges`); each channel keeps its
+        // own running sums and adds its planes in sample order, so every sum is the same float.
+        forChannelRanges(c, work: n * c * hw * (terms.count + 1)) { channels in
             let groupsPerChannel = groups.count
             var lanes = [ChannelSumLanes]()
             lanes.reserveCapacity(channels.count * groupsPerChannel)
@@ -209,6 +205,17 @@ public enum Kernels {
             }
         }
         if let dots { for j in 0..<k { dots[j] = (0..<c).reduce(0.0) { $0 + perChannel[j * c + $1] } } }
+    }
+
+    /// Channels 0..<c in one contiguous range per core (one range where the pass reads fewer than
+    /// `parallelGrain` floats), for a per-channel reduction that walks its range sample by sample:
+    /// a sample's planes of the range lie side by side, so the walk streams through the tensors
+    /// (channel by channel, it would jump C·hw floats after every plane). Each channel keeps its
+    /// own running sums, so the split never moves a result.
+    @inline(__always)
+    static func forChannelRanges(_ c: Int, work: Int, _ body: (Range<Int>) -> Void) {
+        let ranges = work < parallelGrain ? 1 : Parallel.workers
+        Parallel.forChunks(c, grain: max(1, c / ranges), body)
     }
 
     /// Up to three terms' running sums over one channel: per term Σ s·dY, Σ (s·dY)·x and Σ dY·x,
