@@ -66,8 +66,23 @@ final class ElementwiseTests: XCTestCase {
         XCTAssertEqual(out.array, zip(a.array, b.array).map { $0 + $1 })
         Kernels.reluForward(a.ptr, out.ptr, count: n)
         XCTAssertEqual(out.array, a.array.map { max($0, 0) })
-        Kernels.weightedSumForward([UnsafePointer(a.ptr), UnsafePointer(b.ptr)], [0.5, 2], out.ptr, count: n)
-        assertClose(out.array, zip(a.array, b.array).map { 0.5 * $0 + 2 * $1 }, tol: 1e-6)
+        // The weighted sum: bit for bit the plain loop that adds the terms in order (one, two and
+        // eight terms; the odd count leaves a tail in every chunk), and zeros for no terms.
+        let c8 = try (0..<6).map { try randomTensor([n], acc, seed: UInt64(20 + $0)) }
+        let terms8 = [a, b] + c8
+        for k in [1, 2, 8] {
+            let xs = terms8.prefix(k).map { UnsafePointer($0.ptr) }, w = (0..<k).map { Float($0) * 0.37 - 0.5 }
+            Kernels.weightedSumForward(Array(xs), w, out.ptr, count: n)
+            var expected = [Float](repeating: 0, count: n)
+            for i in 0..<n {
+                var v = w[0] * xs[0][i]
+                for j in 1..<k { v = v + w[j] * xs[j][i] }
+                expected[i] = v
+            }
+            XCTAssertEqual(out.array.map(\.bitPattern), expected.map(\.bitPattern), "weighted sum of \(k)")
+        }
+        Kernels.weightedSumForward([], [], out.ptr, count: n)
+        XCTAssertEqual(out.array, [Float](repeating: 0, count: n))
         let dot = Kernels.dot(a.ptr, b.ptr, count: n)
         let ref = zip(a.array, b.array).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         XCTAssertEqual(dot, ref, accuracy: 1e-3 * max(1, abs(ref)))

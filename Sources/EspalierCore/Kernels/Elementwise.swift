@@ -101,21 +101,31 @@ public enum Kernels {
 
     // MARK: weighted sum of n tensors
 
-    /// out = Σ_k w[k]·x_k  (each count)
-    /// Tiles are summed whole while they sit in L1: out's tile is read and written once, not once per term.
+    /// out = Σ_k w[k]·x_k  (each count), added term by term in k's order: each vector of out is
+    /// summed in a register over all terms, so every term streams along beside the others and out
+    /// is written once. (It used to sum tiles of 4 KiB term by term, reading and writing out's tile
+    /// once per term: against that, 0.67–0.90× as long at 64×16×28×28 with 8 terms, cold caches,
+    /// min of 15, six runs; the same floats.)
     public static func weightedSumForward(_ xs: [UnsafePointer<Float>], _ w: [Float], _ out: UnsafeMutablePointer<Float>, count: Int) {
-        parallelRange(count) { lo, hi in
-            if xs.isEmpty { for i in lo..<hi { out[i] = 0 }; return }
-            var t = lo
-            while t < hi {
-                let end = min(t + tile, hi)
-                let x0 = xs[0], w0 = w[0]
-                for i in t..<end { out[i] = w0 * x0[i] }
-                for k in 1..<xs.count {
-                    let xk = xs[k], wk = w[k]
-                    for i in t..<end { out[i] += wk * xk[i] }
+        guard !xs.isEmpty else { parallelRange(count) { lo, hi in (out + lo).update(repeating: 0, count: hi - lo) }; return }
+        xs.withUnsafeBufferPointer { xp in
+            w.withUnsafeBufferPointer { wp in
+                let k = xp.count
+                parallelRange(count) { lo, hi in
+                    var i = lo
+                    while i + 8 <= hi {
+                        var acc = SIMD8<Float>(repeating: wp[0]) * load8(xp[0] + i)
+                        for j in 1..<k { acc = acc + SIMD8<Float>(repeating: wp[j]) * load8(xp[j] + i) }
+                        store8(out + i, acc)
+                        i += 8
+                    }
+                    while i < hi {
+                        var acc = wp[0] * xp[0][i]
+                        for j in 1..<k { acc = acc + wp[j] * xp[j][i] }
+                        out[i] = acc
+                        i += 1
+                    }
                 }
-                t = end
             }
         }
     }
