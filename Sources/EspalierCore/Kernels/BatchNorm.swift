@@ -1,9 +1,10 @@
 // Batch normalisation over (N, C, HW): per-channel statistics, the normalising affine map, and
 // backward, each beside its naive reference. x̂ = (x − mean)·invstd, y = γ·x̂ + β.
-// Channels are independent, so every pass is split across cores by channel (no shared sums; the
-// statistics walk each core's channels sample by sample, the apply goes plane by plane in memory
-// order); per-channel sums run in eight Float lanes (SIMD8) per row and are added in Double; every pass
-// over a row is a SIMD8 loop with a scalar tail (rows are 7×7 to 32×32 planes).
+// Channels are independent, so no sum is shared across cores: the passes that sum per channel
+// (statistics, backward's sums) walk each core's channel range sample by sample, the passes that
+// map each value (apply, backward's dX) go plane by plane in memory order, both streaming through
+// the tensors. Per-channel sums run in eight Float lanes (SIMD8) per row and are added in Double;
+// every pass over a row is a SIMD8 loop with a scalar tail (rows are 7×7 to 32×32 planes).
 // Backward with batch statistics (training) differentiates through mean and variance:
 //   dX = γ·invstd·(dY − mean(dY) − x̂·mean(dY·x̂))
 // with fixed statistics (evaluation): dX = γ·invstd·dY. dγ += Σ dY·x̂ and dβ += Σ dY are
@@ -95,58 +96,60 @@ extension Kernels {
         let m = Float(n * hw)
         let sv = SIMD8<Float>(repeating: dYScale)
         let needSums = dGamma != nil || dBeta != nil || (dX != nil && batchStatistics)
-        forItems(c, itemSize: n * hw * (handedSums == nil ? 3 : 1)) { ch in
-            let mu = normalizedInput ? 0 : mean[ch], istd = invStd[ch]
-            // (x − mu)·xcScale is x − mean in both cases.
-            let xcScale: Float = normalizedInput ? 1 / istd : 1
-            var sumDy: Double = 0, sumDyXc: Double = 0   // Σ dY, Σ dY·(x − mean)
-            if needSums, let handedSums {
-                // The sums its consumer made while reading dY and x̂ (Graph's GradientForms.channelSums):
-                // the same lane sums as the pass below, in the same order.
-                sumDy = handedSums[ch]
-                sumDyXc = handedSums[c + ch]
-            } else if needSums {
-                let muv = SIMD8<Float>(repeating: mu)
+        // Pass 1, the sums: each core's channels sample by sample (`forChannelRanges`).
+        let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)   // Σ dY, Σ dY·(x − mean) per channel
+        defer { sums.deallocate() }
+        sums.update(repeating: 0, count: 2 * c)
+        if needSums, let handedSums {
+            sums.update(from: handedSums, count: 2 * c)
+        } else if needSums {
+            forChannelRanges(c, work: n * c * hw * 2) { channels in
                 for sample in 0..<n {
-                    let off = (sample * c + ch) * hw
-                    let xr = x + off, dyr = dY + off
-                    // One pass: Σ dY and Σ dY·(x − mu) in SIMD8 lanes.
-                    var ady = SIMD8<Float>(), adx = SIMD8<Float>(), tdy: Float = 0, tdx: Float = 0
-                    var i = 0
-                    while i + 8 <= hw {
-                        let dy = sv * load8(dyr + i)
-                        ady += dy
-                        adx.addProduct(dy, load8(xr + i) - muv)
-                        i += 8
+                    for ch in channels {
+                        let mu = normalizedInput ? 0 : mean[ch], muv = SIMD8<Float>(repeating: mu)
+                        let off = (sample * c + ch) * hw
+                        let xr = x + off, dyr = dY + off
+                        var ady = SIMD8<Float>(), adx = SIMD8<Float>(), tdy: Float = 0, tdx: Float = 0
+                        var i = 0
+                        while i + 8 <= hw {
+                            let dy = sv * load8(dyr + i)
+                            ady += dy
+                            adx.addProduct(dy, load8(xr + i) - muv)
+                            i += 8
+                        }
+                        while i < hw { let dy = dYScale * dyr[i]; tdy += dy; tdx += dy * (xr[i] - mu); i += 1 }
+                        sums[ch] += Double(ady.sum()) + Double(tdy)
+                        sums[c + ch] += Double(adx.sum()) + Double(tdx)
                     }
-                    while i < hw { let dy = dYScale * dyr[i]; tdy += dy; tdx += dy * (xr[i] - mu); i += 1 }
-                    sumDy += Double(ady.sum()) + Double(tdy)
-                    sumDyXc += Double(adx.sum()) + Double(tdx)
                 }
             }
-            let sumDyXhat = sumDyXc * Double(xcScale) * Double(istd)
+        }
+        // Per channel: dBeta, dGamma, and pass 2's row: a, mean dY, k, mu (4C floats).
+        let rows = UnsafeMutablePointer<Float>.allocate(capacity: 4 * c)
+        defer { rows.deallocate() }
+        for ch in 0..<c {
+            let mu = normalizedInput ? 0 : mean[ch], istd = invStd[ch]
+            let xcScale: Float = normalizedInput ? 1 / istd : 1
+            let sumDy = sums[ch], sumDyXhat = sums[c + ch] * Double(xcScale) * Double(istd)
             dBeta?[ch] += Float(sumDy)
             dGamma?[ch] += Float(sumDyXhat)
-            guard let dX else { return }
-            let g = gamma?[ch] ?? 1
-            let a = g * istd
+            rows[ch] = (gamma?[ch] ?? 1) * istd
+            rows[c + ch] = Float(sumDy) / m
+            rows[2 * c + ch] = Float(sumDyXhat) / m * istd * xcScale
+            rows[3 * c + ch] = mu
+        }
+        guard let dX else { return }
+        // Pass 2, dX: plane by plane in memory order.
+        forItems(n * c, itemSize: hw * 3) { plane in
+            let ch = plane % c, off = plane * hw, a = rows[ch]
             if batchStatistics {
-                // dX = a·(dY − sumDy/M − x̂·sumDyXhat/M), x̂ = (x − mu)·istd
-                let row = BatchNormGradientRow(a: a, dYScale: dYScale, meanDy: Float(sumDy) / m, mu: mu,
-                                               k: Float(sumDyXhat) / m * istd * xcScale)   // k: coefficient of (x − mu)
-                for sample in 0..<n {
-                    let off = (sample * c + ch) * hw
-                    row.apply(dY: dY + off, x: x + off, dX: dX + off, count: hw)
-                }
+                BatchNormGradientRow(a: a, dYScale: dYScale, meanDy: rows[c + ch], mu: rows[3 * c + ch], k: rows[2 * c + ch])
+                    .apply(dY: dY + off, x: x + off, dX: dX + off, count: hw)
             } else {
-                let av = SIMD8<Float>(repeating: a)
-                for sample in 0..<n {
-                    let off = (sample * c + ch) * hw
-                    let dyr = dY + off, dxr = dX + off
-                    var i = 0
-                    while i + 8 <= hw { store8(dxr + i, av * (sv * load8(dyr + i))); i += 8 }
-                    while i < hw { dxr[i] = a * (dYScale * dyr[i]); i += 1 }
-                }
+                let av = SIMD8<Float>(repeating: a), dyr = dY + off, dxr = dX + off
+                var i = 0
+                while i + 8 <= hw { store8(dxr + i, av * (sv * load8(dyr + i))); i += 8 }
+                while i < hw { dxr[i] = a * (dYScale * dyr[i]); i += 1 }
             }
         }
     }
