@@ -194,8 +194,9 @@ extension Kernels {
 
     /// Max-pool 3×3, padding 1 backward, separably, with the general path's arg-max rule (the first
     /// maximum in row-major window order; a NaN is taken over anything, a later NaN over an earlier):
-    ///   1. each input row's 3-wide (max, first arg-max column) for every output column, from the
-    ///      row padded with −∞, SIMD8 (stride 2: even and odd halves of 16 loads) → HM, HA (H, Wo8);
+    ///   1. each input row's 3-wide (max, first arg-max column) for every output column, SIMD8,
+    ///      −∞ past the row (stride 1: x's row itself, the neighbours shifted in registers; stride 2:
+    ///      a copy padded with −∞, even and odd halves of 16 loads) → HM, HA (H, Wo8);
     ///   2. per output, the first of its (1–3) in-image rows holding the maximum → the input index
     ///      (SIMD8 over the output row);
     ///   3. dX[index] += dY.
@@ -212,7 +213,7 @@ extension Kernels {
                         withUnsafeTemporaryAllocation(of: Int32.self, capacity: (h + 1) * wo8) { iBuf in
                             let hm = fBuf.baseAddress!, ha = iBuf.baseAddress!   // HM, HA: (H, Wo8); then IDX (Wo8)
                             let p = hm + h * wo8                                 // P: (pCount) one row padded with −∞
-                            p.update(repeating: -.infinity, count: pCount)
+                            if s != 1 { p.update(repeating: -.infinity, count: pCount) }
                             // (Scalars in replace(with:where:) compile to a per-lane loop: they are broadcast here.)
                             let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
                             // Stride 1 reads x's row itself, its neighbours shifted in lane by lane (−∞ past
@@ -444,9 +445,9 @@ extension Kernels {
         }
     }
 
-    /// Its backward: each output row's dY/divisor (V, zero-padded) is spread over its three
-    /// columns into a row once (stride 1: spread[c] = V[c] + V[c+1] + V[c+2], SIMD8, V's shifted
-    /// neighbours made in registers), then added into the (1–3) input rows of the window.
+    /// Its backward: each output row's dY/divisor (V, zero past the row) is spread over its three
+    /// columns into a row once (stride 1: spread[c] = V[c − 1] + V[c] + V[c + 1], SIMD8, V's
+    /// shifted neighbours made in registers), then added into the (1–3) input rows of the window.
     static func avgPool3x3Backward(_ g: PoolGeometry, countIncludePad: Bool, dY: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>,
                                    addend: UnsafePointer<Float>?, dYSource: BatchNormGradientSource?) {
         let (ho, wo, h, w, s) = (g.hOut, g.wOut, g.h, g.w, g.stride)
@@ -459,9 +460,8 @@ extension Kernels {
         forItems(g.planes, itemSize: h * w * 2) { plane in
             gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
                 planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * (w + 12) + wo) { buffer in
-                        let spread = buffer.baseAddress!, v = spread + w + 12   // spread (W + 2), V: 0, dY·inv (Wo), 0 …
-                        v.update(repeating: 0, count: wo + w + 12)
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: w + 12) { buffer in
+                        let spread = buffer.baseAddress!   // one row: W + 2 floats (stride 2), ⌈W/8⌉·8 (stride 1)
                         for oh in 0..<ho {
                             let rows = g.window(oh, size: h)
                             let rowScale = 1 / Float(countIncludePad ? 3 : rows.count), dyrow = dyp + oh * wo
