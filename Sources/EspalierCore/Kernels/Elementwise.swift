@@ -186,19 +186,20 @@ public enum Kernels {
         let perChannel = UnsafeMutablePointer<Double>.allocate(capacity: max(1, k * c))   // (k, C): Σ dY·x_k per channel
         defer { perChannel.deallocate() }
         let groups = stride(from: 0, to: terms.count, by: 3).map { Array(terms[$0..<min($0 + 3, terms.count)]) }
+        let fresh = groups.map { group in ChannelSumLanes(group.map { (xs[$0], scales[$0]) }) }   // each group's sums at zero
         // Each core's channels walked sample by sample (`forChannelRanges`); each channel keeps its
-        // own running sums and adds its planes in sample order, so every sum is the same float.
+        // own running sums (a copy of `fresh`) and adds its planes in sample order, so every sum is
+        // the same float.
         forChannelRanges(c, work: n * c * hw * (terms.count + 1)) { channels in
-            let groupsPerChannel = groups.count
             var lanes = [ChannelSumLanes]()
-            lanes.reserveCapacity(channels.count * groupsPerChannel)
-            for _ in channels { for group in groups { lanes.append(ChannelSumLanes(group.map { (xs[$0], scales[$0]) })) } }
+            lanes.reserveCapacity(channels.count * fresh.count)
+            for _ in channels { lanes.append(contentsOf: fresh) }
             lanes.withUnsafeMutableBufferPointer { lanes in
                 for sample in 0..<n {
                     var i = 0
                     for ch in channels {
                         let off = (sample * c + ch) * hw
-                        for _ in 0..<groupsPerChannel { lanes[i].addPlane(dY + off, offset: off, count: hw); i += 1 }
+                        for _ in 0..<fresh.count { lanes[i].addPlane(dY + off, offset: off, count: hw); i += 1 }
                     }
                 }
             }

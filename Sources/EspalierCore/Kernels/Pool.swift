@@ -218,13 +218,9 @@ extension Kernels {
                             let zero = SIMD8<Int32>(), one = SIMD8<Int32>(repeating: 1), lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
                             // Stride 1 reads x's row itself, its neighbours shifted in lane by lane (−∞ past
                             // the image); stride 2 reads P, the row padded with −∞ on both sides.
-                            let rem = w & 7, whole = wholeVectorRows(rows: h, cols: w), minusInf = SIMD8<Float>(repeating: -.infinity)
-                            let past = lanes .>= SIMD8<Int32>(repeating: Int32(rem))
+                            let whole = wholeVectorRows(rows: h, cols: w), minusInf = SIMD8<Float>(repeating: -.infinity)
                             @inline(__always) func rowVector(_ r: Int, _ ow: Int) -> SIMD8<Float> {
-                                if ow >= w { return minusInf }
-                                let at = xp + r * w + ow
-                                if ow + 8 <= w { return load8(at) }
-                                return (r < whole ? load8(at) : loadPartial8(at, rem)).replacing(with: minusInf, where: past)
+                                rowVector8(xp + r * w, col: ow, width: w, inPlane: r < whole, pad: -.infinity)
                             }
                             for r in 0..<h {
                                 if s != 1 { copyRow(p + 1, xp + r * w, w) }
@@ -284,6 +280,20 @@ extension Kernels {
                 }
             }
         }
+    }
+
+    /// Floats col..<col+8 of a row of `width` floats lying in a plane, `pad` in the lanes past the
+    /// row (all of them where col ≥ width): a whole-vector load where the vector stays inside the
+    /// plane (`inPlane`: the row is below `wholeVectorRows`), else only the row's floats are read.
+    /// The stride-1 pools' row reads, forward and backward.
+    @inline(__always)
+    static func rowVector8(_ row: UnsafePointer<Float>, col: Int, width: Int, inPlane: Bool, pad: Float) -> SIMD8<Float> {
+        if col + 8 <= width { return load8(row + col) }
+        let padding = SIMD8<Float>(repeating: pad)
+        if col >= width { return padding }
+        let rem = width - col
+        return (inPlane ? load8(row + col) : loadPartial8(row + col, rem))
+            .replacing(with: padding, where: SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem)))
     }
 
     /// max(a, b) per lane, letting NaN through like `nanMax`.
@@ -418,15 +428,14 @@ extension Kernels {
     static func pool3x3StrideOnePlane<R: WindowReduction>(_: R.Type, _ g: PoolGeometry, x xp: UnsafePointer<Float>, y yp: UnsafeMutablePointer<Float>,
                                                           finish: (SIMD8<Float>, Int, Range<Int>) -> SIMD8<Float>) {
         let (h, w) = (g.h, g.w), nv = (w + 7) / 8, rem = w & 7
-        let pad = SIMD8<Float>(repeating: R.pad), past = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem))
+        let pad = SIMD8<Float>(repeating: R.pad)
         // Rows (of x, and of y, as wo == w) whose ⌈w/8⌉ vectors stay inside the plane (asked only
         // of a partial last vector).
         let whole = wholeVectorRows(rows: h, cols: w)
         @inline(__always) func columns(_ rows: Range<Int>, _ k: Int) -> SIMD8<Float> {
             var v = SIMD8<Float>()
             for (i, r) in rows.enumerated() {
-                let at = xp + r * w + 8 * k
-                let row = 8 * k + 8 <= w ? load8(at) : (r < whole ? load8(at) : loadPartial8(at, rem)).replacing(with: pad, where: past)
+                let row = rowVector8(xp + r * w, col: 8 * k, width: w, inPlane: r < whole, pad: R.pad)
                 v = i == 0 ? row : R.combine(v, row)
             }
             return v
@@ -455,8 +464,7 @@ extension Kernels {
         defer { inv.deallocate() }
         // Stride 1 reads dY's rows in whole vectors where the vector stays inside the plane (dY's
         // own, or a scratch plane of the same size), the lanes past the row dropped.
-        let nv = (w + 7) / 8, rem = w & 7, whole = wholeVectorRows(rows: ho, cols: wo)
-        let past = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8<Int32>(repeating: Int32(rem))
+        let nv = (w + 7) / 8, whole = wholeVectorRows(rows: ho, cols: wo)
         forItems(g.planes, itemSize: h * w * 2) { plane in
             gradientPlane(dY, source: dYSource, plane: plane, count: ho * wo) { dyp in
                 planeGradient(dX + plane * h * w, addend: addend.map { $0 + plane * h * w }, count: h * w) { dxp in
@@ -471,10 +479,8 @@ extension Kernels {
                                 let rs = SIMD8<Float>(repeating: rowScale)
                                 @inline(__always) func d(_ k: Int) -> SIMD8<Float> {
                                     if 8 * k >= w { return SIMD8<Float>() }
-                                    let at = dyrow + 8 * k
-                                    if 8 * k + 8 <= w { return load8(at) * load8(inv + 8 * k) * rs }
-                                    let raw = oh < whole ? load8(at) : loadPartial8(at, rem)
-                                    return (raw * load8(inv + 8 * k) * rs).replacing(with: SIMD8<Float>(), where: past)
+                                    // 0 past the row: inv is 0 there too, so the product is 0 as V's padding was.
+                                    return rowVector8(dyrow, col: 8 * k, width: w, inPlane: oh < whole, pad: 0) * load8(inv + 8 * k) * rs
                                 }
                                 var left: Float = 0, cur = d(0)
                                 for k in 0..<nv {
