@@ -41,6 +41,23 @@ public struct BenchShape: Sendable, Equatable {
     }
 }
 
+/// One op's share of a step (`espalier bench --profile`): calls, forward and backward seconds, per step.
+public struct OpTime: Codable, Sendable, Equatable {
+    public var op: String
+    public var callsPerStep: Double
+    public var forwardSeconds: Double, backwardSeconds: Double
+    public var seconds: Double { forwardSeconds + backwardSeconds }
+
+    /// The entries of `profile` over `steps` steps, largest total first.
+    public static func perStep(_ profile: OpProfile, steps: Int) -> [OpTime] {
+        let n = Double(max(steps, 1))
+        return profile.entries.map { op, e in
+            OpTime(op: op, callsPerStep: Double(e.calls) / n, forwardSeconds: Double(e.forwardNanoseconds) / 1e9 / n,
+                   backwardSeconds: Double(e.backwardNanoseconds) / 1e9 / n)
+        }.sorted { ($0.seconds, $1.op) > ($1.seconds, $0.op) }
+    }
+}
+
 public struct BenchResult: Codable, Sendable {
     public var variant: String, shape: String
     public var steps: Int
@@ -73,6 +90,10 @@ public struct BenchResult: Codable, Sendable {
     /// images per step, image channels × height × width, the supernet's C and cells. Optional so
     /// that results written before these fields decode.
     public var batch: Int? = nil, inChannels: Int? = nil, height: Int? = nil, width: Int? = nil, c: Int? = nil, cells: Int? = nil
+    /// `--profile`: wall-clock time by op over the timed steps, per step, largest first (see
+    /// OpProfile.swift), and the mean of those steps (what the ops' times add up to, with the time
+    /// in no op); nil without it.
+    public var opTimes: [OpTime]? = nil, opTimesMeanStepSeconds: Double? = nil
 }
 
 public enum SearchBench {
@@ -162,7 +183,7 @@ public enum SearchBench {
     /// Builds the supernet of `variant` at `shape` and times `steps` steps after 2 warm-ups;
     /// `recompute`: what backward recomputes (a fixed level; auto needs a budget, see `search`).
     public static func run(variant: String, shape: BenchShape, steps: Int, registry: PluginRegistry, seed: UInt64 = 0,
-                           recompute: RecomputeMode = .none) throws -> BenchResult {
+                           recompute: RecomputeMode = .none, profile: Bool = false) throws -> BenchResult {
         guard variants.contains(variant) else {
             throw EspalierError.config("unknown bench variant '\(variant)'; the variants are \(variants.joined(separator: ", "))")
         }
@@ -211,6 +232,9 @@ public enum SearchBench {
             }
         }
         for _ in 0..<2 { try oneStep() }
+        let opProfile = profile ? OpProfile() : nil
+        run.graph.opProfile = opProfile
+        defer { run.graph.opProfile = nil }
         acc.resetPeak()
         let pool0 = acc.poolCounters
         var times: [Double] = []
@@ -221,6 +245,8 @@ public enum SearchBench {
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
         }
         let flops = (run.graph.flops - flops0) / max(steps, 1)
+        let opTimes = opProfile.map { OpTime.perStep($0, steps: steps) }
+        run.graph.opProfile = nil
         times.sort()
         var peaks: [String: Int] = [:]
         for c in MemoryCategory.allCases { peaks[c.name] = acc.peakByCategory[c] }
@@ -245,6 +271,7 @@ public enum SearchBench {
                            poolHits: acc.poolCounters.hits - pool0.hits, poolMaps: acc.poolCounters.maps - pool0.maps,
                            poolUnmaps: acc.poolCounters.unmaps - pool0.unmaps,
                            batch: shape.batch, inChannels: shape.channels, height: shape.height, width: shape.width,
-                           c: shape.c, cells: shape.cells)
+                           c: shape.c, cells: shape.cells, opTimes: opTimes,
+                           opTimesMeanStepSeconds: opTimes == nil ? nil : times.reduce(0, +) / Double(times.count))
     }
 }

@@ -304,6 +304,7 @@ public final class SearchRun {
                 let share = Double(labels.count) / Double(max(globalSize ?? labels.count, 1))
                 var dataLoss = 0.0, c = 0, termValue = 0.0
                 if !labels.isEmpty {
+                    graph.opProfile?.beginForward()
                     let logits = try supernet.logits(graph, graph.constant(images), state: state)
                     var loss = try graph.softmaxCrossEntropy(logits, labels: labels)
                     // Auxiliary heads (training forwards only): + w·CE of each.

@@ -20,6 +20,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "The supernet's cells in place of the shape's (≥ 3; reductions at cells/3 and 2·cells/3).") var cells: Int?
     @Option(help: "Timed steps after 2 warm-ups.") var steps = 5
     @Option(help: "What backward recomputes instead of keeping: none, ops, edges or cells (see search --recompute).") var recompute = "none"
+    @Flag(help: "Also time each op's forward and backward on the wall clock over the timed steps, and print them per step, largest first.") var profile = false
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
@@ -34,7 +35,7 @@ struct BenchCommand: ParsableCommand {
         let mode: RecomputeMode
         do { mode = try RecomputeMode(parsing: recompute) } catch { throw ValidationError("\(error)") }
         let registry = dirs.loadRegistry()
-        var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry, recompute: mode)
+        var r = try SearchBench.run(variant: variant, shape: s, steps: steps, registry: registry, recompute: mode, profile: profile)
         r.fmaPeakGflops = SearchBench.fmaPeak()
         if espalier_cpu_has_avx512f() != 0 {
             r.fmaPeak512Gflops = SearchBench.fmaPeak(iterations: 20_000_000, flopsPerIteration: Int(ESPALIER_FMA512_FLOPS_PER_ITERATION)) { espalier_fma512_chains($0, 0.999999, 1e-7) }
@@ -66,5 +67,21 @@ struct BenchCommand: ParsableCommand {
         print("  buffer pool over the timed steps: \(r.poolHits) reused, \(r.poolMaps) mapped, \(r.poolUnmaps) unmapped")
         let kinds = r.peakByOwnerKind.sorted { $0.value > $1.value }.prefix(10)
         print("  at the peak, by owner: " + kinds.map { "\($0.key) \(formatBytes($0.value))" }.joined(separator: ", "))
+        if let times = r.opTimes, let mean = r.opTimesMeanStepSeconds { printOpTimes(times, meanStep: mean) }
+    }
+
+    /// The `--profile` table: per step, each op's calls, forward and backward time, and its share
+    /// of the mean timed step; then the rest of the step, in no op (between passes: the optimizer,
+    /// the loss read back, the gradients' exchange).
+    func printOpTimes(_ times: [OpTime], meanStep: Double) {
+        print(String(format: "  by op, wall clock per step (mean step %.1f ms; forward: from the previous op's end to this op's, backward: its backward):", 1e3 * meanStep))
+        print("    " + pad("op", 26) + pad("calls", 8) + pad("forward", 11) + pad("backward", 11) + pad("total", 11) + "share")
+        func row(_ name: String, _ calls: String, _ f: Double?, _ b: Double?, _ total: Double) {
+            print("    " + pad(name, 26) + pad(calls, 8) + pad(f.map { String(format: "%.1f ms", 1e3 * $0) } ?? "", 11)
+                  + pad(b.map { String(format: "%.1f ms", 1e3 * $0) } ?? "", 11) + pad(String(format: "%.1f ms", 1e3 * total), 11)
+                  + String(format: "%.1f%%", 100 * total / max(meanStep, 1e-12)))
+        }
+        for t in times { row(t.op, String(format: "%.0f", t.callsPerStep), t.forwardSeconds, t.backwardSeconds, t.seconds) }
+        row("(in no op)", "", nil, nil, meanStep - times.reduce(0) { $0 + $1.seconds })
     }
 }

@@ -76,4 +76,33 @@ final class BenchSizeOverrideTests: XCTestCase {
         XCTAssertNil(r.batch)
         XCTAssertNil(r.cells)
     }
+
+    /// `--profile`: the ops of a DARTS step by name, each with calls, forward and backward time per
+    /// step, adding up to no more than the mean step; absent without the flag.
+    func testProfile_TimesTheStepsOps() throws {
+        _ = try Prerequisite.espalierBinary()
+        let cwd = FileManager.default.temporaryDirectory.path
+        let size = ["bench", "--shape", "small", "--batch", "4", "--init-channels", "4", "--cells", "3", "--steps", "2"]
+        let (status, out) = try EspalierProcess.run(size + ["--profile", "--json"], cwd: cwd)
+        XCTAssertEqual(status, 0, out)
+        let line = try XCTUnwrap(out.split(separator: "\n").first { $0.hasPrefix("RESULT ") }, out)
+        let r = try JSONDecoder().decode(BenchResult.self, from: Data(line.dropFirst("RESULT ".count).utf8))
+        let times = try XCTUnwrap(r.opTimes, out), mean = try XCTUnwrap(r.opTimesMeanStepSeconds, out)
+        let ops = Dictionary(uniqueKeysWithValues: times.map { ($0.op, $0) })
+        for op in ["fusedSeparableUnit", "weightedSum", "maxPool2d", "avgPool2d", "softmaxCrossEntropy"] {
+            let t = try XCTUnwrap(ops[op], "\(op) in \(ops.keys.sorted())")
+            XCTAssertGreaterThan(t.callsPerStep, 0, op)
+            XCTAssertGreaterThan(t.forwardSeconds, 0, op)
+        }
+        XCTAssertGreaterThan(try XCTUnwrap(ops["fusedSeparableUnit"]).backwardSeconds, 0)
+        XCTAssertEqual(times.map(\.seconds), times.map(\.seconds).sorted(by: >), "largest first")
+        XCTAssertLessThanOrEqual(times.reduce(0) { $0 + $1.seconds }, mean * 1.0001, "the ops' times are parts of the step")
+        let (s2, o2) = try EspalierProcess.run(size + ["--profile"], cwd: cwd)
+        XCTAssertEqual(s2, 0, o2)
+        XCTAssertTrue(o2.contains("by op, wall clock per step") && o2.contains("fusedSeparableUnit") && o2.contains("(in no op)"), o2)
+        let (s3, o3) = try EspalierProcess.run(size + ["--json"], cwd: cwd)
+        XCTAssertEqual(s3, 0, o3)
+        let plain = try XCTUnwrap(o3.split(separator: "\n").first { $0.hasPrefix("RESULT ") }, o3)
+        XCTAssertNil(try JSONDecoder().decode(BenchResult.self, from: Data(plain.dropFirst("RESULT ".count).utf8)).opTimes)
+    }
 }

@@ -220,6 +220,8 @@ public final class Graph {
     public var rng: RNG
     /// FLOPs counted by kernels run through this graph (multiply-add = 2).
     public var flops: Int = 0
+    /// Wall-clock time by op when set (`espalier bench --profile`); nil: nothing is timed.
+    public var opProfile: OpProfile?
     var tape: [Node] = []
     /// ReLU of the same value, computed once per tape (a common subexpression): any consumers that
     /// apply ReLU to one value share one output, e.g. the ops on the edges leaving one node of a
@@ -289,11 +291,22 @@ public final class Graph {
     /// (`ctx.accumulate`, `accumulateScaled`, `accumulationTarget`, or `handOn` where the input takes it).
     /// `reads`: the forms of output gradient `backward` reads besides a written tensor (it then
     /// applies `ctx.outputScale` wherever it reads dOut, or reads `ctx.batchNormGradient`).
-    public func record(_ output: Tensor, inputs: [Variable], reads: GradientForms = [],
+    /// `op` names it in `opProfile` (the calling method by default).
+    public func record(_ output: Tensor, inputs: [Variable], reads: GradientForms = [], op: StaticString = #function,
                        backward: @escaping (Tensor, BackwardContext) throws -> Void) -> Variable {
+        let profiled = opProfile.map { ($0, $0.recorded(op)) }
         guard isRecording else { return constant(output) }
         let nodes = inputs.map { $0.node }
         guard nodes.contains(where: { $0 != nil }) else { return constant(output) }
+        var backward = backward
+        if let (profile, key) = profiled {
+            let untimed = backward
+            backward = { dY, ctx in
+                let start = OpProfile.now()
+                defer { profile.backwardRan(key, since: start) }
+                try untimed(dY, ctx)
+            }
+        }
         let node = Node(shape: output.shape, inputs: nodes, owner: accountant.currentOwner, backward: backward)
         node.reads = reads
         tape.append(node)
@@ -429,6 +442,7 @@ public final class Graph {
 
     /// Drops every recorded node (and what it saved) without running backward.
     public func clearTape() {
+        opProfile?.endPass()
         tape.removeAll(keepingCapacity: true)
         reluCache.removeAll()
     }
