@@ -41,11 +41,19 @@ final class OpProfileTests: XCTestCase {
         XCTAssertEqual(after.forwardNanoseconds, before.forwardNanoseconds, "time between passes is in no op")
         graph.clearTape()
 
+        // An op that records nothing (no tape, or no gradient to hand on) still counts as itself.
+        profile.beginForward()
+        _ = try graph.zeros([2, 3, 9, 9])
+        _ = try graph.noGrad { try graph.avgPool2d(x, kernel: 3, stride: 1, padding: 1) }
+        XCTAssertEqual(profile.entries["zeros"]?.calls, 1)
+        XCTAssertEqual(profile.entries["avgPool2d"]?.calls, 2)
+        graph.clearTape()
+
         // Without a profile nothing is kept.
         graph.opProfile = nil
         profile.beginForward()
         _ = try graph.avgPool2d(x, kernel: 3, stride: 1, padding: 1)
-        XCTAssertEqual(profile.entries["avgPool2d"]?.calls, 1)
+        XCTAssertEqual(profile.entries["avgPool2d"]?.calls, 2)
         profile.reset()
         XCTAssertTrue(profile.entries.isEmpty)
     }

@@ -100,6 +100,13 @@ final class BenchSizeOverrideTests: XCTestCase {
         let (s2, o2) = try EspalierProcess.run(size + ["--profile"], cwd: cwd)
         XCTAssertEqual(s2, 0, o2)
         XCTAssertTrue(o2.contains("by op, wall clock per step") && o2.contains("fusedSeparableUnit") && o2.contains("(in no op)"), o2)
+        // The zero-shot score's forward has no tape: its separable units write into the node sums
+        // and record nothing, yet each is counted and timed as itself.
+        let (sz, oz) = try EspalierProcess.run(size + ["--variant", "zeroshot", "--profile", "--json"], cwd: cwd)
+        XCTAssertEqual(sz, 0, oz)
+        let zline = try XCTUnwrap(oz.split(separator: "\n").first { $0.hasPrefix("RESULT ") }, oz)
+        let z = try XCTUnwrap(try JSONDecoder().decode(BenchResult.self, from: Data(zline.dropFirst("RESULT ".count).utf8)).opTimes, oz)
+        XCTAssertGreaterThan(try XCTUnwrap(z.first { $0.op == "fusedSeparableUnit" }, "\(z.map(\.op))").forwardSeconds, 0)
         let (s3, o3) = try EspalierProcess.run(size + ["--json"], cwd: cwd)
         XCTAssertEqual(s3, 0, o3)
         let plain = try XCTUnwrap(o3.split(separator: "\n").first { $0.hasPrefix("RESULT ") }, o3)

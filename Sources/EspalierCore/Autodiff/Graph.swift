@@ -313,6 +313,13 @@ public final class Graph {
         return Variable(value: output, node: node, graph: self)
     }
 
+    /// An op's result that no backward will read (no tape, or the output written into a sink):
+    /// a constant, counted as the op `op` in `opProfile` as `record` counts a taped one.
+    func untaped(_ t: Tensor, op: StaticString = #function) -> Variable {
+        _ = opProfile?.recorded(op)
+        return constant(t)
+    }
+
     /// A fresh tensor for an op's output, tagged as an activation of the current owner.
     public func output(_ shape: [Int]) throws -> Tensor {
         try Tensor(shape: shape, category: .activations, accountant: accountant)

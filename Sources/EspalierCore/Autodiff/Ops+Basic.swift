@@ -155,7 +155,7 @@ extension Graph {
     public func zeros(_ shape: [Int]) throws -> Variable {
         let y = try output(shape)
         y.fill(0)
-        return constant(y)
+        return untaped(y)
     }
 
     /// Same storage, new shape.

@@ -89,8 +89,8 @@ extension Graph {
             }
         }
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
-        if let sink { return constant(sink.target) }
-        guard let t else { return constant(y) }                 // no backward will run (see keepsT)
+        if let sink { return untaped(sink.target) }
+        guard let t else { return untaped(y) }                 // no backward will run (see keepsT)
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
         // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they
         // read; and with its channel sums (a weighted sum's backward made them), BN's sums pass is skipped.
