@@ -246,7 +246,6 @@ public enum SearchBench {
         }
         let flops = (run.graph.flops - flops0) / max(steps, 1)
         let opTimes = opProfile.map { OpTime.perStep($0, steps: steps) }
-        run.graph.opProfile = nil
         times.sort()
         var peaks: [String: Int] = [:]
         for c in MemoryCategory.allCases { peaks[c.name] = acc.peakByCategory[c] }

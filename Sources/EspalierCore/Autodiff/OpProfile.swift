@@ -55,8 +55,10 @@ public final class OpProfile {
     /// `op`'s backward closure ran from `start` to now.
     func backwardRan(_ key: String, since start: UInt64) {
         let t = Self.now()
-        entries[key, default: Entry()].backwardNanoseconds += t - start
-        entries[key, default: Entry()].backwardCalls += 1
+        var e = entries[key] ?? Entry()
+        e.backwardNanoseconds += t - start
+        e.backwardCalls += 1
+        entries[key] = e
     }
 
     public func reset() { entries = [:]; mark = nil }
