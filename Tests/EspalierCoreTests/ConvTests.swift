@@ -38,6 +38,7 @@ final class ConvTests: XCTestCase {
         ConvGeometry(n: 2, cIn: 2, h: 9, w: 10, cOut: 2, kh: 9, kw: 9, stride: 1, padding: 4, groups: 2),                // 9×9 (MergeNAS): generic
         ConvGeometry(n: 2, cIn: 2, h: 10, w: 9, cOut: 2, kh: 9, kw: 9, stride: 2, padding: 4, groups: 2),                // 9×9 s2: generic
         ConvGeometry(n: 2, cIn: 2, h: 7, w: 7, cOut: 2, kh: 3, kw: 3, stride: 1, padding: 3, groups: 2),                 // p > d(k−1): direct
+        ConvGeometry(n: 2, cIn: 2, h: 8, w: 9, cOut: 2, kh: 3, kw: 3, stride: 2, padding: 3, groups: 2),                 // s2, p > d(k−1): direct
         ConvGeometry(n: 2, cIn: 2, h: 9, w: 8, cOut: 2, kh: 3, kw: 3, stride: 3, padding: 1, groups: 2),                 // stride 3: direct
     ]
 

@@ -100,7 +100,7 @@ extension Kernels {
             let scratch = layout.depthwiseScratch(workspace, k)          // one plane's depthwise scratch
             let sums = layout.depthwiseSums(workspace, k)                // this chunk's dWd sums (C, KH·KW, lanes)
             let dWpk: UnsafeMutablePointer<Float>? = dWp == nil ? nil : (k == 0 ? dWp! : partials + (k - 1) * wCount)
-            let (qb, pb, rb) = plan.backwardScratch(scratch, needWeightGrad: dWd != nil, reluInput: reluInput)
+            let (qb, pb, ub) = plan.backwardScratch(scratch, needWeightGrad: dWd != nil, reluInput: reluInput)
             scratch.update(repeating: 0, count: layout.dwFloats + layout.sumFloats)
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
@@ -115,7 +115,7 @@ extension Kernels {
                         depthwiseBackwardPlane(plan, x: x + plane * hw, w: wd + ch * taps, dY: tTile + ch * howo,
                                                dX: dX.map { $0 + plane * hw }, dXAddend: dXAddend.map { $0 + plane * hw },
                                                dWSums: dWd == nil ? nil : sums + ch * taps * lanes, reluInput: reluInput,
-                                               q: qb, p: pb, r: rb, wv: wv)
+                                               q: qb, p: pb, u: ub, wv: wv)
                     }
                 }
             }
@@ -135,7 +135,7 @@ extension Kernels {
 }
 
 /// Where `separableUnitBackward`'s scratch lies: per chunk of samples, the BN-gradient tile
-/// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), one plane's depthwise scratch (Q, P, R: `DepthwisePlan`),
+/// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), one plane's depthwise scratch (Q, P, U: `DepthwisePlan`),
 /// and (with dWd) the chunk's dWd sums (C, KH·KW, lanes); after the chunks, wpᵀ (C, Cout), then
 /// (with dWp) the pointwise partials of every chunk but the first.
 struct SeparableUnitBackwardLayout {
