@@ -1,6 +1,6 @@
 // Kernel micro-benchmarks: GFLOP/s of the 1×1 (pointwise) and depthwise 3×3 convolution paths,
 // forward and backward, next to OpenBLAS sgemm measured in the same run on the same problem
-// size. Used by `espalier kernel-bench`; never by tests (timings are not assertions).
+// size; and of the fused separable unit (SeparableUnit.swift) at each DARTS unit geometry. Used by `espalier kernel-bench`; never by tests (timings are not assertions).
 
 import COpenBLAS
 import Foundation
@@ -108,6 +108,62 @@ public enum KernelBench {
             }
         }
         return rows
+    }
+
+    /// The fused ReLU → depthwise → pointwise → batch-norm unit (SeparableUnit.swift), forward (t
+    /// kept, statistics summed) and backward (dX, dWd, dWp), at every DARTS candidate's unit
+    /// geometry: 3×3 and 5×5, dilation 1 and 2, stride 1 and (the reduction cells' first units)
+    /// stride 2, C → C channels. FLOPs: the depthwise and pointwise multiply-adds, twice them
+    /// backward (the batch norm's few per element are not counted).
+    public static func separableUnitRows(batch: Int = 64, size: Int = 28, channels: [Int] = [16, 32, 64]) throws -> [KernelBenchRow] {
+        var rows: [KernelBenchRow] = []
+        for c in channels {
+            for stride in [1, 2] {
+                for (k, d) in [(3, 1), (5, 1), (3, 2), (5, 2)] {
+                    let gd = ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: k, kw: k, stride: stride,
+                                          padding: d * (k - 1) / 2, dilation: d, groups: c)
+                    guard gd.hOut > 0, gd.wOut > 0, gd.addsIntoInputGradient else { continue }
+                    rows += try separableUnitRows(gd, label: "separable \(k)x\(k)" + (d > 1 ? " d\(d)" : "") + (stride > 1 ? " s\(stride)" : ""))
+                }
+            }
+        }
+        return rows
+    }
+
+    /// One unit geometry (gd: the depthwise convolution, cOut = cIn): forward and backward rows.
+    static func separableUnitRows(_ gd: ConvGeometry, label: String) throws -> [KernelBenchRow] {
+        let acc = MemoryAccountant()
+        var rng = RNG(seed: 4)
+        let (n, c, howo) = (gd.n, gd.cIn, gd.hOut * gd.wOut)
+        func tensor(_ shape: [Int], _ category: MemoryCategory, fill: Bool = true) throws -> Tensor {
+            let t = try Tensor(shape: shape, category: category, accountant: acc)
+            if fill { t.fillUniform(bound: 1, rng: &rng) }
+            return t
+        }
+        let x = try tensor([n, c, gd.h, gd.w], .data), wd = try tensor([c, 1, gd.kh, gd.kw], .parameters)
+        let wp = try tensor([c, c, 1, 1], .parameters), t = try tensor([n, c, gd.hOut, gd.wOut], .activations, fill: false)
+        let y = try tensor([n, c, gd.hOut, gd.wOut], .activations, fill: false), dY = try tensor([n, c, gd.hOut, gd.wOut], .activationGradients)
+        let dX = try tensor([n, c, gd.h, gd.w], .activationGradients, fill: false)
+        let dWd = try tensor([c, 1, gd.kh, gd.kw], .gradients, fill: false), dWp = try tensor([c, c, 1, 1], .gradients, fill: false)
+        let bn = try tensor([3 * c], .workspace)                          // invStd, meanDy, meanDyXhat
+        let sums = UnsafeMutablePointer<Double>.allocate(capacity: Kernels.pointwiseStatisticsDoubles(cOut: c, chunks: Parallel.chunkCount(n)))
+        defer { sums.deallocate() }
+        let fws = try tensor([max(1, Kernels.separableUnitForwardFloats(gd, keepingT: true))], .workspace, fill: false)
+        let bws = try tensor([max(1, Kernels.separableUnitBackwardFloats(gd, cOut: c, needInputGrad: true, needDepthwiseGrad: true,
+                                                                         needPointwiseGrad: true, reluInput: true))], .workspace, fill: false)
+        let shape = "B=\(n) C=\(c) \(gd.h)×\(gd.w)→\(gd.hOut)×\(gd.wOut)"
+        let flops = 2 * n * c * howo * (gd.kh * gd.kw + c)
+        let f = time {
+            Kernels.separableUnitForward(gd, cOut: c, x: x.ptr, wd: wd.ptr, wp: wp.ptr, t: t.ptr, y: y.ptr, sums: sums, reluInput: true,
+                                         workspace: fws.ptr)
+        }
+        let b = time {
+            Kernels.separableUnitBackward(gd, cOut: c, x: x.ptr, wd: wd.ptr, t: t.ptr, wp: wp.ptr, xhat: y.ptr, dY: dY.ptr, invStd: bn.ptr,
+                                          meanDy: bn.ptr + c, meanDyXhat: bn.ptr + 2 * c, dX: dX.ptr, dWd: dWd.ptr, dWp: dWp.ptr,
+                                          reluInput: true, workspace: bws.ptr)
+        }
+        return [KernelBenchRow(name: "\(label) forward", shape: shape, flops: flops, bestSeconds: f.best, medianSeconds: f.median),
+                KernelBenchRow(name: "\(label) backward", shape: shape, flops: 2 * flops, bestSeconds: b.best, medianSeconds: b.median)]
     }
 
     /// The standard set: batch 64, 28×28, channels 16/32/64; the depthwise convolution at every
