@@ -67,11 +67,13 @@ final class ElementwiseTests: XCTestCase {
         Kernels.reluForward(a.ptr, out.ptr, count: n)
         XCTAssertEqual(out.array, a.array.map { max($0, 0) })
         // The weighted sum: bit for bit the plain loop that adds the terms in order (one, two and
-        // eight terms; the odd count leaves a tail in every chunk), and zeros for no terms.
-        let c8 = try (0..<6).map { try randomTensor([n], acc, seed: UInt64(20 + $0)) }
-        let terms8 = [a, b] + c8
-        for k in [1, 2, 8] {
-            let xs = terms8.prefix(k).map { UnsafePointer($0.ptr) }, w = (0..<k).map { Float($0) * 0.37 - 0.5 }
+        // eight terms: one group; 9 and 20: two and three groups, each after the first going on
+        // from the sums so far; the odd count leaves a tail in every chunk and tile), and zeros
+        // for no terms.
+        let c18 = try (0..<18).map { try randomTensor([n], acc, seed: UInt64(20 + $0)) }
+        let terms = [a, b] + c18
+        for k in [1, 2, 8, 9, 20] {
+            let xs = terms.prefix(k).map { UnsafePointer($0.ptr) }, w = (0..<k).map { Float($0) * 0.37 - 0.5 }
             Kernels.weightedSumForward(Array(xs), w, out.ptr, count: n)
             var expected = [Float](repeating: 0, count: n)
             for i in 0..<n {

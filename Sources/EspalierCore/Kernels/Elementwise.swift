@@ -101,34 +101,54 @@ public enum Kernels {
 
     // MARK: weighted sum of n tensors
 
-    /// out = Σ_k w[k]·x_k  (each count), added term by term in k's order: each vector of out is
-    /// summed in a register over all terms, so every term streams along beside the others and out
-    /// is written once. (It used to sum tiles of 4 KiB term by term, reading and writing out's tile
-    /// once per term: against that, 0.67–0.90× as long at 64×16×28×28 with 8 terms, cold caches,
-    /// min of 15, six runs; the same floats.)
+    /// out = Σ_k w[k]·x_k  (each count), added term by term in k's order. Per tile of out
+    /// (`weightedSumTile` floats, in L2), terms go in groups of `weightedSumGroup`: each vector of
+    /// the tile is summed in a register over the group's terms, the first group from zero, the
+    /// next ones from the sums so far, which the tile keeps. Each element's sum is the same
+    /// sequence of roundings as the plain loop's.
+    /// Why groups: a cell node's sum has up to 35 terms (5 edges × 7 candidates), each larger than
+    /// L2 and together larger than L3, and with every term streaming at once the loads ran at
+    /// 13–14 GB/s, against 32–46 GB/s at 7–14 terms. In groups of 8 over 64 KiB tiles: 0.41–0.42×
+    /// as long at 35 terms of 64×16×28×28, 0.36–0.46× at 21 terms of 64×32×14×14, 0.75–0.86× at
+    /// 14, equal at 7 (cold caches, min of 8, scratch timing). (Before that it summed tiles of
+    /// 4 KiB term by term, writing the tile once per term: 1.1–1.5× as long at 8 terms.)
     public static func weightedSumForward(_ xs: [UnsafePointer<Float>], _ w: [Float], _ out: UnsafeMutablePointer<Float>, count: Int) {
         guard !xs.isEmpty else { parallelRange(count) { lo, hi in (out + lo).update(repeating: 0, count: hi - lo) }; return }
         xs.withUnsafeBufferPointer { xp in
             w.withUnsafeBufferPointer { wp in
                 let k = xp.count
                 parallelRange(count) { lo, hi in
-                    var i = lo
-                    while i + 8 <= hi {
-                        var acc = SIMD8<Float>(repeating: wp[0]) * load8(xp[0] + i)
-                        for j in 1..<k { acc = acc + SIMD8<Float>(repeating: wp[j]) * load8(xp[j] + i) }
-                        store8(out + i, acc)
-                        i += 8
-                    }
-                    while i < hi {
-                        var acc = wp[0] * xp[0][i]
-                        for j in 1..<k { acc = acc + wp[j] * xp[j][i] }
-                        out[i] = acc
-                        i += 1
+                    var t = lo
+                    while t < hi {
+                        let len = min(weightedSumTile, hi - t), o = out + t, whole = len & ~7
+                        var first = 0
+                        while first < k {
+                            let last = min(first + weightedSumGroup, k)
+                            var i = 0
+                            while i < whole {
+                                var acc = first == 0 ? SIMD8<Float>(repeating: wp[0]) * load8(xp[0] + t + i) : load8(o + i)
+                                for j in max(first, 1)..<last { acc = acc + SIMD8<Float>(repeating: wp[j]) * load8(xp[j] + t + i) }
+                                store8(o + i, acc)
+                                i += 8
+                            }
+                            while i < len {
+                                var acc = first == 0 ? wp[0] * xp[0][t + i] : o[i]
+                                for j in max(first, 1)..<last { acc = acc + wp[j] * xp[j][t + i] }
+                                o[i] = acc
+                                i += 1
+                            }
+                            first = last
+                        }
+                        t += len
                     }
                 }
             }
         }
     }
+
+    /// `weightedSumForward`'s tile (64 KiB of out) and terms per pass over it.
+    static let weightedSumTile = 1 << 14
+    static let weightedSumGroup = 8
 
     /// Floats per tile of the tiled kernels (4 KiB: several operands stay in L1).
     static let tile = 1024
