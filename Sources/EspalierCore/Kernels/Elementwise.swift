@@ -193,7 +193,8 @@ public enum Kernels {
     /// `dots` and the batch norms' own sums passes (B=64, 14 terms, 12 taking sums, cold caches, min
     /// of 10) at 28×28 C=16, 14×14 C=32, 7×7 C=64: one term at a time 0.79/0.86/0.66× (with w's
     /// gradient) and 1.14/1.08/0.79× (without); three at a time 0.56/0.68/0.75× and 0.77/0.79/0.74×.
-    /// Each core's channels are walked sample by sample (below), not channel by channel: against the
+    /// Each core's channels are walked sample by sample (below; term group by term group where
+    /// planes are large, `channelSumsGroupsOuterFrom`), not channel by channel: against the
     /// channel-by-channel walk (8 terms, 6 taking sums, same shapes, min of 12) 0.73/0.57/0.51× with
     /// w's gradient and 0.80/0.52/0.53× without; with two ranges per core 0.84/0.62/0.56×.
     public static func weightedSumChannelSums(_ dY: UnsafePointer<Float>, _ xs: [UnsafePointer<Float>], scales: [Float],
@@ -215,11 +216,26 @@ public enum Kernels {
             lanes.reserveCapacity(channels.count * fresh.count)
             for _ in channels { lanes.append(contentsOf: fresh) }
             lanes.withUnsafeMutableBufferPointer { lanes in
+                // lanes[i·G + g]: channel i of the range, group g. Planes of `channelSumsGroupsOuterFrom`
+                // floats or more go group by group, each group's terms streaming through the whole
+                // range; smaller ones all groups per plane, dY's plane read once for them.
+                let gc = fresh.count
+                if hw >= channelSumsGroupsOuterFrom {
+                    for g in 0..<gc {
+                        for sample in 0..<n {
+                            for (i, ch) in channels.enumerated() {
+                                let off = (sample * c + ch) * hw
+                                lanes[i * gc + g].addPlane(dY + off, offset: off, count: hw)
+                            }
+                        }
+                    }
+                    return
+                }
                 for sample in 0..<n {
                     var i = 0
                     for ch in channels {
                         let off = (sample * c + ch) * hw
-                        for _ in 0..<fresh.count { lanes[i].addPlane(dY + off, offset: off, count: hw); i += 1 }
+                        for _ in 0..<gc { lanes[i].addPlane(dY + off, offset: off, count: hw); i += 1 }
                     }
                 }
             }
@@ -237,6 +253,12 @@ public enum Kernels {
         }
         if let dots { for j in 0..<k { dots[j] = (0..<c).reduce(0.0) { $0 + perChannel[j * c + $1] } } }
     }
+
+    /// Plane size (floats) from which `weightedSumChannelSums` walks its term groups one after
+    /// another rather than all groups per plane (the same sums either way). Group by group, at
+    /// B=64 (cold caches, min of 6, two runs): 0.87–0.92× as long at 35 and 14 terms of 28×28
+    /// C=16, 0.69× at 21 terms of 14×14 C=32, but 1.18× at 7 terms of 7×7 C=64.
+    static let channelSumsGroupsOuterFrom = 64
 
     /// Channels 0..<c in one contiguous range per core (one range where the pass reads fewer than
     /// `parallelGrain` floats), for a per-channel reduction that walks its range sample by sample:
