@@ -108,10 +108,11 @@ public enum Kernels {
     /// sequence of roundings as the plain loop's.
     /// Why groups: a cell node's sum has up to 35 terms (5 edges × 7 candidates), each larger than
     /// L2 and together larger than L3, and with every term streaming at once the loads ran at
-    /// 13–14 GB/s, against 32–46 GB/s at 7–14 terms. In groups of 8 over 64 KiB tiles: 0.41–0.42×
-    /// as long at 35 terms of 64×16×28×28, 0.36–0.46× at 21 terms of 64×32×14×14, 0.75–0.86× at
-    /// 14, equal at 7 (cold caches, min of 8, scratch timing). (Before that it summed tiles of
-    /// 4 KiB term by term, writing the tile once per term: 1.1–1.5× as long at 8 terms.)
+    /// 13–14 GB/s, against 32–46 GB/s at 7–14 terms. In groups of 8 over 64 KiB tiles: 0.42× as
+    /// long at 35 terms of 64×16×28×28, 0.36× at 21 terms of 64×32×14×14, 0.75× at 14, 1.04× at 7
+    /// (cold caches, min of 8, scratch timing; tiles of 16 and 64 KiB with groups of 4, 8 and 12
+    /// measured 0.40–0.44×, 0.36–0.46×, 0.75–0.86× and 0.96–1.04× there). (Before that it summed
+    /// tiles of 4 KiB term by term, writing the tile once per term: 1.1–1.5× as long at 8 terms.)
     public static func weightedSumForward(_ xs: [UnsafePointer<Float>], _ w: [Float], _ out: UnsafeMutablePointer<Float>, count: Int) {
         guard !xs.isEmpty else { parallelRange(count) { lo, hi in (out + lo).update(repeating: 0, count: hi - lo) }; return }
         xs.withUnsafeBufferPointer { xp in
