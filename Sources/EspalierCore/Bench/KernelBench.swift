@@ -1,6 +1,7 @@
 // Kernel micro-benchmarks: GFLOP/s of the 1×1 (pointwise) and depthwise 3×3 convolution paths,
 // forward and backward, next to OpenBLAS sgemm measured in the same run on the same problem
-// size; and of the fused separable unit (SeparableUnit.swift) at each DARTS unit geometry. Used by `espalier kernel-bench`; never by tests (timings are not assertions).
+// size; and of the fused separable unit (SeparableUnit.swift) at each DARTS unit geometry. Used by
+// `espalier kernel-bench`; never by tests (timings are not assertions).
 
 import COpenBLAS
 import Foundation
@@ -122,7 +123,7 @@ public enum KernelBench {
                 for (k, d) in [(3, 1), (5, 1), (3, 2), (5, 2)] {
                     let gd = ConvGeometry(n: batch, cIn: c, h: size, w: size, cOut: c, kh: k, kw: k, stride: stride,
                                           padding: d * (k - 1) / 2, dilation: d, groups: c)
-                    guard gd.hOut > 0, gd.wOut > 0, gd.addsIntoInputGradient else { continue }
+                    guard gd.addsIntoInputGradient else { continue }   // the fused unit needs the depthwise fast path
                     rows += try separableUnitRows(gd, label: "separable \(k)x\(k)" + (d > 1 ? " d\(d)" : "") + (stride > 1 ? " s\(stride)" : ""))
                 }
             }
@@ -134,7 +135,7 @@ public enum KernelBench {
     static func separableUnitRows(_ gd: ConvGeometry, label: String) throws -> [KernelBenchRow] {
         let acc = MemoryAccountant()
         var rng = RNG(seed: 4)
-        let (n, c, howo) = (gd.n, gd.cIn, gd.hOut * gd.wOut)
+        let (n, c) = (gd.n, gd.cIn)
         func tensor(_ shape: [Int], _ category: MemoryCategory, fill: Bool = true) throws -> Tensor {
             let t = try Tensor(shape: shape, category: category, accountant: acc)
             if fill { t.fillUniform(bound: 1, rng: &rng) }
@@ -152,7 +153,8 @@ public enum KernelBench {
         let bws = try tensor([max(1, Kernels.separableUnitBackwardFloats(gd, cOut: c, needInputGrad: true, needDepthwiseGrad: true,
                                                                          needPointwiseGrad: true, reluInput: true))], .workspace, fill: false)
         let shape = "B=\(n) C=\(c) \(gd.h)×\(gd.w)→\(gd.hOut)×\(gd.wOut)"
-        let flops = 2 * n * c * howo * (gd.kh * gd.kw + c)
+        let pointwise = ConvGeometry(n: n, cIn: c, h: gd.hOut, w: gd.wOut, cOut: c, kh: 1, kw: 1)
+        let flops = gd.forwardFlops + pointwise.forwardFlops
         let f = time {
             Kernels.separableUnitForward(gd, cOut: c, x: x.ptr, wd: wd.ptr, wp: wp.ptr, t: t.ptr, y: y.ptr, sums: sums, reluInput: true,
                                          workspace: fws.ptr)
