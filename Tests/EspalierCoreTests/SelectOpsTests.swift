@@ -115,3 +115,84 @@ extension PartialMixTests {
         }
     }
 }
+
+extension PartialMixTests {
+    /// The edges of one node at stride 1 and 2 (odd inputs at stride 2: the 2×2 pool drops the
+    /// last row and column), K 1–4, weights 1 and others.
+    private func edges(n: Int, c: Int, k: Int, ho: Int, wo: Int, _ acc: MemoryAccountant, seed: UInt64) throws -> [(head: Tensor, x: Tensor, stride: Int, scale: Float)] {
+        try [(2, 2 * ho, 2 * wo, Float(1)), (1, ho, wo, 0.7), (2, 2 * ho + 1, 2 * wo + 1, -0.4)].enumerated().map { e, spec in
+            (try randomTensor([n, c / k, ho, wo], acc, seed: seed + UInt64(e), bound: 1),
+             try randomTensor([n, c, spec.1, spec.2], acc, seed: seed + 10 + UInt64(e), bound: 2), spec.0, spec.3)
+        }
+    }
+
+    /// A node's edges summed in one pass, each output plane taking all its edges while it is in
+    /// the cache, give the floats of one edge at a time over the whole output, bit for bit.
+    func testPartialMixSum_IsTheEdgeByEdgeSum_BitForBit() throws {
+        let acc = MemoryAccountant()
+        for (t, (n, c, ho, wo)) in [(2, 8, 3, 2), (1, 12, 5, 7), (3, 4, 4, 9)].enumerated() {
+            for k in [1, 2, 4] where c % k == 0 {
+                let es = try edges(n: n, c: c, k: k, ho: ho, wo: wo, acc, seed: UInt64(100 * t + k))
+                let kernelEdges = es.map { Kernels.PartialEdge(head: $0.head.ptr, x: $0.x.ptr, h: $0.x.shape[2], w: $0.x.shape[3], stride: $0.stride, scale: $0.scale) }
+                withExtendedLifetime(es) {   // the edges hold only the tensors' pointers
+                    for count in 1...kernelEdges.count {
+                        var fast = [Float](repeating: 7, count: n * c * ho * wo), ref = fast
+                        Kernels.partialMixSum(Array(kernelEdges.prefix(count)), out: &fast, n: n, c: c, k: k, ho: ho, wo: wo)
+                        Kernels.partialMixSumNaive(Array(kernelEdges.prefix(count)), out: &ref, n: n, c: c, k: k, ho: ho, wo: wo)
+                        XCTAssertEqual(fast.map(\.bitPattern), ref.map(\.bitPattern), "\(count) edges, N \(n) C \(c) K \(k) \(ho)×\(wo)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// With an addend, each edge's dX is added into it as it is stored, into another tensor and in
+    /// place: the floats of the plain backward followed by `Kernels.add` (a zero's sign aside: the
+    /// head channels keep the addend's own), and dHead as without one.
+    func testPartialMixBackward_AddsIntoTheAddend_AsAnAddPass() throws {
+        let acc = MemoryAccountant()
+        for (t, (n, c, ho, wo)) in [(2, 8, 3, 2), (1, 12, 5, 7)].enumerated() {
+            for k in [2, 4] where c % k == 0 {
+                for edge in try edges(n: n, c: c, k: k, ho: ho, wo: wo, acc, seed: UInt64(300 + 10 * t + k)) {
+                    let (h, w) = (edge.x.shape[2], edge.x.shape[3]), count = n * c * h * w
+                    let dOut = try randomTensor([n, c, ho, wo], acc, seed: UInt64(500 + t), bound: 1)
+                    let addend = try randomTensor([n, c, h, w], acc, seed: UInt64(600 + t), bound: 1)
+                    func backward(_ dX: UnsafeMutablePointer<Float>, _ add: UnsafePointer<Float>?, _ dHead: UnsafeMutablePointer<Float>) {
+                        Kernels.partialMixBackward(dOut: dOut.ptr, x: edge.x.ptr, dHead: dHead, dX: dX, addend: add, n: n, c: c, k: k,
+                                                   h: h, w: w, stride: edge.stride, scale: edge.scale)
+                    }
+                    var plain = [Float](repeating: 7, count: count), head = [Float](repeating: 7, count: n * (c / k) * ho * wo)
+                    backward(&plain, nil, &head)
+                    var expected = [Float](repeating: 0, count: count)
+                    Kernels.add(addend.ptr, plain, &expected, count: count)
+                    var other = [Float](repeating: 7, count: count), otherHead = head.map { _ in Float(7) }
+                    backward(&other, addend.ptr, &otherHead)
+                    XCTAssertEqual(other, expected, "into another tensor, stride \(edge.stride) K \(k) \(h)×\(w)")
+                    XCTAssertEqual(otherHead.map(\.bitPattern), head.map(\.bitPattern), "dHead with an addend")
+                    var inPlace = addend.array
+                    inPlace.withUnsafeMutableBufferPointer { p in backward(p.baseAddress!, p.baseAddress!, &otherHead) }
+                    XCTAssertEqual(inPlace, expected, "in place, stride \(edge.stride) K \(k) \(h)×\(w)")
+                }
+            }
+        }
+    }
+
+    /// An input on two edges of one node takes both gradients, the second added into the first's
+    /// as it is stored: against finite differences, at stride 1 and 2.
+    func testPartialNode_InputOnTwoEdges_MatchesFiniteDifferences() throws {
+        let acc = MemoryAccountant()
+        let n = 2, c = 8, k = 4
+        for stride in [1, 2] {
+            let (h, w) = stride == 2 ? (6, 4) : (3, 2)
+            var rng = RNG(seed: UInt64(70 + stride))
+            var values = (0..<(n * c * h * w)).map { Float($0) * 0.05 - 3 }
+            for j in Swift.stride(from: values.count - 1, to: 0, by: -1) { values.swapAt(j, rng.int(j + 1)) }
+            let x = try Tensor.from(values, shape: [n, c, h, w], accountant: acc)
+            let heads = try (0..<2).map { try randomTensor([n, c / k, 3, 2], acc, seed: UInt64(80 + $0), bound: 1) }
+            let wts = try Tensor.from([0.3, -0.6], shape: [2], accountant: acc)
+            try GradCheck().check("partialNode, x on two edges, stride \(stride)", inputs: heads + [x, wts]) { g, v in
+                try g.partialNode(heads: [v[0], v[1]], xs: [v[2], v[2]], strides: [stride, stride], groups: k, weights: v[3], indices: [0, 1])
+            }
+        }
+    }
+}

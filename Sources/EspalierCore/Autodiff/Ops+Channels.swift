@@ -176,11 +176,10 @@ extension Graph {
         let wValue = w?.value
         func scale(_ e: Int) -> Float { wValue.map { $0[indices[e]] } ?? 1 }
         if computing {
-            for e in heads.indices {
-                let x = xs[e].value
-                Kernels.partialMix(head: heads[e].value.ptr, x: x.ptr, out: y.ptr, n: x.shape[0], c: x.shape[1], k: k, h: x.shape[2], w: x.shape[3],
-                                   stride: strides[e], scale: scale(e), accumulate: e > 0)
+            let edges = heads.indices.map { e in
+                Kernels.PartialEdge(head: heads[e].value.ptr, x: xs[e].value.ptr, h: xs[e].shape[2], w: xs[e].shape[3], stride: strides[e], scale: scale(e))
             }
+            Kernels.partialMixSum(edges, out: y.ptr, n: outShape![0], c: outShape![1], k: k, ho: outShape![2], wo: outShape![3])
         }
         let xValues = xs.map(\.value)
         let savedHeads: [Tensor]? = (w?.requiresGrad ?? false) ? heads.map(\.value) : nil
@@ -190,13 +189,15 @@ extension Graph {
             for e in 0..<m {
                 let x = xValues[e]
                 let dHead = ctx.needs(e) ? try self.gradTensor(headShapes[e]) : nil
-                let dX = ctx.needs(m + e) ? try self.gradTensor(x.shape) : nil
-                if ctx.computing && (dHead != nil || dX != nil) {
-                    Kernels.partialMixBackward(dOut: dY.ptr, x: x.ptr, dHead: dHead?.ptr, dX: dX?.ptr, n: x.shape[0], c: x.shape[1], k: k,
+                // dX is added into x's gradient as it is stored (the gradient so far, in place where
+                // it is x's own): no gradient of x's size is written and then added.
+                let target = try ctx.accumulationTarget(m + e)
+                if ctx.computing && (dHead != nil || target != nil) {
+                    Kernels.partialMixBackward(dOut: dY.ptr, x: x.ptr, dHead: dHead?.ptr, dX: target?.out.ptr,
+                                               addend: target?.addend.map { UnsafePointer($0.ptr) }, n: x.shape[0], c: x.shape[1], k: k,
                                                h: x.shape[2], w: x.shape[3], stride: strides[e], scale: scale(e))
                 }
                 if let dHead { try ctx.accumulate(e, dHead) }
-                if let dX { try ctx.accumulate(m + e, dX) }
             }
             if let wValue, ctx.needs(2 * m), let savedHeads {
                 let dW = try self.gradTensor(wValue.shape, zeroed: true)
