@@ -54,8 +54,8 @@ final class SelectOpsTests: XCTestCase {
 final class PartialMixTests: XCTestCase {
     func testPartialMix_EqualsNarrowPoolConcatShuffle_AndMatchesFiniteDifferences() throws {
         let acc = MemoryAccountant()
-        for (stride, k) in [(1, 4), (2, 4), (2, 2), (1, 1)] {
-            let n = 2, c = 8, h = 6, w = 4
+        for (stride, k, w) in [(1, 4, 4), (2, 4, 4), (2, 2, 4), (1, 1, 4), (2, 4, 37)] {   // 37: 18 windows a row, two blocks of 8 and a tail
+            let n = 2, c = 8, h = 6
             let ho = stride == 2 ? h / 2 : h, wo = stride == 2 ? w / 2 : w
             // Well-separated values, so the finite differences never cross a max-pool tie.
             var rng = RNG(seed: UInt64(stride * 10 + k))
@@ -151,7 +151,7 @@ extension PartialMixTests {
     /// head channels keep the addend's own), and dHead as without one.
     func testPartialMixBackward_AddsIntoTheAddend_AsAnAddPass() throws {
         let acc = MemoryAccountant()
-        for (t, (n, c, ho, wo)) in [(2, 8, 3, 2), (1, 12, 5, 7)].enumerated() {
+        for (t, (n, c, ho, wo)) in [(2, 8, 3, 2), (1, 12, 5, 7), (1, 4, 2, 17)].enumerated() {
             for k in [2, 4] where c % k == 0 {
                 for edge in try edges(n: n, c: c, k: k, ho: ho, wo: wo, acc, seed: UInt64(300 + 10 * t + k)) {
                     let (h, w) = (edge.x.shape[2], edge.x.shape[3]), count = n * c * h * w
