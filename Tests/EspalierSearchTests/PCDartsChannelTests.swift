@@ -1,6 +1,6 @@
 // PC-DARTS's channel shuffle, channel by channel, on the path the PC-DARTS supernet runs (edge
 // ops on the first C/K channels, the rest bypassing them, mixed and shuffled into the node by
-// Graph.partialNode / Kernels.partialMix, weighted by β̃): a one-cell, one-node supernet whose every
+// Graph.partialNode / Kernels.partialMixSum, weighted by β̃): a one-cell, one-node supernet whose every
 // channel carries its own constant, read out through an identity classifier, must give
 //   node[i·K + g] = Σ_e β̃_e · (g = 0 ? op(x_e)[i] : bypass(x_e)[g·C/K + i]),   i < C/K,
 // the DARTS/PC-DARTS definition (shuffle(concat(head, bypass), K)); any other permutation fails.

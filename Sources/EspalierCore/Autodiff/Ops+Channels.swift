@@ -151,9 +151,10 @@ extension Graph {
     /// A PC-DARTS node: Σ_e w[indices[e]]·mix(heads[e], xs[e]) (w nil: plain sum), where mix is
     /// one edge's output — `head` (N, C/K, H', W') = the ops on x's first C/K channels, the other
     /// channels of x (N, C, H, W) bypassing them (2×2 max-pool at stride 2), concat + shuffle (K
-    /// groups), Kernels.partialMix — written straight into the node, so no edge output is ever
-    /// materialised. Saves the heads (C/K
-    /// channels) only when w needs a gradient; the xs are node states, alive anyway.
+    /// groups) — all edges written straight into the node in one pass (Kernels.partialMixSum), so
+    /// no edge output is ever materialised; backward adds each edge's dX into x's gradient as it
+    /// is stored. Saves the heads (C/K channels) only when w needs a gradient; the xs are node
+    /// states, alive anyway.
     public func partialNode(heads: [Variable], xs: [Variable], strides: [Int], groups k: Int, weights w: Variable?, indices: [Int]) throws -> Variable {
         guard !heads.isEmpty, heads.count == xs.count, xs.count == strides.count, w == nil || indices.count == heads.count else {
             throw EspalierError.invalidArgument("partialNode: \(heads.count) heads, \(xs.count) inputs, \(strides.count) strides, \(indices.count) weight indices")
