@@ -18,7 +18,8 @@
 // write) wherever x had one.
 
 extension Kernels {
-    /// One PC-DARTS edge of `partialMixSum`: its ops' head, its input x (H, W) and stride, and its weight.
+    /// One PC-DARTS edge of `partialMixSum`: its ops' head, its input x (H, W) and stride, and its
+    /// weight. It holds the tensors' pointers only: the caller keeps them alive through the call.
     public struct PartialEdge {
         public var head: UnsafePointer<Float>, x: UnsafePointer<Float>, h: Int, w: Int, stride: Int, scale: Float
         public init(head: UnsafePointer<Float>, x: UnsafePointer<Float>, h: Int, w: Int, stride: Int, scale: Float = 1) {
