@@ -43,7 +43,7 @@ extension Kernels {
                         let (h, w, scale) = (edge.h, edge.w, edge.scale)
                         if g == 0 || edge.stride == 1 {
                             let src = g == 0 ? edge.head + (b * q + i) * plane : edge.x + (b * c + g * q + i) * h * w
-                            if e == 0 { scaleRow(src, scale, dst, count: plane) } else { addScaledRow(dst, src, scale, dst, count: plane) }
+                            if e == 0 { Kernels.scale(src, scale, dst, count: plane) } else { Kernels.addScaled(dst, src, scale: scale, dst, count: plane) }
                             continue
                         }
                         // (An 8-window SIMD form of this loop, 16 columns split by parity, ran 3.7× as
@@ -67,25 +67,6 @@ extension Kernels {
 
     @inline(__always)
     static func store16(_ p: UnsafeMutablePointer<Float>, _ v: SIMD16<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self) }
-
-    /// dst = scale·src (a copy where scale is 1: the same floats), SIMD8, inline: one plane.
-    @inline(__always)
-    static func scaleRow(_ src: UnsafePointer<Float>, _ scale: Float, _ dst: UnsafeMutablePointer<Float>, count: Int) {
-        if scale == 1 { dst.update(from: src, count: count); return }
-        let s8 = SIMD8<Float>(repeating: scale)
-        var j = 0
-        while j + 8 <= count { store8(dst + j, s8 * load8(src + j)); j += 8 }
-        while j < count { dst[j] = scale * src[j]; j += 1 }
-    }
-
-    /// dst = a + scale·src (the product rounded, then the sum), SIMD8, inline; dst may be a.
-    @inline(__always)
-    static func addScaledRow(_ a: UnsafePointer<Float>, _ src: UnsafePointer<Float>, _ scale: Float, _ dst: UnsafeMutablePointer<Float>, count: Int) {
-        let s8 = SIMD8<Float>(repeating: scale)
-        var j = 0
-        while j + 8 <= count { store8(dst + j, load8(a + j) + s8 * load8(src + j)); j += 8 }
-        while j < count { dst[j] = a[j] + scale * src[j]; j += 1 }
-    }
 
     /// ⟨dOut, mix(head, x)⟩ without forming the mix (the gradient of a node's edge weight β̃_e).
     public static func partialMixDot(dOut: UnsafePointer<Float>, head: UnsafePointer<Float>, x: UnsafePointer<Float>,
@@ -145,7 +126,7 @@ extension Kernels {
                 if g == 0 {
                     if let dHead {
                         let d = dHead + (b * q + i) * plane
-                        scaleRow(src, scale, d, count: plane)
+                        Kernels.scale(src, scale, d, count: plane)
                     }
                     // The head channel's slot in dX (channel i of the input) gets nothing from here.
                     startPlane(b, i)
@@ -154,7 +135,7 @@ extension Kernels {
                 guard let dX else { continue }
                 let at = (b * c + g * q + i) * h * w, dst = dX + at
                 if stride == 1 {
-                    if let addend { addScaledRow(addend + at, src, scale, dst, count: plane) } else { scaleRow(src, scale, dst, count: plane) }
+                    if let addend { Kernels.addScaled(addend + at, src, scale: scale, dst, count: plane) } else { Kernels.scale(src, scale, dst, count: plane) }
                     continue
                 }
                 let xs = x + at
