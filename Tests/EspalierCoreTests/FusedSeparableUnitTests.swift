@@ -17,6 +17,8 @@ final class FusedSeparableUnitTests: XCTestCase {
         Case(n: 4, c: 16, h: 14, w: 14, cOut: 16, k: 3, stride: 1, padding: 1, dilation: 1), // bench-like: both chunks, every tail
         Case(n: 2, c: 16, h: 17, w: 17, cOut: 16, k: 5, stride: 1, padding: 2, dilation: 1), // planes ≥ 256: our weight gradient
         Case(n: 2, c: 130, h: 3, w: 3, cOut: 5, k: 3, stride: 1, padding: 1, dilation: 1),   // past the pointwise crossover: OpenBLAS
+        Case(n: 2, c: 8, h: 9, w: 9, cOut: 8, k: 5, stride: 2, padding: 2, dilation: 1),     // channels in lanes (C % 8 = 0), stride 2
+        Case(n: 3, c: 8, h: 7, w: 7, cOut: 4, k: 3, stride: 1, padding: 2, dilation: 2),     // channels in lanes, dilation 2
     ]
 
     /// x away from 0, so that finite differences never straddle the ReLU's kink.

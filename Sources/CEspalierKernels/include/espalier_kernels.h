@@ -22,6 +22,21 @@ int espalier_kernels_have_16_lanes(void);
 void espalier_small_gemm16(long m, long k, long p, const float *a, const float *b, long ldb,
                            float *c, long ldc, double *sum, double *sum_sq);
 
+/// 1 where `espalier_depthwise8_forward` takes this geometry: x86-64, C a multiple of 8, square
+/// 3×3 or 5×5 kernels, stride 1 or 2, dilation 1 or 2; else 0.
+int espalier_depthwise8_supports(long c, long kh, long kw, long stride, long dilation);
+
+/// Floats of scratch `espalier_depthwise8_forward` needs: P8 ((H + 2p)·(W + 2p)·8) and T8 (Ho·Wo·8).
+long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long kh, long kw, long pad);
+
+/// One sample's depthwise convolution with channels in the vector lanes (depthwise8.c):
+/// t (C, Ho·Wo) = Σ taps w (C, K·K) · x (C, H, W) padded by `pad`, of relu(x) when `relu_input`.
+/// The same bits as EspalierCore's `Kernels.depthwiseForwardPlane` on each plane. Only for
+/// geometries `espalier_depthwise8_supports` takes (AVX2 and FMA code).
+void espalier_depthwise8_forward(long c, long h, long w, long ho, long wo, long k, long stride, long pad,
+                                 long dilation, int relu_input, const float *x, const float *wd, float *t,
+                                 float *scratch);
+
 #ifdef __cplusplus
 }
 #endif

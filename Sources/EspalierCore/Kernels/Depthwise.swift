@@ -28,6 +28,7 @@
 // and, after the chunks, the dW sums (C, KH·KW, lanes) of the backward pass.
 
 import Foundation
+import CEspalierKernels
 
 /// Sizes of the scratch planes of the depthwise path; nil when the geometry takes the direct loops.
 /// Borders and margins of P and Q are zeroed once per call and never written after (whole-vector
@@ -173,6 +174,54 @@ struct DepthwisePlan {
         let wholeRows = wholeVectorRows(rows: ho, cols: wo)
         for oh in 0..<wholeRows { copyRowWhole(qb + (qTop + oh) * qStride + qLeft, dy + oh * wo, wo) }
         for oh in wholeRows..<ho { copyRow(qb + (qTop + oh) * qStride + qLeft, dy + oh * wo, wo) }
+    }
+}
+
+extension DepthwisePlan {
+    /// Whether a sample's depthwise forward runs with its channels in the vector lanes
+    /// (CEspalierKernels' depthwise8.c: C a multiple of 8, 3×3 or 5×5, stride and dilation 1 or 2,
+    /// x86-64) rather than plane by plane (`Kernels.depthwiseForwardPlane`, its reference: the
+    /// same bits).
+    func runsChannelsInLanes(channels c: Int) -> Bool {
+        espalier_depthwise8_supports(c, kh, kw, s, d) == 1
+    }
+
+    /// Scratch floats of one sample's forward (`forwardSampleInLanes`), or of one plane's (P).
+    func forwardSampleFloats(channels c: Int) -> Int {
+        runsChannelsInLanes(channels: c) ? espalier_depthwise8_forward_floats(h, w, ho, wo, kh, kw, p) : pFloats
+    }
+
+    /// t (C, Ho·Wo) = the depthwise forward of one sample x (C, H, W), weights (C, KH·KW), with its
+    /// channels in the lanes; needs `runsChannelsInLanes`. scratch: `forwardSampleFloats` floats.
+    @inline(__always)
+    func forwardSampleInLanes(channels c: Int, x: UnsafePointer<Float>, weights: UnsafePointer<Float>, t: UnsafeMutablePointer<Float>,
+                              reluInput: Bool, scratch: UnsafeMutablePointer<Float>) {
+        espalier_depthwise8_forward(c, h, w, ho, wo, kh, s, p, d, reluInput ? 1 : 0, x, weights, t, scratch)
+    }
+}
+
+extension Kernels {
+    /// Whether `depthwiseForwardSampleInLanes` takes this geometry.
+    public static func depthwiseRunsChannelsInLanes(_ g: ConvGeometry) -> Bool {
+        DepthwisePlan(g)?.runsChannelsInLanes(channels: g.cIn) ?? false
+    }
+
+    /// Scratch floats of `depthwiseForwardSampleInLanes`.
+    public static func depthwiseForwardSampleInLanesFloats(_ g: ConvGeometry) -> Int {
+        guard let plan = DepthwisePlan(g), plan.runsChannelsInLanes(channels: g.cIn) else { return 0 }
+        return plan.forwardSampleFloats(channels: g.cIn)
+    }
+
+    /// t (C, Ho, Wo) = the depthwise forward of one sample x (C, H, W) (of relu(x) with
+    /// `reluInput`), w (C, 1, KH, KW), its channels in the vector lanes: the same bits as
+    /// `depthwiseForward` on that sample. Needs `depthwiseRunsChannelsInLanes(g)`.
+    public static func depthwiseForwardSampleInLanes(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                                     t: UnsafeMutablePointer<Float>, reluInput: Bool,
+                                                     workspace: UnsafeMutablePointer<Float>) {
+        guard let plan = DepthwisePlan(g), plan.runsChannelsInLanes(channels: g.cIn) else {
+            preconditionFailure("the channels-in-lanes depthwise forward does not take \(g)")
+        }
+        plan.forwardSampleInLanes(channels: g.cIn, x: x, weights: w, t: t, reluInput: reluInput, scratch: workspace)
     }
 }
 

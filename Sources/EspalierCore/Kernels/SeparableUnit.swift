@@ -1,6 +1,8 @@
 // The cell's ReLU → depthwise → pointwise → batch norm unit (Ops+Fused.swift) one sample at a
 // time, so that what passes between its kernels stays in the cache:
-//   forward   per sample, the depthwise planes t[s] (Depthwise.swift's depthwiseForwardPlane), then
+//   forward   per sample, the depthwise planes t[s] (Depthwise.swift's depthwiseForwardPlane; where t
+//             goes to a tile only and C is a multiple of 8, its channels-in-lanes form,
+//             depthwise8.c: the same bits), then
 //             at once y[s] = wp·t[s] with its per-channel Σy and Σy² from the product's registers
 //             (Pointwise.swift): the product reads t[s] from L2, not memory. t is still written
 //             whole where a backward will read it, and only to a tile per core where none will.
@@ -29,7 +31,17 @@ extension Kernels {
     /// planes, and a t tile (C, Ho·Wo) where t is not kept.
     public static func separableUnitForwardFloats(_ gd: ConvGeometry, keepingT: Bool) -> Int {
         guard let plan = DepthwisePlan(gd) else { return 0 }
-        return Parallel.chunkCount(gd.n) * (plan.pFloats + (keepingT ? 0 : gd.cIn * gd.hOut * gd.wOut))
+        let dwFloats = forwardRunsInLanes(plan, channels: gd.cIn, keepingT: keepingT) ? plan.forwardSampleFloats(channels: gd.cIn) : plan.pFloats
+        return Parallel.chunkCount(gd.n) * (dwFloats + (keepingT ? 0 : gd.cIn * gd.hOut * gd.wOut))
+    }
+
+    /// Whether the unit's forward runs its depthwise part with the channels in the vector lanes
+    /// (depthwise8.c): where the geometry allows and t goes only to a tile (the zero-shot forward).
+    /// Measured (B 64, inputs from memory, 24 rotating sets; µs lanes/planes): with t in a tile
+    /// 0.69–1.05 (3×3 28² 431/487, 5×5 28² 550/796, 3×3 14² C32 349/346, 5×5 7² C64 363/368); with
+    /// t written whole 0.83–1.34 (3×3 28² 538/472, 3×3 14² C32 527/406, 5×5 28² 696/835), so not there.
+    static func forwardRunsInLanes(_ plan: DepthwisePlan, channels c: Int, keepingT: Bool) -> Bool {
+        !keepingT && plan.runsChannelsInLanes(channels: c)
     }
 
     /// t = depthwise(relu?(x), wd) (into `t` if given, else only through a tile per core), y = wp·t,
@@ -42,19 +54,28 @@ extension Kernels {
                                             sums: UnsafeMutablePointer<Double>, reluInput: Bool, workspace: UnsafeMutablePointer<Float>) {
         guard let plan = DepthwisePlan(gd) else { preconditionFailure("the fused separable forward needs the depthwise fast path: \(gd)") }
         let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut, taps = gd.kh * gd.kw
-        let chunks = Parallel.chunkCount(n), perChunk = plan.pFloats + (t == nil ? c * howo : 0)
+        // With t kept, plane by plane: t[s] goes out to memory either way, and the lanes form's
+        // 8 interleaved plane stores made the unit slower there (measured, see
+        // `forwardRunsInLanes`); with t in a tile only, in lanes where the geometry allows.
+        let inLanes = Self.forwardRunsInLanes(plan, channels: c, keepingT: t != nil)
+        let chunks = Parallel.chunkCount(n), dwFloats = inLanes ? plan.forwardSampleFloats(channels: c) : plan.pFloats
+        let perChunk = dwFloats + (t == nil ? c * howo : 0)
         sums.update(repeating: 0, count: chunks * 2 * cOut)
         Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
-            let pb = workspace + k * perChunk, tile = pb + plan.pFloats
+            let pb = workspace + k * perChunk, tile = pb + dwFloats
             let sum = sums + k * 2 * cOut, sumSq = sum + cOut
-            pb.update(repeating: 0, count: plan.pFloats)
+            if !inLanes { pb.update(repeating: 0, count: plan.pFloats) }
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
                 for s in r {
                     let ts = t.map { $0 + s * c * howo } ?? tile         // t[s] (C, Ho·Wo)
-                    for ch in 0..<c {
-                        depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: ts + ch * howo,
-                                              reluInput: reluInput, p: pb, wv: wv)
+                    if inLanes {
+                        plan.forwardSampleInLanes(channels: c, x: x + s * c * hw, weights: wd, t: ts, reluInput: reluInput, scratch: pb)
+                    } else {
+                        for ch in 0..<c {
+                            depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: ts + ch * howo,
+                                                  reluInput: reluInput, p: pb, wv: wv)
+                        }
                     }
                     pointwiseSample(cIn: c, cOut: cOut, hw: howo, w: wp, x: ts, y: y + s * cOut * howo, sum: sum, sumSq: sumSq)
                 }
