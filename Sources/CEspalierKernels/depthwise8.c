@@ -9,13 +9,14 @@
 // row ki a product then fused multiply-adds over kj (part = w·x, part = fma(w, x, part)), the rows
 // added in order (total = part₀, total += partᵢ), the padding the same zeros.
 // Shapes: x (C, H, W) · w (C, KH·KW) · t (C, Ho·Wo) · P8 (H + 2p, W + 2p, 8) · T8 (Ho·Wo, 8).
+// P8's border is the caller's to zero, once: the kernel writes only its interior, so a scratch
+// zeroed before the first sample serves every sample after (as Depthwise.swift's P).
 // AVX2 and FMA: EspalierCore's release build targets them already (x86-64-v3, Package.swift).
 
 #include "espalier_kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include <string.h>
 
 #define TARGET8 __attribute__((target("avx2,fma")))
 #define INLINE8 TARGET8 static inline __attribute__((always_inline))
@@ -25,7 +26,7 @@ int espalier_depthwise8_supports(long c, long kh, long kw, long stride, long dil
         && (dilation == 1 || dilation == 2);
 }
 
-long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long kh, long kw, long pad) {
+long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long pad) {
     return (h + 2 * pad) * (w + 2 * pad) * 8 + ho * wo * 8;
 }
 
@@ -163,15 +164,7 @@ TARGET8 void espalier_depthwise8_forward(long c, long h, long w, long ho, long w
                                          long dilation, int relu_input, const float *x, const float *wd, float *t,
                                          float *scratch) {
     long hp = h + 2 * pad, wp = w + 2 * pad, hw = h * w, howo = ho * wo, taps = k * k;
-    float *p8 = scratch, *t8 = p8 + hp * wp * 8;
-    // P8's border: the top and bottom rows whole, the left and right columns of the rows between.
-    // `pack` writes only the interior, so it stays zero through the channel blocks.
-    memset(p8, 0, (size_t)(pad * wp * 8) * sizeof(float));
-    memset(p8 + (pad + h) * wp * 8, 0, (size_t)(pad * wp * 8) * sizeof(float));
-    for (long r = pad; r < pad + h; r++) {
-        memset(p8 + r * wp * 8, 0, (size_t)(pad * 8) * sizeof(float));
-        memset(p8 + (r * wp + pad + w) * 8, 0, (size_t)(pad * 8) * sizeof(float));
-    }
+    float *p8 = scratch, *t8 = p8 + hp * wp * 8;   // P8's border zero (the caller's), interior rewritten per block
     for (long cb = 0; cb < c; cb += 8) {
         float wbuf[25 * 8];                       // the 8 channels' weights per tap, taps ≤ 25
         for (long tap = 0; tap < taps; tap++)
@@ -186,7 +179,7 @@ TARGET8 void espalier_depthwise8_forward(long c, long h, long w, long ho, long w
 
 #else
 int espalier_depthwise8_supports(long c, long kh, long kw, long stride, long dilation) { return 0; }
-long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long kh, long kw, long pad) { return 0; }
+long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long pad) { return 0; }
 void espalier_depthwise8_forward(long c, long h, long w, long ho, long wo, long k, long stride, long pad, long dilation,
                                  int relu_input, const float *x, const float *wd, float *t, float *scratch) {
     __builtin_trap();

@@ -36,7 +36,9 @@ final class DepthwiseLanesTests: XCTestCase {
                 var ws = [Float](repeating: 0, count: max(1, g.forwardWorkspaceFloats(reluInput: relu)))
                 Kernels.conv2dForward(g, x: x, w: wd, y: &reference, workspace: &ws, reluInput: relu)
                 var lanes = [Float](repeating: .nan, count: n * c * howo)
-                var scratch = [Float](repeating: .nan, count: Kernels.depthwiseForwardSampleInLanesFloats(g))
+                // Zeroed once, then reused by every sample as the unit does (the kernel writes only
+                // P8's interior: a sample's leftovers must not reach the next).
+                var scratch = [Float](repeating: 0, count: Kernels.depthwiseForwardSampleInLanesFloats(g))
                 x.withUnsafeBufferPointer { xp in lanes.withUnsafeMutableBufferPointer { tp in
                     for s in 0..<n {
                         Kernels.depthwiseForwardSampleInLanes(g, x: xp.baseAddress! + s * c * h * w, w: wd, t: tp.baseAddress! + s * c * howo,

@@ -27,12 +27,13 @@ void espalier_small_gemm16(long m, long k, long p, const float *a, const float *
 int espalier_depthwise8_supports(long c, long kh, long kw, long stride, long dilation);
 
 /// Floats of scratch `espalier_depthwise8_forward` needs: P8 ((H + 2p)·(W + 2p)·8) and T8 (Ho·Wo·8).
-long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long kh, long kw, long pad);
+long espalier_depthwise8_forward_floats(long h, long w, long ho, long wo, long pad);
 
 /// One sample's depthwise convolution with channels in the vector lanes (depthwise8.c):
 /// t (C, Ho·Wo) = Σ taps w (C, K·K) · x (C, H, W) padded by `pad`, of relu(x) when `relu_input`.
 /// The same bits as EspalierCore's `Kernels.depthwiseForwardPlane` on each plane. Only for
-/// geometries `espalier_depthwise8_supports` takes (AVX2 and FMA code).
+/// geometries `espalier_depthwise8_supports` takes (AVX2 and FMA code). `scratch`: zeroed before
+/// the first call (P8's border is never written); later calls may reuse it as it is.
 void espalier_depthwise8_forward(long c, long h, long w, long ho, long wo, long k, long stride, long pad,
                                  long dilation, int relu_input, const float *x, const float *wd, float *t,
                                  float *scratch);

@@ -186,13 +186,12 @@ extension DepthwisePlan {
         espalier_depthwise8_supports(c, kh, kw, s, d) == 1
     }
 
-    /// Scratch floats of one sample's forward (`forwardSampleInLanes`), or of one plane's (P).
-    func forwardSampleFloats(channels c: Int) -> Int {
-        runsChannelsInLanes(channels: c) ? espalier_depthwise8_forward_floats(h, w, ho, wo, kh, kw, p) : pFloats
-    }
+    /// Scratch floats of one sample's forward in lanes (`forwardSampleInLanes`): P8 and T8.
+    var lanesForwardFloats: Int { espalier_depthwise8_forward_floats(h, w, ho, wo, p) }
 
     /// t (C, Ho·Wo) = the depthwise forward of one sample x (C, H, W), weights (C, KH·KW), with its
-    /// channels in the lanes; needs `runsChannelsInLanes`. scratch: `forwardSampleFloats` floats.
+    /// channels in the lanes; needs `runsChannelsInLanes`. scratch: `lanesForwardFloats` floats,
+    /// zeroed before the first sample (its border is never written), as P is.
     @inline(__always)
     func forwardSampleInLanes(channels c: Int, x: UnsafePointer<Float>, weights: UnsafePointer<Float>, t: UnsafeMutablePointer<Float>,
                               reluInput: Bool, scratch: UnsafeMutablePointer<Float>) {
@@ -209,12 +208,13 @@ extension Kernels {
     /// Scratch floats of `depthwiseForwardSampleInLanes`.
     public static func depthwiseForwardSampleInLanesFloats(_ g: ConvGeometry) -> Int {
         guard let plan = DepthwisePlan(g), plan.runsChannelsInLanes(channels: g.cIn) else { return 0 }
-        return plan.forwardSampleFloats(channels: g.cIn)
+        return plan.lanesForwardFloats
     }
 
     /// t (C, Ho, Wo) = the depthwise forward of one sample x (C, H, W) (of relu(x) with
     /// `reluInput`), w (C, 1, KH, KW), its channels in the vector lanes: the same bits as
-    /// `depthwiseForward` on that sample. Needs `depthwiseRunsChannelsInLanes(g)`.
+    /// `depthwiseForward` on that sample. Needs `depthwiseRunsChannelsInLanes(g)`. `workspace`:
+    /// zeroed before the first sample; the samples after reuse it as it is.
     public static func depthwiseForwardSampleInLanes(_ g: ConvGeometry, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                                      t: UnsafeMutablePointer<Float>, reluInput: Bool,
                                                      workspace: UnsafeMutablePointer<Float>) {

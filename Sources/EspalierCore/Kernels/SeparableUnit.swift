@@ -31,8 +31,13 @@ extension Kernels {
     /// planes, and a t tile (C, Ho·Wo) where t is not kept.
     public static func separableUnitForwardFloats(_ gd: ConvGeometry, keepingT: Bool) -> Int {
         guard let plan = DepthwisePlan(gd) else { return 0 }
-        let dwFloats = forwardRunsInLanes(plan, channels: gd.cIn, keepingT: keepingT) ? plan.forwardSampleFloats(channels: gd.cIn) : plan.pFloats
-        return Parallel.chunkCount(gd.n) * (dwFloats + (keepingT ? 0 : gd.cIn * gd.hOut * gd.wOut))
+        return Parallel.chunkCount(gd.n) * (forwardDepthwiseFloats(plan, channels: gd.cIn, keepingT: keepingT)
+                                            + (keepingT ? 0 : gd.cIn * gd.hOut * gd.wOut))
+    }
+
+    /// A chunk's depthwise scratch in the forward: P8 and T8 in lanes, else P.
+    static func forwardDepthwiseFloats(_ plan: DepthwisePlan, channels c: Int, keepingT: Bool) -> Int {
+        forwardRunsInLanes(plan, channels: c, keepingT: keepingT) ? plan.lanesForwardFloats : plan.pFloats
     }
 
     /// Whether the unit's forward runs its depthwise part with the channels in the vector lanes
@@ -58,13 +63,13 @@ extension Kernels {
         // 8 interleaved plane stores made the unit slower there (measured, see
         // `forwardRunsInLanes`); with t in a tile only, in lanes where the geometry allows.
         let inLanes = Self.forwardRunsInLanes(plan, channels: c, keepingT: t != nil)
-        let chunks = Parallel.chunkCount(n), dwFloats = inLanes ? plan.forwardSampleFloats(channels: c) : plan.pFloats
+        let chunks = Parallel.chunkCount(n), dwFloats = Self.forwardDepthwiseFloats(plan, channels: c, keepingT: t != nil)
         let perChunk = dwFloats + (t == nil ? c * howo : 0)
         sums.update(repeating: 0, count: chunks * 2 * cOut)
         Parallel.forChunksIndexed(n, chunks: chunks) { k, r in
             let pb = workspace + k * perChunk, tile = pb + dwFloats
             let sum = sums + k * 2 * cOut, sumSq = sum + cOut
-            if !inLanes { pb.update(repeating: 0, count: plan.pFloats) }
+            pb.update(repeating: 0, count: dwFloats)                     // P's or P8's border, once a chunk
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
                 for s in r {
