@@ -156,7 +156,7 @@ final class SearchCell {
     /// s0, s1 (N, C_prev_prev/C_prev, H, W) → (N, multiplier·C, H', W'). `weights`: (edges, ops);
     /// `edgeWeights`: β̃ (edges), or nil without edge normalisation.
     func forward(_ g: Graph, _ s0: Variable, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
-                 state: RunState, skipDropout: Float = 0, worstCase: CostliestCandidate? = nil) throws -> Variable {
+                 state: RunState, skipDropout: Float = 0, worstCase: Bool = false) throws -> Variable {
         try forward(g, earlier: [s0], s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state, skipDropout: skipDropout,
                     worstCase: worstCase)
     }
@@ -185,11 +185,11 @@ final class SearchCell {
 
     /// `earlier`: [s0] (DARTS), or every earlier output (hyper-connected); s1: the previous cell's output.
     /// `worstCase`: a prediction with a sampled gate (`active` is a stand-in draw): each edge runs
-    /// as many candidates as `active` marks on it, and the costliest ones by that measure (`pickCostliest`).
+    /// the candidates that keep the most in place of the drawn ones (`pickCostliest`).
     /// `handed` (DARTS, without tape): s0 handed over in place of `earlier`, freed once pre0 has read it.
     func forward(_ g: Graph, earlier: [Variable], handed: HandedInput? = nil, _ s1: Variable, weights: Variable, active: [UInt8],
                  inputWeights: Variable? = nil, inputActive: [UInt8]? = nil, edgeWeights: Variable? = nil, state: RunState, skipDropout: Float = 0,
-                 worstCase: CostliestCandidate? = nil) throws -> Variable {
+                 worstCase: Bool = false) throws -> Variable {
         var active = active
         return try g.accountant.withOwnerID(owner) {
             // A nil state (every inter-cell input pruned): the edges from it are skipped.
@@ -200,8 +200,8 @@ final class SearchCell {
             let plain = partial == 1 && edgeWeights == nil && edges.allSatisfy { $0.merged.isEmpty } && skipDropout == 0
             var e = 0
             for _ in 0..<nodes {
-                if let worstCase {
-                    for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h, by: worstCase) } }
+                if worstCase {
+                    for (j, h) in states.enumerated() { if let h { try pickCostliest(&active, edge: e + j, input: h) } }
                 }
                 let (firstEdge, incoming, now) = (e, states, active)
                 let segment = "cell\(index)/node\(states.count - 2)"
@@ -222,7 +222,7 @@ final class SearchCell {
     /// s0, s1 → the cell's output, as `forward(g, s0, s1, …)`, with s0 handed over: a forward without
     /// tape frees the output of cell i−2 once this cell's pre0 has read it, before its nodes run.
     func forward(_ g: Graph, handing s0: HandedInput, _ s1: Variable, weights: Variable, active: [UInt8], edgeWeights: Variable? = nil,
-                 state: RunState, skipDropout: Float = 0, worstCase: CostliestCandidate? = nil) throws -> Variable {
+                 state: RunState, skipDropout: Float = 0, worstCase: Bool = false) throws -> Variable {
         precondition(!hyper, "a hyper-connected cell reads every earlier output")
         return try forward(g, earlier: [], handed: s0, s1, weights: weights, active: active, edgeWeights: edgeWeights, state: state,
                            skipDropout: skipDropout, worstCase: worstCase)
@@ -360,28 +360,45 @@ final class SearchCell {
     /// dry run of its own.
     private var candidateBytes: [String: Double] = [:]
 
+    /// A prediction with a sampled gate: the most that a draw can hold above the one the dry run
+    /// ran, on any one edge at any one moment (`pickCostliest`); the prediction adds it.
+    private(set) var drawMargin = 0
+
     /// A prediction's worst case for a sampled gate on edge e: the gate's stand-in draw marks how
-    /// many candidates run (k); the k running candidates that cost the most bytes on `input`, by
-    /// `measure`, are marked active instead. No one order is the worst for every moment of a
-    /// step — the candidates that keep the most make the end of the forward the highest, those
-    /// whose backward holds the most on top may make a (recomputed) backward higher — so a
-    /// prediction takes both orders and keeps the higher (SearchRun.predict).
-    private func pickCostliest(_ active: inout [UInt8], edge e: Int, input h: Variable, by measure: CostliestCandidate) throws {
+    /// many candidates run (k); the k running candidates that keep the most bytes on `input` are
+    /// marked active instead, so at every moment each edge holds at least what any draw's would
+    /// hold there once it has run. The edge that is running holds more than what it keeps: its
+    /// scratch, and in its backward the gradients it makes (`measureCost` with `throughBackward`
+    /// takes the costliest way it meets them). No one choice of draw is the worst at every moment —
+    /// the largest keepers make the forward's end the highest, an op that keeps little may hold
+    /// the most while its backward runs, and which one a real draw puts on which edge is the
+    /// gate's — so the dry run's peak, with the keepers everywhere, is raised by the most any
+    /// edge's running candidate can hold above the least the dry run's holds there: its highest
+    /// peak less the smallest of the k keepers' kept bytes (`drawMargin`). Two dry runs, one by
+    /// each order, fell short of real draws (GdasProxylessSearchTests' every-draw test).
+    private func pickCostliest(_ active: inout [UInt8], edge e: Int, input h: Variable) throws {
         let edge = edges[e], k = edge.ops.count
         let drawn = (0..<k).reduce(0) { $0 + (active[e * k + $1] != 0 ? 1 : 0) }
         var shape = h.shape
         shape[1] /= partial
-        var running: [(o: Int, bytes: Double)] = []
+        var running: [(o: Int, kept: Double, peak: Double)] = []
         for (o, op) in edge.ops.enumerated() {
             guard let op, edge.states[o] == .active else { continue }
-            let key = "\(e)|\(o)|\(shape)|\(measure)"
-            if candidateBytes[key] == nil {
-                candidateBytes[key] = try measureCost(shape, parameters: op.parameters, throughBackward: measure == .throughBackward) { g, x in try op(g, x) }.bytes
+            func cost(throughBackward: Bool) throws -> Double {
+                let key = "\(e)|\(o)|\(shape)|\(throughBackward)"
+                if let bytes = candidateBytes[key] { return bytes }
+                let bytes = try measureCost(shape, parameters: op.parameters, throughBackward: throughBackward) { g, x in try op(g, x) }.bytes
+                candidateBytes[key] = bytes
+                return bytes
             }
-            running.append((o, candidateBytes[key]!))
+            running.append((o, try cost(throughBackward: false), try cost(throughBackward: true)))
         }
-        let kept = Set(running.sorted { $0.bytes != $1.bytes ? $0.bytes > $1.bytes : $0.o < $1.o }.prefix(drawn).map(\.o))
-        for o in 0..<k { active[e * k + o] = kept.contains(o) ? 1 : 0 }
+        let keepers = running.sorted { $0.kept != $1.kept ? $0.kept > $1.kept : $0.o < $1.o }.prefix(drawn)
+        if let least = keepers.last?.kept, let highest = running.map(\.peak).max() {
+            drawMargin = max(drawMargin, Int(max(0, highest - least)))
+        }
+        let picked = Set(keepers.map(\.o))
+        for o in 0..<k { active[e * k + o] = picked.contains(o) ? 1 : 0 }
     }
 
     /// A zero node of the cell's output size (states[1], the previous cell's, always exists).
@@ -390,14 +407,6 @@ final class SearchCell {
         let hw = reduction && states.count == 2 ? [(ref.shape[2] + 1) / 2, (ref.shape[3] + 1) / 2] : [ref.shape[2], ref.shape[3]]
         return try g.zeros([ref.shape[0], states[1]!.shape[1], hw[0], hw[1]])
     }
-}
-
-/// What makes a candidate the costliest in a sampled gate's predicted worst case.
-enum CostliestCandidate: Sendable {
-    /// The bytes its forward keeps.
-    case kept
-    /// The peak of its forward and backward.
-    case throughBackward
 }
 
 /// A cell input its caller hands over, keeping no reference of its own (a forward without tape):

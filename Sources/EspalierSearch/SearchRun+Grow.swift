@@ -61,12 +61,12 @@ extension SearchRun {
         archOptimizer = try accountant.withOwner("optimizer") {
             try Adam(parameters: [], learningRate: archOptimizer.learningRate, beta1: config.archBeta1, beta2: config.archBeta2, weightDecay: config.archWeightDecay)
         }
-        let (costliest, drewCostliest) = (supernet.costliest, supernet.drewCostliest)
+        let drawMargin = supernet.drawMargin
         supernet = try accountant.withOwner("model") {
             try Supernet(space: space, registry: registry, context: context, gateID: config.gate, gateSettings: config.gateSettings,
                          opSettings: config.opSettings, seed: config.seed &+ UInt64(cells) &* 7777)
         }
-        (supernet.costliest, supernet.drewCostliest) = (costliest, drewCostliest)   // a prediction's worst case goes on
+        supernet.drawMargin = drawMargin   // a prediction's worst case goes on
         for p in supernet.archParameters where !p.value.isVirtual {
             guard let values = arch[p.name], values.count == p.count else { continue }
             for (i, v) in values.enumerated() { p.value[i] = v }

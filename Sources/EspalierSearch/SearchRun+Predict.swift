@@ -28,7 +28,11 @@ public struct StepPrediction {
     /// What each recomputed segment's forward measured, by segment (`cell3`, …), summed over the
     /// dry run's forwards (Graph.segmentMeasures).
     public var segments: [String: SegmentMeasure] = [:]
-    public var stepPeak: Int { accountant.peakTotal - datasetBytes }
+    /// A sampled gate's: the most a real draw can hold above the dry run's on one edge at one
+    /// moment (SearchCell.pickCostliest); part of `stepPeak`, in no category or owner of the
+    /// accountant's. 0 for every other gate.
+    public var drawMargin = 0
+    public var stepPeak: Int { accountant.peakTotal - datasetBytes + drawMargin }
 }
 
 extension SearchRun {
@@ -84,21 +88,10 @@ extension SearchRun {
     /// A dry-run accountant, a context of its own (closed afterwards, so both are freed with the
     /// prediction), the stand-in dataset (two batches) and the run; `body` takes its steps (and
     /// returns the epoch of a whole run's peak).
-    /// A sampled gate's worst case picks the costliest candidates of each edge, by the bytes their
-    /// forward keeps and, in a second dry run, by the peak of their forward and backward; the
-    /// prediction is the higher of the two (SearchCell.pickCostliest says why one order is not enough).
+    /// A sampled gate's worst case runs, on each edge, the candidates that keep the most, and adds
+    /// the most any edge's running candidate can hold above them (SearchCell.pickCostliest).
     private static func predict(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
                                 ranks: (rank: Int, size: Int) = (0, 1), _ body: (SearchRun) throws -> Int?) throws -> StepPrediction {
-        let kept = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks, costliest: .kept, body)
-        guard kept.drewCostliest else { return kept.prediction }
-        let backward = try predict(config: config, registry: registry, imageShape: imageShape, classes: classes, ranks: ranks,
-                                   costliest: .throughBackward, body)
-        return backward.prediction.stepPeak > kept.prediction.stepPeak ? backward.prediction : kept.prediction
-    }
-
-    private static func predict(config: SearchConfig, registry: PluginRegistry, imageShape: (c: Int, h: Int, w: Int), classes: Int,
-                                ranks: (rank: Int, size: Int), costliest: CostliestCandidate,
-                                _ body: (SearchRun) throws -> Int?) throws -> (prediction: StepPrediction, drewCostliest: Bool) {
         let dry = MemoryAccountant(mode: .dryRun)
         dry.plannedBudget = config.memoryBudget   // what a strategy that grows inside the budget plans with
         let context = HostContext(accountant: dry, seed: config.seed)
@@ -113,13 +106,13 @@ extension SearchRun {
         let run = try SearchRun(config: cfg, registry: registry, context: context, train: ds.all, outDirectory: nil, ranks: comm)
         run.services.predictionView = PredictionChoices()
         run.graph.segmentMeasures = [:]
-        run.supernet.costliest = costliest
         let peakEpoch = try body(run)
         var p = StepPrediction(accountant: dry, datasetBytes: ds.byteCount)
         p.flops = run.graph.flops
         p.segments = run.graph.segmentMeasures ?? [:]
         p.peakEpoch = peakEpoch
-        return (p, run.supernet.drewCostliest)
+        p.drawMargin = run.supernet.drawMargin
+        return p
     }
 
     /// Takes the first step of epoch 0 outside the loop (the same allocations as the loop's first step).

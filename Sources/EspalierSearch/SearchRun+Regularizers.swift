@@ -241,7 +241,13 @@ extension SearchRun {
 /// The bytes and FLOPs of one module run on an input of `shape`, measured in a dry run:
 /// activations it keeps plus 3× its parameters (values, gradients, momentum).
 /// `throughBackward`: the bytes are the peak of its forward and backward instead (what it keeps,
-/// and what its backward holds on top while it runs).
+/// and what its backward holds on top while it runs), its input's gradient not the first one
+/// (another consumer's is there, shared): the costliest way a cell meets its backward, where
+/// the input gradient it adds goes to a tensor of its own while the other one lives — an input-
+/// sized tensor more than a first gradient costs, at the moment its scratch is largest — and its
+/// weights' gradients made, as a weight step makes them (whatever step is measuring it: a
+/// sampled gate's first forward of a prediction is an α step's, weights frozen, whose backward
+/// holds less scratch).
 func measureCost(_ shape: [Int], parameters: [Parameter], throughBackward: Bool = false,
                  _ body: (Graph, Variable) throws -> Variable) throws -> (bytes: Double, flops: Double) {
     let dry = MemoryAccountant(mode: .dryRun)
@@ -250,6 +256,11 @@ func measureCost(_ shape: [Int], parameters: [Parameter], throughBackward: Bool 
     let before = dry.currentBytes(ownerPrefix: "").total
     let bytes: Int
     if throughBackward {
+        let frozen = parameters.map { !$0.requiresGrad }
+        for p in parameters { p.requiresGrad = true }
+        defer { for (p, f) in zip(parameters, frozen) where f { p.requiresGrad = false } }
+        g.presetSharedGradient(of: x, try Tensor(shape: shape, category: .activationGradients, accountant: dry))
+        let before = dry.currentBytes(ownerPrefix: "").total
         dry.resetPeak()
         let y = try body(g, x)
         try g.backward(y, gradient: try Tensor(shape: y.shape, category: .activationGradients, accountant: dry))

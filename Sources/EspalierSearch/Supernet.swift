@@ -28,10 +28,6 @@ public final class Supernet {
     public var skipDropout: Float = 0
     /// What the forward recomputes in backward instead of keeping (RecomputePlan.swift).
     public var recompute = RecomputePlan.none
-    /// A prediction with a sampled gate: which candidates stand for the drawn ones (the costliest
-    /// by this measure; SearchCell.pickCostliest), and whether a forward has picked them.
-    var costliest = CostliestCandidate.kept
-    var drewCostliest = false
     /// The gates' mixing weights of the last recorded forward (regularizers on gate weights).
     public private(set) var lastGateWeights: (normal: Variable, reduce: Variable)? = nil
     /// Per slot, and per cell's inter-cell inputs (hyper-connected), of the last recorded forward.
@@ -130,6 +126,10 @@ public final class Supernet {
     /// component with its own settings, made lazily per logits length, so not one namespace with these.
     public var archGates: [PluginGate] { gates + inputGates }
 
+    /// A prediction with a sampled gate: what a draw can hold above the dry run's on one edge at
+    /// one moment, the most over the cells' forwards so far (SearchCell.pickCostliest).
+    var drawMargin = 0
+
     /// Network weights (everything but α), in a stable order.
     public var weights: [Parameter] {
         stemConv.parameters + stemBN.parameters + cells.flatMap(\.parameters) + auxHeads.flatMap(\.head.parameters) + classifier.parameters
@@ -204,8 +204,7 @@ public final class Supernet {
         for (i, cell) in cells.enumerated() {
             let (w, a) = slotWeights[slot(of: cell)]
             // A prediction with a sampled gate: the costliest candidates stand for the drawn ones.
-            let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled ? costliest : nil
-            if worstCase != nil { drewCostliest = true }
+            let worstCase = !g.computing && g.accountant.isDryRun && !space.sumOps && gates[slot(of: cell)].isSampled
             let whole = recompute.recomputes("cell\(i)", at: .cells) && cell.isRecomputable
             cell.recompute = whole ? .none : recompute
             let out: Variable
@@ -231,6 +230,7 @@ public final class Supernet {
                                      skipDropout: self.skipDropout, worstCase: worstCase)
                 }
             }
+            if worstCase { drawMargin = max(drawMargin, cell.drawMargin) }
             s0 = s1
             s1 = out
             if g.training, let head = auxHeads.first(where: { $0.cell == i })?.head {

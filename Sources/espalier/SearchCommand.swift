@@ -200,6 +200,7 @@ func printPrediction(_ p: StepPrediction, config c: SearchConfig, datasetBytes: 
         if cat == .data { v -= p.datasetBytes }
         if v > 0 { print("  " + pad(cat.name, 22) + formatBytes(v)) }
     }
+    if p.drawMargin > 0 { print("  " + pad("sampled draws", 22) + formatBytes(p.drawMargin) + " (the most a draw holds above the dry run's, on one edge)") }
     let top = p.accountant.peakByOwnerPrefix(depth: 2).filter { !$0.prefix.hasPrefix("dataset") }.prefix(6)
     print("  largest owners at the peak: " + top.map { "\($0.prefix) \(formatBytes($0.bytes.total))" }.joined(separator: ", "))
 }

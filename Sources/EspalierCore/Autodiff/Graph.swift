@@ -457,6 +457,15 @@ public final class Graph {
     /// The gradient that reached a `leaf` after `backward`, or nil (a leaf's is always written:
     /// leaves read no pending form).
     public func gradient(of v: Variable) -> Tensor? { v.node?.grad }
+
+    /// Gives `v` the gradient `g` as if another consumer of `v` had handed it on already: shared,
+    /// so what a backward adds to it goes to a tensor of its own while `g` lives (`accumulate`).
+    /// For measuring one op's backward as a cell meets it at its costliest (SearchCell's
+    /// worst-case draw): an input gradient that is not the op's first.
+    public func presetSharedGradient(of v: Variable, _ g: Tensor) {
+        guard let node = v.node else { return }
+        adopt(g, into: node)
+    }
 }
 
 /// A weak reference to a variable (a cache key that must not extend its life).
