@@ -177,6 +177,60 @@ final class FusedSeparableUnitTests: XCTestCase {
         } }
     }
 
+    /// t is not kept for the backward: over a recorded forward, what the accountant holds rises by
+    /// less than y and t together (y, its mean and 1/σ stay; t did before).
+    func testRecordedForward_KeepsNoDepthwiseOutput() throws {
+        let acc = MemoryAccountant()
+        let c = Case(n: 16, c: 16, h: 14, w: 14, cOut: 16, k: 3, stride: 1, padding: 1, dilation: 1)
+        let g = Graph(accountant: acc)
+        let v = [g.leaf(try input([c.n, c.c, c.h, c.w], acc, seed: 1)), g.leaf(try randomTensor([c.c, 1, c.k, c.k], acc, seed: 2)),
+                 g.leaf(try randomTensor([c.cOut, c.c, 1, 1], acc, seed: 3))]
+        let rm = try Tensor.zeros([c.cOut], category: .activations, accountant: acc), rv = try Tensor.filled([c.cOut], value: 1, category: .activations, accountant: acc)
+        let before = acc.currentTotal
+        let y = try unit(g, v, c, relu: true, fused: true, rm: rm, rv: rv)
+        let rise = acc.currentTotal - before, bytes = y.value.storage.byteCount
+        XCTAssertLessThan(rise, 2 * bytes, "the forward keeps \(rise) bytes; y is \(bytes), t as large")
+        try g.backward(y, gradient: try randomTensor(y.shape, acc, seed: 4))
+        XCTAssertNotNil(g.gradient(of: v[2]), "the backward still makes the pointwise weight's gradient, from t computed again")
+    }
+
+    /// The backward without t computes each t[s] again from x: dX, dWd and dWp the same bits as
+    /// from the forward's t, on every case, with and without the ReLU, with and without dWd (the
+    /// P that dW loads x into, or a P of its own).
+    func testBackward_WithoutT_ComputesItAgain_TheSameBits() throws {
+        let acc = MemoryAccountant()
+        for (k, c) in Self.cases.enumerated() { for relu in [true, false] { for needWd in [true, false] {
+            let gd = ConvGeometry(n: c.n, cIn: c.c, h: c.h, w: c.w, cOut: c.c, kh: c.k, kw: c.k, stride: c.stride, padding: c.padding,
+                                  dilation: c.dilation, groups: c.c)
+            guard gd.addsIntoInputGradient else { continue }
+            let howo = gd.hOut * gd.wOut, xs = c.n * c.c * c.h * c.w
+            let x = try input([c.n, c.c, c.h, c.w], acc, seed: UInt64(k))
+            let wd = try randomTensor([c.c, 1, c.k, c.k], acc, seed: UInt64(10 + k)), wp = try randomTensor([c.cOut, c.c, 1, 1], acc, seed: UInt64(20 + k))
+            let xhat = try randomTensor([c.n * c.cOut * howo], acc, seed: UInt64(30 + k)), dY = try randomTensor([c.n * c.cOut * howo], acc, seed: UInt64(40 + k))
+            let bn = try randomTensor([3 * c.cOut], acc, seed: UInt64(50 + k))
+            for i in 0..<c.cOut { bn[i] = 1 + abs(bn[i]) }                  // 1/σ > 0
+            var t = [Float](repeating: 0, count: c.n * c.c * howo)
+            var fws = [Float](repeating: 0, count: max(1, gd.forwardWorkspaceFloats(reluInput: relu)))
+            Kernels.conv2dForward(gd, x: x.ptr, w: wd.ptr, y: &t, workspace: &fws, reluInput: relu)
+            func run(keptT: Bool) -> [[UInt32]] {
+                var dX = [Float](repeating: 0, count: xs), dWd = [Float](repeating: 0, count: c.c * c.k * c.k), dWp = [Float](repeating: 0, count: c.cOut * c.c)
+                var ws = [Float](repeating: .nan, count: max(1, Kernels.separableUnitBackwardFloats(gd, cOut: c.cOut, needInputGrad: true, needDepthwiseGrad: needWd,
+                                                                                                  needPointwiseGrad: true, reluInput: relu, keptT: keptT)))
+                t.withUnsafeBufferPointer { tp in dWd.withUnsafeMutableBufferPointer { dWdp in
+                    Kernels.separableUnitBackward(gd, cOut: c.cOut, x: x.ptr, wd: wd.ptr, t: keptT ? tp.baseAddress! : nil, wp: wp.ptr, xhat: xhat.ptr,
+                                                  dY: dY.ptr, invStd: bn.ptr, meanDy: bn.ptr + c.cOut, meanDyXhat: bn.ptr + 2 * c.cOut,
+                                                  dX: &dX, dWd: needWd ? dWdp.baseAddress! : nil, dWp: &dWp, reluInput: relu, workspace: &ws)
+                } }
+                return [dX.map(\.bitPattern), dWd.map(\.bitPattern), dWp.map(\.bitPattern)]
+            }
+            let kept = run(keptT: true), again = run(keptT: false)
+            for (i, name) in ["dX", "dWd", "dWp"].enumerated() {
+                XCTAssertEqual(again[i], kept[i], "\(name), case \(k) relu \(relu) dWd \(needWd)")
+            }
+            XCTAssertTrue(kept[2].contains { $0 != 0 }, "dWp is made, case \(k)")
+        } } }
+    }
+
     /// Where no backward will run (the zero-shot forward), t is never held whole: over the op,
     /// what the accountant holds rises by less than y and t together.
     func testNoGradForward_NeverHoldsTheDepthwiseOutputWhole() throws {

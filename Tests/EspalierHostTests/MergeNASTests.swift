@@ -244,7 +244,11 @@ final class MergeNASTests: XCTestCase {
             try g.backward(try g.mean(y))
             return acc.peakTotal - before
         }
+        // Measured: 849 096 against 2 085 720 B (0.41) while the fused separable unit kept its
+        // depthwise output t; 722 632 against 1 302 168 B (0.55) since it computes t again in the
+        // backward: the four convolutions run six such units, the merged op two, so the plain edge
+        // gained the more.
         let merged = try peak(merged: true), plain = try peak(merged: false)
-        XCTAssertLessThan(Double(merged), 0.5 * Double(plain), "merged edge \(merged) B vs four convolutions \(plain) B")
+        XCTAssertLessThan(Double(merged), 0.6 * Double(plain), "merged edge \(merged) B vs four convolutions \(plain) B")
     }
 }

@@ -14,10 +14,11 @@
 //             and the depthwise backward of the sample's planes from it. Neither the full-size BN
 //             gradient nor dT is ever stored whole. (Off the depthwise fast path: dT whole, then
 //             the depthwise backward, as PointwiseBatchNorm.swift and conv2dBackward make them.)
-// It keeps what the unfused ops keep (x, the depthwise output t, y, the per-channel mean and
-// 1/σ) and updates the running statistics as batchNorm does. Where a fused path does not apply
-// (evaluation, ghost batch norm, a geometry off the depthwise fast path, a 1×1 with stride)
-// it is the unfused ops, its reference.
+// On the depthwise fast path it keeps x, y and the per-channel mean and 1/σ, not the depthwise
+// output t the unfused ops keep: the backward's sweep computes each t[s] again from x[s] (the
+// same bits) while x[s] is in the cache anyway. It updates the running statistics as batchNorm
+// does. Where a fused path does not apply (evaluation, ghost batch norm, a geometry off the
+// depthwise fast path, a 1×1 with stride) it is the unfused ops, its reference.
 
 import Foundation
 
@@ -53,8 +54,11 @@ extension Graph {
         // On the depthwise fast path the unit runs a sample at a time (SeparableUnit.swift); else
         // the depthwise kernel first, over the whole batch.
         let sweeps = gd.onDepthwiseFastPath
-        // t = depthwise(relu(x)), kept for both backward GEMMs' operands where a backward will run.
-        let keepsT = !sweeps || (isRecording && [x, wd, wp].contains { $0.node != nil })
+        // t = depthwise(relu(x)): off the fast path, kept for both backward GEMMs' operands; on it,
+        // never stored: the backward's sweep computes each t[s] again from x[s] (the same bits),
+        // which is in the cache there for the depthwise backward anyway. An (N, C, Ho, Wo) tensor
+        // less to write here, hold through the step and read back.
+        let keepsT = !sweeps
         let t = keepsT ? try Tensor(shape: gd.outputShape, category: .activations, accountant: accountant) : nil
         if !sweeps, let t {
             let ws = try Tensor(shape: [max(1, gd.forwardWorkspaceFloats())], category: .workspace, accountant: accountant)
@@ -90,7 +94,7 @@ extension Graph {
         }
         flops += gd.forwardFlops + gp.forwardFlops + n * cOut * hw * 5
         if let sink { return untaped(sink.target) }
-        guard let t else { return untaped(y) }                 // no backward will run (see keepsT)
+        guard isRecording && [x, wd, wp].contains(where: { $0.node != nil }) else { return untaped(y) }   // no backward will run
         let xValue = x.value, wdValue = wd.value, wpValue = wp.value
         // dY may come with a pending mixing weight (ctx.outputScale): both passes below multiply as they
         // read; and with its channel sums (a weighted sum's backward made them), BN's sums pass is skipped.
@@ -113,10 +117,10 @@ extension Graph {
                 // as the depthwise conv2d's backward takes them.
                 try self.withConvolutionGradients(gd, ctx, xIndex: 0, wIndex: 1) { dX, dXAddend, dWd in
                     let ws = try Tensor(shape: [Kernels.separableUnitBackwardFloats(gd, cOut: cOut, needInputGrad: needX, needDepthwiseGrad: needWd,
-                                                                                    needPointwiseGrad: needWp, reluInput: reluInput)],
+                                                                                    needPointwiseGrad: needWp, reluInput: reluInput, keptT: false)],
                                         category: .workspace, accountant: self.accountant)
                     if ctx.computing {
-                        Kernels.separableUnitBackward(gd, cOut: cOut, x: xValue.ptr, wd: wdValue.ptr, t: t.ptr, wp: wpValue.ptr, xhat: y.ptr,
+                        Kernels.separableUnitBackward(gd, cOut: cOut, x: xValue.ptr, wd: wdValue.ptr, t: nil, wp: wpValue.ptr, xhat: y.ptr,
                                                       dY: dY.ptr, dYScale: ctx.outputScale, invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
                                                       dX: dX?.ptr, dXAddend: dXAddend.map { UnsafePointer($0.ptr) }, dWd: dWd?.ptr, dWp: dWp?.ptr,
                                                       reluInput: reluInput, workspace: ws.ptr)
@@ -133,7 +137,7 @@ extension Graph {
                 let ws = try Tensor(shape: [Kernels.pointwiseBatchNormBackwardFloats(cIn: gp.cIn, cOut: cOut, hw: hw, chunks: chunks, needWeightGrad: needWp)],
                                     category: .workspace, accountant: self.accountant)
                 if ctx.computing {
-                    Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr, dYScale: ctx.outputScale,
+                    Kernels.pointwiseBatchNormBackward(n: n, cIn: gp.cIn, cOut: cOut, hw: hw, t: t!.ptr, w: wpValue.ptr, xhat: y.ptr, dY: dY.ptr, dYScale: ctx.outputScale,
                                                        invStd: invStd.ptr, meanDy: means.ptr, meanDyXhat: means.ptr + cOut,
                                                        dT: dT?.ptr, dW: dWp?.ptr, workspace: ws.ptr)
                 }

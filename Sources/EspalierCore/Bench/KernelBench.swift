@@ -142,25 +142,26 @@ public enum KernelBench {
             return t
         }
         let x = try tensor([n, c, gd.h, gd.w], .data), wd = try tensor([c, 1, gd.kh, gd.kw], .parameters)
-        let wp = try tensor([c, c, 1, 1], .parameters), t = try tensor([n, c, gd.hOut, gd.wOut], .activations, fill: false)
+        let wp = try tensor([c, c, 1, 1], .parameters)
         let y = try tensor([n, c, gd.hOut, gd.wOut], .activations, fill: false), dY = try tensor([n, c, gd.hOut, gd.wOut], .activationGradients)
         let dX = try tensor([n, c, gd.h, gd.w], .activationGradients, fill: false)
         let dWd = try tensor([c, 1, gd.kh, gd.kw], .gradients, fill: false), dWp = try tensor([c, c, 1, 1], .gradients, fill: false)
         let bn = try tensor([3 * c], .workspace)                          // invStd, meanDy, meanDyXhat
         let sums = UnsafeMutablePointer<Double>.allocate(capacity: Kernels.pointwiseStatisticsDoubles(cOut: c, chunks: Parallel.chunkCount(n)))
         defer { sums.deallocate() }
-        let fws = try tensor([max(1, Kernels.separableUnitForwardFloats(gd, keepingT: true))], .workspace, fill: false)
+        // As a training step runs it: t is not kept; the backward computes each t[s] again.
+        let fws = try tensor([max(1, Kernels.separableUnitForwardFloats(gd, keepingT: false))], .workspace, fill: false)
         let bws = try tensor([max(1, Kernels.separableUnitBackwardFloats(gd, cOut: c, needInputGrad: true, needDepthwiseGrad: true,
-                                                                         needPointwiseGrad: true, reluInput: true))], .workspace, fill: false)
+                                                                         needPointwiseGrad: true, reluInput: true, keptT: false))], .workspace, fill: false)
         let shape = "B=\(n) C=\(c) \(gd.h)×\(gd.w)→\(gd.hOut)×\(gd.wOut)"
         let pointwise = ConvGeometry(n: n, cIn: c, h: gd.hOut, w: gd.wOut, cOut: c, kh: 1, kw: 1)
         let flops = gd.forwardFlops + pointwise.forwardFlops
         let f = time {
-            Kernels.separableUnitForward(gd, cOut: c, x: x.ptr, wd: wd.ptr, wp: wp.ptr, t: t.ptr, y: y.ptr, sums: sums, reluInput: true,
+            Kernels.separableUnitForward(gd, cOut: c, x: x.ptr, wd: wd.ptr, wp: wp.ptr, t: nil, y: y.ptr, sums: sums, reluInput: true,
                                          workspace: fws.ptr)
         }
         let b = time {
-            Kernels.separableUnitBackward(gd, cOut: c, x: x.ptr, wd: wd.ptr, t: t.ptr, wp: wp.ptr, xhat: y.ptr, dY: dY.ptr, invStd: bn.ptr,
+            Kernels.separableUnitBackward(gd, cOut: c, x: x.ptr, wd: wd.ptr, t: nil, wp: wp.ptr, xhat: y.ptr, dY: dY.ptr, invStd: bn.ptr,
                                           meanDy: bn.ptr + c, meanDyXhat: bn.ptr + 2 * c, dX: dX.ptr, dWd: dWd.ptr, dWp: dWp.ptr,
                                           reluInput: true, workspace: bws.ptr)
         }

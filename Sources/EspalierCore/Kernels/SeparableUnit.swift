@@ -4,10 +4,11 @@
 //             goes to a tile only and C is a multiple of 8, its channels-in-lanes form,
 //             depthwise8.c: the same bits), then
 //             at once y[s] = wp·t[s] with its per-channel Σy and Σy² from the product's registers
-//             (Pointwise.swift): the product reads t[s] from L2, not memory. t is still written
-//             whole where a backward will read it, and only to a tile per core where none will.
+//             (Pointwise.swift): the product reads t[s] from L2, not memory. t goes to a tile per
+//             core; it is written whole only where a caller asks for it (the op never does now).
 //   backward  per sample, dZ[s] = the BN input gradient, in a tile (PointwiseBatchNorm.swift);
-//             dT[s] = wpᵀ·dZ[s] into a second tile; dWp += dZ[s]·t[s]ᵀ; then each channel's
+//             t[s] computed again from x[s] into the second tile (where t was not kept) and
+//             dWp += dZ[s]·t[s]ᵀ; dT[s] = wpᵀ·dZ[s] into that tile; then each channel's
 //             depthwise backward from that tile (depthwiseBackwardPlane): dX[s], and the
 //             channel's dWd sums. dT, the depthwise output's gradient, is never stored whole.
 // Their references: the forward is the same bits as the kernels one after another over the whole
@@ -41,7 +42,8 @@ extension Kernels {
     }
 
     /// Whether the unit's forward runs its depthwise part with the channels in the vector lanes
-    /// (depthwise8.c): where the geometry allows and t goes only to a tile (the zero-shot forward).
+    /// (depthwise8.c): where the geometry allows and t goes only to a tile (every forward of the
+    /// op: no caller keeps t since the backward computes it again).
     /// Measured (B 64, inputs from memory, 24 rotating sets; µs lanes/planes): with t in a tile
     /// 0.69–1.05 (3×3 28² 431/487, 5×5 28² 550/796, 3×3 14² C32 349/346, 5×5 7² C64 363/368); with
     /// t written whole 0.83–1.34 (3×3 28² 538/472, 3×3 14² C32 527/406, 5×5 28² 696/835), so not there.
@@ -90,11 +92,12 @@ extension Kernels {
     }
 
     /// Floats of scratch `separableUnitBackward` needs (`SeparableUnitBackwardLayout`).
+    /// `keptT` false: t is recomputed a sample at a time (see `separableUnitBackward`).
     public static func separableUnitBackwardFloats(_ gd: ConvGeometry, cOut: Int, needInputGrad: Bool, needDepthwiseGrad: Bool,
-                                                   needPointwiseGrad: Bool, reluInput: Bool) -> Int {
+                                                   needPointwiseGrad: Bool, reluInput: Bool, keptT: Bool) -> Int {
         guard let plan = DepthwisePlan(gd) else { return 0 }
         return SeparableUnitBackwardLayout(plan, gd, cOut: cOut, needInputGrad: needInputGrad, needDepthwiseGrad: needDepthwiseGrad,
-                                           needPointwiseGrad: needPointwiseGrad, reluInput: reluInput).floats
+                                           needPointwiseGrad: needPointwiseGrad, reluInput: reluInput, keptT: keptT).floats
     }
 
     /// With x̂ = y (the unit's normalised output) and the BN means of its backward (meanDy,
@@ -102,9 +105,13 @@ extension Kernels {
     /// gradient, dXAddend laid out as dX and possibly dX itself), dWd += and dWp += their gradients,
     /// each where non-nil. x is the pre-ReLU input when `reluInput`. `dYScale`: the output
     /// gradient is dYScale·dY, multiplied as it is read. gd must be on the depthwise fast path
-    /// (`ConvGeometry.addsIntoInputGradient`).
+    /// (`ConvGeometry.addsIntoInputGradient`). t: the forward's depthwise output, or nil: then
+    /// where dWp needs it, each sample's t[s] is computed again from x (the plane-by-plane forward
+    /// kernel: the same bits) into the dT tile before dT takes it, through the P the depthwise
+    /// weight gradient loads x into anyway, while x[s] is in the cache for the depthwise backward —
+    /// an (N, C, Ho, Wo) tensor neither written by the forward nor read back here.
     public static func separableUnitBackward(_ gd: ConvGeometry, cOut: Int, x: UnsafePointer<Float>, wd: UnsafePointer<Float>,
-                                             t: UnsafePointer<Float>, wp: UnsafePointer<Float>, xhat: UnsafePointer<Float>,
+                                             t: UnsafePointer<Float>?, wp: UnsafePointer<Float>, xhat: UnsafePointer<Float>,
                                              dY: UnsafePointer<Float>, dYScale: Float = 1, invStd: UnsafePointer<Float>,
                                              meanDy: UnsafePointer<Float>, meanDyXhat: UnsafePointer<Float>,
                                              dX: UnsafeMutablePointer<Float>?, dXAddend: UnsafePointer<Float>? = nil,
@@ -114,7 +121,7 @@ extension Kernels {
         precondition(dXAddend == nil || dX != nil, "a dX addend without dX")
         let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut, taps = gd.kh * gd.kw, lanes = DepthwisePlan.lanes
         let layout = SeparableUnitBackwardLayout(plan, gd, cOut: cOut, needInputGrad: dX != nil, needDepthwiseGrad: dWd != nil,
-                                                 needPointwiseGrad: dWp != nil, reluInput: reluInput)
+                                                 needPointwiseGrad: dWp != nil, reluInput: reluInput, keptT: t != nil)
         let chunks = layout.chunks, wCount = cOut * c
         let wt = layout.transposedWeight(workspace), partials = layout.pointwisePartials(workspace)
         let needDepthwise = dX != nil || dWd != nil
@@ -127,13 +134,24 @@ extension Kernels {
             let sums = layout.depthwiseSums(workspace, k)                // this chunk's dWd sums (C, KH·KW, lanes)
             let dWpk: UnsafeMutablePointer<Float>? = dWp == nil ? nil : (k == 0 ? dWp! : partials + (k - 1) * wCount)
             let (qb, pb, ub) = plan.backwardScratch(scratch, needWeightGrad: dWd != nil, reluInput: reluInput)
-            scratch.update(repeating: 0, count: layout.dwFloats + layout.sumFloats)
+            let pAgain = layout.recomputeP(workspace, k) ?? pb            // P for t[s] again: the dW's, or one of its own
+            scratch.update(repeating: 0, count: layout.dwFloats + layout.sumFloats + layout.recomputeFloats)
             withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: DepthwisePlan.maxTaps) { wvBuf in
                 let wv = wvBuf.baseAddress!                              // (KH·KW) broadcast weights
                 for s in r {
                     batchNormInputGradTile(cOut: cOut, hw: howo, xhat: xhat + s * cOut * howo, dY: dY + s * cOut * howo, dYScale: dYScale,
                                            invStd: invStd, meanDy: meanDy, meanDyXhat: meanDyXhat, tile: zTile)
-                    if let dWpk { pointwiseSampleWeightGrad(cIn: c, cOut: cOut, hw: howo, dy: zTile, x: t + s * c * howo, dw: dWpk) }
+                    if let dWpk {
+                        let ts: UnsafePointer<Float>
+                        if let t { ts = t + s * c * howo } else {
+                            for ch in 0..<c {                            // t[s] into the dT tile, which dT takes after this
+                                depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: tTile + ch * howo,
+                                                      reluInput: reluInput, p: pAgain, wv: wv)
+                            }
+                            ts = UnsafePointer(tTile)
+                        }
+                        pointwiseSampleWeightGrad(cIn: c, cOut: cOut, hw: howo, dy: zTile, x: ts, dw: dWpk)
+                    }
                     if !needDepthwise { continue }
                     pointwiseSampleInputGrad(cIn: c, cOut: cOut, hw: howo, wt: wt, dy: zTile, dx: tTile)
                     for ch in 0..<c {
@@ -162,26 +180,33 @@ extension Kernels {
 
 /// Where `separableUnitBackward`'s scratch lies: per chunk of samples, the BN-gradient tile
 /// (Cout, Ho·Wo), the dT tile (C, Ho·Wo), one plane's depthwise scratch (Q, P, U: `DepthwisePlan`),
-/// and (with dWd) the chunk's dWd sums (C, KH·KW, lanes); after the chunks, wpᵀ (C, Cout), then
-/// (with dWp) the pointwise partials of every chunk but the first.
+/// (with dWd) the chunk's dWd sums (C, KH·KW, lanes), and (with dWp, t not kept, and no P among
+/// the depthwise scratch) a P to compute t[s] again; after the chunks, wpᵀ
+/// (C, Cout), then (with dWp) the pointwise partials of every chunk but the first.
 struct SeparableUnitBackwardLayout {
-    let chunks, cOut, c, howo, dwFloats, sumFloats: Int
+    let chunks, cOut, c, howo, dwFloats, sumFloats, recomputeFloats: Int
     let needPointwiseGrad: Bool
 
     init(_ plan: DepthwisePlan, _ gd: ConvGeometry, cOut: Int, needInputGrad: Bool, needDepthwiseGrad: Bool, needPointwiseGrad: Bool,
-         reluInput: Bool) {
+         reluInput: Bool, keptT: Bool) {
         chunks = Parallel.chunkCount(gd.n); self.cOut = cOut; c = gd.cIn; howo = gd.hOut * gd.wOut
         dwFloats = plan.backwardChunkFloats(needInputGrad: needInputGrad, needWeightGrad: needDepthwiseGrad, reluInput: reluInput)
         sumFloats = needDepthwiseGrad ? c * gd.kh * gd.kw * DepthwisePlan.lanes : 0
+        let ownP = needPointwiseGrad && !keptT && !plan.backwardNeedsP(needWeightGrad: needDepthwiseGrad, reluInput: reluInput)
+        recomputeFloats = ownP ? plan.pFloats : 0
         self.needPointwiseGrad = needPointwiseGrad
     }
 
-    var perChunk: Int { cOut * howo + c * howo + dwFloats + sumFloats }
+    var perChunk: Int { cOut * howo + c * howo + dwFloats + sumFloats + recomputeFloats }
     var floats: Int { chunks * perChunk + c * cOut + (needPointwiseGrad ? (chunks - 1) * cOut * c : 0) }
     func gradientTile(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { ws + k * perChunk }
     func depthwiseGradientTile(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { gradientTile(ws, k) + cOut * howo }
     func depthwiseScratch(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { depthwiseGradientTile(ws, k) + c * howo }
     func depthwiseSums(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float> { depthwiseScratch(ws, k) + dwFloats }
+    /// The P of its own for t[s] again, where the depthwise scratch has none (else nil: that one).
+    func recomputeP(_ ws: UnsafeMutablePointer<Float>, _ k: Int) -> UnsafeMutablePointer<Float>? {
+        recomputeFloats > 0 ? depthwiseSums(ws, k) + sumFloats : nil
+    }
     func transposedWeight(_ ws: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> { ws + chunks * perChunk }
     func pointwisePartials(_ ws: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> { transposedWeight(ws) + c * cOut }
 }
