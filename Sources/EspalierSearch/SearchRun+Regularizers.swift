@@ -253,14 +253,15 @@ func measureCost(_ shape: [Int], parameters: [Parameter], throughBackward: Bool 
     let dry = MemoryAccountant(mode: .dryRun)
     let g = Graph(accountant: dry)
     let x = try g.leaf(Tensor(shape: shape, category: .activations, accountant: dry))
+    let frozen = parameters.map { !$0.requiresGrad }
+    defer { for (p, f) in zip(parameters, frozen) where f { p.requiresGrad = false } }
+    if throughBackward {
+        for p in parameters { p.requiresGrad = true }
+        g.presetSharedGradient(of: x, try Tensor(shape: shape, category: .activationGradients, accountant: dry))
+    }
     let before = dry.currentBytes(ownerPrefix: "").total
     let bytes: Int
     if throughBackward {
-        let frozen = parameters.map { !$0.requiresGrad }
-        for p in parameters { p.requiresGrad = true }
-        defer { for (p, f) in zip(parameters, frozen) where f { p.requiresGrad = false } }
-        g.presetSharedGradient(of: x, try Tensor(shape: shape, category: .activationGradients, accountant: dry))
-        let before = dry.currentBytes(ownerPrefix: "").total
         dry.resetPeak()
         let y = try body(g, x)
         try g.backward(y, gradient: try Tensor(shape: y.shape, category: .activationGradients, accountant: dry))
