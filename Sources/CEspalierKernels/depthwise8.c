@@ -1,5 +1,6 @@
 // The depthwise forward of the fused separable unit with channels in the vector lanes (where its
-// t goes to a tile only: the zero-shot forward; SeparableUnit.swift says why not elsewhere): per sample
+// t goes to a tile only, which is every forward of the op since its backward computes t again;
+// SeparableUnit.swift's forwardRunsInLanes says why not where t is written whole): per sample
 // and block of 8 channels, the 8 input planes are transposed into one padded tile P8 (rows, columns,
 // 8 channels), ReLU applied on the way in; each output pixel's 8 channels are then one vector,
 // Σ taps w8[tap] · P8[pixel + tap offset] — whole vectors only, no partial columns at the end of a

@@ -281,6 +281,18 @@ extension Kernels {
             .dispatch(kh: plan.kh, kw: plan.kw, s: plan.s, d: plan.d)
     }
 
+    /// One sample's planes t (C, Ho·Wo) = `depthwiseForwardPlane` of each of x's C planes (C, H, W),
+    /// weights w (C, KH·KW): the fused unit's forward and its backward's t again.
+    @inline(__always)
+    static func depthwiseForwardSamplePlanes(_ plan: DepthwisePlan, channels c: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                             t: UnsafeMutablePointer<Float>, reluInput: Bool, p: UnsafeMutablePointer<Float>,
+                                             wv: UnsafeMutablePointer<SIMD8<Float>>) {
+        let hw = plan.h * plan.w, howo = plan.ho * plan.wo, taps = plan.kh * plan.kw
+        for ch in 0..<c {
+            depthwiseForwardPlane(plan, x: x + ch * hw, w: w + ch * taps, y: t + ch * howo, reluInput: reluInput, p: p, wv: wv)
+        }
+    }
+
     /// dX = ∂/∂x (overwritten, if non-nil); dW += ∂/∂w (if non-nil). Channels are split across
     /// cores, so no two chunks share a weight; each chunk walks the samples in order and, within
     /// a sample, its channels (contiguous planes), padding each dY plane once for both gradients.

@@ -60,7 +60,7 @@ extension Kernels {
                                             wp: UnsafePointer<Float>, t: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>,
                                             sums: UnsafeMutablePointer<Double>, reluInput: Bool, workspace: UnsafeMutablePointer<Float>) {
         guard let plan = DepthwisePlan(gd) else { preconditionFailure("the fused separable forward needs the depthwise fast path: \(gd)") }
-        let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut, taps = gd.kh * gd.kw
+        let n = gd.n, c = gd.cIn, hw = gd.h * gd.w, howo = gd.hOut * gd.wOut
         // With t kept, plane by plane: t[s] goes out to memory either way, and the lanes form's
         // 8 interleaved plane stores made the unit slower there (measured, see
         // `forwardRunsInLanes`); with t in a tile only, in lanes where the geometry allows.
@@ -79,10 +79,7 @@ extension Kernels {
                     if inLanes {
                         plan.forwardSampleInLanes(channels: c, x: x + s * c * hw, weights: wd, t: ts, reluInput: reluInput, scratch: pb)
                     } else {
-                        for ch in 0..<c {
-                            depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: ts + ch * howo,
-                                                  reluInput: reluInput, p: pb, wv: wv)
-                        }
+                        depthwiseForwardSamplePlanes(plan, channels: c, x: x + s * c * hw, w: wd, t: ts, reluInput: reluInput, p: pb, wv: wv)
                     }
                     pointwiseSample(cIn: c, cOut: cOut, hw: howo, w: wp, x: ts, y: y + s * cOut * howo, sum: sum, sumSq: sumSq)
                 }
@@ -143,11 +140,8 @@ extension Kernels {
                                            invStd: invStd, meanDy: meanDy, meanDyXhat: meanDyXhat, tile: zTile)
                     if let dWpk {
                         let ts: UnsafePointer<Float>
-                        if let t { ts = t + s * c * howo } else {
-                            for ch in 0..<c {                            // t[s] into the dT tile, which dT takes after this
-                                depthwiseForwardPlane(plan, x: x + (s * c + ch) * hw, w: wd + ch * taps, y: tTile + ch * howo,
-                                                      reluInput: reluInput, p: pAgain, wv: wv)
-                            }
+                        if let t { ts = t + s * c * howo } else {        // t[s] into the dT tile, which dT takes after this
+                            depthwiseForwardSamplePlanes(plan, channels: c, x: x + s * c * hw, w: wd, t: tTile, reluInput: reluInput, p: pAgain, wv: wv)
                             ts = UnsafePointer(tTile)
                         }
                         pointwiseSampleWeightGrad(cIn: c, cOut: cOut, hw: howo, dy: zTile, x: ts, dw: dWpk)
